@@ -1,0 +1,290 @@
+"""Every SpanElectra config class, and the one place that turns them into a command line.
+
+Edit the defaults below and run a script, or build a config in a notebook cell and call the
+script's main(config). On the command line every field is `--field value`, and `--config
+file.json` loads a whole config (command-line fields still win). Each script saves the resolved
+config as JSON beside its output.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from io_utils import SpanElectraError, atomic_write_json, setup_logging
+
+TOKENIZER_TYPES = ("BPE", "BERT")
+WORD_SEGMENTERS = ("none", "pyvi")
+DOC_BOUNDARIES = ("auto", "blank_line", "title_line", "file")
+MASKING_KINDS = ("span", "token")
+SPLITS = ("train", "valid")
+MODEL_SIZES = ("tiny", "small", "base")
+
+
+def _help(text, **extra):
+    return field(metadata={"help": text, **extra.pop("meta", {})}, **extra)
+
+
+# ---------------------------------------------------------------- validation helpers
+def _fail(name, message):
+    raise SpanElectraError(f"{name}: {message}")
+
+
+def check_range(config, name, low=None, high=None, low_open=False, high_open=False):
+    """Fail with a one-line message when config.<name> lies outside [low, high] (or open ends)."""
+    value = getattr(config, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(name, f"{value} is not a finite number")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        _fail(name, f"{value} is out of range; use a value in {lo or '(-inf'}, {hi or 'inf)'}")
+
+
+def check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        _fail(name, f"'{value}' is not one of {', '.join(map(str, choices))}")
+
+
+def check_dir(config, name, what, must_contain=None):
+    """The folder config.<name> must exist (and hold must_contain, if given)."""
+    path = getattr(config, name)
+    if not path or not os.path.isdir(path):
+        _fail(name, f"'{path}' is not a folder; {what}")
+    if must_contain and not os.path.exists(os.path.join(path, must_contain)):
+        _fail(name, f"'{path}' has no {must_contain}; {what}")
+
+
+# ---------------------------------------------------------------- vocabulary
+@dataclass
+class tok_args:
+    """create_vocab_SE.py: train a vocabulary on every text file under data_dir."""
+    tokenizer_type: str = _help("'BPE' (byte-level BPE) or 'BERT' (WordPiece)", default="BPE",
+                                meta={"choices": TOKENIZER_TYPES})
+    data_dir: str = _help("text file, folder (searched for .txt/.tokens/.raw) or glob", default="data/sample")
+    model_name: str = _help("name recorded with the tokenizer", default="trial")
+    min_fre: int = _help("minimum frequency of a merge/word piece to enter the vocabulary", default=2)
+    vocab_size: int = _help("size of the vocabulary, special tokens included", default=10000)
+    out_dir: str = _help("folder for tokenizer.json, vocab files and tokenizer_config.json", default="outputs/tok")
+    lowercase: bool = _help("lowercase text before tokenizing", default=False)
+    word_segmenter: str = _help("'pyvi' segments Vietnamese words first (syllables joined by '_')",
+                                default="none", meta={"choices": WORD_SEGMENTERS})
+    num_workers: int = _help("processes for word segmentation (0: one per CPU)", default=0)
+
+    def validate(self):
+        check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
+        check_choice(self, "word_segmenter", WORD_SEGMENTERS)
+        check_range(self, "min_fre", low=1)
+        check_range(self, "vocab_size", low=6, high=2**32 - 1)
+        check_range(self, "num_workers", low=0)
+        if not self.out_dir:
+            _fail("out_dir", "no folder given")
+
+
+# ---------------------------------------------------------------- masking and data
+@dataclass
+class MaskingArgs:
+    """How tokens are chosen and replaced (SpanBERT span masking by default)."""
+    masking: str = _help("'span' (SpanBERT whole-word spans) or 'token' (BERT/ELECTRA)", default="span",
+                         meta={"choices": MASKING_KINDS})
+    mask_ratio: float = _help("fraction of the non-special tokens to mask", default=0.15)
+    span_p: float = _help("p of the geometric span-length distribution (in words)", default=0.2)
+    max_span_len: int = _help("longest span, in words (the distribution is truncated there)", default=10)
+    mask_replace_prob: float = _help("share of spans replaced by [MASK]", default=0.8)
+    random_replace_prob: float = _help("share of spans replaced by random tokens (the rest is kept)", default=0.1)
+
+    def validate(self):
+        check_choice(self, "masking", MASKING_KINDS)
+        check_range(self, "mask_ratio", 0, 1, low_open=True, high_open=True)
+        check_range(self, "span_p", 0, 1, low_open=True)
+        check_range(self, "max_span_len", low=1)
+        check_range(self, "mask_replace_prob", 0, 1)
+        check_range(self, "random_replace_prob", 0, 1)
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            _fail("random_replace_prob", f"mask_replace_prob + random_replace_prob = "
+                  f"{self.mask_replace_prob + self.random_replace_prob:g} exceeds 1")
+
+
+@dataclass
+class feature_args(MaskingArgs):
+    """process.py: tokenize text and pack it into max_seq_len sequences stored as memmaps."""
+    tokenizer_dir: str = _help("folder written by create_vocab_SE.py", default="outputs/tok")
+    train_input: str = _help("training text: a file, a folder or a glob", default="data/sample/train.tokens")
+    valid_input: Optional[str] = _help("validation text (file, folder or glob); empty: use valid_fraction",
+                                       default="data/sample/valid.tokens")
+    valid_fraction: float = _help("share of train documents held out for validation when valid_input is "
+                                  "empty", default=0.0)
+    out_dir: str = _help("features folder", default="outputs/features")
+    max_seq_len: int = _help("tokens per sequence, [CLS] and [SEP] included", default=128)
+    doc_boundary: str = _help("what ends a document: 'auto', 'blank_line', 'title_line' (WikiText "
+                              "' = Title = ') or 'file'", default="auto", meta={"choices": DOC_BOUNDARIES})
+    batch_lines: int = _help("lines tokenized per batch", default=2000)
+    num_workers: int = _help("processes for word segmentation (0: one per CPU)", default=0)
+    static_masking: bool = _help("also save one fixed masking of every sequence (exactly repeatable runs)",
+                                 default=False)
+    seed: int = _help("seed for the valid split and static masks", default=42)
+
+    def validate(self):
+        super().validate()
+        check_dir(self, "tokenizer_dir", "run create_vocab_SE.py first, or point it at its out_dir",
+                  must_contain="tokenizer.json")
+        if self.max_seq_len < 3:
+            _fail("max_seq_len", f"{self.max_seq_len} cannot hold [CLS], a token and [SEP]; use at least 3 "
+                  "(typically 128 or 512)")
+        check_range(self, "valid_fraction", 0, 1, high_open=True)
+        check_range(self, "batch_lines", low=1)
+        check_range(self, "num_workers", low=0)
+        check_choice(self, "doc_boundary", DOC_BOUNDARIES)
+        if not self.out_dir:
+            _fail("out_dir", "no folder given")
+
+
+@dataclass
+class DataArgs(MaskingArgs):
+    """Where a training script reads one split of the features and how it masks it."""
+    features_dir: str = _help("folder written by process.py", default="outputs/features")
+    split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
+    static_masking: bool = _help("use the fixed masks saved by process.py --static_masking", default=False)
+
+    def validate(self):
+        super().validate()
+        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir",
+                  must_contain="meta.json")
+        check_choice(self, "split", SPLITS)
+
+
+@dataclass
+class MLM_trainDataArgs(DataArgs):
+    """Generator training data: SpanBERT masking, 80% [MASK] / 10% random / 10% kept."""
+
+
+@dataclass
+class MLM_validDataArgs(DataArgs):
+    split: str = _help("'train' or 'valid'", default="valid", meta={"choices": SPLITS})
+
+
+@dataclass
+class SE_trainDataArgs(DataArgs):
+    """Discriminator training data: the generator fills the masks, so ELECTRA's 85% [MASK] / 15% kept."""
+    mask_replace_prob: float = _help("share of spans replaced by [MASK]", default=0.85)
+    random_replace_prob: float = _help("share of spans replaced by random tokens", default=0.0)
+
+
+@dataclass
+class SE_validDataArgs(SE_trainDataArgs):
+    split: str = _help("'train' or 'valid'", default="valid", meta={"choices": SPLITS})
+
+
+@dataclass
+class mask_stats_args(MaskingArgs):
+    """masking.py --stats: mask real sequences and report what the settings produce."""
+    stats: bool = _help("print masking statistics for features_dir", default=False)
+    features_dir: str = _help("folder written by process.py", default="outputs/features")
+    split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
+    num_sequences: int = _help("how many sequences to mask", default=4096)
+    batch_size: int = _help("sequences masked per batch", default=256)
+    seed: int = _help("random seed", default=0)
+
+    def validate(self):
+        super().validate()
+        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir",
+                  must_contain="meta.json")
+        check_choice(self, "split", SPLITS)
+        check_range(self, "num_sequences", low=1)
+        check_range(self, "batch_size", low=1)
+
+
+# ---------------------------------------------------------------- training (filled out with the models)
+@dataclass
+class TrainingConfig:
+    """Loop settings shared by both training scripts."""
+    out_dir: str = _help("where checkpoints, metrics.jsonl and the model go", default="outputs/generator")
+    model_size: str = _help("'tiny', 'small' (ELECTRA-Small) or 'base'", default="tiny",
+                            meta={"choices": MODEL_SIZES})
+    max_steps: int = _help("optimizer steps", default=1000)
+    train_batch_size: int = _help("sequences per step", default=32)
+    learning_rate: float = _help("peak learning rate", default=5e-4)
+    log_every: int = _help("steps between logged metrics", default=10)
+    eval_every: int = _help("steps between evaluations", default=200)
+    save_every: int = _help("steps between checkpoints", default=200)
+    seed: int = _help("random seed", default=42)
+
+    def validate(self):
+        check_choice(self, "model_size", MODEL_SIZES)
+        for name in ("max_steps", "train_batch_size", "log_every", "eval_every", "save_every"):
+            check_range(self, name, low=1)
+        check_range(self, "learning_rate", 0, 1, low_open=True)
+
+
+@dataclass
+class MLM_trainingConfig(TrainingConfig):
+    """trainMLM_SpanElectra.py: the generator."""
+
+
+@dataclass
+class SE_trainingConfig(TrainingConfig):
+    """trainSpanElectra.py: the discriminator."""
+    out_dir: str = _help("where checkpoints, metrics.jsonl and the model go", default="outputs/discriminator")
+
+
+# ---------------------------------------------------------------- command line
+def parse_config(config_cls, argv=None):
+    """Build config_cls from `--config file.json` (optional) and `--field value` overrides."""
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(config_cls, description=(config_cls.__doc__ or "").strip())
+    parser.add_argument("--config", default=None, help="JSON file holding a whole config")
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SpanElectraError("--config: give the path of a JSON config file")
+        parser.set_defaults(**_read_config_file(argv[i + 1], config_cls))
+        del argv[i:i + 2]
+    try:
+        config, _ = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as e:  # HfArgumentParser reports leftover arguments this way
+        raise SpanElectraError(f"{e}; run with --help for the fields") from None
+    return config
+
+
+def _read_config_file(path, config_cls):
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except OSError as e:
+        raise SpanElectraError(f"--config: cannot read '{path}' ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise SpanElectraError(f"--config: '{path}' is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(values, dict):
+        raise SpanElectraError(f"--config: '{path}' must hold a JSON object of field: value")
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SpanElectraError(f"--config: '{path}' has unknown field(s) {', '.join(unknown)} "
+                               f"for {config_cls.__name__}")
+    return values
+
+
+def save_config(config, out_dir, script_name):
+    """Write the resolved config beside a script's output, e.g. out_dir/process_config.json."""
+    data = {"config_class": type(config).__name__, **dataclasses.asdict(config)}
+    atomic_write_json(os.path.join(out_dir, f"{script_name}_config.json"), data)
+
+
+def run_main(main, config_cls, argv=None):
+    """Entry point of every script: parse, run, and turn user errors into one line and exit code 2."""
+    setup_logging()
+    try:
+        main(parse_config(config_cls, argv))
+    except SpanElectraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,272 @@
+"""Train a byte-level BPE ('BPE') or WordPiece ('BERT') vocabulary with `tokenizers`.
+
+    python create_vocab_SE.py --tokenizer_type BPE --data_dir DIR --vocab_size 10000 --min_fre 2 \
+        --model_name NAME --out_dir OUT [--word_segmenter pyvi] [--lowercase]
+
+Writes OUT/tokenizer.json with the tokenizer_config.json that makes
+`transformers.AutoTokenizer.from_pretrained(OUT)` return a fast tokenizer, the classic vocab files
+(vocab.json + merges.txt, or vocab.txt), and se_tokenizer.json: how text must be prepared (word
+segmentation) before this tokenizer sees it. process.py and the explorer read that file, so the
+corpus, the features and the model can never disagree on segmentation.
+"""
+import functools
+import logging
+import os
+import tempfile
+import time
+from multiprocessing import get_context
+
+from tqdm import tqdm
+
+from argument import save_config, run_main, tok_args
+from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
+                      make_out_dir, move_files_into, sha256_file)
+
+logger = logging.getLogger("span_electra")
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
+SE_TOKENIZER_FILE = "se_tokenizer.json"
+BYTE_ALPHABET = 256
+
+
+# ---------------------------------------------------------------- word segmentation
+def load_segmenter(name):
+    """Return a function line -> segmented line, or None for 'none'."""
+    if name in (None, "", "none"):
+        return None
+    if name == "pyvi":
+        try:
+            from pyvi import ViTokenizer
+        except ImportError:
+            raise SpanElectraError("word_segmenter: 'pyvi' is not installed; run `pip install pyvi`, "
+                                   "or use --word_segmenter none") from None
+        return ViTokenizer.tokenize
+    raise SpanElectraError(f"word_segmenter: unknown segmenter '{name}'; use 'pyvi' or 'none'")
+
+
+def _segment_batch(name, batch):
+    lines, extra = batch
+    segment = load_segmenter(name)
+    return [segment(line) if line.strip() else line for line in lines], extra
+
+
+def segmented_batches(batches, name, num_workers):
+    """Segment (lines, extra) batches in parallel processes, keeping their order ('none': as they are).
+
+    Workers are spawned, not forked, so they never inherit the tokenizer's thread pool."""
+    if name in (None, "", "none"):
+        yield from batches
+        return
+    load_segmenter(name)  # fail early, in this process, if it is missing
+    workers = num_workers or os.cpu_count() or 1
+    if workers == 1:
+        for batch in batches:
+            yield _segment_batch(name, batch)
+        return
+    with get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(functools.partial(_segment_batch, name), batches, chunksize=1)
+
+
+def batched(iterable, size):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------- the tokenizer pipeline
+def build_tokenizer(tokenizer_type, lowercase, segmented):
+    """An untrained tokenizers.Tokenizer with normalizer, pre-tokenizer and decoder set.
+
+    With word segmentation on, pre-tokenization splits on whitespace only: the default byte-level
+    and BERT pre-tokenizers split at '_' and would undo the segmentation.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    if tokenizer_type == "BPE":
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.normalizer = normalizers.Sequence([normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else []))
+        if segmented:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)])
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.Sequence([
+            normalizers.NFC(),
+            normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                       lowercase=lowercase)])
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit() if segmented else pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def build_trainer(tokenizer_type, vocab_size, min_fre):
+    from tokenizers import pre_tokenizers, trainers
+
+    if tokenizer_type == "BPE":
+        return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=SPECIAL_TOKENS,
+                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    return trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=SPECIAL_TOKENS,
+                                     continuing_subword_prefix="##", show_progress=False)
+
+
+def add_post_processor(tok):
+    """[CLS] text [SEP] (and [CLS] a [SEP] b [SEP] for pairs) whenever special tokens are added."""
+    from tokenizers import processors
+
+    template = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
+    tok.post_processor = template
+
+
+def corpus_lines(files, bad_bytes, progress):
+    for path in files:
+        for line in iter_lines(path, bad_bytes, progress=progress):
+            if line.strip():
+                yield line
+
+
+# ---------------------------------------------------------------- loading (used by later stages)
+def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
+    """Load a tokenizer folder: (tokenizers.Tokenizer, info dict) where info holds the segmenter,
+    the special-token ids and a hash of the tokenizer that features and models are checked against."""
+    import json
+    from tokenizers import Tokenizer
+
+    path = os.path.join(tokenizer_dir or "", "tokenizer.json")
+    if not os.path.isfile(path):
+        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no tokenizer.json; run create_vocab_SE.py "
+                               "or point it at its out_dir")
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
+                               "rebuild it with create_vocab_SE.py") from None
+    info = {"word_segmenter": "none", "tokenizer_type": None, "lowercase": None}
+    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            info.update(json.load(f))
+    for i, token in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(token) != i:
+            raise SpanElectraError(f"{field}: '{tokenizer_dir}' does not have {token} at id {i}; build the "
+                                   "vocabulary with create_vocab_SE.py")
+    info["vocab_size"] = tok.get_vocab_size()
+    info["tokenizer_hash"] = tokenizer_hash(tokenizer_dir)
+    return tok, info
+
+
+def tokenizer_hash(tokenizer_dir):
+    """Identity of a tokenizer: its tokenizer.json and the segmentation applied before it."""
+    import hashlib
+    h = hashlib.sha256(sha256_file(os.path.join(tokenizer_dir, "tokenizer.json")).encode())
+    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
+    if os.path.isfile(info_path):
+        import json
+        with open(info_path, encoding="utf-8") as f:
+            h.update(str(json.load(f).get("word_segmenter", "none")).encode())
+    return h.hexdigest()[:16]
+
+
+def _use_portable_tokenizer_class(config_path):
+    """transformers 5 writes 'TokenizersBackend', which transformers 4 cannot load; both read this name."""
+    import json
+    with open(config_path, encoding="utf-8") as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    atomic_write_json(config_path, tokenizer_config)
+
+
+def save_tokenizer_files(tok, config, out_dir, stats):
+    """Write tokenizer.json (last), the transformers config and vocab files, and se_tokenizer.json."""
+    from transformers import PreTrainedTokenizerFast
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-")
+    try:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                       model_max_length=512)
+        fast.save_pretrained(tmp)
+        _use_portable_tokenizer_class(os.path.join(tmp, "tokenizer_config.json"))
+        tok.save(os.path.join(tmp, "tokenizer.json"))
+        tok.model.save(tmp)  # vocab.json + merges.txt (BPE) or vocab.txt (WordPiece), as the seed has
+        atomic_write_json(os.path.join(tmp, SE_TOKENIZER_FILE), {
+            "tokenizer_type": config.tokenizer_type, "word_segmenter": config.word_segmenter,
+            "lowercase": config.lowercase, "model_name": config.model_name,
+            "vocab_size": tok.get_vocab_size(), "special_tokens": SPECIAL_TOKENS, **stats})
+        save_config(config, tmp, "create_vocab")
+        move_files_into(tmp, out_dir, last=("tokenizer.json",))
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- main
+def main(config: tok_args = None):
+    config = config or tok_args()
+    config.validate()
+    if config.tokenizer_type == "BPE" and config.vocab_size < BYTE_ALPHABET + len(SPECIAL_TOKENS):
+        raise SpanElectraError(
+            f"vocab_size: {config.vocab_size} is smaller than the byte-level alphabet ({BYTE_ALPHABET} bytes + "
+            f"{len(SPECIAL_TOKENS)} special tokens); use at least {BYTE_ALPHABET + len(SPECIAL_TOKENS)}, "
+            "typically 8000-50000")
+    files = find_text_files(config.data_dir, "data_dir")
+    load_segmenter(config.word_segmenter)  # a missing pyvi is reported before any work
+    make_out_dir(config.out_dir)
+    total_bytes = sum(os.path.getsize(p) for p in files)
+    logger.info("training a %s vocabulary of %d on %d file(s), %.1f MB%s", config.tokenizer_type,
+                config.vocab_size, len(files), total_bytes / 1e6,
+                f", segmented with {config.word_segmenter}" if config.word_segmenter != "none" else "")
+
+    start = time.time()
+    segmented = config.word_segmenter != "none"
+    tok = build_tokenizer(config.tokenizer_type, config.lowercase, segmented)
+    trainer = build_trainer(config.tokenizer_type, config.vocab_size, config.min_fre)
+    bad_bytes = BadByteCounter()
+    num_lines = 0
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
+        batches = segmented_batches(((b, None) for b in batched(corpus_lines(files, bad_bytes, progress), 2000)),
+                                    config.word_segmenter, config.num_workers)
+
+        def lines():
+            nonlocal num_lines
+            for batch, _ in batches:
+                num_lines += len(batch)
+                yield from batch
+
+        tok.train_from_iterator(lines(), trainer=trainer)
+    if num_lines == 0:
+        raise SpanElectraError(f"data_dir: '{config.data_dir}' holds only blank lines; it must hold some text")
+    if bad_bytes.count:
+        logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
+    if tok.get_vocab_size() > config.vocab_size:
+        raise SpanElectraError(
+            f"vocab_size: {config.vocab_size} is smaller than the corpus alphabet ({tok.get_vocab_size()} "
+            f"symbols needed); raise vocab_size above {tok.get_vocab_size()}")
+    add_post_processor(tok)
+
+    stats = {"num_files": len(files), "num_bytes": total_bytes, "num_lines": num_lines,
+             "undecodable_bytes": bad_bytes.count}
+    save_tokenizer_files(tok, config, config.out_dir, stats)
+    elapsed = time.time() - start
+    multi_word = sum(1 for t in tok.get_vocab() if "_" in t.strip("_"))
+    logger.info("vocabulary: %d files, %.1f MB, %d lines, vocab size %d%s, %.1fs -> %s", len(files),
+                total_bytes / 1e6, num_lines, tok.get_vocab_size(),
+                f" ({multi_word} multi-syllable entries)" if segmented else "", elapsed, config.out_dir)
+    return config.out_dir
+
+
+if __name__ == "__main__":
+    run_main(main, tok_args)

@@ -1,0 +1,190 @@
+"""Shared file helpers: the user-facing error type, atomic writes, text-file discovery and
+streaming UTF-8 reading that counts undecodable bytes instead of crashing on them."""
+import codecs
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+logger = logging.getLogger("span_electra")
+
+TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class SpanElectraError(Exception):
+    """A problem with the user's input or config: reported as one line, without a traceback."""
+
+
+def setup_logging():
+    """Plain 'time level message' logging to stderr, once per process."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO,
+                            datefmt="%H:%M:%S")
+
+
+# ---------------------------------------------------------------- atomic writes
+def atomic_write_text(path, text):
+    """Write text to path via a temporary file and a rename, so a crash never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def make_out_dir(path, field="out_dir"):
+    """Create an output folder (and parents), turning permission problems into one-line errors."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise SpanElectraError(f"{field}: cannot create '{path}' ({e.strerror}); choose a writable folder")
+    if not os.access(path, os.W_OK):
+        raise SpanElectraError(f"{field}: '{path}' is not writable; choose a writable folder")
+    return path
+
+
+def move_files_into(src_dir, dst_dir, last=()):
+    """Move every file of src_dir into dst_dir (replacing), the names in `last` at the end.
+
+    Writers build their output in a temporary folder beside dst_dir and publish it with this, so
+    the marker file readers check (e.g. tokenizer.json, meta.json) appears only once all is in place.
+    """
+    names = sorted(os.listdir(src_dir), key=lambda n: (n in last, last.index(n) if n in last else 0))
+    for name in names:
+        src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    shutil.rmtree(src_dir, ignore_errors=True)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- finding text files
+def _is_binary(path, probe_bytes=8192):
+    """A file is treated as binary when its first block holds NUL bytes or is mostly not UTF-8."""
+    with open(path, "rb") as f:
+        head = f.read(probe_bytes)
+    if b"\x00" in head:
+        return True
+    text = head.decode("utf-8", errors="replace")
+    return text.count("\ufffd") > max(8, len(text) // 10)
+
+
+def find_text_files(spec, field):
+    """Resolve a file, a folder (searched recursively for .txt/.tokens/.raw) or a glob to a sorted
+    list of readable text files. Binary files are skipped with a warning; no text file is an error."""
+    if not spec:
+        raise SpanElectraError(f"{field}: no path given; pass a text file, a folder or a glob")
+    if any(c in spec for c in "*?["):
+        candidates = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not candidates:
+            raise SpanElectraError(f"{field}: the pattern '{spec}' matches no file")
+    elif os.path.isdir(spec):
+        candidates = sorted(
+            os.path.join(root, name)
+            for root, dirs, names in os.walk(spec)
+            for name in names
+            if name.endswith(TEXT_SUFFIXES) and not name.startswith(".")
+        )
+        if not candidates:
+            raise SpanElectraError(
+                f"{field}: the folder '{spec}' holds no text file ({', '.join(TEXT_SUFFIXES)}); "
+                "point it at your corpus")
+    elif os.path.isfile(spec):
+        candidates = [spec]
+    else:
+        raise SpanElectraError(f"{field}: '{spec}' does not exist; pass a text file, a folder or a glob")
+
+    files = []
+    for path in candidates:
+        if _is_binary(path):
+            logger.warning("skipping '%s': it looks like a binary file, not UTF-8 text", path)
+        else:
+            files.append(path)
+    if not files:
+        raise SpanElectraError(f"{field}: '{spec}' holds no readable text file (all were binary)")
+    if sum(os.path.getsize(p) for p in files) == 0:
+        raise SpanElectraError(f"{field}: '{spec}' is empty; it must hold some text")
+    return files
+
+
+# ---------------------------------------------------------------- streaming text
+class BadByteCounter:
+    """A codecs error handler that replaces undecodable bytes with U+FFFD and counts them."""
+
+    def __init__(self):
+        self.count = 0
+        self.name = f"span_electra_count_{id(self)}"
+        codecs.register_error(self.name, self)
+
+    def __call__(self, err):
+        self.count += err.end - err.start
+        return "\ufffd", err.end
+
+
+def _utf8_safe_cut(chunk):
+    """Index at which to cut an over-long chunk: after the last space, else at a UTF-8 character start."""
+    cut = chunk.rfind(b" ")
+    if cut > 0:
+        return cut + 1
+    cut = len(chunk)
+    while cut > 0 and (chunk[cut - 1] & 0xC0) == 0x80:  # back off continuation bytes
+        cut -= 1
+    if cut > 0 and chunk[cut - 1] >= 0xC0:  # and the lead byte of the cut character
+        cut -= 1
+    return cut or len(chunk)
+
+
+def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progress=None):
+    """Yield the decoded lines of a file with bounded memory.
+
+    A line longer than max_line_bytes is yielded in pieces cut at spaces (on_long_line(line_no) is
+    called once per such line), so one giant line cannot exhaust memory. Undecodable bytes become
+    U+FFFD and are counted in bad_bytes. progress (a tqdm) is advanced by the bytes read.
+    """
+    carry = b""
+    line_no = 0
+    reported = -1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.readline(max_line_bytes)
+            if not chunk:
+                break
+            if progress is not None:
+                progress.update(len(chunk))
+            chunk = carry + chunk
+            carry = b""
+            if not chunk.endswith(b"\n") and len(chunk) >= max_line_bytes:
+                cut = _utf8_safe_cut(chunk)
+                chunk, carry = chunk[:cut], chunk[cut:]
+                if on_long_line is not None and reported != line_no:
+                    on_long_line(line_no + 1)
+                    reported = line_no
+                yield chunk.decode("utf-8", errors=bad_bytes.name)
+                continue
+            line_no += 1
+            yield chunk.rstrip(b"\r\n").decode("utf-8", errors=bad_bytes.name)
+    if carry:
+        yield carry.decode("utf-8", errors=bad_bytes.name)
