@@ -232,6 +232,30 @@ class SE_trainingConfig(TrainingConfig):
     out_dir: str = _help("where checkpoints, metrics.jsonl and the model go", default="outputs/discriminator")
 
 
+# ---------------------------------------------------------------- the whole pipeline
+@dataclass
+class pipeline_args:
+    """run_pipeline.py: every stage, one after the other, on one corpus."""
+    train_input: str = _help("training text: a file, a folder or a glob", default="data/sample/train.tokens")
+    valid_input: Optional[str] = _help("validation text (empty: hold out valid_fraction)", default="data/sample/valid.tokens")
+    valid_fraction: float = _help("share of documents held out when valid_input is empty", default=0.05)
+    out_dir: str = _help("all outputs go under this folder", default="outputs/pipeline")
+    tokenizer_type: str = _help("'BPE' or 'BERT'", default="BPE", meta={"choices": TOKENIZER_TYPES})
+    vocab_size: int = _help("vocabulary size", default=8000)
+    min_fre: int = _help("minimum frequency for the vocabulary", default=2)
+    lowercase: bool = _help("lowercase text", default=False)
+    word_segmenter: str = _help("'pyvi' for Vietnamese", default="none", meta={"choices": WORD_SEGMENTERS})
+    max_seq_len: int = _help("tokens per sequence", default=128)
+    seed: int = _help("random seed", default=42)
+
+    def validate(self):
+        check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
+        check_choice(self, "word_segmenter", WORD_SEGMENTERS)
+        check_range(self, "valid_fraction", 0, 1, high_open=True)
+        if not self.out_dir:
+            _fail("out_dir", "no folder given")
+
+
 # ---------------------------------------------------------------- command line
 def parse_config(config_cls, argv=None):
     """Build config_cls from `--config file.json` (optional) and `--field value` overrides."""

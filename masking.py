@@ -72,145 +72,117 @@ class Masker:
         self.config = config
         self.word_starts = np.asarray(word_starts, dtype=bool)
         self.special_ids = np.asarray(sorted(special_ids))
+        self.is_special = np.zeros(max(vocab_size, len(self.word_starts)), dtype=bool)
+        self.is_special[self.special_ids] = True
         self.mask_id = mask_id
-        self.random_ids = np.setdiff1d(np.arange(vocab_size), self.special_ids)
-        self.length_probs = span_length_distribution(config.span_p, config.max_span_len)
-        self.mean_span_words = float((np.arange(1, config.max_span_len + 1) * self.length_probs).sum())
+        self.random_ids = np.flatnonzero(~self.is_special[:vocab_size])
+        self.span_lengths = SpanLengths(config.span_p, config.max_span_len)
 
     def __call__(self, ids, rng):
         """Mask a batch [B, L]; returns the dict described at the top of this file (numpy arrays)."""
         ids = np.asarray(ids)
-        eligible = ~np.isin(ids, self.special_ids)
+        eligible = ~self.is_special[ids]
         if self.config.masking == "span":
-            span_pos, spans = span_positions(ids, eligible, self.word_starts, self.config.mask_ratio,
-                                             self.length_probs, rng)
+            spans = span_spans(ids, eligible, self.word_starts, self.config.mask_ratio, self.span_lengths, rng)
         else:
-            span_pos, spans = token_positions(eligible, self.config.mask_ratio, rng)
-        masked_input = self.replace(ids, span_pos, spans, rng)
-        batch = batch_from_masking(ids, masked_input, span_pos)
+            spans = token_spans(eligible, self.config.mask_ratio, rng)
+        tokens = expand_spans(spans, ids.shape[1])
+        masked_input = self.replace(ids, tokens, len(spans["row"]), rng)
+        batch = batch_from_spans(ids, masked_input, spans, tokens)
         batch["span_word_lengths"] = spans["words"]
         return batch
 
-    def replace(self, ids, span_pos, spans, rng):
+    def replace(self, ids, tokens, num_spans, rng):
         """Choose per span: [MASK] (mask_replace_prob), a random token (random_replace_prob) or kept."""
-        u = rng.random(len(spans["row"]))
-        choice = np.where(u < self.config.mask_replace_prob, REPLACE_MASK,
-                          np.where(u < self.config.mask_replace_prob + self.config.random_replace_prob,
-                                   REPLACE_RANDOM, REPLACE_KEEP))
-        per_token = _fill_spans(span_pos.shape, spans, choice, fill=REPLACE_KEEP)
+        u = rng.random(num_spans)[tokens["span"]]
         out = ids.copy()
-        masked = span_pos > 0
-        out[masked & (per_token == REPLACE_MASK)] = self.mask_id
-        to_random = masked & (per_token == REPLACE_RANDOM)
-        out[to_random] = self.random_ids[rng.integers(0, len(self.random_ids), int(to_random.sum()))]
+        flat_out, at = out.reshape(-1), tokens["flat"]
+        to_mask = u < self.config.mask_replace_prob
+        flat_out[at[to_mask]] = self.mask_id
+        to_random = ~to_mask & (u < self.config.mask_replace_prob + self.config.random_replace_prob)
+        flat_out[at[to_random]] = self.random_ids[rng.integers(0, len(self.random_ids), int(to_random.sum()))]
         return out
 
 
-def _fill_spans(shape, spans, values, fill):
-    """Token array [B, L] holding values[k] on the tokens of span k and `fill` elsewhere."""
-    out = np.full(shape, fill, dtype=np.int64)
-    if len(values):
-        lengths = spans["end"] - spans["start"]
-        rows = np.repeat(spans["row"], lengths)
-        cols = np.repeat(spans["start"] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        out[rows, cols] = np.repeat(values, lengths)
-    return out
+class SpanLengths:
+    """Span lengths in words: Geometric(p) truncated to 1..max_len and renormalised (SpanBERT)."""
+
+    def __init__(self, p, max_len):
+        self.values = np.arange(1, max_len + 1)
+        self.probs = span_length_distribution(p, max_len)
+        self.cdf = np.cumsum(self.probs)[:-1]
+        self.mean = float((self.values * self.probs).sum())
+        # expected overshoot of a budget by the last span added (renewal theory), in words
+        self.overshoot = float((self.values ** 2 * self.probs).sum()) / (2 * self.mean)
+
+    def sample(self, rng, size):
+        return self.values[np.searchsorted(self.cdf, rng.random(size), side="right")]
 
 
 # ---------------------------------------------------------------- span masking
-def span_positions(ids, eligible, word_starts, mask_ratio, length_probs, rng, oversample=2.5):
+def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversample=2.5):
     """SpanBERT span masking of a batch, without a loop over sequences or tokens.
 
     Candidate spans are laid along each row as a renewal process: a gap of at least one word,
     then a span of truncated-geometric length, repeated, dense enough to cover `oversample` times
-    the budget. Spans never touch, so every span's boundary tokens stay visible. Candidates are
-    then kept, whole, in random order until they reach the budget of mask_ratio x (non-special
-    tokens): the realised ratio matches mask_ratio on average and the span lengths keep their
-    distribution (trimming the last span, as SpanBERT does, biases them short).
-    Returns span_pos [B, L] (1-based position in span, 0 where not masked) and the spans
-    (row, start, end token index, words).
+    the budget. Spans never touch, so every span's boundary tokens stay visible, and never cross a
+    special token. Candidates are then kept, whole, in random order until they reach the budget of
+    mask_ratio x (non-special tokens): the realised ratio matches mask_ratio on average and span
+    lengths keep their distribution (trimming the last span, as SpanBERT does, biases them short).
+    Returns the spans: row, start and end token index (exclusive) and length in words.
     """
     B, L = ids.shape
-    span_lengths = np.arange(1, len(length_probs) + 1)
-    mean_span_words = float((span_lengths * length_probs).sum())
-    overshoot_words = float((span_lengths ** 2 * length_probs).sum()) / (2 * mean_span_words)  # renewal theory
-    num_words, start_tok, end_tok, run_end = _words(ids, eligible, word_starts)
-    W = start_tok.shape[1]
-    if W == 0:
-        return np.zeros((B, L), dtype=np.int64), _empty_spans()
-    budget = np.where(eligible.any(1), np.maximum(1, np.rint(mask_ratio * eligible.sum(1))), 0).astype(np.int64)
+    words = _words(ids, eligible, word_starts)
+    num_words = words["count"]
+    if len(words["start"]) == 0:
+        return _empty_spans()
 
     # Lay candidate spans along the words of each row: gap, span, gap, span, ...
     coverage = min(0.95, oversample * mask_ratio)
-    mean_gap = max(1.0, mean_span_words * (1 - coverage) / coverage)
-    M = int(np.ceil(max(W, 1) / (mean_gap + mean_span_words) * 1.5)) + 3
-    lengths = rng.choice(span_lengths, size=(B, M), p=length_probs)
+    mean_gap = max(1.0, span_lengths.mean * (1 - coverage) / coverage)
+    M = int(np.ceil(num_words.max() / (mean_gap + span_lengths.mean) * 1.5)) + 3
+    lengths = span_lengths.sample(rng, (B, M))
     gaps = rng.geometric(1.0 / mean_gap, size=(B, M))
     gaps[:, 0] -= 1  # a row may begin with a span
     starts = np.cumsum(gaps + lengths, axis=1) - lengths
     valid = starts < num_words[:, None]
-    s = np.minimum(starts, W - 1)
+    first = np.minimum(words["offset"][:, None] + starts, len(words["start"]) - 1)  # flat word index
+    last = np.minimum(first + lengths, words["run_end"][first]) - 1  # a span stays inside its run of words
+    tokens = np.where(valid, words["end"][last] - words["start"][first], 0)
+
+    # Keep candidates in random order while the tokens kept before them fall short of the budget
+    # less the expected overshoot of the last kept span.
+    num_tokens = eligible.sum(1)
+    budget = np.where(num_tokens > 0, np.maximum(1, np.rint(mask_ratio * num_tokens)), 0)
+    threshold = budget - span_lengths.overshoot * num_tokens / np.maximum(num_words, 1)
+    order = np.argsort(np.where(valid, rng.random((B, M)), 2.0), axis=1)
     rows = np.arange(B)[:, None]
-    ends = np.minimum(np.minimum(starts + lengths, run_end[rows, s]), num_words[:, None])  # word index, exclusive
-    lengths = np.where(valid, ends - s, 0)
-    tokens = np.where(valid, end_tok[rows, np.maximum(s + lengths - 1, 0)] - start_tok[rows, s], 0)
-
-    # Keep candidates in random order until the budget is reached. A candidate is kept when the
-    # tokens kept before it fall short of the budget less the expected overshoot of the last span;
-    # keeping that last span whole (rather than trimming it) keeps span lengths unbiased, and the
-    # overshoot correction keeps the realised ratio at mask_ratio on average.
-    tokens_per_word = eligible.sum(1) / np.maximum(num_words, 1)
-    threshold = budget - overshoot_words * tokens_per_word
-    order = np.argsort(np.where(valid, rng.random((B, M)), np.inf), axis=1)
-    tokens_sorted = np.take_along_axis(tokens, order, 1)
-    before = np.cumsum(tokens_sorted, axis=1) - tokens_sorted
-    keep = (before < threshold[:, None]) & np.take_along_axis(valid, order, 1)
-    keep_words = np.where(keep, np.take_along_axis(lengths, order, 1), 0)
-    unsorted = np.empty_like(keep_words)
-    np.put_along_axis(unsorted, order, keep_words, 1)
-
-    r, c = np.nonzero(unsorted > 0)  # row-major: spans in (row, start) order
-    n = unsorted[r, c]
-    spans = {"row": r, "start": start_tok[r, s[r, c]], "end": end_tok[r, s[r, c] + n - 1], "words": n}
-    return _positions_from_spans((B, L), spans), spans
+    tokens_sorted = tokens[rows, order]
+    keep = (np.cumsum(tokens_sorted, axis=1) - tokens_sorted < threshold[:, None]) & valid[rows, order]
+    r, k = np.nonzero(keep)
+    c = order[r, k]
+    f, l = first[r, c], last[r, c]
+    start = words["start"][f] - r * L
+    return {"row": r, "start": start, "end": start + tokens[r, c], "words": l - f + 1}
 
 
 def _words(ids, eligible, word_starts):
-    """Word grid of a batch: per row the number of maskable words, each word's first token and
-    end token (exclusive), and run_end: the first word index past the run of maskable words
-    (a span never crosses a special token)."""
+    """The maskable words of a batch, flattened row after row: first token and end token (flat
+    indices b * L + column), run_end (flat word index past the last word of its run: a span never
+    crosses a special token), plus per row the word count and the flat index of its first word."""
     B, L = ids.shape
-    cols = np.arange(L)
-    prev_eligible = np.concatenate([np.zeros((B, 1), bool), eligible[:, :-1]], axis=1)
-    unit_start = word_starts[np.minimum(ids, len(word_starts) - 1)] | ~eligible | ~prev_eligible
-    word_start = unit_start & eligible
-    num_words = word_start.sum(1)
-    W = int(num_words.max()) if B else 0
-    rank = np.cumsum(word_start, axis=1) - 1
-    r, c = np.nonzero(word_start)
-    # end of a word: the next unit start after its first token
-    next_start = np.where(unit_start, cols, L)
-    next_start = np.minimum.accumulate(next_start[:, ::-1], axis=1)[:, ::-1]
-    next_start = np.concatenate([next_start[:, 1:], np.full((B, 1), L)], axis=1)
-    start_tok = np.zeros((B, W), dtype=np.int64)
-    end_tok = np.zeros((B, W), dtype=np.int64)
-    start_tok[r, rank[r, c]] = c
-    end_tok[r, rank[r, c]] = next_start[r, c]
-    # runs of adjacent words: a run ends where a word's end is not the next word's start
-    run_break = np.ones((B, W), dtype=bool)
-    if W > 1:
-        run_break[:, :-1] = end_tok[:, :-1] != start_tok[:, 1:]
-    run_end = np.where(run_break, np.arange(W) + 1, W)
-    run_end = np.minimum.accumulate(run_end[:, ::-1], axis=1)[:, ::-1]
-    return num_words, start_tok, end_tok, run_end
-
-
-def _positions_from_spans(shape, spans):
-    lengths = spans["end"] - spans["start"]
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    span_pos = np.zeros(shape, dtype=np.int64)
-    span_pos[np.repeat(spans["row"], lengths), np.repeat(spans["start"], lengths) + within] = within + 1
-    return span_pos
+    unit_start = word_starts[np.minimum(ids, len(word_starts) - 1)] | ~eligible
+    unit_start[:, 1:] |= ~eligible[:, :-1]  # a special token also ends the word before it
+    unit_start[:, 0] = True
+    units = np.flatnonzero(unit_start)
+    unit_end = np.minimum(np.append(units[1:], B * L), (units // L + 1) * L)  # next unit, within the row
+    is_word = eligible.reshape(-1)[units]
+    start, end = units[is_word], unit_end[is_word]
+    offset = np.searchsorted(start, np.arange(B + 1) * L)
+    run_break = np.append((end[:-1] != start[1:]) | (start[1:] % L == 0), True)
+    run_id = np.cumsum(run_break) - run_break
+    run_end = np.flatnonzero(run_break)[run_id] + 1
+    return {"start": start, "end": end, "run_end": run_end, "count": np.diff(offset), "offset": offset[:-1]}
 
 
 def _empty_spans():
@@ -219,41 +191,55 @@ def _empty_spans():
 
 
 # ---------------------------------------------------------------- token masking (the baseline)
-def token_positions(eligible, mask_ratio, rng):
+def token_spans(eligible, mask_ratio, rng):
     """BERT/ELECTRA masking: exactly round(mask_ratio x non-special tokens) tokens per row, chosen
     uniformly; each masked token is a span of its own."""
     B, L = eligible.shape
     budget = np.where(eligible.any(1), np.maximum(1, np.rint(mask_ratio * eligible.sum(1))), 0)
-    scores = np.where(eligible, rng.random((B, L)), np.inf)
-    rank = np.argsort(np.argsort(scores, axis=1), axis=1)
-    masked = rank < budget[:, None]
+    order = np.argsort(np.where(eligible, rng.random((B, L)), 2.0), axis=1)
+    masked = np.empty((B, L), dtype=bool)
+    masked[np.arange(B)[:, None], order] = np.arange(L) < budget[:, None]
     r, c = np.nonzero(masked)
-    spans = {"row": r, "start": c, "end": c + 1, "words": np.ones(len(r), dtype=np.int64)}
-    return masked.astype(np.int64), spans
+    return {"row": r, "start": c, "end": c + 1, "words": np.ones(len(r), dtype=np.int64)}
 
 
-# ---------------------------------------------------------------- from positions to a batch
-def batch_from_masking(ids, masked_input, span_pos):
-    """Labels and span boundaries from the original ids, the corrupted input and span positions.
+# ---------------------------------------------------------------- from spans to a batch
+def expand_spans(spans, seq_len):
+    """Token-level view of spans: flat index (row * seq_len + column), span index, position inside."""
+    lengths = spans["end"] - spans["start"]
+    span = np.repeat(np.arange(len(lengths)), lengths)
+    within = np.arange(len(span)) - (np.cumsum(lengths) - lengths)[span]
+    return {"flat": (spans["row"] * seq_len + spans["start"])[span] + within, "span": span, "within": within}
 
-    Static masks saved by process.py hold only masked_input and span_pos; this rebuilds the rest,
-    so dynamic and static masking produce identical batches.
-    """
+
+def batch_from_spans(ids, masked_input, spans, tokens=None):
+    """Labels and span boundaries from the original ids, the corrupted input and the spans."""
     B, L = ids.shape
+    tokens = expand_spans(spans, L) if tokens is None else tokens
+    at, span = tokens["flat"], tokens["span"]
+    batch = {"input_ids": masked_input.astype(np.int64)}
+    for name, fill, values in (("labels", IGNORE_INDEX, ids.reshape(-1)[at]),
+                               ("span_position", 0, tokens["within"]),
+                               ("boundary_left", 0, np.maximum(spans["start"] - 1, 0)[span]),
+                               ("boundary_right", 0, np.minimum(spans["end"], L - 1)[span])):
+        batch[name] = np.full((B, L), fill, dtype=np.int64)
+        batch[name].reshape(-1)[at] = values
+    return batch
+
+
+def spans_from_positions(span_pos):
+    """Spans back from 1-based positions inside spans (0: not masked), as static masks store them."""
     masked = span_pos > 0
-    cols = np.broadcast_to(np.arange(L), (B, L))
-    start = np.where(masked, cols - span_pos + 1, 0)
-    next_pos = np.concatenate([span_pos[:, 1:], np.zeros((B, 1), span_pos.dtype)], axis=1)
-    is_last = masked & (next_pos != span_pos + 1)
-    end = np.where(is_last, cols + 1, L)  # exclusive end, written at each span's last token
-    end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
-    return {
-        "input_ids": masked_input.astype(np.int64),
-        "labels": np.where(masked, ids, IGNORE_INDEX).astype(np.int64),
-        "span_position": np.where(masked, span_pos - 1, 0).astype(np.int64),
-        "boundary_left": np.where(masked, np.maximum(start - 1, 0), 0).astype(np.int64),
-        "boundary_right": np.where(masked, np.minimum(end, L - 1), 0).astype(np.int64),
-    }
+    next_pos = np.zeros_like(span_pos)
+    next_pos[:, :-1] = span_pos[:, 1:]
+    r, start = np.nonzero(span_pos == 1)
+    _, last = np.nonzero(masked & (next_pos != span_pos + 1))
+    return {"row": r, "start": start, "end": last + 1, "words": None}
+
+
+def batch_from_masking(ids, masked_input, span_pos):
+    """The batch for stored static masks: the same arrays dynamic masking returns."""
+    return batch_from_spans(ids, masked_input, spans_from_positions(span_pos))
 
 
 # ---------------------------------------------------------------- statistics
@@ -293,7 +279,7 @@ def main(config: mask_stats_args = None):
         batches.append(masker(ids, rng))
     stats = {"features_dir": config.features_dir, "split": config.split, "num_sequences": n,
              "masking": config.masking, "target_mask_ratio": config.mask_ratio,
-             "expected_span_length_words": round(masker.mean_span_words, 4), **masking_stats(batches, eligible)}
+             "expected_span_length_words": round(masker.span_lengths.mean, 4), **masking_stats(batches, eligible)}
     hist = stats["span_length_histogram"]
     print("span length (words)  share")
     for length, share in hist.items():

@@ -119,8 +119,9 @@ def write_split(batches, tokenizer, segmenter, writers, route, num_workers, prog
     """Tokenize batches of (text, starts_document) and pack them; route(n) picks each new document's
     writer (train or valid)."""
     current = None
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast: tokenizers >= 0.21
     for texts, starts in segmented_batches((_split_pairs(b) for b in batches), segmenter, num_workers):
-        encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        encodings = encode(texts, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         flat = np.fromiter((i for e in encodings for i in e.ids), dtype=writers[0].dtype, count=int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths)])
