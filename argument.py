@@ -150,6 +150,8 @@ class DataArgs(MaskingArgs):
     features_dir: str = _help("folder written by process.py", default="outputs/features")
     split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
     static_masking: bool = _help("use the fixed masks saved by process.py --static_masking", default=False)
+    tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",
+                                         default=None)
 
     def validate(self):
         super().validate()
@@ -186,6 +188,8 @@ class mask_stats_args(MaskingArgs):
     stats: bool = _help("print masking statistics for features_dir", default=False)
     features_dir: str = _help("folder written by process.py", default="outputs/features")
     split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
+    tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",
+                                         default=None)
     num_sequences: int = _help("how many sequences to mask", default=4096)
     batch_size: int = _help("sequences masked per batch", default=256)
     seed: int = _help("random seed", default=0)
@@ -264,6 +268,11 @@ def parse_config(config_cls, argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(config_cls, description=(config_cls.__doc__ or "").strip())
     parser.add_argument("--config", default=None, help="JSON file holding a whole config")
+
+    def one_line_error(message):  # argparse would print the whole usage block first
+        raise SpanElectraError(f"{message}; run with --help for the fields")
+
+    parser.error = one_line_error
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

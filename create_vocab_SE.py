@@ -129,10 +129,12 @@ def add_post_processor(tok):
     tok.post_processor = template
 
 
-def corpus_lines(files, bad_bytes, progress):
+def corpus_lines(files, bad_bytes, progress, alphabet):
+    """The non-blank lines of the files; every character seen is added to `alphabet`."""
     for path in files:
         for line in iter_lines(path, bad_bytes, progress=progress):
             if line.strip():
+                alphabet.update(line)
                 yield line
 
 
@@ -236,8 +238,10 @@ def main(config: tok_args = None):
     trainer = build_trainer(config.tokenizer_type, config.vocab_size, config.min_fre)
     bad_bytes = BadByteCounter()
     num_lines = 0
+    alphabet = set()
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
-        batches = segmented_batches(((b, None) for b in batched(corpus_lines(files, bad_bytes, progress), 2000)),
+        lines = corpus_lines(files, bad_bytes, progress, alphabet)
+        batches = segmented_batches(((b, None) for b in batched(lines, 2000)),
                                     config.word_segmenter, config.num_workers)
 
         def lines():
@@ -251,10 +255,12 @@ def main(config: tok_args = None):
         raise SpanElectraError(f"data_dir: '{config.data_dir}' holds only blank lines; it must hold some text")
     if bad_bytes.count:
         logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
-    if tok.get_vocab_size() > config.vocab_size:
+    alphabet_size = len({c.lower() for c in alphabet} if config.lowercase else alphabet) - (" " in alphabet)
+    if config.tokenizer_type == "BERT" and config.vocab_size < alphabet_size + len(SPECIAL_TOKENS):
         raise SpanElectraError(
-            f"vocab_size: {config.vocab_size} is smaller than the corpus alphabet ({tok.get_vocab_size()} "
-            f"symbols needed); raise vocab_size above {tok.get_vocab_size()}")
+            f"vocab_size: {config.vocab_size} is smaller than the corpus alphabet ({alphabet_size} characters + "
+            f"{len(SPECIAL_TOKENS)} special tokens): characters left out would become [UNK]; use at least "
+            f"{alphabet_size + len(SPECIAL_TOKENS)}")
     add_post_processor(tok)
 
     stats = {"num_files": len(files), "num_bytes": total_bytes, "num_lines": num_lines,

@@ -267,6 +267,8 @@ def main(config: mask_stats_args = None):
     config = config or mask_stats_args()
     config.validate()
     features = PretrainingFeatures(config.features_dir)
+    if config.tokenizer_dir:
+        features.check_tokenizer(config.tokenizer_dir)
     data = features.split(config.split)
     masker = features.masker(config)
     rng = np.random.default_rng(config.seed)

@@ -280,8 +280,8 @@ class PretrainingFeatures:
 
     def check_tokenizer(self, tokenizer_dir, field="tokenizer_dir"):
         """Stop when features were built with another tokenizer than tokenizer_dir."""
-        from create_vocab_SE import tokenizer_hash
-        if tokenizer_hash(tokenizer_dir) != self.meta["tokenizer_hash"]:
+        _, info = load_tokenizer(tokenizer_dir, field)
+        if info["tokenizer_hash"] != self.meta["tokenizer_hash"]:
             raise SpanElectraError(
                 f"{field}: '{tokenizer_dir}' is not the tokenizer the features in '{self.dir}' were built with; "
                 "rebuild the features with process.py or use the tokenizer in "
@@ -304,6 +304,8 @@ class MLMDataset:
     def __init__(self, data_args: DataArgs, batch_size, seed=0, shuffle=True, rank=0, world_size=1):
         data_args.validate()
         self.features = PretrainingFeatures(data_args.features_dir)
+        if data_args.tokenizer_dir:
+            self.features.check_tokenizer(data_args.tokenizer_dir)
         self.data = self.features.split(data_args.split)
         self.static = None
         if data_args.static_masking:
