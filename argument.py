@@ -203,37 +203,105 @@ class mask_stats_args(MaskingArgs):
         check_range(self, "batch_size", low=1)
 
 
-# ---------------------------------------------------------------- training (filled out with the models)
+# ---------------------------------------------------------------- training
 @dataclass
-class TrainingConfig:
-    """Loop settings shared by both training scripts."""
+class TrainingConfig(MaskingArgs):
+    """Everything one training run needs (ELECTRA's one config object per run); the masking fields
+    say how the features are masked on the fly."""
+    features_dir: str = _help("folder written by process.py", default="outputs/features")
+    tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",
+                                         default=None)
     out_dir: str = _help("where checkpoints, metrics.jsonl and the model go", default="outputs/generator")
-    model_size: str = _help("'tiny', 'small' (ELECTRA-Small) or 'base'", default="tiny",
+    model_size: str = _help("'tiny' (CPU demo), 'small' (ELECTRA-Small) or 'base' (ELECTRA-Base)", default="tiny",
                             meta={"choices": MODEL_SIZES})
+    embedding_size: Optional[int] = _help("override the preset's embedding size", default=None)
+    hidden_size: Optional[int] = _help("override the discriminator's hidden size", default=None)
+    num_hidden_layers: Optional[int] = _help("override the number of layers (both models)", default=None)
+    num_attention_heads: Optional[int] = _help("override the discriminator's attention heads", default=None)
+    intermediate_size: Optional[int] = _help("override the discriminator's FFN size", default=None)
+    gen_hidden_size: Optional[int] = _help("override the generator's hidden size", default=None)
+    gen_num_attention_heads: Optional[int] = _help("override the generator's attention heads", default=None)
+    gen_intermediate_size: Optional[int] = _help("override the generator's FFN size", default=None)
+    use_sbo: bool = _help("train the generator's span-boundary objective", default=True)
     max_steps: int = _help("optimizer steps", default=1000)
-    train_batch_size: int = _help("sequences per step", default=32)
+    train_batch_size: int = _help("sequences per step and process", default=32)
+    eval_batch_size: int = _help("sequences per evaluation batch", default=64)
+    eval_batches: int = _help("evaluation batches (0: the whole valid split)", default=20)
+    gradient_accumulation_steps: int = _help("micro-batches per optimizer step", default=1)
     learning_rate: float = _help("peak learning rate", default=5e-4)
+    weight_decay: float = _help("AdamW weight decay", default=0.01)
+    warmup_fraction: float = _help("share of max_steps spent warming up", default=0.1)
+    max_grad_norm: float = _help("gradient clipping (0: off)", default=1.0)
     log_every: int = _help("steps between logged metrics", default=10)
     eval_every: int = _help("steps between evaluations", default=200)
     save_every: int = _help("steps between checkpoints", default=200)
+    keep_checkpoints: int = _help("checkpoints kept in out_dir", default=2)
+    resume_from: Optional[str] = _help("'latest' or a checkpoint path: continue a stopped run", default=None)
     seed: int = _help("random seed", default=42)
+    device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
+    bf16: bool = _help("bf16 autocast (CUDA, or CPUs with fast bf16)", default=False)
+    compile: bool = _help("torch.compile the model", default=False)
+    num_workers: int = _help("DataLoader worker processes that mask batches", default=0)
+    static_masking: bool = _help("use the fixed masks saved by process.py --static_masking", default=False)
 
     def validate(self):
+        super().validate()
         check_choice(self, "model_size", MODEL_SIZES)
-        for name in ("max_steps", "train_batch_size", "log_every", "eval_every", "save_every"):
+        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir", must_contain="meta.json")
+        for name in ("max_steps", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                     "log_every", "eval_every", "save_every", "keep_checkpoints"):
             check_range(self, name, low=1)
+        for name in ("eval_batches", "num_workers", "max_grad_norm", "weight_decay"):
+            check_range(self, name, low=0)
         check_range(self, "learning_rate", 0, 1, low_open=True)
+        check_range(self, "warmup_fraction", 0, 1)
+        if not self.out_dir:
+            _fail("out_dir", "no folder given")
+
+    def data_args(self, cls, split):
+        """The data config (MLM_trainDataArgs, SE_validDataArgs, ...) of one split for this run."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        return cls(**{**values, "split": split})
+
+    def model_overrides(self):
+        names = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 @dataclass
 class MLM_trainingConfig(TrainingConfig):
-    """trainMLM_SpanElectra.py: the generator."""
+    """trainMLM_SpanElectra.py: the generator (span-level masked LM)."""
+
+
+TRAIN_MODES = ("two_stage", "joint")
 
 
 @dataclass
 class SE_trainingConfig(TrainingConfig):
-    """trainSpanElectra.py: the discriminator."""
-    out_dir: str = _help("where checkpoints, metrics.jsonl and the model go", default="outputs/discriminator")
+    """trainSpanElectra.py: the discriminator, two-stage (against a saved generator) or joint."""
+    out_dir: str = _help("where checkpoints, metrics.jsonl and the models go", default="outputs/discriminator")
+    mode: str = _help("'two_stage' (against --generator_dir) or 'joint' (ELECTRA)", default="two_stage",
+                      meta={"choices": TRAIN_MODES})
+    generator_dir: Optional[str] = _help("two_stage: OUT/generator of trainMLM_SpanElectra.py",
+                                         default="outputs/generator/generator")
+    disc_weight: float = _help("weight of the discriminator loss (ELECTRA: 50)", default=50.0)
+    use_all_token: bool = _help("replaced-token detection over every token", default=True)
+    use_span_head: bool = _help("span-boundary predictive objective", default=True)
+    gradient_disentangled: bool = _help("joint: DeBERTaV3 gradient-disentangled embedding sharing", default=False)
+    mask_replace_prob: float = _help("share of spans replaced by [MASK] (ELECTRA: 0.85)", default=0.85)
+    random_replace_prob: float = _help("share of spans replaced by random tokens", default=0.0)
+
+    def validate(self):
+        super().validate()
+        check_choice(self, "mode", TRAIN_MODES)
+        check_range(self, "disc_weight", 0, low_open=True)
+        if not (self.use_all_token or self.use_span_head):
+            _fail("use_span_head", "with use_all_token false the discriminator needs the span head")
+        if self.mode == "two_stage":
+            check_dir(self, "generator_dir", "train one with trainMLM_SpanElectra.py (it is OUT/generator) or use "
+                      "--mode joint", must_contain="config.json")
 
 
 # ---------------------------------------------------------------- the whole pipeline

@@ -1,0 +1,291 @@
+"""SpanElectra models on top of transformers' ELECTRA.
+
+* SpanElectraGenerator: ElectraForMaskedLM whose LM head runs only at the masked positions, plus
+  SpanBERT's span-boundary objective (SBO): each masked token is predicted from the two tokens just
+  outside its span and its position inside the span, decoded with the tied embeddings.
+* SpanElectraDiscriminator: ElectraForPreTraining's replaced-token detection over every token, plus
+  a span-boundary predictive head (is this span token replaced?, from the boundaries and position).
+* SpanElectraJoint: both at once with shared embeddings (ELECTRA), optionally DeBERTaV3's
+  gradient-disentangled sharing; loss = generator loss + disc_weight x discriminator loss.
+
+Saving writes standard transformers folders: out_dir/generator loads with
+ElectraForMaskedLM.from_pretrained and out_dir/discriminator with ElectraForPreTraining; the span
+heads are stored beside them in their own safetensors files.
+"""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from io_utils import SpanElectraError, atomic_write_json
+
+MODEL_SIZES = {
+    # discriminator, then the generator's differences (ELECTRA: same embeddings, narrower encoder)
+    "tiny": (dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+             dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+    "small": (dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+                   intermediate_size=1024),
+              dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+    "base": (dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072),
+             dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
+}
+MAX_SPAN_POSITIONS = 64  # positions inside a span seen by the span heads (longer spans share the last)
+HEAD_FILE = "span_heads.safetensors"
+HEAD_CONFIG = "span_electra.json"
+
+
+def electra_configs(model_size, vocab_size, max_seq_len, pad_token_id=0, **overrides):
+    """(generator, discriminator) ElectraConfigs for a preset size; overrides change any size field
+    ('gen_' prefix for the generator's)."""
+    if model_size not in MODEL_SIZES:
+        raise SpanElectraError(f"model_size: '{model_size}' is not one of {', '.join(MODEL_SIZES)}")
+    disc, gen = MODEL_SIZES[model_size]
+    disc = {**disc, **{k: v for k, v in overrides.items() if not k.startswith("gen_") and v is not None}}
+    gen = {**disc, **gen, **{k[4:]: v for k, v in overrides.items() if k.startswith("gen_") and v is not None}}
+    gen["embedding_size"] = disc["embedding_size"]  # shared embeddings
+    common = dict(vocab_size=vocab_size, max_position_embeddings=max(512, max_seq_len), pad_token_id=pad_token_id)
+    for cfg in (disc, gen):
+        if cfg["hidden_size"] % cfg["num_attention_heads"]:
+            raise SpanElectraError(f"hidden_size {cfg['hidden_size']} is not a multiple of num_attention_heads "
+                                   f"{cfg['num_attention_heads']}")
+    return ElectraConfig(**common, **gen), ElectraConfig(**common, **disc)
+
+
+class SpanBoundaryHead(nn.Module):
+    """SpanBERT's span-boundary MLP: [h(start-1); h(end+1); p(position)] -> 2 x (Linear, GeLU, LayerNorm)."""
+
+    def __init__(self, hidden_size, out_size, layer_norm_eps=1e-12):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(MAX_SPAN_POSITIONS, hidden_size)
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+            nn.Linear(hidden_size, out_size), nn.GELU(), nn.LayerNorm(out_size, eps=layer_norm_eps))
+
+    def forward(self, hidden, rows, left, right, position):
+        """hidden [B, L, H]; rows/left/right/position index the masked tokens -> [N, out_size]."""
+        pos = self.position_embeddings(position.clamp(max=MAX_SPAN_POSITIONS - 1))
+        return self.mlp(torch.cat([hidden[rows, left], hidden[rows, right], pos], dim=-1))
+
+
+def masked_index(labels):
+    """Rows and columns of the masked tokens (labels != -100)."""
+    return torch.nonzero(labels != -100, as_tuple=True)
+
+
+class SpanElectraGenerator(nn.Module):
+    """Span-level masked LM: MLM at the masked positions only, plus the span-boundary objective."""
+
+    def __init__(self, config: ElectraConfig, use_sbo=True):
+        super().__init__()
+        self.mlm = ElectraForMaskedLM(config)
+        self.sbo = SpanBoundaryHead(config.hidden_size, config.embedding_size, config.layer_norm_eps) if use_sbo else None
+
+    @property
+    def config(self):
+        return self.mlm.config
+
+    def decode(self, states):
+        """Vocabulary logits through ELECTRA's generator head and the tied embeddings."""
+        return self.mlm.generator_lm_head(self.mlm.generator_predictions(states))
+
+    def forward(self, input_ids, attention_mask, labels, span_position, boundary_left, boundary_right,
+                inputs_embeds=None, **unused):
+        hidden = self.mlm.electra(input_ids=None if inputs_embeds is not None else input_ids,
+                                  inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        rows, cols = masked_index(labels)
+        targets = labels[rows, cols]
+        logits = self.decode(hidden[rows, cols]).float()
+        out = {"mlm_loss": F.cross_entropy(logits, targets), "logits": logits, "rows": rows, "cols": cols,
+               "targets": targets}
+        out["loss"] = out["mlm_loss"]
+        if self.sbo is not None:
+            sbo_logits = self.decode(self.sbo(hidden, rows, boundary_left[rows, cols], boundary_right[rows, cols],
+                                              span_position[rows, cols])).float()
+            out["sbo_loss"] = F.cross_entropy(sbo_logits, targets)
+            out["loss"] = out["loss"] + out["sbo_loss"]
+        return out
+
+
+@torch.no_grad()
+def sample_tokens(logits, generator=None, temperature=1.0):
+    """Sample one token per row from softmax(logits / temperature) with the Gumbel-max trick, in fp32."""
+    logits = logits.float() / temperature
+    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(min=1e-9, max=1 - 1e-7)
+    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
+def corrupt(batch, gen_out, generator=None):
+    """Discriminator input: masked positions filled with generator samples; labels 1 where the token
+    now differs from the original (a sample equal to the original counts as original)."""
+    original = batch["original_ids"]
+    rows, cols = gen_out["rows"], gen_out["cols"]
+    sampled = sample_tokens(gen_out["logits"].detach(), generator)
+    corrupted = original.clone()
+    corrupted[rows, cols] = sampled
+    return corrupted, (corrupted != original).long()
+
+
+class SpanElectraDiscriminator(nn.Module):
+    """Replaced-token detection over all tokens plus the span-boundary predictive objective."""
+
+    def __init__(self, config: ElectraConfig, use_all_token=True, use_span_head=True):
+        super().__init__()
+        if not (use_all_token or use_span_head):
+            raise SpanElectraError("use_all_token / use_span_head: the discriminator needs at least one objective")
+        self.core = ElectraForPreTraining(config)
+        self.use_all_token = use_all_token
+        self.span_head = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) \
+            if use_span_head else None
+        self.span_classifier = nn.Linear(config.hidden_size, 1) if use_span_head else None
+
+    @property
+    def config(self):
+        return self.core.config
+
+    def forward(self, input_ids, attention_mask, replaced, labels, span_position, boundary_left, boundary_right,
+                inputs_embeds=None, **unused):
+        hidden = self.core.electra(input_ids=None if inputs_embeds is not None else input_ids,
+                                   inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        logits = self.core.discriminator_predictions(hidden).float()  # [B, L]
+        active = attention_mask.bool()
+        out = {"logits": logits, "active": active, "loss": logits.new_zeros(())}
+        out["rtd_loss"] = F.binary_cross_entropy_with_logits(logits[active], replaced[active].float())
+        if self.use_all_token:
+            out["loss"] = out["loss"] + out["rtd_loss"]
+        if self.span_head is not None:
+            rows, cols = masked_index(labels)
+            states = self.span_head(hidden, rows, boundary_left[rows, cols], boundary_right[rows, cols],
+                                    span_position[rows, cols])
+            span_logits = self.span_classifier(states).squeeze(-1).float()
+            out["span_loss"] = F.binary_cross_entropy_with_logits(span_logits, replaced[rows, cols].float())
+            out["loss"] = out["loss"] + out["span_loss"]
+        return out
+
+
+class SpanElectraJoint(nn.Module):
+    """ELECTRA's joint training: generator and discriminator share word and position embeddings.
+
+    With gradient_disentangled (DeBERTaV3), the discriminator reads the shared table without
+    pushing gradients into it and learns a zero-initialised delta on top."""
+
+    def __init__(self, gen_config, disc_config, use_sbo=True, use_all_token=True, use_span_head=True,
+                 gradient_disentangled=False):
+        super().__init__()
+        self.generator = SpanElectraGenerator(gen_config, use_sbo)
+        self.discriminator = SpanElectraDiscriminator(disc_config, use_all_token, use_span_head)
+        shared = self.discriminator.core.electra.embeddings
+        self.generator.mlm.electra.embeddings = shared
+        self.generator.mlm.generator_lm_head.weight = shared.word_embeddings.weight
+        self.embedding_delta = None
+        if gradient_disentangled:
+            self.embedding_delta = nn.Parameter(torch.zeros_like(shared.word_embeddings.weight))
+
+    def discriminator_embeddings(self, input_ids):
+        """Word embeddings the discriminator reads: shared table (gradient stopped) plus its delta."""
+        table = self.discriminator.core.electra.embeddings.word_embeddings.weight.detach() + self.embedding_delta
+        return F.embedding(input_ids, table)
+
+    def forward(self, batch, sample_generator=None):
+        gen_out = self.generator(**batch)
+        corrupted, replaced = corrupt(batch, gen_out, sample_generator)
+        embeds = self.discriminator_embeddings(corrupted) if self.embedding_delta is not None else None
+        disc_out = self.discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"], replaced=replaced,
+                                      labels=batch["labels"], span_position=batch["span_position"],
+                                      boundary_left=batch["boundary_left"], boundary_right=batch["boundary_right"],
+                                      inputs_embeds=embeds)
+        return gen_out, disc_out, replaced
+
+
+# ---------------------------------------------------------------- saving and loading
+def _save_heads(modules, directory, config):
+    from safetensors.torch import save_file
+    state = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() if m is not None
+             for k, v in m.state_dict().items()}
+    if state:
+        save_file(state, os.path.join(directory, HEAD_FILE))
+    atomic_write_json(os.path.join(directory, HEAD_CONFIG), config)
+
+
+def _load_heads(modules, directory):
+    from safetensors.torch import load_file
+    path = os.path.join(directory, HEAD_FILE)
+    if not os.path.isfile(path):
+        return
+    state = load_file(path)
+    for name, m in modules.items():
+        if m is not None:
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+
+
+def save_generator(generator, directory, tokenizer_dir=None):
+    """directory loads with ElectraForMaskedLM.from_pretrained; the SBO head sits beside it."""
+    generator.mlm.save_pretrained(directory, safe_serialization=True)
+    _save_heads({"sbo": generator.sbo}, directory, {"kind": "generator", "use_sbo": generator.sbo is not None})
+    _copy_tokenizer(tokenizer_dir, directory)
+
+
+def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None):
+    """directory loads with ElectraForPreTraining.from_pretrained; the span head sits beside it.
+    A gradient-disentangled delta is folded into the saved word embeddings."""
+    core = discriminator.core
+    if embedding_delta is not None:
+        import copy
+        core = copy.deepcopy(core)
+        with torch.no_grad():
+            core.electra.embeddings.word_embeddings.weight += embedding_delta.detach()
+    core.save_pretrained(directory, safe_serialization=True)
+    _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, directory,
+                {"kind": "discriminator", "use_all_token": discriminator.use_all_token,
+                 "use_span_head": discriminator.span_head is not None})
+    _copy_tokenizer(tokenizer_dir, directory)
+
+
+def _copy_tokenizer(tokenizer_dir, directory):
+    import shutil
+    if tokenizer_dir:
+        for name in os.listdir(tokenizer_dir):
+            if not name.startswith(".") and os.path.isfile(os.path.join(tokenizer_dir, name)):
+                shutil.copy2(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
+
+
+def read_head_config(directory, kind, field):
+    path = os.path.join(directory or "", HEAD_CONFIG)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, "config.json")):
+        raise SpanElectraError(f"{field}: '{directory}' is not a saved SpanElectra {kind} (no {HEAD_CONFIG} / "
+                               f"config.json); point it at OUT/{kind} of a finished training run")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("kind") != kind:
+        raise SpanElectraError(f"{field}: '{directory}' holds a {config.get('kind')}, not a {kind}")
+    return config
+
+
+def load_generator(directory, field="generator_dir"):
+    config = read_head_config(directory, "generator", field)
+    generator = SpanElectraGenerator(ElectraConfig.from_pretrained(directory), use_sbo=config["use_sbo"])
+    generator.mlm = ElectraForMaskedLM.from_pretrained(directory)
+    _load_heads({"sbo": generator.sbo}, directory)
+    return generator
+
+
+def load_discriminator(directory, field="discriminator_dir"):
+    config = read_head_config(directory, "discriminator", field)
+    disc = SpanElectraDiscriminator(ElectraConfig.from_pretrained(directory), config["use_all_token"],
+                                    config["use_span_head"])
+    disc.core = ElectraForPreTraining.from_pretrained(directory)
+    _load_heads({"span_head": disc.span_head, "span_classifier": disc.span_classifier}, directory)
+    return disc
+
+
+def init_discriminator_from_generator(discriminator, generator):
+    """Two-stage start (the seed's recipe): copy the generator's embeddings, and every other weight
+    whose name and shape match, into the discriminator. Returns the number of tensors copied."""
+    source = generator.mlm.electra.state_dict()
+    target = discriminator.core.electra.state_dict()
+    copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    discriminator.core.electra.load_state_dict(copied, strict=False)
+    return len(copied)

@@ -1,0 +1,213 @@
+"""Train the discriminator: replaced-token detection plus the span-boundary predictive objective.
+
+    python trainSpanElectra.py --mode two_stage --generator_dir GEN/generator --features_dir FEAT --out_dir SE
+    python trainSpanElectra.py --mode joint --features_dir FEAT --out_dir SE      # ELECTRA's recipe
+    torchrun --nproc_per_node 2 trainSpanElectra.py ...                         # several processes (DDP)
+
+two_stage: the saved generator is loaded once and frozen; the discriminator starts from its
+embeddings (and every weight whose shape matches), as the original SpanElectra does. joint: both
+train together with shared embeddings; loss = generator loss + disc_weight x discriminator loss.
+Saves SE/discriminator (loads with transformers.ElectraForPreTraining.from_pretrained), in joint
+mode also SE/generator, plus SE/metrics.jsonl and resumable checkpoints.
+"""
+import logging
+import os
+
+import torch
+from tqdm import tqdm
+
+import training_utils as tu
+from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_main, save_config
+from create_vocab_SE import tokenizer_hash
+from io_utils import SpanElectraError, make_out_dir
+from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, corrupt, electra_configs,
+                                    init_discriminator_from_generator, load_generator, save_discriminator,
+                                    save_generator)
+from process import SEDataset
+from trainMLM_SpanElectra import generator_metrics
+
+logger = logging.getLogger("span_electra")
+
+
+def discriminator_counts(disc_out, replaced):
+    """Sums over the batch's non-pad tokens, turned into rates by finish_metrics."""
+    active = disc_out["active"]
+    predicted = (disc_out["logits"] > 0) & active
+    actual = replaced.bool() & active
+    counts = {"tokens": active.sum(), "replaced": actual.sum(), "predicted": predicted.sum(),
+              "true_positive": (predicted & actual).sum(), "correct": ((predicted == actual) & active).sum()}
+    counts = {k: float(v) for k, v in counts.items()}
+    counts["disc_loss"] = disc_out["loss"].item()
+    counts["rtd_loss"] = disc_out["rtd_loss"].item()
+    if "span_loss" in disc_out:
+        counts["span_loss"] = disc_out["span_loss"].item()
+    return counts
+
+
+def finish_metrics(sums, n):
+    """Rates from summed counts; losses and generator metrics as means over the n batches."""
+    count_keys = ("tokens", "replaced", "predicted", "true_positive", "correct")
+    out = {k: v / n for k, v in sums.items() if k not in count_keys}
+    if "tokens" in sums:
+        out["disc_accuracy"] = sums["correct"] / max(sums["tokens"], 1)
+        out["replaced_fraction"] = sums["replaced"] / max(sums["tokens"], 1)
+        out["disc_precision"] = sums["true_positive"] / max(sums["predicted"], 1)
+        out["disc_recall"] = sums["true_positive"] / max(sums["replaced"], 1)
+    return out
+
+
+def add_to(sums, values):
+    for k, v in values.items():
+        sums[k] = sums.get(k, 0.0) + v
+
+
+class TwoStage(torch.nn.Module):
+    """The frozen generator fills the masks; only the discriminator trains."""
+
+    def __init__(self, generator, discriminator):
+        super().__init__()
+        self.discriminator = discriminator
+        self.frozen = [generator.eval().requires_grad_(False)]  # a list: not a submodule, not in state_dict
+
+    def forward(self, batch, sample_generator=None):
+        with torch.no_grad():
+            gen_out = self.frozen[0](**batch)
+        corrupted, replaced = corrupt(batch, gen_out, sample_generator)
+        disc_out = self.discriminator(input_ids=corrupted, replaced=replaced, **{
+            k: batch[k] for k in ("attention_mask", "labels", "span_position", "boundary_left", "boundary_right")})
+        return None, disc_out, replaced
+
+
+def step_metrics(gen_out, disc_out, replaced, batch, config):
+    """Loss to optimise and the batch's metrics, for either mode."""
+    metrics = discriminator_counts(disc_out, replaced)
+    if gen_out is None:
+        return disc_out["loss"], metrics
+    loss = gen_out["loss"] + config.disc_weight * disc_out["loss"]
+    metrics.update(generator_metrics(gen_out, batch))
+    metrics["gen_loss"] = metrics.pop("loss")
+    metrics["loss"] = loss.item()
+    return loss, metrics
+
+
+def build_model(config, features):
+    gen_config, disc_config = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
+                                              **config.model_overrides())
+    if config.mode == "joint":
+        return SpanElectraJoint(gen_config, disc_config, config.use_sbo, config.use_all_token, config.use_span_head,
+                                config.gradient_disentangled)
+    generator = load_generator(config.generator_dir)
+    if generator.config.vocab_size != features.vocab_size or \
+            tokenizer_hash(config.generator_dir) != features.meta["tokenizer_hash"]:
+        raise SpanElectraError(f"generator_dir: '{config.generator_dir}' was trained with another tokenizer than the "
+                               f"features in '{features.dir}'; use features built with its tokenizer")
+    discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head)
+    copied = init_discriminator_from_generator(discriminator, generator)
+    logger.info("discriminator initialised from the generator: %d tensors copied", copied)
+    return TwoStage(generator, discriminator)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, config, runtime):
+    model.eval()
+    sample_generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
+    sums, n = {}, 0
+    for i in range(min(config.eval_batches or len(dataset), len(dataset))):
+        batch = tu.to_device(dataset[i], runtime.device)
+        with tu.autocast(runtime, config.bf16):
+            gen_out, disc_out, replaced = model(batch, sample_generator)
+        add_to(sums, step_metrics(gen_out, disc_out, replaced, batch, config)[1])
+        n += 1
+    model.train()
+    return tu.all_reduce_mean(finish_metrics(sums, max(n, 1)), runtime)
+
+
+def main(config: SE_trainingConfig = None):
+    config = config or SE_trainingConfig()
+    config.validate()
+    runtime = tu.setup_runtime(config.device)
+    tu.seed_everything(config.seed)
+    train_set = SEDataset(config.data_args(SE_trainDataArgs, "train"), config.train_batch_size, seed=config.seed,
+                          rank=runtime.rank, world_size=runtime.world_size)
+    features = train_set.features
+    valid_set = None
+    if "valid" in features.meta["splits"]:
+        valid_set = SEDataset(config.data_args(SE_validDataArgs, "valid"), config.eval_batch_size, seed=config.seed,
+                              shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
+    model = build_model(config, features).to(runtime.device)
+    optimizer = tu.build_optimizer(model, config.learning_rate, config.weight_decay)
+    scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_fraction * config.max_steps), config.max_steps)
+
+    if runtime.is_main:
+        make_out_dir(config.out_dir)
+        save_config(config, config.out_dir, "trainSpanElectra")
+    state = tu.load_checkpoint(config.resume_from, config.out_dir)
+    step, position = 0, {"epoch": 0, "index": 0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        tu.set_rng_state(state["rng"])
+        step, position = state["step"], state["data"]
+    train_model = tu.wrap_ddp(torch.compile(model) if config.compile else model, runtime)
+    stream = tu.BatchStream(train_set, config.num_workers, **position)
+    log = tu.MetricsLog(config.out_dir, runtime, resume_step=step)
+    logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,
+                config.model_size, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+                len(train_set.data), runtime.world_size)
+
+    model.train()
+    speed, sums, n = tu.Throughput(), {}, 0
+    bar = tqdm(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
+    while step < config.max_steps:
+        for micro in range(config.gradient_accumulation_steps):
+            batch = tu.to_device(next(stream), runtime.device)
+            with tu.no_sync(train_model, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
+                gen_out, disc_out, replaced = train_model(batch)
+                loss, metrics = step_metrics(gen_out, disc_out, replaced, batch, config)
+            (loss / config.gradient_accumulation_steps).backward()
+            add_to(sums, metrics)
+            n += 1
+            speed.add(batch["attention_mask"].sum().item() * runtime.world_size)
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tu.check_finite(sums["loss"] if "loss" in sums else sums["disc_loss"], step)
+        bar.update(1)
+
+        if step % config.log_every == 0 or step == config.max_steps:
+            row = {"step": step, **tu.all_reduce_mean(finish_metrics(sums, n), runtime),
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
+            row.setdefault("loss", row["disc_loss"])
+            log.write(row)
+            bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_acc=f"{row['disc_accuracy']:.3f}")
+            sums, n = {}, 0
+        if valid_set is not None and (step % config.eval_every == 0 or step == config.max_steps):
+            row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
+            log.write(row)
+            logger.info("step %d valid: disc_loss %.4f, disc_accuracy %.4f, precision %.3f, recall %.3f", step,
+                        row["disc_loss"], row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
+        if runtime.is_main and (step % config.save_every == 0 or step == config.max_steps):
+            tu.save_checkpoint(config.out_dir, step, {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": tu.rng_state(), "data": stream.state()},
+                keep=config.keep_checkpoints)
+    bar.close()
+
+    tokenizer_dir = os.path.join(features.dir, "tokenizer")
+    out = os.path.join(config.out_dir, "discriminator")
+    if runtime.is_main:
+        delta = getattr(model, "embedding_delta", None)
+        save_discriminator(model.discriminator, out, tokenizer_dir, embedding_delta=delta)
+        if config.mode == "joint":
+            save_generator(model.generator, os.path.join(config.out_dir, "generator"), tokenizer_dir)
+        logger.info("discriminator saved to %s", out)
+    tu.teardown_runtime(runtime)
+    return out
+
+
+if __name__ == "__main__":
+    run_main(main, SE_trainingConfig)

@@ -1,0 +1,276 @@
+"""The machinery around both training loops: devices and DDP, optimizer and schedule, data
+position, checkpoints and resume, metrics logging. The loops themselves stay in
+trainMLM_SpanElectra.py and trainSpanElectra.py, readable top to bottom."""
+import contextlib
+import glob
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from io_utils import SpanElectraError, make_out_dir
+
+logger = logging.getLogger("span_electra")
+CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
+
+
+# ---------------------------------------------------------------- devices and processes
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def setup_runtime(device="auto"):
+    """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group: gloo on CPU,
+    nccl on GPU. Only rank 0 writes files and logs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpanElectraError("device: 'cuda' was asked for but no GPU is visible; use --device cpu")
+    if device == "cuda" and world_size > 1:
+        device = f"cuda:{local_rank}"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if rank != 0:
+        logging.getLogger("span_electra").setLevel(logging.WARNING)
+    return Runtime(dev, rank, world_size, local_rank)
+
+
+def teardown_runtime(runtime):
+    if runtime.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(runtime, bf16):
+    """bf16 autocast on CUDA or CPU when asked; a no-op otherwise."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
+
+
+def wrap_ddp(model, runtime):
+    if not runtime.distributed:
+        return model
+    ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def no_sync(model, skip):
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    if skip and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def all_reduce_mean(values, runtime):
+    """Average a dict of floats over ranks (metrics agree on every rank)."""
+    if not runtime.distributed:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / runtime.world_size).tolist()))
+
+
+# ---------------------------------------------------------------- optimization
+def build_optimizer(model, learning_rate, weight_decay, betas=(0.9, 0.999), eps=1e-6):
+    """AdamW without weight decay on biases and LayerNorm weights (BERT/ELECTRA)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+
+def warmup_linear_schedule(optimizer, warmup_steps, total_steps):
+    """Linear warmup to the peak learning rate, then linear decay to zero."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss, step):
+    if not math.isfinite(loss):
+        raise SpanElectraError(f"loss: non-finite loss ({loss}) at step {step}; lower --learning_rate, keep "
+                               "gradient clipping on (--max_grad_norm 1.0), or resume from an earlier checkpoint")
+
+
+# ---------------------------------------------------------------- data position
+class BatchStream:
+    """Endless batches of an MLMDataset/SEDataset, epoch after epoch, that remembers its position
+    (epoch, batch) so a resumed run continues with exactly the next batch."""
+
+    def __init__(self, dataset, num_workers=0, epoch=0, index=0):
+        self.dataset, self.num_workers = dataset, num_workers
+        self.epoch, self.index = epoch, index
+        self._iter = None
+
+    def _start(self):
+        self.dataset.set_epoch(self.epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, sampler=range(self.index, len(self.dataset)),
+            num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None,
+            generator=torch.Generator())  # its own seed source: the global RNG (dropout) is untouched
+        self._iter = iter(loader)
+
+    def __next__(self):
+        if self._iter is None:
+            self._start()
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._start()
+            batch = next(self._iter)
+        self.index += 1
+        return batch
+
+    def state(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- checkpoints
+def rng_state():
+    """Every global RNG, in types torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir, step, state, keep=2):
+    """Write out_dir/checkpoint-STEP.pt atomically and keep only the newest `keep` checkpoints."""
+    path = os.path.join(out_dir, CHECKPOINT_PATTERN.format(step))
+    tmp = path + ".tmp"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise SpanElectraError(f"out_dir: cannot write a checkpoint to '{out_dir}' ({e.strerror}); free some space "
+                               "or choose another --out_dir") from None
+    for old in list_checkpoints(out_dir)[:-keep]:
+        os.remove(old)
+    return path
+
+
+def list_checkpoints(out_dir):
+    return sorted(glob.glob(os.path.join(out_dir, "checkpoint-*.pt")))
+
+
+def load_checkpoint(resume_from, out_dir):
+    """The training state to resume from: 'latest' (the newest readable checkpoint in out_dir; None
+    when there is none yet), or a checkpoint path. Loaded with weights_only=True: no pickle code runs."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        candidates = list_checkpoints(out_dir)[::-1]
+        if not candidates:
+            logger.info("resume_from latest: no checkpoint in %s yet, starting from scratch", out_dir)
+            return None
+    else:
+        if not os.path.isfile(resume_from):
+            raise SpanElectraError(f"resume_from: '{resume_from}' is not a checkpoint file; use 'latest' or a "
+                                   "checkpoint-*.pt path")
+        candidates = [resume_from]
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            logger.info("resuming from %s (step %d)", path, state["step"])
+            return state
+        except Exception as e:  # a truncated or corrupted file: fall back to the one before
+            logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, str(e).splitlines()[0])
+    raise SpanElectraError(f"resume_from: no readable checkpoint among {', '.join(candidates)}; delete them to "
+                           "start from scratch")
+
+
+# ---------------------------------------------------------------- logging
+class MetricsLog:
+    """Appends one JSON object per logged step to out_dir/metrics.jsonl (rank 0 only)."""
+
+    def __init__(self, out_dir, runtime, resume_step=0):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.enabled = runtime.is_main
+        if self.enabled:
+            make_out_dir(out_dir)
+            if resume_step == 0 and os.path.exists(self.path):
+                os.remove(self.path)
+            elif resume_step:
+                self._truncate_after(resume_step)
+
+    def _truncate_after(self, step):
+        """Drop rows logged after the checkpoint we resume from, so the file reads as one run."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(rows)
+
+    def write(self, row):
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
+
+
+class Throughput:
+    """Tokens per second between two logging points."""
+
+    def __init__(self):
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens):
+        self.tokens += tokens
+
+    def rate(self):
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.start, 1e-9)
+        self.start, self.tokens = now, 0
+        return rate
