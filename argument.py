@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -341,6 +342,7 @@ def parse_config(config_cls, argv=None):
         raise SpanElectraError(f"{message}; run with --help for the fields")
 
     parser.error = one_line_error
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -364,12 +366,32 @@ def _read_config_file(path, config_cls):
         raise SpanElectraError(f"--config: '{path}' is not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(values, dict):
         raise SpanElectraError(f"--config: '{path}' must hold a JSON object of field: value")
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - known)
+    saved_class = values.pop("config_class", config_cls.__name__)  # written by save_config
+    if saved_class != config_cls.__name__:
+        raise SpanElectraError(f"--config: '{path}' holds a {saved_class}, not a {config_cls.__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise SpanElectraError(f"--config: '{path}' has unknown field(s) {', '.join(unknown)} "
                                f"for {config_cls.__name__}")
-    return values
+    hints = typing.get_type_hints(config_cls)
+    return {k: _coerce(v, k, hints[k], path) for k, v in values.items()}
+
+
+def _coerce(value, name, hint, path):
+    """A JSON value as the field's type (argparse converts only strings, so check the rest here).
+    Types come from the annotations: HfArgumentParser rewrites the dataclass fields' own types."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind = args[0] if args else hint
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise SpanElectraError(f"{name}: {value!r} in '{path}' is not a {kind.__name__}")
 
 
 def save_config(config, out_dir, script_name):

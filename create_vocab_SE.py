@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+import unicodedata
 from multiprocessing import get_context
 
 from tqdm import tqdm
@@ -255,7 +256,8 @@ def main(config: tok_args = None):
         raise SpanElectraError(f"data_dir: '{config.data_dir}' holds only blank lines; it must hold some text")
     if bad_bytes.count:
         logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
-    alphabet_size = len({c.lower() for c in alphabet} if config.lowercase else alphabet) - (" " in alphabet)
+    alphabet = {c.lower() for c in alphabet} if config.lowercase else alphabet
+    alphabet_size = sum(1 for c in alphabet if not c.isspace() and unicodedata.category(c) != "Cc")  # as clean_text
     if config.tokenizer_type == "BERT" and config.vocab_size < alphabet_size + len(SPECIAL_TOKENS):
         raise SpanElectraError(
             f"vocab_size: {config.vocab_size} is smaller than the corpus alphabet ({alphabet_size} characters + "

@@ -145,10 +145,11 @@ class BadByteCounter:
 
 
 def _utf8_safe_cut(chunk):
-    """Index at which to cut an over-long chunk: after the last space, else at a UTF-8 character start."""
+    """Index at which to cut an over-long chunk: before the last space (so the next piece starts with
+    it, as the word did), else at a UTF-8 character start."""
     cut = chunk.rfind(b" ")
     if cut > 0:
-        return cut + 1
+        return cut
     cut = len(chunk)
     while cut > 0 and (chunk[cut - 1] & 0xC0) == 0x80:  # back off continuation bytes
         cut -= 1

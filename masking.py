@@ -143,7 +143,9 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     M = int(np.ceil(num_words.max() / (mean_gap + span_lengths.mean) * 1.5)) + 3
     lengths = span_lengths.sample(rng, (B, M))
     gaps = rng.geometric(1.0 / mean_gap, size=(B, M))
-    gaps[:, 0] -= 1  # a row may begin with a span
+    # the first span starts uniformly within one gap+span cycle (the renewal process in equilibrium),
+    # and always inside the row, so even a short row has a candidate
+    gaps[:, 0] = np.floor(rng.random(B) * np.minimum(num_words, mean_gap + span_lengths.mean))
     starts = np.cumsum(gaps + lengths, axis=1) - lengths
     valid = starts < num_words[:, None]
     first = np.minimum(words["offset"][:, None] + starts, len(words["start"]) - 1)  # flat word index
@@ -159,6 +161,18 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     rows = np.arange(B)[:, None]
     tokens_sorted = tokens[rows, order]
     keep = (np.cumsum(tokens_sorted, axis=1) - tokens_sorted < threshold[:, None]) & valid[rows, order]
+    # Where the budget is below one span's overshoot (short rows, small ratios) nothing passes the
+    # threshold: keep the first candidate, cut to the words that fit the budget (at least one).
+    small = np.flatnonzero((threshold <= 0) & (budget > 0) & valid[np.arange(B), order[:, 0]])
+    if len(small):
+        c0 = order[small, 0]
+        f0 = first[small, c0]
+        j = np.arange(span_lengths.values[-1])
+        ends = words["end"][np.minimum(f0[:, None] + j, last[small, c0][:, None])] - words["start"][f0][:, None]
+        fit = np.maximum(1, ((ends <= budget[small, None]) & (f0[:, None] + j <= last[small, c0][:, None])).sum(1))
+        last[small, c0] = f0 + fit - 1
+        tokens[small, c0] = words["end"][last[small, c0]] - words["start"][f0]
+        keep[small, 0] = True
     r, k = np.nonzero(keep)
     c = order[r, k]
     f, l = first[r, c], last[r, c]

@@ -1,0 +1,176 @@
+"""Shared fixtures: tiny vocabularies and feature folders built once per test session.
+
+Everything is written under pytest's tmp_path_factory; the scripts' main(config) functions are
+called in-process (only the CLI checks start a subprocess, via `run_cli`).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLE = REPO / "data" / "sample"
+SAMPLE_VI = REPO / "data" / "sample_vi"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PAD, UNK, CLS, SEP, MASK = range(5)
+
+import argument  # noqa: E402
+import create_vocab_SE  # noqa: E402
+import process  # noqa: E402
+
+
+# ---------------------------------------------------------------- helpers
+def train_vocab(out_dir, **kw):
+    """create_vocab_SE.main with small defaults (vocab 2000 on data/sample)."""
+    kw.setdefault("data_dir", str(SAMPLE))
+    kw.setdefault("vocab_size", 2000)
+    kw.setdefault("num_workers", 1)
+    create_vocab_SE.main(argument.tok_args(out_dir=str(out_dir), **kw))
+    return Path(out_dir)
+
+
+def build_features(tok_dir, out_dir, **kw):
+    """process.main on the bundled sample (train + valid) unless told otherwise."""
+    kw.setdefault("train_input", str(SAMPLE / "train.tokens"))
+    kw.setdefault("valid_input", str(SAMPLE / "valid.tokens"))
+    kw.setdefault("num_workers", 1)
+    meta = process.main(argument.feature_args(tokenizer_dir=str(tok_dir), out_dir=str(out_dir), **kw))
+    return Path(out_dir), meta
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def text_lines(paths):
+    """The non-blank lines of the files, split on '\\n' only (as the scripts read them)."""
+    out = []
+    for p in paths:
+        for line in Path(p).read_bytes().decode("utf-8", errors="replace").split("\n"):
+            line = line.rstrip("\r")
+            if line.strip():
+                out.append(line)
+    return out
+
+
+def count_tokens(tok_dir, lines, segment=None):
+    """Tokens the tokenizer gives the lines (no special tokens), segmenting them first if asked."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    if segment is not None:
+        lines = [segment(l) for l in lines]
+    return sum(len(e.ids) for e in tok.encode_batch(lines, add_special_tokens=False))
+
+
+def run_cli(script, *args, cwd=None, timeout=120):
+    """Run `python script.py args...` from the repository; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_cli_error(result, *needles):
+    """Exit code 2, exactly one stderr line starting 'error:' naming each needle, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def masked_rows(features_dir, split="train", n=None):
+    feats = process.PretrainingFeatures(str(features_dir))
+    data = np.asarray(feats.split(split), dtype=np.int64)
+    return feats, (data if n is None else data[:n])
+
+
+def token_strings(tokenizer):
+    """The token string of every id of a tokenizers.Tokenizer, as an object array."""
+    return np.array([tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())], dtype=object)
+
+
+def check_segmented_words_whole(feats, ids, batch, min_words=200):
+    """A word segmented by pyvi (syllables joined by '_') is one byte-level word: masked all or nothing."""
+    import masking
+    tokens = token_strings(feats.tokenizer)
+    table = masking.word_start_table(feats.tokenizer)
+    underscore = np.array(["_" in t for t in tokens])
+    assert not table[[i for i, t in enumerate(tokens) if t.startswith("_")]].any()  # '_…' continues a word
+    masked = batch["labels"] != -100
+    new_word = np.array([t.startswith("\u0120") for t in tokens])
+    new_word[:5] = True
+    seen = partly = 0
+    special = np.isin(ids, np.arange(5))
+    starts = new_word[ids] | special
+    starts[:, 1:] |= special[:, :-1]  # a row's leading fragment is a word of its own
+    for row in range(len(ids)):
+        word_id = np.cumsum(starts[row])
+        for w in np.unique(word_id[underscore[ids[row]]]):
+            members = word_id == w
+            if members.sum() < 2:
+                continue
+            seen += 1
+            m = masked[row][members]
+            partly += m.any() and not m.all()
+    assert seen > min_words, seen
+    assert partly == 0
+    assert masked.sum() / (~np.isin(ids, np.arange(5))).sum() == pytest.approx(0.15, abs=0.02)
+    return seen
+
+
+# ---------------------------------------------------------------- session fixtures
+@pytest.fixture(scope="session")
+def bpe_tok(tmp_path_factory):
+    return train_vocab(tmp_path_factory.mktemp("tok") / "bpe", tokenizer_type="BPE", model_name="bpe-test")
+
+
+@pytest.fixture(scope="session")
+def bert_tok(tmp_path_factory):
+    return train_vocab(tmp_path_factory.mktemp("tok") / "bert", tokenizer_type="BERT", model_name="bert-test")
+
+
+@pytest.fixture(scope="session")
+def vi_tok(tmp_path_factory):
+    pytest.importorskip("pyvi")
+    return train_vocab(tmp_path_factory.mktemp("tok") / "vi", tokenizer_type="BPE", data_dir=str(SAMPLE_VI),
+                       vocab_size=3000, word_segmenter="pyvi")
+
+
+@pytest.fixture(scope="session")
+def bpe_feat(bpe_tok, tmp_path_factory):
+    """BPE features, max_seq_len 128, with static masks; returns (folder, meta)."""
+    return build_features(bpe_tok, tmp_path_factory.mktemp("feat") / "bpe128", static_masking=True)
+
+
+@pytest.fixture(scope="session")
+def bert_feat(bert_tok, tmp_path_factory):
+    return build_features(bert_tok, tmp_path_factory.mktemp("feat") / "bert128")
+
+
+@pytest.fixture(scope="session")
+def bpe_feat_512(bpe_tok, tmp_path_factory):
+    return build_features(bpe_tok, tmp_path_factory.mktemp("feat") / "bpe512", max_seq_len=512)
+
+
+@pytest.fixture(scope="session")
+def vi_feat(vi_tok, tmp_path_factory):
+    return build_features(vi_tok, tmp_path_factory.mktemp("feat") / "vi64", train_input=str(SAMPLE_VI / "train.txt"),
+                          valid_input=str(SAMPLE_VI / "valid.txt"), max_seq_len=64)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA

@@ -1,0 +1,351 @@
+"""Bad input: every user mistake ends in exit code 2 and one 'error: ...' line naming the field or
+file (no traceback), and leaves nothing that looks complete behind."""
+import json
+import logging
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import (SAMPLE, assert_cli_error, build_features, count_tokens, read_json, run_cli, text_lines,
+                      train_vocab)
+
+import argument
+import process
+from io_utils import SpanElectraError
+
+SOME_TEXT = (SAMPLE / "valid.tokens").read_bytes()[:30000].rsplit(b"\n", 1)[0] + b"\n"
+
+
+# ---------------------------------------------------------------- CLI cases, run in parallel once
+def _vocab(d, *args):
+    return ["create_vocab_SE.py", "--out_dir", d / "out", "--vocab_size", 500, *args]
+
+
+def _process(d, tok, *args):
+    return ["process.py", "--tokenizer_dir", tok, "--out_dir", d / "out", "--valid_input", "", *args]
+
+
+def case_missing_data_dir(d, tok, feat):
+    return _vocab(d, "--data_dir", d / "no_such_corpus"), ["data_dir", "no_such_corpus"], ["out"]
+
+
+def case_empty_folder(d, tok, feat):
+    (d / "corpus").mkdir()
+    return _vocab(d, "--data_dir", d / "corpus"), ["data_dir", "no text file"], ["out/tokenizer.json"]
+
+
+def case_folder_without_text_files(d, tok, feat):
+    (d / "corpus").mkdir()
+    (d / "corpus" / "notes.json").write_text('{"a": 1}')
+    (d / "corpus" / "table.csv").write_text("a,b\n1,2\n")
+    return _vocab(d, "--data_dir", d / "corpus"), ["data_dir", "no text file"], ["out/tokenizer.json"]
+
+
+def case_empty_file(d, tok, feat):
+    (d / "empty.txt").write_bytes(b"")
+    return _vocab(d, "--data_dir", d / "empty.txt"), ["data_dir", "empty"], ["out/tokenizer.json"]
+
+
+def case_only_blank_lines(d, tok, feat):
+    (d / "blank.txt").write_text("\n \n\t\n\n   \n")
+    return _vocab(d, "--data_dir", d / "blank.txt"), ["data_dir", "blank"], ["out/tokenizer.json",
+                                                                            "out/se_tokenizer.json"]
+
+
+def case_only_binary_files(d, tok, feat):
+    (d / "corpus").mkdir()
+    (d / "corpus" / "a.txt").write_bytes(bytes(range(256)) * 40)
+    return _vocab(d, "--data_dir", d / "corpus"), ["data_dir", "binary"], ["out/tokenizer.json"]
+
+
+def case_bpe_vocab_too_small(d, tok, feat):
+    (d / "a.txt").write_bytes(SOME_TEXT)
+    return (["create_vocab_SE.py", "--data_dir", d / "a.txt", "--out_dir", d / "out", "--vocab_size", 100],
+            ["vocab_size", "100"], ["out"])
+
+
+def case_unknown_tokenizer_type(d, tok, feat):
+    (d / "a.txt").write_bytes(SOME_TEXT)
+    return _vocab(d, "--data_dir", d / "a.txt", "--tokenizer_type", "XLNet"), ["tokenizer_type", "XLNet"], ["out"]
+
+
+def case_max_seq_len_2(d, tok, feat):
+    return _process(d, tok, "--train_input", SAMPLE / "valid.tokens", "--max_seq_len", 2), ["max_seq_len"], \
+        ["out/meta.json"]
+
+
+def case_missing_tokenizer_dir(d, tok, feat):
+    return _process(d, d / "no_tokenizer", "--train_input", SAMPLE / "valid.tokens"), \
+        ["tokenizer_dir", "no_tokenizer"], ["out"]
+
+
+def case_tokenizer_dir_without_tokenizer(d, tok, feat):
+    (d / "tok").mkdir()
+    return _process(d, d / "tok", "--train_input", SAMPLE / "valid.tokens"), \
+        ["tokenizer_dir", "tokenizer.json"], ["out"]
+
+
+def case_missing_train_input(d, tok, feat):
+    return _process(d, tok, "--train_input", d / "nothing.txt"), ["train_input", "nothing.txt"], ["out"]
+
+
+def case_missing_valid_input(d, tok, feat):
+    args = _process(d, tok, "--train_input", SAMPLE / "valid.tokens")
+    args[args.index("--valid_input") + 1] = d / "no_valid.txt"
+    return args, ["valid_input", "no_valid.txt"], ["out"]
+
+
+def case_documents_too_short(d, tok, feat):
+    (d / "short.txt").write_text("a few words\n\nand another short document\n")
+    return _process(d, tok, "--train_input", d / "short.txt", "--max_seq_len", 128), \
+        ["train_input", "128"], ["out/meta.json"]
+
+
+def case_process_mask_ratio_1_5(d, tok, feat):
+    return _process(d, tok, "--train_input", SAMPLE / "valid.tokens", "--mask_ratio", 1.5), \
+        ["mask_ratio", "1.5"], ["out"]
+
+
+def case_stats_mask_ratio_0(d, tok, feat):
+    return ["masking.py", "--stats", "--features_dir", feat, "--mask_ratio", 0], ["mask_ratio", "0"], []
+
+
+def case_stats_without_features(d, tok, feat):
+    return ["masking.py", "--stats", "--features_dir", d / "nofeat"], ["features_dir", "nofeat"], []
+
+
+def case_stats_other_tokenizer(d, tok, feat):
+    # features built with the BPE tokenizer, checked against a different one
+    other = d / "other_tok"
+    other.mkdir()
+    for p in tok.iterdir():
+        (other / p.name).write_bytes(p.read_bytes())
+    info = read_json(other / "se_tokenizer.json")
+    info["word_segmenter"] = "pyvi"
+    (other / "se_tokenizer.json").write_text(json.dumps(info))
+    return ["masking.py", "--stats", "--features_dir", feat, "--tokenizer_dir", other], ["tokenizer_dir"], []
+
+
+def case_config_unknown_field(d, tok, feat):
+    (d / "cfg.json").write_text(json.dumps({"max_seq_len": 64, "no_such_field": 1, "learning_rate": 3}))
+    return _process(d, tok, "--train_input", SAMPLE / "valid.tokens", "--config", d / "cfg.json"), \
+        ["--config", "no_such_field", "learning_rate"], ["out"]
+
+
+def case_config_bad_json(d, tok, feat):
+    (d / "cfg.json").write_text("{max_seq_len: 64")
+    return _process(d, tok, "--config", d / "cfg.json"), ["--config", "JSON"], ["out"]
+
+
+def case_config_missing_file(d, tok, feat):
+    return _process(d, tok, "--config", d / "nope.json"), ["--config", "nope.json"], ["out"]
+
+
+def case_bad_int_value(d, tok, feat):
+    return _process(d, tok, "--max_seq_len", "abc"), ["max_seq_len", "abc"], ["out"]
+
+
+def case_unknown_argument(d, tok, feat):
+    return _process(d, tok, "--no_such_field", 3), ["no_such_field"], ["out"]
+
+
+CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
+# These run as real subprocesses (`python script.py ...`); the others go through the same entry point,
+# argument.run_main, in this process (each Python start costs ~1.5 s of CPU).
+SUBPROCESS_CASES = {"missing_data_dir", "empty_folder", "folder_without_text_files", "empty_file",
+                    "max_seq_len_2", "bpe_vocab_too_small", "missing_tokenizer_dir", "process_mask_ratio_1_5",
+                    "stats_mask_ratio_0", "config_unknown_field"}
+ENTRY_POINTS = {"create_vocab_SE.py": ("create_vocab_SE", "tok_args"), "process.py": ("process", "feature_args"),
+                "masking.py": ("masking", "mask_stats_args")}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, bpe_tok, bpe_feat):
+    out = {}
+    for name, fn in CASES.items():
+        d = tmp_path_factory.mktemp(name)
+        args, needles, absent = fn(d, bpe_tok, bpe_feat[0])
+        out[name] = (d, [str(a) for a in args], needles, absent)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_results(prepared):
+    """Run the subprocess cases once, two at a time."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_cli, *prepared[name][1]) for name in SUBPROCESS_CASES}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _run_in_process(args, capsys):
+    """argument.run_main(script.main, its config class, argv), as `python script.py argv` runs it."""
+    import importlib
+    module_name, cls_name = ENTRY_POINTS[args[0]]
+    module = importlib.import_module(module_name)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        argument.run_main(module.main, getattr(argument, cls_name), args[1:])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cli_error(case, prepared, cli_results, capsys):
+    d, args, needles, absent = prepared[case]
+    result = cli_results[case] if case in SUBPROCESS_CASES else _run_in_process(args, capsys)
+    line = assert_cli_error(result, *needles)
+    assert len(line) < 600
+    for rel in absent:
+        assert not (d / rel).exists(), f"{rel} left behind after: {line}"
+    # no temporary folder is left either
+    assert not [p.name for p in d.rglob(".*tmp-*")]
+
+
+# ---------------------------------------------------------------- in-process: recoverable input
+def test_binary_file_among_text_files_is_skipped(tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_bytes(SOME_TEXT)
+    (corpus / "b.txt").write_bytes(b"\x00\x01\x02PK\x03\x04" + bytes(range(256)) * 20)
+    (corpus / "c.tokens").write_bytes(b"\x7fELF\x00\x00" * 100)
+    with caplog.at_level(logging.WARNING, logger="span_electra"):
+        out = train_vocab(tmp_path / "tok", tokenizer_type="BPE", data_dir=str(corpus), vocab_size=500)
+    assert "b.txt" in caplog.text and "c.tokens" in caplog.text and "binary" in caplog.text
+    info = read_json(out / "se_tokenizer.json")
+    assert info["num_files"] == 1
+    assert info["num_bytes"] == len(SOME_TEXT)
+    assert (out / "tokenizer.json").is_file() and info["vocab_size"] == 500
+
+
+def test_empty_lines_are_fine(tmp_path, bpe_tok):
+    lines = SOME_TEXT.decode().split("\n")
+    text = "\n\n\n".join(lines) + "\n\n\r\n \n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    out = train_vocab(tmp_path / "tok", tokenizer_type="BERT", data_dir=str(tmp_path / "a.txt"), vocab_size=800)
+    assert read_json(out / "se_tokenizer.json")["num_lines"] == sum(1 for l in lines if l.strip())
+    feat_dir, meta = build_features(bpe_tok, tmp_path / "feat", train_input=str(tmp_path / "a.txt"),
+                                    valid_input="", max_seq_len=32, doc_boundary="file")
+    total = count_tokens(bpe_tok, text_lines([tmp_path / "a.txt"]))
+    assert meta["num_tokens"]["train"] + meta["dropped_tail_tokens"]["train"] == total
+    assert meta["num_documents"]["train"] == 1
+
+
+def _long_line_corpus(tmp_path, max_seq_len):
+    words = (SAMPLE / "train.tokens").read_text(encoding="utf-8").split()
+    long_line = " ".join(words[:6000])
+    assert len(long_line.encode()) > 100 * max_seq_len * 8 * 2  # cut into at least three pieces
+    path = tmp_path / "long.txt"
+    path.write_text("A short first line .\n" + long_line + "\nand a line after it .\n", encoding="utf-8")
+    return path
+
+
+def _check_long_line(tok_dir, tmp_path, caplog):
+    path = _long_line_corpus(tmp_path, 16)
+    with caplog.at_level(logging.WARNING, logger="span_electra"):
+        _, meta = build_features(tok_dir, tmp_path / "feat", train_input=str(path), valid_input="", max_seq_len=16,
+                                 doc_boundary="file")
+    assert "line 2" in caplog.text and "longer than" in caplog.text
+    assert meta["num_sequences"]["train"] > 500
+    total = count_tokens(tok_dir, text_lines([path]))
+    assert meta["num_tokens"]["train"] + meta["dropped_tail_tokens"]["train"] == total
+
+
+def test_long_line_is_processed_in_pieces_wordpiece(bert_tok, tmp_path, caplog):
+    _check_long_line(bert_tok, tmp_path, caplog)
+
+
+def test_long_line_is_processed_in_pieces_bpe(bpe_tok, tmp_path, caplog):
+    _check_long_line(bpe_tok, tmp_path, caplog)
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path, bpe_tok, caplog):
+    text = SOME_TEXT.replace(b" the ", b" th\xe9 ", 3).replace(b" of ", b" \xff\xfeof ", 2)
+    assert text.count(b"\xe9") == 3
+    (tmp_path / "bad.txt").write_bytes(text)
+    with caplog.at_level(logging.WARNING, logger="span_electra"):
+        out = train_vocab(tmp_path / "tok", tokenizer_type="BPE", data_dir=str(tmp_path / "bad.txt"), vocab_size=600)
+    assert read_json(out / "se_tokenizer.json")["undecodable_bytes"] == 7
+    _, meta = build_features(bpe_tok, tmp_path / "feat", train_input=str(tmp_path / "bad.txt"), valid_input="",
+                             max_seq_len=32)
+    assert meta["undecodable_bytes"] == 7
+    assert "7 undecodable byte" in caplog.text
+    lines = text.decode("utf-8", errors="replace").split("\n")
+    total = count_tokens(bpe_tok, [l for l in lines if l.strip()])
+    assert meta["num_tokens"]["train"] + meta["dropped_tail_tokens"]["train"] == total
+
+
+def test_bert_vocab_smaller_than_alphabet(tmp_path):
+    (tmp_path / "a.txt").write_bytes(SOME_TEXT)
+    with pytest.raises(SpanElectraError, match="^vocab_size:"):
+        train_vocab(tmp_path / "tok", tokenizer_type="BERT", data_dir=str(tmp_path / "a.txt"), vocab_size=40)
+    assert not (tmp_path / "tok" / "tokenizer.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_rebuild_keeps_no_half_features(tmp_path, bpe_tok):
+    (tmp_path / "short.txt").write_text("too short\n")
+    with pytest.raises(SpanElectraError, match="^train_input:"):
+        build_features(bpe_tok, tmp_path / "feat", train_input=str(tmp_path / "short.txt"), valid_input="")
+    assert not (tmp_path / "feat" / "meta.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(SpanElectraError, match="^features_dir:"):
+        process.PretrainingFeatures(str(tmp_path / "feat"))
+
+
+def test_rebuild_replaces_features(tmp_path, bpe_tok, bert_tok):
+    feat = tmp_path / "feat"
+    _, first = build_features(bpe_tok, feat, train_input=str(SAMPLE / "valid.tokens"), valid_input="",
+                              max_seq_len=64)
+    _, second = build_features(bert_tok, feat, train_input=str(SAMPLE / "valid.tokens"), valid_input="",
+                               max_seq_len=32)
+    feats = process.PretrainingFeatures(str(feat))
+    assert feats.meta == second and feats.max_seq_len == 32
+    assert feats.split("train").shape == (second["num_sequences"]["train"], 32)
+    feats.check_tokenizer(str(bert_tok))
+    with pytest.raises(SpanElectraError):
+        feats.check_tokenizer(str(bpe_tok))
+    assert read_json(feat / "tokenizer" / "se_tokenizer.json")["tokenizer_type"] == "BERT"
+
+
+# ---------------------------------------------------------------- in-process: datasets
+def test_static_masking_without_static_masks(bert_feat):
+    args = argument.MLM_trainDataArgs(features_dir=str(bert_feat[0]), static_masking=True)
+    with pytest.raises(SpanElectraError, match="^static_masking:"):
+        process.MLMDataset(args, batch_size=8)
+
+
+def test_batch_larger_than_split(bpe_feat):
+    n = bpe_feat[1]["num_sequences"]["valid"]
+    args = argument.MLM_validDataArgs(features_dir=str(bpe_feat[0]))
+    with pytest.raises(SpanElectraError, match=str(n)):
+        process.MLMDataset(args, batch_size=n + 1)
+    with pytest.raises(SpanElectraError):
+        process.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n // 2 + 1,
+                           world_size=2)
+    assert len(process.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n,
+                                  shuffle=False)) == 1
+
+
+def test_dataset_on_missing_split_or_folder(tmp_path, bpe_tok):
+    _, meta = build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
+    with pytest.raises(SpanElectraError, match="valid"):
+        process.MLMDataset(argument.MLM_validDataArgs(features_dir=str(tmp_path / "f")), batch_size=4)
+    with pytest.raises(SpanElectraError, match="^features_dir:"):
+        process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(tmp_path / "nope")), batch_size=4)
+
+
+def test_masking_rejects_bad_mask_ratio_in_process(bpe_feat):
+    for value in (1.5, 0.0, -0.1, 1.0):
+        with pytest.raises(SpanElectraError, match="^mask_ratio:"):
+            process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]), mask_ratio=value),
+                               batch_size=8)
+
+
+def test_corrupt_tokenizer_json(tmp_path, bpe_tok):
+    broken = tmp_path / "tok"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(SpanElectraError, match="^tokenizer_dir:"):
+        build_features(broken, tmp_path / "feat", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
+    assert not (tmp_path / "feat").exists()

@@ -1,0 +1,171 @@
+"""argument.py: --config files, command-line overrides, validation and the saved resolved config."""
+import dataclasses
+import json
+
+import pytest
+
+from conftest import SAMPLE, read_json, run_cli
+
+import argument
+from io_utils import SpanElectraError
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_without_arguments():
+    cfg = argument.parse_config(argument.feature_args, [])
+    assert cfg == argument.feature_args()
+    assert (cfg.max_seq_len, cfg.mask_ratio, cfg.span_p, cfg.max_span_len) == (128, 0.15, 0.2, 10)
+    assert (cfg.mask_replace_prob, cfg.random_replace_prob) == (0.8, 0.1)
+
+
+def test_config_file_overrides_defaults_and_cli_wins(tmp_path):
+    path = _write(tmp_path / "cfg.json", {"max_seq_len": 64, "seed": 7, "static_masking": True,
+                                          "doc_boundary": "file", "mask_ratio": 0.2})
+    cfg = argument.parse_config(argument.feature_args, ["--config", path])
+    assert (cfg.max_seq_len, cfg.seed, cfg.static_masking, cfg.doc_boundary, cfg.mask_ratio) == \
+        (64, 7, True, "file", 0.2)
+    assert cfg.batch_lines == 2000  # untouched fields keep their defaults
+    cfg = argument.parse_config(argument.feature_args, ["--max_seq_len", "32", "--config", path, "--seed", "9"])
+    assert (cfg.max_seq_len, cfg.seed, cfg.static_masking, cfg.mask_ratio) == (32, 9, True, 0.2)
+
+
+def test_config_file_null_and_empty_values(tmp_path):
+    path = _write(tmp_path / "cfg.json", {"valid_input": None, "valid_fraction": 0.1})
+    cfg = argument.parse_config(argument.feature_args, ["--config", path])
+    assert cfg.valid_input is None and cfg.valid_fraction == 0.1
+    cfg = argument.parse_config(argument.feature_args, ["--valid_input", ""])
+    assert cfg.valid_input == ""
+
+
+def test_bool_flags_on_the_command_line():
+    assert argument.parse_config(argument.tok_args, ["--lowercase"]).lowercase is True
+    assert argument.parse_config(argument.tok_args, ["--lowercase", "false"]).lowercase is False
+    assert argument.parse_config(argument.feature_args, ["--static_masking", "true"]).static_masking is True
+
+
+def test_config_equals_form(tmp_path):
+    path = _write(tmp_path / "cfg.json", {"max_seq_len": 64})
+    cfg = argument.parse_config(argument.feature_args, [f"--config={path}"])
+    assert cfg.max_seq_len == 64
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"max_seq_len": 64, "no_such_field": 1}, "no_such_field"),
+    ({"vocab_size": 100}, "vocab_size"),  # a field of another script's config
+    ([1, 2, 3], "JSON object"),
+    ("{not json", "not valid JSON"),
+])
+def test_bad_config_files(content, needle, tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    with pytest.raises(SpanElectraError, match="^--config") as info:
+        argument.parse_config(argument.feature_args, ["--config", str(path)])
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_missing_or_without_path(tmp_path):
+    with pytest.raises(SpanElectraError, match="^--config: cannot read"):
+        argument.parse_config(argument.feature_args, ["--config", str(tmp_path / "none.json")])
+    with pytest.raises(SpanElectraError, match="^--config"):
+        argument.parse_config(argument.feature_args, ["--max_seq_len", "64", "--config"])
+
+
+def test_unknown_command_line_field():
+    with pytest.raises(SpanElectraError, match="no_such_field"):
+        argument.parse_config(argument.feature_args, ["--no_such_field", "3"])
+    with pytest.raises(SpanElectraError, match="max_seq_len"):
+        argument.parse_config(argument.feature_args, ["--max_seq_len", "many"])
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    (argument.feature_args, "valid_fraction", 1.0),
+    (argument.feature_args, "valid_fraction", -0.1),
+    (argument.feature_args, "batch_lines", 0),
+    (argument.feature_args, "doc_boundary", "chapter"),
+    (argument.feature_args, "max_seq_len", 2),
+    (argument.feature_args, "mask_ratio", 1.5),
+    (argument.feature_args, "mask_ratio", 0.0),
+    (argument.feature_args, "mask_replace_prob", 1.2),
+    (argument.feature_args, "span_p", float("inf")),
+    (argument.MaskingArgs, "random_replace_prob", 0.25),  # 0.8 + 0.25 > 1
+    (argument.MaskingArgs, "max_span_len", 0),
+    (argument.mask_stats_args, "num_sequences", 0),
+    (argument.tok_args, "vocab_size", 5),
+])
+def test_validation_names_the_field(cls, field, value, bpe_tok, bpe_feat):
+    extra = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    if "tokenizer_dir" in names and cls is argument.feature_args:
+        extra["tokenizer_dir"] = str(bpe_tok)
+    if "features_dir" in names:
+        extra["features_dir"] = str(bpe_feat[0])
+    cfg = cls(**extra, **{field: value})
+    with pytest.raises(SpanElectraError, match=f"^{field}:") as info:
+        cfg.validate()
+    assert "\n" not in str(info.value)
+    cls(**extra).validate()  # the defaults are valid
+
+
+def test_data_args_defaults():
+    assert argument.MLM_trainDataArgs().split == "train"
+    assert argument.MLM_validDataArgs().split == "valid"
+    se = argument.SE_trainDataArgs()
+    assert (se.mask_replace_prob, se.random_replace_prob, se.split) == (0.85, 0.0, "train")
+    assert argument.SE_validDataArgs().split == "valid"
+    assert (argument.MLM_trainDataArgs().mask_replace_prob, argument.MLM_trainDataArgs().random_replace_prob) == \
+        (0.8, 0.1)
+
+
+def test_save_config_round_trips(tmp_path):
+    cfg = argument.feature_args(max_seq_len=77, valid_input=None, static_masking=True)
+    argument.save_config(cfg, str(tmp_path), "process")
+    data = read_json(tmp_path / "process_config.json")
+    assert data.pop("config_class") == "feature_args"
+    assert argument.feature_args(**data) == cfg
+
+
+def test_saved_config_is_a_valid_config_file(tmp_path):
+    cfg = argument.feature_args(max_seq_len=77, static_masking=True)
+    argument.save_config(cfg, str(tmp_path), "process")
+    again = argument.parse_config(argument.feature_args, ["--config", str(tmp_path / "process_config.json")])
+    assert again == cfg
+
+
+def test_process_cli_config_and_override(bpe_tok, tmp_path):
+    out = tmp_path / "feat"
+    cfg = _write(tmp_path / "cfg.json", {"max_seq_len": 64, "seed": 7, "tokenizer_dir": str(bpe_tok),
+                                         "train_input": str(SAMPLE / "valid.tokens"), "valid_input": None,
+                                         "out_dir": str(out / "ignored")})
+    result = run_cli("process.py", "--config", cfg, "--max_seq_len", 32, "--out_dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    meta = read_json(out / "meta.json")
+    assert meta["max_seq_len"] == 32 and meta["splits"] == ["train"]
+    saved = read_json(out / "process_config.json")
+    assert saved["config_class"] == "feature_args"
+    assert (saved["max_seq_len"], saved["seed"], saved["out_dir"], saved["valid_input"]) == (32, 7, str(out), None)
+    assert saved["tokenizer_dir"] == str(bpe_tok)
+    assert not (out / "ignored").exists()
+
+
+def test_config_file_value_of_wrong_type_is_a_user_error(bpe_tok, tmp_path, capsys):
+    import process
+    cfg = _write(tmp_path / "cfg.json", {"max_seq_len": 64.5, "tokenizer_dir": str(bpe_tok),
+                                         "train_input": str(SAMPLE / "valid.tokens"), "valid_input": None,
+                                         "out_dir": str(tmp_path / "feat")})
+    with pytest.raises(SystemExit) as info:
+        argument.run_main(process.main, argument.feature_args, ["--config", cfg])
+    assert info.value.code == 2
+    assert "max_seq_len" in capsys.readouterr().err
+
+
+def test_config_file_whole_number_float_becomes_int(tmp_path):
+    cfg = _write(tmp_path / "cfg.json", {"max_seq_len": 64.0, "mask_ratio": 1})
+    config = argument.parse_config(argument.feature_args, ["--config", str(cfg)])
+    assert config.max_seq_len == 64 and isinstance(config.max_seq_len, int)
+    assert config.mask_ratio == 1.0 and isinstance(config.mask_ratio, float)

@@ -1,0 +1,402 @@
+"""process.py: packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks and the Datasets."""
+import filecmp
+import re
+
+import numpy as np
+import pytest
+
+from conftest import (CLS, MASK, PAD, SAMPLE, SAMPLE_VI, SEP, build_features, count_tokens, read_json,
+                      text_lines)
+
+import argument
+import process
+from io_utils import SpanElectraError
+
+TRAIN = SAMPLE / "train.tokens"
+VALID = SAMPLE / "valid.tokens"
+TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def _data_args(feat_dir, split="train", cls=argument.MLM_trainDataArgs, **kw):
+    return cls(features_dir=str(feat_dir), split=split, **kw)
+
+
+# ---------------------------------------------------------------- rows and meta.json
+def test_rows_are_cls_tokens_sep(bpe_feat, bert_feat):
+    for feat_dir, meta in (bpe_feat, bert_feat):
+        feats = process.PretrainingFeatures(str(feat_dir))
+        for split in ("train", "valid"):
+            rows = np.asarray(feats.split(split))
+            assert rows.shape == (meta["num_sequences"][split], 128)
+            assert rows.dtype == np.uint16
+            assert (rows[:, 0] == CLS).all() and (rows[:, -1] == SEP).all()
+            assert not (rows == PAD).any()
+            body = rows[:, 1:-1]
+            assert not np.isin(body, [CLS, SEP, MASK]).any()
+            assert body.max() < meta["vocab_size"]
+
+
+def test_meta_fields(bpe_feat, bpe_tok):
+    import create_vocab_SE
+    feat_dir, meta = bpe_feat
+    on_disk = read_json(feat_dir / "meta.json")
+    assert on_disk == meta
+    assert meta["max_seq_len"] == 128
+    assert meta["vocab_size"] == 2000
+    assert meta["dtype"] == "uint16"
+    assert meta["tokenizer_hash"] == create_vocab_SE.tokenizer_hash(str(bpe_tok))
+    assert meta["word_segmenter"] == "none" and meta["tokenizer_type"] == "BPE"
+    assert meta["special_token_ids"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    assert meta["splits"] == ["train", "valid"]
+    assert set(meta["num_sequences"]) == set(meta["num_tokens"]) == {"train", "valid"}
+    for split in ("train", "valid"):
+        assert meta["num_sequences"][split] > 0
+        assert meta["num_tokens"][split] == meta["num_sequences"][split] * (128 - 2)
+        size = (feat_dir / f"{split}.bin").stat().st_size
+        assert size == meta["num_sequences"][split] * 128 * 2
+    # WikiText: one document per ' = Title = ' line
+    assert meta["num_documents"]["train"] == sum(1 for l in text_lines([TRAIN]) if TITLE.match(l))
+    assert meta["num_documents"]["valid"] == sum(1 for l in text_lines([VALID]) if TITLE.match(l))
+    assert meta["undecodable_bytes"] == 0
+    assert meta["static_masking"] is True
+
+
+def test_tokens_are_conserved(bpe_feat, bpe_tok, bert_feat, bert_tok):
+    for (feat_dir, meta), tok_dir in ((bpe_feat, bpe_tok), (bert_feat, bert_tok)):
+        for split, path in (("train", TRAIN), ("valid", VALID)):
+            total = count_tokens(tok_dir, text_lines([path]))
+            stored, dropped = meta["num_tokens"][split], meta["dropped_tail_tokens"][split]
+            assert stored + dropped == total, (split, stored, dropped, total)
+            # only short document tails are dropped: less than one row per document
+            assert dropped < meta["num_documents"][split] * (meta["max_seq_len"] - 2)
+
+
+def test_rows_follow_document_token_stream(bpe_feat, bpe_tok, bert_feat, bert_tok):
+    from tokenizers import Tokenizer
+    for (feat_dir, meta), tok_dir in ((bpe_feat, bpe_tok), (bert_feat, bert_tok)):
+        tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+        lines = text_lines([TRAIN])
+        titles = [i for i, l in enumerate(lines) if TITLE.match(l)]
+        assert titles[0] == 0
+        first_doc = lines[:titles[1]]
+        second_doc = lines[titles[1]:titles[2]]
+        stream = np.concatenate([e.ids for e in tok.encode_batch(first_doc, add_special_tokens=False)])
+        body = meta["max_seq_len"] - 2
+        k = len(stream) // body
+        assert k >= 2
+        rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
+        np.testing.assert_array_equal(rows[:k, 1:-1].ravel(), stream[:k * body])
+        # the second document starts a fresh row (the first document's tail is dropped)
+        stream2 = np.concatenate([e.ids for e in tok.encode_batch(second_doc, add_special_tokens=False)])
+        np.testing.assert_array_equal(rows[k, 1:-1], stream2[:body])
+
+
+def test_tokenizer_copied_into_features(bpe_feat, bpe_tok):
+    feat_dir, meta = bpe_feat
+    copy = feat_dir / "tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json", "se_tokenizer.json"):
+        assert filecmp.cmp(copy / name, bpe_tok / name, shallow=False), name
+    feats = process.PretrainingFeatures(str(feat_dir))
+    assert feats.tokenizer.get_vocab_size() == 2000
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(str(copy)).is_fast
+
+
+def test_process_config_saved(bpe_feat, bpe_tok):
+    feat_dir, _ = bpe_feat
+    cfg = read_json(feat_dir / "process_config.json")
+    assert cfg["config_class"] == "feature_args"
+    assert cfg["max_seq_len"] == 128 and cfg["static_masking"] is True
+    assert cfg["tokenizer_dir"] == str(bpe_tok)
+    assert not [p for p in feat_dir.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_check_tokenizer(bpe_feat, bpe_tok, bert_tok):
+    feat_dir, _ = bpe_feat
+    feats = process.PretrainingFeatures(str(feat_dir))
+    feats.check_tokenizer(str(bpe_tok))  # the same tokenizer passes
+    feats.check_tokenizer(str(feat_dir / "tokenizer"))  # and so does the copy
+    with pytest.raises(SpanElectraError, match="tokenizer_dir"):
+        feats.check_tokenizer(str(bert_tok))
+
+
+def test_check_tokenizer_missing_folder_is_a_user_error(bpe_feat, tmp_path):
+    feats = process.PretrainingFeatures(str(bpe_feat[0]))
+    with pytest.raises(SpanElectraError, match="tokenizer_dir"):
+        feats.check_tokenizer(str(tmp_path / "no_such_tokenizer"))
+
+
+def test_dataset_checks_tokenizer_when_given(bpe_feat, bpe_tok, bert_tok):
+    feat_dir, _ = bpe_feat
+    ds = process.MLMDataset(_data_args(feat_dir, tokenizer_dir=str(bpe_tok)), batch_size=8)
+    assert len(ds) > 0
+    with pytest.raises(SpanElectraError, match="tokenizer_dir"):
+        process.MLMDataset(_data_args(feat_dir, tokenizer_dir=str(bert_tok)), batch_size=8)
+
+
+def test_uint32_for_vocabularies_over_65536(bpe_tok, bpe_feat, tmp_path, monkeypatch):
+    """ids are stored as uint16 up to 65536 entries and as uint32 beyond (a vocabulary that large
+    cannot be trained on the sample, so load_tokenizer's reported size is raised)."""
+    real = process.load_tokenizer
+
+    def big(tokenizer_dir, *a, **k):
+        tok, info = real(tokenizer_dir, *a, **k)
+        return tok, dict(info, vocab_size=70000)
+
+    monkeypatch.setattr(process, "load_tokenizer", big)
+    feat_dir, meta = build_features(bpe_tok, tmp_path / "big", valid_input="")
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70000
+    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
+    assert rows.dtype == np.uint32
+    assert (feat_dir / "train.bin").stat().st_size == rows.size * 4
+    small = np.asarray(process.PretrainingFeatures(str(bpe_feat[0])).split("train"))
+    np.testing.assert_array_equal(rows, small)
+
+
+# ---------------------------------------------------------------- inputs and splits
+def test_valid_fraction_split_is_deterministic(bpe_tok, tmp_path):
+    a_dir, a = build_features(bpe_tok, tmp_path / "a", valid_input="", valid_fraction=0.2, seed=3)
+    b_dir, b = build_features(bpe_tok, tmp_path / "b", valid_input="", valid_fraction=0.2, seed=3, batch_lines=7)
+    c_dir, c = build_features(bpe_tok, tmp_path / "c", valid_input="", valid_fraction=0.2, seed=4)
+    assert a["splits"] == ["train", "valid"]
+    assert a["num_sequences"]["train"] > 0 and a["num_sequences"]["valid"] > 0
+    total_docs = sum(1 for l in text_lines([TRAIN]) if TITLE.match(l))
+    assert a["num_documents"]["train"] + a["num_documents"]["valid"] == total_docs
+    assert 0 < a["num_documents"]["valid"] < total_docs / 2
+    # same seed: identical bytes (also with another batch size); another seed: another split
+    for split in ("train", "valid"):
+        assert (a_dir / f"{split}.bin").read_bytes() == (b_dir / f"{split}.bin").read_bytes()
+    assert a["num_sequences"] != c["num_sequences"] or \
+        (a_dir / "valid.bin").read_bytes() != (c_dir / "valid.bin").read_bytes()
+    # nothing lost: both splits together hold the whole file's tokens
+    total = count_tokens(bpe_tok, text_lines([TRAIN]))
+    assert sum(a["num_tokens"].values()) + sum(a["dropped_tail_tokens"].values()) == total
+    assert a["inputs"]["valid"] == [] and a["inputs"]["valid_fraction"] == 0.2
+
+
+def test_no_valid_split(bpe_tok, tmp_path, caplog):
+    feat_dir, meta = build_features(bpe_tok, tmp_path / "f", valid_input="")
+    assert meta["splits"] == ["train"]
+    assert not (feat_dir / "valid.bin").exists()
+    assert "no validation split" in caplog.text
+    with pytest.raises(SpanElectraError, match="split"):
+        process.PretrainingFeatures(str(feat_dir)).split("valid")
+
+
+@pytest.mark.parametrize("spec", ["folder", "glob"])
+def test_folder_and_glob_inputs(spec, bpe_tok, bpe_feat, tmp_path):
+    train_input = str(SAMPLE) if spec == "folder" else str(SAMPLE / "*.tokens")
+    _, meta = build_features(bpe_tok, tmp_path / spec, train_input=train_input, valid_input="")
+    assert [p.rsplit("/", 1)[-1] for p in meta["inputs"]["train"]] == ["train.tokens", "valid.tokens"]
+    _, ref = bpe_feat
+    # each file starts its own documents, so the result is the sum of the two splits built separately
+    assert meta["num_sequences"]["train"] == ref["num_sequences"]["train"] + ref["num_sequences"]["valid"]
+    assert meta["num_tokens"]["train"] == ref["num_tokens"]["train"] + ref["num_tokens"]["valid"]
+
+
+def test_doc_boundary_modes(bpe_tok, tmp_path):
+    text = tmp_path / "docs.txt"
+    text.write_text("one two three four five six\nseven eight\n\nnine ten eleven twelve\n\n"
+                    "thirteen fourteen fifteen sixteen seventeen\n", encoding="utf-8")
+    _, blank = build_features(bpe_tok, tmp_path / "blank", train_input=str(text), valid_input="", max_seq_len=4,
+                              doc_boundary="blank_line")
+    _, whole = build_features(bpe_tok, tmp_path / "file", train_input=str(text), valid_input="", max_seq_len=4,
+                              doc_boundary="file")
+    _, auto = build_features(bpe_tok, tmp_path / "auto", train_input=str(text), valid_input="", max_seq_len=4)
+    assert blank["num_documents"]["train"] == 3 and auto["num_documents"]["train"] == 3
+    assert whole["num_documents"]["train"] == 1
+    total = count_tokens(bpe_tok, text_lines([text]))
+    for meta in (blank, whole, auto):
+        assert meta["num_tokens"]["train"] + meta["dropped_tail_tokens"]["train"] == total
+    assert whole["dropped_tail_tokens"]["train"] <= 1  # one document: at most one token left over (body 2)
+
+
+def test_segmented_features_match_segmented_text(vi_feat, vi_tok):
+    from pyvi import ViTokenizer
+    feat_dir, meta = vi_feat
+    assert meta["word_segmenter"] == "pyvi"
+    for split, path in (("train", SAMPLE_VI / "train.txt"), ("valid", SAMPLE_VI / "valid.txt")):
+        total = count_tokens(vi_tok, text_lines([path]), segment=ViTokenizer.tokenize)
+        assert meta["num_tokens"][split] + meta["dropped_tail_tokens"][split] == total
+    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
+    tok = process.PretrainingFeatures(str(feat_dir)).tokenizer
+    text = tok.decode(rows[:20, 1:-1].ravel().tolist())
+    assert text.count("_") > 10  # segmented words made it into the features
+
+
+def test_segmentation_in_worker_processes_gives_same_features(vi_feat, vi_tok, tmp_path):
+    feat_dir, meta = vi_feat
+    other_dir, other = build_features(vi_tok, tmp_path / "w2", train_input=str(SAMPLE_VI / "train.txt"),
+                                      valid_input=str(SAMPLE_VI / "valid.txt"), max_seq_len=64, num_workers=2,
+                                      batch_lines=50)
+    assert other["num_sequences"] == meta["num_sequences"]
+    assert (other_dir / "train.bin").read_bytes() == (feat_dir / "train.bin").read_bytes()
+
+
+# ---------------------------------------------------------------- static masks
+def test_static_mask_files(bpe_feat):
+    feat_dir, meta = bpe_feat
+    feats = process.PretrainingFeatures(str(feat_dir))
+    assert meta["static_masking_config"] == {"masking": "span", "mask_ratio": 0.15, "span_p": 0.2,
+                                             "max_span_len": 10, "mask_replace_prob": 0.8,
+                                             "random_replace_prob": 0.1}
+    for split in ("train", "valid"):
+        n = meta["num_sequences"][split]
+        assert (feat_dir / f"{split}.masked.bin").stat().st_size == n * 128 * 2
+        assert (feat_dir / f"{split}.span_position.bin").stat().st_size == n * 128 * 2
+        ids = np.asarray(feats.split(split), dtype=np.int64)
+        masked = np.asarray(feats.split(split, ".masked"), dtype=np.int64)
+        span_pos = np.asarray(feats.split(split, ".span_position"), dtype=np.int64)
+        changed = masked != ids
+        assert (span_pos[changed] > 0).all()  # every changed token is a masked one
+        assert (masked[changed] == MASK).mean() > 0.8
+        ratio = (span_pos > 0).sum() / ids[:, 1:-1].size
+        assert abs(ratio - 0.15) < 0.02, ratio
+        assert (span_pos[:, 0] == 0).all() and (span_pos[:, -1] == 0).all()
+
+
+def test_static_masks_reproduce_dynamic_masking(bpe_feat):
+    from masking import batch_from_masking
+    feat_dir, meta = bpe_feat
+    feats = process.PretrainingFeatures(str(feat_dir))
+    cfg = argument.MaskingArgs(**meta["static_masking_config"])
+    ids = np.asarray(feats.split("train")[:1024], dtype=np.int64)
+    dynamic = feats.masker(cfg)(ids, np.random.default_rng(read_json(feat_dir / "process_config.json")["seed"] + 1))
+    stored = batch_from_masking(ids, np.asarray(feats.split("train", ".masked")[:1024], dtype=np.int64),
+                                np.asarray(feats.split("train", ".span_position")[:1024], dtype=np.int64))
+    for key, value in stored.items():
+        np.testing.assert_array_equal(value, dynamic[key], err_msg=key)
+
+
+def test_static_dataset_same_masks_every_epoch(bpe_feat):
+    feat_dir, _ = bpe_feat
+    ds = process.MLMDataset(_data_args(feat_dir, "valid", static_masking=True), batch_size=32, shuffle=False)
+    first = [ds[i] for i in range(len(ds))]
+    ds.set_epoch(5)
+    for i, batch in enumerate(first):
+        again = ds[i]
+        for key in batch:
+            assert (again[key] == batch[key]).all(), key
+    # with shuffling the batches change but each sequence keeps its one mask
+    shuffled = process.MLMDataset(_data_args(feat_dir, "train", static_masking=True), batch_size=64, seed=1)
+    feats = process.PretrainingFeatures(str(feat_dir))
+    stored = np.asarray(feats.split("train", ".masked"))
+    for epoch in (0, 1):
+        shuffled.set_epoch(epoch)
+        rows = shuffled.rows(0)
+        np.testing.assert_array_equal(shuffled[0]["input_ids"].numpy(), stored[rows])
+    shuffled.set_epoch(0)
+    rows0 = shuffled.rows(0)
+    shuffled.set_epoch(1)
+    assert not np.array_equal(rows0, shuffled.rows(0))
+
+
+# ---------------------------------------------------------------- datasets
+def test_dynamic_dataset_is_deterministic(bpe_feat):
+    import torch
+    feat_dir, meta = bpe_feat
+    args = _data_args(feat_dir)
+    a = process.MLMDataset(args, batch_size=16, seed=7)
+    b = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=7)
+    assert len(a) == meta["num_sequences"]["train"] // 16
+    x, y = a[3], b[3]
+    assert set(x) == {"input_ids", "labels", "span_position", "boundary_left", "boundary_right", "attention_mask"}
+    for key in x:
+        assert x[key].dtype == torch.int64 and x[key].shape == (16, 128)
+        assert torch.equal(x[key], y[key]), key
+    assert (x["attention_mask"] == 1).all()
+    # another epoch: other rows and another mask; the same epoch again: the same batch
+    a.set_epoch(1)
+    assert not torch.equal(a[3]["input_ids"], x["input_ids"])
+    a.set_epoch(0)
+    assert torch.equal(a[3]["labels"], x["labels"])
+    # another seed: another batch
+    c = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=8)
+    assert not torch.equal(c[3]["input_ids"], x["input_ids"])
+    with pytest.raises(IndexError):
+        a[len(a)]
+
+
+def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
+    import torch
+    feat_dir, _ = bpe_feat
+    ds = process.MLMDataset(_data_args(feat_dir, "valid"), batch_size=32, shuffle=False)
+    e0 = ds[2]
+    ds.set_epoch(1)
+    e1 = ds[2]
+    assert torch.equal(e0["attention_mask"], e1["attention_mask"])
+    assert not torch.equal(e0["labels"] != -100, e1["labels"] != -100)  # a different mask
+    # but the same sequences underneath
+    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("valid")[64:96], dtype=np.int64)
+    for batch in (e0, e1):
+        m = batch["labels"].numpy() != -100
+        np.testing.assert_array_equal(batch["labels"].numpy()[m], rows[m])
+        np.testing.assert_array_equal(batch["input_ids"].numpy()[~m], rows[~m])
+
+
+def test_labels_and_ratio_of_dataset_batches(bpe_feat):
+    feat_dir, _ = bpe_feat
+    ds = process.MLMDataset(_data_args(feat_dir), batch_size=128, seed=0)
+    masked, total = 0, 0
+    for i in range(len(ds)):
+        b = ds[i]
+        rows = ds.data[ds.rows(i)].astype(np.int64)
+        lab = b["labels"].numpy()
+        m = lab != -100
+        np.testing.assert_array_equal(lab[m], rows[m])
+        masked += m.sum()
+        total += (rows[:, 1:-1] > 4).sum()
+    assert abs(masked / total - 0.15) < 0.01
+
+
+def test_se_dataset_adds_original_ids(bpe_feat):
+    feat_dir, _ = bpe_feat
+    args = argument.SE_trainDataArgs(features_dir=str(feat_dir))
+    assert (args.mask_replace_prob, args.random_replace_prob) == (0.85, 0.0)
+    ds = process.SEDataset(args, batch_size=16, seed=3)
+    batch = ds[1]
+    rows = np.asarray(ds.data[ds.rows(1)], dtype=np.int64)
+    np.testing.assert_array_equal(batch["original_ids"].numpy(), rows)
+    m = batch["labels"].numpy() != -100
+    ids = batch["input_ids"].numpy()
+    assert set(np.unique(ids[m][ids[m] != rows[m]])) <= {MASK}  # 85% [MASK] / 15% kept, never random
+    mlm = process.MLMDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size=16, seed=3)[1]
+    for key in mlm:
+        assert (mlm[key] == batch[key]).all(), key
+
+
+def test_ranks_read_disjoint_rows(bpe_feat):
+    feat_dir, meta = bpe_feat
+    n = meta["num_sequences"]["train"]
+    seen = []
+    for rank in (0, 1):
+        ds = process.MLMDataset(_data_args(feat_dir), batch_size=32, seed=5, rank=rank, world_size=2)
+        assert len(ds) == (n // 32) // 2
+        rows = np.concatenate([ds.rows(i) for i in range(len(ds))])
+        assert len(np.unique(rows)) == len(rows)
+        seen.append(set(rows.tolist()))
+        b = ds[0]
+        np.testing.assert_array_equal(b["attention_mask"].numpy().shape, (32, 128))
+    assert not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == 2 * len(seen[0])
+
+
+def test_valid_dataset_covers_every_row_once(bpe_feat):
+    feat_dir, meta = bpe_feat
+    n = meta["num_sequences"]["valid"]
+    ds = process.MLMDataset(_data_args(feat_dir, "valid", cls=argument.MLM_validDataArgs), batch_size=50,
+                            shuffle=False)
+    assert len(ds) == -(-n // 50)
+    rows = np.concatenate([ds.rows(i) for i in range(len(ds))])
+    np.testing.assert_array_equal(rows, np.arange(n))
+    last = ds[len(ds) - 1]
+    assert last["input_ids"].shape == (n - 50 * (len(ds) - 1), 128)
+
+
+def test_dataloader_iterates_batches(bpe_feat):
+    from torch.utils.data import DataLoader
+    feat_dir, _ = bpe_feat
+    ds = process.MLMDataset(_data_args(feat_dir, "valid"), batch_size=64)
+    batches = list(DataLoader(ds, batch_size=None))
+    assert len(batches) == len(ds) > 0
+    assert all(b["input_ids"].shape == (64, 128) for b in batches)

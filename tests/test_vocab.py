@@ -1,0 +1,225 @@
+"""create_vocab_SE.py: BPE and WordPiece vocabularies, the files they write, transformers loading."""
+import json
+
+import pytest
+
+from conftest import SAMPLE, SAMPLE_VI, SPECIAL_TOKENS, read_json, train_vocab
+
+import argument
+import create_vocab_SE
+
+SENTENCE = "The game was released in Japan and it was a success"
+
+
+@pytest.fixture(params=["BPE", "BERT"])
+def tok_dir(request, bpe_tok, bert_tok):
+    return {"BPE": bpe_tok, "BERT": bert_tok}[request.param]
+
+
+def _tokenizer(tok_dir):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+
+
+def test_output_files(bpe_tok, bert_tok):
+    common = {"tokenizer.json", "tokenizer_config.json", "se_tokenizer.json", "create_vocab_config.json"}
+    bpe_files = {p.name for p in bpe_tok.iterdir()}
+    bert_files = {p.name for p in bert_tok.iterdir()}
+    assert common | {"vocab.json", "merges.txt"} <= bpe_files
+    assert common | {"vocab.txt"} <= bert_files
+    assert "vocab.txt" not in bpe_files and "merges.txt" not in bert_files
+    # no temporary folder left beside the outputs
+    assert not [p for p in bpe_tok.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_special_tokens_at_ids_0_to_4(tok_dir):
+    tok = _tokenizer(tok_dir)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    info = read_json(tok_dir / "se_tokenizer.json")
+    assert info["special_tokens"] == SPECIAL_TOKENS
+
+
+def test_classic_vocab_files_agree(bpe_tok, bert_tok):
+    vocab_json = read_json(bpe_tok / "vocab.json")
+    assert [vocab_json[t] for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert len(vocab_json) == 2000
+    merges = [l for l in (bpe_tok / "merges.txt").read_text(encoding="utf-8").splitlines()
+              if l and not l.startswith("#")]
+    assert len(merges) > 1000  # 2000 - 256 bytes - 5 specials merges, give or take
+    vocab_txt = (bert_tok / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert vocab_txt[:5] == SPECIAL_TOKENS
+    assert len(vocab_txt) == 2000
+    assert any(t.startswith("##") for t in vocab_txt)
+
+
+@pytest.mark.parametrize("kind", ["BPE", "BERT"])
+def test_vocab_size_is_the_requested_size(kind, bpe_tok, bert_tok):
+    tok_dir = {"BPE": bpe_tok, "BERT": bert_tok}[kind]
+    assert _tokenizer(tok_dir).get_vocab_size() == 2000
+    info = read_json(tok_dir / "se_tokenizer.json")
+    assert info["vocab_size"] == 2000
+    assert info["tokenizer_type"] == kind
+    assert info["word_segmenter"] == "none"
+    assert info["num_files"] == 2  # data/sample holds train.tokens and valid.tokens
+    assert info["undecodable_bytes"] == 0
+    cfg = read_json(tok_dir / "create_vocab_config.json")
+    assert cfg["config_class"] == "tok_args" and cfg["vocab_size"] == 2000 and cfg["tokenizer_type"] == kind
+
+
+def test_autotokenizer_loads_fast_tokenizer(tok_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert tok.is_fast
+    assert len(tok) == 2000
+    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+    ids = tok(SENTENCE)["input_ids"]
+    assert ids[0] == 2 and ids[-1] == 3
+    assert not set(ids[1:-1]) & {0, 1, 2, 3, 4}
+    assert tok.decode(ids, skip_special_tokens=True).strip() == SENTENCE
+    assert tok.decode(ids).startswith("[CLS]") and tok.decode(ids).endswith("[SEP]")
+    pair = tok("a b", "c d")["input_ids"]
+    assert pair[0] == 2 and pair.count(3) == 2 and pair[-1] == 3
+    config = read_json(tok_dir / "tokenizer_config.json")
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_tokenizers_encode_matches_transformers(tok_dir):
+    from transformers import AutoTokenizer
+    fast = AutoTokenizer.from_pretrained(str(tok_dir))
+    raw = _tokenizer(tok_dir)
+    assert raw.encode(SENTENCE).ids == fast(SENTENCE)["input_ids"]
+    assert raw.encode(SENTENCE, add_special_tokens=False).ids == fast(SENTENCE)["input_ids"][1:-1]
+
+
+@pytest.mark.parametrize("kind", ["BPE", "BERT"])
+def test_min_fre_shrinks_vocab_on_tiny_data(kind, tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_bytes((SAMPLE / "valid.tokens").read_bytes()[:20000].rsplit(b"\n", 1)[0] + b"\n")
+    sizes = []
+    for min_fre in (1, 2, 5, 20):
+        out = train_vocab(tmp_path / f"mf{min_fre}", tokenizer_type=kind, data_dir=str(tiny), vocab_size=5000,
+                          min_fre=min_fre)
+        sizes.append(read_json(out / "se_tokenizer.json")["vocab_size"])
+    assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes
+    assert sizes[0] > sizes[-1] + 500, sizes
+    assert sizes[0] < 5000  # 20 kB of text cannot fill the requested size
+
+
+@pytest.mark.parametrize("kind", ["BPE", "BERT"])
+def test_lowercase_option(kind, tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_bytes((SAMPLE / "valid.tokens").read_bytes()[:30000].rsplit(b"\n", 1)[0] + b"\n")
+    out = train_vocab(tmp_path / "lc", tokenizer_type=kind, data_dir=str(tiny), vocab_size=1500, lowercase=True)
+    tok = _tokenizer(out)
+    assert tok.encode("The GAME Was Released").ids == tok.encode("the game was released").ids
+    assert tok.decode(tok.encode("The GAME Was Released").ids).strip() == "the game was released"
+    learned = [t for t in tok.get_vocab() if t not in SPECIAL_TOKENS and len(t.lstrip("\u0120#")) > 1]
+    assert learned and not [t for t in learned if any("A" <= c <= "Z" for c in t)]
+    assert read_json(out / "se_tokenizer.json")["lowercase"] is True
+    # and without the option, case is kept
+    cased = train_vocab(tmp_path / "cased", tokenizer_type=kind, data_dir=str(tiny), vocab_size=1500)
+    tok = _tokenizer(cased)
+    assert tok.encode("The GAME").ids != tok.encode("the game").ids
+
+
+def test_tokenizer_hash_identifies_tokenizer(bpe_tok, bert_tok, tmp_path):
+    import shutil
+    h = create_vocab_SE.tokenizer_hash(str(bpe_tok))
+    assert len(h) == 16
+    assert h != create_vocab_SE.tokenizer_hash(str(bert_tok))
+    copy = tmp_path / "copy"
+    shutil.copytree(bpe_tok, copy)
+    assert create_vocab_SE.tokenizer_hash(str(copy)) == h
+    # the segmentation is part of the identity
+    info = read_json(copy / "se_tokenizer.json")
+    info["word_segmenter"] = "pyvi"
+    (copy / "se_tokenizer.json").write_text(json.dumps(info), encoding="utf-8")
+    assert create_vocab_SE.tokenizer_hash(str(copy)) != h
+
+
+def test_load_tokenizer_info(bpe_tok):
+    tok, info = create_vocab_SE.load_tokenizer(str(bpe_tok))
+    assert info["vocab_size"] == 2000
+    assert info["word_segmenter"] == "none"
+    assert info["tokenizer_type"] == "BPE"
+    assert info["tokenizer_hash"] == create_vocab_SE.tokenizer_hash(str(bpe_tok))
+
+
+# ---------------------------------------------------------------- pyvi word segmentation
+def test_pyvi_vocab_records_segmenter(vi_tok):
+    info = read_json(vi_tok / "se_tokenizer.json")
+    assert info["word_segmenter"] == "pyvi"
+    assert info["vocab_size"] == 3000
+    assert info["tokenizer_type"] == "BPE"
+    assert info["num_lines"] == sum(1 for p in SAMPLE_VI.iterdir()
+                                    for l in p.read_text(encoding="utf-8").split("\n") if l.strip())
+
+
+def test_pyvi_vocab_has_multi_syllable_entries(vi_tok):
+    tok = _tokenizer(vi_tok)
+    vocab = tok.get_vocab()
+    assert tok.get_vocab_size() == 3000
+    multi = [t for t in vocab if "_" in t.strip("_")]
+    assert len(multi) > 100, len(multi)
+    decoded = {tok.decode([vocab[t]]).strip() for t in vocab if t.startswith("\u0120") and "_" in t[1:].strip("_")}
+    assert "Việt_Nam" in decoded
+
+
+def test_pyvi_segmented_word_stays_one_token(vi_tok):
+    from pyvi import ViTokenizer
+    tok = _tokenizer(vi_tok)
+    vocab = tok.get_vocab()
+    word_id = vocab[tok.encode("Việt_Nam", add_special_tokens=False).tokens[0]]
+    assert tok.encode("Việt_Nam", add_special_tokens=False).ids == [word_id]
+    assert tok.decode([word_id]).strip() == "Việt_Nam"
+    # every whole multi-syllable vocabulary word encodes back to itself, as one token
+    entries = [t for t in vocab if t.startswith("\u0120") and "_" in t[1:].strip("_")]
+    checked = 0
+    for t in entries:
+        word = tok.decode([vocab[t]]).strip()
+        if "\ufffd" in word:  # ends inside a UTF-8 character: not a whole word
+            continue
+        checked += 1
+        assert tok.encode(word, add_special_tokens=False).ids == [vocab[t]], word
+    assert checked > 100
+    # the raw text, segmented by pyvi as process.py does, keeps the words whole
+    segmented = ViTokenizer.tokenize("Hà Nội là thủ đô của Việt Nam .")
+    assert "Việt_Nam" in segmented.split()
+    tokens = tok.encode(segmented, add_special_tokens=False).ids
+    assert word_id in tokens
+    assert tok.decode(tokens).strip() == segmented
+
+
+def test_pyvi_bert_vocab(tmp_path):
+    pytest.importorskip("pyvi")
+    out = train_vocab(tmp_path / "vibert", tokenizer_type="BERT", data_dir=str(SAMPLE_VI), vocab_size=2500,
+                      word_segmenter="pyvi")
+    tok = _tokenizer(out)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    vocab = tok.get_vocab()
+    whole = [t for t in vocab if not t.startswith("##") and "_" in t.strip("_")]
+    assert len(whole) > 50
+    assert tok.encode("Việt_Nam", add_special_tokens=False).tokens == ["Việt_Nam"]
+
+
+def test_missing_pyvi_is_reported(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "pyvi" or name.startswith("pyvi."):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(create_vocab_SE.SpanElectraError, match="word_segmenter"):
+        create_vocab_SE.load_segmenter("pyvi")
+    assert create_vocab_SE.load_segmenter("none") is None
+
+
+def test_validate_rejects_bad_fields():
+    from io_utils import SpanElectraError
+    for field, value in [("tokenizer_type", "XLNet"), ("word_segmenter", "jieba"), ("min_fre", 0),
+                         ("vocab_size", 3), ("num_workers", -1), ("out_dir", "")]:
+        with pytest.raises(SpanElectraError, match=f"^{field}:"):
+            argument.tok_args(**{field: value}).validate()
