@@ -13,6 +13,7 @@ masks a few thousand real sequences and prints the realised statistics, as JSON 
 """
 import json
 import logging
+import math
 
 import numpy as np
 
@@ -70,9 +71,10 @@ class Masker:
     def __init__(self, config: MaskingArgs, word_starts, special_ids, mask_id, vocab_size):
         config.validate()
         self.config = config
-        self.word_starts = np.asarray(word_starts, dtype=bool)
         self.special_ids = np.asarray(sorted(special_ids))
-        self.is_special = np.zeros(max(vocab_size, len(self.word_starts)), dtype=bool)
+        self.is_special = np.zeros(max(vocab_size, len(word_starts)), dtype=bool)
+        self.word_starts = np.ones(len(self.is_special), dtype=bool)  # ids past the table start words
+        self.word_starts[:len(word_starts)] = word_starts
         self.is_special[self.special_ids] = True
         self.mask_id = mask_id
         self.random_ids = np.flatnonzero(~self.is_special[:vocab_size])
@@ -100,7 +102,8 @@ class Masker:
         to_mask = u < self.config.mask_replace_prob
         flat_out[at[to_mask]] = self.mask_id
         to_random = ~to_mask & (u < self.config.mask_replace_prob + self.config.random_replace_prob)
-        flat_out[at[to_random]] = self.random_ids[rng.integers(0, len(self.random_ids), int(to_random.sum()))]
+        picks = (rng.random(int(to_random.sum())) * len(self.random_ids)).astype(np.int64)
+        flat_out[at[to_random]] = self.random_ids[picks]
         return out
 
 
@@ -140,7 +143,7 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     # Lay candidate spans along the words of each row: gap, span, gap, span, ...
     coverage = min(0.95, oversample * mask_ratio)
     mean_gap = max(1.0, span_lengths.mean * (1 - coverage) / coverage)
-    M = int(np.ceil(num_words.max() / (mean_gap + span_lengths.mean) * 1.5)) + 3
+    M = math.ceil(int(num_words.max()) / (mean_gap + span_lengths.mean) * 1.5) + 3
     lengths = span_lengths.sample(rng, (B, M))
     gaps = rng.geometric(1.0 / mean_gap, size=(B, M))
     # the first span starts uniformly within one gap+span cycle (the renewal process in equilibrium),
@@ -163,7 +166,8 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     keep = (np.cumsum(tokens_sorted, axis=1) - tokens_sorted < threshold[:, None]) & valid[rows, order]
     # Where the budget is below one span's overshoot (short rows, small ratios) nothing passes the
     # threshold: keep the first candidate, cut to the words that fit the budget (at least one).
-    small = np.flatnonzero((threshold <= 0) & (budget > 0) & valid[np.arange(B), order[:, 0]])
+    small = np.flatnonzero((threshold <= 0) & (budget > 0) & valid[np.arange(B), order[:, 0]]) \
+        if (threshold <= 0).any() else ()
     if len(small):
         c0 = order[small, 0]
         f0 = first[small, c0]
@@ -185,17 +189,22 @@ def _words(ids, eligible, word_starts):
     indices b * L + column), run_end (flat word index past the last word of its run: a span never
     crosses a special token), plus per row the word count and the flat index of its first word."""
     B, L = ids.shape
-    unit_start = word_starts[np.minimum(ids, len(word_starts) - 1)] | ~eligible
-    unit_start[:, 1:] |= ~eligible[:, :-1]  # a special token also ends the word before it
+    special = ~eligible
+    unit_start = word_starts[ids] | special
+    unit_start[:, 1:] |= special[:, :-1]  # a special token also ends the word before it
     unit_start[:, 0] = True
-    units = np.flatnonzero(unit_start)
-    unit_end = np.minimum(np.append(units[1:], B * L), (units // L + 1) * L)  # next unit, within the row
-    is_word = eligible.reshape(-1)[units]
-    start, end = units[is_word], unit_end[is_word]
+    unit_last = np.ones_like(unit_start)  # the last token of each unit: the next token starts one
+    unit_last[:, :-1] = unit_start[:, 1:]
+    start = np.flatnonzero(unit_start & eligible)
+    end = np.flatnonzero(unit_last & eligible) + 1  # the same words, in the same order
     offset = np.searchsorted(start, np.arange(B + 1) * L)
-    run_break = np.append((end[:-1] != start[1:]) | (start[1:] % L == 0), True)
-    run_id = np.cumsum(run_break) - run_break
-    run_end = np.flatnonzero(run_break)[run_id] + 1
+    if np.count_nonzero(eligible[:, 1:] & special[:, :-1]) + np.count_nonzero(eligible[:, 0]) == np.count_nonzero(
+            np.diff(offset)):
+        run_end = np.repeat(offset[1:], np.diff(offset))  # one run of words per row: the usual case
+    else:
+        run_break = np.append((end[:-1] != start[1:]) | (start[1:] % L == 0), True)
+        run_id = np.cumsum(run_break) - run_break
+        run_end = np.flatnonzero(run_break)[run_id] + 1
     return {"start": start, "end": end, "run_end": run_end, "count": np.diff(offset), "offset": offset[:-1]}
 
 
@@ -231,7 +240,7 @@ def batch_from_spans(ids, masked_input, spans, tokens=None):
     B, L = ids.shape
     tokens = expand_spans(spans, L) if tokens is None else tokens
     at, span = tokens["flat"], tokens["span"]
-    batch = {"input_ids": masked_input.astype(np.int64)}
+    batch = {"input_ids": np.asarray(masked_input, dtype=np.int64)}
     for name, fill, values in (("labels", IGNORE_INDEX, ids.reshape(-1)[at]),
                                ("span_position", 0, tokens["within"]),
                                ("boundary_left", 0, np.maximum(spans["start"] - 1, 0)[span]),
