@@ -22,6 +22,7 @@ DOC_BOUNDARIES = ("auto", "blank_line", "title_line", "file")
 MASKING_KINDS = ("span", "token")
 SPLITS = ("train", "valid")
 MODEL_SIZES = ("tiny", "small", "base")
+TRAIN_MODES = ("two_stage", "joint")
 
 
 def _help(text, **extra):
@@ -276,9 +277,6 @@ class MLM_trainingConfig(TrainingConfig):
     """trainMLM_SpanElectra.py: the generator (span-level masked LM)."""
 
 
-TRAIN_MODES = ("two_stage", "joint")
-
-
 @dataclass
 class SE_trainingConfig(TrainingConfig):
     """trainSpanElectra.py: the discriminator, two-stage (against a saved generator) or joint."""
@@ -319,9 +317,22 @@ class pipeline_args:
     lowercase: bool = _help("lowercase text", default=False)
     word_segmenter: str = _help("'pyvi' for Vietnamese", default="none", meta={"choices": WORD_SEGMENTERS})
     max_seq_len: int = _help("tokens per sequence", default=128)
+    model_size: str = _help("'tiny', 'small' or 'base'", default="tiny", meta={"choices": MODEL_SIZES})
+    mode: str = _help("'two_stage' (generator, then discriminator) or 'joint'", default="two_stage",
+                      meta={"choices": TRAIN_MODES})
+    generator_steps: int = _help("generator training steps (two_stage)", default=300)
+    discriminator_steps: int = _help("discriminator (or joint) training steps", default=300)
+    train_batch_size: int = _help("sequences per step", default=32)
+    learning_rate: float = _help("peak learning rate", default=2e-3)
+    explore_text: str = _help("sentence for the explorer lines at the end",
+                              default="The game was released in [[ January 2011 ]] in Japan .")
     seed: int = _help("random seed", default=42)
 
     def validate(self):
+        check_choice(self, "model_size", MODEL_SIZES)
+        check_choice(self, "mode", TRAIN_MODES)
+        check_range(self, "generator_steps", low=1)
+        check_range(self, "discriminator_steps", low=1)
         check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)
         check_range(self, "valid_fraction", 0, 1, high_open=True)

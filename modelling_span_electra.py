@@ -82,7 +82,7 @@ class SpanElectraGenerator(nn.Module):
     def __init__(self, config: ElectraConfig, use_sbo=True):
         super().__init__()
         self.mlm = ElectraForMaskedLM(config)
-        self.sbo = SpanBoundaryHead(config.hidden_size, config.embedding_size, config.layer_norm_eps) if use_sbo else None
+        self.sbo = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) if use_sbo else None
 
     @property
     def config(self):

@@ -1,4 +1,5 @@
-"""The whole SpanElectra pipeline in one command: vocabulary -> features -> masking check.
+"""The whole SpanElectra pipeline in one command: vocabulary -> features -> masking check ->
+generator -> discriminator (two-stage, or joint with --mode joint) -> explorer lines.
 
     python run_pipeline.py                       # the bundled WikiText-2 sample, a few minutes on CPU
     python run_pipeline.py --train_input ../shared/data/viwiki/viwiki.train.txt \
@@ -13,9 +14,13 @@ import os
 import time
 
 import create_vocab_SE
+import explore_SE
 import masking
 import process
-from argument import feature_args, mask_stats_args, pipeline_args, run_main, save_config, tok_args
+import trainMLM_SpanElectra
+import trainSpanElectra
+from argument import (MLM_trainingConfig, SE_trainingConfig, feature_args, mask_stats_args, pipeline_args, run_main,
+                      save_config, tok_args)
 from io_utils import make_out_dir
 
 logger = logging.getLogger("span_electra")
@@ -48,8 +53,34 @@ def main(config: pipeline_args = None):
     stats = masking.main(mask_stats_args(stats=True, features_dir=feat_dir, num_sequences=2048, seed=config.seed))
     timings["masking_check"] = time.time() - start
 
+    common = dict(features_dir=feat_dir, model_size=config.model_size, train_batch_size=config.train_batch_size,
+                  learning_rate=config.learning_rate, seed=config.seed, log_every=25, eval_batches=4)
+    start = time.time()
+    gen_dir = None
+    if config.mode == "two_stage":
+        gen_out = os.path.join(config.out_dir, "generator")
+        gen_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
+            out_dir=gen_out, max_steps=config.generator_steps, eval_every=config.generator_steps,
+            save_every=config.generator_steps, **common))
+        timings["generator"] = time.time() - start
+        start = time.time()
+    se_out = os.path.join(config.out_dir, config.mode)
+    disc_dir = trainSpanElectra.main(SE_trainingConfig(
+        out_dir=se_out, mode=config.mode, generator_dir=gen_dir, max_steps=config.discriminator_steps,
+        eval_every=config.discriminator_steps, save_every=config.discriminator_steps, **common))
+    timings["discriminator"] = time.time() - start
+    finals = {}
+    for name, run_dir in (("generator", gen_dir and os.path.dirname(gen_dir)), ("discriminator", se_out)):
+        if run_dir:
+            with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+                valid = [json.loads(line) for line in f if '"valid"' in line]
+            finals[name] = {k: round(v, 4) for k, v in valid[-1].items() if isinstance(v, float)}
+    explorer_lines = explore_SE.report(explore_SE.Explorer(se_out if config.mode == "joint" else config.out_dir),
+                                       config.explore_text, top_k=3)
+
     summary = {
-        "tokenizer_dir": tok_dir, "features_dir": feat_dir,
+        "tokenizer_dir": tok_dir, "features_dir": feat_dir, "generator_dir": gen_dir or os.path.join(se_out, "generator"),
+        "discriminator_dir": disc_dir, "valid_metrics": finals,
         "num_sequences": meta["num_sequences"], "num_tokens": meta["num_tokens"],
         "mask_ratio": round(stats["mask_ratio"], 4),
         "mean_span_length_words": round(stats["mean_span_length_words"], 3),
@@ -60,6 +91,13 @@ def main(config: pipeline_args = None):
     shapes = ", ".join(f"{split}: {n} x {meta['max_seq_len']}" for split, n in meta["num_sequences"].items())
     print(f"  features    -> {feat_dir}  ({shapes})")
     print(f"  masking     -> ratio {summary['mask_ratio']}, mean span {summary['mean_span_length_words']} words")
+    print(f"  generator   -> {summary['generator_dir']}")
+    print(f"  discriminator -> {disc_dir}")
+    for name, metrics in finals.items():
+        keys = ("mlm_loss", "mlm_accuracy") if name == "generator" else (
+            "disc_loss", "disc_accuracy", "disc_precision", "disc_recall", "replaced_fraction")
+        print(f"  {name} valid: " + ", ".join(f"{k} {metrics[k]}" for k in keys if k in metrics))
+    print("\n".join(explorer_lines))
     print(json.dumps(summary))
     return summary
 

@@ -123,6 +123,8 @@ def main(config: MLM_trainingConfig = None):
                 "scheduler": scheduler.state_dict(), "rng": tu.rng_state(), "data": stream.state()},
                 keep=config.keep_checkpoints)
     bar.close()
+    log.write({"step": step, "event": "done", "processes": runtime.world_size,
+               "ranks_in_sync": tu.ranks_in_sync(model, runtime)})
 
     out = os.path.join(config.out_dir, "generator")
     if runtime.is_main:

@@ -196,6 +196,8 @@ def main(config: SE_trainingConfig = None):
                 "scheduler": scheduler.state_dict(), "rng": tu.rng_state(), "data": stream.state()},
                 keep=config.keep_checkpoints)
     bar.close()
+    log.write({"step": step, "event": "done", "processes": runtime.world_size,
+               "ranks_in_sync": tu.ranks_in_sync(model, runtime)})
 
     tokenizer_dir = os.path.join(features.dir, "tokenizer")
     out = os.path.join(config.out_dir, "discriminator")

@@ -100,6 +100,17 @@ def all_reduce_mean(values, runtime):
     return dict(zip(keys, (t / runtime.world_size).tolist()))
 
 
+def ranks_in_sync(model, runtime):
+    """True when every rank holds the same weights (checked at the end of a DDP run)."""
+    if not runtime.distributed:
+        return True
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(total) for _ in range(runtime.world_size)]
+        torch.distributed.all_gather(gathered, total)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 # ---------------------------------------------------------------- optimization
 def build_optimizer(model, learning_rate, weight_decay, betas=(0.9, 0.999), eps=1e-6):
     """AdamW without weight decay on biases and LayerNorm weights (BERT/ELECTRA)."""

@@ -1,0 +1,154 @@
+"""Look inside a trained SpanElectra: the generator's fills for masked spans and the
+discriminator's probability that each token was replaced.
+
+    python explore_SE.py --model_dir OUT --text "The game was released in [[ January 2011 ]] in Japan ."
+
+OUT is a training out_dir (holding generator/ and/or discriminator/) or one of those folders.
+Words inside [[ ]] are masked; with no marks, random spans are masked as in training. The
+discriminator scores the text as given, so corrupt a sentence by hand to see what it catches.
+From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.detect(text)`.
+"""
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from argument import _help, run_main
+from create_vocab_SE import load_segmenter
+from io_utils import SpanElectraError
+
+MARK = re.compile(r"\[\[(.+?)\]\]")
+
+
+@dataclass
+class explore_args:
+    """explore_SE.py: generator fills and discriminator scores for a sentence."""
+    model_dir: str = _help("training out_dir, or its generator/ or discriminator/ folder", default="outputs/pipeline/joint")
+    text: str = _help("the sentence; words inside [[ ]] are masked", default="")
+    top_k: int = _help("fills shown per masked token", default=5)
+    seed: int = _help("seed for random spans when nothing is marked", default=0)
+
+    def validate(self):
+        if not self.text.strip():
+            raise SpanElectraError("text: give a sentence, e.g. --text \"The cat sat on the [[ mat ]] .\"")
+        if not os.path.isdir(self.model_dir):
+            raise SpanElectraError(f"model_dir: '{self.model_dir}' is not a folder; point it at a training out_dir")
+
+
+def _find(model_dir, kind):
+    for path in (os.path.join(model_dir, kind), model_dir):
+        if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "span_electra.json")):
+            import json
+            with open(os.path.join(path, "span_electra.json"), encoding="utf-8") as f:
+                if json.load(f).get("kind") == kind:
+                    return path
+    return None
+
+
+class Explorer:
+    """The saved generator and discriminator of a run, loaded through plain transformers."""
+
+    def __init__(self, model_dir):
+        from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
+        self.gen_dir, self.disc_dir = _find(model_dir, "generator"), _find(model_dir, "discriminator")
+        if not (self.gen_dir or self.disc_dir):
+            raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
+        tok_dir = self.gen_dir or self.disc_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        import json
+        info_path = os.path.join(tok_dir, "se_tokenizer.json")
+        segmenter = "none"
+        if os.path.isfile(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                segmenter = json.load(f).get("word_segmenter", "none")
+        self.segment = load_segmenter(segmenter) or (lambda s: s)
+        self.generator = ElectraForMaskedLM.from_pretrained(self.gen_dir).eval() if self.gen_dir else None
+        self.discriminator = ElectraForPreTraining.from_pretrained(self.disc_dir).eval() if self.disc_dir else None
+
+    def _encode_marked(self, text, seed):
+        """Token ids with the marked (or random) spans replaced by [MASK], and the original ids."""
+        parts, masked_words = [], []
+        for i, piece in enumerate(MARK.split(text)):
+            piece = self.segment(piece.strip()) if piece.strip() else ""
+            if piece:
+                parts.append(piece)
+                if i % 2 == 1:
+                    masked_words.append(piece)
+        words = " ".join(parts)
+        enc = self.tokenizer(words, return_offsets_mapping=True)
+        ids = np.array(enc["input_ids"])
+        masked = np.zeros(len(ids), dtype=bool)
+        if masked_words:
+            cursor = 0
+            for w in masked_words:
+                start = words.index(w, cursor)
+                end, cursor = start + len(w), start + len(w)
+                for t, (a, b) in enumerate(enc["offset_mapping"]):
+                    masked[t] |= b > a and a < end and b > start
+        else:
+            from masking import Masker, word_start_table
+            from argument import MaskingArgs
+            special = [self.tokenizer.convert_tokens_to_ids(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
+            masker = Masker(MaskingArgs(mask_replace_prob=1.0, random_replace_prob=0.0),
+                            word_start_table(self.tokenizer), special, self.tokenizer.mask_token_id, len(self.tokenizer))
+            masked = masker(ids[None], np.random.default_rng(seed))["labels"][0] != -100
+        corrupted = np.where(masked, self.tokenizer.mask_token_id, ids)
+        return torch.tensor(ids), torch.tensor(corrupted), masked
+
+    @torch.no_grad()
+    def fill(self, text, top_k=5, seed=0):
+        """[(original token, [(fill, probability), ...]), ...] for every masked token."""
+        if self.generator is None:
+            raise SpanElectraError("model_dir: no generator saved there")
+        ids, corrupted, masked = self._encode_marked(text, seed)
+        probs = self.generator(input_ids=corrupted[None]).logits[0].softmax(-1)
+        rows = []
+        for t in np.flatnonzero(masked):
+            p, idx = probs[t].topk(top_k)
+            rows.append((self.tokenizer.convert_ids_to_tokens(int(ids[t])),
+                         [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(p, idx)]))
+        return rows
+
+    @torch.no_grad()
+    def detect(self, text):
+        """[(token, probability it was replaced), ...] for the text as given."""
+        if self.discriminator is None:
+            raise SpanElectraError("model_dir: no discriminator saved there")
+        enc = self.tokenizer(self.segment(text))
+        logits = self.discriminator(input_ids=torch.tensor([enc["input_ids"]])).logits[0]
+        tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"])
+        return [(t, float(p)) for t, p in zip(tokens, logits.sigmoid())][1:-1]
+
+
+def show_token(token):
+    return token.replace("\u0120", "_").replace("##", "") if token else token
+
+
+def report(explorer, text, top_k=5, seed=0):
+    """The explorer's readable tables, as a list of lines."""
+    lines = []
+    plain = " ".join(MARK.sub(lambda m: m.group(1), text).split())
+    if explorer.generator is not None:
+        lines.append(f"generator fills for: {text}")
+        for original, fills in explorer.fill(text, top_k, seed):
+            shown = "  ".join(f"{show_token(t)} {p:.2f}" for t, p in fills)
+            lines.append(f"  {show_token(original):>16} -> {shown}")
+    if explorer.discriminator is not None:
+        lines.append(f"discriminator P(replaced) for: {plain}")
+        scored = explorer.detect(plain)
+        lines.append("  " + "  ".join(f"{show_token(t)}:{p:.2f}" for t, p in scored))
+    return lines
+
+
+def main(config: explore_args = None):
+    config = config or explore_args()
+    config.validate()
+    lines = report(Explorer(config.model_dir), config.text, config.top_k, config.seed)
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    run_main(main, explore_args)

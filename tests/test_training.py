@@ -1,0 +1,223 @@
+"""Models and both training scripts at a tiny size on the bundled sample."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, assert_cli_error, read_json, run_cli
+
+import argument
+import modelling_span_electra as mse
+import trainMLM_SpanElectra
+import trainSpanElectra
+import training_utils
+from io_utils import SpanElectraError
+
+SMALLER = dict(num_hidden_layers=1, log_every=5, eval_every=1000, eval_batches=2, train_batch_size=16,
+               eval_batch_size=32, device="cpu")
+
+
+def rows(out_dir, split=None):
+    with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        data = [json.loads(line) for line in f]
+    return [r for r in data if r.get("split") == split and "event" not in r]
+
+
+def gen_config(feat, out, **kw):
+    return argument.MLM_trainingConfig(features_dir=str(feat), out_dir=str(out), **{**SMALLER, **kw})
+
+
+def se_config(feat, out, **kw):
+    return argument.SE_trainingConfig(features_dir=str(feat), out_dir=str(out), **{**SMALLER, **kw})
+
+
+@pytest.fixture(scope="session")
+def trained_generator(bpe_feat, tmp_path_factory):
+    """A tiny generator trained for 300 steps; returns its out_dir."""
+    out = tmp_path_factory.mktemp("gen") / "run"
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=300, learning_rate=2e-3, eval_every=300,
+                                         log_every=50, eval_batches=0, train_batch_size=32, num_hidden_layers=2,
+                                         seed=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def weak_generator(bpe_feat, tmp_path_factory):
+    """A generator after 2 steps: its samples are nearly random, so replacements are detectable in a
+    short test (against a unigram-level generator a tiny discriminator needs far more steps)."""
+    out = tmp_path_factory.mktemp("gen") / "weak"
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=2))
+    return out / "generator"
+
+
+def unigram_accuracy(features_dir):
+    """Accuracy of always predicting the most frequent non-special token."""
+    import process
+    ids = np.asarray(process.PretrainingFeatures(str(features_dir)).split("train"), dtype=np.int64)
+    counts = np.bincount(ids[:, 1:-1].ravel())
+    return counts.max() / counts.sum()
+
+
+# ---------------------------------------------------------------- generator
+def test_generator_learns_and_beats_unigram(trained_generator, bpe_feat):
+    train = rows(trained_generator)
+    assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.4
+    assert train[-1]["mlm_loss"] < np.log(2000) - 1.0  # well below a uniform guess
+    valid = rows(trained_generator, "valid")[-1]
+    assert valid["mlm_accuracy"] > unigram_accuracy(bpe_feat[0]) * 1.25, valid  # 5.2% against 3.3%
+    for r in train:
+        assert abs(r["mask_ratio"] - 0.15) < 0.02 and r["tokens_per_sec"] > 0 and r["lr"] >= 0
+        assert {"step", "loss", "mlm_accuracy", "sbo_loss", "mean_span_length"} <= set(r)
+    done = [json.loads(line) for line in open(trained_generator / "metrics.jsonl") if "event" in line]
+    assert done[-1]["ranks_in_sync"] is True
+
+
+def test_saved_generator_loads_in_transformers_with_identical_outputs(trained_generator):
+    from transformers import AutoTokenizer, ElectraForMaskedLM
+    saved = trained_generator / "generator"
+    model = ElectraForMaskedLM.from_pretrained(saved).eval()
+    ours = mse.load_generator(str(saved)).eval()
+    tok = AutoTokenizer.from_pretrained(saved)
+    ids = torch.tensor([tok("The game was released in Japan .")["input_ids"]])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(input_ids=ids).logits.numpy(), ours.mlm(input_ids=ids).logits.numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    assert (saved / "model.safetensors").exists() and (saved / "span_heads.safetensors").exists()
+    assert ours.sbo is not None
+
+
+def test_generator_logits_only_at_masked_positions(bpe_feat):
+    import process
+    ds = process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), batch_size=4)
+    batch = ds[0]
+    gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
+    out = mse.SpanElectraGenerator(gen_cfg)(**batch)
+    n_masked = int((batch["labels"] != -100).sum())
+    assert out["logits"].shape == (n_masked, 2000)
+    assert torch.isfinite(out["loss"]) and out["sbo_loss"] > 0
+
+
+# ---------------------------------------------------------------- discriminator
+def test_two_stage_discriminator_beats_all_original(weak_generator, bpe_feat, tmp_path):
+    out = tmp_path / "se"
+    trainSpanElectra.main(se_config(bpe_feat[0], out, mode="two_stage", max_steps=150, learning_rate=1e-3,
+                                    train_batch_size=32, generator_dir=str(weak_generator), eval_every=150,
+                                    eval_batches=4, log_every=25))
+    valid = rows(out, "valid")[-1]
+    assert valid["disc_accuracy"] > 1 - valid["replaced_fraction"] + 0.004, valid
+    assert valid["disc_precision"] > 0.3 and rows(out)[-1]["rtd_loss"] < rows(out)[0]["rtd_loss"] - 0.1
+    assert 0.05 < valid["replaced_fraction"] < 0.16
+    assert valid["disc_recall"] > 0
+    from transformers import ElectraForPreTraining
+    disc = ElectraForPreTraining.from_pretrained(out / "discriminator")
+    assert disc.config.hidden_size == 128
+    assert not (out / "generator").exists()  # two-stage saves only the discriminator
+
+
+def test_joint_training_shares_embeddings_and_saves_both(bpe_feat, tmp_path):
+    out = tmp_path / "joint"
+    trainSpanElectra.main(se_config(bpe_feat[0], out, mode="joint", max_steps=20))
+    train = rows(out)
+    assert {"mlm_loss", "mlm_accuracy", "disc_loss", "disc_accuracy", "disc_precision", "disc_recall",
+            "replaced_fraction"} <= set(train[-1])
+    assert train[-1]["loss"] == pytest.approx(train[-1]["gen_loss"] + 50 * train[-1]["disc_loss"], rel=1e-4)
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    gen = ElectraForMaskedLM.from_pretrained(out / "generator")
+    disc = ElectraForPreTraining.from_pretrained(out / "discriminator")
+    assert torch.equal(gen.electra.embeddings.word_embeddings.weight, disc.electra.embeddings.word_embeddings.weight)
+
+
+def test_gradient_disentangled_sharing():
+    gen_cfg, disc_cfg = mse.electra_configs("tiny", 300, 32, num_hidden_layers=1)
+    model = mse.SpanElectraJoint(gen_cfg, disc_cfg, gradient_disentangled=True)
+    ids = torch.randint(5, 300, (2, 32))
+    labels = torch.full((2, 32), -100)
+    labels[:, 5:8] = ids[:, 5:8]
+    batch = {"input_ids": ids.masked_fill(labels != -100, 4), "attention_mask": torch.ones_like(ids),
+             "labels": labels, "original_ids": ids, "span_position": torch.zeros_like(ids),
+             "boundary_left": torch.full_like(ids, 4), "boundary_right": torch.full_like(ids, 8)}
+    batch["span_position"][:, 5:8] = torch.arange(3)
+    gen_out, disc_out, _ = model(batch)
+    disc_out["loss"].backward()  # the discriminator's loss alone
+    table = model.discriminator.core.electra.embeddings.word_embeddings.weight
+    assert table.grad is None or table.grad.abs().sum() == 0  # no gradient into the shared table
+    assert model.embedding_delta.grad.abs().sum() > 0
+
+
+def test_sampling_is_not_argmax_and_equal_samples_count_as_original():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(4000, 1)
+    samples = mse.sample_tokens(logits)
+    freq = torch.bincount(samples, minlength=3).float() / 4000
+    np.testing.assert_allclose(freq.numpy(), torch.softmax(logits[0], 0).numpy(), atol=0.03)
+    original = torch.tensor([[2, 7, 8, 3]])
+    batch = {"original_ids": original}
+    gen_out = {"rows": torch.tensor([0, 0]), "cols": torch.tensor([1, 2]),
+               "logits": torch.tensor([[0.0] * 7 + [50.0] + [0.0] * 2, [0.0] * 10])}
+    corrupted, replaced = mse.corrupt(batch, gen_out)
+    assert corrupted[0, 1] == 7 and replaced[0, 1] == 0  # sampled the original: labelled original
+
+
+# ---------------------------------------------------------------- resume, processes, bad input
+def test_resumed_run_matches_uninterrupted(bpe_feat, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], full, max_steps=20, save_every=10))
+    shutil.copytree(full, part)
+    os.remove(part / "checkpoint-00000020.pt")
+    shutil.rmtree(part / "generator")
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], part, max_steps=20, save_every=10, resume_from="latest"))
+    a, b = rows(full), rows(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [5, 10, 15, 20]
+    for x, y in zip(a, b):
+        for key in ("loss", "mlm_loss", "mlm_accuracy", "lr"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["step"], key)
+
+
+def test_resume_latest_without_checkpoint_starts_fresh_and_bad_checkpoint_falls_back(bpe_feat, tmp_path, caplog):
+    import logging
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="span_electra"):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=10, save_every=5, resume_from="latest"))
+    assert "no checkpoint" in caplog.text
+    (out / "checkpoint-00000010.pt").write_bytes(b"not a checkpoint")
+    state = training_utils.load_checkpoint("latest", str(out))
+    assert state["step"] == 5  # the unreadable newest one is skipped
+
+
+def test_torchrun_two_processes_keep_equal_weights(bpe_feat, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(REPO / "trainMLM_SpanElectra.py"), "--features_dir", str(bpe_feat[0]), "--out_dir", str(out),
+         "--max_steps", "6", "--log_every", "3", "--eval_every", "6", "--eval_batches", "1",
+         "--num_hidden_layers", "1", "--train_batch_size", "8", "--device", "cpu"],
+        capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = [json.loads(line) for line in open(out / "metrics.jsonl") if "event" in line][-1]
+    assert done["processes"] == 2 and done["ranks_in_sync"] is True
+    assert len(rows(out)) == 2  # only rank 0 writes
+
+
+def test_bad_training_inputs(bpe_feat, bert_feat, trained_generator, tmp_path):
+    not_a_generator = tmp_path / "empty"
+    not_a_generator.mkdir()
+    (not_a_generator / "config.json").write_text("{}")
+    result = run_cli("trainSpanElectra.py", "--features_dir", bpe_feat[0], "--out_dir", tmp_path / "o1",
+                     "--generator_dir", not_a_generator, "--max_steps", 1)
+    assert_cli_error(result, "generator_dir")
+    with pytest.raises(SpanElectraError, match="another tokenizer"):
+        trainSpanElectra.main(se_config(bert_feat[0], tmp_path / "o2", generator_dir=str(trained_generator / "generator"),
+                                        max_steps=1))
+    with pytest.raises(SpanElectraError, match="non-finite"):
+        training_utils.check_finite(float("nan"), 7)
+    result = run_cli("trainMLM_SpanElectra.py", "--features_dir", bpe_feat[0], "--out_dir", "/proc/forbidden",
+                     "--max_steps", 1)
+    assert_cli_error(result, "out_dir")
+    result = run_cli("trainMLM_SpanElectra.py", "--features_dir", tmp_path / "missing", "--max_steps", 1)
+    assert_cli_error(result, "features_dir")
