@@ -50,9 +50,10 @@ def _find(model_dir, kind):
 class Explorer:
     """The saved generator and discriminator of a run, loaded through plain transformers."""
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
         from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
-        self.gen_dir, self.disc_dir = _find(model_dir, "generator"), _find(model_dir, "discriminator")
+        self.gen_dir = generator_dir or (model_dir and _find(model_dir, "generator"))
+        self.disc_dir = discriminator_dir or (model_dir and _find(model_dir, "discriminator"))
         if not (self.gen_dir or self.disc_dir):
             raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
         tok_dir = self.gen_dir or self.disc_dir

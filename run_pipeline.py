@@ -75,8 +75,8 @@ def main(config: pipeline_args = None):
             with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
                 valid = [json.loads(line) for line in f if '"valid"' in line]
             finals[name] = {k: round(v, 4) for k, v in valid[-1].items() if isinstance(v, float)}
-    explorer_lines = explore_SE.report(explore_SE.Explorer(se_out if config.mode == "joint" else config.out_dir),
-                                       config.explore_text, top_k=3)
+    explorer = explore_SE.Explorer(generator_dir=gen_dir or os.path.join(se_out, "generator"), discriminator_dir=disc_dir)
+    explorer_lines = explore_SE.report(explorer, config.explore_text, top_k=3)
 
     summary = {
         "tokenizer_dir": tok_dir, "features_dir": feat_dir, "generator_dir": gen_dir or os.path.join(se_out, "generator"),
