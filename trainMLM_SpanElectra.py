@@ -13,8 +13,7 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import MLM_trainDataArgs, MLM_trainingConfig, MLM_validDataArgs, run_main, save_config
-from io_utils import make_out_dir
+from argument import MLM_trainDataArgs, MLM_trainingConfig, MLM_validDataArgs, run_main
 from modelling_span_electra import SpanElectraGenerator, electra_configs, save_generator
 from process import MLMDataset
 
@@ -54,33 +53,14 @@ def main(config: MLM_trainingConfig = None):
     config.validate()
     runtime = tu.setup_runtime(config.device)
     tu.seed_everything(config.seed)
-    train_set = MLMDataset(config.data_args(MLM_trainDataArgs, "train"), config.train_batch_size, seed=config.seed,
-                           rank=runtime.rank, world_size=runtime.world_size)
+    train_set, valid_set = tu.make_datasets(config, MLMDataset, MLM_trainDataArgs, MLM_validDataArgs, runtime)
     features = train_set.features
-    valid_set = None
-    if "valid" in features.meta["splits"]:
-        valid_set = MLMDataset(config.data_args(MLM_validDataArgs, "valid"), config.eval_batch_size,
-                               seed=config.seed, shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
     gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
                                     **config.model_overrides())
     model = SpanElectraGenerator(gen_config, use_sbo=config.use_sbo).to(runtime.device)
-    optimizer = tu.build_optimizer(model, config.learning_rate, config.weight_decay)
-    scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_fraction * config.max_steps), config.max_steps)
+    optimizer, scheduler = tu.build_optimization(model, config)
 
-    if runtime.is_main:
-        make_out_dir(config.out_dir)
-        save_config(config, config.out_dir, "trainMLM")
-    state = tu.load_checkpoint(config.resume_from, config.out_dir)
-    step, position = 0, {"epoch": 0, "index": 0}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        tu.set_rng_state(state["rng"])
-        step, position = state["step"], state["data"]
-    train_model = tu.wrap_ddp(torch.compile(model) if config.compile else model, runtime)
-    stream = tu.BatchStream(train_set, config.num_workers, **position)
-    log = tu.MetricsLog(config.out_dir, runtime, resume_step=step)
+    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime, "trainMLM")
     logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)", config.model_size,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data), features.max_seq_len,
                 runtime.world_size)
@@ -98,11 +78,7 @@ def main(config: MLM_trainingConfig = None):
                 totals[k] = totals.get(k, 0.0) + v
             n += 1
             speed.add(batch["attention_mask"].sum().item() * runtime.world_size)
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
         step += 1
         tu.check_finite(totals["loss"] / n, step)
         bar.update(1)
@@ -113,15 +89,12 @@ def main(config: MLM_trainingConfig = None):
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['mlm_accuracy']:.3f}")
             totals, n = {}, 0
-        if valid_set is not None and (step % config.eval_every == 0 or step == config.max_steps):
+        if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
             logger.info("step %d valid: mlm_loss %.4f, mlm_accuracy %.4f", step, row["mlm_loss"], row["mlm_accuracy"])
-        if runtime.is_main and (step % config.save_every == 0 or step == config.max_steps):
-            tu.save_checkpoint(config.out_dir, step, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": tu.rng_state(), "data": stream.state()},
-                keep=config.keep_checkpoints)
+        if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
+            tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()
     log.write({"step": step, "event": "done", "processes": runtime.world_size,
                "ranks_in_sync": tu.ranks_in_sync(model, runtime)})

@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_main, save_config
+from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_main
 from create_vocab_SE import tokenizer_hash
-from io_utils import SpanElectraError, make_out_dir
+from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, corrupt, electra_configs,
                                     init_discriminator_from_generator, load_generator, save_discriminator,
                                     save_generator)
@@ -127,31 +127,12 @@ def main(config: SE_trainingConfig = None):
     config.validate()
     runtime = tu.setup_runtime(config.device)
     tu.seed_everything(config.seed)
-    train_set = SEDataset(config.data_args(SE_trainDataArgs, "train"), config.train_batch_size, seed=config.seed,
-                          rank=runtime.rank, world_size=runtime.world_size)
+    train_set, valid_set = tu.make_datasets(config, SEDataset, SE_trainDataArgs, SE_validDataArgs, runtime)
     features = train_set.features
-    valid_set = None
-    if "valid" in features.meta["splits"]:
-        valid_set = SEDataset(config.data_args(SE_validDataArgs, "valid"), config.eval_batch_size, seed=config.seed,
-                              shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
     model = build_model(config, features).to(runtime.device)
-    optimizer = tu.build_optimizer(model, config.learning_rate, config.weight_decay)
-    scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_fraction * config.max_steps), config.max_steps)
+    optimizer, scheduler = tu.build_optimization(model, config)
 
-    if runtime.is_main:
-        make_out_dir(config.out_dir)
-        save_config(config, config.out_dir, "trainSpanElectra")
-    state = tu.load_checkpoint(config.resume_from, config.out_dir)
-    step, position = 0, {"epoch": 0, "index": 0}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        tu.set_rng_state(state["rng"])
-        step, position = state["step"], state["data"]
-    train_model = tu.wrap_ddp(torch.compile(model) if config.compile else model, runtime)
-    stream = tu.BatchStream(train_set, config.num_workers, **position)
-    log = tu.MetricsLog(config.out_dir, runtime, resume_step=step)
+    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime, "trainSpanElectra")
     logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,
                 config.model_size, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                 len(train_set.data), runtime.world_size)
@@ -169,11 +150,7 @@ def main(config: SE_trainingConfig = None):
             add_to(sums, metrics)
             n += 1
             speed.add(batch["attention_mask"].sum().item() * runtime.world_size)
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
         step += 1
         tu.check_finite(sums["loss"] if "loss" in sums else sums["disc_loss"], step)
         bar.update(1)
@@ -185,16 +162,13 @@ def main(config: SE_trainingConfig = None):
             log.write(row)
             bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_acc=f"{row['disc_accuracy']:.3f}")
             sums, n = {}, 0
-        if valid_set is not None and (step % config.eval_every == 0 or step == config.max_steps):
+        if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
             logger.info("step %d valid: disc_loss %.4f, disc_accuracy %.4f, precision %.3f, recall %.3f", step,
                         row["disc_loss"], row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
-        if runtime.is_main and (step % config.save_every == 0 or step == config.max_steps):
-            tu.save_checkpoint(config.out_dir, step, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": tu.rng_state(), "data": stream.state()},
-                keep=config.keep_checkpoints)
+        if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
+            tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()
     log.write({"step": step, "event": "done", "processes": runtime.world_size,
                "ranks_in_sync": tu.ranks_in_sync(model, runtime)})

@@ -131,10 +131,42 @@ def warmup_linear_schedule(optimizer, warmup_steps, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_optimization(model, config):
+    """AdamW and the warmup-then-linear-decay schedule of a training config."""
+    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
+    scheduler = warmup_linear_schedule(optimizer, int(config.warmup_fraction * config.max_steps), config.max_steps)
+    return optimizer, scheduler
+
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm):
+    """Clip, step, advance the schedule and clear the gradients."""
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def check_finite(loss, step):
     if not math.isfinite(loss):
         raise SpanElectraError(f"loss: non-finite loss ({loss}) at step {step}; lower --learning_rate, keep "
                                "gradient clipping on (--max_grad_norm 1.0), or resume from an earlier checkpoint")
+
+
+# ---------------------------------------------------------------- data
+def make_datasets(config, dataset_cls, train_args_cls, valid_args_cls, runtime):
+    """The training split's dataset for this rank, and the valid split's (None when there is none)."""
+    train_set = dataset_cls(config.data_args(train_args_cls, "train"), config.train_batch_size, seed=config.seed,
+                            rank=runtime.rank, world_size=runtime.world_size)
+    valid_set = None
+    if "valid" in train_set.features.meta["splits"]:
+        valid_set = dataset_cls(config.data_args(valid_args_cls, "valid"), config.eval_batch_size, seed=config.seed,
+                                shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
+    return train_set, valid_set
+
+
+def is_due(step, every, max_steps):
+    return step % every == 0 or step == max_steps
 
 
 # ---------------------------------------------------------------- data position
@@ -210,6 +242,39 @@ def save_checkpoint(out_dir, step, state, keep=2):
     for old in list_checkpoints(out_dir)[:-keep]:
         os.remove(old)
     return path
+
+
+def save_training_state(config, step, model, optimizer, scheduler, stream):
+    """A resumable checkpoint of the whole run: model, optimizer, schedule, RNGs, data position."""
+    return save_checkpoint(config.out_dir, step, {
+        "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": rng_state(), "data": stream.state()}, keep=config.keep_checkpoints)
+
+
+def resume_training_state(config, model, optimizer, scheduler):
+    """Load config.resume_from into the run; returns (step, data position), (0, start) when fresh."""
+    state = load_checkpoint(config.resume_from, config.out_dir)
+    if state is None:
+        return 0, {"epoch": 0, "index": 0}
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["step"], state["data"]
+
+
+def start_run(config, model, optimizer, scheduler, train_set, runtime, script_name):
+    """Everything between building the model and the first step: the out_dir and its config (rank 0),
+    resuming, torch.compile and DDP, the batch stream and the metrics log.
+    Returns (model to call in the loop, batch stream, metrics log, first step)."""
+    if runtime.is_main:
+        make_out_dir(config.out_dir)
+        from argument import save_config
+        save_config(config, config.out_dir, script_name)
+    step, position = resume_training_state(config, model, optimizer, scheduler)
+    train_model = wrap_ddp(torch.compile(model) if config.compile else model, runtime)
+    stream = BatchStream(train_set, config.num_workers, **position)
+    return train_model, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
 
 
 def list_checkpoints(out_dir):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_cli_error, read_json, run_cli
+from conftest import REPO, assert_cli_error, run_cli
 
 import argument
 import modelling_span_electra as mse
