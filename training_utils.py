@@ -59,7 +59,10 @@ def setup_runtime(device="auto"):
 
 
 def teardown_runtime(runtime):
+    """Leave the process group together: a rank that tears down while rank 0 is still saving can
+    hang gloo's shutdown."""
     if runtime.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -193,11 +193,11 @@ def test_torchrun_two_processes_keep_equal_weights(bpe_feat, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(REPO / "trainMLM_SpanElectra.py"), "--features_dir", str(bpe_feat[0]), "--out_dir", str(out),
          "--max_steps", "6", "--log_every", "3", "--eval_every", "6", "--eval_batches", "1",
          "--num_hidden_layers", "1", "--train_batch_size", "8", "--device", "cpu"],
-        capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+        capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     done = [json.loads(line) for line in open(out / "metrics.jsonl") if "event" in line][-1]
     assert done["processes"] == 2 and done["ranks_in_sync"] is True
