@@ -114,7 +114,9 @@ class SpanElectraGenerator(nn.Module):
 def sample_tokens(logits, generator=None, temperature=1.0):
     """Sample one token per row from softmax(logits / temperature) with the Gumbel-max trick, in fp32."""
     logits = logits.float() / temperature
-    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(min=1e-9, max=1 - 1e-7)
+    # (generator=None must not be passed explicitly: torch.compile rejects it with dynamic shapes)
+    u = torch.rand(logits.shape, device=logits.device, **({"generator": generator} if generator else {}))
+    u = u.clamp_(min=1e-9, max=1 - 1e-7)
     return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
 
 

@@ -101,6 +101,10 @@ def build_model(config, features):
             tokenizer_hash(config.generator_dir) != features.meta["tokenizer_hash"]:
         raise SpanElectraError(f"generator_dir: '{config.generator_dir}' was trained with another tokenizer than the "
                                f"features in '{features.dir}'; use features built with its tokenizer")
+    if features.max_seq_len > generator.config.max_position_embeddings:
+        raise SpanElectraError(f"generator_dir: the generator holds {generator.config.max_position_embeddings} positions, "
+                               f"fewer than the features' max_seq_len {features.max_seq_len}; rebuild the features "
+                               "with a smaller --max_seq_len")
     discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head)
     copied = init_discriminator_from_generator(discriminator, generator)
     logger.info("discriminator initialised from the generator: %d tensors copied", copied)
