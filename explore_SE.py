@@ -25,7 +25,8 @@ MARK = re.compile(r"\[\[(.+?)\]\]")
 @dataclass
 class explore_args:
     """explore_SE.py: generator fills and discriminator scores for a sentence."""
-    model_dir: str = _help("training out_dir, or its generator/ or discriminator/ folder", default="outputs/pipeline/joint")
+    model_dir: str = _help("training out_dir (or run_pipeline.py's), or a generator/ or discriminator/ folder",
+                           default="outputs/pipeline")
     text: str = _help("the sentence; words inside [[ ]] are masked", default="")
     top_k: int = _help("fills shown per masked token", default=5)
     seed: int = _help("seed for random spans when nothing is marked", default=0)
@@ -38,7 +39,11 @@ class explore_args:
 
 
 def _find(model_dir, kind):
-    for path in (os.path.join(model_dir, kind), model_dir):
+    """The saved `kind` folder in model_dir: itself, model_dir/kind, or one run folder down
+    (run_pipeline.py's out_dir holds generator/generator and two_stage/discriminator)."""
+    runs = sorted(os.path.join(model_dir, d, kind) for d in os.listdir(model_dir)
+                  if os.path.isdir(os.path.join(model_dir, d, kind)))
+    for path in [os.path.join(model_dir, kind), model_dir] + runs:
         if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "span_electra.json")):
             import json
             with open(os.path.join(path, "span_electra.json"), encoding="utf-8") as f:
