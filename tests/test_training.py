@@ -130,6 +130,14 @@ def test_joint_training_shares_embeddings_and_saves_both(bpe_feat, tmp_path):
     gen = ElectraForMaskedLM.from_pretrained(out / "generator")
     disc = ElectraForPreTraining.from_pretrained(out / "discriminator")
     assert torch.equal(gen.electra.embeddings.word_embeddings.weight, disc.electra.embeddings.word_embeddings.weight)
+    # the exported discriminator fine-tunes through plain transformers
+    from transformers import AutoTokenizer, ElectraForSequenceClassification
+    tok = AutoTokenizer.from_pretrained(out / "discriminator")
+    clf = ElectraForSequenceClassification.from_pretrained(out / "discriminator", num_labels=2)
+    enc = tok(["a gripping , funny film .", "dull and far too long ."], padding=True, return_tensors="pt")
+    loss = clf(**enc, labels=torch.tensor([1, 0])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and clf.electra.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
 def test_gradient_disentangled_sharing():
