@@ -241,8 +241,8 @@ def main(config: tok_args = None):
     num_lines = 0
     alphabet = set()
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
-        lines = corpus_lines(files, bad_bytes, progress, alphabet)
-        batches = segmented_batches(((b, None) for b in batched(lines, 2000)),
+        corpus = corpus_lines(files, bad_bytes, progress, alphabet)
+        batches = segmented_batches(((b, None) for b in batched(corpus, 2000)),
                                     config.word_segmenter, config.num_workers)
 
         def lines():

@@ -79,9 +79,9 @@ def masked_index(labels):
 class SpanElectraGenerator(nn.Module):
     """Span-level masked LM: MLM at the masked positions only, plus the span-boundary objective."""
 
-    def __init__(self, config: ElectraConfig, use_sbo=True):
+    def __init__(self, config: ElectraConfig, use_sbo=True, mlm=None):
         super().__init__()
-        self.mlm = ElectraForMaskedLM(config)
+        self.mlm = mlm if mlm is not None else ElectraForMaskedLM(config)  # mlm: a loaded one
         self.sbo = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) if use_sbo else None
 
     @property
@@ -134,11 +134,11 @@ def corrupt(batch, gen_out, generator=None):
 class SpanElectraDiscriminator(nn.Module):
     """Replaced-token detection over all tokens plus the span-boundary predictive objective."""
 
-    def __init__(self, config: ElectraConfig, use_all_token=True, use_span_head=True):
+    def __init__(self, config: ElectraConfig, use_all_token=True, use_span_head=True, core=None):
         super().__init__()
         if not (use_all_token or use_span_head):
             raise SpanElectraError("use_all_token / use_span_head: the discriminator needs at least one objective")
-        self.core = ElectraForPreTraining(config)
+        self.core = core if core is not None else ElectraForPreTraining(config)  # core: a loaded one
         self.use_all_token = use_all_token
         self.span_head = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) \
             if use_span_head else None
@@ -268,17 +268,16 @@ def read_head_config(directory, kind, field):
 
 def load_generator(directory, field="generator_dir"):
     config = read_head_config(directory, "generator", field)
-    generator = SpanElectraGenerator(ElectraConfig.from_pretrained(directory), use_sbo=config["use_sbo"])
-    generator.mlm = ElectraForMaskedLM.from_pretrained(directory)
+    mlm = ElectraForMaskedLM.from_pretrained(directory)
+    generator = SpanElectraGenerator(mlm.config, use_sbo=config["use_sbo"], mlm=mlm)
     _load_heads({"sbo": generator.sbo}, directory)
     return generator
 
 
 def load_discriminator(directory, field="discriminator_dir"):
     config = read_head_config(directory, "discriminator", field)
-    disc = SpanElectraDiscriminator(ElectraConfig.from_pretrained(directory), config["use_all_token"],
-                                    config["use_span_head"])
-    disc.core = ElectraForPreTraining.from_pretrained(directory)
+    core = ElectraForPreTraining.from_pretrained(directory)
+    disc = SpanElectraDiscriminator(core.config, config["use_all_token"], config["use_span_head"], core=core)
     _load_heads({"span_head": disc.span_head, "span_classifier": disc.span_classifier}, directory)
     return disc
 

@@ -283,8 +283,8 @@ class PretrainingFeatures:
         _, info = load_tokenizer(tokenizer_dir, field)
         if info["tokenizer_hash"] != self.meta["tokenizer_hash"]:
             raise SpanElectraError(
-                f"{field}: '{tokenizer_dir}' is not the tokenizer the features in '{self.dir}' were built with; "
-                "rebuild the features with process.py or use the tokenizer in "
+                f"{field}: '{tokenizer_dir}' holds another tokenizer than the one the features in '{self.dir}' "
+                "were built with; rebuild the features with process.py or use the tokenizer in "
                 f"{os.path.join(self.dir, 'tokenizer')}")
 
     def masker(self, masking_config):

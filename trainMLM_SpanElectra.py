@@ -50,10 +50,7 @@ def evaluate(model, dataset, config, runtime):
 
 def main(config: MLM_trainingConfig = None):
     config = config or MLM_trainingConfig()
-    config.validate()
-    runtime = tu.setup_runtime(config.device)
-    tu.seed_everything(config.seed)
-    train_set, valid_set = tu.make_datasets(config, MLMDataset, MLM_trainDataArgs, MLM_validDataArgs, runtime)
+    runtime, train_set, valid_set = tu.prepare_run(config, MLMDataset, MLM_trainDataArgs, MLM_validDataArgs)
     features = train_set.features
     gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
                                     **config.model_overrides())
@@ -96,8 +93,7 @@ def main(config: MLM_trainingConfig = None):
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()
-    log.write({"step": step, "event": "done", "processes": runtime.world_size,
-               "ranks_in_sync": tu.ranks_in_sync(model, runtime)})
+    log.write_done(step, model, runtime)
 
     out = os.path.join(config.out_dir, "generator")
     if runtime.is_main:

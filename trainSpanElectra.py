@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 import training_utils as tu
 from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_main
-from create_vocab_SE import tokenizer_hash
 from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, corrupt, electra_configs,
                                     init_discriminator_from_generator, load_generator, save_discriminator,
@@ -97,10 +96,10 @@ def build_model(config, features):
         return SpanElectraJoint(gen_config, disc_config, config.use_sbo, config.use_all_token, config.use_span_head,
                                 config.gradient_disentangled)
     generator = load_generator(config.generator_dir)
-    if generator.config.vocab_size != features.vocab_size or \
-            tokenizer_hash(config.generator_dir) != features.meta["tokenizer_hash"]:
-        raise SpanElectraError(f"generator_dir: '{config.generator_dir}' was trained with another tokenizer than the "
-                               f"features in '{features.dir}'; use features built with its tokenizer")
+    features.check_tokenizer(config.generator_dir, "generator_dir")
+    if generator.config.vocab_size != features.vocab_size:
+        raise SpanElectraError(f"generator_dir: the generator's vocabulary ({generator.config.vocab_size}) does not match "
+                               f"the features' ({features.vocab_size}); use features built with its tokenizer")
     if features.max_seq_len > generator.config.max_position_embeddings:
         raise SpanElectraError(f"generator_dir: the generator holds {generator.config.max_position_embeddings} positions, "
                                f"fewer than the features' max_seq_len {features.max_seq_len}; rebuild the features "
@@ -128,10 +127,7 @@ def evaluate(model, dataset, config, runtime):
 
 def main(config: SE_trainingConfig = None):
     config = config or SE_trainingConfig()
-    config.validate()
-    runtime = tu.setup_runtime(config.device)
-    tu.seed_everything(config.seed)
-    train_set, valid_set = tu.make_datasets(config, SEDataset, SE_trainDataArgs, SE_validDataArgs, runtime)
+    runtime, train_set, valid_set = tu.prepare_run(config, SEDataset, SE_trainDataArgs, SE_validDataArgs)
     features = train_set.features
     model = build_model(config, features).to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)
@@ -174,8 +170,7 @@ def main(config: SE_trainingConfig = None):
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()
-    log.write({"step": step, "event": "done", "processes": runtime.world_size,
-               "ranks_in_sync": tu.ranks_in_sync(model, runtime)})
+    log.write_done(step, model, runtime)
 
     tokenizer_dir = os.path.join(features.dir, "tokenizer")
     out = os.path.join(config.out_dir, "discriminator")

@@ -157,6 +157,15 @@ def check_finite(loss, step):
 
 
 # ---------------------------------------------------------------- data
+def prepare_run(config, dataset_cls, train_args_cls, valid_args_cls):
+    """Validate the config, set up devices/processes and seeds, and open the datasets.
+    Returns (runtime, train_set, valid_set)."""
+    config.validate()
+    runtime = setup_runtime(config.device)
+    seed_everything(config.seed)
+    return (runtime, *make_datasets(config, dataset_cls, train_args_cls, valid_args_cls, runtime))
+
+
 def make_datasets(config, dataset_cls, train_args_cls, valid_args_cls, runtime):
     """The training split's dataset for this rank, and the valid split's (None when there is none)."""
     train_set = dataset_cls(config.data_args(train_args_cls, "train"), config.train_batch_size, seed=config.seed,
@@ -332,6 +341,11 @@ class MetricsLog:
             rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(rows)
+
+    def write_done(self, step, model, runtime):
+        """The closing row: how many processes ran and whether they ended with equal weights."""
+        self.write({"step": step, "event": "done", "processes": runtime.world_size,
+                    "ranks_in_sync": ranks_in_sync(model, runtime)})
 
     def write(self, row):
         if self.enabled:
