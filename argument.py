@@ -422,3 +422,76 @@ def run_main(main, config_cls, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+# ---------------------------------------------------------------- fine-tuning
+@dataclass
+class finetune_args:
+    """finetune_SE.py: fine-tune a discriminator (or any transformers ELECTRA/BERT folder) on a GLUE-style
+    task folder holding train.tsv and dev.tsv (test.tsv optional), with ELECTRA's fine-tuning recipe."""
+    TASK_TYPES = ("auto", "single", "pair", "regression")  # no annotation: class constants, not fields
+    METRICS = ("auto", "accuracy", "f1", "matthews_corr")
+    DEVICES = ("auto", "cpu", "cuda")
+
+    model_dir: str = _help("exported discriminator (OUT/discriminator) or a transformers ELECTRA/BERT folder, "
+                           "with its tokenizer", default="outputs/pipeline/two_stage/discriminator")
+    task_dir: str = _help("folder with train.tsv and dev.tsv (test.tsv optional), e.g. glue_data/SST-2",
+                          default="data/glue/SST-2")
+    out_dir: str = _help("where results.json, test_predictions.tsv and the model go", default="outputs/finetune")
+    task_type: str = _help("'auto' (read from the files), 'single' or 'pair' (classification of one sentence or "
+                           "a pair), or 'regression' (a score per example)", default="auto",
+                           meta={"choices": TASK_TYPES})
+    text_columns: str = _help("override the detected text column(s): header names or numbers counted from 1, "
+                              "comma-separated", default="")
+    label_column: str = _help("override the detected label column: a header name or a number counted from 1",
+                              default="")
+    metric: str = _help("metric beside accuracy: 'auto' (F1 for pair tasks labelled 0/1, Matthews correlation for "
+                        "CoLA), 'accuracy', 'f1' (positive label '1') or 'matthews_corr'", default="auto",
+                        meta={"choices": METRICS})
+    num_train_epochs: int = _help("passes over train.tsv", default=3)
+    learning_rate: float = _help("peak learning rate of the classifier head (ELECTRA-Small: 3e-4)", default=3e-4)
+    layerwise_lr_decay: float = _help("each layer further down gets this factor more (ELECTRA-Small: 0.8; 1: off)",
+                                      default=0.8)
+    weight_decay: float = _help("AdamW weight decay (none on biases and LayerNorm)", default=0.01)
+    warmup_ratio: float = _help("share of the steps spent warming up, then linear decay", default=0.1)
+    max_grad_norm: float = _help("gradient clipping (0: off)", default=1.0)
+    train_batch_size: int = _help("examples per step", default=32)
+    eval_batch_size: int = _help("examples per evaluation batch", default=128)
+    max_seq_length: int = _help("tokens per example, special tokens included (longer ones are truncated)",
+                                default=128)
+    max_train_examples: int = _help("use a random subset of this many training examples (0: all)", default=0)
+    seed: int = _help("random seed (when seeds is empty)", default=42)
+    seeds: str = _help("comma-separated seeds, e.g. 1,2,3: one run each, results.json reports median, min and max",
+                       default="")
+    save_model: bool = _help("save the first seed's fine-tuned model and tokenizer to out_dir/model", default=True)
+    device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu' or 'cuda'", default="auto",
+                        meta={"choices": DEVICES})
+
+    def validate(self):
+        check_choice(self, "task_type", self.TASK_TYPES)
+        check_choice(self, "metric", self.METRICS)
+        check_choice(self, "device", self.DEVICES)
+        for name in ("num_train_epochs", "train_batch_size", "eval_batch_size"):
+            check_range(self, name, low=1)
+        check_range(self, "learning_rate", 0, 1, low_open=True)
+        check_range(self, "layerwise_lr_decay", 0, 1, low_open=True)
+        check_range(self, "warmup_ratio", 0, 1, high_open=True)
+        for name in ("weight_decay", "max_grad_norm", "max_train_examples"):
+            check_range(self, name, low=0)
+        check_range(self, "max_seq_length", low=5)  # [CLS] a [SEP] b [SEP]
+        self.seed_list()
+        check_dir(self, "model_dir", "point it at OUT/discriminator of trainSpanElectra.py or a transformers "
+                  "ELECTRA/BERT folder", must_contain="config.json")
+        check_dir(self, "task_dir", "point it at a task folder holding train.tsv and dev.tsv", must_contain="train.tsv")
+        check_dir(self, "task_dir", "it needs a dev.tsv beside train.tsv for evaluation", must_contain="dev.tsv")
+        if not self.out_dir:
+            _fail("out_dir", "no folder given")
+
+    def seed_list(self):
+        """The seeds to run: --seeds as integers, else [--seed]."""
+        if not self.seeds.strip():
+            return [self.seed]
+        try:
+            return [int(s) for s in self.seeds.split(",")]
+        except ValueError:
+            _fail("seeds", f"'{self.seeds}' is not a comma-separated list of integers; use e.g. 1,2,3")

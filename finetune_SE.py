@@ -1,0 +1,745 @@
+"""Fine-tune a discriminator on a GLUE-style task: classification of one sentence or a pair, or regression.
+
+    python finetune_SE.py --model_dir OUT/discriminator --task_dir glue_data/SST-2 --out_dir FT --num_train_epochs 3
+    python finetune_SE.py ... --seeds 1,2,3            # one run per seed: median, min and max of every metric
+
+model_dir is an exported discriminator (OUT/discriminator of trainSpanElectra.py) or any transformers
+ELECTRA/BERT folder with its tokenizer; its pre-training head is replaced by a new classifier.
+task_dir holds train.tsv and dev.tsv (test.tsv optional) in any GLUE layout (SST-2, CoLA, MRPC, QQP,
+RTE, WNLI, QNLI, MNLI, STS-B) or plain `sentence<TAB>label` / `sentence1<TAB>sentence2<TAB>label`;
+the layout is read from the header or the columns (or set with --task_type, --text_columns,
+--label_column). Training follows ELECTRA: AdamW, layer-wise learning-rate decay, 10% warmup then
+linear decay, metrics of the last epoch.
+
+Writes FT/results.json (eval_accuracy, eval_f1, eval_matthews_corr or eval_pearson/eval_spearman,
+eval_loss, with min/max and per-seed values), FT/test_predictions.tsv (GLUE submission style, first
+seed) and FT/model (the first seed's model and tokenizer, --save_model).
+"""
+import contextlib
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import training_utils as tu
+from argument import finetune_args, run_main, save_config
+from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir, move_files_into
+
+logger = logging.getLogger("span_electra")
+
+# Header names (lower-cased) as GLUE writes them: text columns, then the task they identify.
+TEXT_HEADERS = [(("#1 string", "#2 string"), "MRPC"), (("question1", "question2"), "QQP"),
+                (("question", "sentence"), "QNLI"), (("sentence1", "sentence2"), None), (("sentence",), "SST-2")]
+LABEL_HEADERS = ("quality", "gold_label", "is_duplicate", "label", "score")  # MNLI's gold_label before label1..5
+INDEX_HEADERS = ("index", "id")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+SENTENCE_PAIR_TASKS = {"gold_label": "MNLI", "score": "STS-B", "label": "RTE/WNLI"}
+
+
+# ---------------------------------------------------------------- reading task files
+def read_tsv(path):
+    """The non-blank lines of a TSV as (line number, fields). Quotes are plain characters: GLUE files
+    hold unbalanced '"', which csv's default quoting would swallow across lines."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")  # MRPC starts with a byte-order mark
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SpanElectraError(f"task_dir: {path} line {line} holds bytes that are not UTF-8 "
+                               f"({data[e.start:e.end + 3]!r}); save the file as UTF-8") from None
+    rows = [(no, [part.strip() for part in line.rstrip("\r").split("\t")])
+            for no, line in enumerate(text.split("\n"), 1) if line.strip()]  # not splitlines: it splits on \x1c too
+    if not rows:
+        raise SpanElectraError(f"task_dir: {path} is empty; it must hold one example per line")
+    width = len(rows[0][1])
+    for no, fields in rows:
+        if len(fields) != width:
+            raise SpanElectraError(f"task_dir: {path} line {no} has {len(fields)} tab-separated columns but line "
+                                   f"{rows[0][0]} has {width}; fix that line (a tab inside a text?)")
+    return rows
+
+
+def is_number(value):
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def is_header(fields):
+    """A first line naming GLUE columns (sentence, label, #1 String, ...) is a header."""
+    known = {n for names, _ in TEXT_HEADERS for n in names} | set(LABEL_HEADERS) | set(INDEX_HEADERS)
+    return any(f.lower() in known for f in fields)
+
+
+def text_like(values):
+    """A column of texts: most values hold a space."""
+    return sum(any(c.isspace() for c in v) for v in values) >= len(values) / 2
+
+
+def label_like(values):
+    """A column of labels: numbers, or short words without spaces from a small set."""
+    if all(is_number(v) for v in values):
+        return True
+    return all(v and not any(c.isspace() for c in v) for v in values) and len(set(values)) <= 100
+
+
+@dataclass
+class Layout:
+    """Where a task file keeps its texts and labels."""
+    name: str                    # 'MRPC', 'CoLA', 'plain', 'custom', ...
+    header: Optional[List[str]]  # the header line's names, None when the file has no header
+    width: int                   # columns per line
+    text_cols: List[int]
+    label_col: int
+    regression: bool = False
+
+    @property
+    def kind(self):
+        return "regression" if self.regression else ("single" if len(self.text_cols) == 1 else "pair")
+
+    def column(self, i):
+        return f"'{self.header[i]}'" if self.header else f"column {i + 1}"
+
+    def describe(self):
+        """e.g. "sentence pairs (MRPC layout: label column 'Quality', text '#1 String' + '#2 String')"."""
+        what = "sentence pairs" if len(self.text_cols) == 2 else "single sentences"
+        if self.regression:
+            what = f"regression on {what}"
+        where = ", no header" if self.header is None else ""
+        texts = " + ".join(self.column(i) for i in self.text_cols)
+        label = "score" if self.regression else "label"
+        return f"{what} ({self.name} layout{where}: {label} column {self.column(self.label_col)}, text {texts})"
+
+
+def detect_layout(rows, path, config):
+    """The layout of train.tsv: --text_columns/--label_column, else header names, else column contents."""
+    first = rows[0][1]
+    if config.text_columns or config.label_column:
+        layout = custom_layout(rows, path, config)
+    elif is_header(first):
+        layout = header_layout(first, path)
+    else:
+        layout = headerless_layout(rows, path, config)
+    values = [fields[layout.label_col] for _, fields in rows[1 if layout.header else 0:]]
+    named_score = layout.header is not None and first[layout.label_col].lower() == "score"  # STS-B
+    scores = all(is_number(v) for v in values) and (named_score or any(not float(v).is_integer() for v in values))
+    layout.regression = config.task_type == "regression" or (config.task_type == "auto" and scores)
+    expected = {"single": 1, "pair": 2}.get(config.task_type)
+    if expected and len(layout.text_cols) != expected:
+        raise SpanElectraError(f"task_type: '{config.task_type}' but {path} has {len(layout.text_cols)} text "
+                               f"column(s) ({layout.describe()}); pass --text_columns to choose")
+    return layout
+
+
+def header_layout(header, path):
+    """Text and label columns found by GLUE's header names."""
+    lower = [h.lower() for h in header]
+    for names, name in TEXT_HEADERS:
+        if all(n in lower for n in names):
+            break
+    else:
+        raise SpanElectraError(f"task_dir: {path} has a header without a text column I know ({', '.join(header)}); "
+                               "pass --text_columns and --label_column (names or numbers from 1)")
+    label = next((n for n in LABEL_HEADERS if n in lower), None)
+    if label is None:
+        raise SpanElectraError(f"task_dir: {path} has no label column ({', '.join(header)}); pass --label_column "
+                               f"(one of its names) or rename the label column to 'label'")
+    if name is None:  # sentence1/sentence2: the label column tells RTE/WNLI, MNLI and STS-B apart
+        name = SENTENCE_PAIR_TASKS.get(label, "sentence-pair")
+    elif name == "SST-2" and label != "label":
+        name = "single-sentence"
+    return Layout(name, header, len(header), [lower.index(n) for n in names], lower.index(label))
+
+
+def headerless_layout(rows, path, config):
+    """CoLA (source, label, author mark, sentence), else `text [text] label` or `label text [text]`;
+    with --task_type, also wider files: the label column at either end and the first text-like columns."""
+    columns = list(zip(*(fields for _, fields in rows)))
+    width = len(columns)
+    if width == 4 and set(columns[1]) <= {"0", "1"} and all(c in "*?#" for v in columns[2] for c in v):
+        return Layout("CoLA", None, 4, [3], 1)
+    label = next((i for i in (width - 1, 0) if width > 1 and label_like(columns[i])), None)
+    if width in (2, 3) and label is not None:
+        return Layout("plain", None, width, [i for i in range(width) if i != label], label)
+    if config.task_type != "auto" and label is not None:
+        texts = [i for i in range(width) if i != label and text_like(columns[i])]
+        wanted = {"single": 1, "pair": 2}.get(config.task_type, min(len(texts), 2))
+        if 1 <= wanted <= len(texts):
+            return Layout("guessed", None, width, texts[:wanted], label)
+    raise SpanElectraError(
+        f"task_dir: cannot tell the layout of {path} ({len(columns)} columns, no header I know, first line "
+        f"{rows[0][0]}: {' | '.join(f[:30] for f in rows[0][1])}); pass --task_type (single, pair or regression) "
+        "and --text_columns/--label_column (names or numbers from 1)")
+
+
+def custom_layout(rows, path, config):
+    """The columns the user named (header names) or numbered (from 1)."""
+    first = rows[0][1]
+    lower = [f.lower() for f in first]
+    by_name = False
+
+    def resolve(spec, name):
+        nonlocal by_name
+        if spec.isdigit():
+            if not 1 <= int(spec) <= len(first):
+                raise SpanElectraError(f"{name}: column {spec} does not exist; {path} has {len(first)} columns")
+            return int(spec) - 1
+        if spec.lower() not in lower:
+            raise SpanElectraError(f"{name}: '{spec}' is not in the header of {path} ({', '.join(first)}); use one of "
+                                   "its names or a column number from 1")
+        by_name = True
+        return lower.index(spec.lower())
+
+    if not (config.text_columns and config.label_column):
+        missing, given = ("label_column", "text_columns") if config.text_columns else ("text_columns", "label_column")
+        raise SpanElectraError(f"{missing}: missing; --{given} needs --{missing} too")
+    texts = [resolve(s.strip(), "text_columns") for s in config.text_columns.split(",") if s.strip()]
+    label = resolve(config.label_column.strip(), "label_column")
+    if not 1 <= len(texts) <= 2 or label in texts:
+        raise SpanElectraError(f"text_columns: give one or two text columns, not the label column ('{config.text_columns}')")
+    header = first if by_name or is_header(first) else None
+    return Layout("custom", header, len(first), texts, label)
+
+
+# ---------------------------------------------------------------- examples
+@dataclass
+class Examples:
+    """One split: text tuples, raw label strings ('' in test.tsv), line numbers and test indices."""
+    path: str
+    texts: List[tuple]
+    labels: List[str]
+    lines: List[int]
+    index: List[str] = field(default_factory=list)
+    targets: Optional[np.ndarray] = None  # label ids (classification) or scores (regression)
+
+    def __len__(self):
+        return len(self.texts)
+
+
+@dataclass
+class Task:
+    layout: Layout
+    labels: List[str]   # the classes, in id order ([] for regression)
+    metrics: List[str]  # e.g. ['accuracy', 'f1'] or ['pearson', 'spearman']
+    train: Examples
+    dev: Examples
+    test: Optional[Examples]
+    num_train_total: int
+
+    @property
+    def regression(self):
+        return self.layout.regression
+
+    @property
+    def main_metric(self):
+        return "eval_" + self.metrics[-1]
+
+
+def read_examples(rows, path, layout):
+    """Texts and labels of a labelled file (train.tsv, dev.tsv) read with train.tsv's layout."""
+    if layout.header is not None:
+        names = [f.lower() for f in rows[0][1]]
+        wanted = [layout.header[i].lower() for i in layout.text_cols + [layout.label_col]]
+        if not all(w in names for w in wanted):
+            raise SpanElectraError(f"task_dir: the header of {path} ({', '.join(rows[0][1])}) lacks "
+                                   f"{', '.join(w for w in wanted if w not in names)}; give it train.tsv's column names")
+        cols = [names.index(w) for w in wanted]
+        rows = rows[1:]
+    else:
+        if len(rows[0][1]) <= max(layout.text_cols + [layout.label_col]):
+            raise SpanElectraError(f"task_dir: {path} has {len(rows[0][1])} columns, fewer than train.tsv's layout "
+                                   f"needs ({layout.describe()})")
+        cols = layout.text_cols + [layout.label_col]
+    if not rows:
+        raise SpanElectraError(f"task_dir: {path} has a header but no examples")
+    texts = [tuple(fields[c] for c in cols[:-1]) for _, fields in rows]
+    labels = [fields[cols[-1]] for _, fields in rows]
+    return Examples(path, texts, labels, [no for no, _ in rows])
+
+
+def read_test(rows, path, layout):
+    """test.tsv: the texts found by train.tsv's header names (or GLUE's) or by position, and the index column."""
+    first = rows[0][1]
+    n_text = len(layout.text_cols)
+    if is_header(first):
+        names = [f.lower() for f in first]
+        candidates = ([tuple(layout.header[i].lower() for i in layout.text_cols)] if layout.header else []) + \
+            [names_ for names_, _ in TEXT_HEADERS if len(names_) == n_text]
+        found = next((c for c in candidates if all(n in names for n in c)), None)
+        if found is None:
+            raise SpanElectraError(f"task_dir: cannot find the text columns in the header of {path} "
+                                   f"({', '.join(first)}); give it train.tsv's column names, or remove it")
+        text_cols = [names.index(n) for n in found]
+        index_col = next((names.index(n) for n in INDEX_HEADERS if n in names), None)
+        rows = rows[1:]
+    elif len(first) == n_text:
+        text_cols, index_col = list(range(n_text)), None
+    elif len(first) == n_text + 1 and all(f[0].isdigit() for _, f in rows):
+        text_cols, index_col = list(range(1, n_text + 1)), 0  # GLUE's index column, without the header
+    elif len(first) == layout.width:
+        text_cols, index_col = layout.text_cols, None  # train.tsv's columns (the label, if any, is ignored)
+    else:
+        raise SpanElectraError(f"task_dir: cannot find the {n_text} text column(s) in {path} ({len(first)} columns, "
+                               "no header); give it train.tsv's columns, or remove it")
+    texts = [tuple(fields[c] for c in text_cols) for _, fields in rows]
+    index = [fields[index_col] if index_col is not None else str(i) for i, (_, fields) in enumerate(rows)]
+    return Examples(path, texts, [""] * len(texts), [no for no, _ in rows], index)
+
+
+def shown(labels, limit=20):
+    """The first labels, comma-separated, for messages."""
+    return ", ".join(labels[:limit]) + (f", ... ({len(labels)} in all)" if len(labels) > limit else "")
+
+
+def label_order(labels):
+    """Classes sorted numerically when they are numbers (0, 1, 2, ..., 10), else alphabetically."""
+    unique = set(labels)
+    return sorted(unique, key=float) if all(is_number(v) for v in unique) else sorted(unique)
+
+
+def set_targets(examples, task):
+    """Label ids (classification) or float scores (regression); an unknown label is an error."""
+    if task.regression:
+        for label, no in zip(examples.labels, examples.lines):
+            if not is_number(label):
+                raise SpanElectraError(f"task_dir: {examples.path} line {no}: the score '{label}' is not a number")
+        examples.targets = np.array([float(v) for v in examples.labels], dtype=np.float32)
+        return
+    ids = {label: i for i, label in enumerate(task.labels)}
+    for label, no in zip(examples.labels, examples.lines):
+        if label not in ids:
+            what = "is empty" if not label else f"'{label}' does not occur in train.tsv"
+            raise SpanElectraError(f"task_dir: {examples.path} line {no}: the label {what} (train labels: "
+                                   f"{shown(task.labels)}); fix the file or add such examples to train.tsv")
+    examples.targets = np.array([ids[v] for v in examples.labels], dtype=np.int64)
+
+
+def choose_metrics(layout, labels, config):
+    """Accuracy plus F1 (0/1 pairs, positive label '1') or Matthews (CoLA); Pearson/Spearman for scores."""
+    if layout.regression:
+        if config.metric != "auto":
+            raise SpanElectraError(f"metric: '{config.metric}' does not apply to a regression task (Pearson and "
+                                   "Spearman correlation are reported); leave it at auto")
+        return ["pearson", "spearman"]
+    extra = config.metric
+    if extra == "auto":
+        extra = ("matthews_corr" if layout.name == "CoLA" else
+                 "f1" if layout.kind == "pair" and set(labels) == {"0", "1"} else "accuracy")
+    if extra == "f1" and "1" not in labels:
+        raise SpanElectraError(f"metric: f1 takes label '1' as the positive class but the labels are "
+                               f"{shown(labels)}; use --metric accuracy or matthews_corr")
+    return ["accuracy"] + ([extra] if extra != "accuracy" else [])
+
+
+def load_task(config, seed=None):
+    """Read train.tsv, dev.tsv and test.tsv of config.task_dir, subsample train, choose the metrics."""
+    paths = {name: os.path.join(config.task_dir, f"{name}.tsv") for name in ("train", "dev", "test")}
+    train_rows = read_tsv(paths["train"])
+    layout = detect_layout(train_rows, paths["train"], config)
+    train = read_examples(train_rows, paths["train"], layout)
+    dev = read_examples(read_tsv(paths["dev"]), paths["dev"], layout)
+    test = read_test(read_tsv(paths["test"]), paths["test"], layout) if os.path.isfile(paths["test"]) else None
+    if test is not None and not len(test):
+        logger.warning("%s has a header but no examples; no test predictions", paths["test"])
+        test = None
+    if not layout.regression and any(not v for v in train.labels):
+        no = train.lines[train.labels.index("")]
+        raise SpanElectraError(f"task_dir: {paths['train']} line {no}: the label is empty; fill it in or drop the line")
+    labels = [] if layout.regression else label_order(train.labels)
+    task = Task(layout, labels, choose_metrics(layout, labels, config), train, dev, test, len(train))
+    for examples in (train, dev):
+        set_targets(examples, task)
+    if config.max_train_examples and config.max_train_examples < len(train):
+        # one subset for every seed, so seeds differ only in initialisation and order
+        keep = np.sort(np.random.default_rng(config.seed if seed is None else seed).choice(
+            len(train), config.max_train_examples, replace=False))
+        task.train = Examples(train.path, [train.texts[i] for i in keep], [train.labels[i] for i in keep],
+                              [train.lines[i] for i in keep], targets=train.targets[keep])
+    return task
+
+
+def describe_task(task):
+    """The one line saying what was detected, e.g. "train.tsv: sentence pairs (...), 3668 rows, 2 labels: 0, 1"."""
+    if task.regression:
+        scores = task.train.targets
+        values = f"scores {scores.min():g} to {scores.max():g}"
+    else:
+        values = f"{len(task.labels)} labels: {shown(task.labels)}"
+    return f"train.tsv: {task.layout.describe()}, {task.num_train_total} rows, {values}"
+
+
+# ---------------------------------------------------------------- metrics (numpy only)
+def accuracy(pred, gold):
+    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
+
+
+def f1_score(pred, gold, positive=1):
+    """F1 of the positive class: 2TP / (2TP + FP + FN)."""
+    pred, gold = np.asarray(pred) == positive, np.asarray(gold) == positive
+    tp, fp, fn = np.sum(pred & gold), np.sum(pred & ~gold), np.sum(~pred & gold)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def matthews_corr(pred, gold, num_classes=None):
+    """Matthews correlation (Gorodkin's multi-class form; the usual one for two classes); 0 when undefined."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    k = num_classes or int(max(pred.max(), gold.max())) + 1
+    confusion = np.zeros((k, k), dtype=np.float64)
+    np.add.at(confusion, (gold, pred), 1)
+    t, p, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
+    denominator = math.sqrt(s * s - p @ p) * math.sqrt(s * s - t @ t)
+    return float((c * s - t @ p) / denominator) if denominator else 0.0
+
+
+def pearson(x, y):
+    """Pearson correlation; 0 when either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt((x @ x) * (y @ y))
+    return float(x @ y / denominator) if denominator else 0.0
+
+
+def average_ranks(x):
+    """Ranks from 1, ties sharing the average of their ranks (as scipy.stats.rankdata)."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return (last - (counts - 1) / 2.0)[inverse]
+
+
+def spearman(x, y):
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def compute_metrics(task, outputs, targets):
+    """eval_* metrics of the task from model outputs (logits, or scores for regression)."""
+    if task.regression:
+        scores = outputs.reshape(-1)
+        return {"eval_pearson": pearson(scores, targets), "eval_spearman": spearman(scores, targets)}
+    pred = outputs.argmax(-1)
+    metrics = {"eval_accuracy": accuracy(pred, targets)}
+    if "f1" in task.metrics:
+        metrics["eval_f1"] = f1_score(pred, targets, positive=task.labels.index("1"))
+    if "matthews_corr" in task.metrics:
+        metrics["eval_matthews_corr"] = matthews_corr(pred, targets, len(task.labels))
+    return metrics
+
+
+# ---------------------------------------------------------------- model and optimizer
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' load report table and progress bar; we log one line of our own instead."""
+    from transformers.utils import logging as hf_logging
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def load_model_config(model_dir):
+    from transformers import AutoConfig
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as e:
+        raise SpanElectraError(f"model_dir: '{model_dir}' holds no transformers model config ({first_line(e)}); point "
+                               "it at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
+
+
+def load_tokenizer(model_dir, model_config, max_seq_length):
+    """The model's tokenizer, checked against its vocabulary and positions."""
+    from transformers import AutoTokenizer
+    # without vocabulary files transformers quietly builds a tokenizer that knows only [CLS], [SEP], [UNK], ...
+    if not any(os.path.exists(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
+        raise SpanElectraError(f"model_dir: '{model_dir}' holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy "
+                               "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json")
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:  # transformers raises many kinds here (OSError, ValueError, TypeError, ...)
+        raise SpanElectraError(f"model_dir: no usable tokenizer in '{model_dir}' ({first_line(e)}); copy "
+                               "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json") from None
+    if len(tokenizer) > model_config.vocab_size:
+        raise SpanElectraError(f"model_dir: the tokenizer in '{model_dir}' has {len(tokenizer)} tokens but the model "
+                               f"only {model_config.vocab_size} embeddings; it is not the model's tokenizer")
+    positions = getattr(model_config, "max_position_embeddings", max_seq_length)
+    if max_seq_length > positions:
+        raise SpanElectraError(f"max_seq_length: {max_seq_length} exceeds the model's {positions} positions; use at "
+                               f"most {positions}")
+    return tokenizer
+
+
+def load_model(config, task, announce=True):
+    """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head."""
+    from transformers import AutoModelForSequenceClassification
+    kwargs = {"num_labels": 1} if task.regression else {
+        "num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
+        "label2id": {label: i for i, label in enumerate(task.labels)}}
+    try:
+        with quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                config.model_dir, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise SpanElectraError(f"model_dir: cannot load a model from '{config.model_dir}' ({first_line(e)}); point it "
+                               "at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
+    if announce:
+        layers = model.config.num_hidden_layers
+        new = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})
+        random_body = [k for k in new if layer_depth(k, layers) <= layers]
+        logger.info("model: %s from %s, %.1fM parameters, %d layers; new classifier head (%d tensors), pre-training "
+                    "head dropped (%d tensors)", type(model).__name__, config.model_dir,
+                    sum(p.numel() for p in model.parameters()) / 1e6, layers, len(new) - len(random_body),
+                    len(info["unexpected_keys"]))
+        if random_body:
+            logger.warning("%d encoder tensors were not in %s and start random (e.g. %s): is it the right model?",
+                           len(random_body), config.model_dir, ", ".join(random_body[:3]))
+    return model
+
+
+def layer_depth(name, num_layers):
+    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 2 for the task head (pooler,
+    classifier), as google-research/electra's _get_layer_lrs counts them."""
+    match = re.search(r"\.layers?\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    if "embeddings" in name:  # also ELECTRA's embeddings_project
+        return 0
+    return num_layers + 2
+
+
+def layerwise_param_groups(model, learning_rate, layer_decay, weight_decay):
+    """AdamW groups with ELECTRA's layer-wise decay: the head gets learning_rate, the top layer
+    learning_rate * decay^2, ..., the embeddings learning_rate * decay^(num_layers + 2); no weight decay
+    on biases and LayerNorm weights (as training_utils.build_optimizer)."""
+    num_layers = model.config.num_hidden_layers
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = layer_depth(name, num_layers)
+        no_decay = p.ndim < 2 or "LayerNorm" in name
+        group = groups.setdefault((depth, no_decay), {
+            "params": [], "depth": depth, "lr": learning_rate * layer_decay ** (num_layers + 2 - depth),
+            "weight_decay": 0.0 if no_decay else weight_decay})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
+
+
+# ---------------------------------------------------------------- batches
+def encode(tokenizer, examples, max_seq_length, token_types):
+    """Token ids of every example (pairs as tokenizer(a, b)), unpadded."""
+    first = [t[0] for t in examples.texts]
+    second = [t[1] for t in examples.texts] if examples.texts and len(examples.texts[0]) == 2 else None
+    return dict(tokenizer(first, second, truncation=True, max_length=max_seq_length,
+                          return_token_type_ids=token_types))
+
+
+def make_batch(encoded, indices, pad_id, device):
+    """Pad the examples at indices to their longest one."""
+    ids = [encoded["input_ids"][i] for i in indices]
+    width = max(len(x) for x in ids)
+    batch = {"input_ids": torch.full((len(ids), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(ids), width), dtype=torch.long)}
+    if "token_type_ids" in encoded:
+        batch["token_type_ids"] = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(encoded["input_ids"][i])
+        batch["input_ids"][row, :n] = torch.tensor(encoded["input_ids"][i])
+        batch["attention_mask"][row, :n] = 1
+        if "token_type_ids" in batch:
+            batch["token_type_ids"][row, :n] = torch.tensor(encoded["token_type_ids"][i])
+    return tu.to_device(batch, device)
+
+
+def task_loss(task, logits, targets):
+    """Cross-entropy, or mean squared error on the single output of a regression head."""
+    if task.regression:
+        return F.mse_loss(logits.float().reshape(-1), targets.float())
+    return F.cross_entropy(logits.float(), targets)
+
+
+# ---------------------------------------------------------------- training and evaluation
+@torch.no_grad()
+def predict(model, encoded, config, runtime, pad_id):
+    """Logits (scores for regression) of every example, in order, as a float numpy array."""
+    model.eval()
+    outputs = []
+    n = len(encoded["input_ids"])
+    for start in range(0, n, config.eval_batch_size):
+        batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), pad_id, runtime.device)
+        with tu.autocast(runtime, runtime.device.type == "cuda"):
+            outputs.append(model(**batch).logits.float().cpu())
+    model.train()
+    return torch.cat(outputs).numpy()
+
+
+def evaluate(model, task, encoded, config, runtime, pad_id):
+    """The dev metrics of the model, eval_loss included."""
+    outputs = predict(model, encoded, config, runtime, pad_id)
+    loss = task_loss(task, torch.from_numpy(outputs), torch.from_numpy(task.dev.targets)).item()
+    return {**compute_metrics(task, outputs, task.dev.targets), "eval_loss": loss}
+
+
+@torch.no_grad()
+def token_similarity(model, data, runtime, n=16):
+    """Mean cosine similarity of the encoder's output vectors over the tokens of a few training examples.
+    Near 1 means pre-training collapsed (every token gets the same vector): nothing to fine-tune from."""
+    model.eval()
+    batch = make_batch(data["train"], range(min(n, len(data["train"]["input_ids"]))), data["pad_id"], runtime.device)
+    hidden = model.base_model(**batch).last_hidden_state[batch["attention_mask"].bool()]
+    model.train()
+    vectors = F.normalize(hidden.float(), dim=-1)
+    return (vectors @ vectors.T).mean().item()
+
+
+def train_one_seed(seed, task, data, config, runtime, announce):
+    """Fine-tune a fresh copy of the model with one seed; returns (model, final dev metrics, per-epoch rows)."""
+    tu.seed_everything(seed)  # before loading: the new classifier head's initialisation depends on it
+    model = load_model(config, task, announce).to(runtime.device)
+    if announce and token_similarity(model, data, runtime) > 0.99:
+        logger.warning("model: %s gives (almost) the same vector to every token: its pre-training collapsed, and "
+                       "fine-tuning will likely not get past the majority class; check the discriminator's training",
+                       config.model_dir)
+    optimizer = torch.optim.AdamW(layerwise_param_groups(model, config.learning_rate, config.layerwise_lr_decay,
+                                                         config.weight_decay), betas=(0.9, 0.999), eps=1e-6)
+    n = len(task.train)
+    total = config.num_train_epochs * math.ceil(n / config.train_batch_size)
+    scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_ratio * total), total)
+    targets = torch.from_numpy(task.train.targets)
+    order_rng = torch.Generator().manual_seed(seed)
+    history, step = [], 0
+    model.train()
+    bar = tqdm(total=total, desc=f"fine-tune (seed {seed})")
+    for epoch in range(1, config.num_train_epochs + 1):
+        loss_sum, batches = 0.0, 0
+        order = torch.randperm(n, generator=order_rng).tolist()
+        for start in range(0, n, config.train_batch_size):
+            indices = order[start:start + config.train_batch_size]
+            batch = make_batch(data["train"], indices, data["pad_id"], runtime.device)
+            with tu.autocast(runtime, runtime.device.type == "cuda"):
+                logits = model(**batch).logits
+            loss = task_loss(task, logits, targets[indices].to(runtime.device))
+            loss.backward()
+            tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
+            step += 1
+            loss_sum, batches = loss_sum + loss.item(), batches + 1
+            if not math.isfinite(loss_sum):
+                raise SpanElectraError(f"learning_rate: the loss became {loss_sum} at step {step} (seed {seed}); "
+                                       f"lower --learning_rate (now {config.learning_rate:g})")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / batches:.4f}")
+        row = {"epoch": epoch, "train_loss": loss_sum / max(batches, 1),
+               **evaluate(model, task, data["dev"], config, runtime, data["pad_id"])}
+        history.append(row)
+        logger.info("seed %d epoch %d/%d: train_loss %.4f, dev %s", seed, epoch, config.num_train_epochs,
+                    row["train_loss"], ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("eval_")))
+    bar.close()
+    return model, history[-1], history
+
+
+def write_test_predictions(model, task, data, config, runtime):
+    """out_dir/test_predictions.tsv: `index<TAB>prediction` with train.tsv's label strings (GLUE style)."""
+    outputs = predict(model, data["test"], config, runtime, data["pad_id"])
+    if task.regression:
+        predictions = [f"{v:.3f}" for v in outputs.reshape(-1)]
+    else:
+        predictions = [task.labels[i] for i in outputs.argmax(-1)]
+    path = os.path.join(config.out_dir, "test_predictions.tsv")
+    atomic_write_text(path, "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in zip(task.test.index, predictions)))
+    return path
+
+
+def save_model(model, tokenizer, out_dir):
+    """out_dir/model, built in a temporary folder and moved in when complete."""
+    final = make_out_dir(os.path.join(out_dir, "model"))
+    tmp = tempfile.mkdtemp(dir=out_dir, prefix=".tmp-model-")
+    with quiet_transformers():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    move_files_into(tmp, final, last=("config.json",))
+    return final
+
+
+def summarise(per_seed, keys):
+    """Median, min and max of each metric over the seeds (the median is the headline number)."""
+    summary = {}
+    for key in keys:
+        values = [run[key] for run in per_seed]
+        summary.update({key: float(np.median(values)), f"{key}_min": min(values), f"{key}_max": max(values)})
+    return summary
+
+
+# ---------------------------------------------------------------- main
+def main(config: finetune_args = None):
+    config = config or finetune_args()
+    config.validate()
+    seeds = config.seed_list()
+    task = load_task(config, seeds[0])
+    logger.info(describe_task(task))
+    logger.info("dev.tsv: %d rows; test.tsv: %s; metrics: %s", len(task.dev),
+                f"{len(task.test)} rows" if task.test is not None else "none", ", ".join(task.metrics + ["loss"]))
+    model_config = load_model_config(config.model_dir)
+    tokenizer = load_tokenizer(config.model_dir, model_config, config.max_seq_length)
+    runtime = tu.setup_runtime(config.device)
+    make_out_dir(config.out_dir)
+    save_config(config, config.out_dir, "finetune")
+
+    token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)
+    data = {"pad_id": tokenizer.pad_token_id or 0,
+            **{name: encode(tokenizer, examples, config.max_seq_length, token_types)
+               for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
+               if examples is not None}}
+    logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
+                "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs, config.learning_rate,
+                config.layerwise_lr_decay, config.train_batch_size, ",".join(map(str, seeds)), runtime.device)
+
+    per_seed, outputs = [], {}
+    for i, seed in enumerate(seeds):
+        start = time.time()
+        model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
+        final = {k: v for k, v in final.items() if k != "epoch"}
+        per_seed.append({"seed": seed, **final, "train_seconds": round(time.time() - start, 1), "epochs": history})
+        if i == 0 and task.test is not None:
+            outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
+        if i == 0 and config.save_model:
+            outputs["model"] = save_model(model, tokenizer, config.out_dir)
+        del model
+
+    metric_keys = [k for k in per_seed[0] if k.startswith("eval_")]
+    results = {
+        **summarise(per_seed, metric_keys), "main_metric": task.main_metric,
+        "task_dir": config.task_dir, "model_dir": config.model_dir, "layout": task.layout.name,
+        "task_kind": task.layout.kind, "detected": describe_task(task), "labels": task.labels,
+        "num_train": len(task.train), "num_train_total": task.num_train_total, "num_dev": len(task.dev),
+        "num_test": len(task.test) if task.test is not None else 0, "num_train_epochs": config.num_train_epochs,
+        "learning_rate": config.learning_rate, "layerwise_lr_decay": config.layerwise_lr_decay,
+        "train_batch_size": config.train_batch_size, "max_seq_length": config.max_seq_length, "seeds": seeds,
+        "device": str(runtime.device), "per_seed": per_seed, **outputs}
+    atomic_write_json(os.path.join(config.out_dir, "results.json"), results)
+    logger.info("dev, median [min, max] over %d seed(s): %s; results in %s", len(seeds),
+                ", ".join(f"{k[5:]} {results[k]:.4f} [{results[k + '_min']:.4f}, {results[k + '_max']:.4f}]"
+                          for k in metric_keys), os.path.join(config.out_dir, "results.json"))
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main, finetune_args)

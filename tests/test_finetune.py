@@ -1,0 +1,393 @@
+"""finetune_SE.py: GLUE layouts, metrics, layer-wise learning rates, tiny end-to-end runs and bad input."""
+import json
+import math
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_DATA, assert_cli_error, run_cli
+
+import argument
+import finetune_SE as ft
+from io_utils import SpanElectraError
+
+BOM = "\ufeff"
+
+
+def write_task(folder, train, dev=None, test=None):
+    """Write train.tsv, dev.tsv (train's content unless given) and test.tsv (if given) from line lists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, lines in (("train", train), ("dev", dev or train), ("test", test)):
+        if lines is not None:
+            (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def task_config(folder, **kw):
+    return argument.finetune_args(task_dir=str(folder), **kw)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when another job keeps the cores busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- layouts, as GLUE writes them
+LAYOUTS = {
+    "SST-2": (["sentence\tlabel", 'it \'s a " charming film . \t1', "dull , dull , dull \t0"],
+              ["index\tsentence", '0\tan " unbalanced quote', "1\tanother one"],
+              "single", [('it \'s a " charming film .',), ("dull , dull , dull",)], ["1", "0"],
+              [('an " unbalanced quote',), ("another one",)], ["0", "1"]),
+    "CoLA": (["gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.",
+              "gj04\t0\t*\tThey drank the pub \"dry.", "cj99\t1\t\tThe sailors rode the breeze clear of the rocks."],
+             ["index\tsentence", "0\tBill whistled past the house."],
+             "single", [("Our friends won't buy this analysis, let alone the next one we propose.",),
+                        ('They drank the pub "dry.',), ("The sailors rode the breeze clear of the rocks.",)],
+             ["1", "0", "1"], [("Bill whistled past the house.",)], ["0"]),
+    "MRPC": ([BOM + "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+              '1\t702876\t702977\tAmrozi called him " the witness " .\tReferring to him as " the witness .',
+              "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 ."],
+             ["index\t#1 ID\t#2 ID\t#1 String\t#2 String", "0\t1089874\t1089925\tPCCW 's officer .\tCurrent officer ."],
+             "pair", [('Amrozi called him " the witness " .', 'Referring to him as " the witness .'),
+                      ("Yucaipa owned Dominick 's .", "Yucaipa bought Dominick 's in 1995 .")], ["1", "0"],
+             [("PCCW 's officer .", "Current officer .")], ["0"]),
+    "RTE/WNLI": (["index\tsentence1\tsentence2\tlabel", "0\tNo weapons were found .\tWeapons were found .\tnot_entailment",
+                  "1\tA place of beauty .\tA place is beautiful .\tentailment"],
+                 ["index\tsentence1\tsentence2", "0\tMangla was built .\tMangla exists ."],
+                 "pair", [("No weapons were found .", "Weapons were found ."),
+                          ("A place of beauty .", "A place is beautiful .")], ["not_entailment", "entailment"],
+                 [("Mangla was built .", "Mangla exists .")], ["0"]),
+    "QNLI": (["index\tquestion\tsentence\tlabel", "0\tWhen ?\tIn 1990 .\tentailment", "1\tWho ?\tNobody knows .\tnot_entailment"],
+             None, "pair", [("When ?", "In 1990 ."), ("Who ?", "Nobody knows .")], ["entailment", "not_entailment"],
+             None, None),
+    "MNLI": (["index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+              "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label",
+              "0\t31193\t31193n\tgovernment\t( ( a ) )\t( b )\t(ROOT (S a))\t(ROOT (S b))\tConceptually cream skimming .\t"
+              "Product and geography .\tneutral\tneutral",
+              "1\t101457\t101457e\ttelephone\t( c )\t( d )\t(ROOT c)\t(ROOT d)\tyou know during the season\tYou lose the "
+              "things .\tentailment\tentailment"],
+             None, "pair", [("Conceptually cream skimming .", "Product and geography ."),
+                            ("you know during the season", "You lose the things .")], ["neutral", "entailment"], None, None),
+    "STS-B": (["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+               "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000",
+               "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man plays a flute.\tA man plays a bamboo flute.\t3.800"],
+              ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2",
+               "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA girl styles her hair.\tA girl brushes her hair."],
+              "regression", [("A plane is taking off.", "An air plane is taking off."),
+                             ("A man plays a flute.", "A man plays a bamboo flute.")], ["5.000", "3.800"],
+              [("A girl styles her hair.", "A girl brushes her hair.")], ["0"]),
+    "plain": (["a good film\t1", 'a " bad film\t0', "an ok film\t1"], ["an unlabelled film"],
+              "single", [("a good film",), ('a " bad film',), ("an ok film",)], ["1", "0", "1"],
+              [("an unlabelled film",)], ["0"]),
+    "plain pair": (["the cat sat\ta cat sat\tyes", "the dog ran\ta bird flew\tno"], ["1\tone\ttwo", "2\tthree\tfour"],
+                   "pair", [("the cat sat", "a cat sat"), ("the dog ran", "a bird flew")], ["yes", "no"],
+                   [("one", "two"), ("three", "four")], ["1", "2"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_glue_layouts_are_detected(name, tmp_path):
+    train, test, kind, texts, labels, test_texts, test_index = LAYOUTS[name]
+    task = ft.load_task(task_config(write_task(tmp_path / "task", train, test=test)))
+    expected_name = "plain" if name.startswith("plain") else name
+    assert (task.layout.name, task.layout.kind) == (expected_name, kind)
+    assert task.train.texts == texts and task.train.labels == labels
+    assert task.dev.texts == texts and task.num_train_total == len(texts)
+    if test is None:
+        assert task.test is None
+    else:
+        assert task.test.texts == test_texts and task.test.index == test_index
+    line = ft.describe_task(task)
+    assert line.startswith("train.tsv: ") and f"{expected_name} layout" in line and f"{len(texts)} rows" in line
+
+
+def test_detected_metrics_and_label_order(tmp_path):
+    metrics = {}
+    for name in ("SST-2", "CoLA", "MRPC", "RTE/WNLI", "STS-B", "plain pair"):
+        task = ft.load_task(task_config(write_task(tmp_path / name.replace("/", "_"), LAYOUTS[name][0])))
+        metrics[name] = task.metrics
+    assert metrics == {"SST-2": ["accuracy"], "CoLA": ["accuracy", "matthews_corr"], "MRPC": ["accuracy", "f1"],
+                       "RTE/WNLI": ["accuracy"], "STS-B": ["pearson", "spearman"], "plain pair": ["accuracy"]}
+    folder = write_task(tmp_path / "ten", [f"text {i}\t{i % 11}" for i in range(22)])
+    task = ft.load_task(task_config(folder, metric="matthews_corr"))
+    assert task.labels == [str(i) for i in range(11)]  # numeric order, not '0', '1', '10', '2'
+    assert task.metrics == ["accuracy", "matthews_corr"]
+
+
+def test_overrides_task_type_and_columns(tmp_path):
+    folder = write_task(tmp_path / "t", ["id\ttext\tcategory\tnote", "1\tgood one\tpos\tx", "2\tbad one\tneg\ty"])
+    with pytest.raises(SpanElectraError, match="text column"):
+        ft.load_task(task_config(folder))  # 'text' and 'category' are no GLUE names
+    task = ft.load_task(task_config(folder, text_columns="text", label_column="category"))
+    assert task.train.texts == [("good one",), ("bad one",)] and task.labels == ["neg", "pos"]
+    folder = write_task(tmp_path / "n", ["x\tgood one\t0.5", "y\tbad one\t2"])
+    task = ft.load_task(task_config(folder, text_columns="2", label_column="3"))
+    assert task.regression and task.train.texts == [("good one",), ("bad one",)]
+    folder = write_task(tmp_path / "r", ["a film\t1", "b film\t3"])
+    assert not ft.load_task(task_config(folder)).regression
+    assert ft.load_task(task_config(folder, task_type="regression")).regression
+    with pytest.raises(SpanElectraError, match="^task_type:"):
+        ft.load_task(task_config(folder, task_type="pair"))
+    wide = write_task(tmp_path / "w", ["x1\tgood one here\tmore words\t7\tpos", "x2\tbad one\tother words\t8\tneg"])
+    with pytest.raises(SpanElectraError, match="pass --task_type"):
+        ft.load_task(task_config(wide))
+    task = ft.load_task(task_config(wide, task_type="pair"))  # texts: the columns with spaces; label: an end
+    assert (task.layout.name, task.train.texts, task.labels) == (
+        "guessed", [("good one here", "more words"), ("bad one", "other words")], ["neg", "pos"])
+    assert ft.load_task(task_config(wide, task_type="single")).train.texts == [("good one here",), ("bad one",)]
+
+
+# ---------------------------------------------------------------- metrics, against hand computations
+def test_metrics_match_hand_computed_values():
+    gold = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])  # TP 3, FN 1, FP 1, TN 5
+    assert ft.accuracy(pred, gold) == 0.8
+    assert ft.f1_score(pred, gold) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert ft.matthews_corr(pred, gold) == pytest.approx((3 * 5 - 1 * 1) / math.sqrt(4 * 4 * 6 * 6))
+    assert ft.matthews_corr(gold, gold) == pytest.approx(1.0) and ft.matthews_corr(1 - gold, gold) == pytest.approx(-1.0)
+    assert ft.matthews_corr(np.zeros(10, dtype=int), gold) == 0.0  # one class predicted: undefined, reported as 0
+    # three classes, confusion [[2,1,0],[0,2,0],[1,0,1]]: c=5, s=7, t=(3,2,2), p=(3,3,1)
+    gold3, pred3 = np.array([0, 0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 1, 0, 2])
+    expected = (5 * 7 - (3 * 3 + 2 * 3 + 2 * 1)) / math.sqrt((49 - (9 + 9 + 1)) * (49 - (9 + 4 + 4)))
+    assert ft.matthews_corr(pred3, gold3) == pytest.approx(expected)
+    assert ft.f1_score([0, 0], [1, 1]) == 0.0
+    # Pearson: deviations (-1.5, -.5, .5, 1.5) and (-3, -1, 0, 4): 11 / sqrt(5 * 26)
+    assert ft.pearson([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(11 / math.sqrt(130))
+    assert ft.pearson([1, 1, 1], [1, 2, 3]) == 0.0
+    assert list(ft.average_ranks([10, 20, 20, 30, 20])) == [1, 3, 3, 5, 3]
+    # Spearman with a tie: ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4) -> 4.5 / sqrt(4.5 * 5)
+    assert ft.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert ft.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone: 1 though not linear
+
+
+# ---------------------------------------------------------------- tiny models
+def tiny_config(vocab_size, layers=2):
+    from transformers import ElectraConfig
+    return ElectraConfig(vocab_size=vocab_size, embedding_size=16, hidden_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_discriminator(bpe_tok, tmp_path_factory):
+    """An untrained ElectraForPreTraining saved as trainSpanElectra.py exports one, tokenizer beside it."""
+    from transformers import ElectraForPreTraining
+    folder = tmp_path_factory.mktemp("disc") / "discriminator"
+    torch.manual_seed(0)
+    ElectraForPreTraining(tiny_config(2000)).save_pretrained(folder)
+    for path in bpe_tok.iterdir():
+        if path.is_file() and not (folder / path.name).exists():
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_layerwise_learning_rates():
+    from transformers import ElectraForSequenceClassification
+    model = ElectraForSequenceClassification(tiny_config(100, layers=2))
+    groups = ft.layerwise_param_groups(model, 1e-3, 0.8, 0.01)
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert len(lr) == len(params) == sum(len(g["params"]) for g in groups)  # each parameter exactly once
+    expected = {"electra.embeddings.word_embeddings.weight": 1e-3 * 0.8 ** 4,
+                "electra.embeddings_project.weight": 1e-3 * 0.8 ** 4,
+                "electra.encoder.layer.0.attention.self.query.weight": 1e-3 * 0.8 ** 3,
+                "electra.encoder.layer.1.output.dense.weight": 1e-3 * 0.8 ** 2,
+                "classifier.dense.weight": 1e-3, "classifier.out_proj.bias": 1e-3}
+    for name, value in expected.items():
+        assert lr[id(params[name])] == pytest.approx(value), name
+    assert min(lr.values()) == pytest.approx(1e-3 * 0.8 ** 4) and max(lr.values()) == 1e-3
+    assert decay[id(params["electra.encoder.layer.0.output.LayerNorm.weight"])] == 0.0
+    assert decay[id(params["classifier.out_proj.bias"])] == 0.0
+    assert decay[id(params["electra.encoder.layer.1.output.dense.weight"])] == 0.01
+    assert {g["lr"] for g in ft.layerwise_param_groups(model, 1e-3, 1.0, 0.01)} == {1e-3}
+    from transformers import BertConfig, BertForSequenceClassification
+    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3,
+                                                    num_attention_heads=2, intermediate_size=64))
+    lr = {name: g["lr"] for g in ft.layerwise_param_groups(bert, 1.0, 0.5, 0.01)
+          for name, p in bert.named_parameters() if any(p is q for q in g["params"])}
+    assert lr["bert.embeddings.word_embeddings.weight"] == 0.5 ** 5 and lr["bert.encoder.layer.0.output.dense.weight"] == 0.5 ** 4
+    assert lr["bert.encoder.layer.2.output.dense.weight"] == 0.5 ** 2 and lr["bert.pooler.dense.weight"] == 1.0
+
+
+def test_collapsed_encoder_is_noticed(bpe_tok):
+    from transformers import AutoTokenizer, ElectraForSequenceClassification
+    tokenizer = AutoTokenizer.from_pretrained(bpe_tok)
+    examples = ft.Examples("x", [("the game was released in japan .",), ("a song by the band",)], ["0", "1"], [1, 2])
+    data = {"train": ft.encode(tokenizer, examples, 32, True), "pad_id": 0}
+    runtime = ft.tu.Runtime(torch.device("cpu"))
+    model = ElectraForSequenceClassification(tiny_config(2000))
+    assert ft.token_similarity(model, data, runtime) < 0.9
+    last_norm = model.electra.encoder.layer[-1].output.LayerNorm
+    torch.nn.init.zeros_(last_norm.weight)  # every token gets the same vector: the bias
+    torch.nn.init.normal_(last_norm.bias)
+    assert ft.token_similarity(model, data, runtime) > 0.999
+
+
+# ---------------------------------------------------------------- end to end
+def keyword_task(folder, n_train=960, n_dev=96, pair=False, regression=False, seed=0):
+    """Sentences of common words; the label says whether 'game' occurs (pairs: in the first sentence;
+    regression: the score grows with how often it occurs). Learnable by a tiny model in one epoch."""
+    rng = np.random.default_rng(seed)
+    words = "the of and in to was a his on for as with by at from he that is it album song".split()
+
+    def example():
+        count = int(rng.integers(0, 3)) if regression else int(rng.integers(0, 2))
+        tokens = list(rng.choice(words, size=6)) + ["game"] * count
+        rng.shuffle(tokens)
+        text = " ".join(tokens)
+        if pair:
+            text += "\t" + " ".join(rng.choice(words, size=4))
+        return f"{text}\t{count * 1.25:.2f}" if regression else f"{text}\t{count}"  # 1.25: scores, not classes
+
+    header = ["sentence1\tsentence2\tlabel" if pair else "sentence\tlabel"] if not regression else []
+    train = header + [example() for _ in range(n_train)]
+    dev = header + [example() for _ in range(n_dev)]
+    test = ["index\t" + ("sentence1\tsentence2" if pair else "sentence")] + [
+        f"{i}\t" + "\t".join(example().split("\t")[:-1]) for i in range(7)]
+    return write_task(folder, train, dev, test)
+
+
+FAST = dict(train_batch_size=16, eval_batch_size=64, max_seq_length=32, device="cpu")
+
+
+def read_results(out):
+    with open(out / "results.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_single_sentence_task_learns_and_writes_predictions(tiny_discriminator, tmp_path):
+    task_dir, out = keyword_task(tmp_path / "task"), tmp_path / "ft"
+    # a random encoder has nothing to protect from the head's updates: no layer-wise decay, a high rate
+    results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(out), num_train_epochs=1,
+                                  learning_rate=5e-3, layerwise_lr_decay=1.0, **FAST))
+    assert read_results(out) == json.loads(json.dumps(results))
+    assert results["eval_accuracy"] > 0.8, results["per_seed"][0]["epochs"]  # chance: 0.5
+    assert 0 <= results["eval_loss"] < math.log(2)
+    assert {"eval_accuracy_min", "eval_accuracy_max", "main_metric", "layout", "num_train", "num_dev", "per_seed",
+            "model_dir", "seeds", "num_train_epochs"} <= set(results)
+    assert "eval_f1" not in results and results["main_metric"] == "eval_accuracy"
+    assert (results["layout"], results["task_kind"], results["num_train"], results["num_dev"]) == ("SST-2", "single", 960, 96)
+    lines = (out / "test_predictions.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 8
+    assert [l.split("\t")[0] for l in lines[1:]] == [str(i) for i in range(7)]
+    assert {l.split("\t")[1] for l in lines[1:]} <= {"0", "1"}
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")  # reloads with its labels
+    assert model.config.id2label == {0: "0", 1: "1"} and len(AutoTokenizer.from_pretrained(out / "model")) == 2000
+    assert (out / "finetune_config.json").exists()
+
+
+def test_pair_task_with_two_seeds(tiny_discriminator, tmp_path):
+    task_dir, out = keyword_task(tmp_path / "task", n_train=96, n_dev=48, pair=True), tmp_path / "ft"
+    results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(out), num_train_epochs=1,
+                                  seeds="1,2", save_model=False, **FAST))
+    assert results["layout"] == "RTE/WNLI" and results["task_kind"] == "pair" and results["seeds"] == [1, 2]
+    assert results["main_metric"] == "eval_f1"  # a pair task labelled 0/1: paraphrase-style F1
+    per_seed = results["per_seed"]
+    assert [r["seed"] for r in per_seed] == [1, 2] and len(per_seed[0]["epochs"]) == 1
+    for key in ("eval_accuracy", "eval_f1", "eval_loss"):
+        values = [r[key] for r in per_seed]
+        assert results[key] == pytest.approx(np.median(values))
+        assert (results[f"{key}_min"], results[f"{key}_max"]) == (min(values), max(values))
+    assert 0 <= results["eval_accuracy"] <= 1 and 0 <= results["eval_f1"] <= 1
+    assert not (out / "model").exists()
+    assert len((out / "test_predictions.tsv").read_text().splitlines()) == 8
+
+
+def test_regression_task(tiny_discriminator, tmp_path):
+    task_dir, out = keyword_task(tmp_path / "task", n_train=128, n_dev=48, regression=True), tmp_path / "ft"
+    results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(out), num_train_epochs=1,
+                                  learning_rate=2e-3, save_model=False, **FAST))
+    assert results["layout"] == "plain" and results["task_kind"] == "regression" and results["labels"] == []
+    assert -1 <= results["eval_pearson"] <= 1 and -1 <= results["eval_spearman"] <= 1
+    assert results["eval_loss"] >= 0 and "eval_accuracy" not in results and results["main_metric"] == "eval_spearman"
+    predictions = [float(l.split("\t")[1]) for l in (out / "test_predictions.tsv").read_text().splitlines()[1:]]
+    assert len(predictions) == 7 and all(math.isfinite(p) for p in predictions)
+
+
+def test_bert_folder_fine_tunes(bert_tok, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+    folder = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=2000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    for path in bert_tok.iterdir():
+        shutil.copy(path, folder / path.name)
+    task_dir = keyword_task(tmp_path / "task", n_train=64, n_dev=16, pair=True)
+    results = ft.main(task_config(task_dir, model_dir=str(folder), out_dir=str(tmp_path / "ft"), num_train_epochs=1,
+                                  save_model=False, **FAST))
+    assert results["task_kind"] == "pair" and 0 <= results["eval_f1"] <= 1
+
+
+def test_real_sst2_few_steps(tiny_discriminator, tmp_path):
+    sst2 = SHARED_DATA / "glue" / "SST-2"
+    if not (sst2 / "train.tsv").exists():
+        pytest.skip(f"{sst2} not present")
+    results = ft.main(task_config(sst2, model_dir=str(tiny_discriminator), out_dir=str(tmp_path / "ft"),
+                                  num_train_epochs=1, max_train_examples=64, save_model=False, **FAST))
+    assert results["num_train"] == 64 and results["num_train_total"] == 67349 and results["num_dev"] == 872
+    assert results["layout"] == "SST-2" and 0 <= results["eval_accuracy"] <= 1
+    assert len((tmp_path / "ft" / "test_predictions.tsv").read_text().splitlines()) == 1822
+
+
+# ---------------------------------------------------------------- bad input
+def _run_in_process(args, capsys):
+    """argument.run_main(finetune_SE.main, ...) as `python finetune_SE.py args` runs it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        argument.run_main(ft.main, argument.finetune_args, [str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
+
+
+def test_bad_input_cli(tiny_discriminator, tmp_path, capsys):
+    good = keyword_task(tmp_path / "good", n_train=8, n_dev=4)
+    base = ["--model_dir", tiny_discriminator, "--out_dir", tmp_path / "out"]
+    unseen = write_task(tmp_path / "unseen", ["sentence\tlabel", "a b\t0", "c d\t1"],
+                        ["sentence\tlabel", "a b\t0", "e f\tmaybe"])
+    with ThreadPoolExecutor(max_workers=2) as pool:  # real subprocesses for two cases
+        missing = pool.submit(run_cli, "finetune_SE.py", *base, "--task_dir", tmp_path / "nothing")
+        unseen_label = pool.submit(run_cli, "finetune_SE.py", *base, "--task_dir", unseen)
+        assert_cli_error(missing.result(), "task_dir", "nothing")
+        assert_cli_error(unseen_label.result(), "dev.tsv line 3", "maybe", "train labels: 0, 1")
+
+    bad_bytes = write_task(tmp_path / "bytes", ["sentence\tlabel", "a b\t0", "c d\t1"])
+    (bad_bytes / "train.tsv").write_bytes(b"sentence\tlabel\na b\t0\nc d\xff\xfe\t1\n")
+    ragged = write_task(tmp_path / "ragged", ["sentence\tlabel", "a b\t0", "c\td\t1"])
+    empty = write_task(tmp_path / "empty", ["x"])
+    (empty / "train.tsv").write_text("\n\n")
+    unknown = write_task(tmp_path / "unknown", ["w\tx\ty\tz\tq", "a b\tc d\te f\tg h\ti j"])
+    no_dev = write_task(tmp_path / "nodev", ["a b\t0"])
+    (no_dev / "dev.tsv").unlink()
+    no_model = tmp_path / "no_model"
+    no_model.mkdir()
+    no_tokenizer = tmp_path / "no_tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_discriminator / name, no_tokenizer / name)
+    cases = [
+        (["--task_dir", bad_bytes], ["train.tsv line 3", "UTF-8"]),
+        (["--task_dir", ragged], ["train.tsv line 3", "3 tab-separated columns", "line 1 has 2"]),
+        (["--task_dir", empty], ["train.tsv", "empty"]),
+        (["--task_dir", unknown], ["unknown/train.tsv", "--task_type", "--text_columns"]),
+        (["--task_dir", no_dev], ["task_dir", "dev.tsv"]),
+        (["--task_dir", good, "--layerwise_lr_decay", 1.5], ["layerwise_lr_decay", "1.5"]),
+        (["--task_dir", good, "--num_train_epochs", -1], ["num_train_epochs", "-1"]),
+        (["--task_dir", good, "--learning_rate", 0], ["learning_rate"]),
+        (["--task_dir", good, "--train_batch_size", 0], ["train_batch_size"]),
+        (["--task_dir", good, "--seeds", "1,two"], ["seeds", "1,two"]),
+        (["--task_dir", good, "--metric", "f1", "--task_type", "regression"], ["metric", "regression"]),
+        (["--task_dir", good, "--model_dir", no_model], ["model_dir", "config.json"]),
+        (["--task_dir", good, "--model_dir", no_tokenizer], ["model_dir", "no tokenizer"]),
+        (["--task_dir", good, "--max_seq_length", 100], ["max_seq_length", "64"]),
+    ]
+    for args, needles in cases:
+        assert_cli_error(_run_in_process(base + args, capsys), *needles)
+    assert not (tmp_path / "out").exists()  # nothing is written before the input is checked
