@@ -128,8 +128,11 @@ class Explorer:
         return [(t, float(p)) for t, p in zip(tokens, logits.sigmoid())][1:-1]
 
 
-def show_token(token):
-    return token.replace("\u0120", "_").replace("##", "") if token else token
+def show_token(tokenizer, token):
+    """A vocabulary token as readable text: byte-level BPE bytes decoded, '##' dropped; a
+    Vietnamese word keeps its '_' between syllables."""
+    text = tokenizer.convert_tokens_to_string([token]).strip() if token else token
+    return text.replace("##", "") or token
 
 
 def report(explorer, text, top_k=5, seed=0):
@@ -139,12 +142,12 @@ def report(explorer, text, top_k=5, seed=0):
     if explorer.generator is not None:
         lines.append(f"generator fills for: {text}")
         for original, fills in explorer.fill(text, top_k, seed):
-            shown = "  ".join(f"{show_token(t)} {p:.2f}" for t, p in fills)
-            lines.append(f"  {show_token(original):>16} -> {shown}")
+            shown = "  ".join(f"{show_token(explorer.tokenizer, t)} {p:.2f}" for t, p in fills)
+            lines.append(f"  {show_token(explorer.tokenizer, original):>16} -> {shown}")
     if explorer.discriminator is not None:
         lines.append(f"discriminator P(replaced) for: {plain}")
         scored = explorer.detect(plain)
-        lines.append("  " + "  ".join(f"{show_token(t)}:{p:.2f}" for t, p in scored))
+        lines.append("  " + "  ".join(f"{show_token(explorer.tokenizer, t)}:{p:.2f}" for t, p in scored))
     return lines
 
 

@@ -1,0 +1,78 @@
+"""explore_SE.py: generator fills and discriminator scores, in English and Vietnamese."""
+import pytest
+import torch
+
+import explore_SE
+from conftest import run_cli
+from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, electra_configs, save_discriminator,
+                                    save_generator)
+
+
+def save_models(tok_dir, out_dir):
+    """A random tiny generator and discriminator saved as a training run saves them (out_dir/generator, /discriminator)."""
+    import json
+    vocab = json.load(open(tok_dir / "tokenizer.json", encoding="utf-8"))["model"]["vocab"]
+    torch.manual_seed(0)
+    gen_cfg, disc_cfg = electra_configs("tiny", len(vocab), 128)
+    save_generator(SpanElectraGenerator(gen_cfg, use_sbo=True), str(out_dir / "generator"), str(tok_dir))
+    save_discriminator(SpanElectraDiscriminator(disc_cfg), str(out_dir / "discriminator"), str(tok_dir))
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def en_models(bpe_tok, tmp_path_factory):
+    return save_models(bpe_tok, tmp_path_factory.mktemp("explore") / "en")
+
+
+@pytest.fixture(scope="module")
+def vi_models(vi_tok, tmp_path_factory):
+    return save_models(vi_tok, tmp_path_factory.mktemp("explore") / "vi")
+
+
+def test_fill_covers_exactly_the_marked_words(en_models):
+    ex = explore_SE.Explorer(str(en_models))
+    rows = ex.fill("The game was released in [[ January 2011 ]] in Japan .", top_k=3)
+    originals = "".join(explore_SE.show_token(ex.tokenizer, t) for t, _ in rows)
+    assert originals == "January2011"  # the marked words' tokens, nothing else
+    for _, fills in rows:
+        probs = [p for _, p in fills]
+        assert len(fills) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_random_spans_when_nothing_is_marked(en_models):
+    ex = explore_SE.Explorer(str(en_models))
+    text = "The film was shot in the city over three months in the summer of that year , and released later ."
+    rows = ex.fill(text, top_k=2, seed=3)
+    n_tokens = len(ex.tokenizer(text)["input_ids"]) - 2
+    assert 1 <= len(rows) <= max(2, round(0.3 * n_tokens))
+    assert rows == ex.fill(text, top_k=2, seed=3)  # the seed fixes the spans
+
+
+def test_detect_scores_every_token_and_report_is_readable(en_models):
+    ex = explore_SE.Explorer(str(en_models))
+    scored = ex.detect("The cat sat on the mat .")
+    assert len(scored) == len(ex.tokenizer("The cat sat on the mat .")["input_ids"]) - 2  # [CLS], [SEP] left out
+    assert "".join(explore_SE.show_token(ex.tokenizer, t) for t, _ in scored) == "Thecatsatonthemat."
+    assert all(0 < p < 1 for _, p in scored)
+    lines = explore_SE.report(ex, "The cat sat on the [[ house ]] .", top_k=2)
+    assert lines[0].startswith("generator fills for") and " -> " in lines[1]
+    assert lines[-2].startswith("discriminator P(replaced) for: The cat sat on the house .")
+    assert "\u0120" not in "\n".join(lines)  # byte-level BPE markers are decoded
+
+
+def test_vietnamese_is_segmented_like_the_corpus(vi_models):
+    pytest.importorskip("pyvi")
+    ex = explore_SE.Explorer(str(vi_models))
+    assert ex.segment("Hà Nội là thủ đô của Việt Nam") != "Hà Nội là thủ đô của Việt Nam"
+    shown = [explore_SE.show_token(ex.tokenizer, t) for t, _ in ex.detect("Hà Nội là thủ đô của Việt Nam .")]
+    assert "".join(shown).replace("_", "") == "HàNộilàthủđôcủaViệtNam."  # readable letters, not bytes
+    assert any("_" in s for s in shown)  # multi-syllable words stay words
+    rows = ex.fill("Hà Nội là [[ thủ đô ]] của Việt Nam .", top_k=2)
+    assert "".join(explore_SE.show_token(ex.tokenizer, t) for t, _ in rows) == "thủ_đô"
+
+
+def test_cli_prints_both_tables(en_models):
+    result = run_cli("explore_SE.py", "--model_dir", en_models, "--text", "It was [[ released ]] in Japan .",
+                     "--top_k", 2)
+    assert result.returncode == 0, result.stderr
+    assert "generator fills for" in result.stdout and "discriminator P(replaced)" in result.stdout
