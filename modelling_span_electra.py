@@ -13,6 +13,7 @@ ElectraForMaskedLM.from_pretrained and out_dir/discriminator with ElectraForPreT
 heads are stored beside them in their own safetensors files.
 """
 import json
+import math
 import os
 
 import torch
@@ -33,6 +34,7 @@ MODEL_SIZES = {
                   intermediate_size=3072),
              dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
 }
+SPAN_REPLACED_PRIOR = 0.9  # share of span tokens a generator's sample replaces (1 - its accuracy)
 MAX_SPAN_POSITIONS = 64  # positions inside a span seen by the span heads (longer spans share the last)
 HEAD_FILE = "span_heads.safetensors"
 HEAD_CONFIG = "span_electra.json"
@@ -131,10 +133,18 @@ def corrupt(batch, gen_out, generator=None):
     return corrupted, (corrupted != original).long()
 
 
+def set_prior(classifier, probability):
+    """Start a binary classifier at the base rate: bias = log-odds of `probability`, so the first
+    steps need not drag every weight towards 'mostly original'. Without it the discriminator's
+    encoder collapses to one output vector for every token and never learns (seen at tiny size)."""
+    with torch.no_grad():
+        classifier.bias.fill_(math.log(probability / (1 - probability)))
+
+
 class SpanElectraDiscriminator(nn.Module):
     """Replaced-token detection over all tokens plus the span-boundary predictive objective."""
 
-    def __init__(self, config: ElectraConfig, use_all_token=True, use_span_head=True, core=None):
+    def __init__(self, config: ElectraConfig, use_all_token=True, use_span_head=True, core=None, mask_ratio=0.15):
         super().__init__()
         if not (use_all_token or use_span_head):
             raise SpanElectraError("use_all_token / use_span_head: the discriminator needs at least one objective")
@@ -143,6 +153,10 @@ class SpanElectraDiscriminator(nn.Module):
         self.span_head = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) \
             if use_span_head else None
         self.span_classifier = nn.Linear(config.hidden_size, 1) if use_span_head else None
+        if core is None:  # about mask_ratio of all tokens are replaced, and most tokens inside a span
+            set_prior(self.core.discriminator_predictions.dense_prediction, mask_ratio)
+            if self.span_classifier is not None:
+                set_prior(self.span_classifier, SPAN_REPLACED_PRIOR)
 
     @property
     def config(self):
@@ -175,10 +189,10 @@ class SpanElectraJoint(nn.Module):
     pushing gradients into it and learns a zero-initialised delta on top."""
 
     def __init__(self, gen_config, disc_config, use_sbo=True, use_all_token=True, use_span_head=True,
-                 gradient_disentangled=False):
+                 gradient_disentangled=False, mask_ratio=0.15):
         super().__init__()
         self.generator = SpanElectraGenerator(gen_config, use_sbo)
-        self.discriminator = SpanElectraDiscriminator(disc_config, use_all_token, use_span_head)
+        self.discriminator = SpanElectraDiscriminator(disc_config, use_all_token, use_span_head, mask_ratio=mask_ratio)
         shared = self.discriminator.core.electra.embeddings
         self.generator.mlm.electra.embeddings = shared
         self.generator.mlm.generator_lm_head.weight = shared.word_embeddings.weight

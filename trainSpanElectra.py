@@ -94,7 +94,7 @@ def build_model(config, features):
                                               **config.model_overrides())
     if config.mode == "joint":
         return SpanElectraJoint(gen_config, disc_config, config.use_sbo, config.use_all_token, config.use_span_head,
-                                config.gradient_disentangled)
+                                config.gradient_disentangled, config.mask_ratio)
     generator = load_generator(config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
     if generator.config.vocab_size != features.vocab_size:
@@ -104,7 +104,8 @@ def build_model(config, features):
         raise SpanElectraError(f"generator_dir: the generator holds {generator.config.max_position_embeddings} positions, "
                                f"fewer than the features' max_seq_len {features.max_seq_len}; rebuild the features "
                                "with a smaller --max_seq_len")
-    discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head)
+    discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head,
+                                             mask_ratio=config.mask_ratio)
     copied = init_discriminator_from_generator(discriminator, generator)
     logger.info("discriminator initialised from the generator: %d tensors copied", copied)
     return TwoStage(generator, discriminator)

@@ -229,3 +229,17 @@ def test_bad_training_inputs(bpe_feat, bert_feat, trained_generator, tmp_path):
     assert_cli_error(result, "out_dir")
     result = run_cli("trainMLM_SpanElectra.py", "--features_dir", tmp_path / "missing", "--max_steps", 1)
     assert_cli_error(result, "features_dir")
+
+
+def test_new_discriminator_starts_at_the_base_rate():
+    """The RTD head starts at the expected share of replaced tokens (no first steps spent, and no
+    encoder collapse, on learning 'mostly original')."""
+    import math
+    from modelling_span_electra import SPAN_REPLACED_PRIOR, SpanElectraDiscriminator, electra_configs
+    _, disc_cfg = electra_configs("tiny", 500, 64)
+    disc = SpanElectraDiscriminator(disc_cfg, mask_ratio=0.2)
+    bias = disc.core.discriminator_predictions.dense_prediction.bias
+    assert torch.sigmoid(bias).item() == pytest.approx(0.2)
+    assert torch.sigmoid(disc.span_classifier.bias).item() == pytest.approx(SPAN_REPLACED_PRIOR)
+    assert math.isclose(torch.sigmoid(SpanElectraDiscriminator(disc_cfg).core.discriminator_predictions
+                                      .dense_prediction.bias).item(), 0.15, rel_tol=1e-6)
