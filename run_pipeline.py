@@ -95,7 +95,7 @@ def main(config: pipeline_args = None):
     print(f"  discriminator -> {disc_dir}")
     for name, metrics in finals.items():
         keys = ("mlm_loss", "mlm_accuracy") if name == "generator" else (
-            "disc_loss", "disc_accuracy", "disc_precision", "disc_recall", "replaced_fraction")
+            "rtd_loss", "rtd_base_loss", "disc_auc", "disc_accuracy", "disc_precision", "disc_recall", "replaced_fraction")
         print(f"  {name} valid: " + ", ".join(f"{k} {metrics[k]}" for k in keys if k in metrics))
     print("\n".join(explorer_lines))
     print(json.dumps(summary))

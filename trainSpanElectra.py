@@ -11,6 +11,7 @@ Saves SE/discriminator (loads with transformers.ElectraForPreTraining.from_pretr
 mode also SE/generator, plus SE/metrics.jsonl and resumable checkpoints.
 """
 import logging
+import math
 import os
 
 import torch
@@ -28,6 +29,24 @@ from trainMLM_SpanElectra import generator_metrics
 logger = logging.getLogger("span_electra")
 
 
+def binary_auc(scores, labels):
+    """ROC AUC (Mann-Whitney U: the chance a replaced token scores above an original one); 0.5 is
+    chance. It shows a discriminator learning long before its probabilities cross 0.5."""
+    positives = labels.sum().item()
+    negatives = labels.numel() - positives
+    if positives == 0 or negatives == 0:
+        return 0.5
+    ranks = torch.empty_like(scores, dtype=torch.float64)
+    ranks[scores.argsort()] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
+    return ((ranks[labels].sum().item() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def base_rate_loss(replaced_fraction):
+    """Binary cross-entropy of always predicting the replaced fraction: what rtd_loss must beat."""
+    q = min(max(replaced_fraction, 1e-9), 1 - 1e-9)
+    return -(q * math.log(q) + (1 - q) * math.log(1 - q))
+
+
 def discriminator_counts(disc_out, replaced):
     """Sums over the batch's non-pad tokens, turned into rates by finish_metrics."""
     active = disc_out["active"]
@@ -38,6 +57,8 @@ def discriminator_counts(disc_out, replaced):
     counts = {k: float(v) for k, v in counts.items()}
     counts["disc_loss"] = disc_out["loss"].item()
     counts["rtd_loss"] = disc_out["rtd_loss"].item()
+    counts["rtd_base_loss"] = base_rate_loss(counts["replaced"] / max(counts["tokens"], 1))
+    counts["disc_auc"] = binary_auc(disc_out["logits"][active].detach().float(), actual[active])
     if "span_loss" in disc_out:
         counts["span_loss"] = disc_out["span_loss"].item()
     return counts
@@ -161,13 +182,14 @@ def main(config: SE_trainingConfig = None):
                    "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
             row.setdefault("loss", row["disc_loss"])
             log.write(row)
-            bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_acc=f"{row['disc_accuracy']:.3f}")
+            bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", auc=f"{row['disc_auc']:.3f}")
             sums, n = {}, 0
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
-            logger.info("step %d valid: disc_loss %.4f, disc_accuracy %.4f, precision %.3f, recall %.3f", step,
-                        row["disc_loss"], row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
+            logger.info("step %d valid: rtd_loss %.4f (base rate %.4f), disc_auc %.3f, disc_accuracy %.4f, precision "
+                        "%.3f, recall %.3f", step, row["rtd_loss"], row["rtd_base_loss"], row["disc_auc"],
+                        row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()

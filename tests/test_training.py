@@ -110,7 +110,8 @@ def test_two_stage_discriminator_beats_all_original(weak_generator, bpe_feat, tm
                                     eval_batches=4, log_every=25))
     valid = rows(out, "valid")[-1]
     assert valid["disc_accuracy"] > 1 - valid["replaced_fraction"] + 0.004, valid
-    assert valid["disc_precision"] > 0.3 and rows(out)[-1]["rtd_loss"] < rows(out)[0]["rtd_loss"] - 0.1
+    assert valid["disc_precision"] > 0.3 and valid["rtd_loss"] < valid["rtd_base_loss"] - 0.05
+    assert valid["disc_auc"] > 0.75 and rows(out)[-1]["disc_auc"] > rows(out)[0]["disc_auc"]
     assert 0.05 < valid["replaced_fraction"] < 0.16
     assert valid["disc_recall"] > 0
     from transformers import ElectraForPreTraining
@@ -243,3 +244,17 @@ def test_new_discriminator_starts_at_the_base_rate():
     assert torch.sigmoid(disc.span_classifier.bias).item() == pytest.approx(SPAN_REPLACED_PRIOR)
     assert math.isclose(torch.sigmoid(SpanElectraDiscriminator(disc_cfg).core.discriminator_predictions
                                       .dense_prediction.bias).item(), 0.15, rel_tol=1e-6)
+
+
+def test_disc_auc_and_base_rate_loss():
+    """AUC = share of (replaced, original) pairs ranked right; the base rate is the entropy of the
+    replaced fraction."""
+    import math
+    import trainSpanElectra as se
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.3, 0.2])
+    labels = torch.tensor([True, False, False, True, False])
+    # pairs (pos, neg): 0.9 beats all three, 0.3 beats 0.1 and 0.2 only -> 5 of 6
+    assert se.binary_auc(scores, labels) == pytest.approx(5 / 6)
+    assert se.binary_auc(scores, torch.zeros(5, dtype=torch.bool)) == 0.5
+    assert se.base_rate_loss(0.5) == pytest.approx(math.log(2))
+    assert se.base_rate_loss(0.15) == pytest.approx(-(0.15 * math.log(0.15) + 0.85 * math.log(0.85)))

@@ -1,0 +1,336 @@
+"""Equal-compute comparison of pre-training recipes, fine-tuned on SST-2 and MRPC.
+
+    python benchmarks/compare_pretraining.py                    # tiny models, 2 CPU cores, under an hour
+    python benchmarks/compare_pretraining.py --scale small      # ELECTRA-Small sizes and budget, for a GPU
+
+Every recipe pre-trains on WikiText-2 with the same budget of training FLOPs, counted by torch's
+FlopCounterMode on one step of that recipe (forward, backward; the frozen generator's forward is
+counted for two-stage): ELECTRA's way of comparing recipes at equal compute. Each pre-trained
+encoder, and a randomly initialised one, is then fine-tuned with the same recipe (finetune_SE.py,
+several seeds) and the dev metric is reported as median [min, max].
+
+Recipes: random init; MLM only (BERT-style token masking, the discriminator's size); ELECTRA
+(token masking, replaced-token detection, joint); SpanElectra two-stage and joint, each with the
+span heads (SBO, span-boundary predictive head) on and off. Two budgets (half and full) give the
+points of the plot. Writes OUT/compare.json, OUT/compare.png and the section of
+benchmarks/RESULTS.md between its markers.
+"""
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import create_vocab_SE  # noqa: E402
+import finetune_SE  # noqa: E402
+import process  # noqa: E402
+import trainMLM_SpanElectra  # noqa: E402
+import trainSpanElectra  # noqa: E402
+from argument import (MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig,  # noqa: E402
+                      _help, check_range, feature_args, finetune_args, run_main, tok_args)
+from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
+from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
+                                    electra_configs, save_discriminator)
+from process import MLMDataset, SEDataset  # noqa: E402
+
+logger = logging.getLogger("span_electra")
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+MARK_BEGIN, MARK_END = "<!-- compare_pretraining:begin -->", "<!-- compare_pretraining:end -->"
+
+# name -> (label, how it trains); "gen_fraction": the share of a two-stage budget spent on the generator
+RECIPES = {
+    "random": ("random init", None),
+    "mlm": ("MLM only (BERT-style)", dict(kind="mlm", masking="token", use_sbo=False)),
+    "electra": ("ELECTRA (token masking, RTD)", dict(kind="joint", masking="token", use_sbo=False,
+                                                     use_span_head=False)),
+    "se_two_stage": ("SpanElectra two-stage", dict(kind="two_stage", masking="span", use_sbo=True,
+                                                   use_span_head=True)),
+    "se_two_stage_no_heads": ("SpanElectra two-stage, no span heads", dict(kind="two_stage", masking="span",
+                                                                          use_sbo=False, use_span_head=False)),
+    "se_joint": ("SpanElectra joint", dict(kind="joint", masking="span", use_sbo=True, use_span_head=True)),
+    "se_joint_no_heads": ("SpanElectra joint, no span heads", dict(kind="joint", masking="span", use_sbo=False,
+                                                                   use_span_head=False)),
+}
+# per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up
+SCALES = {
+    "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
+                 ft_epochs=2, ft_max_train=2000, ft_lr=1e-3),
+    "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
+                  ft_epochs=3, ft_max_train=0, ft_lr=3e-4),
+}
+
+
+@dataclass
+class compare_args:
+    """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
+    scale: str = _help("'tiny' (2 CPU cores, under an hour) or 'small' (ELECTRA-Small, for a GPU)", default="tiny",
+                       meta={"choices": tuple(SCALES)})
+    train_input: str = _help("pre-training text", default=os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"))
+    valid_input: str = _help("validation text", default=os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
+    tasks: str = _help("comma-separated GLUE task folders", default=",".join(
+        os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC")))
+    recipes: str = _help("comma-separated recipes (default: all)", default=",".join(RECIPES))
+    budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
+    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points)",
+                                  default="0.5,1")
+    gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
+    seeds: str = _help("fine-tuning seeds", default="1,2,3")
+    ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
+    out_dir: str = _help("where everything goes", default="outputs/compare")
+    results_md: str = _help("markdown file whose comparison section is rewritten (empty: none)",
+                            default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+    seed: int = _help("pre-training seed", default=42)
+    device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
+    bf16: bool = _help("bf16 autocast in pre-training", default=False)
+
+    def validate(self):
+        check_range(self, "budget_steps", low=0)
+        check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
+        for name in self.recipes.split(","):
+            if name not in RECIPES:
+                raise SpanElectraError(f"recipes: '{name}' is not one of {', '.join(RECIPES)}")
+
+
+# ---------------------------------------------------------------- FLOPs of one step of each recipe
+def count_flops(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def step_flops(kind, recipe, features_dir, sizes, batch_size):
+    """Training FLOPs of one optimizer step of a recipe part: 'mlm' or 'generator' (trainMLM),
+    'two_stage' (frozen generator forward + discriminator) or 'joint'."""
+    data_cls = MLM_trainDataArgs if kind in ("mlm", "generator") else SE_trainDataArgs
+    dataset_cls = MLMDataset if kind in ("mlm", "generator") else SEDataset
+    args = data_cls(features_dir=features_dir, masking=recipe["masking"])
+    batch = dataset_cls(args, batch_size, seed=0)[0]
+    gen_cfg, disc_cfg = electra_configs(sizes["model_size"], sizes["vocab"], sizes["seq"], **sizes.get("overrides", {}))
+    if kind in ("mlm", "generator"):
+        model = SpanElectraGenerator(gen_cfg, recipe["use_sbo"])
+        return count_flops(lambda: model(**batch)["loss"].backward())
+    if kind == "joint":
+        model = SpanElectraJoint(gen_cfg, disc_cfg, recipe["use_sbo"], True, recipe["use_span_head"])
+
+        def run():
+            gen_out, disc_out, _ = model(batch)
+            (gen_out["loss"] + 50 * disc_out["loss"]).backward()
+        return count_flops(run)
+    model = trainSpanElectra.TwoStage(SpanElectraGenerator(gen_cfg, recipe["use_sbo"]),
+                                      SpanElectraDiscriminator(disc_cfg, True, recipe["use_span_head"]))
+    return count_flops(lambda: model(batch)[1]["loss"].backward())
+
+
+# ---------------------------------------------------------------- one pre-training run
+def pretrain(name, recipe, budget, config, paths, scale, out_dir):
+    """Pre-train one recipe for `budget` FLOPs; returns (model folder to fine-tune, FLOPs spent, seconds)."""
+    sizes = dict(model_size=scale["model_size"], vocab=paths["vocab"], seq=128)
+    common = dict(features_dir=paths["features"], model_size=scale["model_size"], train_batch_size=scale["batch"],
+                  learning_rate=scale["learning_rate"], seed=config.seed, masking=recipe["masking"],
+                  use_sbo=recipe["use_sbo"], log_every=50, eval_batches=4, device=config.device, bf16=config.bf16)
+    start, spent = time.time(), 0.0
+    if recipe["kind"] == "mlm":  # BERT: a masked LM as large as the discriminator
+        _, disc = electra_configs(scale["model_size"], paths["vocab"], 128)
+        sizes["overrides"] = dict(gen_hidden_size=disc.hidden_size, gen_num_attention_heads=disc.num_attention_heads,
+                                  gen_intermediate_size=disc.intermediate_size)
+        flops = step_flops("mlm", recipe, paths["features"], sizes, scale["batch"])
+        steps = max(1, round(budget / flops))
+        model_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
+            out_dir=out_dir, max_steps=steps, eval_every=steps, save_every=steps, **sizes["overrides"], **common))
+        return model_dir, steps * flops, time.time() - start
+    gen_dir = None
+    if recipe["kind"] == "two_stage":
+        gen_flops = step_flops("generator", recipe, paths["features"], sizes, scale["batch"])
+        gen_steps = max(1, round(config.gen_fraction * budget / gen_flops))
+        gen_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
+            out_dir=os.path.join(out_dir, "gen"), max_steps=gen_steps, eval_every=gen_steps, save_every=gen_steps,
+            **common))
+        spent = gen_steps * gen_flops
+    flops = step_flops(recipe["kind"], recipe, paths["features"], sizes, scale["batch"])
+    steps = max(1, round((budget - spent) / flops))
+    model_dir = trainSpanElectra.main(SE_trainingConfig(
+        out_dir=out_dir, mode=recipe["kind"], generator_dir=gen_dir, use_span_head=recipe["use_span_head"],
+        max_steps=steps, eval_every=steps, save_every=steps, **common))
+    return model_dir, spent + steps * flops, time.time() - start
+
+
+def random_model(paths, scale, out_dir):
+    """A randomly initialised discriminator of the same size, saved as the others are."""
+    torch.manual_seed(0)
+    _, disc_cfg = electra_configs(scale["model_size"], paths["vocab"], 128)
+    model_dir = os.path.join(out_dir, "discriminator")
+    save_discriminator(SpanElectraDiscriminator(disc_cfg, True, False), model_dir,
+                       os.path.join(paths["features"], "tokenizer"))
+    return model_dir
+
+
+# ---------------------------------------------------------------- fine-tuning
+def finetune(model_dir, task_dir, config, scale, out_dir):
+    """results.json of finetune_SE.py for one model and task (all seeds)."""
+    max_train = scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples
+    return finetune_SE.main(finetune_args(
+        model_dir=model_dir, task_dir=task_dir, out_dir=out_dir, num_train_epochs=scale["ft_epochs"],
+        learning_rate=scale["ft_lr"], seeds=config.seeds, max_train_examples=max_train, save_model=False,
+        device=config.device))
+
+
+def headline_metric(results):
+    """The task's main dev metric: F1 for paraphrase, Matthews for acceptability, Spearman for
+    regression, else accuracy (the GLUE convention)."""
+    for key in ("eval_f1", "eval_matthews_corr", "eval_spearman", "eval_accuracy"):
+        if key in results:
+            return key
+    raise KeyError("no eval metric in results")
+
+
+# ---------------------------------------------------------------- data
+def prepare_data(config, scale):
+    """Vocabulary and features for the pre-training corpus (built once, reused by every recipe)."""
+    tok_dir = os.path.join(config.out_dir, "tok")
+    feat_dir = os.path.join(config.out_dir, "features")
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        create_vocab_SE.main(tok_args(data_dir=config.train_input, vocab_size=scale["vocab_size"], out_dir=tok_dir))
+    if not os.path.isfile(os.path.join(feat_dir, "meta.json")):
+        process.main(feature_args(tokenizer_dir=tok_dir, train_input=config.train_input,
+                                  valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128))
+    with open(os.path.join(feat_dir, "meta.json"), encoding="utf-8") as f:
+        vocab = json.load(f)["vocab_size"]
+    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": vocab}
+
+
+# ---------------------------------------------------------------- report
+def summary_cell(results, key):
+    return f"{results[key]:.3f} [{results[key + '_min']:.3f}, {results[key + '_max']:.3f}]"
+
+
+def markdown_table(rows, tasks):
+    names = [os.path.basename(t.rstrip("/")) for t in tasks]
+    head = "| recipe | pre-training TFLOPs | pre-training time | " + " | ".join(
+        f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names) + " |"
+    lines = [head, "|" + "---|" * (3 + len(names))]
+    for row in rows:
+        cells = [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
+        lines.append(f"| {row['label']} | {row['tflops']:.1f} | {row['seconds'] / 60:.1f} min | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows, tasks, path):
+    """Dev score (median, min-max bars) against pre-training compute, one panel per task."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    names = [os.path.basename(t.rstrip("/")) for t in tasks]
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for recipe in dict.fromkeys(r["recipe"] for r in rows):
+            points = sorted((r["tflops"], r["metrics"][name]["results"], r["metrics"][name]["key"], r["label"])
+                            for r in rows if r["recipe"] == recipe)
+            key = points[0][2]
+            x = [p[0] for p in points]
+            y = [p[1][key] for p in points]
+            err = [[p[1][key] - p[1][key + "_min"] for p in points], [p[1][key + "_max"] - p[1][key] for p in points]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=points[0][3])
+        ax.set_title(f"{name} dev {key[5:]}")
+        ax.set_xlabel("pre-training compute (TFLOPs)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def write_results_md(path, table, config, png, budget, elapsed):
+    """Rewrite the comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
+    command = "python benchmarks/compare_pretraining.py" + ("" if config.scale == "tiny" else f" --scale {config.scale}")
+    section = "\n".join([
+        MARK_BEGIN,
+        f"Command: `{command}` ({elapsed / 60:.0f} min on this machine). Budget: {budget / 1e12:.1f} TFLOPs of "
+        f"training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
+        f"seeds {config.seeds}; cells are the dev metric's median [min, max].",
+        "", table, "", f"![dev score against pre-training compute]({os.path.relpath(png, os.path.dirname(path))})"
+        if png else "(no plot: matplotlib missing)", MARK_END])
+    text = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Benchmark results\n"
+    if MARK_BEGIN in text and MARK_END in text:
+        text = text[:text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Equal-compute comparison — `benchmarks/compare_pretraining.py`\n\n" + section + "\n"
+    atomic_write_text(path, text)
+
+
+# ---------------------------------------------------------------- main
+def main(config: compare_args = None):
+    config = config or compare_args()
+    config.validate()
+    scale = dict(SCALES[config.scale])
+    if config.budget_steps:
+        scale["budget_steps"] = config.budget_steps
+    make_out_dir(config.out_dir)
+    started = time.time()
+    paths = prepare_data(config, scale)
+    tasks = [t for t in config.tasks.split(",") if t]
+    reference = RECIPES["se_joint"][1]
+    full_budget = scale["budget_steps"] * step_flops(
+        "joint", reference, paths["features"], dict(model_size=scale["model_size"], vocab=paths["vocab"], seq=128),
+        scale["batch"])
+    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps)", full_budget / 1e12, scale["budget_steps"])
+
+    rows_path = os.path.join(config.out_dir, "compare.json")
+    done = json.load(open(rows_path, encoding="utf-8")) if os.path.isfile(rows_path) else []  # resume after a stop
+    rows = [r for r in done if r["recipe"] in config.recipes.split(",")]
+    fractions = [float(f) for f in config.budget_fractions.split(",")]
+    for name in config.recipes.split(","):
+        label, recipe = RECIPES[name]
+        for fraction in ([0.0] if recipe is None else fractions):
+            run = f"{name}@{fraction:g}"
+            if any(r["run"] == run for r in rows):
+                continue
+            out_dir = os.path.join(config.out_dir, "runs", run)
+            if recipe is None:
+                model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
+            else:
+                model_dir, spent, seconds = pretrain(name, recipe, fraction * full_budget, config, paths, scale, out_dir)
+            metrics, ft_start = {}, time.time()
+            for task in tasks:
+                task_name = os.path.basename(task.rstrip("/"))
+                results = finetune(model_dir, task, config, scale, os.path.join(out_dir, "ft_" + task_name))
+                metrics[task_name] = {"key": headline_metric(results), "results": results}
+            rows.append({"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
+                         "seconds": seconds, "ft_seconds": time.time() - ft_start, "model_dir": model_dir,
+                         "metrics": metrics})
+            atomic_write_json(rows_path, rows)
+            logger.info("%s: %s", run, {t: round(m["results"][m["key"]], 4) for t, m in metrics.items()})
+
+    full = [r for r in rows if r["fraction"] in (0.0, max(r["fraction"] for r in rows))]
+    table = markdown_table(full, tasks)
+    png = plot(rows, tasks, os.path.join(config.out_dir, "compare.png"))
+    if png and config.results_md:
+        png = shutil_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))
+    print(table)
+    if config.results_md:
+        total = sum(r["seconds"] + r.get("ft_seconds", 0.0) for r in rows)  # rows of earlier, resumed runs too
+        write_results_md(config.results_md, table, config, png, full_budget, max(total, time.time() - started))
+    return rows
+
+
+def shutil_copy(src, dst):
+    import shutil
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    return dst
+
+
+if __name__ == "__main__":
+    run_main(main, compare_args)
