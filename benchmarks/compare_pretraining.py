@@ -18,6 +18,7 @@ benchmarks/RESULTS.md between its markers.
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ def step_flops(kind, recipe, features_dir, sizes, batch_size):
 
 
 # ---------------------------------------------------------------- one pre-training run
-def pretrain(name, recipe, budget, config, paths, scale, out_dir):
+def pretrain(recipe, budget, config, paths, scale, out_dir):
     """Pre-train one recipe for `budget` FLOPs; returns (model folder to fine-tune, FLOPs spent, seconds)."""
     sizes = dict(model_size=scale["model_size"], vocab=paths["vocab"], seq=128)
     common = dict(features_dir=paths["features"], model_size=scale["model_size"], train_batch_size=scale["batch"],
@@ -252,6 +253,13 @@ def plot(rows, tasks, path):
     return path
 
 
+def publish_copy(src, dst):
+    """Copy src to dst under a temporary name, then rename (no half-written plot in benchmarks/)."""
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    return dst
+
+
 def write_results_md(path, table, config, png, budget, elapsed):
     """Rewrite the comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
     command = "python benchmarks/compare_pretraining.py" + ("" if config.scale == "tiny" else f" --scale {config.scale}")
@@ -301,7 +309,7 @@ def main(config: compare_args = None):
             if recipe is None:
                 model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
             else:
-                model_dir, spent, seconds = pretrain(name, recipe, fraction * full_budget, config, paths, scale, out_dir)
+                model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
             metrics, ft_start = {}, time.time()
             for task in tasks:
                 task_name = os.path.basename(task.rstrip("/"))
@@ -317,19 +325,12 @@ def main(config: compare_args = None):
     table = markdown_table(full, tasks)
     png = plot(rows, tasks, os.path.join(config.out_dir, "compare.png"))
     if png and config.results_md:
-        png = shutil_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))
+        png = publish_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))
     print(table)
     if config.results_md:
         total = sum(r["seconds"] + r.get("ft_seconds", 0.0) for r in rows)  # rows of earlier, resumed runs too
         write_results_md(config.results_md, table, config, png, full_budget, max(total, time.time() - started))
     return rows
-
-
-def shutil_copy(src, dst):
-    import shutil
-    shutil.copyfile(src, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
-    return dst
 
 
 if __name__ == "__main__":
