@@ -642,9 +642,7 @@ def train_one_seed(seed, task, data, config, runtime, announce):
             tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
             step += 1
             loss_sum, batches = loss_sum + loss.item(), batches + 1
-            if not math.isfinite(loss_sum):
-                raise SpanElectraError(f"learning_rate: the loss became {loss_sum} at step {step} (seed {seed}); "
-                                       f"lower --learning_rate (now {config.learning_rate:g})")
+            tu.check_finite(loss_sum, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})")
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / batches:.4f}")
         row = {"epoch": epoch, "train_loss": loss_sum / max(batches, 1),

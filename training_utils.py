@@ -150,10 +150,11 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm):
     optimizer.zero_grad(set_to_none=True)
 
 
-def check_finite(loss, step):
+def check_finite(loss, step, hint="lower --learning_rate, keep gradient clipping on (--max_grad_norm 1.0), or "
+                                  "resume from an earlier checkpoint"):
+    """Stop with the step and what to do when the loss is NaN or infinite."""
     if not math.isfinite(loss):
-        raise SpanElectraError(f"loss: non-finite loss ({loss}) at step {step}; lower --learning_rate, keep "
-                               "gradient clipping on (--max_grad_norm 1.0), or resume from an earlier checkpoint")
+        raise SpanElectraError(f"loss: non-finite loss ({loss}) at step {step}; {hint}")
 
 
 # ---------------------------------------------------------------- data

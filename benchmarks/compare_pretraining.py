@@ -201,9 +201,7 @@ def prepare_data(config, scale):
     if not os.path.isfile(os.path.join(feat_dir, "meta.json")):
         process.main(feature_args(tokenizer_dir=tok_dir, train_input=config.train_input,
                                   valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128))
-    with open(os.path.join(feat_dir, "meta.json"), encoding="utf-8") as f:
-        vocab = json.load(f)["vocab_size"]
-    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": vocab}
+    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": process.PretrainingFeatures(feat_dir).vocab_size}
 
 
 # ---------------------------------------------------------------- report
