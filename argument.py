@@ -6,6 +6,7 @@ file.json` loads a whole config (command-line fields still win). Each script sav
 config as JSON beside its output.
 """
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -411,13 +412,33 @@ def save_config(config, out_dir, script_name):
     atomic_write_json(os.path.join(out_dir, f"{script_name}_config.json"), data)
 
 
+# a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace
+WRITE_ERRORS = {errno.ENOSPC: "free some space or choose another --out_dir",
+                errno.EDQUOT: "free some space or choose another --out_dir",
+                errno.EROFS: "choose a writable --out_dir", errno.EACCES: "check its permissions or choose another "
+                "--out_dir", errno.EPERM: "check its permissions or choose another --out_dir"}
+
+
+def print_error(message):
+    """The one error line, on a line of its own even when a progress bar was mid-line."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+    print(f"error: {message}", file=sys.stderr)
+
+
 def run_main(main, config_cls, argv=None):
     """Entry point of every script: parse, run, and turn user errors into one line and exit code 2."""
     setup_logging()
     try:
         main(parse_config(config_cls, argv))
     except SpanElectraError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        print_error(f"'{e.filename}': {e.strerror}; {WRITE_ERRORS[e.errno]}")
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

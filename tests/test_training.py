@@ -232,6 +232,28 @@ def test_bad_training_inputs(bpe_feat, bert_feat, trained_generator, tmp_path):
     assert_cli_error(result, "features_dir")
 
 
+
+def test_disk_full_mid_run_is_one_line(bpe_feat, tmp_path, monkeypatch, capsys):
+    """The out_dir filling up (or turning read-only) after training started: one line, exit 2."""
+    import errno
+    written = []
+
+    def write_until_full(self, row):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        written.append(row)
+
+    monkeypatch.setattr(training_utils.MetricsLog, "write", write_until_full)
+    with pytest.raises(SystemExit) as exit_info:
+        argument.run_main(trainMLM_SpanElectra.main, argument.MLM_trainingConfig, [
+            "--features_dir", str(bpe_feat[0]), "--out_dir", str(tmp_path / "gen"), "--max_steps", "4",
+            "--log_every", "1", "--num_hidden_layers", "1", "--train_batch_size", "4", "--device", "cpu"])
+    err = capsys.readouterr().err  # the progress bar and the log share stderr; the error is its last line
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(written) == 1
+    metrics_file = tmp_path / "gen" / "metrics.jsonl"
+    assert err.strip().splitlines()[-1] == (f"error: '{metrics_file}': No space left on device; "
+                                            "free some space or choose another --out_dir")
+
 def test_new_discriminator_starts_at_the_base_rate():
     """The RTD head starts at the expected share of replaced tokens (no first steps spent, and no
     encoder collapse, on learning 'mostly original')."""
