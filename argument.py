@@ -292,10 +292,15 @@ class SE_trainingConfig(TrainingConfig):
     gradient_disentangled: bool = _help("joint: DeBERTaV3 gradient-disentangled embedding sharing", default=False)
     mask_replace_prob: float = _help("share of spans replaced by [MASK] (ELECTRA: 0.85)", default=0.85)
     random_replace_prob: float = _help("share of spans replaced by random tokens", default=0.0)
+    temperature_start: float = _help("generator sampling temperature at the start, falling to 1 (Fast-ELECTRA's "
+                                     "curriculum; 1: ELECTRA, no curriculum)", default=1.0)
+    temperature_decay: float = _help("share of max_steps over which the temperature falls to 1", default=0.5)
 
     def validate(self):
         super().validate()
         check_choice(self, "mode", TRAIN_MODES)
+        check_range(self, "temperature_start", 0, low_open=True)
+        check_range(self, "temperature_decay", 0, 1, low_open=True)
         check_range(self, "disc_weight", 0, low_open=True)
         if not (self.use_all_token or self.use_span_head):
             _fail("use_span_head", "with use_all_token false the discriminator needs the span head")

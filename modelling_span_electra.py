@@ -122,12 +122,12 @@ def sample_tokens(logits, generator=None, temperature=1.0):
     return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
-def corrupt(batch, gen_out, generator=None):
+def corrupt(batch, gen_out, generator=None, temperature=1.0):
     """Discriminator input: masked positions filled with generator samples; labels 1 where the token
     now differs from the original (a sample equal to the original counts as original)."""
     original = batch["original_ids"]
     rows, cols = gen_out["rows"], gen_out["cols"]
-    sampled = sample_tokens(gen_out["logits"].detach(), generator)
+    sampled = sample_tokens(gen_out["logits"].detach(), generator, temperature)
     corrupted = original.clone()
     corrupted[rows, cols] = sampled
     return corrupted, (corrupted != original).long()
@@ -205,9 +205,9 @@ class SpanElectraJoint(nn.Module):
         table = self.discriminator.core.electra.embeddings.word_embeddings.weight.detach() + self.embedding_delta
         return F.embedding(input_ids, table)
 
-    def forward(self, batch, sample_generator=None):
+    def forward(self, batch, sample_generator=None, temperature=1.0):
         gen_out = self.generator(**batch)
-        corrupted, replaced = corrupt(batch, gen_out, sample_generator)
+        corrupted, replaced = corrupt(batch, gen_out, sample_generator, temperature)
         embeds = self.discriminator_embeddings(corrupted) if self.embedding_delta is not None else None
         disc_out = self.discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"], replaced=replaced,
                                       labels=batch["labels"], span_position=batch["span_position"],

@@ -89,13 +89,22 @@ class TwoStage(torch.nn.Module):
         self.discriminator = discriminator
         self.frozen = [generator.eval().requires_grad_(False)]  # a list: not a submodule, not in state_dict
 
-    def forward(self, batch, sample_generator=None):
+    def forward(self, batch, sample_generator=None, temperature=1.0):
         with torch.no_grad():
             gen_out = self.frozen[0](**batch)
-        corrupted, replaced = corrupt(batch, gen_out, sample_generator)
+        corrupted, replaced = corrupt(batch, gen_out, sample_generator, temperature)
         disc_out = self.discriminator(input_ids=corrupted, replaced=replaced, **{
             k: batch[k] for k in ("attention_mask", "labels", "span_position", "boundary_left", "boundary_right")})
         return None, disc_out, replaced
+
+
+def sampling_temperature(step, config):
+    """Fast-ELECTRA's curriculum: the generator's samples start smoothed (temperature_start, easy to
+    spot) and the temperature falls linearly to ELECTRA's 1 over the first temperature_decay of training."""
+    decay_steps = config.temperature_decay * config.max_steps
+    if config.temperature_start == 1.0 or step >= decay_steps:
+        return 1.0
+    return config.temperature_start + (1.0 - config.temperature_start) * step / decay_steps
 
 
 def step_metrics(gen_out, disc_out, replaced, batch, config):
@@ -166,7 +175,7 @@ def main(config: SE_trainingConfig = None):
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
             with tu.no_sync(train_model, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
-                gen_out, disc_out, replaced = train_model(batch)
+                gen_out, disc_out, replaced = train_model(batch, temperature=sampling_temperature(step, config))
                 loss, metrics = step_metrics(gen_out, disc_out, replaced, batch, config)
             (loss / config.gradient_accumulation_steps).backward()
             add_to(sums, metrics)

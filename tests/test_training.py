@@ -172,6 +172,18 @@ def test_sampling_is_not_argmax_and_equal_samples_count_as_original():
     assert corrupted[0, 1] == 7 and replaced[0, 1] == 0  # sampled the original: labelled original
 
 
+
+def test_temperature_curriculum_smooths_samples_then_falls_to_one():
+    from types import SimpleNamespace
+    curriculum = SimpleNamespace(temperature_start=3.0, temperature_decay=0.5, max_steps=100)
+    assert [trainSpanElectra.sampling_temperature(s, curriculum) for s in (0, 25, 50, 99)] == [3.0, 2.0, 1.0, 1.0]
+    electra = SimpleNamespace(temperature_start=1.0, temperature_decay=0.5, max_steps=100)
+    assert trainSpanElectra.sampling_temperature(0, electra) == 1.0
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(4000, 1)
+    freq = torch.bincount(mse.sample_tokens(logits, temperature=3.0), minlength=3).float() / 4000
+    np.testing.assert_allclose(freq.numpy(), torch.softmax(logits[0] / 3, 0).numpy(), atol=0.03)
+
 # ---------------------------------------------------------------- resume, processes, bad input
 def test_resumed_run_matches_uninterrupted(bpe_feat, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
