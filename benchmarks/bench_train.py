@@ -1,6 +1,6 @@
 """Joint training step speed at ELECTRA-Small size, ours against the plain transformers baseline.
 
-    python benchmarks/bench_train.py [--steps 3] [--batch_size 32] [--seq_len 128] [--device cpu]
+    python benchmarks/bench_train.py [--steps 3] [--batch_size 32] [--seq_len 128] [--device cpu] [--compile]
 
 Both run the same recipe on the same full sequences (batch x seq_len, vocabulary 30522): mask 15%,
 generator MLM loss, sample replacements, discriminator loss x 50, backward, clip, AdamW step.
@@ -8,6 +8,8 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              span-boundary heads), fp32, and with bf16 autocast where the hardware has fast bf16;
   baseline:  ElectraForMaskedLM + ElectraForPreTraining as a user would write them: token masking
              in torch, full-vocabulary logits at every position, tied and shared embeddings.
+  --compile: ours also runs under torch.compile (as trainSpanElectra.py --compile does); the
+             baseline stays eager, as a user would write it.
 Prints tokens/s, the measured matmul peak (fp32, bf16), our model-FLOPs utilisation, and the
 ratios as one JSON object on the last line.
 """
@@ -140,6 +142,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
@@ -168,6 +171,16 @@ def main():
         t_bf16 = statistics.median(timed(lambda: ours_step(ours, opt, masker, ids[i], rng, device, True), device)
                                    for i in range(1, args.steps + 1))
 
+    t_compiled = None
+    if args.compile:
+        compiled = torch.compile(ours)
+        for i in range(2):  # compiles, then recompiles once with dynamic shapes (masked counts vary)
+            start = time.perf_counter()
+            ours_step(compiled, opt, masker, ids[i], rng, device, False)
+            print(f"torch.compile warm-up step {i + 1}: {time.perf_counter() - start:.0f} s")
+        t_compiled = statistics.median(timed(lambda: ours_step(compiled, opt, masker, ids[i], rng, device, False), device)
+                                       for i in range(1, args.steps + 1))
+
     print(f"baseline (transformers, fp32): {tokens / t_base:.0f} tokens/s ({t_base:.2f} s/step)")
     print(f"ours (fp32):                   {tokens / t_ours:.0f} tokens/s ({t_ours:.2f} s/step), "
           f"{flops / 1e9:.0f} GFLOP/step, MFU {flops / t_ours / 1e9 / peak32:.1%} of the fp32 peak")
@@ -177,6 +190,9 @@ def main():
     else:
         print("ours (bf16 autocast):          skipped: bf16 matmuls are slower than fp32 on this machine "
               "(no AVX512-BF16/AMX)")
+    if t_compiled:
+        print(f"ours (fp32, torch.compile):    {tokens / t_compiled:.0f} tokens/s ({t_compiled:.2f} s/step), "
+              f"MFU {flops / t_compiled / 1e9 / peak32:.1%} of the fp32 peak")
     print(json.dumps({
         "device": str(device), "tokens_per_sec_baseline": round(tokens / t_base), "tokens_per_sec_ours": round(tokens / t_ours),
         "tokens_per_sec_ours_bf16": round(tokens / t_bf16) if t_bf16 else None,
@@ -184,6 +200,8 @@ def main():
         "speedup_vs_transformers_baseline": round(t_base / t_ours, 3),
         "speedup_bf16_vs_transformers_baseline": round(t_base / t_bf16, 3) if t_bf16 else None,
         "mfu": round(flops / t_ours / 1e9 / peak32, 4),
+        **({"tokens_per_sec_ours_compiled": round(tokens / t_compiled),
+            "speedup_compiled_vs_transformers_baseline": round(t_base / t_compiled, 3)} if t_compiled else {}),
     }))
 
 
