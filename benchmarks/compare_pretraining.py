@@ -61,7 +61,7 @@ RECIPES = {
 # per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up
 SCALES = {
     "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
-                 ft_epochs=2, ft_max_train=2000, ft_lr=1e-3),
+                 ft_epochs=3, ft_max_train=8000, ft_lr=1e-3),
     "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
                   ft_epochs=3, ft_max_train=0, ft_lr=3e-4),
 }
@@ -175,11 +175,18 @@ def random_model(paths, scale, out_dir):
 # ---------------------------------------------------------------- fine-tuning
 def finetune(model_dir, task_dir, config, scale, out_dir):
     """results.json of finetune_SE.py for one model and task (all seeds)."""
-    max_train = scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples
+    settings = finetune_settings(config, scale, [task_dir])
     return finetune_SE.main(finetune_args(
-        model_dir=model_dir, task_dir=task_dir, out_dir=out_dir, num_train_epochs=scale["ft_epochs"],
-        learning_rate=scale["ft_lr"], seeds=config.seeds, max_train_examples=max_train, save_model=False,
-        device=config.device))
+        model_dir=model_dir, task_dir=task_dir, out_dir=out_dir, num_train_epochs=settings["epochs"],
+        learning_rate=settings["learning_rate"], seeds=config.seeds, max_train_examples=settings["max_train_examples"],
+        device=config.device, save_model=False))
+
+
+def finetune_settings(config, scale, tasks):
+    """What a row's fine-tuning ran with: a cached row is fine-tuned again when these change."""
+    max_train = scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples
+    return {"tasks": tasks, "epochs": scale["ft_epochs"], "learning_rate": scale["ft_lr"],
+            "max_train_examples": max_train, "seeds": config.seeds}
 
 
 def headline_metric(results):
@@ -258,9 +265,14 @@ def publish_copy(src, dst):
     return dst
 
 
+COMMAND_FIELDS = ("scale", "budget_steps", "budget_fractions", "gen_fraction", "seeds", "ft_max_train_examples")
+
+
 def write_results_md(path, table, config, png, budget, elapsed):
     """Rewrite the comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
-    command = "python benchmarks/compare_pretraining.py" + ("" if config.scale == "tiny" else f" --scale {config.scale}")
+    changed = [f"--{name} {getattr(config, name)}" for name in COMMAND_FIELDS
+               if getattr(config, name) != getattr(compare_args, name)]
+    command = " ".join(["python benchmarks/compare_pretraining.py"] + changed)
     section = "\n".join([
         MARK_BEGIN,
         f"Command: `{command}` ({elapsed / 60:.0f} min on this machine). Budget: {budget / 1e12:.1f} TFLOPs of "
@@ -294,30 +306,38 @@ def main(config: compare_args = None):
     logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps)", full_budget / 1e12, scale["budget_steps"])
 
     rows_path = os.path.join(config.out_dir, "compare.json")
-    done = json.load(open(rows_path, encoding="utf-8")) if os.path.isfile(rows_path) else []  # resume after a stop
-    rows = [r for r in done if r["recipe"] in config.recipes.split(",")]
+    rows = json.load(open(rows_path, encoding="utf-8")) if os.path.isfile(rows_path) else []  # resume after a stop
     fractions = [float(f) for f in config.budget_fractions.split(",")]
+    settings = finetune_settings(config, scale, tasks)
+    wanted = []
     for name in config.recipes.split(","):
         label, recipe = RECIPES[name]
         for fraction in ([0.0] if recipe is None else fractions):
             run = f"{name}@{fraction:g}"
-            if any(r["run"] == run for r in rows):
+            wanted.append(run)
+            row = next((r for r in rows if r["run"] == run), None)
+            if row is not None and row.get("finetune") == settings:
                 continue
-            out_dir = os.path.join(config.out_dir, "runs", run)
-            if recipe is None:
-                model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
-            else:
-                model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
-            metrics, ft_start = {}, time.time()
+            if row is None:  # pre-train; a row fine-tuned with other settings keeps its model
+                out_dir = os.path.join(config.out_dir, "runs", run)
+                if recipe is None:
+                    model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
+                else:
+                    model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
+                row = {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
+                       "seconds": seconds, "model_dir": model_dir}
+                rows.append(row)
+            ft_start = time.time()
+            row["metrics"] = {}
             for task in tasks:
                 task_name = os.path.basename(task.rstrip("/"))
-                results = finetune(model_dir, task, config, scale, os.path.join(out_dir, "ft_" + task_name))
-                metrics[task_name] = {"key": headline_metric(results), "results": results}
-            rows.append({"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
-                         "seconds": seconds, "ft_seconds": time.time() - ft_start, "model_dir": model_dir,
-                         "metrics": metrics})
+                results = finetune(row["model_dir"], task, config, scale,
+                                   os.path.join(config.out_dir, "runs", run, "ft_" + task_name))
+                row["metrics"][task_name] = {"key": headline_metric(results), "results": results}
+            row.update(finetune=settings, ft_seconds=time.time() - ft_start)
             atomic_write_json(rows_path, rows)
-            logger.info("%s: %s", run, {t: round(m["results"][m["key"]], 4) for t, m in metrics.items()})
+            logger.info("%s: %s", run, {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
+    rows = [r for r in rows if r["run"] in wanted]
 
     full = [r for r in rows if r["fraction"] in (0.0, max(r["fraction"] for r in rows))]
     table = markdown_table(full, tasks)

@@ -53,3 +53,37 @@ def test_unknown_recipe_is_refused():
     from io_utils import SpanElectraError
     with pytest.raises(SpanElectraError, match="recipes: 'bert'"):
         cp.compare_args(recipes="mlm,bert").validate()
+
+
+def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_path, monkeypatch):
+    """A rerun pre-trains nothing it has; changed fine-tuning settings re-fine-tune the saved models."""
+    calls = {"pretrain": [], "finetune": []}
+
+    def fake_pretrain(recipe, budget, config, paths, scale, out_dir):
+        calls["pretrain"].append(out_dir)
+        return out_dir + "/discriminator", budget, 1.0
+
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir):
+        calls["finetune"].append((model_dir, config.seeds))
+        return result(0.7)
+
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
+    monkeypatch.setattr(cp, "finetune", fake_finetune)
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
+    monkeypatch.setattr(cp, "plot", lambda *args: None)
+
+    def run(**kw):
+        return cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1",
+                                       out_dir=str(tmp_path), results_md="", **kw))
+
+    assert [r["run"] for r in run()] == ["random@0", "mlm@1"]
+    assert len(calls["pretrain"]) == 1 and len(calls["finetune"]) == 2
+    run()  # everything cached
+    assert len(calls["pretrain"]) == 1 and len(calls["finetune"]) == 2
+    rows = run(seeds="4,5")  # new fine-tuning settings: same models, fine-tuned again
+    assert len(calls["pretrain"]) == 1 and calls["finetune"][2:] == [
+        (str(tmp_path / "runs" / "random@0" / "discriminator"), "4,5"),
+        (str(tmp_path / "runs" / "mlm@1" / "discriminator"), "4,5")]
+    assert all(r["finetune"]["seeds"] == "4,5" for r in rows)
