@@ -420,8 +420,9 @@ def save_config(config, out_dir, script_name):
 # a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace
 WRITE_ERRORS = {errno.ENOSPC: "free some space or choose another --out_dir",
                 errno.EDQUOT: "free some space or choose another --out_dir",
-                errno.EROFS: "choose a writable --out_dir", errno.EACCES: "check its permissions or choose another "
-                "--out_dir", errno.EPERM: "check its permissions or choose another --out_dir"}
+                errno.EROFS: "choose a writable --out_dir",
+                errno.EACCES: "check the permissions of that file and its folder",
+                errno.EPERM: "check the permissions of that file and its folder"}
 
 
 def print_error(message):
