@@ -144,6 +144,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     args = parser.parse_args()
+    if args.steps < 1 or args.batch_size < 1 or args.seq_len < 8:
+        parser.error("--steps and --batch_size must be at least 1, --seq_len at least 8")
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     tokens = args.batch_size * args.seq_len
