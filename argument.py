@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,12 @@ def check_choice(config, name, choices):
     value = getattr(config, name)
     if value not in choices:
         _fail(name, f"'{value}' is not one of {', '.join(map(str, choices))}")
+
+
+def check_device(config, name="device"):
+    """'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(getattr(config, name))):
+        _fail(name, f"'{getattr(config, name)}' is not one of auto, cpu, cuda, cuda:N (N: a GPU index)")
 
 
 def check_dir(config, name, what, must_contain=None):
@@ -241,7 +248,7 @@ class TrainingConfig(MaskingArgs):
     keep_checkpoints: int = _help("checkpoints kept in out_dir", default=2)
     resume_from: Optional[str] = _help("'latest' or a checkpoint path: continue a stopped run", default=None)
     seed: int = _help("random seed", default=42)
-    device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
+    device: str = _help("'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", default="auto")
     bf16: bool = _help("bf16 autocast (CUDA, or CPUs with fast bf16)", default=False)
     compile: bool = _help("torch.compile the model", default=False)
     num_workers: int = _help("DataLoader worker processes that mask batches", default=0)
@@ -258,6 +265,7 @@ class TrainingConfig(MaskingArgs):
             check_range(self, name, low=0)
         check_range(self, "learning_rate", 0, 1, low_open=True)
         check_range(self, "warmup_fraction", 0, 1)
+        check_device(self)
         if not self.out_dir:
             _fail("out_dir", "no folder given")
 
@@ -458,7 +466,6 @@ class finetune_args:
     task folder holding train.tsv and dev.tsv (test.tsv optional), with ELECTRA's fine-tuning recipe."""
     TASK_TYPES = ("auto", "single", "pair", "regression")  # no annotation: class constants, not fields
     METRICS = ("auto", "accuracy", "f1", "matthews_corr")
-    DEVICES = ("auto", "cpu", "cuda")
 
     model_dir: str = _help("exported discriminator (OUT/discriminator) or a transformers ELECTRA/BERT folder, "
                            "with its tokenizer", default="outputs/pipeline/two_stage/discriminator")
@@ -491,13 +498,13 @@ class finetune_args:
     seeds: str = _help("comma-separated seeds, e.g. 1,2,3: one run each, results.json reports median, min and max",
                        default="")
     save_model: bool = _help("save the first seed's fine-tuned model and tokenizer to out_dir/model", default=True)
-    device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu' or 'cuda'", default="auto",
-                        meta={"choices": DEVICES})
+    device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu', 'cuda' or 'cuda:N'", default="auto",
+                        )
 
     def validate(self):
         check_choice(self, "task_type", self.TASK_TYPES)
         check_choice(self, "metric", self.METRICS)
-        check_choice(self, "device", self.DEVICES)
+        check_device(self)
         for name in ("num_train_epochs", "train_batch_size", "eval_batch_size"):
             check_range(self, name, low=1)
         check_range(self, "learning_rate", 0, 1, low_open=True)

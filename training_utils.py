@@ -42,20 +42,30 @@ def setup_runtime(device="auto"):
     nccl on GPU. Only rank 0 writes files and logs."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpanElectraError("device: 'cuda' was asked for but no GPU is visible; use --device cpu")
-    if device == "cuda" and world_size > 1:
-        device = f"cuda:{local_rank}"
-    dev = torch.device(device)
+    dev = resolve_device(device, local_rank, world_size)
     if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+        torch.cuda.set_device(dev)  # torch wants an index here: resolve_device always gives one
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if rank != 0:
         logging.getLogger("span_electra").setLevel(logging.WARNING)
     return Runtime(dev, rank, world_size, local_rank)
+
+
+def resolve_device(device="auto", local_rank=0, world_size=1):
+    """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch.device; CUDA always with its index: the local
+    rank's GPU under torchrun, else GPU 0 or N."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.startswith("cuda"):
+        return torch.device(device)
+    if not torch.cuda.is_available():
+        raise SpanElectraError(f"device: '{device}' was asked for but no GPU is visible; use --device cpu")
+    index = local_rank if world_size > 1 or device == "cuda" else int(device.split(":")[1])
+    if index >= torch.cuda.device_count():
+        raise SpanElectraError(f"device: GPU {index} was asked for but {torch.cuda.device_count()} GPU(s) are "
+                               "visible; use --device cuda (or fewer processes per node)")
+    return torch.device("cuda", index)
 
 
 def teardown_runtime(runtime):

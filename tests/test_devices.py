@@ -1,0 +1,66 @@
+"""Device selection, checked on the CPU with a stand-in for torch.cuda that behaves as torch does on
+a GPU machine: set_device rejects a device without an index."""
+import pytest
+import torch
+
+import argument
+import training_utils as tu
+from io_utils import SpanElectraError
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Two visible GPUs; set_device answers like torch: a torch.device needs an index."""
+    chosen = []
+
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        chosen.append(device.index if isinstance(device, torch.device) else int(device))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    return chosen
+
+
+@pytest.mark.parametrize("asked, index", [("auto", 0), ("cuda", 0), ("cuda:1", 1)])
+def test_cuda_device_gets_an_index(fake_cuda, asked, index):
+    runtime = tu.setup_runtime(asked)
+    assert runtime.device == torch.device("cuda", index)
+    assert fake_cuda == [index]
+
+
+def test_torchrun_rank_takes_its_local_gpu(fake_cuda, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no real process group here
+    runtime = tu.setup_runtime("cuda")
+    assert runtime.device == torch.device("cuda", 1) and fake_cuda == [1]
+
+
+def test_missing_gpu_index_is_one_line(fake_cuda):
+    with pytest.raises(SpanElectraError, match="GPU 5 was asked for but 2 GPU"):
+        tu.setup_runtime("cuda:5")
+
+
+def test_cuda_without_gpu_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SpanElectraError, match="no GPU is visible; use --device cpu"):
+        tu.resolve_device("cuda")
+    assert tu.resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("cls", [argument.MLM_trainingConfig, argument.SE_trainingConfig, argument.finetune_args])
+@pytest.mark.parametrize("value, ok", [("cuda:0", True), ("cuda", True), ("cpu", True), ("gpu", False),
+                                       ("cuda:x", False)])
+def test_device_field_accepts_cuda_index(cls, value, ok):
+    config = argument.parse_config(cls, ["--device", value])
+    if ok:
+        argument.check_device(config)
+    else:
+        with pytest.raises(SpanElectraError, match="device: .* is not one of auto, cpu, cuda, cuda:N"):
+            argument.check_device(config)
