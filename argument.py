@@ -334,7 +334,7 @@ class pipeline_args:
     model_size: str = _help("'tiny', 'small' or 'base'", default="tiny", meta={"choices": MODEL_SIZES})
     mode: str = _help("'two_stage' (generator, then discriminator) or 'joint'", default="two_stage",
                       meta={"choices": TRAIN_MODES})
-    generator_steps: int = _help("generator training steps (two_stage)", default=300)
+    generator_steps: int = _help("generator training steps (two_stage)", default=800)
     discriminator_steps: int = _help("discriminator (or joint) training steps", default=300)
     train_batch_size: int = _help("sequences per step", default=32)
     learning_rate: float = _help("peak learning rate", default=2e-3)

@@ -25,8 +25,10 @@ from io_utils import SpanElectraError, atomic_write_json
 
 MODEL_SIZES = {
     # discriminator, then the generator's differences (ELECTRA: same embeddings, narrower encoder)
+    # the tiny generator starts wider than ELECTRA's 0.02 (made for 256+ dimensions): at 64 dimensions
+    # 0.02 leaves it at the unigram level longer (valid MLM accuracy 5.7% vs 6.7% at step 300)
     "tiny": (dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
-             dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+             dict(hidden_size=64, num_attention_heads=1, intermediate_size=256, initializer_range=0.05)),
     "small": (dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
                    intermediate_size=1024),
               dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),

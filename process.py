@@ -263,6 +263,7 @@ class PretrainingFeatures:
         self.max_seq_len = meta["max_seq_len"]
         self.vocab_size = meta["vocab_size"]
         self._tokenizer = None
+        self._most_frequent = None
 
     def split(self, name, kind=""):
         """The [num_sequences, max_seq_len] memmap of a split ('train' or 'valid')."""
@@ -286,6 +287,16 @@ class PretrainingFeatures:
                 f"{field}: '{tokenizer_dir}' holds another tokenizer than the one the features in '{self.dir}' "
                 "were built with; rebuild the features with process.py or use the tokenizer in "
                 f"{os.path.join(self.dir, 'tokenizer')}")
+
+    def most_frequent_token(self, split="train", max_rows=100_000):
+        """The most frequent non-special token of a split (over its first max_rows sequences): a
+        masked LM that always predicts it is the baseline a trained generator must beat."""
+        if self._most_frequent is None:
+            ids = np.asarray(self.split(split)[:max_rows]).ravel()
+            counts = np.bincount(ids, minlength=self.vocab_size)
+            counts[:len(SPECIAL_TOKENS)] = 0
+            self._most_frequent = int(counts.argmax())
+        return self._most_frequent
 
     def masker(self, masking_config):
         return Masker(masking_config, word_start_table(self.tokenizer), special_ids=range(len(SPECIAL_TOKENS)),

@@ -93,13 +93,30 @@ def main(config: pipeline_args = None):
     print(f"  masking     -> ratio {summary['mask_ratio']}, mean span {summary['mean_span_length_words']} words")
     print(f"  generator   -> {summary['generator_dir']}")
     print(f"  discriminator -> {disc_dir}")
-    for name, metrics in finals.items():
-        keys = ("mlm_loss", "mlm_accuracy") if name == "generator" else (
-            "rtd_loss", "rtd_base_loss", "disc_auc", "disc_accuracy", "disc_precision", "disc_recall", "replaced_fraction")
-        print(f"  {name} valid: " + ", ".join(f"{k} {metrics[k]}" for k in keys if k in metrics))
+    for line in learning_lines(finals):
+        print(line)
     print("\n".join(explorer_lines))
     print(json.dumps(summary))
     return summary
+
+
+def learning_lines(finals):
+    """Each final valid figure beside what it would be without learning, in words."""
+    lines = []
+    gen = finals.get("generator") or finals.get("discriminator")  # joint: one run logs both
+    if gen and "mlm_baseline_accuracy" in gen:
+        acc, base = gen["mlm_accuracy"], gen["mlm_baseline_accuracy"]
+        verdict = "uses the context" if acc >= 1.5 * base else "not yet above the frequency baseline; train longer"
+        lines.append(f"  generator valid: MLM accuracy {100 * acc:.1f}% (always predicting the most frequent token: "
+                     f"{100 * base:.1f}%; {acc / max(base, 1e-9):.1f}x) -> {verdict}")
+    disc = finals.get("discriminator")
+    if disc:
+        auc = disc["disc_auc"]
+        verdict = "tells replaced tokens from originals" if auc >= 0.55 else "near chance; train longer"
+        lines.append(f"  discriminator valid: disc_auc {auc:.3f} (chance: 0.5) -> {verdict}; rtd_loss "
+                     f"{disc['rtd_loss']:.4f} (always predicting the replaced share: {disc['rtd_base_loss']:.4f}), "
+                     f"precision {disc['disc_precision']:.2f}, recall {disc['disc_recall']:.2f}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from process import MLMDataset
 logger = logging.getLogger("span_electra")
 
 
-def generator_metrics(out, batch):
-    """Per-batch generator metrics (sums are turned into means by the caller)."""
+def generator_metrics(out, batch, baseline_token=None):
+    """Per-batch generator metrics (sums are turned into means by the caller); with baseline_token,
+    also the accuracy of always predicting that token (the most frequent one)."""
     masked = batch["labels"] != -100
     metrics = {"loss": out["loss"].item(), "mlm_loss": out["mlm_loss"].item(),
                "mlm_accuracy": (out["logits"].argmax(-1) == out["targets"]).float().mean().item(),
@@ -29,6 +30,8 @@ def generator_metrics(out, batch):
                "mean_span_length": (masked.sum() / (masked & (batch["span_position"] == 0)).sum().clamp(min=1)).item()}
     if "sbo_loss" in out:
         metrics["sbo_loss"] = out["sbo_loss"].item()
+    if baseline_token is not None:
+        metrics["mlm_baseline_accuracy"] = (out["targets"] == baseline_token).float().mean().item()
     return metrics
 
 
@@ -37,11 +40,12 @@ def evaluate(model, dataset, config, runtime):
     model.eval()
     totals, n = {}, 0
     limit = config.eval_batches or len(dataset)
+    baseline_token = dataset.features.most_frequent_token()
     for i in range(min(limit, len(dataset))):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             out = model(**batch)
-        for k, v in generator_metrics(out, batch).items():
+        for k, v in generator_metrics(out, batch, baseline_token).items():
             totals[k] = totals.get(k, 0.0) + v
         n += 1
     model.train()
@@ -84,12 +88,13 @@ def main(config: MLM_trainingConfig = None):
             row = {"step": step, **tu.all_reduce_mean({k: v / n for k, v in totals.items()}, runtime),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
             log.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['mlm_accuracy']:.3f}")
+            bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")
             totals, n = {}, 0
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
-            logger.info("step %d valid: mlm_loss %.4f, mlm_accuracy %.4f", step, row["mlm_loss"], row["mlm_accuracy"])
+            logger.info("step %d valid: mlm_loss %.4f, mlm_accuracy %.4f (always the most frequent token: %.4f)",
+                        step, row["mlm_loss"], row["mlm_accuracy"], row["mlm_baseline_accuracy"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()

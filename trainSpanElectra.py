@@ -146,11 +146,14 @@ def evaluate(model, dataset, config, runtime):
     model.eval()
     sample_generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
     sums, n = {}, 0
+    baseline_token = dataset.features.most_frequent_token()
     for i in range(min(config.eval_batches or len(dataset), len(dataset))):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             gen_out, disc_out, replaced = model(batch, sample_generator)
         add_to(sums, step_metrics(gen_out, disc_out, replaced, batch, config)[1])
+        if gen_out is not None:  # joint: the generator's accuracy against always the most frequent token
+            add_to(sums, {"mlm_baseline_accuracy": (gen_out["targets"] == baseline_token).float().mean().item()})
         n += 1
     model.train()
     return tu.all_reduce_mean(finish_metrics(sums, max(n, 1)), runtime)
@@ -191,7 +194,7 @@ def main(config: SE_trainingConfig = None):
                    "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
             row.setdefault("loss", row["disc_loss"])
             log.write(row)
-            bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", auc=f"{row['disc_auc']:.3f}")
+            bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_auc=f"{row['disc_auc']:.3f}")
             sums, n = {}, 0
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}

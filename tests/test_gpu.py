@@ -1,0 +1,70 @@
+"""The GPU paths as users run them: a few steps of each training script in bf16, with and without
+--compile, a fine-tuning epoch and the explorer, on CUDA. Skipped where no GPU is visible (the rest
+of the suite forces the CPU and cannot see a GPU bug)."""
+import json
+import os
+
+import pytest
+import torch
+
+import argument
+import explore_SE
+import finetune_SE
+import trainMLM_SpanElectra
+import trainSpanElectra
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+
+FEW_STEPS = dict(model_size="tiny", max_steps=6, log_every=3, eval_every=6, save_every=6, eval_batches=1,
+                 train_batch_size=16, device="cuda", bf16=True)
+
+
+def valid_rows(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if '"valid"' in line]
+
+
+@pytest.fixture(scope="module")
+def gpu_generator(bpe_feat, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu") / "gen"
+    gen_dir = trainMLM_SpanElectra.main(argument.MLM_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(out),
+                                                                    **FEW_STEPS))
+    return out, gen_dir
+
+
+def test_generator_trains_on_cuda_in_bf16(gpu_generator):
+    out, gen_dir = gpu_generator
+    row = valid_rows(out)[-1]
+    assert 0 < row["mlm_loss"] < 20 and 0 <= row["mlm_accuracy"] <= 1
+    assert os.path.isfile(os.path.join(gen_dir, "config.json"))
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_generator_compiled_on_cuda(bpe_feat, tmp_path, compile_step):
+    trainMLM_SpanElectra.main(argument.MLM_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path),
+                                                          **{**FEW_STEPS, "compile": compile_step}))
+    assert valid_rows(tmp_path)[-1]["mlm_loss"] > 0
+
+
+@pytest.mark.parametrize("mode, compile_step", [("two_stage", False), ("two_stage", True), ("joint", False),
+                                                ("joint", True)])
+def test_discriminator_trains_on_cuda(bpe_feat, gpu_generator, tmp_path, mode, compile_step):
+    disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
+        features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode=mode, generator_dir=gpu_generator[1],
+        **{**FEW_STEPS, "compile": compile_step}))
+    row = valid_rows(tmp_path)[-1]
+    assert 0 <= row["disc_auc"] <= 1 and row["rtd_loss"] > 0
+    assert os.path.isfile(os.path.join(disc_dir, "config.json"))
+
+
+def test_finetune_epoch_and_explorer_on_cuda(bpe_feat, gpu_generator, tmp_path):
+    disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
+        features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "se"), generator_dir=gpu_generator[1], **FEW_STEPS))
+    results = finetune_SE.main(argument.finetune_args(
+        model_dir=disc_dir, task_dir=str(REPO / "data" / "glue" / "SST-2"), out_dir=str(tmp_path / "ft"),
+        num_train_epochs=1, max_train_examples=256, device="cuda"))
+    assert 0 <= results["eval_accuracy"] <= 1
+    explorer = explore_SE.Explorer(generator_dir=gpu_generator[1], discriminator_dir=disc_dir)
+    lines = explore_SE.report(explorer, "The game was released in [[ January ]] in Japan .", top_k=2)
+    assert any("P(replaced)" in line for line in lines)
