@@ -498,8 +498,8 @@ class finetune_args:
     seeds: str = _help("comma-separated seeds, e.g. 1,2,3: one run each, results.json reports median, min and max",
                        default="")
     save_model: bool = _help("save the first seed's fine-tuned model and tokenizer to out_dir/model", default=True)
-    device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu', 'cuda' or 'cuda:N'", default="auto",
-                        )
+    device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu', 'cuda' or 'cuda:N'",
+                        default="auto")
 
     def validate(self):
         check_choice(self, "task_type", self.TASK_TYPES)

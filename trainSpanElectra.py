@@ -107,13 +107,13 @@ def sampling_temperature(step, config):
     return config.temperature_start + (1.0 - config.temperature_start) * step / decay_steps
 
 
-def step_metrics(gen_out, disc_out, replaced, batch, config):
-    """Loss to optimise and the batch's metrics, for either mode."""
+def step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token=None):
+    """Loss to optimise and the batch's metrics, for either mode (baseline_token: see generator_metrics)."""
     metrics = discriminator_counts(disc_out, replaced)
     if gen_out is None:
         return disc_out["loss"], metrics
     loss = gen_out["loss"] + config.disc_weight * disc_out["loss"]
-    metrics.update(generator_metrics(gen_out, batch))
+    metrics.update(generator_metrics(gen_out, batch, baseline_token))
     metrics["gen_loss"] = metrics.pop("loss")
     metrics["loss"] = loss.item()
     return loss, metrics
@@ -151,9 +151,7 @@ def evaluate(model, dataset, config, runtime):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             gen_out, disc_out, replaced = model(batch, sample_generator)
-        add_to(sums, step_metrics(gen_out, disc_out, replaced, batch, config)[1])
-        if gen_out is not None:  # joint: the generator's accuracy against always the most frequent token
-            add_to(sums, {"mlm_baseline_accuracy": (gen_out["targets"] == baseline_token).float().mean().item()})
+        add_to(sums, step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token)[1])
         n += 1
     model.train()
     return tu.all_reduce_mean(finish_metrics(sums, max(n, 1)), runtime)

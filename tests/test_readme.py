@@ -3,7 +3,6 @@ parses with that script's config class, every config built in its Python blocks 
 and the quick commands run for real, in README order, on the bundled sample."""
 import ast
 import dataclasses
-import importlib
 import importlib.util
 import os
 import re
