@@ -337,7 +337,8 @@ class pipeline_args:
     generator_steps: int = _help("generator training steps (two_stage)", default=800)
     discriminator_steps: int = _help("discriminator (or joint) training steps", default=300)
     train_batch_size: int = _help("sequences per step", default=32)
-    learning_rate: float = _help("peak learning rate", default=2e-3)
+    learning_rate: float = _help("peak learning rate (at 3e-3 the tiny generator's accuracy passes twice the "
+                                 "frequency baseline in 800 steps; 2e-3 reaches 1.9x)", default=3e-3)
     explore_text: str = _help("sentence for the explorer lines at the end",
                               default="The game was released in [[ January 2011 ]] in Japan .")
     seed: int = _help("random seed", default=42)
