@@ -106,7 +106,8 @@ def learning_lines(finals):
     gen = finals.get("generator") or finals.get("discriminator")  # joint: one run logs both
     if gen and "mlm_baseline_accuracy" in gen:
         acc, base = gen["mlm_accuracy"], gen["mlm_baseline_accuracy"]
-        verdict = "uses the context" if acc >= 1.5 * base else "not yet above the frequency baseline; train longer"
+        verdict = ("learned more than word frequencies" if acc >= 1.5 * base
+                   else "not yet above the frequency baseline; train longer")
         lines.append(f"  generator valid: MLM accuracy {100 * acc:.1f}% (always predicting the most frequent token: "
                      f"{100 * base:.1f}%; {acc / max(base, 1e-9):.1f}x) -> {verdict}")
     disc = finals.get("discriminator")
