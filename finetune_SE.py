@@ -545,28 +545,42 @@ def layerwise_param_groups(model, learning_rate, layer_decay, weight_decay):
 
 
 # ---------------------------------------------------------------- batches
-def encode(tokenizer, examples, max_seq_length, token_types):
-    """Token ids of every example (pairs as tokenizer(a, b)), unpadded."""
+BUCKET = 32  # batches are padded to a multiple of this: a handful of shapes, not one per batch
+
+
+def encode(tokenizer, examples, max_seq_length, token_types, pad_id):
+    """Token ids of every example (pairs as tokenizer(a, b)), padded once into [N, longest] numpy
+    arrays, with each example's length."""
     first = [t[0] for t in examples.texts]
     second = [t[1] for t in examples.texts] if examples.texts and len(examples.texts[0]) == 2 else None
-    return dict(tokenizer(first, second, truncation=True, max_length=max_seq_length,
-                          return_token_type_ids=token_types))
+    encoded = tokenizer(first, second, truncation=True, max_length=max_seq_length, return_token_type_ids=token_types)
+    lengths = np.array([len(x) for x in encoded["input_ids"]], dtype=np.int64)
+    width = int(lengths.max()) if len(lengths) else 1
+    out = {"lengths": lengths, "input_ids": np.full((len(lengths), width), pad_id, dtype=np.int64)}
+    if token_types:
+        out["token_type_ids"] = np.zeros((len(lengths), width), dtype=np.int64)
+    for row, ids in enumerate(encoded["input_ids"]):
+        out["input_ids"][row, :len(ids)] = ids
+        if token_types:
+            out["token_type_ids"][row, :len(ids)] = encoded["token_type_ids"][row]
+    return out
 
 
-def make_batch(encoded, indices, pad_id, device):
-    """Pad the examples at indices to their longest one."""
-    ids = [encoded["input_ids"][i] for i in indices]
-    width = max(len(x) for x in ids)
-    batch = {"input_ids": torch.full((len(ids), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(ids), width), dtype=torch.long)}
+def make_batch(encoded, indices, device, targets=None):
+    """The examples at indices, padded to their longest rounded up to a multiple of BUCKET (so
+    few shapes ever reach the model), with their targets; copied to the device without waiting."""
+    indices = np.asarray(indices)
+    lengths = encoded["lengths"][indices]
+    width = min(-(-int(lengths.max()) // BUCKET) * BUCKET, encoded["input_ids"].shape[1])
+    batch = {"input_ids": encoded["input_ids"][indices, :width],
+             "attention_mask": (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)}
     if "token_type_ids" in encoded:
-        batch["token_type_ids"] = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(encoded["input_ids"][i])
-        batch["input_ids"][row, :n] = torch.tensor(encoded["input_ids"][i])
-        batch["attention_mask"][row, :n] = 1
-        if "token_type_ids" in batch:
-            batch["token_type_ids"][row, :n] = torch.tensor(encoded["token_type_ids"][i])
+        batch["token_type_ids"] = encoded["token_type_ids"][indices, :width]
+    if targets is not None:
+        batch["targets"] = targets[indices]
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    if device.type == "cuda":  # pinned: the copy runs alongside the GPU's work
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     return tu.to_device(batch, device)
 
 
@@ -579,22 +593,22 @@ def task_loss(task, logits, targets):
 
 # ---------------------------------------------------------------- training and evaluation
 @torch.no_grad()
-def predict(model, encoded, config, runtime, pad_id):
+def predict(model, encoded, config, runtime):
     """Logits (scores for regression) of every example, in order, as a float numpy array."""
     model.eval()
     outputs = []
-    n = len(encoded["input_ids"])
+    n = len(encoded["lengths"])
     for start in range(0, n, config.eval_batch_size):
-        batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), pad_id, runtime.device)
+        batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), runtime.device)
         with tu.autocast(runtime, runtime.device.type == "cuda"):
-            outputs.append(model(**batch).logits.float().cpu())
+            outputs.append(model(**batch).logits.float())
     model.train()
-    return torch.cat(outputs).numpy()
+    return torch.cat(outputs).cpu().numpy()  # one copy back for the whole split
 
 
-def evaluate(model, task, encoded, config, runtime, pad_id):
+def evaluate(model, task, encoded, config, runtime):
     """The dev metrics of the model, eval_loss included."""
-    outputs = predict(model, encoded, config, runtime, pad_id)
+    outputs = predict(model, encoded, config, runtime)
     loss = task_loss(task, torch.from_numpy(outputs), torch.from_numpy(task.dev.targets)).item()
     return {**compute_metrics(task, outputs, task.dev.targets), "eval_loss": loss}
 
@@ -604,7 +618,7 @@ def token_similarity(model, data, runtime, n=16):
     """Mean cosine similarity of the encoder's output vectors over the tokens of a few training examples.
     Near 1 means pre-training collapsed (every token gets the same vector): nothing to fine-tune from."""
     model.eval()
-    batch = make_batch(data["train"], range(min(n, len(data["train"]["input_ids"]))), data["pad_id"], runtime.device)
+    batch = make_batch(data["train"], range(min(n, len(data["train"]["lengths"]))), runtime.device)
     hidden = model.base_model(**batch).last_hidden_state[batch["attention_mask"].bool()]
     model.train()
     vectors = F.normalize(hidden.float(), dim=-1)
@@ -619,34 +633,34 @@ def train_one_seed(seed, task, data, config, runtime, announce):
         logger.warning("model: %s gives (almost) the same vector to every token: its pre-training collapsed, and "
                        "fine-tuning will likely not get past the majority class; check the discriminator's training",
                        config.model_dir)
-    optimizer = torch.optim.AdamW(layerwise_param_groups(model, config.learning_rate, config.layerwise_lr_decay,
-                                                         config.weight_decay), betas=(0.9, 0.999), eps=1e-6)
+    optimizer = tu.adamw(layerwise_param_groups(model, config.learning_rate, config.layerwise_lr_decay,
+                                                config.weight_decay), runtime.device)
     n = len(task.train)
     total = config.num_train_epochs * math.ceil(n / config.train_batch_size)
     scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_ratio * total), total)
-    targets = torch.from_numpy(task.train.targets)
     order_rng = torch.Generator().manual_seed(seed)
     history, step = [], 0
     model.train()
     bar = tqdm(total=total, desc=f"fine-tune (seed {seed})")
     for epoch in range(1, config.num_train_epochs + 1):
-        loss_sum, batches = 0.0, 0
-        order = torch.randperm(n, generator=order_rng).tolist()
+        loss_sum, batches = torch.zeros((), device=runtime.device), 0  # summed on the device, read per epoch
+        order = torch.randperm(n, generator=order_rng).numpy()
         for start in range(0, n, config.train_batch_size):
-            indices = order[start:start + config.train_batch_size]
-            batch = make_batch(data["train"], indices, data["pad_id"], runtime.device)
+            batch = make_batch(data["train"], order[start:start + config.train_batch_size], runtime.device,
+                               task.train.targets)
+            targets = batch.pop("targets")
             with tu.autocast(runtime, runtime.device.type == "cuda"):
                 logits = model(**batch).logits
-            loss = task_loss(task, logits, targets[indices].to(runtime.device))
+            loss = task_loss(task, logits, targets)
             loss.backward()
             tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
             step += 1
-            loss_sum, batches = loss_sum + loss.item(), batches + 1
-            tu.check_finite(loss_sum, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})")
+            loss_sum, batches = loss_sum + loss.detach(), batches + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / batches:.4f}")
-        row = {"epoch": epoch, "train_loss": loss_sum / max(batches, 1),
-               **evaluate(model, task, data["dev"], config, runtime, data["pad_id"])}
+        train_loss = loss_sum.item() / max(batches, 1)
+        tu.check_finite(train_loss, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})")
+        bar.set_postfix(train_loss=f"{train_loss:.4f}")
+        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, task, data["dev"], config, runtime)}
         history.append(row)
         logger.info("seed %d epoch %d/%d: train_loss %.4f, dev %s", seed, epoch, config.num_train_epochs,
                     row["train_loss"], ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("eval_")))
@@ -656,7 +670,7 @@ def train_one_seed(seed, task, data, config, runtime, announce):
 
 def write_test_predictions(model, task, data, config, runtime):
     """out_dir/test_predictions.tsv: `index<TAB>prediction` with train.tsv's label strings (GLUE style)."""
-    outputs = predict(model, data["test"], config, runtime, data["pad_id"])
+    outputs = predict(model, data["test"], config, runtime)
     if task.regression:
         predictions = [f"{v:.3f}" for v in outputs.reshape(-1)]
     else:
@@ -702,10 +716,10 @@ def main(config: finetune_args = None):
     save_config(config, config.out_dir, "finetune")
 
     token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)
-    data = {"pad_id": tokenizer.pad_token_id or 0,
-            **{name: encode(tokenizer, examples, config.max_seq_length, token_types)
-               for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
-               if examples is not None}}
+    pad_id = tokenizer.pad_token_id or 0
+    data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id)
+            for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
+            if examples is not None}
     logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
                 "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs, config.learning_rate,
                 config.layerwise_lr_decay, config.train_batch_size, ",".join(map(str, seeds)), runtime.device)
@@ -715,7 +729,10 @@ def main(config: finetune_args = None):
         start = time.time()
         model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
         final = {k: v for k, v in final.items() if k != "epoch"}
-        per_seed.append({"seed": seed, **final, "train_seconds": round(time.time() - start, 1), "epochs": history})
+        seconds = time.time() - start
+        steps = config.num_train_epochs * math.ceil(len(task.train) / config.train_batch_size)
+        per_seed.append({"seed": seed, **final, "train_seconds": round(seconds, 1),
+                         "train_steps_per_sec": round(steps / seconds, 2), "epochs": history})
         if i == 0 and task.test is not None:
             outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
         if i == 0 and config.save_model:

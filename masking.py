@@ -6,7 +6,9 @@ A masking returns, for a batch of token ids [B, L]:
   span_position   position of each masked token inside its span (0-based; 0 where not masked)
   boundary_left   index of the token just before the token's span (start - 1)
   boundary_right  index of the token just after the token's span (end + 1)
-The span-boundary heads read the last three at the masked positions only.
+The span-boundary heads read the last three at the masked positions only. No row masks more than
+max_prediction_slots tokens, so `prediction_slots` can turn the batch into ELECTRA's fixed-size
+prediction slots, the shape the training step works on.
 
     python masking.py --stats --features_dir FEAT [--mask_ratio 0.15 --span_p 0.2 ...]
 masks a few thousand real sequences and prints the realised statistics, as JSON on the last line.
@@ -84,10 +86,12 @@ class Masker:
         """Mask a batch [B, L]; returns the dict described at the top of this file (numpy arrays)."""
         ids = np.asarray(ids)
         eligible = ~self.is_special[ids]
+        slots = max_prediction_slots(self.config, ids.shape[1])
         if self.config.masking == "span":
-            spans = span_spans(ids, eligible, self.word_starts, self.config.mask_ratio, self.span_lengths, rng)
+            spans = span_spans(ids, eligible, self.word_starts, self.config.mask_ratio, self.span_lengths, rng,
+                               max_tokens=slots)
         else:
-            spans = token_spans(eligible, self.config.mask_ratio, rng)
+            spans = token_spans(eligible, self.config.mask_ratio, rng, max_tokens=slots)
         tokens = expand_spans(spans, ids.shape[1])
         masked_input = self.replace(ids, tokens, len(spans["row"]), rng)
         batch = batch_from_spans(ids, masked_input, spans, tokens)
@@ -123,7 +127,17 @@ class SpanLengths:
 
 
 # ---------------------------------------------------------------- span masking
-def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversample=2.5):
+def max_prediction_slots(config, seq_len):
+    """Prediction slots per sequence: config.max_predictions_per_seq, or by default ELECTRA's
+    round(mask_ratio x seq_len) for token masking and 1.6 times that for span masking (whole spans
+    make the count per row vary: at 128 tokens mean 19, 99.9th percentile 31)."""
+    if config.max_predictions_per_seq:
+        return config.max_predictions_per_seq
+    budget = max(1, round(config.mask_ratio * seq_len))
+    return budget if config.masking == "token" else math.ceil(1.6 * budget)
+
+
+def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversample=2.5, max_tokens=None):
     """SpanBERT span masking of a batch, without a loop over sequences or tokens.
 
     Candidate spans are laid along each row as a renewal process: a gap of at least one word,
@@ -132,6 +146,7 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     special token. Candidates are then kept, whole, in random order until they reach the budget of
     mask_ratio x (non-special tokens): the realised ratio matches mask_ratio on average and span
     lengths keep their distribution (trimming the last span, as SpanBERT does, biases them short).
+    No row masks more than max_tokens (the prediction slots): a span that would pass it is skipped.
     Returns the spans: row, start and end token index (exclusive) and length in words.
     """
     B, L = ids.shape
@@ -164,16 +179,19 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     rows = np.arange(B)[:, None]
     tokens_sorted = tokens[rows, order]
     keep = (np.cumsum(tokens_sorted, axis=1) - tokens_sorted < threshold[:, None]) & valid[rows, order]
-    # Where the budget is below one span's overshoot (short rows, small ratios) nothing passes the
-    # threshold: keep the first candidate, cut to the words that fit the budget (at least one).
-    small = np.flatnonzero((threshold <= 0) & (budget > 0) & valid[np.arange(B), order[:, 0]]) \
-        if (threshold <= 0).any() else ()
+    if max_tokens is not None:  # rare: only the last kept span of a row can pass the slots
+        keep &= np.cumsum(tokens_sorted * keep, axis=1) <= max_tokens
+    limit = budget if max_tokens is None else np.minimum(budget, max_tokens)
+    # Where nothing is kept (a budget below one span's overshoot, in short rows or at small ratios, or
+    # a first span longer than the slots), keep the first candidate, cut to the words that fit the
+    # budget (at least one).
+    small = np.flatnonzero(~keep.any(1) & (limit > 0) & valid[np.arange(B), order[:, 0]])
     if len(small):
         c0 = order[small, 0]
         f0 = first[small, c0]
         j = np.arange(span_lengths.values[-1])
         ends = words["end"][np.minimum(f0[:, None] + j, last[small, c0][:, None])] - words["start"][f0][:, None]
-        fit = np.maximum(1, ((ends <= budget[small, None]) & (f0[:, None] + j <= last[small, c0][:, None])).sum(1))
+        fit = np.maximum(1, ((ends <= limit[small, None]) & (f0[:, None] + j <= last[small, c0][:, None])).sum(1))
         last[small, c0] = f0 + fit - 1
         tokens[small, c0] = words["end"][last[small, c0]] - words["start"][f0]
         keep[small, 0] = True
@@ -214,11 +232,13 @@ def _empty_spans():
 
 
 # ---------------------------------------------------------------- token masking (the baseline)
-def token_spans(eligible, mask_ratio, rng):
-    """BERT/ELECTRA masking: exactly round(mask_ratio x non-special tokens) tokens per row, chosen
-    uniformly; each masked token is a span of its own."""
+def token_spans(eligible, mask_ratio, rng, max_tokens=None):
+    """BERT/ELECTRA masking: exactly round(mask_ratio x non-special tokens) tokens per row (at most
+    max_tokens), chosen uniformly; each masked token is a span of its own."""
     B, L = eligible.shape
     budget = np.where(eligible.any(1), np.maximum(1, np.rint(mask_ratio * eligible.sum(1))), 0)
+    if max_tokens is not None:
+        budget = np.minimum(budget, max_tokens)
     order = np.argsort(np.where(eligible, rng.random((B, L)), 2.0), axis=1)
     masked = np.empty((B, L), dtype=bool)
     masked[np.arange(B)[:, None], order] = np.arange(L) < budget[:, None]
@@ -248,6 +268,34 @@ def batch_from_spans(ids, masked_input, spans, tokens=None):
         batch[name] = np.full((B, L), fill, dtype=np.int64)
         batch[name].reshape(-1)[at] = values
     return batch
+
+
+SLOT_FIELDS = ("span_position", "boundary_left", "boundary_right")
+
+
+def prediction_slots(batch, num_slots):
+    """ELECTRA's fixed-size prediction slots from a [B, L] masked batch: each row's masked positions
+    in order, padded to num_slots (position 0, weight 0), with their target ids and span fields.
+    Returns input_ids plus [B, num_slots] masked_lm_positions, masked_lm_ids, masked_lm_weights
+    (float32: 1 real, 0 padding), span_position, boundary_left and boundary_right. A masked token
+    past the slots (only stored static masks can hold one) is restored to its original in input_ids."""
+    labels = batch["labels"]
+    B = labels.shape[0]
+    r, c = np.nonzero(labels != IGNORE_INDEX)
+    rank = np.arange(len(r)) - np.searchsorted(r, r)  # index of each masked token within its row
+    fits = rank < num_slots
+    input_ids = batch["input_ids"]
+    if not fits.all():
+        input_ids = input_ids.copy()
+        input_ids[r[~fits], c[~fits]] = labels[r[~fits], c[~fits]]
+    r, c, rank = r[fits], c[fits], rank[fits]
+    out = {"input_ids": input_ids, "masked_lm_weights": np.zeros((B, num_slots), dtype=np.float32)}
+    out["masked_lm_weights"][r, rank] = 1.0
+    for name, source in (("masked_lm_positions", None), ("masked_lm_ids", "labels")) + tuple(
+            (f, f) for f in SLOT_FIELDS):
+        out[name] = np.zeros((B, num_slots), dtype=np.int64)
+        out[name][r, rank] = c if source is None else batch[source][r, c]
+    return out
 
 
 def spans_from_positions(span_pos):

@@ -69,19 +69,30 @@ class SpanBoundaryHead(nn.Module):
             nn.Linear(3 * hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size, eps=layer_norm_eps),
             nn.Linear(hidden_size, out_size), nn.GELU(), nn.LayerNorm(out_size, eps=layer_norm_eps))
 
-    def forward(self, hidden, rows, left, right, position):
-        """hidden [B, L, H]; rows/left/right/position index the masked tokens -> [N, out_size]."""
+    def forward(self, hidden, left, right, position):
+        """hidden [B, L, H]; left/right/position [B, P] of the prediction slots -> [B, P, out_size]."""
         pos = self.position_embeddings(position.clamp(max=MAX_SPAN_POSITIONS - 1))
-        return self.mlp(torch.cat([hidden[rows, left], hidden[rows, right], pos], dim=-1))
+        return self.mlp(torch.cat([gather_slots(hidden, left), gather_slots(hidden, right), pos], dim=-1))
 
 
-def masked_index(labels):
-    """Rows and columns of the masked tokens (labels != -100)."""
-    return torch.nonzero(labels != -100, as_tuple=True)
+def gather_slots(hidden, positions):
+    """hidden [B, L, H] at positions [B, P] -> [B, P, H] (a gather: static shapes, no host sync)."""
+    return torch.take_along_dim(hidden, positions.unsqueeze(-1), dim=1)
+
+
+def masked_mean(values, weights):
+    """Mean of values over the slots whose weight is 1 (padding slots weigh 0)."""
+    return (values * weights).sum() / weights.sum().clamp(min=1)
+
+
+def encode(electra, input_ids, attention_mask=None, inputs_embeds=None):
+    """Last hidden states; full packed rows need no attention mask (None lets attention skip it)."""
+    return electra(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
+                   attention_mask=attention_mask).last_hidden_state
 
 
 class SpanElectraGenerator(nn.Module):
-    """Span-level masked LM: MLM at the masked positions only, plus the span-boundary objective."""
+    """Span-level masked LM: MLM at the prediction slots only, plus the span-boundary objective."""
 
     def __init__(self, config: ElectraConfig, use_sbo=True, mlm=None):
         super().__init__()
@@ -96,27 +107,27 @@ class SpanElectraGenerator(nn.Module):
         """Vocabulary logits through ELECTRA's generator head and the tied embeddings."""
         return self.mlm.generator_lm_head(self.mlm.generator_predictions(states))
 
-    def forward(self, input_ids, attention_mask, labels, span_position, boundary_left, boundary_right,
-                inputs_embeds=None, **unused):
-        hidden = self.mlm.electra(input_ids=None if inputs_embeds is not None else input_ids,
-                                  inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        rows, cols = masked_index(labels)
-        targets = labels[rows, cols]
-        logits = self.decode(hidden[rows, cols]).float()
-        out = {"mlm_loss": F.cross_entropy(logits, targets), "logits": logits, "rows": rows, "cols": cols,
-               "targets": targets}
-        out["loss"] = out["mlm_loss"]
+    def slot_loss(self, logits, targets, weights):
+        return masked_mean(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none"),
+                           weights.flatten())
+
+    def forward(self, input_ids, masked_lm_positions, masked_lm_ids, masked_lm_weights, span_position,
+                boundary_left, boundary_right, attention_mask=None, inputs_embeds=None, **unused):
+        hidden = encode(self.mlm.electra, input_ids, attention_mask, inputs_embeds)
+        logits = self.decode(gather_slots(hidden, masked_lm_positions)).float()  # [B, P, V]
+        out = {"logits": logits, "targets": masked_lm_ids, "weights": masked_lm_weights}
+        out["mlm_loss"] = out["loss"] = self.slot_loss(logits, masked_lm_ids, masked_lm_weights)
         if self.sbo is not None:
-            sbo_logits = self.decode(self.sbo(hidden, rows, boundary_left[rows, cols], boundary_right[rows, cols],
-                                              span_position[rows, cols])).float()
-            out["sbo_loss"] = F.cross_entropy(sbo_logits, targets)
+            sbo_logits = self.decode(self.sbo(hidden, boundary_left, boundary_right, span_position)).float()
+            out["sbo_loss"] = self.slot_loss(sbo_logits, masked_lm_ids, masked_lm_weights)
             out["loss"] = out["loss"] + out["sbo_loss"]
         return out
 
 
 @torch.no_grad()
 def sample_tokens(logits, generator=None, temperature=1.0):
-    """Sample one token per row from softmax(logits / temperature) with the Gumbel-max trick, in fp32."""
+    """Sample one token per row from softmax(logits / temperature) with the Gumbel-max trick, in fp32.
+    temperature may be a 0-d tensor (a changing float would make torch.compile recompile)."""
     logits = logits.float() / temperature
     # (generator=None must not be passed explicitly: torch.compile rejects it with dynamic shapes)
     u = torch.rand(logits.shape, device=logits.device, **({"generator": generator} if generator else {}))
@@ -125,13 +136,13 @@ def sample_tokens(logits, generator=None, temperature=1.0):
 
 
 def corrupt(batch, gen_out, generator=None, temperature=1.0):
-    """Discriminator input: masked positions filled with generator samples; labels 1 where the token
-    now differs from the original (a sample equal to the original counts as original)."""
-    original = batch["original_ids"]
-    rows, cols = gen_out["rows"], gen_out["cols"]
+    """Discriminator input: the prediction slots filled with generator samples; labels 1 where the
+    token now differs from the original (a sample equal to the original counts as original)."""
+    original, positions = batch["original_ids"], batch["masked_lm_positions"]
     sampled = sample_tokens(gen_out["logits"].detach(), generator, temperature)
-    corrupted = original.clone()
-    corrupted[rows, cols] = sampled
+    # padding slots point at [CLS] (position 0, never masked) and write back its own id
+    fill = torch.where(batch["masked_lm_weights"] > 0, sampled, original.gather(1, positions))
+    corrupted = original.scatter(1, positions, fill)
     return corrupted, (corrupted != original).long()
 
 
@@ -164,24 +175,32 @@ class SpanElectraDiscriminator(nn.Module):
     def config(self):
         return self.core.config
 
-    def forward(self, input_ids, attention_mask, replaced, labels, span_position, boundary_left, boundary_right,
-                inputs_embeds=None, **unused):
-        hidden = self.core.electra(input_ids=None if inputs_embeds is not None else input_ids,
-                                   inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids, replaced, masked_lm_positions, masked_lm_weights, span_position, boundary_left,
+                boundary_right, attention_mask=None, inputs_embeds=None, **unused):
+        hidden = encode(self.core.electra, input_ids, attention_mask, inputs_embeds)
         logits = self.core.discriminator_predictions(hidden).float()  # [B, L]
-        active = attention_mask.bool()
-        out = {"logits": logits, "active": active, "loss": logits.new_zeros(())}
-        out["rtd_loss"] = F.binary_cross_entropy_with_logits(logits[active], replaced[active].float())
+        token_weights = torch.ones_like(logits) if attention_mask is None else attention_mask.to(logits.dtype)
+        out = {"logits": logits, "token_weights": token_weights, "loss": logits.new_zeros(())}
+        out["rtd_loss"] = masked_mean(F.binary_cross_entropy_with_logits(logits, replaced.to(logits.dtype),
+                                                                         reduction="none"), token_weights)
         if self.use_all_token:
             out["loss"] = out["loss"] + out["rtd_loss"]
         if self.span_head is not None:
-            rows, cols = masked_index(labels)
-            states = self.span_head(hidden, rows, boundary_left[rows, cols], boundary_right[rows, cols],
-                                    span_position[rows, cols])
-            span_logits = self.span_classifier(states).squeeze(-1).float()
-            out["span_loss"] = F.binary_cross_entropy_with_logits(span_logits, replaced[rows, cols].float())
+            states = self.span_head(hidden, boundary_left, boundary_right, span_position)
+            span_logits = self.span_classifier(states).squeeze(-1).float()  # [B, P]
+            span_targets = replaced.gather(1, masked_lm_positions).to(span_logits.dtype)
+            out["span_loss"] = masked_mean(F.binary_cross_entropy_with_logits(span_logits, span_targets,
+                                                                              reduction="none"), masked_lm_weights)
             out["loss"] = out["loss"] + out["span_loss"]
         return out
+
+
+def discriminator_inputs(batch, corrupted, replaced, inputs_embeds=None):
+    """The discriminator's keyword arguments: the corrupted ids plus the batch's slot fields."""
+    keep = ("attention_mask", "masked_lm_positions", "masked_lm_weights", "span_position", "boundary_left",
+            "boundary_right")
+    return {"input_ids": corrupted, "replaced": replaced, "inputs_embeds": inputs_embeds,
+            **{k: batch[k] for k in keep if k in batch}}
 
 
 class SpanElectraJoint(nn.Module):
@@ -211,11 +230,29 @@ class SpanElectraJoint(nn.Module):
         gen_out = self.generator(**batch)
         corrupted, replaced = corrupt(batch, gen_out, sample_generator, temperature)
         embeds = self.discriminator_embeddings(corrupted) if self.embedding_delta is not None else None
-        disc_out = self.discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"], replaced=replaced,
-                                      labels=batch["labels"], span_position=batch["span_position"],
-                                      boundary_left=batch["boundary_left"], boundary_right=batch["boundary_right"],
-                                      inputs_embeds=embeds)
+        disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced, embeds))
         return gen_out, disc_out, replaced
+
+
+class SpanElectraTwoStage(nn.Module):
+    """The two-stage recipe: a saved generator, frozen, fills the masks; only the discriminator trains.
+    The generator is no submodule (not in state_dict or parameters()) but moves with .to()."""
+
+    def __init__(self, generator, discriminator):
+        super().__init__()
+        self.discriminator = discriminator
+        self.frozen = [generator.eval().requires_grad_(False)]
+
+    def _apply(self, fn, recurse=True):
+        self.frozen[0]._apply(fn, recurse)  # .to(device), .half(), ...: without it the generator stays behind
+        return super()._apply(fn, recurse)
+
+    def forward(self, batch, sample_generator=None, temperature=1.0):
+        with torch.no_grad():
+            gen_out = self.frozen[0](**batch)
+        corrupted, replaced = corrupt(batch, gen_out, sample_generator, temperature)
+        disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced))
+        return None, disc_out, replaced
 
 
 # ---------------------------------------------------------------- saving and loading

@@ -27,7 +27,7 @@ from create_vocab_SE import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, ba
                              segmented_batches)
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)
-from masking import Masker, batch_from_masking, word_start_table
+from masking import Masker, batch_from_masking, max_prediction_slots, prediction_slots, word_start_table
 
 logger = logging.getLogger("span_electra")
 
@@ -309,7 +309,9 @@ class MLMDataset:
     Batches are deterministic given (seed, epoch, index), so a run resumes exactly, any DataLoader
     worker can build any batch, and with world_size > 1 each rank reads its own batches. Masking is
     dynamic (a fresh mask every epoch) unless data_args.static_masking uses process.py's saved masks.
-    Use with torch.utils.data.DataLoader(dataset, batch_size=None).
+    A batch holds input_ids [B, L] and the fixed-size prediction slots [B, max_predictions_per_seq]
+    of masking.prediction_slots, so every training batch has the same shapes. Rows are packed full,
+    so there is no attention mask. Use with torch.utils.data.DataLoader(dataset, batch_size=None).
     """
 
     def __init__(self, data_args: DataArgs, batch_size, seed=0, shuffle=True, rank=0, world_size=1):
@@ -326,6 +328,7 @@ class MLMDataset:
             self.static = (self.features.split(data_args.split, ".masked"),
                            self.features.split(data_args.split, ".span_position"))
         self.masker = self.features.masker(data_args)
+        self.num_slots = max_prediction_slots(data_args, self.features.max_seq_len)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -358,9 +361,7 @@ class MLMDataset:
         else:
             rng = np.random.default_rng([self.seed, self.epoch, index * self.world_size + self.rank, 1])
             batch = self.masker(ids, rng)
-            del batch["span_word_lengths"]
-        batch["attention_mask"] = (ids != PAD_ID).astype(np.int64)
-        return batch, ids
+        return prediction_slots(batch, self.num_slots), ids
 
     def __getitem__(self, index):
         import torch

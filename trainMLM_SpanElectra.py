@@ -20,36 +20,18 @@ from process import MLMDataset
 logger = logging.getLogger("span_electra")
 
 
-def generator_metrics(out, batch, baseline_token=None):
-    """Per-batch generator metrics (sums are turned into means by the caller); with baseline_token,
-    also the accuracy of always predicting that token (the most frequent one)."""
-    masked = batch["labels"] != -100
-    metrics = {"loss": out["loss"].item(), "mlm_loss": out["mlm_loss"].item(),
-               "mlm_accuracy": (out["logits"].argmax(-1) == out["targets"]).float().mean().item(),
-               "mask_ratio": (masked.sum() / (batch["attention_mask"].sum() - 2 * len(masked))).item(),
-               "mean_span_length": (masked.sum() / (masked & (batch["span_position"] == 0)).sum().clamp(min=1)).item()}
-    if "sbo_loss" in out:
-        metrics["sbo_loss"] = out["sbo_loss"].item()
-    if baseline_token is not None:
-        metrics["mlm_baseline_accuracy"] = (out["targets"] == baseline_token).float().mean().item()
-    return metrics
-
-
 @torch.no_grad()
 def evaluate(model, dataset, config, runtime):
     model.eval()
-    totals, n = {}, 0
-    limit = config.eval_batches or len(dataset)
+    sums = tu.MetricSums()
     baseline_token = dataset.features.most_frequent_token()
-    for i in range(min(limit, len(dataset))):
+    for i in range(min(config.eval_batches or len(dataset), len(dataset))):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             out = model(**batch)
-        for k, v in generator_metrics(out, batch, baseline_token).items():
-            totals[k] = totals.get(k, 0.0) + v
-        n += 1
+        sums.add(tu.generator_metrics(out, batch, baseline_token))
     model.train()
-    return tu.all_reduce_mean({k: v / max(n, 1) for k, v in totals.items()}, runtime)
+    return sums.read(runtime)
 
 
 def main(config: MLM_trainingConfig = None):
@@ -67,29 +49,26 @@ def main(config: MLM_trainingConfig = None):
                 runtime.world_size)
 
     model.train()
-    speed, totals, n = tu.Throughput(), {}, 0
+    speed, sums = tu.Throughput(), tu.MetricSums()
     bar = tqdm(total=config.max_steps, initial=step, desc="generator", disable=not runtime.is_main)
     while step < config.max_steps:
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
+            tu.mark_step_begin(config)
             with tu.no_sync(train_model, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
                 out = train_model(**batch)
             (out["loss"] / config.gradient_accumulation_steps).backward()
-            for k, v in generator_metrics(out, batch).items():
-                totals[k] = totals.get(k, 0.0) + v
-            n += 1
-            speed.add(batch["attention_mask"].sum().item() * runtime.world_size)
+            sums.add(tu.generator_metrics(out, batch))
+            speed.add(batch["input_ids"].numel() * runtime.world_size)
         tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
         step += 1
-        tu.check_finite(totals["loss"] / n, step)
         bar.update(1)
 
         if step % config.log_every == 0 or step == config.max_steps:
-            row = {"step": step, **tu.all_reduce_mean({k: v / n for k, v in totals.items()}, runtime),
-                   "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
+            row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
+            tu.check_finite(row["loss"], step)
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")
-            totals, n = {}, 0
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)

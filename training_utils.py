@@ -45,6 +45,7 @@ def setup_runtime(device="auto"):
     dev = resolve_device(device, local_rank, world_size)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # torch wants an index here: resolve_device always gives one
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (10-bit mantissa, as ELECTRA's TPUs)
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if rank != 0:
@@ -132,7 +133,13 @@ def build_optimizer(model, learning_rate, weight_decay, betas=(0.9, 0.999), eps=
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+    return adamw(groups, next(model.parameters()).device, lr=learning_rate, betas=betas, eps=eps)
+
+
+def adamw(groups, device, lr=1e-3, betas=(0.9, 0.999), eps=1e-6):
+    """AdamW over parameter groups: fused on CUDA (one kernel, no host syncs), foreach on the CPU."""
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps,
+                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
 
 
 def warmup_linear_schedule(optimizer, warmup_steps, total_steps):
@@ -153,18 +160,28 @@ def build_optimization(model, config):
 
 def optimizer_step(model, optimizer, scheduler, max_grad_norm):
     """Clip, step, advance the schedule and clear the gradients."""
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    if max_grad_norm:  # foreach: the norm stays on the device, no host sync
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm,
+                                       foreach=True)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def check_finite(loss, step, hint="lower --learning_rate, keep gradient clipping on (--max_grad_norm 1.0), or "
-                                  "resume from an earlier checkpoint"):
-    """Stop with the step and what to do when the loss is NaN or infinite."""
+NAN_HINT = "lower --learning_rate, keep gradient clipping on (--max_grad_norm 1.0), or resume from an earlier checkpoint"
+
+
+def check_finite(loss, step, hint=NAN_HINT):
+    """Stop with the step and what to do when the (logged) loss is NaN or infinite."""
     if not math.isfinite(loss):
-        raise SpanElectraError(f"loss: non-finite loss ({loss}) at step {step}; {hint}")
+        raise SpanElectraError(f"loss: non-finite loss ({loss}) by step {step}; {hint}")
+
+
+def check_finite_weights(model, step):
+    """Stop before a checkpoint would save NaN weights (losses are only read every log_every steps)."""
+    finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+    if not bool(finite):
+        raise SpanElectraError(f"loss: the weights became non-finite by step {step}; {NAN_HINT}")
 
 
 # ---------------------------------------------------------------- data
@@ -197,8 +214,8 @@ class BatchStream:
     """Endless batches of an MLMDataset/SEDataset, epoch after epoch, that remembers its position
     (epoch, batch) so a resumed run continues with exactly the next batch."""
 
-    def __init__(self, dataset, num_workers=0, epoch=0, index=0):
-        self.dataset, self.num_workers = dataset, num_workers
+    def __init__(self, dataset, num_workers=0, pin_memory=False, epoch=0, index=0):
+        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
         self.epoch, self.index = epoch, index
         self._iter = None
 
@@ -207,6 +224,7 @@ class BatchStream:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, sampler=range(self.index, len(self.dataset)),
             num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None,
+            pin_memory=self.pin_memory, persistent_workers=False,  # pinned: copies overlap the step
             generator=torch.Generator())  # its own seed source: the global RNG (dropout) is untouched
         self._iter = iter(loader)
 
@@ -227,6 +245,7 @@ class BatchStream:
 
 
 def to_device(batch, device):
+    """Copy a batch to the device without waiting (asynchronous from pinned memory)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -269,6 +288,7 @@ def save_checkpoint(out_dir, step, state, keep=2):
 
 def save_training_state(config, step, model, optimizer, scheduler, stream):
     """A resumable checkpoint of the whole run: model, optimizer, schedule, RNGs, data position."""
+    check_finite_weights(model, step)
     return save_checkpoint(config.out_dir, step, {
         "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": rng_state(), "data": stream.state()}, keep=config.keep_checkpoints)
@@ -295,9 +315,31 @@ def start_run(config, model, optimizer, scheduler, train_set, runtime, script_na
         from argument import save_config
         save_config(config, config.out_dir, script_name)
     step, position = resume_training_state(config, model, optimizer, scheduler)
-    train_model = wrap_ddp(torch.compile(model) if config.compile else model, runtime)
-    stream = BatchStream(train_set, config.num_workers, **position)
+    train_model = wrap_ddp(compile_model(model, runtime) if config.compile else model, runtime)
+    stream = BatchStream(train_set, data_workers(config.num_workers, runtime), runtime.device.type == "cuda",
+                         **position)
     return train_model, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
+
+
+def compile_model(model, runtime):
+    """torch.compile for the training step: every batch has the same shapes, so it compiles once; on
+    one GPU with CUDA graphs ('reduce-overhead'), which replay the whole step in one launch."""
+    mode = "reduce-overhead" if runtime.device.type == "cuda" and not runtime.distributed else None
+    return torch.compile(model, mode=mode)
+
+
+def mark_step_begin(config):
+    """Tell CUDA graphs a new step starts (the last step's outputs may be overwritten)."""
+    if config.compile:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def data_workers(num_workers, runtime):
+    """DataLoader workers: num_workers, or by default (-1) 4 on a GPU, where masking must keep up with
+    the step, and none on the CPU, where workers would take cores from the step."""
+    if num_workers >= 0:
+        return num_workers
+    return 4 if runtime.device.type == "cuda" else 0
 
 
 def list_checkpoints(out_dir):
@@ -378,3 +420,94 @@ class Throughput:
         rate = self.tokens / max(now - self.start, 1e-9)
         self.start, self.tokens = now, 0
         return rate
+
+
+# ---------------------------------------------------------------- metrics
+# Per-batch metrics are 0-d tensors computed on the device: the training step never waits for the
+# GPU. MetricSums adds them up there and reads them back once per log_every.
+def generator_metrics(out, batch, baseline_token=None):
+    """The generator's per-batch metrics over its prediction slots; with baseline_token, also the
+    accuracy of always predicting that token (the most frequent one)."""
+    w, targets = out["weights"], out["targets"]
+    masked = w.sum()
+    real_tokens = batch["input_ids"].numel() - 2 * batch["input_ids"].shape[0]  # [CLS] and [SEP] never masked
+    metrics = {"loss": out["loss"].detach(), "mlm_loss": out["mlm_loss"].detach(),
+               "mlm_accuracy": (w * (out["logits"].argmax(-1) == targets)).sum() / masked.clamp(min=1),
+               "mask_ratio": masked / real_tokens,
+               "mean_span_length": masked / (w * (batch["span_position"] == 0)).sum().clamp(min=1)}
+    if "sbo_loss" in out:
+        metrics["sbo_loss"] = out["sbo_loss"].detach()
+    if baseline_token is not None:
+        metrics["mlm_baseline_accuracy"] = (w * (targets == baseline_token)).sum() / masked.clamp(min=1)
+    return metrics
+
+
+def binary_auc(scores, labels):
+    """ROC AUC (Mann-Whitney U: the chance a replaced token scores above an original one), a 0-d
+    tensor; 0.5 is chance. It shows a discriminator learning long before its probabilities cross 0.5."""
+    scores, labels = scores.flatten().float(), labels.flatten().double()
+    positives = labels.sum()
+    negatives = labels.numel() - positives
+    ranks = torch.empty_like(scores, dtype=torch.float64)
+    ranks[scores.argsort()] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
+    auc = ((ranks * labels).sum() - positives * (positives + 1) / 2) / (positives * negatives).clamp(min=1)
+    return torch.where((positives > 0) & (negatives > 0), auc, torch.full_like(auc, 0.5))
+
+
+def base_rate_loss(replaced_fraction):
+    """Binary cross-entropy of always predicting the replaced fraction: what rtd_loss must beat."""
+    q = min(max(replaced_fraction, 1e-9), 1 - 1e-9)
+    return -(q * math.log(q) + (1 - q) * math.log(1 - q))
+
+
+DISC_COUNTS = ("tokens", "replaced", "predicted", "true_positive", "correct")
+
+
+def discriminator_counts(disc_out, replaced):
+    """Sums over the batch's real tokens (turned into rates by finish_metrics) and its losses and AUC."""
+    weights = disc_out["token_weights"]
+    predicted, actual = (disc_out["logits"] > 0).to(weights.dtype), replaced.to(weights.dtype)
+    counts = {"tokens": weights.sum(), "replaced": (actual * weights).sum(), "predicted": (predicted * weights).sum(),
+              "true_positive": (predicted * actual * weights).sum(),
+              "correct": ((predicted == actual).to(weights.dtype) * weights).sum(),
+              "disc_loss": disc_out["loss"].detach(), "rtd_loss": disc_out["rtd_loss"].detach()}
+    # padding (weight 0) goes first in the ranking and counts as original: only unpadded batches get an exact AUC
+    scores = disc_out["logits"].detach().masked_fill(weights == 0, float("-inf"))
+    counts["disc_auc"] = binary_auc(scores, actual * weights)
+    if "span_loss" in disc_out:
+        counts["span_loss"] = disc_out["span_loss"].detach()
+    return counts
+
+
+def finish_metrics(sums, n):
+    """Rates from summed counts; losses and the other metrics as means over the n batches."""
+    out = {k: v / n for k, v in sums.items() if k not in DISC_COUNTS}
+    if "tokens" in sums:
+        tokens = max(sums["tokens"], 1)
+        out["disc_accuracy"] = sums["correct"] / tokens
+        out["replaced_fraction"] = sums["replaced"] / tokens
+        out["rtd_base_loss"] = base_rate_loss(out["replaced_fraction"])
+        out["disc_precision"] = sums["true_positive"] / max(sums["predicted"], 1)
+        out["disc_recall"] = sums["true_positive"] / max(sums["replaced"], 1)
+    return out
+
+
+class MetricSums:
+    """Per-batch metric tensors summed on the device; read() copies them to the host once."""
+
+    def __init__(self):
+        self.sums, self.n = {}, 0
+
+    def add(self, metrics):
+        for k, v in metrics.items():
+            v = v.detach().double()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += 1
+
+    def read(self, runtime):
+        """Means and rates of everything added since the last read (averaged over ranks); resets."""
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []  # the one host sync
+        out = finish_metrics(dict(zip(keys, values)), max(self.n, 1))
+        self.sums, self.n = {}, 0
+        return all_reduce_mean(out, runtime)

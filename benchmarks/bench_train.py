@@ -1,22 +1,25 @@
-"""Joint training step speed at ELECTRA-Small size, ours against the plain transformers baseline.
+"""Joint training step speed at ELECTRA-Small size: ours against the plain transformers baseline.
 
-    python benchmarks/bench_train.py [--steps 3] [--batch_size 32] [--seq_len 128] [--device cpu] [--compile]
+    python benchmarks/bench_train.py                      # CPU: batch 32, fp32 (+ bf16 where the CPU has it)
+    python benchmarks/bench_train.py --device cuda         # GPU: batch 128, every variant below
+    python benchmarks/bench_train.py --compile             # CPU: also the compiled variants
 
-Both run the same recipe on the same full sequences (batch x seq_len, vocabulary 30522): mask 15%,
+Both run the same recipe on the same full sequences (batch x seq_len, vocabulary 30,522): mask 15%,
 generator MLM loss, sample replacements, discriminator loss x 50, backward, clip, AdamW step.
-  ours:      SpanElectraJoint (span masking in numpy, MLM logits only at masked positions, plus the
-             span-boundary heads), fp32, and with bf16 autocast where the hardware has fast bf16;
-  baseline:  ElectraForMaskedLM + ElectraForPreTraining as a user would write them: token masking
-             in torch, full-vocabulary logits at every position, tied and shared embeddings.
-  --compile: ours also runs under torch.compile (as trainSpanElectra.py --compile does); the
-             baseline stays eager, as a user would write it.
-Prints tokens/s, the measured matmul peak (fp32, bf16), our model-FLOPs utilisation, and the
-ratios as one JSON object on the last line.
+  baseline:  ElectraForMaskedLM + ElectraForPreTraining as a user writes them: token masking in
+             torch, full-vocabulary logits at every position, boolean indexing, multinomial
+             sampling, plain AdamW; in fp32 (no TF32), and in bf16 autocast with torch.compile on
+             each model (the best a user gets from transformers alone).
+  ours:      trainSpanElectra.py's joint step: SpanElectraJoint on batches masked ahead of time (as
+             the DataLoader workers do), pinned and copied without waiting, fixed prediction slots,
+             metrics summed on the device, fused AdamW, TF32; in fp32, bf16 autocast, and bf16 under
+             torch.compile (CUDA graphs on a GPU), as --bf16 --compile runs it.
+Each variant warms up, then runs --steps steps with one synchronisation at the end. Prints tokens/s,
+the measured matmul peaks, our model-FLOPs utilisation and, as JSON on the last line, the ratios.
 """
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -26,15 +29,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import training_utils as tu  # noqa: E402
 from argument import MaskingArgs  # noqa: E402
-from masking import Masker  # noqa: E402
+from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
 from modelling_span_electra import SpanElectraJoint, electra_configs  # noqa: E402
-from training_utils import build_optimizer  # noqa: E402
 
 VOCAB, MASK_ID, SPECIAL = 30522, 4, range(5)
 
 
-def matmul_peak(dtype, n, device, seconds=2.0):
+def matmul_peak(dtype, n, device, seconds=1.0):
     """Sustained GFLOP/s of an n x n matmul."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
@@ -48,77 +51,66 @@ def matmul_peak(dtype, n, device, seconds=2.0):
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def make_batch(rng, batch_size, seq_len):
+def make_ids(rng, batch_size, seq_len):
     ids = rng.integers(5, VOCAB, size=(batch_size, seq_len))
     ids[:, 0], ids[:, -1] = 2, 3
     return ids
 
 
-# ---------------------------------------------------------------- ours
-def ours_setup(device):
+def fp32_precision(device, tf32):
+    """TF32 matmuls for fp32 on CUDA (ours sets it, as setup_runtime does; the plain baseline does not)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+# ---------------------------------------------------------------- ours: trainSpanElectra.py's joint step
+def ours_setup(device, compile_step):
     gen_cfg, disc_cfg = electra_configs("small", VOCAB, 128)
     torch.manual_seed(0)
     model = SpanElectraJoint(gen_cfg, disc_cfg).to(device)
+    runtime = tu.Runtime(device)
+    step_model = tu.compile_model(model, runtime) if compile_step else model
+    return model, step_model, tu.build_optimizer(model, 5e-4, 0.01)
+
+
+def ours_batches(rng, batch_size, seq_len, count, pin):
+    """Masked batches as the DataLoader workers hand them over: prediction slots, pinned memory."""
     word_starts = np.random.default_rng(1).random(VOCAB) < 0.75
-    masker = Masker(MaskingArgs(mask_replace_prob=0.85, random_replace_prob=0.0), word_starts, SPECIAL, MASK_ID, VOCAB)
-    return model, build_optimizer(model, 5e-4, 0.01), masker
+    args = MaskingArgs(mask_replace_prob=0.85, random_replace_prob=0.0)  # SE_trainDataArgs' masking
+    masker = Masker(args, word_starts, SPECIAL, MASK_ID, VOCAB)
+    out = []
+    for _ in range(count):
+        ids = make_ids(rng, batch_size, seq_len)
+        batch = prediction_slots(masker(ids, rng), max_prediction_slots(args, seq_len))
+        batch["original_ids"] = ids
+        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+        out.append({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
+    return out
 
 
-def ours_step(model, optimizer, masker, ids, rng, device, bf16):
-    batch = masker(ids, rng)
-    batch.pop("span_word_lengths")
-    batch["attention_mask"] = np.ones_like(ids)
-    batch["original_ids"] = ids
-    batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+def ours_step(model, step_model, optimizer, batch, device, bf16, compiled, sums):
+    batch = tu.to_device(batch, device)
+    if compiled:
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-        gen_out, disc_out, _ = model(batch)
+        gen_out, disc_out, replaced = step_model(batch)
         loss = gen_out["loss"] + 50 * disc_out["loss"]
+        metrics = tu.discriminator_counts(disc_out, replaced)
+        metrics.update(tu.generator_metrics(gen_out, batch))
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    sums.add(metrics)
+    tu.optimizer_step(model, optimizer, _NoSchedule(), 1.0)
 
 
-# ---------------------------------------------------------------- the plain transformers baseline
-def baseline_setup(device):
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
-    gen_cfg, disc_cfg = electra_configs("small", VOCAB, 128)
-    torch.manual_seed(0)
-    gen, disc = ElectraForMaskedLM(gen_cfg).to(device), ElectraForPreTraining(disc_cfg).to(device)
-    gen.electra.embeddings = disc.electra.embeddings  # shared embeddings, as in ELECTRA
-    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
-    params = list({id(p): p for p in list(gen.parameters()) + list(disc.parameters())}.values())
-    return (gen, disc), torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01, eps=1e-6)
+class _NoSchedule:
+    def step(self):
+        pass
 
 
-def baseline_step(models, optimizer, ids, device):
-    gen, disc = models
-    ids = torch.from_numpy(ids).to(device)
-    special = ids < 5
-    masked = torch.bernoulli(torch.full(ids.shape, 0.15, device=device)).bool() & ~special
-    labels = ids.masked_fill(~masked, -100)
-    inputs = ids.masked_fill(masked & torch.bernoulli(torch.full(ids.shape, 0.85, device=device)).bool(), MASK_ID)
-    gen_out = gen(input_ids=inputs, labels=labels)
-    with torch.no_grad():
-        sampled = torch.multinomial(gen_out.logits[masked].float().softmax(-1), 1).squeeze(-1)
-    corrupted = ids.clone()
-    corrupted[masked] = sampled
-    disc_out = disc(input_ids=corrupted, labels=(corrupted != ids).long())
-    loss = gen_out.loss + 50 * disc_out.loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def model_flops(model, masker, ids, rng, device):
+def model_flops(model, batch, device):
     """FLOPs of one forward+backward of our model, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
-    batch = masker(ids, rng)
-    batch.pop("span_word_lengths")
-    batch["attention_mask"] = np.ones_like(ids)
-    batch["original_ids"] = ids
-    batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+    batch = tu.to_device(batch, device)
     with FlopCounterMode(display=False) as counter:
         gen_out, disc_out, _ = model(batch)
         (gen_out["loss"] + 50 * disc_out["loss"]).backward()
@@ -126,85 +118,140 @@ def model_flops(model, masker, ids, rng, device):
     return counter.get_total_flops()
 
 
-def timed(fn, device):
+# ---------------------------------------------------------------- the plain transformers baseline
+def baseline_setup(device, compile_models):
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    gen_cfg, disc_cfg = electra_configs("small", VOCAB, 128)
+    torch.manual_seed(0)
+    gen, disc = ElectraForMaskedLM(gen_cfg).to(device), ElectraForPreTraining(disc_cfg).to(device)
+    gen.electra.embeddings = disc.electra.embeddings  # shared embeddings, as in ELECTRA
+    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    params = list({id(p): p for p in list(gen.parameters()) + list(disc.parameters())}.values())
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01, eps=1e-6)
+    if compile_models:
+        gen, disc = torch.compile(gen), torch.compile(disc)
+    return (gen, disc), optimizer
+
+
+def baseline_step(models, optimizer, ids, device, bf16):
+    gen, disc = models
+    ids = ids.to(device)
+    special = ids < 5
+    masked = torch.bernoulli(torch.full(ids.shape, 0.15, device=device)).bool() & ~special
+    labels = ids.masked_fill(~masked, -100)
+    inputs = ids.masked_fill(masked & torch.bernoulli(torch.full(ids.shape, 0.85, device=device)).bool(), MASK_ID)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        gen_out = gen(input_ids=inputs, labels=labels)
+        with torch.no_grad():
+            sampled = torch.multinomial(gen_out.logits[masked].float().softmax(-1), 1).squeeze(-1)
+        corrupted = ids.clone()
+        corrupted[masked] = sampled
+        disc_out = disc(input_ids=corrupted, labels=(corrupted != ids).long())
+        loss = gen_out.loss + 50 * disc_out.loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------- timing
+def time_steps(step, count, device, warmup):
+    """Seconds per step over `count` steps after `warmup` steps (one sync at each end)."""
+    for i in range(warmup):
+        step(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    fn()
+    for i in range(count):
+        step(warmup + i)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / count
+
+
+def run_ours(device, batches, steps, bf16, compiled):
+    fp32_precision(device, True)
+    model, step_model, optimizer = ours_setup(device, compiled)
+    sums = tu.MetricSums()
+    t = time_steps(lambda i: ours_step(model, step_model, optimizer, batches[i % len(batches)], device, bf16,
+                                       compiled, sums), steps, device, warmup=3 if compiled else 1)
+    row = sums.read(tu.Runtime(device))  # the metrics were summed on the device all along
+    assert np.isfinite(row["loss"]), row
+    return t
+
+
+def run_baseline(device, ids, steps, bf16, compiled):
+    fp32_precision(device, False)
+    models, optimizer = baseline_setup(device, compiled)
+    return time_steps(lambda i: baseline_step(models, optimizer, ids[i % len(ids)], device, bf16), steps, device,
+                      warmup=3 if compiled else 1)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 30 on CUDA, 3 on CPU)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default 128 on CUDA, 32 on CPU")
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--compile", action="store_true", help="CPU: also time the compiled variants (always on CUDA)")
     args = parser.parse_args()
-    if args.steps < 1 or args.batch_size < 1 or args.seq_len < 8:
+    device = tu.resolve_device(args.device)
+    cuda = device.type == "cuda"
+    steps = args.steps or (30 if cuda else 3)
+    batch_size = args.batch_size or (128 if cuda else 32)
+    if steps < 1 or batch_size < 1 or args.seq_len < 8:
         parser.error("--steps and --batch_size must be at least 1, --seq_len at least 8")
-    device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    tokens = args.batch_size * args.seq_len
+    tokens = batch_size * args.seq_len
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
 
-    peak32 = matmul_peak(torch.float32, 2048 if device.type == "cuda" else 1024, device)
-    peak16 = matmul_peak(torch.bfloat16, 2048 if device.type == "cuda" else 256, device)
-    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    peak32 = matmul_peak(torch.float32, 4096 if cuda else 1024, device)
+    peak16 = matmul_peak(torch.bfloat16, 8192 if cuda else 256, device)
+    print(f"{name}: matmul peak fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; batch {batch_size} x {args.seq_len}")
+    bf16 = peak16 > peak32  # bf16 autocast only pays where the hardware multiplies bf16 fast
+    compiled = cuda or args.compile
 
-    ours, opt, masker = ours_setup(device)
-    base, base_opt = baseline_setup(device)
-    ids = [make_batch(rng, args.batch_size, args.seq_len) for _ in range(args.steps + 1)]
-    flops = model_flops(ours, masker, ids[0], rng, device)
+    batches = ours_batches(rng, batch_size, args.seq_len, 8, pin=cuda)
+    ids = [torch.from_numpy(make_ids(rng, batch_size, args.seq_len)) for _ in range(8)]
+    model, _, _ = ours_setup(device, False)
+    flops = model_flops(model, batches[0], device)
+    del model
 
-    times = {"ours": [], "baseline": []}
-    ours_step(ours, opt, masker, ids[0], rng, device, False)  # warm-up
-    baseline_step(base, base_opt, ids[0], device)
-    for i in range(1, args.steps + 1):  # alternate, so drift hits both alike
-        times["ours"].append(timed(lambda: ours_step(ours, opt, masker, ids[i], rng, device, False), device))
-        times["baseline"].append(timed(lambda: baseline_step(base, base_opt, ids[i], device), device))
-    t_ours, t_base = statistics.median(times["ours"]), statistics.median(times["baseline"])
+    t = {"baseline": run_baseline(device, ids, steps, False, False),
+         "ours": run_ours(device, batches, steps, False, False)}
+    if bf16:
+        t["ours_bf16"] = run_ours(device, batches, steps, True, False)
+    if bf16 and compiled:
+        t["baseline_bf16_compiled"] = run_baseline(device, ids, steps, True, True)
+        t["ours_bf16_compiled"] = run_ours(device, batches, steps, True, True)
+    if compiled and not bf16:
+        t["ours_compiled"] = run_ours(device, batches, steps, False, True)
 
-    t_bf16 = None
-    if peak16 > peak32:  # bf16 autocast only pays where the hardware multiplies bf16 fast
-        ours_step(ours, opt, masker, ids[0], rng, device, True)
-        t_bf16 = statistics.median(timed(lambda: ours_step(ours, opt, masker, ids[i], rng, device, True), device)
-                                   for i in range(1, args.steps + 1))
+    labels = {"baseline": "baseline (transformers, fp32)", "baseline_bf16_compiled": "baseline (bf16 + compile)",
+              "ours": "ours (fp32, TF32 on CUDA)", "ours_bf16": "ours (bf16)", "ours_bf16_compiled": "ours (bf16 + compile)",
+              "ours_compiled": "ours (fp32 + compile)"}
+    for key, seconds in t.items():
+        peak = peak16 if "bf16" in key else peak32
+        mfu = f", MFU {flops / seconds / 1e9 / peak:.1%}" if key.startswith("ours") else ""
+        print(f"{labels[key]:<32} {tokens / seconds:>12,.0f} tokens/s ({seconds * 1e3:.1f} ms/step){mfu}")
+    if not bf16:
+        print("bf16 skipped: bf16 matmuls are slower than fp32 on this machine (no AVX512-BF16/AMX)")
 
-    t_compiled = None
-    if args.compile:
-        compiled = torch.compile(ours)
-        for i in range(2):  # compiles, then recompiles once with dynamic shapes (masked counts vary)
-            start = time.perf_counter()
-            ours_step(compiled, opt, masker, ids[i], rng, device, False)
-            print(f"torch.compile warm-up step {i + 1}: {time.perf_counter() - start:.0f} s")
-        t_compiled = statistics.median(timed(lambda: ours_step(compiled, opt, masker, ids[i], rng, device, False), device)
-                                       for i in range(1, args.steps + 1))
-
-    print(f"baseline (transformers, fp32): {tokens / t_base:.0f} tokens/s ({t_base:.2f} s/step)")
-    print(f"ours (fp32):                   {tokens / t_ours:.0f} tokens/s ({t_ours:.2f} s/step), "
-          f"{flops / 1e9:.0f} GFLOP/step, MFU {flops / t_ours / 1e9 / peak32:.1%} of the fp32 peak")
-    if t_bf16:
-        print(f"ours (bf16 autocast):          {tokens / t_bf16:.0f} tokens/s ({t_bf16:.2f} s/step), "
-              f"MFU {flops / t_bf16 / 1e9 / peak16:.1%} of the bf16 peak")
-    else:
-        print("ours (bf16 autocast):          skipped: bf16 matmuls are slower than fp32 on this machine "
-              "(no AVX512-BF16/AMX)")
-    if t_compiled:
-        print(f"ours (fp32, torch.compile):    {tokens / t_compiled:.0f} tokens/s ({t_compiled:.2f} s/step), "
-              f"MFU {flops / t_compiled / 1e9 / peak32:.1%} of the fp32 peak")
-    print(json.dumps({
-        "device": str(device), "tokens_per_sec_baseline": round(tokens / t_base), "tokens_per_sec_ours": round(tokens / t_ours),
-        "tokens_per_sec_ours_bf16": round(tokens / t_bf16) if t_bf16 else None,
+    def ratio(a, b):
+        return round(t[b] / t[a], 3) if a in t and b in t else None
+    result = {
+        "device": name, "batch_size": batch_size, "seq_len": args.seq_len, "gflop_per_step": round(flops / 1e9),
         "matmul_peak_gflops_fp32": round(peak32), "matmul_peak_gflops_bf16": round(peak16),
-        "speedup_vs_transformers_baseline": round(t_base / t_ours, 3),
-        "speedup_bf16_vs_transformers_baseline": round(t_base / t_bf16, 3) if t_bf16 else None,
-        "mfu": round(flops / t_ours / 1e9 / peak32, 4),
-        **({"tokens_per_sec_ours_compiled": round(tokens / t_compiled),
-            "speedup_compiled_vs_transformers_baseline": round(t_base / t_compiled, 3)} if t_compiled else {}),
-    }))
+        **{f"tokens_per_sec_{k}": round(tokens / v) for k, v in t.items()},
+        "speedup_vs_transformers_baseline": ratio("ours", "baseline"),
+        "speedup_bf16_vs_transformers_baseline": ratio("ours_bf16", "baseline"),
+        "speedup_bf16_compiled_vs_transformers_baseline": ratio("ours_bf16_compiled", "baseline"),
+        "speedup_vs_transformers_bf16_compiled": ratio("ours_bf16_compiled", "baseline_bf16_compiled"),
+        "mfu": round(flops / t["ours"] / 1e9 / peak32, 4),
+        "mfu_bf16": round(flops / t["ours_bf16_compiled"] / 1e9 / peak16, 4) if "ours_bf16_compiled" in t else None,
+    }
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

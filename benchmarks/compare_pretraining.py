@@ -37,7 +37,7 @@ from argument import (MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, S
                       _help, check_range, feature_args, finetune_args, run_main, tok_args)
 from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
-                                    electra_configs, save_discriminator)
+                                    SpanElectraTwoStage, electra_configs, save_discriminator)
 from process import MLMDataset, SEDataset  # noqa: E402
 
 logger = logging.getLogger("span_electra")
@@ -124,7 +124,7 @@ def step_flops(kind, recipe, features_dir, sizes, batch_size):
             gen_out, disc_out, _ = model(batch)
             (gen_out["loss"] + 50 * disc_out["loss"]).backward()
         return count_flops(run)
-    model = trainSpanElectra.TwoStage(SpanElectraGenerator(gen_cfg, recipe["use_sbo"]),
+    model = SpanElectraTwoStage(SpanElectraGenerator(gen_cfg, recipe["use_sbo"]),
                                       SpanElectraDiscriminator(disc_cfg, True, recipe["use_span_head"]))
     return count_flops(lambda: model(batch)[1]["loss"].backward())
 

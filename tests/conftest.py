@@ -95,6 +95,20 @@ def masked_rows(features_dir, split="train", n=None):
     return feats, (data if n is None else data[:n])
 
 
+def dense_labels(batch):
+    """[B, L] labels (the original id where masked, -100 elsewhere) back from a batch's prediction slots."""
+    ids = batch["input_ids"].numpy() if hasattr(batch["input_ids"], "numpy") else batch["input_ids"]
+    labels = np.full(ids.shape, -100, dtype=np.int64)
+    w = np.asarray(batch["masked_lm_weights"]) > 0
+    r = np.nonzero(w)[0]
+    labels[r, np.asarray(batch["masked_lm_positions"])[w]] = np.asarray(batch["masked_lm_ids"])[w]
+    return labels
+
+
+SLOT_KEYS = {"masked_lm_positions", "masked_lm_ids", "masked_lm_weights", "span_position", "boundary_left",
+             "boundary_right"}
+
+
 def token_strings(tokenizer):
     """The token string of every id of a tokenizers.Tokenizer, as an object array."""
     return np.array([tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())], dtype=object)

@@ -221,7 +221,7 @@ def test_collapsed_encoder_is_noticed(bpe_tok):
     from transformers import AutoTokenizer, ElectraForSequenceClassification
     tokenizer = AutoTokenizer.from_pretrained(bpe_tok)
     examples = ft.Examples("x", [("the game was released in japan .",), ("a song by the band",)], ["0", "1"], [1, 2])
-    data = {"train": ft.encode(tokenizer, examples, 32, True), "pad_id": 0}
+    data = {"train": ft.encode(tokenizer, examples, 32, True, pad_id=0)}
     runtime = ft.tu.Runtime(torch.device("cpu"))
     model = ElectraForSequenceClassification(tiny_config(2000))
     assert ft.token_similarity(model, data, runtime) < 0.9
@@ -391,3 +391,21 @@ def test_bad_input_cli(tiny_discriminator, tmp_path, capsys):
     for args, needles in cases:
         assert_cli_error(_run_in_process(base + args, capsys), *needles)
     assert not (tmp_path / "out").exists()  # nothing is written before the input is checked
+
+
+def test_batches_are_padded_to_a_few_bucket_widths(bpe_tok):
+    """Batches take a handful of shapes (multiples of 32 up to the longest example), not one per batch."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(bpe_tok)
+    texts = [("word " * n,) for n in range(1, 90)]
+    examples = ft.Examples("x", texts, ["0"] * len(texts), list(range(len(texts))))
+    encoded = ft.encode(tokenizer, examples, 128, False, pad_id=0)
+    widths = set()
+    for start in range(0, len(texts), 7):
+        batch = ft.make_batch(encoded, range(start, min(start + 7, len(texts))), torch.device("cpu"),
+                              np.arange(len(texts)))
+        lengths = encoded["lengths"][start:start + 7]
+        assert batch["input_ids"].shape[1] >= lengths.max() and batch["attention_mask"].sum(1).tolist() == lengths.tolist()
+        assert batch["targets"].tolist() == list(range(start, min(start + 7, len(texts))))
+        widths.add(batch["input_ids"].shape[1])
+    assert widths <= {32, 64, 96, encoded["input_ids"].shape[1]} and len(widths) <= 4

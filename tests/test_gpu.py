@@ -68,3 +68,28 @@ def test_finetune_epoch_and_explorer_on_cuda(bpe_feat, gpu_generator, tmp_path):
     explorer = explore_SE.Explorer(generator_dir=gpu_generator[1], discriminator_dir=disc_dir)
     lines = explore_SE.report(explorer, "The game was released in [[ January ]] in Japan .", top_k=2)
     assert any("P(replaced)" in line for line in lines)
+
+
+def count_syncs(run):
+    """How many synchronizing CUDA calls (.item(), nonzero, blocking copies, ...) run() makes."""
+    import warnings
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_training_steps_never_wait_for_the_gpu(bpe_feat, tmp_path, compile_step):
+    """Twice the steps, the same host syncs: only logging, evaluation and saving read values back."""
+    def run(steps):
+        return count_syncs(lambda: trainSpanElectra.main(argument.SE_trainingConfig(
+            features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / f"s{steps}"), mode="joint",
+            **{**FEW_STEPS, "max_steps": steps, "log_every": steps, "eval_every": steps, "save_every": steps,
+               "compile": compile_step})))
+    run(4)  # warm-up: the first run pays for compilation and CUDA initialisation
+    assert run(8) == run(16)

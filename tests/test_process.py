@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from conftest import (CLS, MASK, PAD, SAMPLE, SAMPLE_VI, SEP, build_features, count_tokens, read_json,
-                      text_lines)
+from conftest import (CLS, MASK, PAD, SAMPLE, SAMPLE_VI, SEP, SLOT_KEYS, build_features, count_tokens, dense_labels,
+                      read_json, text_lines)
 
 import argument
 import process
@@ -239,7 +239,7 @@ def test_static_mask_files(bpe_feat):
     feats = process.PretrainingFeatures(str(feat_dir))
     assert meta["static_masking_config"] == {"masking": "span", "mask_ratio": 0.15, "span_p": 0.2,
                                              "max_span_len": 10, "mask_replace_prob": 0.8,
-                                             "random_replace_prob": 0.1}
+                                             "random_replace_prob": 0.1, "max_predictions_per_seq": 0}
     for split in ("train", "valid"):
         n = meta["num_sequences"][split]
         assert (feat_dir / f"{split}.masked.bin").stat().st_size == n * 128 * 2
@@ -300,16 +300,19 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
     b = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=7)
     assert len(a) == meta["num_sequences"]["train"] // 16
     x, y = a[3], b[3]
-    assert set(x) == {"input_ids", "labels", "span_position", "boundary_left", "boundary_right", "attention_mask"}
+    # rows are packed full: no attention mask; fixed-size prediction slots (1.6 x round(0.15 x 128) = 31)
+    assert set(x) == {"input_ids"} | SLOT_KEYS
+    assert x["input_ids"].shape == (16, 128) and x["input_ids"].dtype == torch.int64
+    for key in SLOT_KEYS:
+        assert x[key].shape == (16, 31), key
+        assert x[key].dtype == (torch.float32 if key == "masked_lm_weights" else torch.int64), key
     for key in x:
-        assert x[key].dtype == torch.int64 and x[key].shape == (16, 128)
         assert torch.equal(x[key], y[key]), key
-    assert (x["attention_mask"] == 1).all()
     # another epoch: other rows and another mask; the same epoch again: the same batch
     a.set_epoch(1)
     assert not torch.equal(a[3]["input_ids"], x["input_ids"])
     a.set_epoch(0)
-    assert torch.equal(a[3]["labels"], x["labels"])
+    assert torch.equal(a[3]["masked_lm_positions"], x["masked_lm_positions"])
     # another seed: another batch
     c = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=8)
     assert not torch.equal(c[3]["input_ids"], x["input_ids"])
@@ -324,13 +327,13 @@ def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
     e0 = ds[2]
     ds.set_epoch(1)
     e1 = ds[2]
-    assert torch.equal(e0["attention_mask"], e1["attention_mask"])
-    assert not torch.equal(e0["labels"] != -100, e1["labels"] != -100)  # a different mask
+    assert not np.array_equal(dense_labels(e0) != -100, dense_labels(e1) != -100)  # a different mask
     # but the same sequences underneath
     rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("valid")[64:96], dtype=np.int64)
     for batch in (e0, e1):
-        m = batch["labels"].numpy() != -100
-        np.testing.assert_array_equal(batch["labels"].numpy()[m], rows[m])
+        labels = dense_labels(batch)
+        m = labels != -100
+        np.testing.assert_array_equal(labels[m], rows[m])
         np.testing.assert_array_equal(batch["input_ids"].numpy()[~m], rows[~m])
 
 
@@ -341,7 +344,7 @@ def test_labels_and_ratio_of_dataset_batches(bpe_feat):
     for i in range(len(ds)):
         b = ds[i]
         rows = ds.data[ds.rows(i)].astype(np.int64)
-        lab = b["labels"].numpy()
+        lab = dense_labels(b)
         m = lab != -100
         np.testing.assert_array_equal(lab[m], rows[m])
         masked += m.sum()
@@ -357,7 +360,7 @@ def test_se_dataset_adds_original_ids(bpe_feat):
     batch = ds[1]
     rows = np.asarray(ds.data[ds.rows(1)], dtype=np.int64)
     np.testing.assert_array_equal(batch["original_ids"].numpy(), rows)
-    m = batch["labels"].numpy() != -100
+    m = dense_labels(batch) != -100
     ids = batch["input_ids"].numpy()
     assert set(np.unique(ids[m][ids[m] != rows[m]])) <= {MASK}  # 85% [MASK] / 15% kept, never random
     mlm = process.MLMDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size=16, seed=3)[1]
@@ -376,7 +379,7 @@ def test_ranks_read_disjoint_rows(bpe_feat):
         assert len(np.unique(rows)) == len(rows)
         seen.append(set(rows.tolist()))
         b = ds[0]
-        np.testing.assert_array_equal(b["attention_mask"].numpy().shape, (32, 128))
+        np.testing.assert_array_equal(b["input_ids"].numpy().shape, (32, 128))
     assert not seen[0] & seen[1]
     assert len(seen[0] | seen[1]) == 2 * len(seen[0])
 

@@ -97,8 +97,9 @@ def test_generator_logits_only_at_masked_positions(bpe_feat):
     batch = ds[0]
     gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
     out = mse.SpanElectraGenerator(gen_cfg)(**batch)
-    n_masked = int((batch["labels"] != -100).sum())
-    assert out["logits"].shape == (n_masked, 2000)
+    slots = batch["masked_lm_positions"].shape[1]
+    assert out["logits"].shape == (4, slots, 2000)  # one row per prediction slot, not per token
+    assert 0 < batch["masked_lm_weights"].sum() < 4 * slots
     assert torch.isfinite(out["loss"]) and out["sbo_loss"] > 0
 
 
@@ -145,12 +146,12 @@ def test_gradient_disentangled_sharing():
     gen_cfg, disc_cfg = mse.electra_configs("tiny", 300, 32, num_hidden_layers=1)
     model = mse.SpanElectraJoint(gen_cfg, disc_cfg, gradient_disentangled=True)
     ids = torch.randint(5, 300, (2, 32))
-    labels = torch.full((2, 32), -100)
-    labels[:, 5:8] = ids[:, 5:8]
-    batch = {"input_ids": ids.masked_fill(labels != -100, 4), "attention_mask": torch.ones_like(ids),
-             "labels": labels, "original_ids": ids, "span_position": torch.zeros_like(ids),
-             "boundary_left": torch.full_like(ids, 4), "boundary_right": torch.full_like(ids, 8)}
-    batch["span_position"][:, 5:8] = torch.arange(3)
+    positions = torch.tensor([[5, 6, 7, 0]] * 2)
+    batch = {"input_ids": ids.clone(), "original_ids": ids, "masked_lm_positions": positions,
+             "masked_lm_ids": ids.gather(1, positions), "masked_lm_weights": torch.tensor([[1.0, 1, 1, 0]] * 2),
+             "span_position": torch.tensor([[0, 1, 2, 0]] * 2), "boundary_left": torch.full((2, 4), 4),
+             "boundary_right": torch.full((2, 4), 8)}
+    batch["input_ids"][:, 5:8] = 4
     gen_out, disc_out, _ = model(batch)
     disc_out["loss"].backward()  # the discriminator's loss alone
     table = model.discriminator.core.electra.embeddings.word_embeddings.weight
@@ -165,11 +166,13 @@ def test_sampling_is_not_argmax_and_equal_samples_count_as_original():
     freq = torch.bincount(samples, minlength=3).float() / 4000
     np.testing.assert_allclose(freq.numpy(), torch.softmax(logits[0], 0).numpy(), atol=0.03)
     original = torch.tensor([[2, 7, 8, 3]])
-    batch = {"original_ids": original}
-    gen_out = {"rows": torch.tensor([0, 0]), "cols": torch.tensor([1, 2]),
-               "logits": torch.tensor([[0.0] * 7 + [50.0] + [0.0] * 2, [0.0] * 10])}
+    batch = {"original_ids": original, "masked_lm_positions": torch.tensor([[1, 2, 0]]),
+             "masked_lm_weights": torch.tensor([[1.0, 1.0, 0.0]])}
+    gen_out = {"logits": torch.tensor([[[0.0] * 7 + [50.0] + [0.0] * 2, [0.0] * 9 + [50.0], [50.0] + [0.0] * 9]])}
     corrupted, replaced = mse.corrupt(batch, gen_out)
     assert corrupted[0, 1] == 7 and replaced[0, 1] == 0  # sampled the original: labelled original
+    assert corrupted[0, 2] == 9 and replaced[0, 2] == 1
+    assert corrupted[0, 0] == 2 and replaced[0, 0] == 0  # a padding slot leaves [CLS] alone
 
 
 
@@ -284,11 +287,11 @@ def test_disc_auc_and_base_rate_loss():
     """AUC = share of (replaced, original) pairs ranked right; the base rate is the entropy of the
     replaced fraction."""
     import math
-    import trainSpanElectra as se
+    import training_utils as tu
     scores = torch.tensor([0.9, 0.1, 0.8, 0.3, 0.2])
     labels = torch.tensor([True, False, False, True, False])
     # pairs (pos, neg): 0.9 beats all three, 0.3 beats 0.1 and 0.2 only -> 5 of 6
-    assert se.binary_auc(scores, labels) == pytest.approx(5 / 6)
-    assert se.binary_auc(scores, torch.zeros(5, dtype=torch.bool)) == 0.5
-    assert se.base_rate_loss(0.5) == pytest.approx(math.log(2))
-    assert se.base_rate_loss(0.15) == pytest.approx(-(0.15 * math.log(0.15) + 0.85 * math.log(0.85)))
+    assert tu.binary_auc(scores, labels).item() == pytest.approx(5 / 6)
+    assert tu.binary_auc(scores, torch.zeros(5, dtype=torch.bool)).item() == 0.5
+    assert tu.base_rate_loss(0.5) == pytest.approx(math.log(2))
+    assert tu.base_rate_loss(0.15) == pytest.approx(-(0.15 * math.log(0.15) + 0.85 * math.log(0.85)))

@@ -1,0 +1,165 @@
+"""The training step works on fixed shapes without host syncs: prediction slots instead of boolean
+indexing, the same losses as indexing the masked tokens, one compilation for a whole run."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import argument
+import masking
+import modelling_span_electra as mse
+import process
+import trainSpanElectra
+import training_utils as tu
+from conftest import dense_labels
+
+
+def se_batches(feat_dir, n, batch_size=8, seed=0):
+    ds = process.SEDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size, seed=seed)
+    return [ds[i] for i in range(n)]
+
+
+def dense(batch, name):
+    """A slot field as the old [B, L] array (0 where not masked)."""
+    out = torch.zeros_like(batch["input_ids"])
+    w = batch["masked_lm_weights"] > 0
+    rows = torch.nonzero(w, as_tuple=True)[0]
+    out[rows, batch["masked_lm_positions"][w]] = batch[name][w]
+    return out
+
+
+# ---------------------------------------------------------------- slots
+def test_prediction_slots_hold_every_masked_token_in_order():
+    ids = np.array([[2, 10, 11, 12, 13, 14, 3], [2, 20, 21, 22, 23, 24, 3]])
+    labels = np.full_like(ids, -100)
+    labels[0, [2, 3]] = ids[0, [2, 3]]
+    labels[1, [1, 2, 4, 5]] = ids[1, [1, 2, 4, 5]]
+    masked_input = np.where(labels != -100, 4, ids)
+    batch = {"input_ids": masked_input, "labels": labels, "span_position": np.zeros_like(ids),
+             "boundary_left": np.zeros_like(ids), "boundary_right": np.zeros_like(ids)}
+    batch["span_position"][1, [1, 2, 4, 5]] = [0, 1, 0, 1]
+    slots = masking.prediction_slots(batch, 3)
+    np.testing.assert_array_equal(slots["masked_lm_positions"], [[2, 3, 0], [1, 2, 4]])
+    np.testing.assert_array_equal(slots["masked_lm_ids"], [[11, 12, 0], [20, 21, 23]])
+    np.testing.assert_array_equal(slots["masked_lm_weights"], [[1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(slots["span_position"], [[0, 0, 0], [0, 1, 0]])
+    # the 4th masked token of row 1 does not fit: it is unmasked again, not silently left as [MASK]
+    np.testing.assert_array_equal(slots["input_ids"][1], [2, 4, 4, 22, 4, 24, 3])
+
+
+@pytest.mark.parametrize("kind", ["span", "token"])
+def test_masker_never_needs_more_slots_and_keeps_the_ratio(bpe_feat, kind):
+    feats = process.PretrainingFeatures(str(bpe_feat[0]))
+    config = argument.MaskingArgs(masking=kind)
+    slots = masking.max_prediction_slots(config, 128)
+    assert slots == (31 if kind == "span" else 19)  # ELECTRA's 19 at 128; 1.6x that for whole spans
+    ids = np.asarray(feats.split("train")[:512], dtype=np.int64)
+    batch = feats.masker(config)(ids, np.random.default_rng(0))
+    per_row = (batch["labels"] != -100).sum(1)
+    assert per_row.max() <= slots and per_row.min() >= 1
+    assert abs(per_row.sum() / (~np.isin(ids, range(5))).sum() - 0.15) < 0.01
+    # a tight slot budget is respected too, and still masks every row
+    tight = feats.masker(argument.MaskingArgs(masking=kind, max_predictions_per_seq=12))(ids, np.random.default_rng(0))
+    per_row = (tight["labels"] != -100).sum(1)
+    assert per_row.max() <= 12 and per_row.min() >= 1
+
+
+# ---------------------------------------------------------------- same losses as indexing the masked tokens
+def reference_losses(model, batch, corrupted, replaced):
+    """The losses as the step computed them before slots: boolean indexing of the masked tokens."""
+    labels = torch.from_numpy(dense_labels(batch))
+    rows, cols = torch.nonzero(labels != -100, as_tuple=True)
+    span_position, left, right = (dense(batch, k)[rows, cols] for k in ("span_position", "boundary_left",
+                                                                       "boundary_right"))
+
+    def boundary_states(head, hidden):
+        pos = head.position_embeddings(span_position.clamp(max=mse.MAX_SPAN_POSITIONS - 1))
+        return head.mlp(torch.cat([hidden[rows, left], hidden[rows, right], pos], dim=-1))
+
+    gen = model.generator
+    hidden = gen.mlm.electra(input_ids=batch["input_ids"]).last_hidden_state
+    targets = labels[rows, cols]
+    out = {"mlm_loss": F.cross_entropy(gen.decode(hidden[rows, cols]), targets),
+           "sbo_loss": F.cross_entropy(gen.decode(boundary_states(gen.sbo, hidden)), targets)}
+    disc = model.discriminator
+    hidden = disc.core.electra(input_ids=corrupted).last_hidden_state
+    logits = disc.core.discriminator_predictions(hidden)
+    out["rtd_loss"] = F.binary_cross_entropy_with_logits(logits.flatten(), replaced.flatten().float())
+    span_logits = disc.span_classifier(boundary_states(disc.span_head, hidden)).squeeze(-1)
+    out["span_loss"] = F.binary_cross_entropy_with_logits(span_logits, replaced[rows, cols].float())
+    return out
+
+
+def test_slot_losses_equal_the_indexed_losses(bpe_feat):
+    gen_cfg, disc_cfg = mse.electra_configs("tiny", 2000, 128)
+    torch.manual_seed(0)
+    model = mse.SpanElectraJoint(gen_cfg, disc_cfg).eval()  # no dropout: both paths see the same network
+    for batch in se_batches(bpe_feat[0], 3):
+        assert (batch["masked_lm_weights"] == 0).any()  # padding slots are there and must not count
+        with torch.no_grad():
+            gen_out = model.generator(**batch)
+            corrupted, replaced = mse.corrupt(batch, gen_out)
+            disc_out = model.discriminator(**mse.discriminator_inputs(batch, corrupted, replaced))
+            ref = reference_losses(model, batch, corrupted, replaced)
+        assert replaced.sum() > 0 and (replaced.sum(1) <= batch["masked_lm_weights"].sum(1)).all()
+        for name, out in (("mlm_loss", gen_out), ("sbo_loss", gen_out), ("rtd_loss", disc_out),
+                          ("span_loss", disc_out)):
+            assert out[name].item() == pytest.approx(ref[name].item(), abs=1e-5), name
+
+
+# ---------------------------------------------------------------- one graph, compiled once
+def compiled_once(fn):
+    """torch.compile with the whole step in one graph (fullgraph: a host sync such as .item() or
+    nonzero would break it) and a failure on any recompilation. aot_eager traces exactly as inductor
+    does, without building kernels (fast on the CPU)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+@pytest.mark.parametrize("mode", ["joint", "two_stage"])
+def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode, monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    config = argument.SE_trainingConfig(features_dir=str(bpe_feat[0]), mode=mode)
+    gen_cfg, disc_cfg = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
+    torch.manual_seed(0)
+    if mode == "joint":
+        model = mse.SpanElectraJoint(gen_cfg, disc_cfg)
+    else:
+        model = mse.SpanElectraTwoStage(mse.SpanElectraGenerator(gen_cfg), mse.SpanElectraDiscriminator(disc_cfg))
+    optimizer = tu.build_optimizer(model, 1e-3, 0.01)
+
+    def step(batch, temperature):
+        gen_out, disc_out, replaced = model(batch, temperature=temperature)
+        return trainSpanElectra.step_metrics(gen_out, disc_out, replaced, batch, config)
+
+    compiled, sums = compiled_once(step), tu.MetricSums()
+    temperature = torch.ones(())
+    for i, batch in enumerate(se_batches(bpe_feat[0], 20, seed=1)):  # 20 different masks
+        temperature.fill_(2.0 - i / 20)  # the curriculum changes the value, never the graph
+        loss, metrics = compiled(batch, temperature)
+        loss.backward()
+        tu.optimizer_step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 1.0)
+        sums.add(metrics)
+    row = sums.read(tu.Runtime(torch.device("cpu")))
+    assert np.isfinite(row["disc_loss"]) and 0 < row["disc_auc"] < 1
+    assert 0.1 < row["replaced_fraction"] < 0.2 if mode == "joint" else row["replaced_fraction"] > 0
+
+
+def test_generator_step_is_one_graph_compiled_once(bpe_feat, monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
+    model = mse.SpanElectraGenerator(gen_cfg)
+    ds = process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=2)
+
+    def step(batch):
+        out = model(**batch)
+        return out["loss"], tu.generator_metrics(out, batch, baseline_token=17)
+
+    compiled, sums = compiled_once(step), tu.MetricSums()
+    for i in range(20):
+        loss, metrics = compiled(ds[i])
+        loss.backward()
+        sums.add(metrics)
+    row = sums.read(tu.Runtime(torch.device("cpu")))
+    assert 0.12 < row["mask_ratio"] < 0.18 and 3 < row["mean_span_length"] < 8  # tokens (vocabulary of 2,000)
+    assert 0 <= row["mlm_baseline_accuracy"] < 0.2
