@@ -109,8 +109,8 @@ class MaskingArgs:
     random_replace_prob: float = _help("share of spans replaced by random tokens (the rest is kept)", default=0.1)
     max_predictions_per_seq: int = _help("prediction slots per sequence (ELECTRA's max_predictions_per_seq; the "
                                          "training step's fixed shape). 0: round(mask_ratio x max_seq_len) for token "
-                                         "masking, 1.6 times that for span masking, whose count per row varies "
-                                         "(at 128 tokens: mean 19, 99.9th percentile 31)", default=0)
+                                         "masking, 1.25 times that for span masking, whose count per row varies "
+                                         "(a span that would not fit is cut)", default=0)
 
     def validate(self):
         check_choice(self, "masking", MASKING_KINDS)

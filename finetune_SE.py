@@ -642,7 +642,9 @@ def train_one_seed(seed, task, data, config, runtime, announce):
     history, step = [], 0
     model.train()
     bar = tqdm(total=total, desc=f"fine-tune (seed {seed})")
+    loop_seconds = 0.0  # training steps only: loading and evaluation excluded
     for epoch in range(1, config.num_train_epochs + 1):
+        epoch_start = time.perf_counter()
         loss_sum, batches = torch.zeros((), device=runtime.device), 0  # summed on the device, read per epoch
         order = torch.randperm(n, generator=order_rng).numpy()
         for start in range(0, n, config.train_batch_size):
@@ -657,13 +659,15 @@ def train_one_seed(seed, task, data, config, runtime, announce):
             step += 1
             loss_sum, batches = loss_sum + loss.detach(), batches + 1
             bar.update(1)
-        train_loss = loss_sum.item() / max(batches, 1)
+        train_loss = loss_sum.item() / max(batches, 1)  # the epoch's one sync
+        loop_seconds += time.perf_counter() - epoch_start
         tu.check_finite(train_loss, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})")
         bar.set_postfix(train_loss=f"{train_loss:.4f}")
-        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, task, data["dev"], config, runtime)}
+        row = {"epoch": epoch, "train_loss": train_loss, "train_steps_per_sec": round(step / loop_seconds, 2),
+               **evaluate(model, task, data["dev"], config, runtime)}
         history.append(row)
-        logger.info("seed %d epoch %d/%d: train_loss %.4f, dev %s", seed, epoch, config.num_train_epochs,
-                    row["train_loss"], ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("eval_")))
+        logger.info("seed %d epoch %d/%d: train_loss %.4f (%.1f steps/s), dev %s", seed, epoch, config.num_train_epochs,
+                    row["train_loss"], row["train_steps_per_sec"], ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("eval_")))
     bar.close()
     return model, history[-1], history
 
@@ -728,11 +732,9 @@ def main(config: finetune_args = None):
     for i, seed in enumerate(seeds):
         start = time.time()
         model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
-        final = {k: v for k, v in final.items() if k != "epoch"}
-        seconds = time.time() - start
-        steps = config.num_train_epochs * math.ceil(len(task.train) / config.train_batch_size)
-        per_seed.append({"seed": seed, **final, "train_seconds": round(seconds, 1),
-                         "train_steps_per_sec": round(steps / seconds, 2), "epochs": history})
+        final = {k: v for k, v in final.items() if k not in ("epoch", "train_steps_per_sec")}
+        per_seed.append({"seed": seed, **final, "train_seconds": round(time.time() - start, 1),
+                         "train_steps_per_sec": history[-1]["train_steps_per_sec"], "epochs": history})
         if i == 0 and task.test is not None:
             outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
         if i == 0 and config.save_model:

@@ -1,12 +1,17 @@
 """SpanElectra models on top of transformers' ELECTRA.
 
-* SpanElectraGenerator: ElectraForMaskedLM whose LM head runs only at the masked positions, plus
-  SpanBERT's span-boundary objective (SBO): each masked token is predicted from the two tokens just
-  outside its span and its position inside the span, decoded with the tied embeddings.
+* SpanElectraGenerator: ElectraForMaskedLM whose LM head runs only at the prediction slots (ELECTRA's
+  max_predictions_per_seq masked positions per row), plus SpanBERT's span-boundary objective (SBO):
+  each masked token is predicted from the two tokens just outside its span and its position inside
+  the span, decoded with the tied embeddings.
 * SpanElectraDiscriminator: ElectraForPreTraining's replaced-token detection over every token, plus
   a span-boundary predictive head (is this span token replaced?, from the boundaries and position).
 * SpanElectraJoint: both at once with shared embeddings (ELECTRA), optionally DeBERTaV3's
   gradient-disentangled sharing; loss = generator loss + disc_weight x discriminator loss.
+* SpanElectraTwoStage: a saved generator, frozen, feeds the discriminator.
+
+Every tensor has a fixed shape ([B, L] tokens, [B, P] slots; padding slots weigh 0 in masked-mean
+losses) and nothing reads a value back to the host, so torch.compile captures the whole step once.
 
 Saving writes standard transformers folders: out_dir/generator loads with
 ElectraForMaskedLM.from_pretrained and out_dir/discriminator with ElectraForPreTraining; the span
@@ -126,13 +131,16 @@ class SpanElectraGenerator(nn.Module):
 
 @torch.no_grad()
 def sample_tokens(logits, generator=None, temperature=1.0):
-    """Sample one token per row from softmax(logits / temperature) with the Gumbel-max trick, in fp32.
-    temperature may be a 0-d tensor (a changing float would make torch.compile recompile)."""
-    logits = logits.float() / temperature
+    """Sample one token per row from softmax(logits / temperature), in fp32, by inverting the CDF:
+    one uniform number per row (the Gumbel-max trick needs one per vocabulary entry, and drawing
+    them was 30% of a CPU step). temperature may be a 0-d tensor (a changing float would make
+    torch.compile recompile)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = probs.cumsum(dim=-1)
     # (generator=None must not be passed explicitly: torch.compile rejects it with dynamic shapes)
-    u = torch.rand(logits.shape, device=logits.device, **({"generator": generator} if generator else {}))
-    u = u.clamp_(min=1e-9, max=1 - 1e-7)
-    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, **({"generator": generator} if generator else {}))
+    # u scaled by the CDF's own total: rounding in the sum never points past the last token
+    return (cdf < u * cdf[..., -1:]).sum(dim=-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def corrupt(batch, gen_out, generator=None, temperature=1.0):

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from argument import DataArgs, feature_args, run_main, save_config
-from create_vocab_SE import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, batched, load_tokenizer,
+from create_vocab_SE import (CLS_ID, MASK_ID, SEP_ID, SPECIAL_TOKENS, batched, load_tokenizer,
                              segmented_batches)
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)

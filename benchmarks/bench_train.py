@@ -14,12 +14,14 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              the DataLoader workers do), pinned and copied without waiting, fixed prediction slots,
              metrics summed on the device, fused AdamW, TF32; in fp32, bf16 autocast, and bf16 under
              torch.compile (CUDA graphs on a GPU), as --bf16 --compile runs it.
-Each variant warms up, then runs --steps steps with one synchronisation at the end. Prints tokens/s,
+The fp32 pair alternates its steps (median per step); every other variant warms up, then runs
+--steps steps with one synchronisation at the end. Prints tokens/s,
 the measured matmul peaks, our model-FLOPs utilisation and, as JSON on the last line, the ratios.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -169,6 +171,36 @@ def time_steps(step, count, device, warmup):
     return (time.perf_counter() - start) / count
 
 
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run_fp32_pair(device, batches, ids, steps):
+    """The eager fp32 baseline and ours, steps alternating (drift on a shared machine hits both
+    alike); median seconds per step of each."""
+    fp32_precision(device, False)
+    models, base_opt = baseline_setup(device, False)
+    model, _, optimizer = ours_setup(device, False)
+    sums = tu.MetricSums()
+    times = {"baseline": [], "ours": []}
+    for i in range(steps + 1):
+        fp32_precision(device, False)
+        t_base = timed(lambda: baseline_step(models, base_opt, ids[i % len(ids)], device, False), device)
+        fp32_precision(device, True)
+        t_ours = timed(lambda: ours_step(model, model, optimizer, batches[i % len(batches)], device, False, False,
+                                         sums), device)
+        if i:  # the first round warms up
+            times["baseline"].append(t_base)
+            times["ours"].append(t_ours)
+    return statistics.median(times["baseline"]), statistics.median(times["ours"])
+
+
 def run_ours(device, batches, steps, bf16, compiled):
     fp32_precision(device, True)
     model, step_model, optimizer = ours_setup(device, compiled)
@@ -217,8 +249,7 @@ def main():
     flops = model_flops(model, batches[0], device)
     del model
 
-    t = {"baseline": run_baseline(device, ids, steps, False, False),
-         "ours": run_ours(device, batches, steps, False, False)}
+    t = dict(zip(("baseline", "ours"), run_fp32_pair(device, batches, ids, steps)))
     if bf16:
         t["ours_bf16"] = run_ours(device, batches, steps, True, False)
     if bf16 and compiled:

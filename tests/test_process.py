@@ -300,11 +300,11 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
     b = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=7)
     assert len(a) == meta["num_sequences"]["train"] // 16
     x, y = a[3], b[3]
-    # rows are packed full: no attention mask; fixed-size prediction slots (1.6 x round(0.15 x 128) = 31)
+    # rows are packed full: no attention mask; fixed-size prediction slots (1.25 x round(0.15 x 128) = 24)
     assert set(x) == {"input_ids"} | SLOT_KEYS
     assert x["input_ids"].shape == (16, 128) and x["input_ids"].dtype == torch.int64
     for key in SLOT_KEYS:
-        assert x[key].shape == (16, 31), key
+        assert x[key].shape == (16, 24), key
         assert x[key].dtype == (torch.float32 if key == "masked_lm_weights" else torch.int64), key
     for key in x:
         assert torch.equal(x[key], y[key]), key
