@@ -251,7 +251,10 @@ class TrainingConfig(MaskingArgs):
     eval_every: int = _help("steps between evaluations", default=200)
     save_every: int = _help("steps between checkpoints", default=200)
     keep_checkpoints: int = _help("checkpoints kept in out_dir", default=2)
-    resume_from: Optional[str] = _help("'latest' or a checkpoint path: continue a stopped run", default=None)
+    resume_from: Optional[str] = _help("'latest' or a checkpoint path: continue a stopped run (only a checkpoint "
+                                       "of the run that out_dir holds)", default=None)
+    overwrite_output_dir: bool = _help("start over in an out_dir that holds another run (its checkpoints, "
+                                       "metrics and models are deleted)", default=False)
     seed: int = _help("random seed", default=42)
     device: str = _help("'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", default="auto")
     bf16: bool = _help("bf16 autocast (CUDA, or CPUs with fast bf16)", default=False)
@@ -449,13 +452,38 @@ def print_error(message):
     print(f"error: {message}", file=sys.stderr)
 
 
+def is_out_of_memory(error):
+    """torch.OutOfMemoryError (CUDA), or the CPU allocator's failure (a RuntimeError, or MemoryError)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or \
+        "out of memory" in text or "can't allocate memory" in text
+
+
+def out_of_memory_message(config):
+    batch = getattr(config, "train_batch_size", None)
+    if batch is None:
+        return "out of memory; use smaller batches or a machine with more memory"
+    accumulation = getattr(config, "gradient_accumulation_steps", None)
+    keep = (f" and --gradient_accumulation_steps {2 * accumulation} to keep the effective batch"
+            if accumulation else "")
+    return (f"train_batch_size: out of memory with {batch} sequences per step; use --train_batch_size "
+            f"{max(1, batch // 2)}{keep}")
+
+
 def run_main(main, config_cls, argv=None):
     """Entry point of every script: parse, run, and turn user errors into one line and exit code 2."""
     setup_logging()
+    config = None
     try:
-        main(parse_config(config_cls, argv))
+        config = parse_config(config_cls, argv)
+        main(config)
     except SpanElectraError as e:
         print_error(e)
+        sys.exit(2)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print_error(out_of_memory_message(config))
         sys.exit(2)
     except OSError as e:
         if e.errno not in WRITE_ERRORS:

@@ -54,7 +54,8 @@ def main(config: pipeline_args = None):
     timings["masking_check"] = time.time() - start
 
     common = dict(features_dir=feat_dir, model_size=config.model_size, train_batch_size=config.train_batch_size,
-                  learning_rate=config.learning_rate, seed=config.seed, log_every=25, eval_batches=4)
+                  learning_rate=config.learning_rate, seed=config.seed, log_every=25, eval_batches=4,
+                  overwrite_output_dir=True)  # a re-run of the pipeline replaces the previous one
     start = time.time()
     gen_dir = None
     if config.mode == "two_stage":

@@ -2,22 +2,32 @@
 position, checkpoints and resume, metrics logging. The loops themselves stay in
 trainMLM_SpanElectra.py and trainSpanElectra.py, readable top to bottom."""
 import contextlib
+import dataclasses
 import glob
 import json
 import logging
 import math
 import os
 import random
+import shutil
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from io_utils import SpanElectraError, make_out_dir
+from io_utils import SpanElectraError, atomic_write_json, make_out_dir
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
+RUN_FILE, LOCK_FILE = "run.json", ".lock"
+RUN_OUTPUTS = ("generator", "discriminator", "metrics.jsonl", RUN_FILE)  # what a run leaves in out_dir
+# settings a resumed run may change; every other field of the config is fixed for the life of a run
+MUTABLE_SETTINGS = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "eval_batch_size",
+                    "keep_checkpoints", "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device",
+                    "bf16", "compile", "features_dir", "tokenizer_dir", "generator_dir"}
 
 
 # ---------------------------------------------------------------- devices and processes
@@ -27,6 +37,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    lock: object = None  # rank 0's OutDirLock once a training run has claimed its out_dir
 
     @property
     def is_main(self):
@@ -70,8 +81,10 @@ def resolve_device(device="auto", local_rank=0, world_size=1):
 
 
 def teardown_runtime(runtime):
-    """Leave the process group together: a rank that tears down while rank 0 is still saving can
-    hang gloo's shutdown."""
+    """Release out_dir and leave the process group together: a rank that tears down while rank 0 is
+    still saving can hang gloo's shutdown."""
+    if runtime.lock is not None:
+        runtime.lock.release()
     if runtime.distributed and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -276,10 +289,11 @@ def save_checkpoint(out_dir, step, state, keep=2):
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise SpanElectraError(f"out_dir: cannot write a checkpoint to '{out_dir}' ({e.strerror}); free some space "
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:120]
+        raise SpanElectraError(f"out_dir: cannot write a checkpoint to '{out_dir}' ({reason}); free some space "
                                "or choose another --out_dir") from None
     for old in list_checkpoints(out_dir)[:-keep]:
         os.remove(old)
@@ -290,13 +304,13 @@ def save_training_state(config, step, model, optimizer, scheduler, stream):
     """A resumable checkpoint of the whole run: model, optimizer, schedule, RNGs, data position."""
     check_finite_weights(model, step)
     return save_checkpoint(config.out_dir, step, {
-        "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "step": step, "run_id": config.run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "rng": rng_state(), "data": stream.state()}, keep=config.keep_checkpoints)
 
 
 def resume_training_state(config, model, optimizer, scheduler):
     """Load config.resume_from into the run; returns (step, data position), (0, start) when fresh."""
-    state = load_checkpoint(config.resume_from, config.out_dir)
+    state = load_checkpoint(config.resume_from, config.out_dir, config.run_id)
     if state is None:
         return 0, {"epoch": 0, "index": 0}
     model.load_state_dict(state["model"])
@@ -310,15 +324,141 @@ def start_run(config, model, optimizer, scheduler, train_set, runtime, script_na
     """Everything between building the model and the first step: the out_dir and its config (rank 0),
     resuming, torch.compile and DDP, the batch stream and the metrics log.
     Returns (model to call in the loop, batch stream, metrics log, first step)."""
+    claim_out_dir(config, train_set.features, script_name, runtime)
     if runtime.is_main:
-        make_out_dir(config.out_dir)
         from argument import save_config
         save_config(config, config.out_dir, script_name)
     step, position = resume_training_state(config, model, optimizer, scheduler)
+    if step >= config.max_steps:
+        logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
+                    "to train it further", config.out_dir, step, config.max_steps)
     train_model = wrap_ddp(compile_model(model, runtime) if config.compile else model, runtime)
     stream = BatchStream(train_set, data_workers(config.num_workers, runtime), runtime.device.type == "cuda",
                          **position)
     return train_model, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
+
+
+# ---------------------------------------------------------------- who owns out_dir
+def run_identity(config, features, script_name):
+    """What must not change while a run is resumed: the script, every setting but MUTABLE_SETTINGS,
+    and the features' tokenizer and shape (their path may move)."""
+    fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in MUTABLE_SETTINGS}
+    fixed.update(script=script_name, tokenizer_hash=features.meta.get("tokenizer_hash"),
+                 max_seq_len=features.max_seq_len, vocab_size=features.vocab_size)
+    return fixed
+
+
+def holds_a_run(out_dir):
+    """True when out_dir holds checkpoints or what a finished run leaves (models, metrics, run.json)."""
+    return bool(list_checkpoints(out_dir)) or any(os.path.exists(os.path.join(out_dir, n)) for n in RUN_OUTPUTS)
+
+
+def check_run(config, identity):
+    """The run id to continue or start; raises a one-line error when out_dir belongs to another run.
+    Reads only: nothing is written before every check has passed."""
+    path = os.path.join(config.out_dir, RUN_FILE)
+    saved = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    if config.resume_from:
+        if saved is None:  # a run from before run.json, or nothing yet: its checkpoints are its own
+            return uuid.uuid4().hex
+        for key in sorted(set(identity) | set(saved["fixed"])):
+            old, new = saved["fixed"].get(key), identity.get(key)
+            if old != new:
+                raise SpanElectraError(f"{key}: the run in '{config.out_dir}' was started with {old!r}, now {new!r}; "
+                                       f"resume with the same value, or start over with --overwrite_output_dir")
+        return saved["run_id"]
+    if holds_a_run(config.out_dir) and not config.overwrite_output_dir:
+        raise SpanElectraError(f"out_dir: '{config.out_dir}' holds another run (checkpoints, metrics or models); use "
+                               "--resume_from latest to continue it, or --overwrite_output_dir to start over")
+    return uuid.uuid4().hex
+
+
+def clear_run(out_dir):
+    """Delete what an earlier run left in out_dir (--overwrite_output_dir); nothing else is touched."""
+    for path in list_checkpoints(out_dir) + [os.path.join(out_dir, n) for n in RUN_OUTPUTS]:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def claim_out_dir(config, features, script_name, runtime):
+    """Lock out_dir for this run (rank 0), check it may run there, record its identity in run.json
+    and set config.run_id (checkpoints carry it). Every rank learns rank 0's verdict, so a refusal
+    stops all of them."""
+    error, run_id = None, None
+    if runtime.is_main:
+        try:
+            make_out_dir(config.out_dir)
+            runtime.lock = OutDirLock(config.out_dir)
+            runtime.lock.acquire()
+            identity = run_identity(config, features, script_name)
+            run_id = check_run(config, identity)
+            if not config.resume_from and config.overwrite_output_dir:
+                clear_run(config.out_dir)
+            atomic_write_json(os.path.join(config.out_dir, RUN_FILE), {"run_id": run_id, "fixed": identity})
+        except SpanElectraError as e:
+            error = str(e)
+            if runtime.lock is not None:  # a refused run leaves out_dir as it found it
+                runtime.lock.release()
+    if runtime.distributed:
+        shared = [error, run_id]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        error, run_id = shared
+    if error:
+        raise SpanElectraError(error)
+    config.run_id = run_id
+
+
+class OutDirLock:
+    """out_dir/.lock holding host and pid: a second training process into the same out_dir stops with
+    one line; a lock left by a process that died is taken over. Released when this process exits."""
+
+    def __init__(self, out_dir):
+        self.path = os.path.join(out_dir, LOCK_FILE)
+
+    def acquire(self):
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner()
+                if owner == me:
+                    return
+                if owner and owner.get("host") == me["host"] and pid_alive(owner.get("pid")):
+                    raise SpanElectraError(f"out_dir: '{os.path.dirname(self.path)}' is in use by another training "
+                                           f"process (pid {owner['pid']}); wait for it to end or choose another "
+                                           "--out_dir") from None
+                os.remove(self.path)  # left by a process that is gone: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            import atexit
+            atexit.register(self.release)
+            return
+
+    def owner(self):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def release(self):
+        if self.owner() == {"host": socket.gethostname(), "pid": os.getpid()}:
+            os.remove(self.path)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
 
 
 def compile_model(model, runtime):
@@ -346,9 +486,10 @@ def list_checkpoints(out_dir):
     return sorted(glob.glob(os.path.join(out_dir, "checkpoint-*.pt")))
 
 
-def load_checkpoint(resume_from, out_dir):
-    """The training state to resume from: 'latest' (the newest readable checkpoint in out_dir; None
-    when there is none yet), or a checkpoint path. Loaded with weights_only=True: no pickle code runs."""
+def load_checkpoint(resume_from, out_dir, run_id=None):
+    """The training state to resume from: 'latest' (the newest readable checkpoint of run run_id in
+    out_dir; None when there is none yet), or a checkpoint path. Loaded with weights_only=True: no
+    pickle code runs."""
     if not resume_from:
         return None
     if resume_from == "latest":
@@ -364,10 +505,14 @@ def load_checkpoint(resume_from, out_dir):
     for path in candidates:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            logger.info("resuming from %s (step %d)", path, state["step"])
-            return state
         except Exception as e:  # a truncated or corrupted file: fall back to the one before
             logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, str(e).splitlines()[0])
+            continue
+        if run_id and resume_from == "latest" and state.get("run_id", run_id) != run_id:
+            raise SpanElectraError(f"resume_from: '{path}' belongs to another run than the one '{out_dir}' holds "
+                                   f"({RUN_FILE}); resume that run from its own out_dir")
+        logger.info("resuming from %s (step %d)", path, state["step"])
+        return state
     raise SpanElectraError(f"resume_from: no readable checkpoint among {', '.join(candidates)}; delete them to "
                            "start from scratch")
 
@@ -396,9 +541,19 @@ class MetricsLog:
             f.writelines(rows)
 
     def write_done(self, step, model, runtime):
-        """The closing row: how many processes ran and whether they ended with equal weights."""
-        self.write({"step": step, "event": "done", "processes": runtime.world_size,
-                    "ranks_in_sync": ranks_in_sync(model, runtime)})
+        """The closing row: how many processes ran and whether they ended with equal weights (once:
+        a resumed run that was already finished adds none)."""
+        in_sync = ranks_in_sync(model, runtime)
+        if self.enabled and self.last_row().get("event") == "done" and self.last_row().get("step") == step:
+            return
+        self.write({"step": step, "event": "done", "processes": runtime.world_size, "ranks_in_sync": in_sync})
+
+    def last_row(self):
+        if not os.path.exists(self.path):
+            return {}
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        return json.loads(lines[-1]) if lines else {}
 
     def write(self, row):
         if self.enabled:

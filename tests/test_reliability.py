@@ -1,0 +1,154 @@
+"""Runs that never mix: a run resumes only itself, a used out_dir is never taken over silently, and
+every failure is one line (exit 2) with nothing half-written."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import argument
+import trainMLM_SpanElectra
+import training_utils as tu
+
+TINY = dict(model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=2, eval_batches=1,
+            train_batch_size=8, num_hidden_layers=1, device="cpu")
+
+
+def gen_config(feat, out, **kw):
+    return argument.MLM_trainingConfig(features_dir=str(feat), out_dir=str(out), **{**TINY, **kw})
+
+
+def cli(capsys, feat, out, *flags):
+    """trainMLM_SpanElectra.py's command line, in this process: (exit code, stderr)."""
+    argv = ["--features_dir", str(feat), "--out_dir", str(out), "--model_size", "tiny", "--num_hidden_layers", "1",
+            "--max_steps", "4", "--save_every", "2", "--train_batch_size", "8", "--eval_batches", "1",
+            "--device", "cpu", *flags]
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(trainMLM_SpanElectra.main, argument.MLM_trainingConfig, argv)
+    return stop.value.code, capsys.readouterr().err
+
+
+def snapshot(folder):
+    """Every file under folder with its size and modification time."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = (os.path.getsize(path), os.path.getmtime(path))
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(bpe_feat, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rel") / "run"
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out))
+    return out
+
+
+def test_a_run_records_its_identity(finished_run):
+    with open(finished_run / "run.json", encoding="utf-8") as f:
+        run = json.load(f)
+    assert len(run["run_id"]) == 32 and run["fixed"]["model_size"] == "tiny"
+    assert run["fixed"]["script"] == "trainMLM" and run["fixed"]["num_hidden_layers"] == 1
+    assert "max_steps" not in run["fixed"] and "out_dir" not in run["fixed"]  # those may change on resume
+    state = torch.load(tu.list_checkpoints(str(finished_run))[-1], weights_only=True)
+    assert state["run_id"] == run["run_id"]
+    assert not (finished_run / ".lock").exists()  # released at the end
+
+
+def test_fresh_run_into_a_used_out_dir_stops_and_writes_nothing(bpe_feat, finished_run, tmp_path, capsys):
+    used = tmp_path / "used"
+    shutil.copytree(finished_run, used)
+    before = snapshot(used)
+    code, err = cli(capsys, bpe_feat[0], used)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "holds another run" in err and "--resume_from latest" in err and "--overwrite_output_dir" in err
+    assert snapshot(used) == before
+
+
+def test_overwrite_output_dir_starts_over(bpe_feat, finished_run, tmp_path):
+    used = tmp_path / "used"
+    shutil.copytree(finished_run, used)
+    (used / "checkpoint-00000900.pt").write_bytes(b"an old run's checkpoint")
+    old_id = json.loads((used / "run.json").read_text())["run_id"]
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], used, overwrite_output_dir=True))
+    assert not (used / "checkpoint-00000900.pt").exists()
+    assert json.loads((used / "run.json").read_text())["run_id"] != old_id
+    rows = [json.loads(line) for line in open(used / "metrics.jsonl", encoding="utf-8")]
+    assert [r["step"] for r in rows if "loss" in r and r.get("split") != "valid"] == [2, 4]  # one run, not two
+
+
+def test_resume_with_a_changed_fixed_setting_names_it_and_writes_nothing(bpe_feat, finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    code, err = cli(capsys, bpe_feat[0], run, "--resume_from", "latest", "--num_hidden_layers", "2")
+    assert code == 2 and "Traceback" not in err
+    assert "num_hidden_layers: the run in" in err and "started with 1, now 2" in err
+    assert snapshot(run) == before
+    # settings that may change do: more steps continue the same run
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest", log_every=3))
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl", encoding="utf-8")]
+    assert steps[-1] == 6
+
+
+def test_resume_latest_ignores_another_runs_checkpoint(bpe_feat, finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    foreign = torch.load(tu.list_checkpoints(str(run))[-1], weights_only=True)
+    foreign["run_id"], foreign["step"] = "another-run", 9
+    torch.save(foreign, run / "checkpoint-00000009.pt")
+    code, err = cli(capsys, bpe_feat[0], run, "--resume_from", "latest", "--max_steps", "12")
+    assert code == 2 and "belongs to another run" in err
+
+
+def test_resumed_finished_run_adds_no_second_done_row(bpe_feat, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, resume_from="latest"))
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl", encoding="utf-8")]
+    assert sum(r.get("event") == "done" for r in rows) == 1
+
+
+def test_two_runs_at_once_the_second_stops(bpe_feat, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": other.pid}))
+        code, err = cli(capsys, bpe_feat[0], out)
+        assert code == 2 and f"in use by another training process (pid {other.pid})" in err
+        assert not (out / "run.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+    # the process is gone: its lock is stale and the next run takes it over
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out))
+    assert (out / "generator" / "config.json").exists() and not (out / ".lock").exists()
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_tmp(bpe_feat, tmp_path, capsys, monkeypatch):
+    def full_disk(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 2048")
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "full"
+    code, err = cli(capsys, bpe_feat[0], out)
+    assert code == 2 and "Traceback" not in err and "cannot write a checkpoint" in err
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.endswith(".pt")]
+
+
+def test_out_of_memory_names_the_batch_and_the_fix(bpe_feat, tmp_path, capsys, monkeypatch):
+    from modelling_span_electra import SpanElectraGenerator
+
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(SpanElectraGenerator, "forward", no_memory)
+    code, err = cli(capsys, bpe_feat[0], tmp_path / "oom")
+    assert code == 2 and "Traceback" not in err
+    assert "out of memory with 8 sequences per step" in err and "--train_batch_size 4" in err
+    assert "--gradient_accumulation_steps 2" in err
