@@ -152,6 +152,9 @@ class feature_args(MaskingArgs):
             _fail("max_seq_len", f"{self.max_seq_len} cannot hold [CLS], a token and [SEP]; use at least 3 "
                   "(typically 128 or 512)")
         check_range(self, "valid_fraction", 0, 1, high_open=True)
+        if self.valid_input and self.valid_fraction > 0:
+            _fail("valid_fraction", f"{self.valid_fraction} with --valid_input '{self.valid_input}': only one can say "
+                  "where the validation split comes from; pass --valid_input '' or --valid_fraction 0")
         check_range(self, "batch_lines", low=1)
         check_range(self, "num_workers", low=0)
         check_choice(self, "doc_boundary", DOC_BOUNDARIES)

@@ -18,6 +18,7 @@ import torch
 from argument import _help, run_main
 from create_vocab_SE import load_segmenter
 from io_utils import SpanElectraError
+from modelling_span_electra import load_weights
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
 
@@ -70,8 +71,9 @@ class Explorer:
             with open(info_path, encoding="utf-8") as f:
                 segmenter = json.load(f).get("word_segmenter", "none")
         self.segment = load_segmenter(segmenter) or (lambda s: s)
-        self.generator = ElectraForMaskedLM.from_pretrained(self.gen_dir).eval() if self.gen_dir else None
-        self.discriminator = ElectraForPreTraining.from_pretrained(self.disc_dir).eval() if self.disc_dir else None
+        self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval() if self.gen_dir else None
+        self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
+            if self.disc_dir else None
 
     def _encode_marked(self, text, seed):
         """Token ids with the marked (or random) spans replaced by [MASK], and the original ids."""

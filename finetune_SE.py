@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import training_utils as tu
 from argument import finetune_args, run_main, save_config
-from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir, move_files_into
+from modelling_span_electra import weights_problem
+from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, building_folder, make_out_dir
 
 logger = logging.getLogger("span_electra")
 
@@ -357,6 +358,9 @@ def load_task(config, seed=None):
         no = train.lines[train.labels.index("")]
         raise SpanElectraError(f"task_dir: {paths['train']} line {no}: the label is empty; fill it in or drop the line")
     labels = [] if layout.regression else label_order(train.labels)
+    if len(labels) == 1:
+        logger.warning("task_dir: every row of %s has the label '%s': a classifier learns nothing from one class; "
+                       "check the label column (--label_column)", train.path, labels[0])
     task = Task(layout, labels, choose_metrics(layout, labels, config), train, dev, test, len(train))
     for examples in (train, dev):
         set_targets(examples, task)
@@ -498,9 +502,13 @@ def load_model(config, task, announce=True):
         with quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 config.model_dir, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise SpanElectraError(f"model_dir: cannot load a model from '{config.model_dir}' ({first_line(e)}); point it "
+    except Exception as e:  # never pass on torch's advice to unpickle with weights_only=False
+        problem = weights_problem(config.model_dir) or first_line(e)
+        raise SpanElectraError(f"model_dir: cannot load a model from '{config.model_dir}' ({problem}); point it "
                                "at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
+    if announce and "ElectraForMaskedLM" in (getattr(model.config, "architectures", None) or []):
+        logger.warning("model_dir: %s holds a generator (ElectraForMaskedLM); ELECTRA fine-tunes the discriminator "
+                       "(OUT/discriminator), which usually does much better", config.model_dir)
     if announce:
         layers = model.config.num_hidden_layers
         new = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})
@@ -685,14 +693,26 @@ def write_test_predictions(model, task, data, config, runtime):
 
 
 def save_model(model, tokenizer, out_dir):
-    """out_dir/model, built in a temporary folder and moved in when complete."""
-    final = make_out_dir(os.path.join(out_dir, "model"))
-    tmp = tempfile.mkdtemp(dir=out_dir, prefix=".tmp-model-")
-    with quiet_transformers():
+    """out_dir/model, built under a temporary name and published whole."""
+    final = os.path.join(out_dir, "model")
+    with building_folder(final) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    move_files_into(tmp, final, last=("config.json",))
     return final
+
+
+RUN_OUTPUTS = ("results.json", "test_predictions.tsv", "model")
+
+
+def clear_outputs(out_dir):
+    """Remove an earlier run's results from out_dir, so an interrupted run never leaves them beside
+    its own config looking like its results."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def summarise(per_seed, keys):
@@ -717,6 +737,7 @@ def main(config: finetune_args = None):
     tokenizer = load_tokenizer(config.model_dir, model_config, config.max_seq_length)
     runtime = tu.setup_runtime(config.device)
     make_out_dir(config.out_dir)
+    clear_outputs(config.out_dir)
     save_config(config, config.out_dir, "finetune")
 
     token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)

@@ -1,6 +1,7 @@
 """Shared file helpers: the user-facing error type, atomic writes, text-file discovery and
 streaming UTF-8 reading that counts undecodable bytes instead of crashing on them."""
 import codecs
+import contextlib
 import glob
 import hashlib
 import json
@@ -58,6 +59,38 @@ def make_out_dir(path, field="out_dir"):
     return path
 
 
+@contextlib.contextmanager
+def building_folder(directory):
+    """Build a folder under a temporary name beside it (yielded); once the block ends the folder
+    replaces `directory` whole, an old one removed only after the new one is complete. If the block
+    fails, the partial folder goes; leftovers of a killed build are removed by the next one."""
+    directory = os.path.abspath(directory)
+    parent, base = os.path.dirname(directory), os.path.basename(directory)
+    os.makedirs(parent, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.tmp-*")) + \
+            glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+    try:
+        yield tmp
+        for root, dirs, files in os.walk(tmp):  # mkdtemp and some writers make 0600/0700 entries
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~_UMASK)
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~_UMASK)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.lexists(directory):
+        old = f"{os.path.join(parent, '.' + base)}.old-{os.getpid()}"
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old:
+        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+
+
 def move_files_into(src_dir, dst_dir, last=()):
     """Move every file of src_dir into dst_dir (replacing), the names in `last` at the end.
 
@@ -97,7 +130,7 @@ def find_text_files(spec, field):
     list of readable text files. Binary files are skipped with a warning; no text file is an error."""
     if not spec:
         raise SpanElectraError(f"{field}: no path given; pass a text file, a folder or a glob")
-    if any(c in spec for c in "*?["):
+    if any(c in spec for c in "*?[") and not os.path.exists(spec):  # 'data[1].txt' that exists is a name
         candidates = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         if not candidates:
             raise SpanElectraError(f"{field}: the pattern '{spec}' matches no file")

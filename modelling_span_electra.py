@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from io_utils import SpanElectraError, atomic_write_json
+from io_utils import SpanElectraError, atomic_write_json, building_folder
 
 MODEL_SIZES = {
     # discriminator, then the generator's differences (ELECTRA: same embeddings, narrower encoder)
@@ -284,27 +284,33 @@ def _load_heads(modules, directory):
             m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
 
 
-def save_generator(generator, directory, tokenizer_dir=None):
-    """directory loads with ElectraForMaskedLM.from_pretrained; the SBO head sits beside it."""
-    generator.mlm.save_pretrained(directory, safe_serialization=True)
-    _save_heads({"sbo": generator.sbo}, directory, {"kind": "generator", "use_sbo": generator.sbo is not None})
-    _copy_tokenizer(tokenizer_dir, directory)
+def save_generator(generator, directory, tokenizer_dir=None, trained_seq_len=None):
+    """directory loads with ElectraForMaskedLM.from_pretrained; the SBO head sits beside it, with the
+    sequence length it was trained on. The folder is built under a temporary name and replaces an
+    older one whole."""
+    with building_folder(directory) as tmp:
+        generator.mlm.save_pretrained(tmp, safe_serialization=True)
+        _save_heads({"sbo": generator.sbo}, tmp, {"kind": "generator", "use_sbo": generator.sbo is not None,
+                                                  "trained_seq_len": trained_seq_len})
+        _copy_tokenizer(tokenizer_dir, tmp)
 
 
 def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None):
     """directory loads with ElectraForPreTraining.from_pretrained; the span head sits beside it.
-    A gradient-disentangled delta is folded into the saved word embeddings."""
+    A gradient-disentangled delta is folded into the saved word embeddings. Published whole, as
+    save_generator."""
     core = discriminator.core
     if embedding_delta is not None:
         import copy
         core = copy.deepcopy(core)
         with torch.no_grad():
             core.electra.embeddings.word_embeddings.weight += embedding_delta.detach()
-    core.save_pretrained(directory, safe_serialization=True)
-    _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, directory,
-                {"kind": "discriminator", "use_all_token": discriminator.use_all_token,
-                 "use_span_head": discriminator.span_head is not None})
-    _copy_tokenizer(tokenizer_dir, directory)
+    with building_folder(directory) as tmp:
+        core.save_pretrained(tmp, safe_serialization=True)
+        _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, tmp,
+                    {"kind": "discriminator", "use_all_token": discriminator.use_all_token,
+                     "use_span_head": discriminator.span_head is not None})
+        _copy_tokenizer(tokenizer_dir, tmp)
 
 
 def _copy_tokenizer(tokenizer_dir, directory):
@@ -327,9 +333,42 @@ def read_head_config(directory, kind, field):
     return config
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def weights_problem(directory):
+    """What is wrong with a model folder's weight file, in words (None when nothing is seen)."""
+    present = [n for n in WEIGHT_FILES if os.path.isfile(os.path.join(directory, n))]
+    if not present:
+        return f"no weight file ({', '.join(WEIGHT_FILES)})"
+    path = os.path.join(directory, present[0])
+    if os.path.getsize(path) == 0:
+        return f"{present[0]} is empty (0 bytes: its save was interrupted)"
+    if present[0] == "model.safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except Exception:
+            return f"{present[0]} is not a readable safetensors file (truncated or another format)"
+    if present[0] == "pytorch_model.bin":
+        return "pytorch_model.bin is a pickle that holds more than tensors, which is never loaded (it could run code)"
+    return None
+
+
+def load_weights(cls, directory, field):
+    """cls.from_pretrained(directory), with a one-line error naming the weight file's problem."""
+    try:
+        return cls.from_pretrained(directory)
+    except Exception as e:
+        problem = weights_problem(directory) or str(e).strip().splitlines()[0][:160]
+        raise SpanElectraError(f"{field}: cannot load the model in '{directory}': {problem}; save or export it again, "
+                               "or point at another folder") from None
+
+
 def load_generator(directory, field="generator_dir"):
     config = read_head_config(directory, "generator", field)
-    mlm = ElectraForMaskedLM.from_pretrained(directory)
+    mlm = load_weights(ElectraForMaskedLM, directory, field)
     generator = SpanElectraGenerator(mlm.config, use_sbo=config["use_sbo"], mlm=mlm)
     _load_heads({"sbo": generator.sbo}, directory)
     return generator
@@ -337,7 +376,7 @@ def load_generator(directory, field="generator_dir"):
 
 def load_discriminator(directory, field="discriminator_dir"):
     config = read_head_config(directory, "discriminator", field)
-    core = ElectraForPreTraining.from_pretrained(directory)
+    core = load_weights(ElectraForPreTraining, directory, field)
     disc = SpanElectraDiscriminator(core.config, config["use_all_token"], config["use_span_head"], core=core)
     _load_heads({"span_head": disc.span_head, "span_classifier": disc.span_classifier}, directory)
     return disc

@@ -157,6 +157,11 @@ def main(config: feature_args = None):
         if os.path.exists(os.path.join(out_dir, META_FILE)):
             os.remove(os.path.join(out_dir, META_FILE))  # the old features stop looking complete first
         move_files_into(tmp, out_dir, last=(META_FILE,))
+    except OSError as e:  # a full disk can surface from numpy without an errno: name the place and the fix
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror or str(e).strip().splitlines()[0][:120] or type(e).__name__
+        raise SpanElectraError(f"out_dir: cannot write the features to '{out_dir}' ({reason}); free some space or "
+                               "choose another --out_dir") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -264,6 +269,19 @@ class PretrainingFeatures:
         self.vocab_size = meta["vocab_size"]
         self._tokenizer = None
         self._most_frequent = None
+        for split in meta["splits"]:
+            self.check_array(split)
+
+    def check_array(self, name, kind=""):
+        """Fail with one line when a split's array is missing or not the size meta.json records."""
+        path = os.path.join(self.dir, f"{name}{kind}.bin")
+        itemsize = 2 if kind == ".span_position" else np.dtype(self.meta["dtype"]).itemsize
+        expected = self.meta["num_sequences"][name] * self.max_seq_len * itemsize
+        if not os.path.isfile(path):
+            raise SpanElectraError(f"features_dir: '{path}' is missing; rebuild the features with process.py")
+        if os.path.getsize(path) != expected:
+            raise SpanElectraError(f"features_dir: '{path}' holds {os.path.getsize(path)} bytes where {META_FILE} "
+                                   f"promises {expected} (truncated or replaced); rebuild the features with process.py")
 
     def split(self, name, kind=""):
         """The [num_sequences, max_seq_len] memmap of a split ('train' or 'valid')."""
@@ -271,6 +289,8 @@ class PretrainingFeatures:
             raise SpanElectraError(f"split: '{self.dir}' has no '{name}' split (it has {', '.join(self.meta['splits'])})")
         dtype = np.uint16 if kind == ".span_position" else np.dtype(self.meta["dtype"])
         shape = (self.meta["num_sequences"][name], self.max_seq_len)
+        if kind:
+            self.check_array(name, kind)
         return np.memmap(os.path.join(self.dir, f"{name}{kind}.bin"), dtype=dtype, mode="r", shape=shape)
 
     @property

@@ -81,7 +81,7 @@ def main(config: MLM_trainingConfig = None):
 
     out = os.path.join(config.out_dir, "generator")
     if runtime.is_main:
-        save_generator(model, out, os.path.join(features.dir, "tokenizer"))
+        save_generator(model, out, os.path.join(features.dir, "tokenizer"), trained_seq_len=features.max_seq_len)
         logger.info("generator saved to %s", out)
     tu.teardown_runtime(runtime)
     return out

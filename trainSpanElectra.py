@@ -20,8 +20,8 @@ import training_utils as tu
 from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_main
 from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, electra_configs,
-                                    init_discriminator_from_generator, load_generator, save_discriminator,
-                                    save_generator)
+                                    init_discriminator_from_generator, load_generator, read_head_config,
+                                    save_discriminator, save_generator)
 from process import SEDataset
 
 logger = logging.getLogger("span_electra")
@@ -64,6 +64,11 @@ def build_model(config, features):
         raise SpanElectraError(f"generator_dir: the generator holds {generator.config.max_position_embeddings} positions, "
                                f"fewer than the features' max_seq_len {features.max_seq_len}; rebuild the features "
                                "with a smaller --max_seq_len")
+    trained = read_head_config(config.generator_dir, "generator", "generator_dir").get("trained_seq_len")
+    if trained and features.max_seq_len > trained:
+        logger.warning("generator_dir: the generator was trained on %d-token sequences, these features have %d: its "
+                       "positions past %d were never trained, so its samples there are poor; train it on these "
+                       "features", trained, features.max_seq_len, trained)
     discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head,
                                              mask_ratio=config.mask_ratio)
     copied = init_discriminator_from_generator(discriminator, generator)
@@ -140,7 +145,8 @@ def main(config: SE_trainingConfig = None):
         delta = getattr(model, "embedding_delta", None)
         save_discriminator(model.discriminator, out, tokenizer_dir, embedding_delta=delta)
         if config.mode == "joint":
-            save_generator(model.generator, os.path.join(config.out_dir, "generator"), tokenizer_dir)
+            save_generator(model.generator, os.path.join(config.out_dir, "generator"), tokenizer_dir,
+                           trained_seq_len=features.max_seq_len)
         logger.info("discriminator saved to %s", out)
     tu.teardown_runtime(runtime)
     return out

@@ -152,3 +152,90 @@ def test_out_of_memory_names_the_batch_and_the_fix(bpe_feat, tmp_path, capsys, m
     assert code == 2 and "Traceback" not in err
     assert "out of memory with 8 sequences per step" in err and "--train_batch_size 4" in err
     assert "--gradient_accumulation_steps 2" in err
+
+
+# ---------------------------------------------------------------- folders published whole
+def test_a_kill_while_saving_a_model_keeps_the_old_folder_whole(finished_run, tmp_path, monkeypatch):
+    import modelling_span_electra as mse
+    from transformers import ElectraForMaskedLM
+    gen_dir = tmp_path / "generator"
+    shutil.copytree(finished_run / "generator", gen_dir)
+    before = snapshot(gen_dir)
+    generator = mse.load_generator(str(gen_dir))
+
+    def killed(self, directory, **kwargs):
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            f.write("{}")
+        raise KeyboardInterrupt  # the user's Ctrl-C, a time-out, ...
+    monkeypatch.setattr(ElectraForMaskedLM, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mse.save_generator(generator, str(gen_dir))
+    assert snapshot(gen_dir) == before  # the old folder, untouched
+    assert sorted(os.listdir(tmp_path)) == ["generator"]  # and no half-built one beside it
+    monkeypatch.undo()
+    mse.save_generator(generator, str(gen_dir))
+    weights = gen_dir / "model.safetensors"
+    assert weights.stat().st_mode & 0o644 == 0o644  # the usual permissions, not 0600
+    assert mse.load_generator(str(gen_dir)).config.hidden_size == generator.config.hidden_size
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "pickle"])
+def test_a_damaged_weight_file_is_one_line(bpe_feat, finished_run, tmp_path, capsys, damage):
+    gen_dir = tmp_path / "generator"
+    shutil.copytree(finished_run / "generator", gen_dir)
+    weights = gen_dir / "model.safetensors"
+    if damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+        torch.save({"model": torch.nn.Linear(2, 2)}, gen_dir / "pytorch_model.bin")  # a pickled module
+    import trainSpanElectra
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig, [
+            "--features_dir", str(bpe_feat[0]), "--generator_dir", str(gen_dir), "--out_dir", str(tmp_path / "se"),
+            "--max_steps", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and "weights_only" not in err
+    assert f"generator_dir: cannot load the model in '{gen_dir}'" in err
+    assert {"empty": "is empty", "truncated": "not a readable safetensors", "pickle": "is a pickle"}[damage] in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_features_array_is_one_line(bpe_feat, tmp_path, capsys, damage):
+    feat = tmp_path / "feat"
+    shutil.copytree(bpe_feat[0], feat)
+    if damage == "truncated":
+        data = (feat / "train.bin").read_bytes()
+        (feat / "train.bin").write_bytes(data[:len(data) // 2])
+    else:
+        (feat / "valid.bin").unlink()
+    code, err = cli(capsys, feat, tmp_path / "out")
+    assert code == 2 and "Traceback" not in err
+    assert ("holds" in err and "promises" in err) if damage == "truncated" else "valid.bin' is missing" in err
+
+
+def test_a_file_name_with_glob_characters_is_read_as_a_name(tmp_path):
+    from io_utils import find_text_files
+    odd = tmp_path / "wiki[1].txt"
+    odd.write_text("a line of text\n", encoding="utf-8")
+    assert find_text_files(str(odd), "train_input") == [str(odd)]
+
+
+def test_valid_input_and_valid_fraction_together_are_refused(bpe_tok):
+    from io_utils import SpanElectraError
+    with pytest.raises(SpanElectraError, match="valid_fraction: 0.1 with --valid_input"):
+        argument.feature_args(tokenizer_dir=str(bpe_tok), valid_fraction=0.1).validate()
+
+
+def test_a_full_disk_while_building_features_is_one_line(bpe_tok, tmp_path, monkeypatch):
+    import process
+    from io_utils import SpanElectraError
+
+    def full(self, *args, **kwargs):
+        raise OSError("Not enough free space to write 65536 bytes")  # numpy's tofile, without an errno
+    monkeypatch.setattr(process.SequenceWriter, "add", full)
+    with pytest.raises(SpanElectraError, match="out_dir: cannot write the features to .*Not enough free space"):
+        process.main(argument.feature_args(tokenizer_dir=str(bpe_tok), out_dir=str(tmp_path / "feat")))
+    assert os.listdir(tmp_path) == []  # no half-built folder left
