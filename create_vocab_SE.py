@@ -209,6 +209,9 @@ def save_tokenizer_files(tok, config, out_dir, stats):
             "lowercase": config.lowercase, "model_name": config.model_name,
             "vocab_size": tok.get_vocab_size(), "special_tokens": SPECIAL_TOKENS, **stats})
         save_config(config, tmp, "create_vocab")
+        marker = os.path.join(out_dir, "tokenizer.json")
+        if os.path.exists(marker):
+            os.remove(marker)  # the old tokenizer stops looking complete before its files are replaced
         move_files_into(tmp, out_dir, last=("tokenizer.json",))
     except BaseException:
         import shutil
