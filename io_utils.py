@@ -59,6 +59,17 @@ def make_out_dir(path, field="out_dir"):
     return path
 
 
+def is_storage_error(error):
+    """A failed write, whatever raised it: OSError, torch's RuntimeError, safetensors' own error."""
+    text = str(error).lower()
+    return isinstance(error, OSError) or any(k in text for k in ("no space left", "os error 28", "disk quota",
+                                                                 "not enough free space", "read-only file system"))
+
+
+def storage_reason(error):
+    return getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+
+
 @contextlib.contextmanager
 def building_folder(directory):
     """Build a folder under a temporary name beside it (yielded); once the block ends the folder
@@ -79,8 +90,11 @@ def building_folder(directory):
             for name in dirs:
                 os.chmod(os.path.join(root, name), 0o777 & ~_UMASK)
         os.chmod(tmp, 0o777 & ~_UMASK)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_storage_error(e):
+            raise SpanElectraError(f"out_dir: cannot write '{directory}' ({storage_reason(e)}); free some space or "
+                                   "choose another --out_dir") from None
         raise
     old = None
     if os.path.lexists(directory):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from io_utils import SpanElectraError, atomic_write_json, make_out_dir
+from io_utils import SpanElectraError, atomic_write_json, make_out_dir, storage_reason
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -292,7 +292,7 @@ def save_checkpoint(out_dir, step, state, keep=2):
     except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
         if os.path.exists(tmp):
             os.remove(tmp)
-        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:120]
+        reason = storage_reason(e)
         raise SpanElectraError(f"out_dir: cannot write a checkpoint to '{out_dir}' ({reason}); free some space "
                                "or choose another --out_dir") from None
     for old in list_checkpoints(out_dir)[:-keep]:
@@ -399,6 +399,8 @@ def claim_out_dir(config, features, script_name, runtime):
             run_id = check_run(config, identity)
             if not config.resume_from and config.overwrite_output_dir:
                 clear_run(config.out_dir)
+            for stale in glob.glob(os.path.join(glob.escape(config.out_dir), "checkpoint-*.pt.tmp")):
+                os.remove(stale)  # a checkpoint a killed run did not finish
             atomic_write_json(os.path.join(config.out_dir, RUN_FILE), {"run_id": run_id, "fixed": identity})
         except SpanElectraError as e:
             error = str(e)

@@ -239,3 +239,26 @@ def test_a_full_disk_while_building_features_is_one_line(bpe_tok, tmp_path, monk
     with pytest.raises(SpanElectraError, match="out_dir: cannot write the features to .*Not enough free space"):
         process.main(argument.feature_args(tokenizer_dir=str(bpe_tok), out_dir=str(tmp_path / "feat")))
     assert os.listdir(tmp_path) == []  # no half-built folder left
+
+
+def test_a_full_disk_while_saving_a_model_is_one_line(finished_run, tmp_path, monkeypatch):
+    import modelling_span_electra as mse
+    from io_utils import SpanElectraError
+    from transformers import ElectraForMaskedLM
+    generator = mse.load_generator(str(finished_run / "generator"))
+
+    def full(self, directory, **kwargs):
+        raise Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                        "\"No space left on device\" })")  # as safetensors raises it
+    monkeypatch.setattr(ElectraForMaskedLM, "save_pretrained", full)
+    with pytest.raises(SpanElectraError, match="out_dir: cannot write .*generator"):
+        mse.save_generator(generator, str(tmp_path / "generator"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_checkpoint_a_killed_run_left_half_written_is_removed(bpe_feat, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "checkpoint-00000006.pt.tmp").write_bytes(b"half")
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest"))
+    assert not (run / "checkpoint-00000006.pt.tmp").exists() and (run / "checkpoint-00000006.pt").exists()

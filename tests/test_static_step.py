@@ -110,15 +110,19 @@ def test_slot_losses_equal_the_indexed_losses(bpe_feat):
 # ---------------------------------------------------------------- one graph, compiled once
 def compiled_once(fn):
     """torch.compile with the whole step in one graph (fullgraph: a host sync such as .item() or
-    nonzero would break it) and a failure on any recompilation. aot_eager traces exactly as inductor
+    nonzero would break it); call it under no_recompiles(). aot_eager traces exactly as inductor
     does, without building kernels (fast on the CPU)."""
     torch._dynamo.reset()
     return torch.compile(fn, fullgraph=True, backend="aot_eager")
 
 
+def no_recompiles():
+    """Any recompilation inside fails the test."""
+    return torch._dynamo.config.patch(error_on_recompile=True)
+
+
 @pytest.mark.parametrize("mode", ["joint", "two_stage"])
-def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode, monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode):
     config = argument.SE_trainingConfig(features_dir=str(bpe_feat[0]), mode=mode)
     gen_cfg, disc_cfg = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
     torch.manual_seed(0)
@@ -134,19 +138,19 @@ def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode, monkeypat
 
     compiled, sums = compiled_once(step), tu.MetricSums()
     temperature = torch.ones(())
-    for i, batch in enumerate(se_batches(bpe_feat[0], 20, seed=1)):  # 20 different masks
-        temperature.fill_(2.0 - i / 20)  # the curriculum changes the value, never the graph
-        loss, metrics = compiled(batch, temperature)
-        loss.backward()
-        tu.optimizer_step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 1.0)
-        sums.add(metrics)
+    with no_recompiles():
+        for i, batch in enumerate(se_batches(bpe_feat[0], 20, seed=1)):  # 20 different masks
+            temperature.fill_(2.0 - i / 20)  # the curriculum changes the value, never the graph
+            loss, metrics = compiled(batch, temperature)
+            loss.backward()
+            tu.optimizer_step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 1.0)
+            sums.add(metrics)
     row = sums.read(tu.Runtime(torch.device("cpu")))
     assert np.isfinite(row["disc_loss"]) and 0 < row["disc_auc"] < 1
     assert 0.1 < row["replaced_fraction"] < 0.2 if mode == "joint" else row["replaced_fraction"] > 0
 
 
-def test_generator_step_is_one_graph_compiled_once(bpe_feat, monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+def test_generator_step_is_one_graph_compiled_once(bpe_feat):
     gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
     model = mse.SpanElectraGenerator(gen_cfg)
     ds = process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=2)
@@ -156,10 +160,11 @@ def test_generator_step_is_one_graph_compiled_once(bpe_feat, monkeypatch):
         return out["loss"], tu.generator_metrics(out, batch, baseline_token=17)
 
     compiled, sums = compiled_once(step), tu.MetricSums()
-    for i in range(20):
-        loss, metrics = compiled(ds[i])
-        loss.backward()
-        sums.add(metrics)
+    with no_recompiles():
+        for i in range(20):
+            loss, metrics = compiled(ds[i])
+            loss.backward()
+            sums.add(metrics)
     row = sums.read(tu.Runtime(torch.device("cpu")))
     assert 0.12 < row["mask_ratio"] < 0.18 and 3 < row["mean_span_length"] < 8  # tokens (vocabulary of 2,000)
     assert 0 <= row["mlm_baseline_accuracy"] < 0.2
