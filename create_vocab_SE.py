@@ -9,78 +9,24 @@ Writes OUT/tokenizer.json with the tokenizer_config.json that makes
 segmentation) before this tokenizer sees it. process.py and the explorer read that file, so the
 corpus, the features and the model can never disagree on segmentation.
 """
-import functools
 import logging
 import os
 import tempfile
 import time
 import unicodedata
-from multiprocessing import get_context
 
 from tqdm import tqdm
 
 from argument import save_config, run_main, tok_args
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
-                      make_out_dir, move_files_into, sha256_file)
+                      make_out_dir, move_files_into)
+from tokenization import (BYTE_ALPHABET, CLS_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched, load_segmenter,
+                          segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
-SE_TOKENIZER_FILE = "se_tokenizer.json"
-BYTE_ALPHABET = 256
 
-
-# ---------------------------------------------------------------- word segmentation
-def load_segmenter(name):
-    """Return a function line -> segmented line, or None for 'none'."""
-    if name in (None, "", "none"):
-        return None
-    if name == "pyvi":
-        try:
-            from pyvi import ViTokenizer
-        except ImportError:
-            raise SpanElectraError("word_segmenter: 'pyvi' is not installed; run `pip install pyvi`, "
-                                   "or use --word_segmenter none") from None
-        return ViTokenizer.tokenize
-    raise SpanElectraError(f"word_segmenter: unknown segmenter '{name}'; use 'pyvi' or 'none'")
-
-
-def _segment_batch(name, batch):
-    lines, extra = batch
-    segment = load_segmenter(name)
-    return [segment(line) if line.strip() else line for line in lines], extra
-
-
-def segmented_batches(batches, name, num_workers):
-    """Segment (lines, extra) batches in parallel processes, keeping their order ('none': as they are).
-
-    Workers are spawned, not forked, so they never inherit the tokenizer's thread pool."""
-    if name in (None, "", "none"):
-        yield from batches
-        return
-    load_segmenter(name)  # fail early, in this process, if it is missing
-    workers = num_workers or os.cpu_count() or 1
-    if workers == 1:
-        for batch in batches:
-            yield _segment_batch(name, batch)
-        return
-    with get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(functools.partial(_segment_batch, name), batches, chunksize=1)
-
-
-def batched(iterable, size):
-    batch = []
-    for item in iterable:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-# ---------------------------------------------------------------- the tokenizer pipeline
+# ---------------------------------------------------------------- training a vocabulary
 def build_tokenizer(tokenizer_type, lowercase, segmented):
     """An untrained tokenizers.Tokenizer with normalizer, pre-tokenizer and decoder set.
 
@@ -137,48 +83,6 @@ def corpus_lines(files, bad_bytes, progress, alphabet):
             if line.strip():
                 alphabet.update(line)
                 yield line
-
-
-# ---------------------------------------------------------------- loading (used by later stages)
-def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
-    """Load a tokenizer folder: (tokenizers.Tokenizer, info dict) where info holds the segmenter,
-    the special-token ids and a hash of the tokenizer that features and models are checked against."""
-    import json
-    from tokenizers import Tokenizer
-
-    path = os.path.join(tokenizer_dir or "", "tokenizer.json")
-    if not os.path.isfile(path):
-        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no tokenizer.json; run create_vocab_SE.py "
-                               "or point it at its out_dir")
-    try:
-        tok = Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
-                               "rebuild it with create_vocab_SE.py") from None
-    info = {"word_segmenter": "none", "tokenizer_type": None, "lowercase": None}
-    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            info.update(json.load(f))
-    for i, token in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(token) != i:
-            raise SpanElectraError(f"{field}: '{tokenizer_dir}' does not have {token} at id {i}; build the "
-                                   "vocabulary with create_vocab_SE.py")
-    info["vocab_size"] = tok.get_vocab_size()
-    info["tokenizer_hash"] = tokenizer_hash(tokenizer_dir)
-    return tok, info
-
-
-def tokenizer_hash(tokenizer_dir):
-    """Identity of a tokenizer: its tokenizer.json and the segmentation applied before it."""
-    import hashlib
-    h = hashlib.sha256(sha256_file(os.path.join(tokenizer_dir, "tokenizer.json")).encode())
-    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
-    if os.path.isfile(info_path):
-        import json
-        with open(info_path, encoding="utf-8") as f:
-            h.update(str(json.load(f).get("word_segmenter", "none")).encode())
-    return h.hexdigest()[:16]
 
 
 def _use_portable_tokenizer_class(config_path):

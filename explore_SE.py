@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from argument import _help, run_main
-from create_vocab_SE import load_segmenter
+from tokenization import load_segmenter
 from io_utils import SpanElectraError
 from modelling_span_electra import load_weights
 

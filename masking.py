@@ -358,7 +358,7 @@ def masking_stats(batches, eligible_counts):
 
 def main(config: mask_stats_args = None):
     """Mask real sequences from a features folder and print what the settings produce."""
-    from process import PretrainingFeatures
+    from features import PretrainingFeatures
 
     config = config or mask_stats_args()
     config.validate()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 import training_utils as tu
 from argument import MLM_trainDataArgs, MLM_trainingConfig, MLM_validDataArgs, run_main
 from modelling_span_electra import SpanElectraGenerator, electra_configs, save_generator
-from process import MLMDataset
+from features import MLMDataset
 
 logger = logging.getLogger("span_electra")
 

@@ -22,7 +22,7 @@ from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, electra_configs,
                                     init_discriminator_from_generator, load_generator, read_head_config,
                                     save_discriminator, save_generator)
-from process import SEDataset
+from features import SEDataset
 
 logger = logging.getLogger("span_electra")
 

@@ -24,6 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import create_vocab_SE  # noqa: E402
+import features as features_lib  # noqa: E402
+import tokenization  # noqa: E402
 import process  # noqa: E402
 from argument import MaskingArgs, feature_args, tok_args  # noqa: E402
 from io_utils import setup_logging  # noqa: E402
@@ -55,7 +57,7 @@ def bare_tokenizer(tokenizer, corpus, batch_lines, fast=False):
 
 
 def bench_feature_build(tok_dir, corpus, work, repeats):
-    tokenizer, _ = create_vocab_SE.load_tokenizer(tok_dir)
+    tokenizer, _ = tokenization.load_tokenizer(tok_dir)
     config = feature_args(tokenizer_dir=tok_dir, train_input=corpus, valid_input=None, out_dir=os.path.join(work, "feat"),
                           max_seq_len=128)
     ours = best_of(lambda: process.main(config), repeats)
@@ -115,7 +117,7 @@ def loop_span_mask(ids, word_starts, special_ids, mask_id, vocab_size, cfg, rng)
 
 
 def bench_masking(feat_dir, batch_sizes, repeats):
-    features = process.PretrainingFeatures(feat_dir)
+    features = features_lib.PretrainingFeatures(feat_dir)
     data = features.split("train")
     cfg = MaskingArgs()
     masker = features.masker(cfg)

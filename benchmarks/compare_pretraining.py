@@ -38,7 +38,7 @@ from argument import (MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, S
 from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
-from process import MLMDataset, SEDataset  # noqa: E402
+from features import MLMDataset, PretrainingFeatures, SEDataset  # noqa: E402
 
 logger = logging.getLogger("span_electra")
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -209,7 +209,7 @@ def prepare_data(config, scale):
     if not os.path.isfile(os.path.join(feat_dir, "meta.json")):
         process.main(feature_args(tokenizer_dir=tok_dir, train_input=config.train_input,
                                   valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128))
-    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": process.PretrainingFeatures(feat_dir).vocab_size}
+    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": PretrainingFeatures(feat_dir).vocab_size}
 
 
 # ---------------------------------------------------------------- report

@@ -24,6 +24,7 @@ PAD, UNK, CLS, SEP, MASK = range(5)
 
 import argument  # noqa: E402
 import create_vocab_SE  # noqa: E402
+import features  # noqa: E402
 import process  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def assert_cli_error(result, *needles):
 
 
 def masked_rows(features_dir, split="train", n=None):
-    feats = process.PretrainingFeatures(str(features_dir))
+    feats = features.PretrainingFeatures(str(features_dir))
     data = np.asarray(feats.split(split), dtype=np.int64)
     return feats, (data if n is None else data[:n])
 

@@ -11,6 +11,7 @@ from conftest import (SAMPLE, assert_cli_error, build_features, count_tokens, re
                       train_vocab)
 
 import argument
+import features
 import process
 from io_utils import SpanElectraError
 
@@ -290,7 +291,7 @@ def test_failed_rebuild_keeps_no_half_features(tmp_path, bpe_tok):
     assert not (tmp_path / "feat" / "meta.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(SpanElectraError, match="^features_dir:"):
-        process.PretrainingFeatures(str(tmp_path / "feat"))
+        features.PretrainingFeatures(str(tmp_path / "feat"))
 
 
 def test_rebuild_replaces_features(tmp_path, bpe_tok, bert_tok):
@@ -299,7 +300,7 @@ def test_rebuild_replaces_features(tmp_path, bpe_tok, bert_tok):
                               max_seq_len=64)
     _, second = build_features(bert_tok, feat, train_input=str(SAMPLE / "valid.tokens"), valid_input="",
                                max_seq_len=32)
-    feats = process.PretrainingFeatures(str(feat))
+    feats = features.PretrainingFeatures(str(feat))
     assert feats.meta == second and feats.max_seq_len == 32
     assert feats.split("train").shape == (second["num_sequences"]["train"], 32)
     feats.check_tokenizer(str(bert_tok))
@@ -312,33 +313,33 @@ def test_rebuild_replaces_features(tmp_path, bpe_tok, bert_tok):
 def test_static_masking_without_static_masks(bert_feat):
     args = argument.MLM_trainDataArgs(features_dir=str(bert_feat[0]), static_masking=True)
     with pytest.raises(SpanElectraError, match="^static_masking:"):
-        process.MLMDataset(args, batch_size=8)
+        features.MLMDataset(args, batch_size=8)
 
 
 def test_batch_larger_than_split(bpe_feat):
     n = bpe_feat[1]["num_sequences"]["valid"]
     args = argument.MLM_validDataArgs(features_dir=str(bpe_feat[0]))
     with pytest.raises(SpanElectraError, match=str(n)):
-        process.MLMDataset(args, batch_size=n + 1)
+        features.MLMDataset(args, batch_size=n + 1)
     with pytest.raises(SpanElectraError):
-        process.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n // 2 + 1,
+        features.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n // 2 + 1,
                            world_size=2)
-    assert len(process.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n,
+    assert len(features.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n,
                                   shuffle=False)) == 1
 
 
 def test_dataset_on_missing_split_or_folder(tmp_path, bpe_tok):
     _, meta = build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
     with pytest.raises(SpanElectraError, match="valid"):
-        process.MLMDataset(argument.MLM_validDataArgs(features_dir=str(tmp_path / "f")), batch_size=4)
+        features.MLMDataset(argument.MLM_validDataArgs(features_dir=str(tmp_path / "f")), batch_size=4)
     with pytest.raises(SpanElectraError, match="^features_dir:"):
-        process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(tmp_path / "nope")), batch_size=4)
+        features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(tmp_path / "nope")), batch_size=4)
 
 
 def test_masking_rejects_bad_mask_ratio_in_process(bpe_feat):
     for value in (1.5, 0.0, -0.1, 1.0):
         with pytest.raises(SpanElectraError, match="^mask_ratio:"):
-            process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]), mask_ratio=value),
+            features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]), mask_ratio=value),
                                batch_size=8)
 
 

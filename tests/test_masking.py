@@ -9,6 +9,7 @@ from conftest import token_strings as _token_strings
 
 import argument
 import masking
+import features
 import process
 
 IGNORE = -100
@@ -115,7 +116,7 @@ def test_short_sequences_and_small_ratios_still_get_masked(bpe_feat):
 
 # ---------------------------------------------------------------- whole words
 def test_bpe_word_start_table(bpe_feat):
-    feats = process.PretrainingFeatures(str(bpe_feat[0]))
+    feats = features.PretrainingFeatures(str(bpe_feat[0]))
     table = masking.word_start_table(feats.tokenizer)
     tokens = _token_strings(feats.tokenizer)
     assert table.shape == (2000,)
@@ -295,7 +296,7 @@ def test_masker_on_rows_with_padding(bpe_feat):
 
 def test_masker_validates_config(bpe_feat):
     from io_utils import SpanElectraError
-    feats = process.PretrainingFeatures(str(bpe_feat[0]))
+    feats = features.PretrainingFeatures(str(bpe_feat[0]))
     for field, value in [("mask_ratio", 1.5), ("mask_ratio", 0.0), ("mask_ratio", float("nan")), ("span_p", 0.0),
                          ("max_span_len", 0), ("masking", "word"), ("random_replace_prob", 0.3)]:
         with pytest.raises(SpanElectraError, match=f"^{field}:"):

@@ -9,7 +9,9 @@ from conftest import (CLS, MASK, PAD, SAMPLE, SAMPLE_VI, SEP, SLOT_KEYS, build_f
                       read_json, text_lines)
 
 import argument
+import features
 import process
+import tokenization
 from io_utils import SpanElectraError
 
 TRAIN = SAMPLE / "train.tokens"
@@ -24,7 +26,7 @@ def _data_args(feat_dir, split="train", cls=argument.MLM_trainDataArgs, **kw):
 # ---------------------------------------------------------------- rows and meta.json
 def test_rows_are_cls_tokens_sep(bpe_feat, bert_feat):
     for feat_dir, meta in (bpe_feat, bert_feat):
-        feats = process.PretrainingFeatures(str(feat_dir))
+        feats = features.PretrainingFeatures(str(feat_dir))
         for split in ("train", "valid"):
             rows = np.asarray(feats.split(split))
             assert rows.shape == (meta["num_sequences"][split], 128)
@@ -37,14 +39,13 @@ def test_rows_are_cls_tokens_sep(bpe_feat, bert_feat):
 
 
 def test_meta_fields(bpe_feat, bpe_tok):
-    import create_vocab_SE
     feat_dir, meta = bpe_feat
     on_disk = read_json(feat_dir / "meta.json")
     assert on_disk == meta
     assert meta["max_seq_len"] == 128
     assert meta["vocab_size"] == 2000
     assert meta["dtype"] == "uint16"
-    assert meta["tokenizer_hash"] == create_vocab_SE.tokenizer_hash(str(bpe_tok))
+    assert meta["tokenizer_hash"] == tokenization.tokenizer_hash(str(bpe_tok))
     assert meta["word_segmenter"] == "none" and meta["tokenizer_type"] == "BPE"
     assert meta["special_token_ids"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
     assert meta["splits"] == ["train", "valid"]
@@ -84,7 +85,7 @@ def test_rows_follow_document_token_stream(bpe_feat, bpe_tok, bert_feat, bert_to
         body = meta["max_seq_len"] - 2
         k = len(stream) // body
         assert k >= 2
-        rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
+        rows = np.asarray(features.PretrainingFeatures(str(feat_dir)).split("train"))
         np.testing.assert_array_equal(rows[:k, 1:-1].ravel(), stream[:k * body])
         # the second document starts a fresh row (the first document's tail is dropped)
         stream2 = np.concatenate([e.ids for e in tok.encode_batch(second_doc, add_special_tokens=False)])
@@ -96,7 +97,7 @@ def test_tokenizer_copied_into_features(bpe_feat, bpe_tok):
     copy = feat_dir / "tokenizer"
     for name in ("tokenizer.json", "tokenizer_config.json", "se_tokenizer.json"):
         assert filecmp.cmp(copy / name, bpe_tok / name, shallow=False), name
-    feats = process.PretrainingFeatures(str(feat_dir))
+    feats = features.PretrainingFeatures(str(feat_dir))
     assert feats.tokenizer.get_vocab_size() == 2000
     from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(str(copy)).is_fast
@@ -113,7 +114,7 @@ def test_process_config_saved(bpe_feat, bpe_tok):
 
 def test_check_tokenizer(bpe_feat, bpe_tok, bert_tok):
     feat_dir, _ = bpe_feat
-    feats = process.PretrainingFeatures(str(feat_dir))
+    feats = features.PretrainingFeatures(str(feat_dir))
     feats.check_tokenizer(str(bpe_tok))  # the same tokenizer passes
     feats.check_tokenizer(str(feat_dir / "tokenizer"))  # and so does the copy
     with pytest.raises(SpanElectraError, match="tokenizer_dir"):
@@ -121,17 +122,17 @@ def test_check_tokenizer(bpe_feat, bpe_tok, bert_tok):
 
 
 def test_check_tokenizer_missing_folder_is_a_user_error(bpe_feat, tmp_path):
-    feats = process.PretrainingFeatures(str(bpe_feat[0]))
+    feats = features.PretrainingFeatures(str(bpe_feat[0]))
     with pytest.raises(SpanElectraError, match="tokenizer_dir"):
         feats.check_tokenizer(str(tmp_path / "no_such_tokenizer"))
 
 
 def test_dataset_checks_tokenizer_when_given(bpe_feat, bpe_tok, bert_tok):
     feat_dir, _ = bpe_feat
-    ds = process.MLMDataset(_data_args(feat_dir, tokenizer_dir=str(bpe_tok)), batch_size=8)
+    ds = features.MLMDataset(_data_args(feat_dir, tokenizer_dir=str(bpe_tok)), batch_size=8)
     assert len(ds) > 0
     with pytest.raises(SpanElectraError, match="tokenizer_dir"):
-        process.MLMDataset(_data_args(feat_dir, tokenizer_dir=str(bert_tok)), batch_size=8)
+        features.MLMDataset(_data_args(feat_dir, tokenizer_dir=str(bert_tok)), batch_size=8)
 
 
 def test_uint32_for_vocabularies_over_65536(bpe_tok, bpe_feat, tmp_path, monkeypatch):
@@ -146,10 +147,10 @@ def test_uint32_for_vocabularies_over_65536(bpe_tok, bpe_feat, tmp_path, monkeyp
     monkeypatch.setattr(process, "load_tokenizer", big)
     feat_dir, meta = build_features(bpe_tok, tmp_path / "big", valid_input="")
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70000
-    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
+    rows = np.asarray(features.PretrainingFeatures(str(feat_dir)).split("train"))
     assert rows.dtype == np.uint32
     assert (feat_dir / "train.bin").stat().st_size == rows.size * 4
-    small = np.asarray(process.PretrainingFeatures(str(bpe_feat[0])).split("train"))
+    small = np.asarray(features.PretrainingFeatures(str(bpe_feat[0])).split("train"))
     np.testing.assert_array_equal(rows, small)
 
 
@@ -180,7 +181,7 @@ def test_no_valid_split(bpe_tok, tmp_path, caplog):
     assert not (feat_dir / "valid.bin").exists()
     assert "no validation split" in caplog.text
     with pytest.raises(SpanElectraError, match="split"):
-        process.PretrainingFeatures(str(feat_dir)).split("valid")
+        features.PretrainingFeatures(str(feat_dir)).split("valid")
 
 
 @pytest.mark.parametrize("spec", ["folder", "glob"])
@@ -218,8 +219,8 @@ def test_segmented_features_match_segmented_text(vi_feat, vi_tok):
     for split, path in (("train", SAMPLE_VI / "train.txt"), ("valid", SAMPLE_VI / "valid.txt")):
         total = count_tokens(vi_tok, text_lines([path]), segment=ViTokenizer.tokenize)
         assert meta["num_tokens"][split] + meta["dropped_tail_tokens"][split] == total
-    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
-    tok = process.PretrainingFeatures(str(feat_dir)).tokenizer
+    rows = np.asarray(features.PretrainingFeatures(str(feat_dir)).split("train"))
+    tok = features.PretrainingFeatures(str(feat_dir)).tokenizer
     text = tok.decode(rows[:20, 1:-1].ravel().tolist())
     assert text.count("_") > 10  # segmented words made it into the features
 
@@ -236,7 +237,7 @@ def test_segmentation_in_worker_processes_gives_same_features(vi_feat, vi_tok, t
 # ---------------------------------------------------------------- static masks
 def test_static_mask_files(bpe_feat):
     feat_dir, meta = bpe_feat
-    feats = process.PretrainingFeatures(str(feat_dir))
+    feats = features.PretrainingFeatures(str(feat_dir))
     assert meta["static_masking_config"] == {"masking": "span", "mask_ratio": 0.15, "span_p": 0.2,
                                              "max_span_len": 10, "mask_replace_prob": 0.8,
                                              "random_replace_prob": 0.1, "max_predictions_per_seq": 0}
@@ -258,7 +259,7 @@ def test_static_mask_files(bpe_feat):
 def test_static_masks_reproduce_dynamic_masking(bpe_feat):
     from masking import batch_from_masking
     feat_dir, meta = bpe_feat
-    feats = process.PretrainingFeatures(str(feat_dir))
+    feats = features.PretrainingFeatures(str(feat_dir))
     cfg = argument.MaskingArgs(**meta["static_masking_config"])
     ids = np.asarray(feats.split("train")[:1024], dtype=np.int64)
     dynamic = feats.masker(cfg)(ids, np.random.default_rng(read_json(feat_dir / "process_config.json")["seed"] + 1))
@@ -270,7 +271,7 @@ def test_static_masks_reproduce_dynamic_masking(bpe_feat):
 
 def test_static_dataset_same_masks_every_epoch(bpe_feat):
     feat_dir, _ = bpe_feat
-    ds = process.MLMDataset(_data_args(feat_dir, "valid", static_masking=True), batch_size=32, shuffle=False)
+    ds = features.MLMDataset(_data_args(feat_dir, "valid", static_masking=True), batch_size=32, shuffle=False)
     first = [ds[i] for i in range(len(ds))]
     ds.set_epoch(5)
     for i, batch in enumerate(first):
@@ -278,8 +279,8 @@ def test_static_dataset_same_masks_every_epoch(bpe_feat):
         for key in batch:
             assert (again[key] == batch[key]).all(), key
     # with shuffling the batches change but each sequence keeps its one mask
-    shuffled = process.MLMDataset(_data_args(feat_dir, "train", static_masking=True), batch_size=64, seed=1)
-    feats = process.PretrainingFeatures(str(feat_dir))
+    shuffled = features.MLMDataset(_data_args(feat_dir, "train", static_masking=True), batch_size=64, seed=1)
+    feats = features.PretrainingFeatures(str(feat_dir))
     stored = np.asarray(feats.split("train", ".masked"))
     for epoch in (0, 1):
         shuffled.set_epoch(epoch)
@@ -296,8 +297,8 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
     import torch
     feat_dir, meta = bpe_feat
     args = _data_args(feat_dir)
-    a = process.MLMDataset(args, batch_size=16, seed=7)
-    b = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=7)
+    a = features.MLMDataset(args, batch_size=16, seed=7)
+    b = features.MLMDataset(_data_args(feat_dir), batch_size=16, seed=7)
     assert len(a) == meta["num_sequences"]["train"] // 16
     x, y = a[3], b[3]
     # rows are packed full: no attention mask; fixed-size prediction slots (1.25 x round(0.15 x 128) = 24)
@@ -314,7 +315,7 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
     a.set_epoch(0)
     assert torch.equal(a[3]["masked_lm_positions"], x["masked_lm_positions"])
     # another seed: another batch
-    c = process.MLMDataset(_data_args(feat_dir), batch_size=16, seed=8)
+    c = features.MLMDataset(_data_args(feat_dir), batch_size=16, seed=8)
     assert not torch.equal(c[3]["input_ids"], x["input_ids"])
     with pytest.raises(IndexError):
         a[len(a)]
@@ -323,13 +324,13 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
 def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
     import torch
     feat_dir, _ = bpe_feat
-    ds = process.MLMDataset(_data_args(feat_dir, "valid"), batch_size=32, shuffle=False)
+    ds = features.MLMDataset(_data_args(feat_dir, "valid"), batch_size=32, shuffle=False)
     e0 = ds[2]
     ds.set_epoch(1)
     e1 = ds[2]
     assert not np.array_equal(dense_labels(e0) != -100, dense_labels(e1) != -100)  # a different mask
     # but the same sequences underneath
-    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("valid")[64:96], dtype=np.int64)
+    rows = np.asarray(features.PretrainingFeatures(str(feat_dir)).split("valid")[64:96], dtype=np.int64)
     for batch in (e0, e1):
         labels = dense_labels(batch)
         m = labels != -100
@@ -339,7 +340,7 @@ def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
 
 def test_labels_and_ratio_of_dataset_batches(bpe_feat):
     feat_dir, _ = bpe_feat
-    ds = process.MLMDataset(_data_args(feat_dir), batch_size=128, seed=0)
+    ds = features.MLMDataset(_data_args(feat_dir), batch_size=128, seed=0)
     masked, total = 0, 0
     for i in range(len(ds)):
         b = ds[i]
@@ -356,14 +357,14 @@ def test_se_dataset_adds_original_ids(bpe_feat):
     feat_dir, _ = bpe_feat
     args = argument.SE_trainDataArgs(features_dir=str(feat_dir))
     assert (args.mask_replace_prob, args.random_replace_prob) == (0.85, 0.0)
-    ds = process.SEDataset(args, batch_size=16, seed=3)
+    ds = features.SEDataset(args, batch_size=16, seed=3)
     batch = ds[1]
     rows = np.asarray(ds.data[ds.rows(1)], dtype=np.int64)
     np.testing.assert_array_equal(batch["original_ids"].numpy(), rows)
     m = dense_labels(batch) != -100
     ids = batch["input_ids"].numpy()
     assert set(np.unique(ids[m][ids[m] != rows[m]])) <= {MASK}  # 85% [MASK] / 15% kept, never random
-    mlm = process.MLMDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size=16, seed=3)[1]
+    mlm = features.MLMDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size=16, seed=3)[1]
     for key in mlm:
         assert (mlm[key] == batch[key]).all(), key
 
@@ -373,7 +374,7 @@ def test_ranks_read_disjoint_rows(bpe_feat):
     n = meta["num_sequences"]["train"]
     seen = []
     for rank in (0, 1):
-        ds = process.MLMDataset(_data_args(feat_dir), batch_size=32, seed=5, rank=rank, world_size=2)
+        ds = features.MLMDataset(_data_args(feat_dir), batch_size=32, seed=5, rank=rank, world_size=2)
         assert len(ds) == (n // 32) // 2
         rows = np.concatenate([ds.rows(i) for i in range(len(ds))])
         assert len(np.unique(rows)) == len(rows)
@@ -387,7 +388,7 @@ def test_ranks_read_disjoint_rows(bpe_feat):
 def test_valid_dataset_covers_every_row_once(bpe_feat):
     feat_dir, meta = bpe_feat
     n = meta["num_sequences"]["valid"]
-    ds = process.MLMDataset(_data_args(feat_dir, "valid", cls=argument.MLM_validDataArgs), batch_size=50,
+    ds = features.MLMDataset(_data_args(feat_dir, "valid", cls=argument.MLM_validDataArgs), batch_size=50,
                             shuffle=False)
     assert len(ds) == -(-n // 50)
     rows = np.concatenate([ds.rows(i) for i in range(len(ds))])
@@ -399,7 +400,7 @@ def test_valid_dataset_covers_every_row_once(bpe_feat):
 def test_dataloader_iterates_batches(bpe_feat):
     from torch.utils.data import DataLoader
     feat_dir, _ = bpe_feat
-    ds = process.MLMDataset(_data_args(feat_dir, "valid"), batch_size=64)
+    ds = features.MLMDataset(_data_args(feat_dir, "valid"), batch_size=64)
     batches = list(DataLoader(ds, batch_size=None))
     assert len(batches) == len(ds) > 0
     assert all(b["input_ids"].shape == (64, 128) for b in batches)

@@ -10,6 +10,7 @@ from conftest import (build_features, check_segmented_words_whole, count_tokens,
 
 import argument
 import masking
+import features
 import process
 
 
@@ -55,13 +56,13 @@ def test_viwiki_features(viwiki_feat, viwiki_tok, viwiki_valid):
     assert meta["undecodable_bytes"] == 0
     total = count_tokens(viwiki_tok, text_lines([viwiki_valid]), segment=ViTokenizer.tokenize)
     assert meta["num_tokens"]["train"] + meta["dropped_tail_tokens"]["train"] == total
-    rows = np.asarray(process.PretrainingFeatures(str(feat_dir)).split("train"))
+    rows = np.asarray(features.PretrainingFeatures(str(feat_dir)).split("train"))
     assert (rows[:, 0] == 2).all() and (rows[:, -1] == 3).all() and not (rows == 0).any()
 
 
 def test_viwiki_segmented_words_masked_whole(viwiki_feat):
     feat_dir, _ = viwiki_feat
-    feats = process.PretrainingFeatures(str(feat_dir))
+    feats = features.PretrainingFeatures(str(feat_dir))
     ids = np.asarray(feats.split("train"), dtype=np.int64)
     masker = feats.masker(argument.MaskingArgs())
     seen = 0

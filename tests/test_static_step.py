@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import argument
 import masking
 import modelling_span_electra as mse
+import features
 import process
 import trainSpanElectra
 import training_utils as tu
@@ -15,7 +16,7 @@ from conftest import dense_labels
 
 
 def se_batches(feat_dir, n, batch_size=8, seed=0):
-    ds = process.SEDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size, seed=seed)
+    ds = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size, seed=seed)
     return [ds[i] for i in range(n)]
 
 
@@ -49,7 +50,7 @@ def test_prediction_slots_hold_every_masked_token_in_order():
 
 @pytest.mark.parametrize("kind", ["span", "token"])
 def test_masker_never_needs_more_slots_and_keeps_the_ratio(bpe_feat, kind):
-    feats = process.PretrainingFeatures(str(bpe_feat[0]))
+    feats = features.PretrainingFeatures(str(bpe_feat[0]))
     config = argument.MaskingArgs(masking=kind)
     slots = masking.max_prediction_slots(config, 128)
     assert slots == (24 if kind == "span" else 19)  # ELECTRA's 19 at 128; 1.25x that for whole spans
@@ -153,7 +154,7 @@ def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode):
 def test_generator_step_is_one_graph_compiled_once(bpe_feat):
     gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
     model = mse.SpanElectraGenerator(gen_cfg)
-    ds = process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=2)
+    ds = features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=2)
 
     def step(batch):
         out = model(**batch)

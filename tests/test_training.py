@@ -57,8 +57,8 @@ def weak_generator(bpe_feat, tmp_path_factory):
 
 def unigram_accuracy(features_dir):
     """Accuracy of always predicting the most frequent non-special token."""
-    import process
-    ids = np.asarray(process.PretrainingFeatures(str(features_dir)).split("train"), dtype=np.int64)
+    import features
+    ids = np.asarray(features.PretrainingFeatures(str(features_dir)).split("train"), dtype=np.int64)
     counts = np.bincount(ids[:, 1:-1].ravel())
     return counts.max() / counts.sum()
 
@@ -92,8 +92,8 @@ def test_saved_generator_loads_in_transformers_with_identical_outputs(trained_ge
 
 
 def test_generator_logits_only_at_masked_positions(bpe_feat):
-    import process
-    ds = process.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), batch_size=4)
+    import features
+    ds = features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), batch_size=4)
     batch = ds[0]
     gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
     out = mse.SpanElectraGenerator(gen_cfg)(**batch)

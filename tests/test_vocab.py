@@ -7,6 +7,7 @@ from conftest import SAMPLE, SAMPLE_VI, SPECIAL_TOKENS, read_json, train_vocab
 
 import argument
 import create_vocab_SE
+import tokenization
 
 SENTENCE = "The game was released in Japan and it was a success"
 
@@ -124,25 +125,25 @@ def test_lowercase_option(kind, tmp_path):
 
 def test_tokenizer_hash_identifies_tokenizer(bpe_tok, bert_tok, tmp_path):
     import shutil
-    h = create_vocab_SE.tokenizer_hash(str(bpe_tok))
+    h = tokenization.tokenizer_hash(str(bpe_tok))
     assert len(h) == 16
-    assert h != create_vocab_SE.tokenizer_hash(str(bert_tok))
+    assert h != tokenization.tokenizer_hash(str(bert_tok))
     copy = tmp_path / "copy"
     shutil.copytree(bpe_tok, copy)
-    assert create_vocab_SE.tokenizer_hash(str(copy)) == h
+    assert tokenization.tokenizer_hash(str(copy)) == h
     # the segmentation is part of the identity
     info = read_json(copy / "se_tokenizer.json")
     info["word_segmenter"] = "pyvi"
     (copy / "se_tokenizer.json").write_text(json.dumps(info), encoding="utf-8")
-    assert create_vocab_SE.tokenizer_hash(str(copy)) != h
+    assert tokenization.tokenizer_hash(str(copy)) != h
 
 
 def test_load_tokenizer_info(bpe_tok):
-    tok, info = create_vocab_SE.load_tokenizer(str(bpe_tok))
+    tok, info = tokenization.load_tokenizer(str(bpe_tok))
     assert info["vocab_size"] == 2000
     assert info["word_segmenter"] == "none"
     assert info["tokenizer_type"] == "BPE"
-    assert info["tokenizer_hash"] == create_vocab_SE.tokenizer_hash(str(bpe_tok))
+    assert info["tokenizer_hash"] == tokenization.tokenizer_hash(str(bpe_tok))
 
 
 # ---------------------------------------------------------------- pyvi word segmentation
@@ -212,9 +213,9 @@ def test_missing_pyvi_is_reported(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(create_vocab_SE.SpanElectraError, match="word_segmenter"):
-        create_vocab_SE.load_segmenter("pyvi")
-    assert create_vocab_SE.load_segmenter("none") is None
+    with pytest.raises(tokenization.SpanElectraError, match="word_segmenter"):
+        tokenization.load_segmenter("pyvi")
+    assert tokenization.load_segmenter("none") is None
 
 
 def test_validate_rejects_bad_fields():

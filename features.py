@@ -1,0 +1,165 @@
+"""Pre-training features as the training scripts read them: a features folder written by
+process.py (its meta.json, memmapped token arrays and tokenizer) and the datasets that serve masked
+batches of it, with the fixed-size prediction slots the training step works on."""
+import json
+import os
+
+import numpy as np
+import torch
+
+from argument import DataArgs
+from io_utils import SpanElectraError
+from masking import Masker, batch_from_masking, max_prediction_slots, prediction_slots, word_start_table
+from tokenization import MASK_ID, SPECIAL_TOKENS, load_tokenizer
+
+META_FILE = "meta.json"
+
+
+class PretrainingFeatures:
+    """A features folder: its meta.json, memmapped splits and the tokenizer it was built with."""
+
+    def __init__(self, features_dir, meta=None, field="features_dir"):
+        self.dir = features_dir
+        if meta is None:
+            path = os.path.join(features_dir, META_FILE)
+            if not os.path.isfile(path):
+                raise SpanElectraError(f"{field}: '{features_dir}' has no {META_FILE} (missing or unfinished); "
+                                       "run process.py to build the features")
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        self.meta = meta
+        self.max_seq_len = meta["max_seq_len"]
+        self.vocab_size = meta["vocab_size"]
+        self._tokenizer = None
+        self._most_frequent = None
+        for split in meta["splits"]:
+            self.check_array(split)
+
+    def check_array(self, name, kind=""):
+        """Fail with one line when a split's array is missing or not the size meta.json records."""
+        path = os.path.join(self.dir, f"{name}{kind}.bin")
+        itemsize = 2 if kind == ".span_position" else np.dtype(self.meta["dtype"]).itemsize
+        expected = self.meta["num_sequences"][name] * self.max_seq_len * itemsize
+        if not os.path.isfile(path):
+            raise SpanElectraError(f"features_dir: '{path}' is missing; rebuild the features with process.py")
+        if os.path.getsize(path) != expected:
+            raise SpanElectraError(f"features_dir: '{path}' holds {os.path.getsize(path)} bytes where {META_FILE} "
+                                   f"promises {expected} (truncated or replaced); rebuild the features with process.py")
+
+    def split(self, name, kind=""):
+        """The [num_sequences, max_seq_len] memmap of a split ('train' or 'valid')."""
+        if name not in self.meta["splits"]:
+            raise SpanElectraError(f"split: '{self.dir}' has no '{name}' split (it has {', '.join(self.meta['splits'])})")
+        dtype = np.uint16 if kind == ".span_position" else np.dtype(self.meta["dtype"])
+        shape = (self.meta["num_sequences"][name], self.max_seq_len)
+        if kind:
+            self.check_array(name, kind)
+        return np.memmap(os.path.join(self.dir, f"{name}{kind}.bin"), dtype=dtype, mode="r", shape=shape)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer, _ = load_tokenizer(os.path.join(self.dir, "tokenizer"), "features_dir")
+        return self._tokenizer
+
+    def check_tokenizer(self, tokenizer_dir, field="tokenizer_dir"):
+        """Stop when features were built with another tokenizer than tokenizer_dir."""
+        _, info = load_tokenizer(tokenizer_dir, field)
+        if info["tokenizer_hash"] != self.meta["tokenizer_hash"]:
+            raise SpanElectraError(
+                f"{field}: '{tokenizer_dir}' holds another tokenizer than the one the features in '{self.dir}' "
+                "were built with; rebuild the features with process.py or use the tokenizer in "
+                f"{os.path.join(self.dir, 'tokenizer')}")
+
+    def most_frequent_token(self, split="train", max_rows=100_000):
+        """The most frequent non-special token of a split (over its first max_rows sequences): a
+        masked LM that always predicts it is the baseline a trained generator must beat."""
+        if self._most_frequent is None:
+            ids = np.asarray(self.split(split)[:max_rows]).ravel()
+            counts = np.bincount(ids, minlength=self.vocab_size)
+            counts[:len(SPECIAL_TOKENS)] = 0
+            self._most_frequent = int(counts.argmax())
+        return self._most_frequent
+
+    def masker(self, masking_config):
+        return Masker(masking_config, word_start_table(self.tokenizer), special_ids=range(len(SPECIAL_TOKENS)),
+                      mask_id=MASK_ID, vocab_size=self.vocab_size)
+
+
+class MLMDataset:
+    """Masked batches of one split for the generator: item i of an epoch is the i-th batch.
+
+    Batches are deterministic given (seed, epoch, index), so a run resumes exactly, any DataLoader
+    worker can build any batch, and with world_size > 1 each rank reads its own batches. Masking is
+    dynamic (a fresh mask every epoch) unless data_args.static_masking uses process.py's saved masks.
+    A batch holds input_ids [B, L] and the fixed-size prediction slots [B, max_predictions_per_seq]
+    of masking.prediction_slots, so every training batch has the same shapes. Rows are packed full,
+    so there is no attention mask. Use with torch.utils.data.DataLoader(dataset, batch_size=None).
+    """
+
+    def __init__(self, data_args: DataArgs, batch_size, seed=0, shuffle=True, rank=0, world_size=1):
+        data_args.validate()
+        self.features = PretrainingFeatures(data_args.features_dir)
+        if data_args.tokenizer_dir:
+            self.features.check_tokenizer(data_args.tokenizer_dir)
+        self.data = self.features.split(data_args.split)
+        self.static = None
+        if data_args.static_masking:
+            if not self.features.meta.get("static_masking"):
+                raise SpanElectraError(f"static_masking: '{data_args.features_dir}' has no static masks; "
+                                       "rebuild it with process.py --static_masking")
+            self.static = (self.features.split(data_args.split, ".masked"),
+                           self.features.split(data_args.split, ".span_position"))
+        self.masker = self.features.masker(data_args)
+        self.num_slots = max_prediction_slots(data_args, self.features.max_seq_len)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        num_batches = len(self.data) // batch_size if shuffle else -(-len(self.data) // batch_size)
+        self.num_batches = num_batches // world_size
+        if self.num_batches == 0:
+            raise SpanElectraError(f"train_batch_size: {batch_size} x {world_size} process(es) is more than the "
+                                   f"{len(self.data)} sequences of split '{data_args.split}'; use a smaller batch")
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_batches
+
+    def rows(self, index):
+        """Sequence indices of batch `index` of the current epoch on this rank."""
+        g = index * self.world_size + self.rank
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+            return np.sort(order[g * self.batch_size:(g + 1) * self.batch_size])
+        return np.arange(g * self.batch_size, min((g + 1) * self.batch_size, len(self.data)))
+
+    def numpy_batch(self, index):
+        rows = self.rows(index)
+        ids = np.asarray(self.data[rows], dtype=np.int64)
+        if self.static is not None:
+            batch = batch_from_masking(ids, np.asarray(self.static[0][rows], dtype=np.int64),
+                                       np.asarray(self.static[1][rows], dtype=np.int64))
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, index * self.world_size + self.rank, 1])
+            batch = self.masker(ids, rng)
+        return prediction_slots(batch, self.num_slots), ids
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.num_batches:
+            raise IndexError(index)
+        batch, _ = self.numpy_batch(index)
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+class SEDataset(MLMDataset):
+    """Masked batches for the discriminator: the MLM batch plus the original ids, which tell the
+    replaced-token-detection labels once the generator has filled the masks."""
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.num_batches:
+            raise IndexError(index)
+        batch, ids = self.numpy_batch(index)
+        batch["original_ids"] = ids
+        return {k: torch.from_numpy(v) for k, v in batch.items()}

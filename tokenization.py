@@ -1,0 +1,106 @@
+"""Tokenization pieces every stage shares: the special tokens and their ids, loading a tokenizer
+folder written by create_vocab_SE.py (with its identity hash), and word segmentation (Vietnamese
+with pyvi) applied to text before the tokenizer sees it."""
+import functools
+import hashlib
+import json
+import os
+from multiprocessing import get_context
+
+from io_utils import SpanElectraError, sha256_file
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
+SE_TOKENIZER_FILE = "se_tokenizer.json"
+BYTE_ALPHABET = 256
+
+
+# ---------------------------------------------------------------- word segmentation
+def load_segmenter(name):
+    """Return a function line -> segmented line, or None for 'none'."""
+    if name in (None, "", "none"):
+        return None
+    if name == "pyvi":
+        try:
+            from pyvi import ViTokenizer
+        except ImportError:
+            raise SpanElectraError("word_segmenter: 'pyvi' is not installed; run `pip install pyvi`, "
+                                   "or use --word_segmenter none") from None
+        return ViTokenizer.tokenize
+    raise SpanElectraError(f"word_segmenter: unknown segmenter '{name}'; use 'pyvi' or 'none'")
+
+
+def _segment_batch(name, batch):
+    lines, extra = batch
+    segment = load_segmenter(name)
+    return [segment(line) if line.strip() else line for line in lines], extra
+
+
+def segmented_batches(batches, name, num_workers):
+    """Segment (lines, extra) batches in parallel processes, keeping their order ('none': as they are).
+
+    Workers are spawned, not forked, so they never inherit the tokenizer's thread pool."""
+    if name in (None, "", "none"):
+        yield from batches
+        return
+    load_segmenter(name)  # fail early, in this process, if it is missing
+    workers = num_workers or os.cpu_count() or 1
+    if workers == 1:
+        for batch in batches:
+            yield _segment_batch(name, batch)
+        return
+    with get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(functools.partial(_segment_batch, name), batches, chunksize=1)
+
+
+def batched(iterable, size):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------- the tokenizer pipeline
+
+
+# ---------------------------------------------------------------- loading
+def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
+    """Load a tokenizer folder: (tokenizers.Tokenizer, info dict) where info holds the segmenter,
+    the special-token ids and a hash of the tokenizer that features and models are checked against."""
+    from tokenizers import Tokenizer
+
+    path = os.path.join(tokenizer_dir or "", "tokenizer.json")
+    if not os.path.isfile(path):
+        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no tokenizer.json; run create_vocab_SE.py "
+                               "or point it at its out_dir")
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
+                               "rebuild it with create_vocab_SE.py") from None
+    info = {"word_segmenter": "none", "tokenizer_type": None, "lowercase": None}
+    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            info.update(json.load(f))
+    for i, token in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(token) != i:
+            raise SpanElectraError(f"{field}: '{tokenizer_dir}' does not have {token} at id {i}; build the "
+                                   "vocabulary with create_vocab_SE.py")
+    info["vocab_size"] = tok.get_vocab_size()
+    info["tokenizer_hash"] = tokenizer_hash(tokenizer_dir)
+    return tok, info
+
+
+def tokenizer_hash(tokenizer_dir):
+    """Identity of a tokenizer: its tokenizer.json and the segmentation applied before it."""
+    h = hashlib.sha256(sha256_file(os.path.join(tokenizer_dir, "tokenizer.json")).encode())
+    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            h.update(str(json.load(f).get("word_segmenter", "none")).encode())
+    return h.hexdigest()[:16]
