@@ -262,3 +262,30 @@ def test_a_checkpoint_a_killed_run_left_half_written_is_removed(bpe_feat, finish
     (run / "checkpoint-00000006.pt.tmp").write_bytes(b"half")
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest"))
     assert not (run / "checkpoint-00000006.pt.tmp").exists() and (run / "checkpoint-00000006.pt").exists()
+
+
+@pytest.mark.parametrize("kill_at", [1, 3, 4])
+def test_a_run_killed_at_any_step_resumes_to_the_same_losses(bpe_feat, finished_run, tmp_path, monkeypatch, kill_at):
+    """Killed before its first checkpoint, between two, or at the last step: re-running the same
+    command with --resume_from latest ends exactly as the uninterrupted run did."""
+    run = tmp_path / "run"
+    real_step, calls = tu.optimizer_step, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(tu, "optimizer_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, resume_from="latest"))
+    monkeypatch.setattr(tu, "optimizer_step", real_step)
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, resume_from="latest"))
+
+    def train_rows(folder):
+        rows = [json.loads(line) for line in open(folder / "metrics.jsonl", encoding="utf-8")]
+        return [(r["step"], r["loss"], r["mlm_accuracy"]) for r in rows if "loss" in r and r.get("split") != "valid"]
+    expected = train_rows(finished_run)
+    assert [r[0] for r in train_rows(run)] == [2, 4]
+    for got, want in zip(train_rows(run), expected):
+        assert got[1] == pytest.approx(want[1], rel=1e-5) and got[2] == pytest.approx(want[2], abs=1e-6)
