@@ -202,8 +202,7 @@ class SE_validDataArgs(SE_trainDataArgs):
 
 @dataclass
 class mask_stats_args(MaskingArgs):
-    """masking.py --stats: mask real sequences and report what the settings produce."""
-    stats: bool = _help("print masking statistics for features_dir", default=False)
+    """mask_stats.py: mask real sequences and report what the settings produce."""
     features_dir: str = _help("folder written by process.py", default="outputs/features")
     split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
     tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",

@@ -9,9 +9,7 @@ A masking returns, for a batch of token ids [B, L]:
 The span-boundary heads read the last three at the masked positions only. No row masks more than
 max_prediction_slots tokens, so `prediction_slots` can turn the batch into ELECTRA's fixed-size
 prediction slots, the shape the training step works on.
-
-    python masking.py --stats --features_dir FEAT [--mask_ratio 0.15 --span_p 0.2 ...]
-masks a few thousand real sequences and prints the realised statistics, as JSON on the last line.
+(mask_stats.py masks real sequences with these functions and reports what the settings produce.)
 """
 import json
 import logging
@@ -19,7 +17,7 @@ import math
 
 import numpy as np
 
-from argument import MaskingArgs, mask_stats_args, run_main
+from argument import MaskingArgs
 
 logger = logging.getLogger("span_electra")
 
@@ -354,39 +352,3 @@ def masking_stats(batches, eligible_counts):
         "replaced_fraction": changed / max(masked, 1),
         "span_length_histogram": {str(i + 1): round(float(h), 4) for i, h in enumerate(hist)},
     }
-
-
-def main(config: mask_stats_args = None):
-    """Mask real sequences from a features folder and print what the settings produce."""
-    from features import PretrainingFeatures
-
-    config = config or mask_stats_args()
-    config.validate()
-    features = PretrainingFeatures(config.features_dir)
-    if config.tokenizer_dir:
-        features.check_tokenizer(config.tokenizer_dir)
-    data = features.split(config.split)
-    masker = features.masker(config)
-    rng = np.random.default_rng(config.seed)
-    n = min(config.num_sequences, len(data))
-    rows = np.sort(rng.choice(len(data), n, replace=False))
-    batches, eligible = [], 0
-    for i in range(0, n, config.batch_size):
-        ids = np.asarray(data[rows[i:i + config.batch_size]], dtype=np.int64)
-        eligible += int((~np.isin(ids, masker.special_ids)).sum())
-        batches.append(masker(ids, rng))
-    stats = {"features_dir": config.features_dir, "split": config.split, "num_sequences": n,
-             "masking": config.masking, "target_mask_ratio": config.mask_ratio,
-             "expected_span_length_words": round(masker.span_lengths.mean, 4), **masking_stats(batches, eligible)}
-    hist = stats["span_length_histogram"]
-    print("span length (words)  share")
-    for length, share in hist.items():
-        print(f"{length:>19}  {share:.4f}  {'#' * int(round(share * 60))}")
-    print(f"mask ratio {stats['mask_ratio']:.4f} (target {config.mask_ratio}), mean span "
-          f"{stats['mean_span_length_words']:.2f} words / {stats['mean_span_length_tokens']:.2f} tokens")
-    print(json.dumps(stats))
-    return stats
-
-
-if __name__ == "__main__":
-    run_main(main, mask_stats_args)

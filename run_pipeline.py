@@ -15,7 +15,7 @@ import time
 
 import create_vocab_SE
 import explore_SE
-import masking
+import mask_stats
 import process
 import trainMLM_SpanElectra
 import trainSpanElectra
@@ -50,7 +50,7 @@ def main(config: pipeline_args = None):
     timings["features"] = time.time() - start
 
     start = time.time()
-    stats = masking.main(mask_stats_args(stats=True, features_dir=feat_dir, num_sequences=2048, seed=config.seed))
+    stats = mask_stats.main(mask_stats_args(features_dir=feat_dir, num_sequences=2048, seed=config.seed))
     timings["masking_check"] = time.time() - start
 
     common = dict(features_dir=feat_dir, model_size=config.model_size, train_batch_size=config.train_batch_size,

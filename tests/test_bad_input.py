@@ -109,11 +109,11 @@ def case_process_mask_ratio_1_5(d, tok, feat):
 
 
 def case_stats_mask_ratio_0(d, tok, feat):
-    return ["masking.py", "--stats", "--features_dir", feat, "--mask_ratio", 0], ["mask_ratio", "0"], []
+    return ["mask_stats.py", "--features_dir", feat, "--mask_ratio", 0], ["mask_ratio", "0"], []
 
 
 def case_stats_without_features(d, tok, feat):
-    return ["masking.py", "--stats", "--features_dir", d / "nofeat"], ["features_dir", "nofeat"], []
+    return ["mask_stats.py", "--features_dir", d / "nofeat"], ["features_dir", "nofeat"], []
 
 
 def case_stats_other_tokenizer(d, tok, feat):
@@ -125,7 +125,7 @@ def case_stats_other_tokenizer(d, tok, feat):
     info = read_json(other / "se_tokenizer.json")
     info["word_segmenter"] = "pyvi"
     (other / "se_tokenizer.json").write_text(json.dumps(info))
-    return ["masking.py", "--stats", "--features_dir", feat, "--tokenizer_dir", other], ["tokenizer_dir"], []
+    return ["mask_stats.py", "--features_dir", feat, "--tokenizer_dir", other], ["tokenizer_dir"], []
 
 
 def case_config_unknown_field(d, tok, feat):
@@ -158,7 +158,7 @@ SUBPROCESS_CASES = {"missing_data_dir", "empty_folder", "folder_without_text_fil
                     "max_seq_len_2", "bpe_vocab_too_small", "missing_tokenizer_dir", "process_mask_ratio_1_5",
                     "stats_mask_ratio_0", "config_unknown_field"}
 ENTRY_POINTS = {"create_vocab_SE.py": ("create_vocab_SE", "tok_args"), "process.py": ("process", "feature_args"),
-                "masking.py": ("masking", "mask_stats_args")}
+                "mask_stats.py": ("mask_stats", "mask_stats_args")}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from conftest import MASK, check_segmented_words_whole, masked_rows, run_cli
 from conftest import token_strings as _token_strings
 
 import argument
+import mask_stats
 import masking
 import features
 import process
@@ -305,7 +306,7 @@ def test_masker_validates_config(bpe_feat):
 
 # ---------------------------------------------------------------- the statistics command
 def test_stats_in_process(bpe_feat, capsys):
-    stats = masking.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), num_sequences=2000))
+    stats = mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), num_sequences=2000))
     assert stats["num_sequences"] == 2000
     assert abs(stats["mask_ratio"] - 0.15) < 0.01
     assert abs(stats["mean_span_length_words"] - 3.8) < 0.25
@@ -315,13 +316,13 @@ def test_stats_in_process(bpe_feat, capsys):
 
 
 def test_stats_cli(bpe_feat):
-    result = run_cli("masking.py", "--stats", "--features_dir", bpe_feat[0], "--num_sequences", 2000)
+    result = run_cli("mask_stats.py", "--features_dir", bpe_feat[0], "--num_sequences", 2000)
     assert result.returncode == 0, result.stderr[-2000:]
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert abs(stats["mask_ratio"] - 0.15) < 0.01
     assert abs(stats["mean_span_length_words"] - 3.8) < 0.25
     assert sum(stats["span_length_histogram"].values()) == pytest.approx(1.0, abs=0.01)
-    token = run_cli("masking.py", "--stats", "--features_dir", bpe_feat[0], "--masking", "token",
+    token = run_cli("mask_stats.py", "--features_dir", bpe_feat[0], "--masking", "token",
                     "--split", "valid")
     assert token.returncode == 0, token.stderr[-2000:]
     stats = json.loads(token.stdout.strip().splitlines()[-1])

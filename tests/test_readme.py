@@ -67,7 +67,7 @@ def config_class(script):
 
 def test_readme_shows_commands():
     scripts = {argv[0] for argv in shell_commands()}
-    assert {"run_pipeline.py", "create_vocab_SE.py", "process.py", "masking.py", "trainMLM_SpanElectra.py",
+    assert {"run_pipeline.py", "create_vocab_SE.py", "process.py", "mask_stats.py", "trainMLM_SpanElectra.py",
             "trainSpanElectra.py", "finetune_SE.py", "explore_SE.py"} <= scripts
     assert "../shared" not in "\n".join(" ".join(argv) for argv in shell_commands()), \
         "README commands must run on a fresh clone; bigger data belongs in prose that says so"

@@ -1,0 +1,46 @@
+"""What a masking config produces on real sequences: the realised mask ratio, span lengths (a
+histogram) and replacement shares, as JSON on the last line.
+
+    python mask_stats.py --features_dir FEAT --mask_ratio 0.15 --span_p 0.2 --max_span_len 10
+"""
+import json
+
+import numpy as np
+
+from argument import mask_stats_args, run_main
+from features import PretrainingFeatures
+from masking import masking_stats
+
+
+def main(config: mask_stats_args = None):
+    """Mask real sequences from a features folder and print what the settings produce."""
+    config = config or mask_stats_args()
+    config.validate()
+    features = PretrainingFeatures(config.features_dir)
+    if config.tokenizer_dir:
+        features.check_tokenizer(config.tokenizer_dir)
+    data = features.split(config.split)
+    masker = features.masker(config)
+    rng = np.random.default_rng(config.seed)
+    n = min(config.num_sequences, len(data))
+    rows = np.sort(rng.choice(len(data), n, replace=False))
+    batches, eligible = [], 0
+    for i in range(0, n, config.batch_size):
+        ids = np.asarray(data[rows[i:i + config.batch_size]], dtype=np.int64)
+        eligible += int((~np.isin(ids, masker.special_ids)).sum())
+        batches.append(masker(ids, rng))
+    stats = {"features_dir": config.features_dir, "split": config.split, "num_sequences": n,
+             "masking": config.masking, "target_mask_ratio": config.mask_ratio,
+             "expected_span_length_words": round(masker.span_lengths.mean, 4), **masking_stats(batches, eligible)}
+    hist = stats["span_length_histogram"]
+    print("span length (words)  share")
+    for length, share in hist.items():
+        print(f"{length:>19}  {share:.4f}  {'#' * int(round(share * 60))}")
+    print(f"mask ratio {stats['mask_ratio']:.4f} (target {config.mask_ratio}), mean span "
+          f"{stats['mean_span_length_words']:.2f} words / {stats['mean_span_length_tokens']:.2f} tokens")
+    print(json.dumps(stats))
+    return stats
+
+
+if __name__ == "__main__":
+    run_main(main, mask_stats_args)
