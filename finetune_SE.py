@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -32,8 +31,9 @@ from tqdm import tqdm
 
 import training_utils as tu
 from argument import finetune_args, run_main, save_config
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, make_out_dir,
+                      remove_paths)
 from modelling_span_electra import weights_problem
-from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, building_folder, make_out_dir
 
 logger = logging.getLogger("span_electra")
 
@@ -707,12 +707,7 @@ RUN_OUTPUTS = ("results.json", "test_predictions.tsv", "model")
 def clear_outputs(out_dir):
     """Remove an earlier run's results from out_dir, so an interrupted run never leaves them beside
     its own config looking like its results."""
-    for name in RUN_OUTPUTS:
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    remove_paths(os.path.join(out_dir, name) for name in RUN_OUTPUTS)
 
 
 def summarise(per_seed, keys):

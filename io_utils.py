@@ -102,7 +102,16 @@ def building_folder(directory):
         os.replace(directory, old)
     os.replace(tmp, directory)
     if old:
-        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+        remove_paths([old])
+
+
+def remove_paths(paths):
+    """Delete each path that exists, file or folder."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def move_files_into(src_dir, dst_dir, last=()):

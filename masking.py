@@ -189,9 +189,7 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     if len(small):
         c0 = order[small, 0]
         f0 = first[small, c0]
-        j = np.arange(span_lengths.values[-1])
-        ends = words["end"][np.minimum(f0[:, None] + j, last[small, c0][:, None])] - words["start"][f0][:, None]
-        fit = np.maximum(1, ((ends <= limit[small, None]) & (f0[:, None] + j <= last[small, c0][:, None])).sum(1))
+        fit = np.maximum(1, _words_that_fit(words, f0, last[small, c0], limit[small], span_lengths.values[-1]))
         last[small, c0] = f0 + fit - 1
         tokens[small, c0] = words["end"][last[small, c0]] - words["start"][f0]
         keep[small, 0] = True
@@ -200,6 +198,13 @@ def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversa
     f, l = first[r, c], last[r, c]
     start = words["start"][f] - r * L
     return {"row": r, "start": start, "end": start + tokens[r, c], "words": l - f + 1}
+
+
+def _words_that_fit(words, first_word, last_word, max_tokens, max_words):
+    """How many words of each span (first_word..last_word, flat word indices) fit in max_tokens tokens."""
+    j = np.arange(max_words)
+    ends = words["end"][np.minimum(first_word[:, None] + j, last_word[:, None])] - words["start"][first_word][:, None]
+    return ((ends <= max_tokens[:, None]) & (first_word[:, None] + j <= last_word[:, None])).sum(1)
 
 
 def _fit_slots(keep, tokens_sorted, order, first, last, tokens, words, span_lengths, max_tokens):
@@ -214,10 +219,8 @@ def _fit_slots(keep, tokens_sorted, order, first, last, tokens, words, span_leng
     r, k = np.nonzero(cut)
     if len(r):
         c = order[r, k]
-        f, l = first[r, c], last[r, c]
-        j = np.arange(span_lengths.values[-1])
-        ends = words["end"][np.minimum(f[:, None] + j, l[:, None])] - words["start"][f][:, None]  # tokens through word j
-        fit = ((ends <= (max_tokens - before[r, k])[:, None]) & (f[:, None] + j <= l[:, None])).sum(1)
+        f = first[r, c]
+        fit = _words_that_fit(words, f, last[r, c], max_tokens - before[r, k], span_lengths.values[-1])
         r, k, c, f, fit = r[fit > 0], k[fit > 0], c[fit > 0], f[fit > 0], fit[fit > 0]
         last[r, c] = f + fit - 1
         tokens[r, c] = words["end"][last[r, c]] - words["start"][f]

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import socket
 import time
 import uuid
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from io_utils import SpanElectraError, atomic_write_json, make_out_dir, storage_reason
+from io_utils import SpanElectraError, atomic_write_json, make_out_dir, remove_paths, storage_reason
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -378,11 +377,7 @@ def check_run(config, identity):
 
 def clear_run(out_dir):
     """Delete what an earlier run left in out_dir (--overwrite_output_dir); nothing else is touched."""
-    for path in list_checkpoints(out_dir) + [os.path.join(out_dir, n) for n in RUN_OUTPUTS]:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    remove_paths(list_checkpoints(out_dir) + [os.path.join(out_dir, n) for n in RUN_OUTPUTS])
 
 
 def claim_out_dir(config, features, script_name, runtime):
@@ -545,8 +540,9 @@ class MetricsLog:
     def write_done(self, step, model, runtime):
         """The closing row: how many processes ran and whether they ended with equal weights (once:
         a resumed run that was already finished adds none)."""
-        in_sync = ranks_in_sync(model, runtime)
-        if self.enabled and self.last_row().get("event") == "done" and self.last_row().get("step") == step:
+        in_sync = ranks_in_sync(model, runtime)  # every rank takes part, whether or not a row is written
+        last = self.last_row() if self.enabled else {}
+        if last.get("event") == "done" and last.get("step") == step:
             return
         self.write({"step": step, "event": "done", "processes": runtime.world_size, "ranks_in_sync": in_sync})
 

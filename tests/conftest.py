@@ -96,14 +96,18 @@ def masked_rows(features_dir, split="train", n=None):
     return feats, (data if n is None else data[:n])
 
 
+def dense_slots(batch, name, fill=0):
+    """A slot field back as a [B, L] numpy array: its value at each masked position, fill elsewhere."""
+    ids = np.asarray(batch["input_ids"])
+    out = np.full(ids.shape, fill, dtype=np.int64)
+    w = np.asarray(batch["masked_lm_weights"]) > 0
+    out[np.nonzero(w)[0], np.asarray(batch["masked_lm_positions"])[w]] = np.asarray(batch[name])[w]
+    return out
+
+
 def dense_labels(batch):
     """[B, L] labels (the original id where masked, -100 elsewhere) back from a batch's prediction slots."""
-    ids = batch["input_ids"].numpy() if hasattr(batch["input_ids"], "numpy") else batch["input_ids"]
-    labels = np.full(ids.shape, -100, dtype=np.int64)
-    w = np.asarray(batch["masked_lm_weights"]) > 0
-    r = np.nonzero(w)[0]
-    labels[r, np.asarray(batch["masked_lm_positions"])[w]] = np.asarray(batch["masked_lm_ids"])[w]
-    return labels
+    return dense_slots(batch, "masked_lm_ids", fill=-100)
 
 
 SLOT_KEYS = {"masked_lm_positions", "masked_lm_ids", "masked_lm_weights", "span_position", "boundary_left",

@@ -8,10 +8,9 @@ from conftest import MASK, check_segmented_words_whole, masked_rows, run_cli
 from conftest import token_strings as _token_strings
 
 import argument
+import features
 import mask_stats
 import masking
-import features
-import process
 
 IGNORE = -100
 SPECIAL = np.arange(5)

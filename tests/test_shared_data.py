@@ -9,8 +9,8 @@ from conftest import (build_features, check_segmented_words_whole, count_tokens,
                       token_strings, train_vocab)
 
 import argument
-import masking
 import features
+import masking
 import process
 
 

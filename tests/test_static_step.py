@@ -6,27 +6,17 @@ import torch
 import torch.nn.functional as F
 
 import argument
+import features
 import masking
 import modelling_span_electra as mse
-import features
-import process
-import trainSpanElectra
 import training_utils as tu
-from conftest import dense_labels
+import trainSpanElectra
+from conftest import dense_labels, dense_slots
 
 
 def se_batches(feat_dir, n, batch_size=8, seed=0):
     ds = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size, seed=seed)
     return [ds[i] for i in range(n)]
-
-
-def dense(batch, name):
-    """A slot field as the old [B, L] array (0 where not masked)."""
-    out = torch.zeros_like(batch["input_ids"])
-    w = batch["masked_lm_weights"] > 0
-    rows = torch.nonzero(w, as_tuple=True)[0]
-    out[rows, batch["masked_lm_positions"][w]] = batch[name][w]
-    return out
 
 
 # ---------------------------------------------------------------- slots
@@ -70,7 +60,7 @@ def reference_losses(model, batch, corrupted, replaced):
     """The losses as the step computed them before slots: boolean indexing of the masked tokens."""
     labels = torch.from_numpy(dense_labels(batch))
     rows, cols = torch.nonzero(labels != -100, as_tuple=True)
-    span_position, left, right = (dense(batch, k)[rows, cols] for k in ("span_position", "boundary_left",
+    span_position, left, right = (torch.from_numpy(dense_slots(batch, k))[rows, cols] for k in ("span_position", "boundary_left",
                                                                        "boundary_right"))
 
     def boundary_states(head, hidden):
