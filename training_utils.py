@@ -480,7 +480,8 @@ def data_workers(num_workers, runtime):
 
 
 def list_checkpoints(out_dir):
-    return sorted(glob.glob(os.path.join(out_dir, "checkpoint-*.pt")))
+    """out_dir's checkpoints, oldest first (out_dir taken as a name, even with '[' or '*' in it)."""
+    return sorted(glob.glob(os.path.join(glob.escape(out_dir), "checkpoint-*.pt")))
 
 
 def load_checkpoint(resume_from, out_dir, run_id=None):

@@ -289,3 +289,12 @@ def test_a_run_killed_at_any_step_resumes_to_the_same_losses(bpe_feat, finished_
     assert [r[0] for r in train_rows(run)] == [2, 4]
     for got, want in zip(train_rows(run), expected):
         assert got[1] == pytest.approx(want[1], rel=1e-5) and got[2] == pytest.approx(want[2], abs=1e-6)
+
+
+def test_an_out_dir_with_glob_characters_keeps_and_resumes_its_checkpoints(bpe_feat, tmp_path):
+    run = tmp_path / "run[1]"
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, keep_checkpoints=2))
+    assert sorted(p.name for p in run.glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=8, resume_from="latest"))
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl", encoding="utf-8")]
+    assert 5 not in steps and steps[-1] == 8  # continued from step 6, not from scratch
