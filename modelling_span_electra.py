@@ -91,9 +91,17 @@ def masked_mean(values, weights):
 
 
 def encode(electra, input_ids, attention_mask=None, inputs_embeds=None):
-    """Last hidden states; full packed rows need no attention mask (None lets attention skip it)."""
-    return electra(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
-                   attention_mask=attention_mask).last_hidden_state
+    """Last hidden states of an ElectraModel. Full packed rows (attention_mask None) go through its
+    embeddings and encoder directly: ElectraModel.forward would build an all-ones [B, 1, L, L] mask
+    under torch.compile (transformers 5.17), and a mask sends compiled attention to SDPA's math path
+    (fp32 scores) instead of the fused flash/cuDNN kernel."""
+    if attention_mask is not None:
+        return electra(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds,
+                       attention_mask=attention_mask).last_hidden_state
+    hidden = electra.embeddings(input_ids=None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds)
+    if hasattr(electra, "embeddings_project"):
+        hidden = electra.embeddings_project(hidden)
+    return electra.encoder(hidden)[0]
 
 
 class SpanElectraGenerator(nn.Module):

@@ -30,6 +30,9 @@ def main():
     parser.add_argument("--no_sbo", action="store_true", help="without the generator's span-boundary head")
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--fp32", action="store_true")
+    parser.add_argument("--attn_dropout", type=float, default=None, help="override attention_probs_dropout_prob")
+    parser.add_argument("--attn", default=None, help="attention implementation (sdpa, eager, ...)")
+    parser.add_argument("--top", type=int, default=25, help="kernels listed")
     args = parser.parse_args()
     device = tu.resolve_device(args.device)
     compiled, bf16 = not args.no_compile, not args.fp32
@@ -39,6 +42,11 @@ def main():
         batches = [{k: (v[:, :args.slots].contiguous() if v.shape[1] != 128 and k != "original_ids" else v)
                     for k, v in b.items()} for b in batches]
     gen_cfg, disc_cfg = electra_configs("small", bench.VOCAB, 128)
+    for cfg in (gen_cfg, disc_cfg):
+        if args.attn_dropout is not None:
+            cfg.attention_probs_dropout_prob = args.attn_dropout
+        if args.attn:
+            cfg._attn_implementation = args.attn
     model = SpanElectraJoint(gen_cfg, disc_cfg, use_sbo=not args.no_sbo).to(device)
     step_model = tu.compile_model(model, tu.Runtime(device)) if compiled else model
     optimizer, sums = tu.build_optimizer(model, 5e-4, 0.01), tu.MetricSums()
@@ -52,7 +60,8 @@ def main():
     print(f"warm-up (compile, CUDA graph capture): {time.perf_counter() - start:.1f} s")
     seconds = bench.time_steps(step, args.steps, device, warmup=0)
     print(f"{seconds * 1e3:.2f} ms/step wall, {args.batch_size * 128 / seconds:,.0f} tokens/s "
-          f"(slots {batches[0]['masked_lm_positions'].shape[1]}, sbo {not args.no_sbo}, bf16 {bf16}, compiled {compiled})")
+          f"(slots {batches[0]['masked_lm_positions'].shape[1]}, sbo {not args.no_sbo}, bf16 {bf16}, compiled {compiled}, "
+          f"attention {disc_cfg._attn_implementation} dropout {disc_cfg.attention_probs_dropout_prob})")
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.profiler.profile(activities=activities) as prof:
@@ -65,7 +74,7 @@ def main():
     kernels = [e for e in events if getattr(e, attr, 0) > 0 and (device.type != "cuda" or e.device_type.name == "CUDA")]
     total = sum(getattr(e, attr) for e in kernels) / args.steps / 1e3
     print(f"GPU kernel time per step: {total:.2f} ms" if device.type == "cuda" else f"CPU op time per step: {total:.1f} ms")
-    for e in sorted(kernels, key=lambda e: -getattr(e, attr))[:25]:
+    for e in sorted(kernels, key=lambda e: -getattr(e, attr))[:args.top]:
         print(f"{getattr(e, attr) / args.steps / 1e3:8.3f} ms  {e.count // args.steps:5d}x  {e.key[:110]}")
 
 

@@ -159,3 +159,42 @@ def test_generator_step_is_one_graph_compiled_once(bpe_feat):
     row = sums.read(tu.Runtime(torch.device("cpu")))
     assert 0.12 < row["mask_ratio"] < 0.18 and 3 < row["mean_span_length"] < 8  # tokens (vocabulary of 2,000)
     assert 0 <= row["mlm_baseline_accuracy"] < 0.2
+
+
+def attention_masks_seen_by_compile(fn, *args):
+    """The attn_mask argument of every scaled_dot_product_attention call in fn's compiled graph."""
+    masks = []
+
+    def backend(gm, example_inputs):
+        masks.extend(n.kwargs.get("attn_mask", "missing") for n in gm.graph.nodes
+                     if n.target is F.scaled_dot_product_attention)
+        return gm
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return masks
+
+
+def test_compiled_pretraining_attention_gets_no_mask():
+    """Packed rows carry no mask: a mask (ElectraModel builds an all-ones one under compile in
+    transformers 5.17) sends compiled attention to SDPA's math path, 25% of the H100 step."""
+    gen_cfg, disc_cfg = mse.electra_configs("tiny", 300, 32)
+    ids = torch.randint(5, 300, (2, 32))
+    for cfg in (gen_cfg, disc_cfg):
+        electra = mse.ElectraForPreTraining(cfg).electra
+        masks = attention_masks_seen_by_compile(lambda x: mse.encode(electra, x), ids)
+        assert masks == [None] * cfg.num_hidden_layers
+
+
+def test_encode_without_mask_equals_electra_model():
+    """encode's direct embeddings -> encoder path gives ElectraModel's own output, ids or embeddings."""
+    gen_cfg, disc_cfg = mse.electra_configs("tiny", 300, 32)
+    for cfg in (gen_cfg, disc_cfg):
+        electra = mse.ElectraForPreTraining(cfg).electra.eval()
+        ids = torch.randint(5, 300, (3, 32))
+        embeds = electra.embeddings.word_embeddings(ids)
+        torch.testing.assert_close(mse.encode(electra, ids), electra(input_ids=ids).last_hidden_state)
+        torch.testing.assert_close(mse.encode(electra, ids, inputs_embeds=embeds),
+                                   electra(inputs_embeds=embeds).last_hidden_state)
+        mask = torch.ones_like(ids)
+        mask[0, 20:] = 0
+        torch.testing.assert_close(mse.encode(electra, ids, mask), electra(input_ids=ids, attention_mask=mask).last_hidden_state)
