@@ -17,6 +17,7 @@ Saving writes standard transformers folders: out_dir/generator loads with
 ElectraForMaskedLM.from_pretrained and out_dir/discriminator with ElectraForPreTraining; the span
 heads are stored beside them in their own safetensors files.
 """
+import hashlib
 import json
 import math
 import os
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from io_utils import SpanElectraError, atomic_write_json, building_folder
+from io_utils import SpanElectraError, atomic_write_json, building_folder, sha256_file
+from tokenization import copy_tokenizer
 
 MODEL_SIZES = {
     # discriminator, then the generator's differences (ELECTRA: same embeddings, narrower encoder)
@@ -300,7 +302,8 @@ def save_generator(generator, directory, tokenizer_dir=None, trained_seq_len=Non
         generator.mlm.save_pretrained(tmp, safe_serialization=True)
         _save_heads({"sbo": generator.sbo}, tmp, {"kind": "generator", "use_sbo": generator.sbo is not None,
                                                   "trained_seq_len": trained_seq_len})
-        _copy_tokenizer(tokenizer_dir, tmp)
+        if tokenizer_dir:
+            copy_tokenizer(tokenizer_dir, tmp)
 
 
 def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None):
@@ -318,15 +321,8 @@ def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_d
         _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, tmp,
                     {"kind": "discriminator", "use_all_token": discriminator.use_all_token,
                      "use_span_head": discriminator.span_head is not None})
-        _copy_tokenizer(tokenizer_dir, tmp)
-
-
-def _copy_tokenizer(tokenizer_dir, directory):
-    import shutil
-    if tokenizer_dir:
-        for name in os.listdir(tokenizer_dir):
-            if not name.startswith(".") and os.path.isfile(os.path.join(tokenizer_dir, name)):
-                shutil.copy2(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
+        if tokenizer_dir:
+            copy_tokenizer(tokenizer_dir, tmp)
 
 
 def read_head_config(directory, kind, field):
@@ -362,6 +358,12 @@ def weights_problem(directory):
     if present[0] == "pytorch_model.bin":
         return "pytorch_model.bin is a pickle that holds more than tensors, which is never loaded (it could run code)"
     return None
+
+
+def weights_digest(directory):
+    """sha256 of a saved model's weights and span heads: which model a folder holds, whatever its path."""
+    names = [n for n in WEIGHT_FILES + (HEAD_FILE,) if os.path.isfile(os.path.join(directory, n))]
+    return hashlib.sha256("".join(sha256_file(os.path.join(directory, n)) for n in names).encode()).hexdigest()
 
 
 def load_weights(cls, directory, field):

@@ -27,7 +27,7 @@ from argument import feature_args, run_main, save_config
 from features import META_FILE, PretrainingFeatures
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)
-from tokenization import CLS_ID, SEP_ID, SPECIAL_TOKENS, batched, load_tokenizer, segmented_batches
+from tokenization import CLS_ID, SEP_ID, SPECIAL_TOKENS, batched, copy_tokenizer, load_tokenizer, segmented_batches
 
 logger = logging.getLogger("span_electra")
 
@@ -196,8 +196,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     for s in ("train", "valid"):
         if s not in splits:
             os.remove(os.path.join(tmp, f"{s}.bin"))
-    shutil.copytree(config.tokenizer_dir, os.path.join(tmp, "tokenizer"),
-                    ignore=shutil.ignore_patterns(".*"))
+    copy_tokenizer(config.tokenizer_dir, os.path.join(tmp, "tokenizer"))
     meta = {
         "max_seq_len": config.max_seq_len, "vocab_size": info["vocab_size"], "dtype": np.dtype(dtype).name,
         "tokenizer_hash": info["tokenizer_hash"], "word_segmenter": segmenter,

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 from multiprocessing import get_context
 
 from io_utils import SpanElectraError, sha256_file
@@ -12,6 +13,10 @@ from io_utils import SpanElectraError, sha256_file
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 SE_TOKENIZER_FILE = "se_tokenizer.json"
+# what a tokenizer folder may hold (create_vocab_SE.py's output, transformers' tokenizer files);
+# copies take these alone, so a model folder given as the tokenizer never passes its weights on
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "vocab.txt", SE_TOKENIZER_FILE, "create_vocab_config.json")
 BYTE_ALPHABET = 256
 
 
@@ -94,6 +99,14 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     info["vocab_size"] = tok.get_vocab_size()
     info["tokenizer_hash"] = tokenizer_hash(tokenizer_dir)
     return tok, info
+
+
+def copy_tokenizer(tokenizer_dir, directory):
+    """Copy the tokenizer files of tokenizer_dir (TOKENIZER_FILES that exist) into directory."""
+    os.makedirs(directory, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(tokenizer_dir, name)):
+            shutil.copy2(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
 
 
 def tokenizer_hash(tokenizer_dir):

@@ -21,7 +21,7 @@ from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_
 from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, electra_configs,
                                     init_discriminator_from_generator, load_generator, read_head_config,
-                                    save_discriminator, save_generator)
+                                    save_discriminator, save_generator, weights_digest)
 from features import SEDataset
 
 logger = logging.getLogger("span_electra")
@@ -98,7 +98,9 @@ def main(config: SE_trainingConfig = None):
     model = build_model(config, features).to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)
 
-    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime, "trainSpanElectra")
+    inputs = {"generator_weights": weights_digest(config.generator_dir)} if config.mode == "two_stage" else None
+    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime,
+                                                  "trainSpanElectra", inputs)
     logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,
                 config.model_size, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                 len(train_set.data), runtime.world_size)

@@ -319,11 +319,12 @@ def resume_training_state(config, model, optimizer, scheduler):
     return state["step"], state["data"]
 
 
-def start_run(config, model, optimizer, scheduler, train_set, runtime, script_name):
+def start_run(config, model, optimizer, scheduler, train_set, runtime, script_name, inputs=None):
     """Everything between building the model and the first step: the out_dir and its config (rank 0),
-    resuming, torch.compile and DDP, the batch stream and the metrics log.
+    resuming, torch.compile and DDP, the batch stream and the metrics log. inputs: digests of the
+    run's other inputs, part of its identity (see run_identity).
     Returns (model to call in the loop, batch stream, metrics log, first step)."""
-    claim_out_dir(config, train_set.features, script_name, runtime)
+    claim_out_dir(config, train_set.features, script_name, runtime, inputs)
     if runtime.is_main:
         from argument import save_config
         save_config(config, config.out_dir, script_name)
@@ -338,12 +339,13 @@ def start_run(config, model, optimizer, scheduler, train_set, runtime, script_na
 
 
 # ---------------------------------------------------------------- who owns out_dir
-def run_identity(config, features, script_name):
+def run_identity(config, features, script_name, inputs=None):
     """What must not change while a run is resumed: the script, every setting but MUTABLE_SETTINGS,
-    and the features' tokenizer and shape (their path may move)."""
+    the features' tokenizer and shape (their path may move), and the digests of other inputs (the
+    two-stage generator's weights: retrained in place, it would make a resumed run two runs)."""
     fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in MUTABLE_SETTINGS}
     fixed.update(script=script_name, tokenizer_hash=features.meta.get("tokenizer_hash"),
-                 max_seq_len=features.max_seq_len, vocab_size=features.vocab_size)
+                 max_seq_len=features.max_seq_len, vocab_size=features.vocab_size, **(inputs or {}))
     return fixed
 
 
@@ -380,7 +382,7 @@ def clear_run(out_dir):
     remove_paths(list_checkpoints(out_dir) + [os.path.join(out_dir, n) for n in RUN_OUTPUTS])
 
 
-def claim_out_dir(config, features, script_name, runtime):
+def claim_out_dir(config, features, script_name, runtime, inputs=None):
     """Lock out_dir for this run (rank 0), check it may run there, record its identity in run.json
     and set config.run_id (checkpoints carry it). Every rank learns rank 0's verdict, so a refusal
     stops all of them."""
@@ -390,7 +392,7 @@ def claim_out_dir(config, features, script_name, runtime):
             make_out_dir(config.out_dir)
             runtime.lock = OutDirLock(config.out_dir)
             runtime.lock.acquire()
-            identity = run_identity(config, features, script_name)
+            identity = run_identity(config, features, script_name, inputs)
             run_id = check_run(config, identity)
             if not config.resume_from and config.overwrite_output_dir:
                 clear_run(config.out_dir)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import argument
+import modelling_span_electra as mse
 import trainMLM_SpanElectra
+import trainSpanElectra
 import training_utils as tu
 
 TINY = dict(model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=2, eval_batches=1,
@@ -93,6 +95,27 @@ def test_resume_with_a_changed_fixed_setting_names_it_and_writes_nothing(bpe_fea
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest", log_every=3))
     steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl", encoding="utf-8")]
     assert steps[-1] == 6
+
+
+def test_two_stage_resume_refuses_a_generator_retrained_in_place(bpe_feat, finished_run, tmp_path, capsys):
+    gen_dir, run = tmp_path / "generator", tmp_path / "se"
+    shutil.copytree(finished_run / "generator", gen_dir)
+    flags = ["--mode", "two_stage", "--generator_dir", str(gen_dir), "--features_dir", str(bpe_feat[0]), "--out_dir",
+             str(run), "--model_size", "tiny", "--num_hidden_layers", "1", "--max_steps", "2", "--save_every", "2",
+             "--train_batch_size", "8", "--eval_batches", "1", "--device", "cpu"]
+    argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig, flags)
+    generator = mse.load_generator(str(gen_dir))
+    with torch.no_grad():
+        next(generator.parameters()).add_(0.01)
+    mse.save_generator(generator, str(gen_dir), str(finished_run / "generator"))  # same path, another generator
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig,
+                          flags + ["--resume_from", "latest", "--max_steps", "4"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "generator_weights: the run in" in err and "--overwrite_output_dir" in err
+    assert snapshot(run) == before
 
 
 def test_resume_latest_ignores_another_runs_checkpoint(bpe_feat, finished_run, tmp_path, capsys):
