@@ -6,7 +6,6 @@ file.json` loads a whole config (command-line fields still win). Each script sav
 config as JSON beside its output.
 """
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from io_utils import SpanElectraError, atomic_write_json, setup_logging
+from io_utils import SpanElectraError, atomic_write_json, setup_logging, write_failure_message
 
 TOKENIZER_TYPES = ("BPE", "BERT")
 WORD_SEGMENTERS = ("none", "pyvi")
@@ -439,13 +438,6 @@ def save_config(config, out_dir, script_name):
 
 
 # a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace
-WRITE_ERRORS = {errno.ENOSPC: "free some space or choose another --out_dir",
-                errno.EDQUOT: "free some space or choose another --out_dir",
-                errno.EROFS: "choose a writable --out_dir",
-                errno.EACCES: "check the permissions of that file and its folder",
-                errno.EPERM: "check the permissions of that file and its folder"}
-
-
 def print_error(message):
     """The one error line, on a line of its own even when a progress bar was mid-line."""
     from tqdm import tqdm
@@ -482,15 +474,12 @@ def run_main(main, config_cls, argv=None):
     except SpanElectraError as e:
         print_error(e)
         sys.exit(2)
-    except (RuntimeError, MemoryError) as e:
-        if not is_out_of_memory(e):
+    except Exception as e:  # out of memory, or a failed write: one line; anything else is a bug to report
+        oom = isinstance(e, (RuntimeError, MemoryError)) and is_out_of_memory(e)
+        message = out_of_memory_message(config) if oom else write_failure_message(e)
+        if message is None:
             raise
-        print_error(out_of_memory_message(config))
-        sys.exit(2)
-    except OSError as e:
-        if e.errno not in WRITE_ERRORS:
-            raise
-        print_error(f"'{e.filename}': {e.strerror}; {WRITE_ERRORS[e.errno]}")
+        print_error(message)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

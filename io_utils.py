@@ -2,6 +2,7 @@
 streaming UTF-8 reading that counts undecodable bytes instead of crashing on them."""
 import codecs
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -59,11 +60,28 @@ def make_out_dir(path, field="out_dir"):
     return path
 
 
+STORAGE_WORDS = ("no space left", "os error 28", "disk quota", "not enough free space", "read-only file system")
+WRITE_ERRORS = {errno.ENOSPC: "free some space or choose another --out_dir",
+                errno.EDQUOT: "free some space or choose another --out_dir",
+                errno.EROFS: "choose a writable --out_dir",
+                errno.EACCES: "check the permissions of that file and its folder",
+                errno.EPERM: "check the permissions of that file and its folder"}
+
+
 def is_storage_error(error):
     """A failed write, whatever raised it: OSError, torch's RuntimeError, safetensors' own error."""
-    text = str(error).lower()
-    return isinstance(error, OSError) or any(k in text for k in ("no space left", "os error 28", "disk quota",
-                                                                 "not enough free space", "read-only file system"))
+    return isinstance(error, OSError) or any(k in str(error).lower() for k in STORAGE_WORDS)
+
+
+def write_failure_message(error):
+    """One line for a write that failed (full disk, quota, read-only, permissions), whichever library
+    raised it and however (numpy's OSError has no errno, tokenizers' and safetensors' are plain
+    Exceptions); None for any other error."""
+    if isinstance(error, OSError) and error.errno in WRITE_ERRORS:
+        return f"'{error.filename}': {error.strerror}; {WRITE_ERRORS[error.errno]}"
+    if any(k in str(error).lower() for k in STORAGE_WORDS):
+        return f"cannot write ({storage_reason(error)}); free some space or choose another --out_dir"
+    return None
 
 
 def storage_reason(error):

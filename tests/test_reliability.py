@@ -321,3 +321,54 @@ def test_an_out_dir_with_glob_characters_keeps_and_resumes_its_checkpoints(bpe_f
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=8, resume_from="latest"))
     steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl", encoding="utf-8")]
     assert 5 not in steps and steps[-1] == 8  # continued from step 6, not from scratch
+
+
+# ---------------------------------------------------------------- a full disk at every kind of write
+NO_SPACE = "No space left on device"
+
+
+def run_script(capsys, script, config_cls, argv):
+    """A script's command line in this process: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(script.main, config_cls, argv)
+    return stop.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("write", ["tokenizer", "run.json", "metrics.jsonl", "results.json"])
+def test_a_full_disk_at_every_kind_of_write_is_one_line(write, bpe_feat, finished_run, tmp_path, capsys, monkeypatch):
+    """However the library reports it (an OSError with or without errno, tokenizers' and safetensors'
+    plain Exceptions), a failed write ends in one line, exit 2, and no output that looks complete."""
+    import errno
+
+    import create_vocab_SE
+    import finetune_SE
+    import tokenizers
+
+    out = tmp_path / "out"
+    if write == "tokenizer":
+        def full(*args, **kwargs):
+            raise Exception(f"{NO_SPACE} (os error 28)")  # as tokenizers' Rust side raises it
+        monkeypatch.setattr(tokenizers.Tokenizer, "save", full)
+        code, err = run_script(capsys, create_vocab_SE, argument.tok_args,
+                               ["--data_dir", "data/sample", "--out_dir", str(out), "--vocab_size", "500"])
+        assert not (out / "tokenizer.json").exists()
+    elif write in ("run.json", "metrics.jsonl"):
+        def full(*args, **kwargs):
+            if write == "run.json":
+                raise OSError("Not enough free space to write 512 bytes")  # no errno, as numpy raises it
+            raise OSError(errno.ENOSPC, NO_SPACE, str(out / "metrics.jsonl"))
+        monkeypatch.setattr(*((tu, "atomic_write_json") if write == "run.json" else (tu.MetricsLog, "write")), full)
+        code, err = cli(capsys, bpe_feat[0], out)
+        assert not (out / "generator").exists()
+    else:
+        def full(*args, **kwargs):
+            raise Exception(f"Error while serializing: IoError(Os {{ code: 28, message: \"{NO_SPACE}\" }})")
+        monkeypatch.setattr(finetune_SE, "atomic_write_json", full)
+        code, err = run_script(capsys, finetune_SE, argument.finetune_args,
+                               ["--model_dir", str(finished_run / "generator"), "--task_dir", "data/glue/MRPC",
+                                "--out_dir", str(out), "--max_train_examples", "64", "--num_train_epochs", "1",
+                                "--max_seq_length", "32", "--device", "cpu", "--save_model", "false"])
+        assert not (out / "results.json").exists()
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert ("No space left on device" in last or "Not enough free space" in last) and "free some space" in last
