@@ -15,6 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tqdm import tqdm
+from transformers import HfArgumentParser
+
 from io_utils import SpanElectraError, atomic_write_json, setup_logging, write_failure_message
 
 TOKENIZER_TYPES = ("BPE", "BERT")
@@ -22,7 +25,20 @@ WORD_SEGMENTERS = ("none", "pyvi")
 DOC_BOUNDARIES = ("auto", "blank_line", "title_line", "file")
 MASKING_KINDS = ("span", "token")
 SPLITS = ("train", "valid")
-MODEL_SIZES = ("tiny", "small", "base")
+MODEL_PRESETS = {
+    # discriminator, then the generator's differences (ELECTRA: same embeddings, narrower encoder)
+    # the tiny generator starts wider than ELECTRA's 0.02 (made for 256+ dimensions): at 64 dimensions
+    # 0.02 leaves it at the unigram level longer (valid MLM accuracy 5.7% vs 6.7% at step 300)
+    "tiny": (dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+             dict(hidden_size=64, num_attention_heads=1, intermediate_size=256, initializer_range=0.05)),
+    "small": (dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+                   intermediate_size=1024),
+              dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+    "base": (dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072),
+             dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
+}
+MODEL_SIZES = tuple(MODEL_PRESETS)
 TRAIN_MODES = ("two_stage", "joint")
 
 
@@ -69,6 +85,13 @@ def check_dir(config, name, what, must_contain=None):
         _fail(name, f"'{path}' has no {must_contain}; {what}")
 
 
+class Config:
+    """Root of every config class: validate() runs each class's checks along the MRO."""
+
+    def validate(self):
+        pass
+
+
 # ---------------------------------------------------------------- vocabulary
 @dataclass
 class tok_args:
@@ -97,7 +120,7 @@ class tok_args:
 
 # ---------------------------------------------------------------- masking and data
 @dataclass
-class MaskingArgs:
+class MaskingArgs(Config):
     """How tokens are chosen and replaced (SpanBERT span masking by default)."""
     masking: str = _help("'span' (SpanBERT whole-word spans) or 'token' (BERT/ELECTRA)", default="span",
                          meta={"choices": MASKING_KINDS})
@@ -112,6 +135,7 @@ class MaskingArgs:
                                          "(a span that would not fit is cut)", default=0)
 
     def validate(self):
+        super().validate()
         check_choice(self, "masking", MASKING_KINDS)
         check_range(self, "max_predictions_per_seq", low=0)
         check_range(self, "mask_ratio", 0, 1, low_open=True, high_open=True)
@@ -139,8 +163,8 @@ class feature_args(MaskingArgs):
                               "' = Title = ') or 'file'", default="auto", meta={"choices": DOC_BOUNDARIES})
     batch_lines: int = _help("lines tokenized per batch", default=2000)
     num_workers: int = _help("processes for word segmentation (0: one per CPU)", default=0)
-    static_masking: bool = _help("also save one fixed masking of every sequence (exactly repeatable runs)",
-                                 default=False)
+    save_static_masks: bool = _help("also save one fixed masking of every sequence, for training with "
+                                    "--static_masking (exactly repeatable runs)", default=False)
     seed: int = _help("seed for the valid split and static masks", default=42)
 
     def validate(self):
@@ -162,19 +186,22 @@ class feature_args(MaskingArgs):
 
 
 @dataclass
-class DataArgs(MaskingArgs):
-    """Where a training script reads one split of the features and how it masks it."""
+class FeaturesArgs(Config):
+    """Which features folder a script reads."""
     features_dir: str = _help("folder written by process.py", default="outputs/features")
-    split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
-    static_masking: bool = _help("use the fixed masks saved by process.py --static_masking", default=False)
     tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",
                                          default=None)
 
     def validate(self):
         super().validate()
-        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir",
-                  must_contain="meta.json")
-        check_choice(self, "split", SPLITS)
+        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir", must_contain="meta.json")
+
+
+@dataclass
+class DataArgs(FeaturesArgs, MaskingArgs):
+    """The training data: the features folder and how its sequences are masked on the fly."""
+    static_masking: bool = _help("use the fixed masks saved by process.py --save_static_masks instead of a fresh "
+                                 "masking each epoch", default=False)
 
 
 @dataclass
@@ -183,37 +210,46 @@ class MLM_trainDataArgs(DataArgs):
 
 
 @dataclass
-class MLM_validDataArgs(DataArgs):
-    split: str = _help("'train' or 'valid'", default="valid", meta={"choices": SPLITS})
-
-
-@dataclass
 class SE_trainDataArgs(DataArgs):
     """Discriminator training data: the generator fills the masks, so ELECTRA's 85% [MASK] / 15% kept."""
-    mask_replace_prob: float = _help("share of spans replaced by [MASK]", default=0.85)
+    mask_replace_prob: float = _help("share of spans replaced by [MASK] (ELECTRA: 0.85)", default=0.85)
     random_replace_prob: float = _help("share of spans replaced by random tokens", default=0.0)
 
 
 @dataclass
-class SE_validDataArgs(SE_trainDataArgs):
-    split: str = _help("'train' or 'valid'", default="valid", meta={"choices": SPLITS})
+class ValidDataArgs(Config):
+    """Evaluation on the features' valid split (masked as the training data is)."""
+    eval_every: int = _help("steps between evaluations", default=200)
+    eval_batches: int = _help("evaluation batches (0: the whole valid split)", default=20)
+    eval_batch_size: int = _help("sequences per evaluation batch", default=64)
+
+    def validate(self):
+        super().validate()
+        check_range(self, "eval_every", low=1)
+        check_range(self, "eval_batch_size", low=1)
+        check_range(self, "eval_batches", low=0)
 
 
 @dataclass
-class mask_stats_args(MaskingArgs):
+class MLM_validDataArgs(ValidDataArgs):
+    """The generator's evaluation: masked-LM loss and accuracy on the valid split."""
+
+
+@dataclass
+class SE_validDataArgs(ValidDataArgs):
+    """The discriminator's evaluation: replaced-token detection (AUC, accuracy) on the valid split."""
+
+
+@dataclass
+class mask_stats_args(FeaturesArgs, MaskingArgs):
     """mask_stats.py: mask real sequences and report what the settings produce."""
-    features_dir: str = _help("folder written by process.py", default="outputs/features")
     split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
-    tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",
-                                         default=None)
     num_sequences: int = _help("how many sequences to mask", default=4096)
     batch_size: int = _help("sequences masked per batch", default=256)
     seed: int = _help("random seed", default=0)
 
     def validate(self):
         super().validate()
-        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir",
-                  must_contain="meta.json")
         check_choice(self, "split", SPLITS)
         check_range(self, "num_sequences", low=1)
         check_range(self, "batch_size", low=1)
@@ -221,12 +257,9 @@ class mask_stats_args(MaskingArgs):
 
 # ---------------------------------------------------------------- training
 @dataclass
-class TrainingConfig(MaskingArgs):
-    """Everything one training run needs (ELECTRA's one config object per run); the masking fields
-    say how the features are masked on the fly."""
-    features_dir: str = _help("folder written by process.py", default="outputs/features")
-    tokenizer_dir: Optional[str] = _help("if given, the features must have been built with this tokenizer",
-                                         default=None)
+class TrainingConfig(Config):
+    """The training loop: model, optimisation, checkpoints, devices. A script's config class adds
+    its data and evaluation classes to it (see the module docstring)."""
     out_dir: str = _help("where checkpoints, metrics.jsonl and the model go", default="outputs/generator")
     model_size: str = _help("'tiny' (CPU demo), 'small' (ELECTRA-Small) or 'base' (ELECTRA-Base)", default="tiny",
                             meta={"choices": MODEL_SIZES})
@@ -241,15 +274,12 @@ class TrainingConfig(MaskingArgs):
     use_sbo: bool = _help("train the generator's span-boundary objective", default=True)
     max_steps: int = _help("optimizer steps", default=1000)
     train_batch_size: int = _help("sequences per step and process", default=32)
-    eval_batch_size: int = _help("sequences per evaluation batch", default=64)
-    eval_batches: int = _help("evaluation batches (0: the whole valid split)", default=20)
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step", default=1)
     learning_rate: float = _help("peak learning rate", default=5e-4)
     weight_decay: float = _help("AdamW weight decay", default=0.01)
     warmup_fraction: float = _help("share of max_steps spent warming up", default=0.1)
     max_grad_norm: float = _help("gradient clipping (0: off)", default=1.0)
     log_every: int = _help("steps between logged metrics", default=10)
-    eval_every: int = _help("steps between evaluations", default=200)
     save_every: int = _help("steps between checkpoints", default=200)
     keep_checkpoints: int = _help("checkpoints kept in out_dir", default=2)
     resume_from: Optional[str] = _help("'latest' or a checkpoint path: continue a stopped run (only a checkpoint "
@@ -262,16 +292,14 @@ class TrainingConfig(MaskingArgs):
     compile: bool = _help("torch.compile the model", default=False)
     num_workers: int = _help("DataLoader worker processes that mask batches ahead of the step (-1: 4 on a GPU, "
                              "0 on the CPU)", default=-1)
-    static_masking: bool = _help("use the fixed masks saved by process.py --static_masking", default=False)
 
     def validate(self):
         super().validate()
         check_choice(self, "model_size", MODEL_SIZES)
-        check_dir(self, "features_dir", "run process.py first, or point it at its out_dir", must_contain="meta.json")
-        for name in ("max_steps", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                     "log_every", "eval_every", "save_every", "keep_checkpoints"):
+        for name in ("max_steps", "train_batch_size", "gradient_accumulation_steps", "log_every", "save_every",
+                     "keep_checkpoints"):
             check_range(self, name, low=1)
-        for name in ("eval_batches", "max_grad_norm", "weight_decay"):
+        for name in ("max_grad_norm", "weight_decay"):
             check_range(self, name, low=0)
         check_range(self, "num_workers", low=-1)
         check_range(self, "learning_rate", 0, 1, low_open=True)
@@ -280,12 +308,6 @@ class TrainingConfig(MaskingArgs):
         if not self.out_dir:
             _fail("out_dir", "no folder given")
 
-    def data_args(self, cls, split):
-        """The data config (MLM_trainDataArgs, SE_validDataArgs, ...) of one split for this run."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
-        return cls(**{**values, "split": split})
-
     def model_overrides(self):
         names = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                  "gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size")
@@ -293,13 +315,16 @@ class TrainingConfig(MaskingArgs):
 
 
 @dataclass
-class MLM_trainingConfig(TrainingConfig):
-    """trainMLM_SpanElectra.py: the generator (span-level masked LM)."""
+class MLM_trainingConfig(TrainingConfig, MLM_validDataArgs, MLM_trainDataArgs):
+    """trainMLM_SpanElectra.py: the generator (span-level masked LM). Its fields: the loop's
+    (TrainingConfig), the evaluation's (MLM_validDataArgs) and the data's (MLM_trainDataArgs)."""
 
 
 @dataclass
-class SE_trainingConfig(TrainingConfig):
-    """trainSpanElectra.py: the discriminator, two-stage (against a saved generator) or joint."""
+class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
+    """trainSpanElectra.py: the discriminator, two-stage (against a saved generator) or joint. Its
+    fields: the loop's (TrainingConfig), the evaluation's (SE_validDataArgs), the data's
+    (SE_trainDataArgs) and the discriminator recipe's below."""
     out_dir: str = _help("where checkpoints, metrics.jsonl and the models go", default="outputs/discriminator")
     mode: str = _help("'two_stage' (against --generator_dir) or 'joint' (ELECTRA)", default="two_stage",
                       meta={"choices": TRAIN_MODES})
@@ -309,8 +334,6 @@ class SE_trainingConfig(TrainingConfig):
     use_all_token: bool = _help("replaced-token detection over every token", default=True)
     use_span_head: bool = _help("span-boundary predictive objective", default=True)
     gradient_disentangled: bool = _help("joint: DeBERTaV3 gradient-disentangled embedding sharing", default=False)
-    mask_replace_prob: float = _help("share of spans replaced by [MASK] (ELECTRA: 0.85)", default=0.85)
-    random_replace_prob: float = _help("share of spans replaced by random tokens", default=0.0)
     temperature_start: float = _help("generator sampling temperature at the start, falling to 1 (Fast-ELECTRA's "
                                      "curriculum; 1: ELECTRA, no curriculum)", default=1.0)
     temperature_decay: float = _help("share of max_steps over which the temperature falls to 1", default=0.5)
@@ -366,11 +389,85 @@ class pipeline_args:
             _fail("out_dir", "no folder given")
 
 
+# ---------------------------------------------------------------- explorer and comparison
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the team's corpora beside the checkout
+
+
+@dataclass
+class explore_args:
+    """explore_SE.py: generator fills and discriminator scores for a sentence."""
+    model_dir: str = _help("training out_dir (or run_pipeline.py's), or a generator/ or discriminator/ folder",
+                           default="outputs/pipeline")
+    text: str = _help("the sentence; words inside [[ ]] are masked", default="")
+    top_k: int = _help("fills shown per masked token", default=5)
+    seed: int = _help("seed for random spans when nothing is marked", default=0)
+
+    def validate(self):
+        if not self.text.strip():
+            _fail("text", "give a sentence, e.g. --text \"The cat sat on the [[ mat ]] .\"")
+        if not os.path.isdir(self.model_dir):
+            _fail("model_dir", f"'{self.model_dir}' is not a folder; point it at a training out_dir")
+
+
+# name -> (label, how it trains); "gen_fraction": the share of a two-stage budget spent on the generator
+COMPARE_RECIPES = {
+    "random": ("random init", None),
+    "mlm": ("MLM only (BERT-style)", dict(kind="mlm", masking="token", use_sbo=False)),
+    "electra": ("ELECTRA (token masking, RTD)", dict(kind="joint", masking="token", use_sbo=False,
+                                                     use_span_head=False)),
+    "se_two_stage": ("SpanElectra two-stage", dict(kind="two_stage", masking="span", use_sbo=True,
+                                                   use_span_head=True)),
+    "se_two_stage_no_heads": ("SpanElectra two-stage, no span heads", dict(kind="two_stage", masking="span",
+                                                                          use_sbo=False, use_span_head=False)),
+    "se_joint": ("SpanElectra joint", dict(kind="joint", masking="span", use_sbo=True, use_span_head=True)),
+    "se_joint_no_heads": ("SpanElectra joint, no span heads", dict(kind="joint", masking="span", use_sbo=False,
+                                                                   use_span_head=False)),
+}
+# per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up
+COMPARE_SCALES = {
+    "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
+                 ft_epochs=3, ft_max_train=8000, ft_lr=1e-3),
+    "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
+                  ft_epochs=3, ft_max_train=0, ft_lr=3e-4),
+}
+
+
+@dataclass
+class compare_args:
+    """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
+    scale: str = _help("'tiny' (2 CPU cores, under an hour) or 'small' (ELECTRA-Small, for a GPU)", default="tiny",
+                       meta={"choices": tuple(COMPARE_SCALES)})
+    train_input: str = _help("pre-training text", default=os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"))
+    valid_input: str = _help("validation text", default=os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
+    tasks: str = _help("comma-separated GLUE task folders", default=",".join(
+        os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC")))
+    recipes: str = _help("comma-separated recipes (default: all)", default=",".join(COMPARE_RECIPES))
+    budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
+    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points)",
+                                  default="0.5,1")
+    gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
+    seeds: str = _help("fine-tuning seeds", default="1,2,3")
+    ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
+    out_dir: str = _help("where everything goes", default="outputs/compare")
+    results_md: str = _help("markdown file whose comparison section is rewritten (empty: none)",
+                            default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+    seed: int = _help("pre-training seed", default=42)
+    device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
+    bf16: bool = _help("bf16 autocast in pre-training", default=False)
+
+    def validate(self):
+        check_range(self, "budget_steps", low=0)
+        check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
+        for name in self.recipes.split(","):
+            if name not in COMPARE_RECIPES:
+                _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")
+
+
+
 # ---------------------------------------------------------------- command line
 def parse_config(config_cls, argv=None):
     """Build config_cls from `--config file.json` (optional) and `--field value` overrides."""
-    from transformers import HfArgumentParser
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(config_cls, description=(config_cls.__doc__ or "").strip())
     parser.add_argument("--config", default=None, help="JSON file holding a whole config")
@@ -440,7 +537,6 @@ def save_config(config, out_dir, script_name):
 # a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace
 def print_error(message):
     """The one error line, on a line of its own even when a progress bar was mid-line."""
-    from tqdm import tqdm
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
     print(f"error: {message}", file=sys.stderr)

@@ -9,13 +9,17 @@ Writes OUT/tokenizer.json with the tokenizer_config.json that makes
 segmentation) before this tokenizer sees it. process.py and the explorer read that file, so the
 corpus, the features and the model can never disagree on segmentation.
 """
+import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import unicodedata
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast
 
 from argument import save_config, run_main, tok_args
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
@@ -33,8 +37,6 @@ def build_tokenizer(tokenizer_type, lowercase, segmented):
     With word segmentation on, pre-tokenization splits on whitespace only: the default byte-level
     and BERT pre-tokenizers split at '_' and would undo the segmentation.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
     if tokenizer_type == "BPE":
         tok = Tokenizer(models.BPE(unk_token=None))
         tok.normalizer = normalizers.Sequence([normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else []))
@@ -57,8 +59,6 @@ def build_tokenizer(tokenizer_type, lowercase, segmented):
 
 
 def build_trainer(tokenizer_type, vocab_size, min_fre):
-    from tokenizers import pre_tokenizers, trainers
-
     if tokenizer_type == "BPE":
         return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=SPECIAL_TOKENS,
                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -68,8 +68,6 @@ def build_trainer(tokenizer_type, vocab_size, min_fre):
 
 def add_post_processor(tok):
     """[CLS] text [SEP] (and [CLS] a [SEP] b [SEP] for pairs) whenever special tokens are added."""
-    from tokenizers import processors
-
     template = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
@@ -87,7 +85,6 @@ def corpus_lines(files, bad_bytes, progress, alphabet):
 
 def _use_portable_tokenizer_class(config_path):
     """transformers 5 writes 'TokenizersBackend', which transformers 4 cannot load; both read this name."""
-    import json
     with open(config_path, encoding="utf-8") as f:
         tokenizer_config = json.load(f)
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -96,18 +93,15 @@ def _use_portable_tokenizer_class(config_path):
 
 def save_tokenizer_files(tok, config, out_dir, stats):
     """Write tokenizer.json (last), the transformers config and vocab files, and se_tokenizer.json."""
-    from transformers import PreTrainedTokenizerFast
-
     parent = os.path.dirname(os.path.abspath(out_dir))
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-")
     try:
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                       model_max_length=512)
+        names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")  # SPECIAL_TOKENS' order
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **dict(zip(names, SPECIAL_TOKENS)))
         fast.save_pretrained(tmp)
         _use_portable_tokenizer_class(os.path.join(tmp, "tokenizer_config.json"))
         tok.save(os.path.join(tmp, "tokenizer.json"))
-        tok.model.save(tmp)  # vocab.json + merges.txt (BPE) or vocab.txt (WordPiece), as the seed has
+        tok.model.save(tmp)  # vocab.json + merges.txt (BPE) or vocab.txt (WordPiece), the classic files
         atomic_write_json(os.path.join(tmp, SE_TOKENIZER_FILE), {
             "tokenizer_type": config.tokenizer_type, "word_segmenter": config.word_segmenter,
             "lowercase": config.lowercase, "model_name": config.model_name,
@@ -118,7 +112,6 @@ def save_tokenizer_files(tok, config, out_dir, stats):
             os.remove(marker)  # the old tokenizer stops looking complete before its files are replaced
         move_files_into(tmp, out_dir, last=("tokenizer.json",))
     except BaseException:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -10,33 +10,18 @@ From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.detect(text)`.
 """
 import os
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
 
-from argument import _help, run_main
-from tokenization import load_segmenter
+from argument import MaskingArgs, explore_args, run_main
+from masking import IGNORE_INDEX, Masker, word_start_table
+from tokenization import SPECIAL_TOKENS, load_segmenter, read_tokenizer_info
 from io_utils import SpanElectraError
-from modelling_span_electra import load_weights
+from modelling_span_electra import load_weights, saved_kind
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
-
-
-@dataclass
-class explore_args:
-    """explore_SE.py: generator fills and discriminator scores for a sentence."""
-    model_dir: str = _help("training out_dir (or run_pipeline.py's), or a generator/ or discriminator/ folder",
-                           default="outputs/pipeline")
-    text: str = _help("the sentence; words inside [[ ]] are masked", default="")
-    top_k: int = _help("fills shown per masked token", default=5)
-    seed: int = _help("seed for random spans when nothing is marked", default=0)
-
-    def validate(self):
-        if not self.text.strip():
-            raise SpanElectraError("text: give a sentence, e.g. --text \"The cat sat on the [[ mat ]] .\"")
-        if not os.path.isdir(self.model_dir):
-            raise SpanElectraError(f"model_dir: '{self.model_dir}' is not a folder; point it at a training out_dir")
 
 
 def _find(model_dir, kind):
@@ -45,11 +30,8 @@ def _find(model_dir, kind):
     runs = sorted(os.path.join(model_dir, d, kind) for d in os.listdir(model_dir)
                   if os.path.isdir(os.path.join(model_dir, d, kind)))
     for path in [os.path.join(model_dir, kind), model_dir] + runs:
-        if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "span_electra.json")):
-            import json
-            with open(os.path.join(path, "span_electra.json"), encoding="utf-8") as f:
-                if json.load(f).get("kind") == kind:
-                    return path
+        if saved_kind(path) == kind:
+            return path
     return None
 
 
@@ -57,20 +39,13 @@ class Explorer:
     """The saved generator and discriminator of a run, loaded through plain transformers."""
 
     def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
-        from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
         self.gen_dir = generator_dir or (model_dir and _find(model_dir, "generator"))
         self.disc_dir = discriminator_dir or (model_dir and _find(model_dir, "discriminator"))
         if not (self.gen_dir or self.disc_dir):
             raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
         tok_dir = self.gen_dir or self.disc_dir
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        import json
-        info_path = os.path.join(tok_dir, "se_tokenizer.json")
-        segmenter = "none"
-        if os.path.isfile(info_path):
-            with open(info_path, encoding="utf-8") as f:
-                segmenter = json.load(f).get("word_segmenter", "none")
-        self.segment = load_segmenter(segmenter) or (lambda s: s)
+        self.segment = load_segmenter(read_tokenizer_info(tok_dir)["word_segmenter"]) or (lambda s: s)
         self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval() if self.gen_dir else None
         self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
             if self.disc_dir else None
@@ -96,12 +71,10 @@ class Explorer:
                 for t, (a, b) in enumerate(enc["offset_mapping"]):
                     masked[t] |= b > a and a < end and b > start
         else:
-            from masking import Masker, word_start_table
-            from argument import MaskingArgs
-            special = [self.tokenizer.convert_tokens_to_ids(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
+            special = [self.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
             masker = Masker(MaskingArgs(mask_replace_prob=1.0, random_replace_prob=0.0),
                             word_start_table(self.tokenizer), special, self.tokenizer.mask_token_id, len(self.tokenizer))
-            masked = masker(ids[None], np.random.default_rng(seed))["labels"][0] != -100
+            masked = masker(ids[None], np.random.default_rng(seed))["labels"][0] != IGNORE_INDEX
         corrupted = np.where(masked, self.tokenizer.mask_token_id, ids)
         return torch.tensor(ids), torch.tensor(corrupted), masked
 

@@ -97,19 +97,18 @@ class MLMDataset:
     so there is no attention mask. Use with torch.utils.data.DataLoader(dataset, batch_size=None).
     """
 
-    def __init__(self, data_args: DataArgs, batch_size, seed=0, shuffle=True, rank=0, world_size=1):
+    def __init__(self, data_args: DataArgs, batch_size, seed=0, shuffle=True, rank=0, world_size=1, split="train"):
         data_args.validate()
         self.features = PretrainingFeatures(data_args.features_dir)
         if data_args.tokenizer_dir:
             self.features.check_tokenizer(data_args.tokenizer_dir)
-        self.data = self.features.split(data_args.split)
+        self.data = self.features.split(split)
         self.static = None
         if data_args.static_masking:
             if not self.features.meta.get("static_masking"):
                 raise SpanElectraError(f"static_masking: '{data_args.features_dir}' has no static masks; "
-                                       "rebuild it with process.py --static_masking")
-            self.static = (self.features.split(data_args.split, ".masked"),
-                           self.features.split(data_args.split, ".span_position"))
+                                       "rebuild it with process.py --save_static_masks")
+            self.static = (self.features.split(split, ".masked"), self.features.split(split, ".span_position"))
         self.masker = self.features.masker(data_args)
         self.num_slots = max_prediction_slots(data_args, self.features.max_seq_len)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
@@ -119,7 +118,7 @@ class MLMDataset:
         self.num_batches = num_batches // world_size
         if self.num_batches == 0:
             raise SpanElectraError(f"train_batch_size: {batch_size} x {world_size} process(es) is more than the "
-                                   f"{len(self.data)} sequences of split '{data_args.split}'; use a smaller batch")
+                                   f"{len(self.data)} sequences of split '{split}'; use a smaller batch")
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 import training_utils as tu
 from argument import finetune_args, run_main, save_config
@@ -443,7 +445,6 @@ def compute_metrics(task, outputs, targets):
 @contextlib.contextmanager
 def quiet_transformers():
     """Hide transformers' load report table and progress bar; we log one line of our own instead."""
-    from transformers.utils import logging as hf_logging
     verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -460,7 +461,6 @@ def first_line(error):
 
 
 def load_model_config(model_dir):
-    from transformers import AutoConfig
     try:
         with quiet_transformers():
             return AutoConfig.from_pretrained(model_dir)
@@ -471,7 +471,6 @@ def load_model_config(model_dir):
 
 def load_tokenizer(model_dir, model_config, max_seq_length):
     """The model's tokenizer, checked against its vocabulary and positions."""
-    from transformers import AutoTokenizer
     # without vocabulary files transformers quietly builds a tokenizer that knows only [CLS], [SEP], [UNK], ...
     if not any(os.path.exists(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
         raise SpanElectraError(f"model_dir: '{model_dir}' holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy "
@@ -494,7 +493,6 @@ def load_tokenizer(model_dir, model_config, max_seq_length):
 
 def load_model(config, task, announce=True):
     """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head."""
-    from transformers import AutoModelForSequenceClassification
     kwargs = {"num_labels": 1} if task.regression else {
         "num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
         "label2id": {label: i for i, label in enumerate(task.labels)}}

@@ -86,7 +86,7 @@ class Masker:
         eligible = ~self.is_special[ids]
         slots = max_prediction_slots(self.config, ids.shape[1])
         if self.config.masking == "span":
-            spans = span_spans(ids, eligible, self.word_starts, self.config.mask_ratio, self.span_lengths, rng,
+            spans = sample_spans(ids, eligible, self.word_starts, self.config.mask_ratio, self.span_lengths, rng,
                                max_tokens=slots)
         else:
             spans = token_spans(eligible, self.config.mask_ratio, rng, max_tokens=slots)
@@ -137,7 +137,7 @@ def max_prediction_slots(config, seq_len):
     return budget if config.masking == "token" else math.ceil(1.25 * budget)
 
 
-def span_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversample=2.5, max_tokens=None):
+def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversample=2.5, max_tokens=None):
     """SpanBERT span masking of a batch, without a loop over sequences or tokens.
 
     Candidate spans are laid along each row as a renewal process: a gap of at least one word,

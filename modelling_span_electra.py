@@ -17,6 +17,7 @@ Saving writes standard transformers folders: out_dir/generator loads with
 ElectraForMaskedLM.from_pretrained and out_dir/discriminator with ElectraForPreTraining; the span
 heads are stored beside them in their own safetensors files.
 """
+import copy
 import hashlib
 import json
 import math
@@ -24,25 +25,15 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
+from argument import MODEL_PRESETS
 from io_utils import SpanElectraError, atomic_write_json, building_folder, sha256_file
 from tokenization import copy_tokenizer
 
-MODEL_SIZES = {
-    # discriminator, then the generator's differences (ELECTRA: same embeddings, narrower encoder)
-    # the tiny generator starts wider than ELECTRA's 0.02 (made for 256+ dimensions): at 64 dimensions
-    # 0.02 leaves it at the unigram level longer (valid MLM accuracy 5.7% vs 6.7% at step 300)
-    "tiny": (dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
-             dict(hidden_size=64, num_attention_heads=1, intermediate_size=256, initializer_range=0.05)),
-    "small": (dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
-                   intermediate_size=1024),
-              dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
-    "base": (dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                  intermediate_size=3072),
-             dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
-}
 SPAN_REPLACED_PRIOR = 0.9  # share of span tokens a generator's sample replaces (1 - its accuracy)
 MAX_SPAN_POSITIONS = 64  # positions inside a span seen by the span heads (longer spans share the last)
 HEAD_FILE = "span_heads.safetensors"
@@ -52,9 +43,9 @@ HEAD_CONFIG = "span_electra.json"
 def electra_configs(model_size, vocab_size, max_seq_len, pad_token_id=0, **overrides):
     """(generator, discriminator) ElectraConfigs for a preset size; overrides change any size field
     ('gen_' prefix for the generator's)."""
-    if model_size not in MODEL_SIZES:
-        raise SpanElectraError(f"model_size: '{model_size}' is not one of {', '.join(MODEL_SIZES)}")
-    disc, gen = MODEL_SIZES[model_size]
+    if model_size not in MODEL_PRESETS:
+        raise SpanElectraError(f"model_size: '{model_size}' is not one of {', '.join(MODEL_PRESETS)}")
+    disc, gen = MODEL_PRESETS[model_size]
     disc = {**disc, **{k: v for k, v in overrides.items() if not k.startswith("gen_") and v is not None}}
     gen = {**disc, **gen, **{k[4:]: v for k, v in overrides.items() if k.startswith("gen_") and v is not None}}
     gen["embedding_size"] = disc["embedding_size"]  # shared embeddings
@@ -140,7 +131,7 @@ class SpanElectraGenerator(nn.Module):
 
 
 @torch.no_grad()
-def sample_tokens(logits, generator=None, temperature=1.0):
+def sample_tokens(logits, rng=None, temperature=1.0):
     """Sample one token per row from softmax(logits / temperature), in fp32, by inverting the CDF:
     one uniform number per row (the Gumbel-max trick needs one per vocabulary entry, and drawing
     them was 30% of a CPU step). temperature may be a 0-d tensor (a changing float would make
@@ -148,16 +139,16 @@ def sample_tokens(logits, generator=None, temperature=1.0):
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)
     # (generator=None must not be passed explicitly: torch.compile rejects it with dynamic shapes)
-    u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, **({"generator": generator} if generator else {}))
+    u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, **({"generator": rng} if rng else {}))
     # u scaled by the CDF's own total: rounding in the sum never points past the last token
     return (cdf < u * cdf[..., -1:]).sum(dim=-1).clamp_(max=cdf.shape[-1] - 1)
 
 
-def corrupt(batch, gen_out, generator=None, temperature=1.0):
+def corrupt(batch, gen_out, rng=None, temperature=1.0):
     """Discriminator input: the prediction slots filled with generator samples; labels 1 where the
     token now differs from the original (a sample equal to the original counts as original)."""
     original, positions = batch["original_ids"], batch["masked_lm_positions"]
-    sampled = sample_tokens(gen_out["logits"].detach(), generator, temperature)
+    sampled = sample_tokens(gen_out["logits"].detach(), rng, temperature)
     # padding slots point at [CLS] (position 0, never masked) and write back its own id
     fill = torch.where(batch["masked_lm_weights"] > 0, sampled, original.gather(1, positions))
     corrupted = original.scatter(1, positions, fill)
@@ -244,9 +235,9 @@ class SpanElectraJoint(nn.Module):
         table = self.discriminator.core.electra.embeddings.word_embeddings.weight.detach() + self.embedding_delta
         return F.embedding(input_ids, table)
 
-    def forward(self, batch, sample_generator=None, temperature=1.0):
+    def forward(self, batch, sample_rng=None, temperature=1.0):
         gen_out = self.generator(**batch)
-        corrupted, replaced = corrupt(batch, gen_out, sample_generator, temperature)
+        corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature)
         embeds = self.discriminator_embeddings(corrupted) if self.embedding_delta is not None else None
         disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced, embeds))
         return gen_out, disc_out, replaced
@@ -265,17 +256,16 @@ class SpanElectraTwoStage(nn.Module):
         self.frozen[0]._apply(fn, recurse)  # .to(device), .half(), ...: without it the generator stays behind
         return super()._apply(fn, recurse)
 
-    def forward(self, batch, sample_generator=None, temperature=1.0):
+    def forward(self, batch, sample_rng=None, temperature=1.0):
         with torch.no_grad():
             gen_out = self.frozen[0](**batch)
-        corrupted, replaced = corrupt(batch, gen_out, sample_generator, temperature)
+        corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature)
         disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced))
         return None, disc_out, replaced
 
 
 # ---------------------------------------------------------------- saving and loading
 def _save_heads(modules, directory, config):
-    from safetensors.torch import save_file
     state = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() if m is not None
              for k, v in m.state_dict().items()}
     if state:
@@ -284,7 +274,6 @@ def _save_heads(modules, directory, config):
 
 
 def _load_heads(modules, directory):
-    from safetensors.torch import load_file
     path = os.path.join(directory, HEAD_FILE)
     if not os.path.isfile(path):
         return
@@ -312,7 +301,6 @@ def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_d
     save_generator."""
     core = discriminator.core
     if embedding_delta is not None:
-        import copy
         core = copy.deepcopy(core)
         with torch.no_grad():
             core.electra.embeddings.word_embeddings.weight += embedding_delta.detach()
@@ -323,6 +311,15 @@ def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_d
                      "use_span_head": discriminator.span_head is not None})
         if tokenizer_dir:
             copy_tokenizer(tokenizer_dir, tmp)
+
+
+def saved_kind(directory):
+    """'generator' or 'discriminator' for a folder saved by save_generator/save_discriminator, else None."""
+    path = os.path.join(directory, HEAD_CONFIG)
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(directory, "config.json"))):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("kind")
 
 
 def read_head_config(directory, kind, field):
@@ -349,7 +346,6 @@ def weights_problem(directory):
     if os.path.getsize(path) == 0:
         return f"{present[0]} is empty (0 bytes: its save was interrupted)"
     if present[0] == "model.safetensors":
-        from safetensors import safe_open
         try:
             with safe_open(path, framework="pt") as f:
                 f.keys()
@@ -393,7 +389,7 @@ def load_discriminator(directory, field="discriminator_dir"):
 
 
 def init_discriminator_from_generator(discriminator, generator):
-    """Two-stage start (the seed's recipe): copy the generator's embeddings, and every other weight
+    """Two-stage start (SpanElectra's recipe): copy the generator's embeddings, and every other weight
     whose name and shape match, into the discriminator. Returns the number of tensors copied."""
     source = generator.mlm.electra.state_dict()
     target = discriminator.core.electra.state_dict()

@@ -9,10 +9,11 @@ pre-training data builder does; only the short tail of each document is dropped.
   FEAT/train.bin, FEAT/valid.bin   token ids, uint16 (uint32 for vocabularies over 65536), [N, max_seq_len]
   FEAT/tokenizer/                  a copy of the tokenizer the features were built with
   FEAT/meta.json                   shapes, token counts, the tokenizer hash (written last)
-  FEAT/{split}.masked.bin, FEAT/{split}.span_position.bin   with --static_masking
+  FEAT/{split}.masked.bin, FEAT/{split}.span_position.bin   with --save_static_masks
 features.py reads the result (PretrainingFeatures) and serves masked batches of it to the training
 scripts (MLMDataset, SEDataset).
 """
+import dataclasses
 import logging
 import os
 import re
@@ -23,8 +24,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from argument import feature_args, run_main, save_config
+from argument import MaskingArgs, feature_args, run_main, save_config
 from features import META_FILE, PretrainingFeatures
+from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)
 from tokenization import CLS_ID, SEP_ID, SPECIAL_TOKENS, batched, copy_tokenizer, load_tokenizer, segmented_batches
@@ -211,7 +213,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "inputs": {"train": train_files, "valid": valid_files, "valid_fraction": config.valid_fraction},
         "static_masking": False,
     }
-    if config.static_masking:
+    if config.save_static_masks:
         _write_static_masks(config, meta, tmp)
         meta["static_masking"] = True
         meta["static_masking_config"] = {k: getattr(config, k) for k in _masking_fields()}
@@ -226,13 +228,11 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
 
 
 def _masking_fields():
-    import dataclasses
-    from argument import MaskingArgs
     return [f.name for f in dataclasses.fields(MaskingArgs)]
 
 
 def _write_static_masks(config, meta, folder):
-    """One fixed masking of every sequence, saved beside the ids (the seed's static features)."""
+    """One fixed masking of every sequence, saved beside the ids (for exactly repeatable runs: --static_masking)."""
     features = PretrainingFeatures(folder, meta=meta)
     masker = features.masker(config)
     rng = np.random.default_rng(config.seed + 1)
@@ -244,7 +244,7 @@ def _write_static_masks(config, meta, folder):
                 ids = np.asarray(data[i:i + 1024], dtype=np.int64)
                 batch = masker(ids, rng)
                 batch["input_ids"].astype(data.dtype).tofile(fm)
-                span_pos = np.where(batch["labels"] != -100, batch["span_position"] + 1, 0)
+                span_pos = np.where(batch["labels"] != IGNORE_INDEX, batch["span_position"] + 1, 0)
                 span_pos.astype(np.uint16).tofile(fp)
 
 

@@ -8,6 +8,8 @@ import os
 import shutil
 from multiprocessing import get_context
 
+from tokenizers import Tokenizer
+
 from io_utils import SpanElectraError, sha256_file
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
@@ -76,7 +78,6 @@ def batched(iterable, size):
 def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     """Load a tokenizer folder: (tokenizers.Tokenizer, info dict) where info holds the segmenter,
     the special-token ids and a hash of the tokenizer that features and models are checked against."""
-    from tokenizers import Tokenizer
 
     path = os.path.join(tokenizer_dir or "", "tokenizer.json")
     if not os.path.isfile(path):
@@ -87,11 +88,7 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
                                "rebuild it with create_vocab_SE.py") from None
-    info = {"word_segmenter": "none", "tokenizer_type": None, "lowercase": None}
-    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            info.update(json.load(f))
+    info = read_tokenizer_info(tokenizer_dir)
     for i, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != i:
             raise SpanElectraError(f"{field}: '{tokenizer_dir}' does not have {token} at id {i}; build the "
@@ -112,8 +109,16 @@ def copy_tokenizer(tokenizer_dir, directory):
 def tokenizer_hash(tokenizer_dir):
     """Identity of a tokenizer: its tokenizer.json and the segmentation applied before it."""
     h = hashlib.sha256(sha256_file(os.path.join(tokenizer_dir, "tokenizer.json")).encode())
-    info_path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            h.update(str(json.load(f).get("word_segmenter", "none")).encode())
+    if os.path.isfile(os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)):  # folders from before it: the hash they had
+        h.update(str(read_tokenizer_info(tokenizer_dir)["word_segmenter"]).encode())
     return h.hexdigest()[:16]
+
+
+def read_tokenizer_info(tokenizer_dir):
+    """se_tokenizer.json (how text is prepared for this tokenizer), with defaults where absent."""
+    info = {"word_segmenter": "none", "tokenizer_type": None, "lowercase": None}
+    path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            info.update(json.load(f))
+    return info

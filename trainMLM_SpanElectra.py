@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import MLM_trainDataArgs, MLM_trainingConfig, MLM_validDataArgs, run_main
+from argument import MLM_trainingConfig, run_main
 from modelling_span_electra import SpanElectraGenerator, electra_configs, save_generator
 from features import MLMDataset
 
@@ -36,7 +36,7 @@ def evaluate(model, dataset, config, runtime):
 
 def main(config: MLM_trainingConfig = None):
     config = config or MLM_trainingConfig()
-    runtime, train_set, valid_set = tu.prepare_run(config, MLMDataset, MLM_trainDataArgs, MLM_validDataArgs)
+    runtime, train_set, valid_set = tu.prepare_run(config, MLMDataset)
     features = train_set.features
     gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
                                     **config.model_overrides())

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 trainSpanElectra.py ...                         # several processes (DDP)
 
 two_stage: the saved generator is loaded once and frozen; the discriminator starts from its
-embeddings (and every weight whose shape matches), as the original SpanElectra does. joint: both
+embeddings (and every weight whose shape matches), as SpanElectra's first release did (a discriminator that starts from the generator's representations). joint: both
 train together with shared embeddings; loss = generator loss + disc_weight x discriminator loss.
 Saves SE/discriminator (loads with transformers.ElectraForPreTraining.from_pretrained), in joint
 mode also SE/generator, plus SE/metrics.jsonl and resumable checkpoints.
@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import SE_trainDataArgs, SE_trainingConfig, SE_validDataArgs, run_main
+from argument import SE_trainingConfig, run_main
 from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, electra_configs,
                                     init_discriminator_from_generator, load_generator, read_head_config,
@@ -79,13 +79,13 @@ def build_model(config, features):
 @torch.no_grad()
 def evaluate(model, dataset, config, runtime):
     model.eval()
-    sample_generator = torch.Generator(device=runtime.device).manual_seed(config.seed)
+    sample_rng = torch.Generator(device=runtime.device).manual_seed(config.seed)  # the same samples every evaluation
     sums = tu.MetricSums()
     baseline_token = dataset.features.most_frequent_token()
     for i in range(min(config.eval_batches or len(dataset), len(dataset))):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
-            gen_out, disc_out, replaced = model(batch, sample_generator)
+            gen_out, disc_out, replaced = model(batch, sample_rng)
         sums.add(step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token)[1])
     model.train()
     return sums.read(runtime)
@@ -93,7 +93,7 @@ def evaluate(model, dataset, config, runtime):
 
 def main(config: SE_trainingConfig = None):
     config = config or SE_trainingConfig()
-    runtime, train_set, valid_set = tu.prepare_run(config, SEDataset, SE_trainDataArgs, SE_validDataArgs)
+    runtime, train_set, valid_set = tu.prepare_run(config, SEDataset)
     features = train_set.features
     model = build_model(config, features).to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)

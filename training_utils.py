@@ -1,6 +1,7 @@
 """The machinery around both training loops: devices and DDP, optimizer and schedule, data
 position, checkpoints and resume, metrics logging. The loops themselves stay in
 trainMLM_SpanElectra.py and trainSpanElectra.py, readable top to bottom."""
+import atexit
 import contextlib
 import dataclasses
 import glob
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from argument import save_config
 from io_utils import SpanElectraError, atomic_write_json, make_out_dir, remove_paths, storage_reason
 
 logger = logging.getLogger("span_electra")
@@ -197,23 +199,24 @@ def check_finite_weights(model, step):
 
 
 # ---------------------------------------------------------------- data
-def prepare_run(config, dataset_cls, train_args_cls, valid_args_cls):
+def prepare_run(config, dataset_cls):
     """Validate the config, set up devices/processes and seeds, and open the datasets.
     Returns (runtime, train_set, valid_set)."""
     config.validate()
     runtime = setup_runtime(config.device)
     seed_everything(config.seed)
-    return (runtime, *make_datasets(config, dataset_cls, train_args_cls, valid_args_cls, runtime))
+    return (runtime, *make_datasets(config, dataset_cls, runtime))
 
 
-def make_datasets(config, dataset_cls, train_args_cls, valid_args_cls, runtime):
-    """The training split's dataset for this rank, and the valid split's (None when there is none)."""
-    train_set = dataset_cls(config.data_args(train_args_cls, "train"), config.train_batch_size, seed=config.seed,
-                            rank=runtime.rank, world_size=runtime.world_size)
+def make_datasets(config, dataset_cls, runtime):
+    """The training split's dataset for this rank, and the valid split's (None when there is none),
+    both read and masked as the config's data fields say."""
+    train_set = dataset_cls(config, config.train_batch_size, seed=config.seed, rank=runtime.rank,
+                            world_size=runtime.world_size)
     valid_set = None
     if "valid" in train_set.features.meta["splits"]:
-        valid_set = dataset_cls(config.data_args(valid_args_cls, "valid"), config.eval_batch_size, seed=config.seed,
-                                shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
+        valid_set = dataset_cls(config, config.eval_batch_size, seed=config.seed, shuffle=False, rank=runtime.rank,
+                                world_size=runtime.world_size, split="valid")
     return train_set, valid_set
 
 
@@ -326,7 +329,6 @@ def start_run(config, model, optimizer, scheduler, train_set, runtime, script_na
     Returns (model to call in the loop, batch stream, metrics log, first step)."""
     claim_out_dir(config, train_set.features, script_name, runtime, inputs)
     if runtime.is_main:
-        from argument import save_config
         save_config(config, config.out_dir, script_name)
     step, position = resume_training_state(config, model, optimizer, scheduler)
     if step >= config.max_steps:
@@ -436,7 +438,6 @@ class OutDirLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            import atexit
             atexit.register(self.release)
             return
 

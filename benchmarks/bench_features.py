@@ -12,6 +12,7 @@ The last line is one JSON object with the ratios.
 import argparse
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import tempfile
 import time
 
 import numpy as np
+import torch
+from transformers import ElectraConfig, ElectraForPreTraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -137,9 +140,6 @@ def bench_masking(feat_dir, batch_sizes, repeats):
 
 def training_step_seconds():
     """One forward+backward of an ELECTRA-Small discriminator on 32 x 128 (what 1% is measured against)."""
-    import torch
-    from transformers import ElectraConfig, ElectraForPreTraining
-
     torch.manual_seed(0)
     model = ElectraForPreTraining(ElectraConfig(vocab_size=30522, embedding_size=128, hidden_size=256,
                                                 num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024))
@@ -192,7 +192,6 @@ def main():
     if not os.path.isfile(args.corpus):
         sys.exit(f"error: --corpus: '{args.corpus}' does not exist; pass WikiText-2's wiki.train.tokens")
     setup_logging()
-    import logging
     logging.getLogger("span_electra").setLevel(logging.WARNING)
     os.environ["TQDM_DISABLE"] = "1"
     with tempfile.TemporaryDirectory() as work:

@@ -27,16 +27,19 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import training_utils as tu  # noqa: E402
 from argument import MaskingArgs  # noqa: E402
-from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
+from masking import IGNORE_INDEX, Masker, max_prediction_slots, prediction_slots  # noqa: E402
 from modelling_span_electra import SpanElectraJoint, electra_configs  # noqa: E402
+from tokenization import MASK_ID, SPECIAL_TOKENS  # noqa: E402
 
-VOCAB, MASK_ID, SPECIAL = 30522, 4, range(5)
+VOCAB, SPECIAL = 30522, range(len(SPECIAL_TOKENS))  # BERT's vocabulary size, as ELECTRA's
 
 
 def matmul_peak(dtype, n, device, seconds=1.0):
@@ -111,7 +114,6 @@ class _NoSchedule:
 
 def model_flops(model, batch, device):
     """FLOPs of one forward+backward of our model, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
     batch = tu.to_device(batch, device)
     with FlopCounterMode(display=False) as counter:
         gen_out, disc_out, _ = model(batch)
@@ -122,7 +124,6 @@ def model_flops(model, batch, device):
 
 # ---------------------------------------------------------------- the plain transformers baseline
 def baseline_setup(device, compile_models):
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
     gen_cfg, disc_cfg = electra_configs("small", VOCAB, 128)
     torch.manual_seed(0)
     gen, disc = ElectraForMaskedLM(gen_cfg).to(device), ElectraForPreTraining(disc_cfg).to(device)
@@ -140,7 +141,7 @@ def baseline_step(models, optimizer, ids, device, bf16):
     ids = ids.to(device)
     special = ids < 5
     masked = torch.bernoulli(torch.full(ids.shape, 0.15, device=device)).bool() & ~special
-    labels = ids.masked_fill(~masked, -100)
+    labels = ids.masked_fill(~masked, IGNORE_INDEX)
     inputs = ids.masked_fill(masked & torch.bernoulli(torch.full(ids.shape, 0.85, device=device)).bool(), MASK_ID)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         gen_out = gen(input_ids=inputs, labels=labels)

@@ -21,86 +21,31 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import create_vocab_SE  # noqa: E402
 import finetune_SE  # noqa: E402
 import process  # noqa: E402
 import trainMLM_SpanElectra  # noqa: E402
 import trainSpanElectra  # noqa: E402
-from argument import (MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig,  # noqa: E402
-                      _help, check_range, feature_args, finetune_args, run_main, tok_args)
-from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
+from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MLM_trainDataArgs,  # noqa: E402
+                      MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args, feature_args,
+                      finetune_args, run_main, tok_args)
+from io_utils import atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from features import MLMDataset, PretrainingFeatures, SEDataset  # noqa: E402
 
 logger = logging.getLogger("span_electra")
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 MARK_BEGIN, MARK_END = "<!-- compare_pretraining:begin -->", "<!-- compare_pretraining:end -->"
-
-# name -> (label, how it trains); "gen_fraction": the share of a two-stage budget spent on the generator
-RECIPES = {
-    "random": ("random init", None),
-    "mlm": ("MLM only (BERT-style)", dict(kind="mlm", masking="token", use_sbo=False)),
-    "electra": ("ELECTRA (token masking, RTD)", dict(kind="joint", masking="token", use_sbo=False,
-                                                     use_span_head=False)),
-    "se_two_stage": ("SpanElectra two-stage", dict(kind="two_stage", masking="span", use_sbo=True,
-                                                   use_span_head=True)),
-    "se_two_stage_no_heads": ("SpanElectra two-stage, no span heads", dict(kind="two_stage", masking="span",
-                                                                          use_sbo=False, use_span_head=False)),
-    "se_joint": ("SpanElectra joint", dict(kind="joint", masking="span", use_sbo=True, use_span_head=True)),
-    "se_joint_no_heads": ("SpanElectra joint, no span heads", dict(kind="joint", masking="span", use_sbo=False,
-                                                                   use_span_head=False)),
-}
-# per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up
-SCALES = {
-    "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
-                 ft_epochs=3, ft_max_train=8000, ft_lr=1e-3),
-    "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
-                  ft_epochs=3, ft_max_train=0, ft_lr=3e-4),
-}
-
-
-@dataclass
-class compare_args:
-    """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
-    scale: str = _help("'tiny' (2 CPU cores, under an hour) or 'small' (ELECTRA-Small, for a GPU)", default="tiny",
-                       meta={"choices": tuple(SCALES)})
-    train_input: str = _help("pre-training text", default=os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"))
-    valid_input: str = _help("validation text", default=os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
-    tasks: str = _help("comma-separated GLUE task folders", default=",".join(
-        os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC")))
-    recipes: str = _help("comma-separated recipes (default: all)", default=",".join(RECIPES))
-    budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
-    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points)",
-                                  default="0.5,1")
-    gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
-    seeds: str = _help("fine-tuning seeds", default="1,2,3")
-    ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
-    out_dir: str = _help("where everything goes", default="outputs/compare")
-    results_md: str = _help("markdown file whose comparison section is rewritten (empty: none)",
-                            default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
-    seed: int = _help("pre-training seed", default=42)
-    device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
-    bf16: bool = _help("bf16 autocast in pre-training", default=False)
-
-    def validate(self):
-        check_range(self, "budget_steps", low=0)
-        check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
-        for name in self.recipes.split(","):
-            if name not in RECIPES:
-                raise SpanElectraError(f"recipes: '{name}' is not one of {', '.join(RECIPES)}")
-
 
 # ---------------------------------------------------------------- FLOPs of one step of each recipe
 def count_flops(fn):
-    from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()

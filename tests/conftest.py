@@ -169,7 +169,7 @@ def vi_tok(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bpe_feat(bpe_tok, tmp_path_factory):
     """BPE features, max_seq_len 128, with static masks; returns (folder, meta)."""
-    return build_features(bpe_tok, tmp_path_factory.mktemp("feat") / "bpe128", static_masking=True)
+    return build_features(bpe_tok, tmp_path_factory.mktemp("feat") / "bpe128", save_static_masks=True)
 
 
 @pytest.fixture(scope="session")

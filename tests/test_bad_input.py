@@ -318,20 +318,18 @@ def test_static_masking_without_static_masks(bert_feat):
 
 def test_batch_larger_than_split(bpe_feat):
     n = bpe_feat[1]["num_sequences"]["valid"]
-    args = argument.MLM_validDataArgs(features_dir=str(bpe_feat[0]))
+    args = argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]))
     with pytest.raises(SpanElectraError, match=str(n)):
-        features.MLMDataset(args, batch_size=n + 1)
+        features.MLMDataset(args, batch_size=n + 1, split="valid")
     with pytest.raises(SpanElectraError):
-        features.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n // 2 + 1,
-                           world_size=2)
-    assert len(features.MLMDataset(argument.MLM_validDataArgs(features_dir=str(bpe_feat[0])), batch_size=n,
-                                  shuffle=False)) == 1
+        features.MLMDataset(args, batch_size=n // 2 + 1, world_size=2, split="valid")
+    assert len(features.MLMDataset(args, batch_size=n, shuffle=False, split="valid")) == 1
 
 
 def test_dataset_on_missing_split_or_folder(tmp_path, bpe_tok):
     _, meta = build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
     with pytest.raises(SpanElectraError, match="valid"):
-        features.MLMDataset(argument.MLM_validDataArgs(features_dir=str(tmp_path / "f")), batch_size=4)
+        features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(tmp_path / "f")), batch_size=4, split="valid")
     with pytest.raises(SpanElectraError, match="^features_dir:"):
         features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(tmp_path / "nope")), batch_size=4)
 

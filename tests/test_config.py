@@ -23,14 +23,14 @@ def test_defaults_without_arguments():
 
 
 def test_config_file_overrides_defaults_and_cli_wins(tmp_path):
-    path = _write(tmp_path / "cfg.json", {"max_seq_len": 64, "seed": 7, "static_masking": True,
+    path = _write(tmp_path / "cfg.json", {"max_seq_len": 64, "seed": 7, "save_static_masks": True,
                                           "doc_boundary": "file", "mask_ratio": 0.2})
     cfg = argument.parse_config(argument.feature_args, ["--config", path])
-    assert (cfg.max_seq_len, cfg.seed, cfg.static_masking, cfg.doc_boundary, cfg.mask_ratio) == \
+    assert (cfg.max_seq_len, cfg.seed, cfg.save_static_masks, cfg.doc_boundary, cfg.mask_ratio) == \
         (64, 7, True, "file", 0.2)
     assert cfg.batch_lines == 2000  # untouched fields keep their defaults
     cfg = argument.parse_config(argument.feature_args, ["--max_seq_len", "32", "--config", path, "--seed", "9"])
-    assert (cfg.max_seq_len, cfg.seed, cfg.static_masking, cfg.mask_ratio) == (32, 9, True, 0.2)
+    assert (cfg.max_seq_len, cfg.seed, cfg.save_static_masks, cfg.mask_ratio) == (32, 9, True, 0.2)
 
 
 def test_config_file_null_and_empty_values(tmp_path):
@@ -44,7 +44,7 @@ def test_config_file_null_and_empty_values(tmp_path):
 def test_bool_flags_on_the_command_line():
     assert argument.parse_config(argument.tok_args, ["--lowercase"]).lowercase is True
     assert argument.parse_config(argument.tok_args, ["--lowercase", "false"]).lowercase is False
-    assert argument.parse_config(argument.feature_args, ["--static_masking", "true"]).static_masking is True
+    assert argument.parse_config(argument.feature_args, ["--save_static_masks", "true"]).save_static_masks is True
 
 
 def test_config_equals_form(tmp_path):
@@ -112,17 +112,31 @@ def test_validation_names_the_field(cls, field, value, bpe_tok, bpe_feat):
 
 
 def test_data_args_defaults():
-    assert argument.MLM_trainDataArgs().split == "train"
-    assert argument.MLM_validDataArgs().split == "valid"
     se = argument.SE_trainDataArgs()
-    assert (se.mask_replace_prob, se.random_replace_prob, se.split) == (0.85, 0.0, "train")
-    assert argument.SE_validDataArgs().split == "valid"
+    assert (se.mask_replace_prob, se.random_replace_prob) == (0.85, 0.0)
     assert (argument.MLM_trainDataArgs().mask_replace_prob, argument.MLM_trainDataArgs().random_replace_prob) == \
         (0.8, 0.1)
+    # a training config is its data and evaluation classes plus the loop: their defaults are its defaults
+    assert issubclass(argument.SE_trainingConfig, (argument.SE_trainDataArgs, argument.SE_validDataArgs))
+    assert issubclass(argument.MLM_trainingConfig, (argument.MLM_trainDataArgs, argument.MLM_validDataArgs))
+    assert argument.SE_trainingConfig().mask_replace_prob == 0.85 and argument.MLM_trainingConfig().mask_replace_prob == 0.8
+
+
+def test_every_field_is_declared_once():
+    """Each field lives in one class (subclasses change defaults, never redeclare a field elsewhere)."""
+    homes = {}
+    for cls in (argument.tok_args, argument.feature_args, argument.DataArgs, argument.ValidDataArgs,
+                argument.TrainingConfig, argument.mask_stats_args, argument.pipeline_args, argument.finetune_args):
+        for klass in cls.__mro__:
+            for name in vars(klass).get("__annotations__", {}):
+                homes.setdefault(name, set()).add(klass.__name__)
+    roots = {"MaskingArgs", "FeaturesArgs", "DataArgs", "ValidDataArgs", "TrainingConfig"}
+    shared = {name: sorted(owners) for name, owners in homes.items() if len(owners & roots) > 1}
+    assert not shared, shared
 
 
 def test_save_config_round_trips(tmp_path):
-    cfg = argument.feature_args(max_seq_len=77, valid_input=None, static_masking=True)
+    cfg = argument.feature_args(max_seq_len=77, valid_input=None, save_static_masks=True)
     argument.save_config(cfg, str(tmp_path), "process")
     data = read_json(tmp_path / "process_config.json")
     assert data.pop("config_class") == "feature_args"
@@ -130,7 +144,7 @@ def test_save_config_round_trips(tmp_path):
 
 
 def test_saved_config_is_a_valid_config_file(tmp_path):
-    cfg = argument.feature_args(max_seq_len=77, static_masking=True)
+    cfg = argument.feature_args(max_seq_len=77, save_static_masks=True)
     argument.save_config(cfg, str(tmp_path), "process")
     again = argument.parse_config(argument.feature_args, ["--config", str(tmp_path / "process_config.json")])
     assert again == cfg

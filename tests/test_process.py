@@ -19,8 +19,8 @@ VALID = SAMPLE / "valid.tokens"
 TITLE = re.compile(r"^ = [^=].* = $")
 
 
-def _data_args(feat_dir, split="train", cls=argument.MLM_trainDataArgs, **kw):
-    return cls(features_dir=str(feat_dir), split=split, **kw)
+def _data_args(feat_dir, cls=argument.MLM_trainDataArgs, **kw):
+    return cls(features_dir=str(feat_dir), **kw)
 
 
 # ---------------------------------------------------------------- rows and meta.json
@@ -107,7 +107,7 @@ def test_process_config_saved(bpe_feat, bpe_tok):
     feat_dir, _ = bpe_feat
     cfg = read_json(feat_dir / "process_config.json")
     assert cfg["config_class"] == "feature_args"
-    assert cfg["max_seq_len"] == 128 and cfg["static_masking"] is True
+    assert cfg["max_seq_len"] == 128 and cfg["save_static_masks"] is True
     assert cfg["tokenizer_dir"] == str(bpe_tok)
     assert not [p for p in feat_dir.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
@@ -271,7 +271,7 @@ def test_static_masks_reproduce_dynamic_masking(bpe_feat):
 
 def test_static_dataset_same_masks_every_epoch(bpe_feat):
     feat_dir, _ = bpe_feat
-    ds = features.MLMDataset(_data_args(feat_dir, "valid", static_masking=True), batch_size=32, shuffle=False)
+    ds = features.MLMDataset(_data_args(feat_dir, static_masking=True), batch_size=32, shuffle=False, split="valid")
     first = [ds[i] for i in range(len(ds))]
     ds.set_epoch(5)
     for i, batch in enumerate(first):
@@ -279,7 +279,7 @@ def test_static_dataset_same_masks_every_epoch(bpe_feat):
         for key in batch:
             assert (again[key] == batch[key]).all(), key
     # with shuffling the batches change but each sequence keeps its one mask
-    shuffled = features.MLMDataset(_data_args(feat_dir, "train", static_masking=True), batch_size=64, seed=1)
+    shuffled = features.MLMDataset(_data_args(feat_dir, static_masking=True), batch_size=64, seed=1)
     feats = features.PretrainingFeatures(str(feat_dir))
     stored = np.asarray(feats.split("train", ".masked"))
     for epoch in (0, 1):
@@ -324,7 +324,7 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
 def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
     import torch
     feat_dir, _ = bpe_feat
-    ds = features.MLMDataset(_data_args(feat_dir, "valid"), batch_size=32, shuffle=False)
+    ds = features.MLMDataset(_data_args(feat_dir), batch_size=32, shuffle=False, split="valid")
     e0 = ds[2]
     ds.set_epoch(1)
     e1 = ds[2]
@@ -388,8 +388,7 @@ def test_ranks_read_disjoint_rows(bpe_feat):
 def test_valid_dataset_covers_every_row_once(bpe_feat):
     feat_dir, meta = bpe_feat
     n = meta["num_sequences"]["valid"]
-    ds = features.MLMDataset(_data_args(feat_dir, "valid", cls=argument.MLM_validDataArgs), batch_size=50,
-                            shuffle=False)
+    ds = features.MLMDataset(_data_args(feat_dir), batch_size=50, shuffle=False, split="valid")
     assert len(ds) == -(-n // 50)
     rows = np.concatenate([ds.rows(i) for i in range(len(ds))])
     np.testing.assert_array_equal(rows, np.arange(n))
@@ -400,7 +399,7 @@ def test_valid_dataset_covers_every_row_once(bpe_feat):
 def test_dataloader_iterates_batches(bpe_feat):
     from torch.utils.data import DataLoader
     feat_dir, _ = bpe_feat
-    ds = features.MLMDataset(_data_args(feat_dir, "valid"), batch_size=64)
+    ds = features.MLMDataset(_data_args(feat_dir), batch_size=64, split="valid")
     batches = list(DataLoader(ds, batch_size=None))
     assert len(batches) == len(ds) > 0
     assert all(b["input_ids"].shape == (64, 128) for b in batches)
