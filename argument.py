@@ -4,6 +4,18 @@ Edit the defaults below and run a script, or build a config in a notebook cell a
 script's main(config). On the command line every field is `--field value`, and `--config
 file.json` loads a whole config (command-line fields still win). Each script saves the resolved
 config as JSON beside its output.
+
+The design: one config object per run (ELECTRA's configure_pretraining, nanoGPT's flat namespace),
+assembled from small classes by inheritance, so every field is declared once and its default
+lives in exactly one place. A training script's class is its data class (features folder and
+masking), its evaluation class and the training loop's class:
+    SE_trainingConfig  = TrainingConfig + SE_validDataArgs + SE_trainDataArgs (+ the recipe's fields)
+    MLM_trainingConfig = TrainingConfig + MLM_validDataArgs + MLM_trainDataArgs
+Editing SE_trainDataArgs.mask_replace_prob therefore changes what trainSpanElectra.py trains with.
+(Several dataclasses parsed side by side, as the transformers examples do, would need the masking
+fields twice, for the train and the valid split; here the valid split is masked as the train split.)
+The class names are those of SpanElectra's first release (tok_args, MLM_trainDataArgs, ...), which
+its users know.
 """
 import dataclasses
 import json
