@@ -1,12 +1,16 @@
 """Shared file helpers: the user-facing error type, atomic writes, text-file discovery and
 streaming UTF-8 reading that counts undecodable bytes instead of crashing on them."""
+import bz2
 import codecs
 import contextlib
 import errno
 import glob
+import gzip
 import hashlib
+import io
 import json
 import logging
+import lzma
 import os
 import shutil
 import tempfile
@@ -14,6 +18,7 @@ import tempfile
 logger = logging.getLogger("span_electra")
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")  # streamed as they are read, never unpacked to disk
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -156,14 +161,55 @@ def sha256_file(path):
 
 
 # ---------------------------------------------------------------- finding text files
-def _is_binary(path, probe_bytes=8192):
+def _is_binary(path, field, probe_bytes=8192):
     """A file is treated as binary when its first block holds NUL bytes or is mostly not UTF-8."""
-    with open(path, "rb") as f:
-        head = f.read(probe_bytes)
+    with open(path, "rb") as raw, open_binary(path, raw) as f:
+        try:
+            head = f.read(probe_bytes)
+        except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+            raise SpanElectraError(f"{field}: '{path}' cannot be decompressed ({type(e).__name__}): the file is "
+                                   "damaged or truncated") from None
     if b"\x00" in head:
         return True
     text = head.decode("utf-8", errors="replace")
     return text.count("\ufffd") > max(8, len(text) // 10)
+
+
+def is_text_name(name):
+    """A corpus file name: .txt/.tokens/.raw, plain or compressed (corpus.txt.xz)."""
+    stem = name[:-len(name.rsplit(".", 1)[-1]) - 1] if name.endswith(COMPRESSED_SUFFIXES) else name
+    return stem.endswith(TEXT_SUFFIXES)
+
+
+def open_binary(path, raw=None):
+    """A binary stream of a file's content: decompressed for .gz, .bz2, .xz and .zst (raw: the open
+    file to read from, so its position tells how far the compressed file has been read)."""
+    raw = raw if raw is not None else open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    if path.endswith(".bz2"):
+        return bz2.BZ2File(raw)
+    if path.endswith(".xz"):
+        return lzma.LZMAFile(raw)
+    if path.endswith(".zst"):
+        try:
+            import zstandard  # optional: only .zst corpora need it
+        except ImportError:
+            raise SpanElectraError(f"'{path}' is zstd-compressed and the zstandard package is missing; run "
+                                   "`pip install zstandard`, or decompress it with `zstd -d`") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
+    return raw
+
+
+def _read_line(f, limit, path):
+    """f.readline(limit), with a damaged compressed file reported in one line."""
+    try:
+        return f.readline(limit)
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+        if not path.endswith(COMPRESSED_SUFFIXES):
+            raise
+        raise SpanElectraError(f"'{path}' cannot be decompressed ({type(e).__name__}: {str(e)[:80]}): the file is "
+                               "damaged or truncated; download or compress it again") from None
 
 
 def find_text_files(spec, field):
@@ -180,11 +226,12 @@ def find_text_files(spec, field):
             os.path.join(root, name)
             for root, dirs, names in os.walk(spec)
             for name in names
-            if name.endswith(TEXT_SUFFIXES) and not name.startswith(".")
+            if is_text_name(name) and not name.startswith(".")
         )
         if not candidates:
             raise SpanElectraError(
-                f"{field}: the folder '{spec}' holds no text file ({', '.join(TEXT_SUFFIXES)}); "
+                f"{field}: the folder '{spec}' holds no text file ({', '.join(TEXT_SUFFIXES)}, also compressed: "
+                f"{', '.join(COMPRESSED_SUFFIXES)}); "
                 "point it at your corpus")
     elif os.path.isfile(spec):
         candidates = [spec]
@@ -193,7 +240,7 @@ def find_text_files(spec, field):
 
     files = []
     for path in candidates:
-        if _is_binary(path):
+        if _is_binary(path, field):
             logger.warning("skipping '%s': it looks like a binary file, not UTF-8 text", path)
         else:
             files.append(path)
@@ -233,22 +280,25 @@ def _utf8_safe_cut(chunk):
 
 
 def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progress=None):
-    """Yield the decoded lines of a file with bounded memory.
+    """Yield the decoded lines of a file (plain, or .gz/.bz2/.xz/.zst, decompressed as it streams)
+    with bounded memory.
 
     A line longer than max_line_bytes is yielded in pieces cut at spaces (on_long_line(line_no) is
     called once per such line), so one giant line cannot exhaust memory. Undecodable bytes become
-    U+FFFD and are counted in bad_bytes. progress (a tqdm) is advanced by the bytes read.
+    U+FFFD and are counted in bad_bytes. progress (a tqdm) is advanced by the bytes read from disk.
     """
     carry = b""
     line_no = 0
     reported = -1
-    with open(path, "rb") as f:
+    read = 0
+    with open(path, "rb") as raw, open_binary(path, raw) as f:
         while True:
-            chunk = f.readline(max_line_bytes)
+            chunk = _read_line(f, max_line_bytes, path)
             if not chunk:
                 break
             if progress is not None:
-                progress.update(len(chunk))
+                progress.update(raw.tell() - read)
+                read = raw.tell()
             chunk = carry + chunk
             carry = b""
             if not chunk.endswith(b"\n") and len(chunk) >= max_line_bytes:

@@ -1,0 +1,89 @@
+"""Compressed corpora (.gz, .bz2, .xz, .zst) stream as plain text files do: the same vocabulary
+and the same features, folders searched recursively, damaged files named in one line."""
+import builtins
+import bz2
+import gzip
+import lzma
+import sys
+
+import numpy as np
+import pytest
+
+import io_utils
+from conftest import SAMPLE, assert_cli_error, build_features, read_json, run_cli, train_vocab
+
+COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+def compressed_copy(folder, suffix, name="train.tokens"):
+    data = (SAMPLE / name).read_bytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{suffix}"
+    if suffix == ".zst":
+        zstandard = pytest.importorskip("zstandard")
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    else:
+        path.write_bytes(COMPRESSORS[suffix](data))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_compressed_corpus_gives_the_same_features(suffix, bpe_tok, tmp_path):
+    path = compressed_copy(tmp_path / "corpus" / "deeper", suffix)
+    plain, plain_meta = build_features(bpe_tok, tmp_path / "plain", valid_input="")
+    packed, meta = build_features(bpe_tok, tmp_path / "packed", train_input=str(tmp_path / "corpus"), valid_input="")
+    assert meta["splits"] == plain_meta["splits"]
+    assert meta["num_tokens"]["train"] == plain_meta["num_tokens"]["train"] > 0
+    assert (packed / "train.bin").read_bytes() == (plain / "train.bin").read_bytes()
+    assert io_utils.find_text_files(str(path), "train_input") == [str(path)]
+
+
+def test_vocabulary_from_a_compressed_corpus_equals_the_plain_one(tmp_path):
+    compressed_copy(tmp_path / "corpus", ".xz")
+    compressed_copy(tmp_path / "corpus", ".gz", "valid.tokens")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "train.tokens").write_bytes((SAMPLE / "train.tokens").read_bytes())
+    (plain / "valid.tokens").write_bytes((SAMPLE / "valid.tokens").read_bytes())
+    a = train_vocab(tmp_path / "tok_plain", data_dir=str(plain), vocab_size=1000)
+    b = train_vocab(tmp_path / "tok_packed", data_dir=str(tmp_path / "corpus"), vocab_size=1000)
+    assert read_json(a / "tokenizer.json")["model"]["vocab"] == read_json(b / "tokenizer.json")["model"]["vocab"]
+
+
+def test_a_truncated_compressed_file_is_one_line(bpe_tok, tmp_path):
+    path = compressed_copy(tmp_path / "corpus", ".xz")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    result = run_cli("process.py", "--tokenizer_dir", bpe_tok, "--train_input", path, "--valid_input", "",
+                     "--out_dir", tmp_path / "feat")
+    assert_cli_error(result, str(path), "damaged or truncated")
+    assert not (tmp_path / "feat" / "meta.json").exists()
+
+
+def test_zst_without_zstandard_says_how_to_install_it(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 16)
+    real_import = builtins.__import__
+
+    def no_zstandard(name, *args, **kwargs):
+        if name == "zstandard":
+            raise ImportError("No module named 'zstandard'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.delitem(sys.modules, "zstandard", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_zstandard)
+    with pytest.raises(io_utils.SpanElectraError, match="pip install zstandard"):
+        io_utils.find_text_files(str(path), "train_input")
+
+
+def test_progress_counts_bytes_on_disk(tmp_path):
+    path = compressed_copy(tmp_path, ".gz")
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+    bar = Bar()
+    lines = list(io_utils.iter_lines(str(path), io_utils.BadByteCounter(), progress=bar))
+    assert bar.n == path.stat().st_size  # the bar's total is the compressed size
+    assert lines == (SAMPLE / "train.tokens").read_text(encoding="utf-8").splitlines()
+    assert np.isclose(len(lines), len((SAMPLE / "train.tokens").read_bytes().splitlines()))
