@@ -402,6 +402,31 @@ class pipeline_args:
             _fail("out_dir", "no folder given")
 
 
+# ---------------------------------------------------------------- released ELECTRA checkpoints
+@dataclass
+class convert_args:
+    """convert_tf_checkpoint.py: a google-research/electra TensorFlow checkpoint as transformers folders."""
+    checkpoint: str = _help("checkpoint folder (with its `checkpoint` file) or prefix (DIR/model.ckpt-N)",
+                            default="models/electra_small")
+    vocab_file: Optional[str] = _help("the model's vocab.txt (default: vocab.txt beside the checkpoint)", default=None)
+    out_dir: str = _help("where discriminator/ and generator/ go", default="outputs/converted")
+    config_file: Optional[str] = _help("the hparams JSON the model was trained with (model_size, "
+                                       "model_hparam_overrides, do_lower_case); sizes not given there are read "
+                                       "from the tensor shapes", default=None)
+    do_lower_case: Optional[bool] = _help("lowercase text before tokenizing (default: the hparams' do_lower_case, "
+                                          "else true, as ELECTRA's released models)", default=None)
+
+    def validate(self):
+        if not self.checkpoint:
+            _fail("checkpoint", "no path given; pass a google-research/electra checkpoint folder or prefix")
+        if not self.out_dir:
+            _fail("out_dir", "no folder given")
+        for name in ("vocab_file", "config_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                _fail(name, f"'{path}' is not a file")
+
+
 # ---------------------------------------------------------------- explorer and comparison
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the team's corpora beside the checkout

@@ -9,7 +9,6 @@ Writes OUT/tokenizer.json with the tokenizer_config.json that makes
 segmentation) before this tokenizer sees it. process.py and the explorer read that file, so the
 corpus, the features and the model can never disagree on segmentation.
 """
-import json
 import logging
 import os
 import shutil
@@ -19,13 +18,12 @@ import unicodedata
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerFast
 
 from argument import save_config, run_main, tok_args
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)
 from tokenization import (BYTE_ALPHABET, CLS_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched, load_segmenter,
-                          segmented_batches)
+                          save_transformers_tokenizer, segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
@@ -83,25 +81,12 @@ def corpus_lines(files, bad_bytes, progress, alphabet):
                 yield line
 
 
-def _use_portable_tokenizer_class(config_path):
-    """transformers 5 writes 'TokenizersBackend', which transformers 4 cannot load; both read this name."""
-    with open(config_path, encoding="utf-8") as f:
-        tokenizer_config = json.load(f)
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    atomic_write_json(config_path, tokenizer_config)
-
-
 def save_tokenizer_files(tok, config, out_dir, stats):
     """Write tokenizer.json (last), the transformers config and vocab files, and se_tokenizer.json."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-")
     try:
-        names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")  # SPECIAL_TOKENS' order
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **dict(zip(names, SPECIAL_TOKENS)))
-        fast.save_pretrained(tmp)
-        _use_portable_tokenizer_class(os.path.join(tmp, "tokenizer_config.json"))
-        tok.save(os.path.join(tmp, "tokenizer.json"))
-        tok.model.save(tmp)  # vocab.json + merges.txt (BPE) or vocab.txt (WordPiece), the classic files
+        save_transformers_tokenizer(tok, tmp)
         atomic_write_json(os.path.join(tmp, SE_TOKENIZER_FILE), {
             "tokenizer_type": config.tokenizer_type, "word_segmenter": config.word_segmenter,
             "lowercase": config.lowercase, "model_name": config.model_name,

@@ -10,7 +10,9 @@ from multiprocessing import get_context
 
 from tokenizers import Tokenizer
 
-from io_utils import SpanElectraError, sha256_file
+from transformers import PreTrainedTokenizerFast
+
+from io_utils import SpanElectraError, atomic_write_json, sha256_file
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
@@ -96,6 +98,23 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     info["vocab_size"] = tok.get_vocab_size()
     info["tokenizer_hash"] = tokenizer_hash(tokenizer_dir)
     return tok, info
+
+
+def save_transformers_tokenizer(tok, directory, model_max_length=512):
+    """Write a tokenizers.Tokenizer as a transformers tokenizer folder: tokenizer.json, its
+    tokenizer_config.json (special tokens, a class name both transformers 4 and 5 load) and the
+    classic vocabulary files (vocab.json + merges.txt for BPE, vocab.txt for WordPiece)."""
+    names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")  # SPECIAL_TOKENS' order
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
+                                   **dict(zip(names, SPECIAL_TOKENS)))
+    fast.save_pretrained(directory)
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes 'TokenizersBackend'
+    atomic_write_json(config_path, tokenizer_config)
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    tok.model.save(directory)
 
 
 def copy_tokenizer(tokenizer_dir, directory):

@@ -6,9 +6,9 @@ from conftest import REPO
 
 # scripts a user runs; run_pipeline.py is the one that runs the others
 STAGE_SCRIPTS = {"create_vocab_SE", "process", "mask_stats", "trainMLM_SpanElectra", "trainSpanElectra",
-                 "finetune_SE", "explore_SE", "run_pipeline"}
+                 "finetune_SE", "explore_SE", "convert_tf_checkpoint", "run_pipeline"}
 LIBRARIES = {"argument", "io_utils", "tokenization", "features", "masking", "modelling_span_electra",
-             "training_utils"}
+             "training_utils", "tf_checkpoint"}
 
 
 def repo_imports():

@@ -1,0 +1,231 @@
+"""Convert a google-research/electra TensorFlow checkpoint into transformers folders, without TensorFlow.
+
+    python convert_tf_checkpoint.py --checkpoint DIR_OR_PREFIX --vocab_file vocab.txt --out_dir OUT \
+        [--config_file hparams.json]
+
+Writes OUT/discriminator (loads with ElectraForPreTraining.from_pretrained) and, when the
+checkpoint holds one, OUT/generator (ElectraForMaskedLM), as the training scripts write them,
+each with a WordPiece tokenizer built from vocab.txt. The tensors are read by tf_checkpoint.py,
+which checks each one's CRC32C. Optimizer slots (adam_m, adam_v) and global_step are skipped;
+any other tensor that maps nowhere is listed by name.
+"""
+import json
+import logging
+import os
+import re
+import tempfile
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from argument import convert_args, run_main, save_config
+from io_utils import SpanElectraError, atomic_write_json, make_out_dir
+from modelling_span_electra import SpanElectraDiscriminator, SpanElectraGenerator, save_discriminator, save_generator
+from tf_checkpoint import TFCheckpoint
+from tokenization import SE_TOKENIZER_FILE, SPECIAL_TOKENS, save_transformers_tokenizer
+
+logger = logging.getLogger("span_electra")
+SKIPPED = re.compile(r"(/adam_[mv]$|^global_step$|/Adam(_\d+)?$|^beta[12]_power)")  # optimizer state
+HEADS_PER_SIZE = {"small": 4, "base": 12, "large": 16}  # google-research/electra's model sizes
+
+
+# ---------------------------------------------------------------- names
+def hf_name(tf_name):
+    """(model, transformers parameter name, transpose) for a google-research/electra variable, or None.
+    model: 'disc', 'gen' or 'both' (the embeddings ELECTRA shares between the two)."""
+    m = re.fullmatch(r"(electra|generator)/(embeddings|embeddings_project|encoder)(/.*)?", tf_name)
+    if m:
+        scope, part, rest = m.group(1), m.group(2), (m.group(3) or "")[1:]
+        model = "gen" if scope == "generator" else ("both" if part == "embeddings" else "disc")
+        path = f"electra.{part}" + ("." + rest.replace("/", ".") if rest else "")
+        path = re.sub(r"layer_(\d+)", r"layer.\1", path)
+        return (model,) + _leaf(path, rest.endswith("kernel") or part == "embeddings_project" and rest == "kernel")
+    for tf_prefix, model, hf_prefix in (("discriminator_predictions/dense_1/", "disc", "discriminator_predictions.dense_prediction."),
+                                        ("discriminator_predictions/dense/", "disc", "discriminator_predictions.dense."),
+                                        ("generator_predictions/dense/", "gen", "generator_predictions.dense."),
+                                        ("generator_predictions/LayerNorm/", "gen", "generator_predictions.LayerNorm.")):
+        if tf_name.startswith(tf_prefix):
+            leaf = tf_name[len(tf_prefix):]
+            return (model,) + _leaf(hf_prefix + leaf, leaf == "kernel")
+    if tf_name == "generator_predictions/output_bias":
+        return "gen", "generator_lm_head.bias", False
+    return None
+
+
+def _leaf(path, transpose):
+    """TF's leaf names as torch's: kernel -> weight (transposed), gamma/beta -> LayerNorm weight/bias,
+    an embedding table -> weight."""
+    if path.endswith(".kernel"):
+        return path[:-len("kernel")] + "weight", True
+    if path.endswith(".gamma"):
+        return path[:-len("gamma")] + "weight", False
+    if path.endswith(".beta"):
+        return path[:-len("beta")] + "bias", False
+    if path.endswith("_embeddings"):
+        return path + ".weight", False
+    return path, transpose
+
+
+# ---------------------------------------------------------------- architecture
+def read_hparams(config_file):
+    if not config_file:
+        return {}
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            hparams = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpanElectraError(f"config_file: cannot read '{config_file}' ({e}); pass the hparams JSON the model "
+                               "was trained with, or leave it out") from None
+    return hparams if isinstance(hparams, dict) else {}
+
+
+def encoder_sizes(ckpt, scope):
+    """(hidden, layers, intermediate) of the encoder under scope, from the tensor shapes (None: none)."""
+    layers = {int(m.group(1)) for n in ckpt.names() if (m := re.match(rf"{scope}/encoder/layer_(\d+)/", n))}
+    if not layers:
+        return None
+    hidden = ckpt.shape(f"{scope}/encoder/layer_0/attention/self/query/kernel")[1]
+    intermediate = ckpt.shape(f"{scope}/encoder/layer_0/intermediate/dense/kernel")[1]
+    return hidden, max(layers) + 1, intermediate
+
+
+def electra_configs(ckpt, hparams):
+    """(discriminator ElectraConfig, generator ElectraConfig or None) from the shapes and the hparams."""
+    vocab, embedding = ckpt.shape("electra/embeddings/word_embeddings")
+    common = dict(vocab_size=vocab, embedding_size=embedding,
+                  max_position_embeddings=ckpt.shape("electra/embeddings/position_embeddings")[0],
+                  type_vocab_size=ckpt.shape("electra/embeddings/token_type_embeddings")[0])
+    hidden, layers, intermediate = encoder_sizes(ckpt, "electra")
+    overrides = hparams.get("model_hparam_overrides", {})
+    heads = overrides.get("num_attention_heads") or HEADS_PER_SIZE.get(hparams.get("model_size"), max(1, hidden // 64))
+    disc = ElectraConfig(**common, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
+                         num_attention_heads=heads)
+    gen_sizes = encoder_sizes(ckpt, "generator")
+    if gen_sizes is None:
+        return disc, None
+    gen_hidden, gen_layers, gen_intermediate = gen_sizes
+    # google-research/electra scales the heads with the width (get_generator_config)
+    gen_heads = max(1, round(heads * gen_hidden / hidden))
+    gen = ElectraConfig(**common, hidden_size=gen_hidden, num_hidden_layers=gen_layers,
+                        intermediate_size=gen_intermediate, num_attention_heads=gen_heads)
+    return disc, gen
+
+
+# ---------------------------------------------------------------- weights
+def load_tensors(ckpt, models):
+    """Copy every mappable tensor into models ({'disc': ..., 'gen': ...}). Returns (mapped, skipped,
+    unmapped) tensor-name lists."""
+    states = {k: m.state_dict() for k, m in models.items()}
+    mapped, skipped, unmapped = [], [], []
+    for name in ckpt.names():
+        if SKIPPED.search(name):
+            skipped.append(name)
+            continue
+        target = hf_name(name)
+        kinds = [k for k in (("disc", "gen") if target and target[0] == "both" else (target[0],) if target else ())
+                 if k in states and target[1] in states[k]]
+        if not kinds:
+            unmapped.append(name)
+            continue
+        value = torch.from_numpy(np.array(ckpt.tensor(name), dtype=np.float32))
+        if target[2]:
+            value = value.T
+        for kind in kinds:
+            if states[kind][target[1]].shape != value.shape:
+                raise SpanElectraError(f"checkpoint: '{name}' has shape {tuple(value.shape)}, the model expects "
+                                       f"{tuple(states[kind][target[1]].shape)} ({target[1]}); pass the hparams "
+                                       "the model was trained with as --config_file")
+            states[kind][target[1]].copy_(value)
+        mapped.append(name)
+    return mapped, skipped, unmapped
+
+
+def missing_parameters(model, loaded_names):
+    """The model's parameters no checkpoint tensor filled (tied weights count as filled)."""
+    filled = set(loaded_names)
+    tied = {"generator_lm_head.weight"}  # the word embeddings, tied
+    return sorted(n for n, _ in model.named_parameters() if n not in filled and n not in tied)
+
+
+# ---------------------------------------------------------------- tokenizer
+def wordpiece_tokenizer(vocab_file, lowercase, directory):
+    """A WordPiece tokenizer folder from a BERT/ELECTRA vocab.txt (its own special-token ids)."""
+    with open(vocab_file, encoding="utf-8") as f:
+        vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise SpanElectraError(f"vocab_file: '{vocab_file}' lacks {', '.join(missing)}; pass the model's own vocab.txt")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece()
+    save_transformers_tokenizer(tok, directory)
+    atomic_write_json(os.path.join(directory, SE_TOKENIZER_FILE), {
+        "tokenizer_type": "BERT", "word_segmenter": "none", "lowercase": lowercase, "vocab_size": len(vocab),
+        "special_tokens": SPECIAL_TOKENS, "special_token_ids": {t: vocab[t] for t in SPECIAL_TOKENS},
+        "source": os.path.abspath(vocab_file)})
+    return len(vocab)
+
+
+# ---------------------------------------------------------------- main
+def main(config: convert_args = None):
+    config = config or convert_args()
+    config.validate()
+    ckpt = TFCheckpoint(config.checkpoint)
+    if "electra/embeddings/word_embeddings" not in ckpt.entries or encoder_sizes(ckpt, "electra") is None:
+        raise SpanElectraError(f"checkpoint: '{ckpt.prefix}' holds no ELECTRA discriminator (no electra/embeddings and "
+                               "electra/encoder tensors); is it a google-research/electra checkpoint?")
+    vocab_file = config.vocab_file or os.path.join(os.path.dirname(ckpt.prefix), "vocab.txt")
+    if not os.path.isfile(vocab_file):
+        raise SpanElectraError(f"vocab_file: '{vocab_file}' does not exist; pass the model's vocab.txt")
+    hparams = read_hparams(config.config_file)
+    lowercase = config.do_lower_case if config.do_lower_case is not None else hparams.get("do_lower_case", True)
+    disc_config, gen_config = electra_configs(ckpt, hparams)
+    models_ = {"disc": ElectraForPreTraining(disc_config)}
+    if gen_config is not None:
+        models_["gen"] = ElectraForMaskedLM(gen_config)
+    mapped, skipped, unmapped = load_tensors(ckpt, models_)
+    hf_loaded = {k: {hf_name(n)[1] for n in mapped if hf_name(n)[0] in (k, "both")} for k in models_}
+    for kind, model in models_.items():
+        missing = missing_parameters(model, hf_loaded[kind])
+        if missing:
+            raise SpanElectraError(f"checkpoint: the {'discriminator' if kind == 'disc' else 'generator'}'s "
+                                   f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} found no tensor; "
+                                   "is it a google-research/electra checkpoint?")
+    if gen_config is not None and vocab_size_of(vocab_file) != disc_config.vocab_size:
+        logger.warning("vocab_file: %d entries, the checkpoint's embeddings %d rows", vocab_size_of(vocab_file),
+                       disc_config.vocab_size)
+
+    make_out_dir(config.out_dir)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        wordpiece_tokenizer(vocab_file, lowercase, tok_dir)
+        disc = SpanElectraDiscriminator(disc_config, use_all_token=True, use_span_head=False, core=models_["disc"])
+        save_discriminator(disc, os.path.join(config.out_dir, "discriminator"), tok_dir)
+        if "gen" in models_:
+            save_generator(SpanElectraGenerator(gen_config, use_sbo=False, mlm=models_["gen"]),
+                           os.path.join(config.out_dir, "generator"), tok_dir)
+    summary = {"checkpoint": ckpt.prefix, "mapped": len(mapped), "skipped": len(skipped), "unmapped": unmapped,
+               "discriminator": disc_config.to_diff_dict(), "generator": gen_config.to_diff_dict() if gen_config else None,
+               "lowercase": lowercase}
+    atomic_write_json(os.path.join(config.out_dir, "conversion.json"), summary)
+    save_config(config, config.out_dir, "convert_tf_checkpoint")
+    logger.info("%d tensors mapped, %d optimizer tensors skipped, %d unmapped%s", len(mapped), len(skipped),
+                len(unmapped), (": " + ", ".join(unmapped)) if unmapped else "")
+    logger.info("discriminator -> %s%s", os.path.join(config.out_dir, "discriminator"),
+                f"; generator (no SBO head: ELECTRA has none) -> {os.path.join(config.out_dir, 'generator')}"
+                if gen_config else "; the checkpoint holds no generator")
+    return summary
+
+
+def vocab_size_of(vocab_file):
+    with open(vocab_file, encoding="utf-8") as f:
+        return sum(1 for line in f if line.rstrip("\n"))
+
+
+if __name__ == "__main__":
+    run_main(main, convert_args)

@@ -1,0 +1,146 @@
+"""convert_tf_checkpoint.py on a tiny google-research/electra checkpoint that TensorFlow wrote
+(tests/fixtures/make_tf_checkpoint.py made it; TensorFlow is never imported here)."""
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
+
+import argument
+import convert_tf_checkpoint as convert
+import tf_checkpoint
+from conftest import REPO, assert_cli_error, read_json, run_cli
+
+FIXTURE = REPO / "tests" / "fixtures" / "electra_tf"
+HEADS = 2  # the fixture's hparams
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "electra"
+    convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(out),
+                                       config_file=str(FIXTURE / "hparams.json")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tf_values():
+    with np.load(FIXTURE / "values.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_reader_returns_what_tensorflow_wrote(tf_values):
+    ckpt = tf_checkpoint.TFCheckpoint(str(FIXTURE))  # a folder whose `checkpoint` file names another machine's path
+    assert ckpt.prefix.endswith("model.ckpt-3") and ckpt.num_shards == 1
+    assert len(ckpt.names()) == len(tf_values) + 2 * (len(tf_values) - 1)  # + adam_m, adam_v of each variable
+    for name, value in tf_values.items():
+        got = ckpt.tensor(name)
+        assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value), name
+
+
+def test_crc32c_known_values():
+    assert tf_checkpoint.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert tf_checkpoint.crc32c(b"") == 0
+    assert tf_checkpoint.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720, 32 zero bytes
+
+
+def test_every_converted_tensor_equals_tensorflows(converted, tf_values):
+    disc = ElectraForPreTraining.from_pretrained(converted / "discriminator").state_dict()
+    gen = ElectraForMaskedLM.from_pretrained(converted / "generator").state_dict()
+    checked = 0
+    for name, value in tf_values.items():
+        if name == "global_step":
+            continue
+        model, hf, transpose = convert.hf_name(name)
+        expected = torch.from_numpy(value.T if transpose else value)
+        for state in ([disc, gen] if model == "both" else [disc] if model == "disc" else [gen]):
+            assert torch.equal(state[hf], expected), name
+            checked += 1
+    assert checked == len(tf_values) - 1 + 5  # the 5 shared embedding tensors are in both models
+    summary = read_json(converted / "conversion.json")
+    assert summary["unmapped"] == [] and summary["skipped"] == 2 * (len(tf_values) - 1) + 1
+
+
+def gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def layer_norm(x, gamma, beta, eps=1e-12):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def reference_logits(v, ids):
+    """ELECTRA's discriminator in numpy, straight from TensorFlow's tensors (BERT's equations)."""
+    p = "electra/"
+    x = v[p + "embeddings/word_embeddings"][ids] + v[p + "embeddings/position_embeddings"][:len(ids)] + \
+        v[p + "embeddings/token_type_embeddings"][0]
+    x = layer_norm(x, v[p + "embeddings/LayerNorm/gamma"], v[p + "embeddings/LayerNorm/beta"])
+    x = x @ v[p + "embeddings_project/kernel"] + v[p + "embeddings_project/bias"]
+    n, h = len(ids), x.shape[-1]
+    for layer in range(2):
+        q = f"{p}encoder/layer_{layer}/"
+
+        def dense(t, name):
+            return t @ v[q + name + "/kernel"] + v[q + name + "/bias"]
+        heads = [dense(x, f"attention/self/{k}").reshape(n, HEADS, h // HEADS).transpose(1, 0, 2)
+                 for k in ("query", "key", "value")]
+        scores = heads[0] @ heads[1].transpose(0, 2, 1) / math.sqrt(h // HEADS)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ heads[2]).transpose(1, 0, 2).reshape(n, h)
+        x = layer_norm(dense(context, "attention/output/dense") + x, v[q + "attention/output/LayerNorm/gamma"],
+                       v[q + "attention/output/LayerNorm/beta"])
+        x = layer_norm(dense(gelu(dense(x, "intermediate/dense")), "output/dense") + x,
+                       v[q + "output/LayerNorm/gamma"], v[q + "output/LayerNorm/beta"])
+    x = gelu(x @ v["discriminator_predictions/dense/kernel"] + v["discriminator_predictions/dense/bias"])
+    return (x @ v["discriminator_predictions/dense_1/kernel"] + v["discriminator_predictions/dense_1/bias"])[:, 0]
+
+
+def test_converted_discriminator_computes_electras_logits(converted, tf_values):
+    model = ElectraForPreTraining.from_pretrained(converted / "discriminator").eval()
+    ids = np.array([101, 130, 131, 132, 133, 134, 138, 102])
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(ids)[None]).logits[0].numpy()
+    np.testing.assert_allclose(logits, reference_logits({k: v.astype(np.float64) for k, v in tf_values.items()}, ids),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_converted_folders_work_with_transformers_and_the_explorer(converted):
+    import explore_SE
+    tok = AutoTokenizer.from_pretrained(converted / "discriminator")
+    assert tok.convert_ids_to_tokens(tok("The cat SAT.")["input_ids"]) == ["[CLS]", "the", "cat", "sat", ".", "[SEP]"]
+    assert read_json(converted / "generator" / "span_electra.json")["use_sbo"] is False  # ELECTRA has no SBO head
+    explorer = explore_SE.Explorer(str(converted))
+    assert explorer.fill("the [[ cat ]] sat on the mat .")
+    assert len(explorer.detect("the cat sat on the mat .")) > 0
+
+
+def damaged_copy(tmp_path, damage):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, folder)
+    data = folder / "model.ckpt-3.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    if damage == "flip":  # one bit inside a model tensor (TensorFlow, too, checks a tensor as it reads it)
+        entry = tf_checkpoint.TFCheckpoint(str(FIXTURE)).entries["electra/encoder/layer_1/output/dense/kernel"]
+        raw[entry["offset"] + entry["size"] // 2] ^= 0x01
+    else:
+        raw = raw[:len(raw) // 2]
+    data.write_bytes(bytes(raw))
+    return folder
+
+
+@pytest.mark.parametrize("damage, needle", [("flip", "fails its CRC32C check"), ("truncate", "truncated")])
+def test_a_damaged_data_file_is_one_line(tmp_path, damage, needle):
+    folder = damaged_copy(tmp_path, damage)
+    result = run_cli("convert_tf_checkpoint.py", "--checkpoint", folder, "--out_dir", tmp_path / "out")
+    assert_cli_error(result, "checkpoint:", needle)
+    assert not (tmp_path / "out" / "discriminator").exists()
+
+
+def test_not_a_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "x.index").write_bytes(b"not a table" * 10)
+    result = run_cli("convert_tf_checkpoint.py", "--checkpoint", tmp_path / "x", "--out_dir", tmp_path / "out")
+    assert_cli_error(result, "checkpoint:", "not a TensorFlow checkpoint")
