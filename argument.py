@@ -164,7 +164,8 @@ class MaskingArgs(Config):
 @dataclass
 class feature_args(MaskingArgs):
     """process.py: tokenize text and pack it into max_seq_len sequences stored as memmaps."""
-    tokenizer_dir: str = _help("folder written by create_vocab_SE.py", default="outputs/tok")
+    tokenizer_dir: str = _help("folder written by create_vocab_SE.py, or a transformers model folder (its "
+                               "tokenizer.json or vocab.txt, special tokens at their own ids)", default="outputs/tok")
     train_input: str = _help("training text: a file, a folder or a glob", default="data/sample/train.tokens")
     valid_input: Optional[str] = _help("validation text (file, folder or glob); empty: use valid_fraction",
                                        default="data/sample/valid.tokens")
@@ -182,8 +183,10 @@ class feature_args(MaskingArgs):
 
     def validate(self):
         super().validate()
-        check_dir(self, "tokenizer_dir", "run create_vocab_SE.py first, or point it at its out_dir",
-                  must_contain="tokenizer.json")
+        check_dir(self, "tokenizer_dir", "run create_vocab_SE.py first, or point it at its out_dir")
+        if not any(os.path.isfile(os.path.join(self.tokenizer_dir, n)) for n in ("tokenizer.json", "vocab.txt")):
+            _fail("tokenizer_dir", f"'{self.tokenizer_dir}' has no tokenizer.json or vocab.txt; run create_vocab_SE.py "
+                  "first, or point it at its out_dir (or at a transformers model folder)")
         if self.max_seq_len < 3:
             _fail("max_seq_len", f"{self.max_seq_len} cannot hold [CLS], a token and [SEP]; use at least 3 "
                   "(typically 128 or 512)")
@@ -285,6 +288,9 @@ class TrainingConfig(Config):
     gen_num_attention_heads: Optional[int] = _help("override the generator's attention heads", default=None)
     gen_intermediate_size: Optional[int] = _help("override the generator's FFN size", default=None)
     use_sbo: bool = _help("train the generator's span-boundary objective", default=True)
+    init_from: Optional[str] = _help("start from pre-trained weights: a training out_dir, convert_tf_checkpoint.py's "
+                                     "out_dir, or transformers ELECTRA folders (generator/ and discriminator/, or "
+                                     "one model's folder); its architecture replaces model_size", default=None)
     max_steps: int = _help("optimizer steps", default=1000)
     train_batch_size: int = _help("sequences per step and process", default=32)
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step", default=1)

@@ -17,14 +17,13 @@ import tempfile
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from argument import convert_args, run_main, save_config
 from io_utils import SpanElectraError, atomic_write_json, make_out_dir
 from modelling_span_electra import SpanElectraDiscriminator, SpanElectraGenerator, save_discriminator, save_generator
 from tf_checkpoint import TFCheckpoint
-from tokenization import SE_TOKENIZER_FILE, SPECIAL_TOKENS, save_transformers_tokenizer
+from tokenization import SE_TOKENIZER_FILE, SPECIAL_TOKENS, save_transformers_tokenizer, wordpiece_from_vocab
 
 logger = logging.getLogger("span_electra")
 SKIPPED = re.compile(r"(/adam_[mv]$|^global_step$|/Adam(_\d+)?$|^beta[12]_power)")  # optimizer state
@@ -152,18 +151,8 @@ def missing_parameters(model, loaded_names):
 # ---------------------------------------------------------------- tokenizer
 def wordpiece_tokenizer(vocab_file, lowercase, directory):
     """A WordPiece tokenizer folder from a BERT/ELECTRA vocab.txt (its own special-token ids)."""
-    with open(vocab_file, encoding="utf-8") as f:
-        vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-    if missing:
-        raise SpanElectraError(f"vocab_file: '{vocab_file}' lacks {', '.join(missing)}; pass the model's own vocab.txt")
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tok.decoder = decoders.WordPiece()
+    tok = wordpiece_from_vocab(vocab_file, lowercase)
+    vocab = tok.get_vocab()
     save_transformers_tokenizer(tok, directory)
     atomic_write_json(os.path.join(directory, SE_TOKENIZER_FILE), {
         "tokenizer_type": "BERT", "word_segmenter": "none", "lowercase": lowercase, "vocab_size": len(vocab),

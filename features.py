@@ -10,7 +10,7 @@ import torch
 from argument import DataArgs
 from io_utils import SpanElectraError
 from masking import Masker, batch_from_masking, max_prediction_slots, prediction_slots, word_start_table
-from tokenization import MASK_ID, SPECIAL_TOKENS, load_tokenizer
+from tokenization import SPECIAL_TOKENS, load_tokenizer
 
 META_FILE = "meta.json"
 
@@ -30,6 +30,8 @@ class PretrainingFeatures:
         self.meta = meta
         self.max_seq_len = meta["max_seq_len"]
         self.vocab_size = meta["vocab_size"]
+        # {token: id}: ours are 0-4; an existing vocabulary (BERT's) keeps its own
+        self.special_ids = meta.get("special_token_ids") or {t: i for i, t in enumerate(SPECIAL_TOKENS)}
         self._tokenizer = None
         self._most_frequent = None
         for split in meta["splits"]:
@@ -77,13 +79,13 @@ class PretrainingFeatures:
         if self._most_frequent is None:
             ids = np.asarray(self.split(split)[:max_rows]).ravel()
             counts = np.bincount(ids, minlength=self.vocab_size)
-            counts[:len(SPECIAL_TOKENS)] = 0
+            counts[list(self.special_ids.values())] = 0
             self._most_frequent = int(counts.argmax())
         return self._most_frequent
 
     def masker(self, masking_config):
-        return Masker(masking_config, word_start_table(self.tokenizer), special_ids=range(len(SPECIAL_TOKENS)),
-                      mask_id=MASK_ID, vocab_size=self.vocab_size)
+        return Masker(masking_config, word_start_table(self.tokenizer), special_ids=sorted(self.special_ids.values()),
+                      mask_id=self.special_ids["[MASK]"], vocab_size=self.vocab_size)
 
 
 class MLMDataset:

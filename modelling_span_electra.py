@@ -103,6 +103,7 @@ class SpanElectraGenerator(nn.Module):
     def __init__(self, config: ElectraConfig, use_sbo=True, mlm=None):
         super().__init__()
         self.mlm = mlm if mlm is not None else ElectraForMaskedLM(config)  # mlm: a loaded one
+        config = self.mlm.config
         self.sbo = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) if use_sbo else None
 
     @property
@@ -175,10 +176,11 @@ class SpanElectraDiscriminator(nn.Module):
         self.span_head = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) \
             if use_span_head else None
         self.span_classifier = nn.Linear(config.hidden_size, 1) if use_span_head else None
-        if core is None:  # about mask_ratio of all tokens are replaced, and most tokens inside a span
+        # about mask_ratio of all tokens are replaced, and most tokens inside a span
+        if core is None:
             set_prior(self.core.discriminator_predictions.dense_prediction, mask_ratio)
-            if self.span_classifier is not None:
-                set_prior(self.span_classifier, SPAN_REPLACED_PRIOR)
+        if self.span_classifier is not None:  # a fresh head (a saved one is loaded over it)
+            set_prior(self.span_classifier, SPAN_REPLACED_PRIOR)
 
     @property
     def config(self):
@@ -219,11 +221,16 @@ class SpanElectraJoint(nn.Module):
     pushing gradients into it and learns a zero-initialised delta on top."""
 
     def __init__(self, gen_config, disc_config, use_sbo=True, use_all_token=True, use_span_head=True,
-                 gradient_disentangled=False, mask_ratio=0.15):
-        super().__init__()
-        self.generator = SpanElectraGenerator(gen_config, use_sbo)
-        self.discriminator = SpanElectraDiscriminator(disc_config, use_all_token, use_span_head, mask_ratio=mask_ratio)
+                 gradient_disentangled=False, mask_ratio=0.15, generator=None, discriminator=None):
+        super().__init__()  # generator, discriminator: pre-trained ones (load_pretrained_*) instead of fresh ones
+        self.generator = generator or SpanElectraGenerator(gen_config, use_sbo)
+        self.discriminator = discriminator or SpanElectraDiscriminator(disc_config, use_all_token, use_span_head,
+                                                                       mask_ratio=mask_ratio)
         shared = self.discriminator.core.electra.embeddings
+        if self.generator.config.embedding_size != shared.word_embeddings.embedding_dim:
+            raise SpanElectraError(f"init_from: the generator's embeddings ({self.generator.config.embedding_size}) and "
+                                   f"the discriminator's ({shared.word_embeddings.embedding_dim}) differ; ELECTRA's "
+                                   "joint training shares them, so use a pair trained together")
         self.generator.mlm.electra.embeddings = shared
         self.generator.mlm.generator_lm_head.weight = shared.word_embeddings.weight
         self.embedding_delta = None
@@ -386,6 +393,67 @@ def load_discriminator(directory, field="discriminator_dir"):
     disc = SpanElectraDiscriminator(core.config, config["use_all_token"], config["use_span_head"], core=core)
     _load_heads({"span_head": disc.span_head, "span_classifier": disc.span_classifier}, directory)
     return disc
+
+
+# ---------------------------------------------------------------- starting from pre-trained weights
+PRETRAINED_CLASSES = {"generator": ElectraForMaskedLM, "discriminator": ElectraForPreTraining}
+
+
+def find_pretrained(directory, kind):
+    """The folder holding a `kind` model ('generator' or 'discriminator') in directory or directory/kind:
+    one of ours (a training run's, a converted checkpoint's) or any transformers ELECTRA folder,
+    recognised by its config's architectures. None when there is none."""
+    for path in (os.path.join(directory, kind), directory):
+        if saved_kind(path) == kind:
+            return path
+        config_path = os.path.join(path, "config.json")
+        if saved_kind(path) is None and os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                if PRETRAINED_CLASSES[kind].__name__ in (json.load(f).get("architectures") or []):
+                    return path
+    return None
+
+
+def _saved_heads(path, kind, flag):
+    return saved_kind(path) == kind and read_head_config(path, kind, "init_from").get(flag)
+
+
+def load_pretrained_generator(path, use_sbo, field="init_from"):
+    """A SpanElectraGenerator from a pre-trained folder, with its SBO head when the folder has one (a
+    fresh head otherwise). Returns (generator, what was loaded, in words)."""
+    generator = SpanElectraGenerator(None, use_sbo, mlm=load_weights(ElectraForMaskedLM, path, field))
+    loaded = "generator"
+    if use_sbo and _saved_heads(path, "generator", "use_sbo"):
+        _load_heads({"sbo": generator.sbo}, path)
+        loaded += " and its SBO head"
+    elif use_sbo:
+        loaded += " (the SBO head starts fresh)"
+    return generator, loaded
+
+
+def load_pretrained_discriminator(path, use_all_token, use_span_head, field="init_from"):
+    """A SpanElectraDiscriminator from a pre-trained folder, with its span head when the folder has
+    one (a fresh head otherwise). Returns (discriminator, what was loaded, in words)."""
+    core = load_weights(ElectraForPreTraining, path, field)
+    discriminator = SpanElectraDiscriminator(core.config, use_all_token, use_span_head, core=core)
+    loaded = "discriminator"
+    if use_span_head and _saved_heads(path, "discriminator", "use_span_head"):
+        _load_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, path)
+        loaded += " and its span head"
+    elif use_span_head:
+        loaded += " (the span head starts fresh)"
+    return discriminator, loaded
+
+
+def check_fits_features(config, features, field="init_from"):
+    """A pre-trained model must share the features' vocabulary size and hold their sequence length."""
+    if config.vocab_size != features.vocab_size:
+        raise SpanElectraError(f"{field}: the model's vocabulary has {config.vocab_size} entries, the features' "
+                               f"{features.vocab_size}; build the features with its tokenizer (process.py "
+                               "--tokenizer_dir MODEL_FOLDER)")
+    if features.max_seq_len > config.max_position_embeddings:
+        raise SpanElectraError(f"{field}: the model holds {config.max_position_embeddings} positions, fewer than the "
+                               f"features' max_seq_len {features.max_seq_len}; rebuild them with a smaller --max_seq_len")
 
 
 def init_discriminator_from_generator(discriminator, generator):

@@ -29,7 +29,7 @@ from features import META_FILE, PretrainingFeatures
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)
-from tokenization import CLS_ID, SEP_ID, SPECIAL_TOKENS, batched, copy_tokenizer, load_tokenizer, segmented_batches
+from tokenization import CLS_ID, SEP_ID, batched, copy_tokenizer, load_tokenizer, segmented_batches
 
 logger = logging.getLogger("span_electra")
 
@@ -81,8 +81,9 @@ def _split_pairs(batch):
 class SequenceWriter:
     """Packs the token stream of documents into [CLS] x (max_seq_len - 2) [SEP] rows of a binary file."""
 
-    def __init__(self, path, max_seq_len, dtype):
+    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID):
         self.file = open(path, "wb")
+        self.cls_id, self.sep_id = cls_id, sep_id
         self.body = max_seq_len - 2
         self.dtype = dtype
         self.pending = np.zeros(0, dtype=dtype)
@@ -100,7 +101,7 @@ class SequenceWriter:
         full = len(buffer) // self.body
         if full:
             rows = np.empty((full, self.body + 2), dtype=self.dtype)
-            rows[:, 0], rows[:, -1] = CLS_ID, SEP_ID
+            rows[:, 0], rows[:, -1] = self.cls_id, self.sep_id
             rows[:, 1:-1] = buffer[:full * self.body].reshape(full, self.body)
             rows.tofile(self.file)
             self.num_sequences += full
@@ -174,7 +175,9 @@ def main(config: feature_args = None):
 def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp):
     start = time.time()
     max_line_bytes = LONG_LINE_FACTOR * config.max_seq_len * 8
-    writers = {s: SequenceWriter(os.path.join(tmp, f"{s}.bin"), config.max_seq_len, dtype) for s in ("train", "valid")}
+    ids = info["special_token_ids"]
+    writers = {s: SequenceWriter(os.path.join(tmp, f"{s}.bin"), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"])
+               for s in ("train", "valid")}
     bad_bytes = BadByteCounter()
     split_rng = np.random.default_rng(config.seed)
     total = sum(os.path.getsize(p) for p in train_files + valid_files)
@@ -203,7 +206,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "max_seq_len": config.max_seq_len, "vocab_size": info["vocab_size"], "dtype": np.dtype(dtype).name,
         "tokenizer_hash": info["tokenizer_hash"], "word_segmenter": segmenter,
         "tokenizer_type": info.get("tokenizer_type"),
-        "special_token_ids": {t: i for i, t in enumerate(SPECIAL_TOKENS)},
+        "special_token_ids": info["special_token_ids"],
         "splits": splits,
         "num_sequences": {s: writers[s].num_sequences for s in splits},
         "num_tokens": {s: writers[s].num_tokens for s in splits},

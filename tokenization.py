@@ -8,14 +8,14 @@ import os
 import shutil
 from multiprocessing import get_context
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from transformers import PreTrainedTokenizerFast
 
 from io_utils import SpanElectraError, atomic_write_json, sha256_file
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
 SE_TOKENIZER_FILE = "se_tokenizer.json"
 # what a tokenizer folder may hold (create_vocab_SE.py's output, transformers' tokenizer files);
 # copies take these alone, so a model folder given as the tokenizer never passes its weights on
@@ -77,27 +77,65 @@ def batched(iterable, size):
 
 
 # ---------------------------------------------------------------- loading
+def has_tokenizer(directory):
+    """A folder create_vocab_SE.py wrote, or a transformers model folder with tokenizer.json or vocab.txt."""
+    return any(os.path.isfile(os.path.join(directory or "", n)) for n in ("tokenizer.json", "vocab.txt"))
+
+
 def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     """Load a tokenizer folder: (tokenizers.Tokenizer, info dict) where info holds the segmenter,
-    the special-token ids and a hash of the tokenizer that features and models are checked against."""
-
+    the special-token ids and a hash of the tokenizer that features and models are checked against.
+    Besides create_vocab_SE.py's folders this reads transformers model folders (tokenizer.json, or a
+    BERT/ELECTRA vocab.txt alone), whose special tokens keep their own ids."""
     path = os.path.join(tokenizer_dir or "", "tokenizer.json")
-    if not os.path.isfile(path):
-        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no tokenizer.json; run create_vocab_SE.py "
-                               "or point it at its out_dir")
-    try:
-        tok = Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
-                               "rebuild it with create_vocab_SE.py") from None
+    if not has_tokenizer(tokenizer_dir):
+        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no tokenizer.json or vocab.txt; run "
+                               "create_vocab_SE.py or point it at its out_dir (or at a transformers model folder)")
     info = read_tokenizer_info(tokenizer_dir)
-    for i, token in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(token) != i:
-            raise SpanElectraError(f"{field}: '{tokenizer_dir}' does not have {token} at id {i}; build the "
-                                   "vocabulary with create_vocab_SE.py")
+    if os.path.isfile(path):
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
+                                   "rebuild it with create_vocab_SE.py") from None
+    else:
+        info["lowercase"] = info["lowercase"] if info["lowercase"] is not None else vocab_lowercase(tokenizer_dir)
+        tok = wordpiece_from_vocab(os.path.join(tokenizer_dir, "vocab.txt"), info["lowercase"], field)
+    ids = {token: tok.token_to_id(token) for token in SPECIAL_TOKENS}
+    missing = [t for t, i in ids.items() if i is None]
+    if missing:
+        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no {', '.join(missing)} token; build the vocabulary "
+                               "with create_vocab_SE.py, or use a BERT/ELECTRA vocabulary")
+    info["special_token_ids"] = ids
     info["vocab_size"] = tok.get_vocab_size()
     info["tokenizer_hash"] = tokenizer_hash(tokenizer_dir)
     return tok, info
+
+
+def vocab_lowercase(tokenizer_dir):
+    """do_lower_case of a BERT-style folder's tokenizer_config.json (default True, as BERT's and ELECTRA's)."""
+    path = os.path.join(tokenizer_dir, "tokenizer_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return bool(json.load(f).get("do_lower_case", True))
+    return True
+
+
+def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file"):
+    """BERT's WordPiece tokenizer (BertNormalizer, BertPreTokenizer, [CLS] A [SEP]) from a vocab.txt."""
+    with open(vocab_file, encoding="utf-8") as f:
+        vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise SpanElectraError(f"{field}: '{vocab_file}' lacks {', '.join(missing)}; pass a BERT/ELECTRA vocab.txt")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece()
+    return tok
 
 
 def save_transformers_tokenizer(tok, directory, model_max_length=512):
@@ -127,7 +165,12 @@ def copy_tokenizer(tokenizer_dir, directory):
 
 def tokenizer_hash(tokenizer_dir):
     """Identity of a tokenizer: its tokenizer.json and the segmentation applied before it."""
-    h = hashlib.sha256(sha256_file(os.path.join(tokenizer_dir, "tokenizer.json")).encode())
+    source = os.path.join(tokenizer_dir, "tokenizer.json")
+    if not os.path.isfile(source):  # a vocab.txt alone, and the lowercasing applied before it
+        source = os.path.join(tokenizer_dir, "vocab.txt")
+    h = hashlib.sha256(sha256_file(source).encode())
+    if not source.endswith(".json"):
+        h.update(str(vocab_lowercase(tokenizer_dir)).encode())
     if os.path.isfile(os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)):  # folders from before it: the hash they had
         h.update(str(read_tokenizer_info(tokenizer_dir)["word_segmenter"]).encode())
     return h.hexdigest()[:16]

@@ -14,7 +14,10 @@ from tqdm import tqdm
 
 import training_utils as tu
 from argument import MLM_trainingConfig, run_main
-from modelling_span_electra import SpanElectraGenerator, electra_configs, save_generator
+from io_utils import SpanElectraError
+from modelling_span_electra import (SpanElectraGenerator, check_fits_features, electra_configs, find_pretrained,
+                                    load_pretrained_generator, save_generator, weights_digest)
+from tokenization import has_tokenizer
 from features import MLMDataset
 
 logger = logging.getLogger("span_electra")
@@ -34,16 +37,36 @@ def evaluate(model, dataset, config, runtime):
     return sums.read(runtime)
 
 
+def build_model(config, features):
+    """A fresh generator of config.model_size, or the pre-trained one in config.init_from. Returns
+    (model, digests of the weights it started from, for the run's identity)."""
+    if not config.init_from:
+        gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
+                                        pad_token_id=features.special_ids["[PAD]"], **config.model_overrides())
+        return SpanElectraGenerator(gen_config, use_sbo=config.use_sbo), None
+    path = find_pretrained(config.init_from, "generator")
+    if path is None:
+        raise SpanElectraError(f"init_from: '{config.init_from}' holds no generator (ElectraForMaskedLM folder, or "
+                               "generator/ in it); point it at one")
+    model, loaded = load_pretrained_generator(path, config.use_sbo)
+    check_fits_features(model.config, features)
+    if has_tokenizer(path):
+        features.check_tokenizer(path, "init_from")
+    logger.info("init_from: %s from %s (its architecture: hidden %d, %d layers)", loaded, path,
+                model.config.hidden_size, model.config.num_hidden_layers)
+    return model, {"init_generator_weights": weights_digest(path)}
+
+
 def main(config: MLM_trainingConfig = None):
     config = config or MLM_trainingConfig()
     runtime, train_set, valid_set = tu.prepare_run(config, MLMDataset)
     features = train_set.features
-    gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
-                                    **config.model_overrides())
-    model = SpanElectraGenerator(gen_config, use_sbo=config.use_sbo).to(runtime.device)
+    model, inputs = build_model(config, features)
+    model = model.to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)
 
-    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime, "trainMLM")
+    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime, "trainMLM",
+                                                  inputs)
     logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)", config.model_size,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data), features.max_seq_len,
                 runtime.world_size)

@@ -19,9 +19,11 @@ from tqdm import tqdm
 import training_utils as tu
 from argument import SE_trainingConfig, run_main
 from io_utils import SpanElectraError
-from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, electra_configs,
-                                    init_discriminator_from_generator, load_generator, read_head_config,
-                                    save_discriminator, save_generator, weights_digest)
+from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, check_fits_features,
+                                    electra_configs, find_pretrained, init_discriminator_from_generator,
+                                    load_generator, load_pretrained_discriminator, load_pretrained_generator,
+                                    read_head_config, save_discriminator, save_generator, weights_digest)
+from tokenization import has_tokenizer
 from features import SEDataset
 
 logger = logging.getLogger("span_electra")
@@ -49,12 +51,45 @@ def step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token=None
     return loss, metrics
 
 
+def pretrained_parts(config, features):
+    """The pre-trained discriminator (and, in joint mode, generator) in config.init_from, checked
+    against the features. Returns (generator or None, discriminator, weight digests)."""
+    found = {kind: find_pretrained(config.init_from, kind) for kind in ("generator", "discriminator")}
+    needed = ("generator", "discriminator") if config.mode == "joint" else ("discriminator",)
+    for kind in needed:
+        if found[kind] is None:
+            raise SpanElectraError(f"init_from: '{config.init_from}' holds no {kind} ({kind}/ or a "
+                                   f"{'ElectraForMaskedLM' if kind == 'generator' else 'ElectraForPreTraining'} "
+                                   f"folder){'; joint training starts both models from it' if config.mode == 'joint' else ''}")
+    discriminator, loaded = load_pretrained_discriminator(found["discriminator"], config.use_all_token,
+                                                          config.use_span_head)
+    parts = [f"{loaded} from {found['discriminator']}"]
+    generator = None
+    if config.mode == "joint":
+        generator, loaded = load_pretrained_generator(found["generator"], config.use_sbo)
+        parts.append(f"{loaded} from {found['generator']}")
+    for model, kind in ((discriminator, "discriminator"), (generator, "generator")):
+        if model is not None:
+            check_fits_features(model.config, features)
+            if has_tokenizer(found[kind]):
+                features.check_tokenizer(found[kind], "init_from")
+    logger.info("init_from: %s", "; ".join(parts))
+    digests = {f"init_{kind}_weights": weights_digest(found[kind]) for kind in needed}
+    return generator, discriminator, digests
+
+
 def build_model(config, features):
+    """The model of config.mode, fresh or from config.init_from. Returns (model, digests of the
+    weights it started from, for the run's identity)."""
     gen_config, disc_config = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
-                                              **config.model_overrides())
+                                              pad_token_id=features.special_ids["[PAD]"], **config.model_overrides())
+    pretrained_gen, pretrained_disc, inputs = (None, None, {})
+    if config.init_from:
+        pretrained_gen, pretrained_disc, inputs = pretrained_parts(config, features)
     if config.mode == "joint":
         return SpanElectraJoint(gen_config, disc_config, config.use_sbo, config.use_all_token, config.use_span_head,
-                                config.gradient_disentangled, config.mask_ratio)
+                                config.gradient_disentangled, config.mask_ratio, generator=pretrained_gen,
+                                discriminator=pretrained_disc), inputs
     generator = load_generator(config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
     if generator.config.vocab_size != features.vocab_size:
@@ -69,11 +104,14 @@ def build_model(config, features):
         logger.warning("generator_dir: the generator was trained on %d-token sequences, these features have %d: its "
                        "positions past %d were never trained, so its samples there are poor; train it on these "
                        "features", trained, features.max_seq_len, trained)
+    inputs["generator_weights"] = weights_digest(config.generator_dir)
+    if pretrained_disc is not None:
+        return SpanElectraTwoStage(generator, pretrained_disc), inputs
     discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head,
                                              mask_ratio=config.mask_ratio)
     copied = init_discriminator_from_generator(discriminator, generator)
     logger.info("discriminator initialised from the generator: %d tensors copied", copied)
-    return SpanElectraTwoStage(generator, discriminator)
+    return SpanElectraTwoStage(generator, discriminator), inputs
 
 
 @torch.no_grad()
@@ -95,10 +133,10 @@ def main(config: SE_trainingConfig = None):
     config = config or SE_trainingConfig()
     runtime, train_set, valid_set = tu.prepare_run(config, SEDataset)
     features = train_set.features
-    model = build_model(config, features).to(runtime.device)
+    model, inputs = build_model(config, features)
+    model = model.to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)
 
-    inputs = {"generator_weights": weights_digest(config.generator_dir)} if config.mode == "two_stage" else None
     train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime,
                                                   "trainSpanElectra", inputs)
     logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,

@@ -295,3 +295,14 @@ def test_disc_auc_and_base_rate_loss():
     assert tu.binary_auc(scores, torch.zeros(5, dtype=torch.bool)).item() == 0.5
     assert tu.base_rate_loss(0.5) == pytest.approx(math.log(2))
     assert tu.base_rate_loss(0.15) == pytest.approx(-(0.15 * math.log(0.15) + 0.85 * math.log(0.85)))
+
+
+def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator, bpe_feat, tmp_path):
+    """--init_from continues a trained model: its first loss is far below a fresh model's."""
+    first = {}
+    for name, init in (("fresh", None), ("continued", str(trained_generator))):
+        out = tmp_path / name
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=1, log_every=1, num_hidden_layers=2,
+                                             train_batch_size=32, learning_rate=2e-3, seed=5, init_from=init))
+        first[name] = rows(out)[0]["mlm_loss"]
+    assert first["continued"] < first["fresh"] - 1.0, first

@@ -1,0 +1,98 @@
+"""Starting from released ELECTRA weights: the converted TensorFlow fixture's vocabulary (BERT's
+special-token ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103) builds features, and
+--init_from continues training from the converted models, in both training scripts."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+import argument
+import convert_tf_checkpoint as convert
+import features
+import trainMLM_SpanElectra
+import trainSpanElectra
+from conftest import REPO, SAMPLE, assert_cli_error, build_features, read_json, run_cli
+
+FIXTURE = REPO / "tests" / "fixtures" / "electra_tf"
+BERT_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+TINY = dict(max_steps=2, log_every=1, eval_batches=1, train_batch_size=8, save_every=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "electra"
+    convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(out),
+                                       config_file=str(FIXTURE / "hparams.json")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bert_id_features(converted, tmp_path_factory):
+    """Features of the bundled sample built with the converted model's own vocabulary."""
+    return build_features(converted / "discriminator", tmp_path_factory.mktemp("feat") / "bert_ids", max_seq_len=64)
+
+
+def test_features_keep_the_vocabularys_own_special_ids(bert_id_features):
+    feat_dir, meta = bert_id_features
+    assert meta["special_token_ids"] == BERT_IDS
+    rows = np.fromfile(feat_dir / "train.bin", dtype=meta["dtype"]).reshape(-1, 64)
+    assert (rows[:, 0] == 101).all() and (rows[:, -1] == 102).all()
+    inner = rows[:, 1:-1]
+    assert not np.isin(inner, [0, 101, 102, 103]).any()  # no special token inside the text
+    batch = features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(feat_dir)), 16, seed=0)[0]
+    weights = batch["masked_lm_weights"] > 0
+    masked = torch.take_along_dim(batch["input_ids"], batch["masked_lm_positions"], 1)[weights]
+    assert (masked == 103).float().mean() > 0.7  # [MASK] is 103 here, not our 4
+    assert not np.isin(batch["masked_lm_ids"][weights].numpy(), list(BERT_IDS.values())).any()
+
+
+def test_a_vocab_txt_alone_is_a_tokenizer(converted, tmp_path):
+    """A transformers folder with vocab.txt only (no tokenizer.json) builds the same features."""
+    folder = tmp_path / "bert_folder"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text((FIXTURE / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    a, meta = build_features(folder, tmp_path / "from_vocab", max_seq_len=64, valid_input="")
+    b, _ = build_features(converted / "discriminator", tmp_path / "from_json", max_seq_len=64, valid_input="")
+    assert meta["special_token_ids"] == BERT_IDS
+    assert (a / "train.bin").read_bytes() == (b / "train.bin").read_bytes()
+
+
+def test_joint_training_continues_from_the_converted_models(converted, bert_id_features, tmp_path):
+    config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se"),
+                                        mode="joint", init_from=str(converted), **TINY)
+    model, inputs = trainSpanElectra.build_model(config, features.PretrainingFeatures(config.features_dir))
+    tf = ElectraForPreTraining.from_pretrained(converted / "discriminator").state_dict()
+    for name, value in model.discriminator.core.state_dict().items():
+        assert torch.equal(value, tf[name]), name
+    gen = ElectraForMaskedLM.from_pretrained(converted / "generator").state_dict()
+    assert torch.equal(model.generator.mlm.electra.encoder.layer[0].output.dense.weight,
+                       gen["electra.encoder.layer.0.output.dense.weight"])
+    assert set(inputs) == {"init_generator_weights", "init_discriminator_weights"}
+    trainSpanElectra.main(config)
+    rows = [r for r in map(json.loads, (tmp_path / "se" / "metrics.jsonl").read_text().splitlines())
+            if "step" in r and "split" not in r and "event" not in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert ElectraForPreTraining.from_pretrained(tmp_path / "se" / "discriminator").config.hidden_size == 32
+    assert read_json(tmp_path / "se" / "run.json")["fixed"]["init_from"] == str(converted)
+
+
+def test_generator_training_continues_from_the_converted_generator(converted, bert_id_features, tmp_path):
+    config = argument.MLM_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "g"),
+                                         init_from=str(converted / "generator"), **TINY)
+    trainMLM_SpanElectra.main(config)
+    saved = ElectraForMaskedLM.from_pretrained(tmp_path / "g" / "generator")
+    assert saved.config.hidden_size == 24 and saved.config.vocab_size == 140
+
+
+def test_init_from_with_features_of_another_vocabulary_is_one_line(converted, bpe_feat, tmp_path):
+    result = run_cli("trainSpanElectra.py", "--mode", "joint", "--init_from", converted, "--features_dir",
+                     bpe_feat[0], "--out_dir", tmp_path / "se", "--max_steps", "1", "--device", "cpu")
+    assert_cli_error(result, "init_from:", "vocabulary", "--tokenizer_dir")
+
+
+def test_init_from_without_a_model_is_one_line(bert_id_features, tmp_path):
+    result = run_cli("trainMLM_SpanElectra.py", "--init_from", SAMPLE, "--features_dir", bert_id_features[0],
+                     "--out_dir", tmp_path / "g", "--max_steps", "1", "--device", "cpu")
+    assert_cli_error(result, "init_from:", "holds no generator")
