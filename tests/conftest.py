@@ -79,6 +79,23 @@ def run_cli(script, *args, cwd=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_in_process(capsys, script, config_cls, *args):
+    """A script's command line in this process (no interpreter start-up): (exit code, stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(script.main, config_cls, [str(a) for a in args])
+    return stop.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code, err, *needles):
+    """run_in_process's answer: exit code 2, one 'error:' line naming each needle, no traceback."""
+    assert code == 2 and "Traceback" not in err, (code, err[-2000:])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
 def assert_cli_error(result, *needles):
     """Exit code 2, exactly one stderr line starting 'error:' naming each needle, no traceback."""
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import io_utils
-from conftest import SAMPLE, assert_cli_error, build_features, read_json, run_cli, train_vocab
+import argument
+import process
+from conftest import SAMPLE, assert_one_line_error, build_features, read_json, run_in_process, train_vocab
 
 COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 
@@ -50,12 +52,12 @@ def test_vocabulary_from_a_compressed_corpus_equals_the_plain_one(tmp_path):
     assert read_json(a / "tokenizer.json")["model"]["vocab"] == read_json(b / "tokenizer.json")["model"]["vocab"]
 
 
-def test_a_truncated_compressed_file_is_one_line(bpe_tok, tmp_path):
+def test_a_truncated_compressed_file_is_one_line(bpe_tok, tmp_path, capsys):
     path = compressed_copy(tmp_path / "corpus", ".xz")
     path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    result = run_cli("process.py", "--tokenizer_dir", bpe_tok, "--train_input", path, "--valid_input", "",
-                     "--out_dir", tmp_path / "feat")
-    assert_cli_error(result, str(path), "damaged or truncated")
+    code, err = run_in_process(capsys, process, argument.feature_args, "--tokenizer_dir", bpe_tok, "--train_input",
+                               path, "--valid_input", "", "--out_dir", tmp_path / "feat", "--num_workers", "1")
+    assert_one_line_error(code, err, str(path), "damaged or truncated")
     assert not (tmp_path / "feat" / "meta.json").exists()
 
 

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTrainin
 import argument
 import convert_tf_checkpoint as convert
 import tf_checkpoint
-from conftest import REPO, assert_cli_error, read_json, run_cli
+from conftest import REPO, assert_one_line_error, read_json, run_in_process
 
 FIXTURE = REPO / "tests" / "fixtures" / "electra_tf"
 HEADS = 2  # the fixture's hparams
@@ -133,14 +133,16 @@ def damaged_copy(tmp_path, damage):
 
 
 @pytest.mark.parametrize("damage, needle", [("flip", "fails its CRC32C check"), ("truncate", "truncated")])
-def test_a_damaged_data_file_is_one_line(tmp_path, damage, needle):
+def test_a_damaged_data_file_is_one_line(tmp_path, capsys, damage, needle):
     folder = damaged_copy(tmp_path, damage)
-    result = run_cli("convert_tf_checkpoint.py", "--checkpoint", folder, "--out_dir", tmp_path / "out")
-    assert_cli_error(result, "checkpoint:", needle)
+    code, err = run_in_process(capsys, convert, argument.convert_args, "--checkpoint", folder, "--out_dir",
+                               tmp_path / "out")
+    assert_one_line_error(code, err, "checkpoint:", needle)
     assert not (tmp_path / "out" / "discriminator").exists()
 
 
-def test_not_a_checkpoint_is_one_line(tmp_path):
+def test_not_a_checkpoint_is_one_line(tmp_path, capsys):
     (tmp_path / "x.index").write_bytes(b"not a table" * 10)
-    result = run_cli("convert_tf_checkpoint.py", "--checkpoint", tmp_path / "x", "--out_dir", tmp_path / "out")
-    assert_cli_error(result, "checkpoint:", "not a TensorFlow checkpoint")
+    code, err = run_in_process(capsys, convert, argument.convert_args, "--checkpoint", tmp_path / "x", "--out_dir",
+                               tmp_path / "out")
+    assert_one_line_error(code, err, "checkpoint:", "not a TensorFlow checkpoint")

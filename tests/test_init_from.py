@@ -13,7 +13,7 @@ import convert_tf_checkpoint as convert
 import features
 import trainMLM_SpanElectra
 import trainSpanElectra
-from conftest import REPO, SAMPLE, assert_cli_error, build_features, read_json, run_cli
+from conftest import REPO, SAMPLE, assert_one_line_error, build_features, read_json, run_in_process
 
 FIXTURE = REPO / "tests" / "fixtures" / "electra_tf"
 BERT_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
@@ -86,13 +86,15 @@ def test_generator_training_continues_from_the_converted_generator(converted, be
     assert saved.config.hidden_size == 24 and saved.config.vocab_size == 140
 
 
-def test_init_from_with_features_of_another_vocabulary_is_one_line(converted, bpe_feat, tmp_path):
-    result = run_cli("trainSpanElectra.py", "--mode", "joint", "--init_from", converted, "--features_dir",
-                     bpe_feat[0], "--out_dir", tmp_path / "se", "--max_steps", "1", "--device", "cpu")
-    assert_cli_error(result, "init_from:", "vocabulary", "--tokenizer_dir")
+def test_init_from_with_features_of_another_vocabulary_is_one_line(converted, bpe_feat, tmp_path, capsys):
+    code, err = run_in_process(capsys, trainSpanElectra, argument.SE_trainingConfig, "--mode", "joint", "--init_from",
+                               converted, "--features_dir", bpe_feat[0], "--out_dir", tmp_path / "se", "--max_steps",
+                               "1", "--device", "cpu")
+    assert_one_line_error(code, err, "init_from:", "vocabulary", "--tokenizer_dir")
 
 
-def test_init_from_without_a_model_is_one_line(bert_id_features, tmp_path):
-    result = run_cli("trainMLM_SpanElectra.py", "--init_from", SAMPLE, "--features_dir", bert_id_features[0],
-                     "--out_dir", tmp_path / "g", "--max_steps", "1", "--device", "cpu")
-    assert_cli_error(result, "init_from:", "holds no generator")
+def test_init_from_without_a_model_is_one_line(bert_id_features, tmp_path, capsys):
+    code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--init_from", SAMPLE,
+                               "--features_dir", bert_id_features[0], "--out_dir", tmp_path / "g", "--max_steps", "1",
+                               "--device", "cpu")
+    assert_one_line_error(code, err, "init_from:", "holds no generator")
