@@ -387,14 +387,6 @@ def load_generator(directory, field="generator_dir"):
     return generator
 
 
-def load_discriminator(directory, field="discriminator_dir"):
-    config = read_head_config(directory, "discriminator", field)
-    core = load_weights(ElectraForPreTraining, directory, field)
-    disc = SpanElectraDiscriminator(core.config, config["use_all_token"], config["use_span_head"], core=core)
-    _load_heads({"span_head": disc.span_head, "span_classifier": disc.span_classifier}, directory)
-    return disc
-
-
 # ---------------------------------------------------------------- starting from pre-trained weights
 PRETRAINED_CLASSES = {"generator": ElectraForMaskedLM, "discriminator": ElectraForPreTraining}
 

@@ -11,6 +11,7 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 import argument
 import convert_tf_checkpoint as convert
 import features
+import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
 from conftest import REPO, SAMPLE, assert_one_line_error, build_features, read_json, run_in_process
@@ -98,3 +99,20 @@ def test_init_from_without_a_model_is_one_line(bert_id_features, tmp_path, capsy
                                "--features_dir", bert_id_features[0], "--out_dir", tmp_path / "g", "--max_steps", "1",
                                "--device", "cpu")
     assert_one_line_error(code, err, "init_from:", "holds no generator")
+
+
+def test_our_saved_span_heads_load_back(bpe_feat, tmp_path):
+    """--init_from one of our runs: the discriminator's span head and the generator's SBO head come back."""
+    first = argument.SE_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "a"), mode="joint",
+                                       num_hidden_layers=1, **TINY)
+    trainSpanElectra.main(first)
+    again = argument.SE_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "b"), mode="joint",
+                                       init_from=str(tmp_path / "a"), **TINY)
+    model, _ = trainSpanElectra.build_model(again, features.PretrainingFeatures(again.features_dir))
+    saved_disc = mse.load_pretrained_discriminator(str(tmp_path / "a" / "discriminator"), True, True)[0]
+    saved_gen = mse.load_pretrained_generator(str(tmp_path / "a" / "generator"), True)[0]
+    for mine, theirs in ((model.discriminator.span_head, saved_disc.span_head),
+                         (model.discriminator.span_classifier, saved_disc.span_classifier),
+                         (model.generator.sbo, saved_gen.sbo)):
+        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), name

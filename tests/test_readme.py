@@ -23,7 +23,7 @@ ENTRY = re.compile(r"run_main\(main, (\w+)\)")
 SHORTER = {
     "run_pipeline.py": ["--generator_steps", "4", "--discriminator_steps", "4"],
     "trainMLM_SpanElectra.py": ["--max_steps", "3", "--eval_every", "3", "--save_every", "3", "--eval_batches", "1",
-                                "--train_batch_size", "4"],
+                                "--train_batch_size", "4", "--model_size", "tiny"],
     "trainSpanElectra.py": ["--max_steps", "3", "--eval_every", "3", "--save_every", "3", "--eval_batches", "1",
                             "--train_batch_size", "4", "--model_size", "tiny"],
     "finetune_SE.py": ["--num_train_epochs", "1", "--max_train_examples", "64", "--seeds", "1"],
@@ -113,6 +113,8 @@ def runnable_python_blocks():
 def test_readme_runs_on_the_bundled_sample(tmp_path, monkeypatch, capsys):
     """The README's commands, top to bottom, in a fresh folder holding only the repository's data/."""
     os.symlink(REPO / "data", tmp_path / "data")
+    (tmp_path / "tests").mkdir()
+    os.symlink(REPO / "tests" / "fixtures", tmp_path / "tests" / "fixtures")  # the converter's example checkpoint
     monkeypatch.chdir(tmp_path)
     pyvi = importlib.util.find_spec("pyvi") is not None
     ran = []
