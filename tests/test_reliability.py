@@ -372,3 +372,44 @@ def test_a_full_disk_at_every_kind_of_write_is_one_line(write, bpe_feat, finishe
     assert code == 2 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert ("No space left on device" in last or "Not enough free space" in last) and "free some space" in last
+
+
+# ---------------------------------------------------------------- a kill during every kind of save
+@pytest.mark.parametrize("save", ["tokenizer", "features", "converted model"])
+def test_a_kill_during_a_save_keeps_the_old_output_whole(save, bpe_tok, tmp_path, monkeypatch):
+    """Ctrl-C (or a time-out) in the middle of writing: the previous output stays as it was, and no
+    half-built folder is left beside it."""
+    import convert_tf_checkpoint
+    import process
+    import tokenizers
+    from conftest import REPO, build_features, train_vocab
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    out = tmp_path / "out"
+    if save == "tokenizer":
+        def run():
+            train_vocab(out, vocab_size=600)
+        target = (tokenizers.Tokenizer, "save")
+    elif save == "features":
+        def run():
+            build_features(bpe_tok, out, valid_input="")
+        target = (process.SequenceWriter, "add")
+    else:
+        def run():
+            convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(REPO / "tests/fixtures/electra_tf"),
+                                                             out_dir=str(out)))
+        target = (convert_tf_checkpoint, "save_generator")
+    run()
+    before = snapshot(out)
+    monkeypatch.setattr(*target, killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    after = snapshot(out)
+    if save == "converted model":  # the discriminator was replaced, whole, before the kill; the generator not
+        assert set(after) == set(before)
+        assert {k: v for k, v in after.items() if k.startswith("generator")} == \
+            {k: v for k, v in before.items() if k.startswith("generator")}
+    else:
+        assert after == before
+    assert not [p for p in os.listdir(tmp_path) + os.listdir(out) if p.startswith(".") and "tmp" in p]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_cli_error, run_cli
+from conftest import REPO, assert_one_line_error, run_in_process
 
 import argument
 import modelling_span_electra as mse
@@ -228,24 +228,24 @@ def test_torchrun_two_processes_keep_equal_weights(bpe_feat, tmp_path):
     assert len(rows(out)) == 2  # only rank 0 writes
 
 
-def test_bad_training_inputs(bpe_feat, bert_feat, trained_generator, tmp_path):
+def test_bad_training_inputs(bpe_feat, bert_feat, trained_generator, tmp_path, capsys):
     not_a_generator = tmp_path / "empty"
     not_a_generator.mkdir()
     (not_a_generator / "config.json").write_text("{}")
-    result = run_cli("trainSpanElectra.py", "--features_dir", bpe_feat[0], "--out_dir", tmp_path / "o1",
-                     "--generator_dir", not_a_generator, "--max_steps", 1)
-    assert_cli_error(result, "generator_dir")
+    code, err = run_in_process(capsys, trainSpanElectra, argument.SE_trainingConfig, "--features_dir", bpe_feat[0],
+                               "--out_dir", tmp_path / "o1", "--generator_dir", not_a_generator, "--max_steps", 1)
+    assert_one_line_error(code, err, "generator_dir")
     with pytest.raises(SpanElectraError, match="another tokenizer"):
         trainSpanElectra.main(se_config(bert_feat[0], tmp_path / "o2", generator_dir=str(trained_generator / "generator"),
                                         max_steps=1))
     with pytest.raises(SpanElectraError, match="non-finite"):
         training_utils.check_finite(float("nan"), 7)
-    result = run_cli("trainMLM_SpanElectra.py", "--features_dir", bpe_feat[0], "--out_dir", "/proc/forbidden",
-                     "--max_steps", 1)
-    assert_cli_error(result, "out_dir")
-    result = run_cli("trainMLM_SpanElectra.py", "--features_dir", tmp_path / "missing", "--max_steps", 1)
-    assert_cli_error(result, "features_dir")
-
+    code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--features_dir",
+                               bpe_feat[0], "--out_dir", "/proc/forbidden", "--max_steps", 1)
+    assert_one_line_error(code, err, "out_dir")
+    code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--features_dir",
+                               tmp_path / "missing", "--max_steps", 1)
+    assert_one_line_error(code, err, "features_dir")
 
 
 def test_disk_full_mid_run_is_one_line(bpe_feat, tmp_path, monkeypatch, capsys):
