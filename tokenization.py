@@ -123,8 +123,14 @@ def vocab_lowercase(tokenizer_dir):
 
 def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file"):
     """BERT's WordPiece tokenizer (BertNormalizer, BertPreTokenizer, [CLS] A [SEP]) from a vocab.txt."""
+    vocab = {}
     with open(vocab_file, encoding="utf-8") as f:
-        vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+        for i, line in enumerate(f):
+            token = line.rstrip("\n")
+            if token in vocab:  # its rows would not match the model's embedding rows
+                raise SpanElectraError(f"{field}: '{vocab_file}' lists '{token}' twice (lines {vocab[token] + 1} and "
+                                       f"{i + 1}); a vocabulary lists each token once")
+            vocab[token] = i
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise SpanElectraError(f"{field}: '{vocab_file}' lacks {', '.join(missing)}; pass a BERT/ELECTRA vocab.txt")

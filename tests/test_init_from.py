@@ -84,7 +84,7 @@ def test_generator_training_continues_from_the_converted_generator(converted, be
                                          init_from=str(converted / "generator"), **TINY)
     trainMLM_SpanElectra.main(config)
     saved = ElectraForMaskedLM.from_pretrained(tmp_path / "g" / "generator")
-    assert saved.config.hidden_size == 24 and saved.config.vocab_size == 140
+    assert saved.config.hidden_size == 24 and saved.config.vocab_size == 182
 
 
 def test_init_from_with_features_of_another_vocabulary_is_one_line(converted, bpe_feat, tmp_path, capsys):
@@ -116,3 +116,19 @@ def test_our_saved_span_heads_load_back(bpe_feat, tmp_path):
                          (model.generator.sbo, saved_gen.sbo)):
         for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
             assert torch.equal(a, b), name
+
+
+def test_continued_training_starts_far_below_a_fresh_model(converted, bert_id_features, tmp_path):
+    """The fixture holds a model trained for 300 steps (tests/fixtures/train_fixture_weights.py): continued
+    from its TensorFlow checkpoint, the first step's losses are far below a fresh model's on the same batch."""
+    sizes = dict(model_size="tiny", embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, gen_hidden_size=24, gen_num_attention_heads=2, gen_intermediate_size=48)
+    first = {}
+    for name, init in (("fresh", None), ("continued", str(converted))):
+        out = tmp_path / name
+        trainSpanElectra.main(argument.SE_trainingConfig(
+            features_dir=str(bert_id_features[0]), out_dir=str(out), mode="joint", init_from=init, seed=3,
+            use_sbo=False, use_span_head=False, **{**TINY, "max_steps": 1, "train_batch_size": 32}, **sizes))
+        first[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["continued"]["mlm_loss"] < first["fresh"]["mlm_loss"] - 1.0, first
+    assert first["continued"]["rtd_loss"] < first["fresh"]["rtd_loss"], first
