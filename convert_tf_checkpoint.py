@@ -40,22 +40,22 @@ def hf_name(tf_name):
         model = "gen" if scope == "generator" else ("both" if part == "embeddings" else "disc")
         path = f"electra.{part}" + ("." + rest.replace("/", ".") if rest else "")
         path = re.sub(r"layer_(\d+)", r"layer.\1", path)
-        return (model,) + _leaf(path, rest.endswith("kernel") or part == "embeddings_project" and rest == "kernel")
+        return (model,) + _leaf(path)
     for tf_prefix, model, hf_prefix in (("discriminator_predictions/dense_1/", "disc", "discriminator_predictions.dense_prediction."),
                                         ("discriminator_predictions/dense/", "disc", "discriminator_predictions.dense."),
                                         ("generator_predictions/dense/", "gen", "generator_predictions.dense."),
                                         ("generator_predictions/LayerNorm/", "gen", "generator_predictions.LayerNorm.")):
         if tf_name.startswith(tf_prefix):
             leaf = tf_name[len(tf_prefix):]
-            return (model,) + _leaf(hf_prefix + leaf, leaf == "kernel")
+            return (model,) + _leaf(hf_prefix + leaf)
     if tf_name == "generator_predictions/output_bias":
         return "gen", "generator_lm_head.bias", False
     return None
 
 
-def _leaf(path, transpose):
-    """TF's leaf names as torch's: kernel -> weight (transposed), gamma/beta -> LayerNorm weight/bias,
-    an embedding table -> weight."""
+def _leaf(path):
+    """(name, transpose): TF's leaf names as torch's: kernel -> weight (transposed: TF stores [in, out]),
+    gamma/beta -> LayerNorm weight/bias, an embedding table -> weight."""
     if path.endswith(".kernel"):
         return path[:-len("kernel")] + "weight", True
     if path.endswith(".gamma"):
@@ -64,7 +64,7 @@ def _leaf(path, transpose):
         return path[:-len("beta")] + "bias", False
     if path.endswith("_embeddings"):
         return path + ".weight", False
-    return path, transpose
+    return path, False
 
 
 # ---------------------------------------------------------------- architecture
@@ -123,8 +123,8 @@ def load_tensors(ckpt, models):
             skipped.append(name)
             continue
         target = hf_name(name)
-        kinds = [k for k in (("disc", "gen") if target and target[0] == "both" else (target[0],) if target else ())
-                 if k in states and target[1] in states[k]]
+        owners = () if target is None else ("disc", "gen") if target[0] == "both" else (target[0],)
+        kinds = [k for k in owners if k in states and target[1] in states[k]]
         if not kinds:
             unmapped.append(name)
             continue
