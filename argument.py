@@ -469,27 +469,41 @@ COMPARE_RECIPES = {
                                                                    use_span_head=False)),
 }
 # per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up
+# flops_per_second, ft_steps_per_second: measured speeds (benchmarks/RESULTS.md) for the time estimates:
+# tiny on 2 CPU cores (the tiny comparison's 5.8 TFLOPs in 1.6 min; ~12 fine-tuning steps/s); gpu and
+# small on one H100 (the bf16 compiled joint step: 1,258 GFLOP at 63.8 steps/s; fine-tuning 22 steps/s)
+WIKITEXT2 = (os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"), os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
+ENWIKI = (os.path.join(SHARED, "enwiki", "enwiki.train.txt.xz"), os.path.join(SHARED, "enwiki", "enwiki.valid.txt.xz"))
 COMPARE_SCALES = {
     "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
-                 ft_epochs=3, ft_max_train=8000, ft_lr=1e-3),
+                 ft_epochs=3, ft_max_train=8000, ft_lr=1e-3, corpus=WIKITEXT2, bf16=False, compile=False,
+                 flops_per_second=60e9, ft_steps_per_second=12, fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
+    # 90 s of the joint step on one H100 (5,500 steps, 90M tokens) per recipe; the default recipes and
+    # fine-tuning fit one 10-minute device call: ELECTRA, SpanElectra joint and MLM against random init
+    "gpu": dict(model_size="small", budget_steps=5500, batch=128, learning_rate=5e-4, vocab_size=30522,
+                ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
+                flops_per_second=80e12, ft_steps_per_second=22, fractions="1", recipes="random,mlm,electra,se_joint"),
     "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
-                  ft_epochs=3, ft_max_train=0, ft_lr=3e-4),
+                  ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
+                  flops_per_second=80e12, ft_steps_per_second=22, fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
 }
 
 
 @dataclass
 class compare_args:
     """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
-    scale: str = _help("'tiny' (2 CPU cores, under an hour) or 'small' (ELECTRA-Small, for a GPU)", default="tiny",
-                       meta={"choices": tuple(COMPARE_SCALES)})
-    train_input: str = _help("pre-training text", default=os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"))
-    valid_input: str = _help("validation text", default=os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
+    scale: str = _help("'tiny' (2 CPU cores, under an hour, WikiText-2), 'gpu' (ELECTRA-Small on English "
+                       "Wikipedia, one H100 in about 10 minutes) or 'small' (ELECTRA-Small, 20k-step budget)",
+                       default="tiny", meta={"choices": tuple(COMPARE_SCALES)})
+    train_input: str = _help("pre-training text (default: the scale's corpus)", default="")
+    valid_input: str = _help("validation text (default: the scale's corpus)", default="")
     tasks: str = _help("comma-separated GLUE task folders", default=",".join(
         os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC")))
-    recipes: str = _help("comma-separated recipes (default: all)", default=",".join(COMPARE_RECIPES))
+    recipes: str = _help("comma-separated recipes (default: the scale's)", default="")
     budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
-    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points)",
-                                  default="0.5,1")
+    budget_scale: float = _help("multiplies every budget (more GPU time: 2, 4, ...)", default=1.0)
+    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points; default: "
+                                  "the scale's)", default="")
     gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
     seeds: str = _help("fine-tuning seeds", default="1,2,3")
     ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
@@ -498,12 +512,24 @@ class compare_args:
                             default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     seed: int = _help("pre-training seed", default=42)
     device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
-    bf16: bool = _help("bf16 autocast in pre-training", default=False)
+    bf16: Optional[bool] = _help("bf16 autocast in pre-training (default: the scale's)", default=None)
+    compile: Optional[bool] = _help("torch.compile the pre-training step (default: the scale's)", default=None)
+
+    def resolved(self):
+        """This config with the scale's defaults filled in where a field was left empty."""
+        scale = COMPARE_SCALES[self.scale]
+        return dataclasses.replace(
+            self, train_input=self.train_input or scale["corpus"][0], valid_input=self.valid_input or scale["corpus"][1],
+            recipes=self.recipes or scale["recipes"], budget_fractions=self.budget_fractions or scale["fractions"],
+            bf16=scale["bf16"] if self.bf16 is None else self.bf16,
+            compile=scale["compile"] if self.compile is None else self.compile)
 
     def validate(self):
+        check_choice(self, "scale", tuple(COMPARE_SCALES))
         check_range(self, "budget_steps", low=0)
+        check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
-        for name in self.recipes.split(","):
+        for name in (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(","):
             if name not in COMPARE_RECIPES:
                 _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")
 

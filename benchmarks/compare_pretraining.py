@@ -81,6 +81,7 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
     common = dict(features_dir=paths["features"], model_size=scale["model_size"], train_batch_size=scale["batch"],
                   learning_rate=scale["learning_rate"], seed=config.seed, masking=recipe["masking"],
                   use_sbo=recipe["use_sbo"], log_every=50, eval_batches=4, device=config.device, bf16=config.bf16,
+                  compile=config.compile,
                   overwrite_output_dir=True)  # only reached when the cached run no longer fits: train it again
     start, spent = time.time(), 0.0
     if recipe["kind"] == "mlm":  # BERT: a masked LM as large as the discriminator
@@ -106,6 +107,51 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
         out_dir=out_dir, mode=recipe["kind"], generator_dir=gen_dir, use_span_head=recipe["use_span_head"],
         max_steps=steps, eval_every=steps, save_every=steps, **common))
     return model_dir, spent + steps * flops, time.time() - start
+
+
+def pretraining_record(out_dir, batch, seq_len=128):
+    """Tokens seen and the valid curves (MLM accuracy, disc_auc by step) of the runs under out_dir."""
+    record = {"tokens": 0, "curves": {}}
+    for root, _, files in os.walk(out_dir):
+        if "metrics.jsonl" not in files:
+            continue
+        with open(os.path.join(root, "metrics.jsonl"), encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        train_steps = [r["step"] for r in rows if "step" in r and "split" not in r and "event" not in r]
+        record["tokens"] += max(train_steps, default=0) * batch * seq_len
+        for key in ("mlm_accuracy", "disc_auc"):
+            points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
+            if points:
+                record["curves"][f"{os.path.relpath(root, out_dir)}:{key}"] = points
+    return record
+
+
+def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
+    """Seconds each stage still to run should take, from the scale's measured speeds (the log shows
+    them before anything starts). Returns [(stage, seconds)]."""
+    stages = []
+    compile_seconds = 60 if config.compile else 0  # a compiled step's first call (measured on an H100: ~1 min)
+    for run, recipe, fraction in wanted:
+        row = next((r for r in rows if r["run"] == run), None)
+        if row is None and recipe is not None:
+            parts = 2 if recipe["kind"] == "two_stage" else 1
+            stages.append((f"pre-train {run}", fraction * full_budget / scale["flops_per_second"] +
+                           parts * compile_seconds))
+        if row is None or row.get("finetune") != settings:
+            steps = sum(settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32)
+                        for t in settings["tasks"]) * len(settings["seeds"].split(","))
+            stages.append((f"fine-tune {run}", steps / scale["ft_steps_per_second"]))
+    return stages
+
+
+def task_size(task_dir, max_examples):
+    """Training examples fine-tuning uses from a task folder (its train.tsv's lines, capped)."""
+    path = os.path.join(task_dir, "train.tsv")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = max(0, sum(1 for _ in f) - 1)
+    return min(lines, max_examples) if max_examples else lines
 
 
 def random_model(paths, scale, out_dir):
@@ -238,9 +284,11 @@ def write_results_md(path, table, config, png, budget, elapsed):
 def main(config: compare_args = None):
     config = config or compare_args()
     config.validate()
+    config = config.resolved()
     scale = dict(SCALES[config.scale])
     if config.budget_steps:
         scale["budget_steps"] = config.budget_steps
+    scale["budget_steps"] = scale["budget_steps"] * config.budget_scale
     make_out_dir(config.out_dir)
     started = time.time()
     paths = prepare_data(config, scale)
@@ -249,12 +297,20 @@ def main(config: compare_args = None):
     full_budget = scale["budget_steps"] * step_flops(
         "joint", reference, paths["features"], dict(model_size=scale["model_size"], vocab=paths["vocab"], seq=128),
         scale["batch"])
-    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps)", full_budget / 1e12, scale["budget_steps"])
+    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps, %.1fM tokens)", full_budget / 1e12,
+                scale["budget_steps"], scale["budget_steps"] * scale["batch"] * 128 / 1e6)
 
     rows_path = os.path.join(config.out_dir, "compare.json")
     rows = json.load(open(rows_path, encoding="utf-8")) if os.path.isfile(rows_path) else []  # resume after a stop
     fractions = [float(f) for f in config.budget_fractions.split(",")]
     settings = finetune_settings(config, scale, tasks)
+    plan = [(f"{name}@{fraction:g}", RECIPES[name][1], fraction) for name in config.recipes.split(",")
+            for fraction in ([0.0] if RECIPES[name][1] is None else fractions)]
+    stages = estimate_seconds(plan, rows, settings, config, scale, full_budget)
+    for stage, seconds in stages:
+        logger.info("estimate: %-40s %7.0f s", stage, seconds)
+    logger.info("estimate: everything still to run: %.1f min (from the measured speeds of benchmarks/RESULTS.md)",
+                sum(s for _, s in stages) / 60)
     wanted = []
     for name in config.recipes.split(","):
         label, recipe = RECIPES[name]
@@ -271,7 +327,8 @@ def main(config: compare_args = None):
                 else:
                     model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
                 row = {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
-                       "seconds": seconds, "model_dir": model_dir}
+                       "seconds": seconds, "model_dir": model_dir,
+                       **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
                 rows.append(row)
             ft_start = time.time()
             row["metrics"] = {}

@@ -1,4 +1,5 @@
 """benchmarks/compare_pretraining.py: the pure parts (metric choice, table, RESULTS.md section, FLOPs counting)."""
+import json
 import sys
 
 import pytest
@@ -88,3 +89,44 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
         (str(tmp_path / "runs" / "random@0" / "discriminator"), "4,5"),
         (str(tmp_path / "runs" / "mlm@1" / "discriminator"), "4,5")]
     assert all(r["finetune"]["seeds"] == "4,5" for r in rows)
+
+
+def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_path, caplog):
+    """--scale gpu: ELECTRA-Small on English Wikipedia, bf16 + compile, its recipes; --budget_scale
+    multiplies the budget; every stage's time is estimated in the log before anything runs."""
+    config = cp.compare_args(scale="gpu").resolved()
+    assert config.train_input.endswith("enwiki.train.txt.xz") and config.bf16 and config.compile
+    assert config.recipes == "random,mlm,electra,se_joint" and config.budget_fractions == "1"
+    budgets = []
+
+    def fake_pretrain(recipe, budget, config, paths, scale, out_dir):
+        budgets.append(budget)
+        return out_dir + "/discriminator", budget, 1.0
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
+    monkeypatch.setattr(cp, "finetune", lambda *args: result(0.7))
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
+    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    caplog.set_level("INFO", logger="span_electra")
+    cp.main(cp.compare_args(scale="gpu", recipes="random,electra", tasks=str(REPO / "data/glue/MRPC"), seeds="1",
+                            out_dir=str(tmp_path), results_md="", budget_scale=2.0))
+    assert budgets == [2 * 5500 * 1e9]
+    estimates = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
+    # pre-training: budget / the H100's measured 80 TFLOP/s, plus a minute of compilation
+    assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 80e12 + 60:.0f}" for m in estimates)
+    # fine-tuning MRPC's 1,000 bundled examples: 2 epochs x 32 steps at 22 steps/s
+    assert any("fine-tune random@0" in m and m.split()[-2] == f"{2 * 32 / 22:.0f}" for m in estimates)
+    assert "everything still to run" in estimates[-1]
+
+
+def test_pretraining_record_reads_tokens_and_curves(tmp_path):
+    (tmp_path / "gen").mkdir()
+    rows = [{"step": 50, "loss": 1.0}, {"step": 100, "loss": 0.9}, {"step": 100, "split": "valid", "mlm_accuracy": 0.1},
+            {"event": "done", "step": 100}]
+    (tmp_path / "gen" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 30, "loss": 1.0}) + "\n" +
+                                            json.dumps({"step": 30, "split": "valid", "disc_auc": 0.6}))
+    record = cp.pretraining_record(str(tmp_path), batch=4)
+    assert record["tokens"] == (100 + 30) * 4 * 128
+    assert record["curves"] == {"gen:mlm_accuracy": [[100, 0.1]], ".:disc_auc": [[30, 0.6]]}
