@@ -691,6 +691,9 @@ class finetune_args:
     seeds: str = _help("comma-separated seeds, e.g. 1,2,3: one run each, results.json reports median, min and max",
                        default="")
     save_model: bool = _help("save the first seed's fine-tuned model and tokenizer to out_dir/model", default=True)
+    linear_probe: bool = _help("instead of fine-tuning: a linear probe (the encoder frozen, logistic regression on "
+                               "its mean-pooled outputs), cheap and sensitive to what pre-training learned",
+                               default=False)
     device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu', 'cuda' or 'cuda:N'",
                         default="auto")
 

@@ -631,6 +631,51 @@ def token_similarity(model, data, runtime, n=16):
     return (vectors @ vectors.T).mean().item()
 
 
+# ---------------------------------------------------------------- linear probe
+@torch.no_grad()
+def pooled_features(encoder, encoded, config, runtime):
+    """The frozen encoder's last hidden states averaged over each example's tokens: [N, hidden]."""
+    encoder.eval()
+    features, n = [], len(encoded["lengths"])
+    for start in range(0, n, config.eval_batch_size):
+        batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), runtime.device)
+        with tu.autocast(runtime, runtime.device.type == "cuda"):
+            hidden = encoder(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        features.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(features)
+
+
+def fit_linear_probe(task, train_x, train_y, l2=1e-3, iterations=200):
+    """Logistic (or, for regression, linear) regression on standardised features, full batch with
+    L-BFGS from zero weights: deterministic. Returns a function features -> logits."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    x = (train_x - mean) / std
+    head = torch.nn.Linear(x.shape[1], 1 if task.regression else len(task.labels), device=x.device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = task_loss(task, head(x), train_y) + l2 * head.weight.square().sum()
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return lambda features: head((features - mean) / std).detach()
+
+
+def linear_probe(task, data, config, runtime):
+    """Dev metrics of a linear probe on the frozen encoder's mean-pooled outputs."""
+    encoder = load_model(config, task).base_model.to(runtime.device)
+    train_x = pooled_features(encoder, data["train"], config, runtime)
+    dev_x = pooled_features(encoder, data["dev"], config, runtime)
+    probe = fit_linear_probe(task, train_x, torch.as_tensor(task.train.targets, device=runtime.device))
+    outputs = probe(dev_x).cpu()
+    loss = task_loss(task, outputs, torch.from_numpy(task.dev.targets)).item()
+    return {**compute_metrics(task, outputs.numpy(), task.dev.targets), "eval_loss": loss}
+
+
 def train_one_seed(seed, task, data, config, runtime, announce):
     """Fine-tune a fresh copy of the model with one seed; returns (model, final dev metrics, per-epoch rows)."""
     tu.seed_everything(seed)  # before loading: the new classifier head's initialisation depends on it
@@ -742,8 +787,14 @@ def main(config: finetune_args = None):
                 "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs, config.learning_rate,
                 config.layerwise_lr_decay, config.train_batch_size, ",".join(map(str, seeds)), runtime.device)
 
-    per_seed, outputs = [], {}
-    for i, seed in enumerate(seeds):
+    if config.linear_probe:  # deterministic (L-BFGS from zero weights): one run stands for every seed
+        start = time.time()
+        per_seed = [{"seed": seeds[0], **linear_probe(task, data, config, runtime),
+                     "train_seconds": round(time.time() - start, 1)}]
+        seeds, outputs = seeds[:1], {"linear_probe": True}
+    else:
+        per_seed, outputs = [], {}
+    for i, seed in enumerate([] if config.linear_probe else seeds):
         start = time.time()
         model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
         final = {k: v for k, v in final.items() if k not in ("epoch", "train_steps_per_sec")}

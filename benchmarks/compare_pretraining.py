@@ -165,13 +165,13 @@ def random_model(paths, scale, out_dir):
 
 
 # ---------------------------------------------------------------- fine-tuning
-def finetune(model_dir, task_dir, config, scale, out_dir):
-    """results.json of finetune_SE.py for one model and task (all seeds)."""
+def finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
+    """results.json of finetune_SE.py for one model and task (all seeds), or of its linear probe."""
     settings = finetune_settings(config, scale, [task_dir])
     return finetune_SE.main(finetune_args(
         model_dir=model_dir, task_dir=task_dir, out_dir=out_dir, num_train_epochs=settings["epochs"],
         learning_rate=settings["learning_rate"], seeds=config.seeds, max_train_examples=settings["max_train_examples"],
-        device=config.device, save_model=False))
+        device=config.device, save_model=False, linear_probe=linear_probe))
 
 
 def finetune_settings(config, scale, tasks):
@@ -210,11 +210,15 @@ def summary_cell(results, key):
 
 def markdown_table(rows, tasks):
     names = [os.path.basename(t.rstrip("/")) for t in tasks]
+    probed = all("probe" in r for r in rows)
     head = "| recipe | pre-training TFLOPs | pre-training time | " + " | ".join(
-        f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names) + " |"
-    lines = [head, "|" + "---|" * (3 + len(names))]
+        f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names) + "".join(
+        f" | {n} linear probe" for n in names if probed) + " |"
+    lines = [head, "|" + "---|" * (3 + len(names) * (2 if probed else 1))]
     for row in rows:
         cells = [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
+        if probed:
+            cells += [f"{row['probe'][n]['results'][row['probe'][n]['key']]:.3f}" for n in names]
         lines.append(f"| {row['label']} | {row['tflops']:.1f} | {row['seconds'] / 60:.1f} min | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -337,6 +341,9 @@ def main(config: compare_args = None):
                 results = finetune(row["model_dir"], task, config, scale,
                                    os.path.join(config.out_dir, "runs", run, "ft_" + task_name))
                 row["metrics"][task_name] = {"key": headline_metric(results), "results": results}
+                probe = finetune(row["model_dir"], task, config, scale,
+                                 os.path.join(config.out_dir, "runs", run, "probe_" + task_name), linear_probe=True)
+                row.setdefault("probe", {})[task_name] = {"key": headline_metric(probe), "results": probe}
             row.update(finetune=settings, ft_seconds=time.time() - ft_start)
             atomic_write_json(rows_path, rows)
             logger.info("%s: %s", run, {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})

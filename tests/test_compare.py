@@ -65,8 +65,9 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
         calls["pretrain"].append(out_dir)
         return out_dir + "/discriminator", budget, 1.0
 
-    def fake_finetune(model_dir, task_dir, config, scale, out_dir):
-        calls["finetune"].append((model_dir, config.seeds))
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
+        if not linear_probe:
+            calls["finetune"].append((model_dir, config.seeds))
         return result(0.7)
 
     monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
@@ -105,7 +106,7 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
     monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
     monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
     monkeypatch.setattr(cp, "pretrain", fake_pretrain)
-    monkeypatch.setattr(cp, "finetune", lambda *args: result(0.7))
+    monkeypatch.setattr(cp, "finetune", lambda *args, **kwargs: result(0.7))
     monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
     monkeypatch.setattr(cp, "plot", lambda *args: None)
     caplog.set_level("INFO", logger="span_electra")

@@ -409,3 +409,14 @@ def test_batches_are_padded_to_a_few_bucket_widths(bpe_tok):
         assert batch["targets"].tolist() == list(range(start, min(start + 7, len(texts))))
         widths.add(batch["input_ids"].shape[1])
     assert widths <= {32, 64, 96, encoded["input_ids"].shape[1]} and len(widths) <= 4
+
+
+def test_linear_probe_learns_from_frozen_features(tiny_discriminator, tmp_path):
+    """--linear_probe: logistic regression on the frozen encoder's mean-pooled outputs, deterministic."""
+    task_dir = keyword_task(tmp_path / "task")
+    runs = [ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(tmp_path / f"probe{i}"),
+                                linear_probe=True, seeds="1,2", **FAST)) for i in range(2)]
+    assert runs[0]["linear_probe"] is True and runs[0]["seeds"] == [1]  # one run stands for every seed
+    assert runs[0]["eval_accuracy"] == runs[1]["eval_accuracy"] > 0.7  # chance: 0.5
+    assert 0 <= runs[0]["eval_loss"] < math.log(2)
+    assert not (tmp_path / "probe0" / "model").exists()
