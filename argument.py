@@ -474,6 +474,9 @@ COMPARE_RECIPES = {
 # small on one H100 (the bf16 compiled joint step: 1,258 GFLOP at 63.8 steps/s; fine-tuning 22 steps/s)
 WIKITEXT2 = (os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"), os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
 ENWIKI = (os.path.join(SHARED, "enwiki", "enwiki.train.txt.xz"), os.path.join(SHARED, "enwiki", "enwiki.valid.txt.xz"))
+VIWIKI = (os.path.join(SHARED, "viwiki-large", "viwiki-large.train.txt.xz"),
+          os.path.join(SHARED, "viwiki-large", "viwiki-large.valid.txt.xz"))
+GLUE_TASKS = ",".join(os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC"))
 COMPARE_SCALES = {
     "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
                  ft_epochs=3, ft_max_train=8000, ft_lr=1e-3, corpus=WIKITEXT2, bf16=False, compile=False,
@@ -483,6 +486,12 @@ COMPARE_SCALES = {
     "gpu": dict(model_size="small", budget_steps=5500, batch=128, learning_rate=5e-4, vocab_size=30522,
                 ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
                 flops_per_second=80e12, ft_steps_per_second=22, fractions="1", recipes="random,mlm,electra,se_joint"),
+    # the same on Vietnamese Wikipedia, words segmented with pyvi, at half the budget; fine-tuned on
+    # the Vietnamese task folders given with --tasks (sentence<TAB>label TSV)
+    "gpu_vi": dict(model_size="small", budget_steps=2750, batch=128, learning_rate=5e-4, vocab_size=30522,
+                   ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=VIWIKI, word_segmenter="pyvi", bf16=True,
+                   compile=True, flops_per_second=80e12, ft_steps_per_second=22, fractions="1",
+                   recipes="random,mlm,electra,se_joint", tasks=""),
     "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
                   ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
                   flops_per_second=80e12, ft_steps_per_second=22, fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
@@ -493,12 +502,13 @@ COMPARE_SCALES = {
 class compare_args:
     """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
     scale: str = _help("'tiny' (2 CPU cores, under an hour, WikiText-2), 'gpu' (ELECTRA-Small on English "
-                       "Wikipedia, one H100 in about 10 minutes) or 'small' (ELECTRA-Small, 20k-step budget)",
+                       "Wikipedia, one H100 in about 10 minutes), 'gpu_vi' (the same on Vietnamese Wikipedia, pyvi-segmented, "
+                       "half the budget) or 'small' (ELECTRA-Small, 20k-step budget)",
                        default="tiny", meta={"choices": tuple(COMPARE_SCALES)})
     train_input: str = _help("pre-training text (default: the scale's corpus)", default="")
     valid_input: str = _help("validation text (default: the scale's corpus)", default="")
-    tasks: str = _help("comma-separated GLUE task folders", default=",".join(
-        os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC")))
+    tasks: Optional[str] = _help("comma-separated GLUE-format task folders (default: SST-2 and MRPC, none for "
+                                 "gpu_vi)", default=None)
     recipes: str = _help("comma-separated recipes (default: the scale's)", default="")
     budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
     budget_scale: float = _help("multiplies every budget (more GPU time: 2, 4, ...)", default=1.0)
@@ -521,6 +531,7 @@ class compare_args:
         return dataclasses.replace(
             self, train_input=self.train_input or scale["corpus"][0], valid_input=self.valid_input or scale["corpus"][1],
             recipes=self.recipes or scale["recipes"], budget_fractions=self.budget_fractions or scale["fractions"],
+            tasks=self.tasks if self.tasks is not None else scale.get("tasks", GLUE_TASKS),
             bf16=scale["bf16"] if self.bf16 is None else self.bf16,
             compile=scale["compile"] if self.compile is None else self.compile)
 

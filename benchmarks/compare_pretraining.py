@@ -196,7 +196,8 @@ def prepare_data(config, scale):
     tok_dir = os.path.join(config.out_dir, "tok")
     feat_dir = os.path.join(config.out_dir, "features")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        create_vocab_SE.main(tok_args(data_dir=config.train_input, vocab_size=scale["vocab_size"], out_dir=tok_dir))
+        create_vocab_SE.main(tok_args(data_dir=config.train_input, vocab_size=scale["vocab_size"], out_dir=tok_dir,
+                                      word_segmenter=scale.get("word_segmenter", "none")))
     if not os.path.isfile(os.path.join(feat_dir, "meta.json")):
         process.main(feature_args(tokenizer_dir=tok_dir, train_input=config.train_input,
                                   valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128))

@@ -131,3 +131,11 @@ def test_pretraining_record_reads_tokens_and_curves(tmp_path):
     record = cp.pretraining_record(str(tmp_path), batch=4)
     assert record["tokens"] == (100 + 30) * 4 * 128
     assert record["curves"] == {"gen:mlm_accuracy": [[100, 0.1]], ".:disc_auc": [[30, 0.6]]}
+
+
+def test_vietnamese_gpu_scale_segments_its_corpus():
+    config = cp.compare_args(scale="gpu_vi").resolved()
+    assert config.train_input.endswith("viwiki-large.train.txt.xz") and config.tasks == ""
+    assert cp.SCALES["gpu_vi"]["word_segmenter"] == "pyvi"
+    assert cp.SCALES["gpu_vi"]["budget_steps"] * 2 == cp.SCALES["gpu"]["budget_steps"]
+    assert cp.compare_args(scale="gpu_vi", tasks="vi_task").resolved().tasks == "vi_task"
