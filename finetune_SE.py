@@ -469,7 +469,7 @@ def load_model_config(model_dir):
                                "it at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
 
 
-def load_tokenizer(model_dir, model_config, max_seq_length):
+def load_model_tokenizer(model_dir, model_config, max_seq_length):
     """The model's tokenizer, checked against its vocabulary and positions."""
     # without vocabulary files transformers quietly builds a tokenizer that knows only [CLS], [SEP], [UNK], ...
     if not any(os.path.exists(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
@@ -772,7 +772,7 @@ def main(config: finetune_args = None):
     logger.info("dev.tsv: %d rows; test.tsv: %s; metrics: %s", len(task.dev),
                 f"{len(task.test)} rows" if task.test is not None else "none", ", ".join(task.metrics + ["loss"]))
     model_config = load_model_config(config.model_dir)
-    tokenizer = load_tokenizer(config.model_dir, model_config, config.max_seq_length)
+    tokenizer = load_model_tokenizer(config.model_dir, model_config, config.max_seq_length)
     runtime = tu.setup_runtime(config.device)
     make_out_dir(config.out_dir)
     clear_outputs(config.out_dir)
