@@ -86,6 +86,13 @@ def run_in_process(capsys, script, config_cls, *args):
     return stop.value.code, capsys.readouterr().err
 
 
+def run_ok_in_process(capsys, script, config_cls, *args):
+    """A script's command line in this process, expected to succeed: its stdout."""
+    capsys.readouterr()
+    argument.run_main(script.main, config_cls, [str(a) for a in args])
+    return capsys.readouterr().out
+
+
 def assert_one_line_error(code, err, *needles):
     """run_in_process's answer: exit code 2, one 'error:' line naming each needle, no traceback."""
     assert code == 2 and "Traceback" not in err, (code, err[-2000:])

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import explore_SE
-from conftest import run_cli
+import argument
+from conftest import run_ok_in_process
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, electra_configs, save_discriminator,
                                     save_generator)
 
@@ -71,8 +72,7 @@ def test_vietnamese_is_segmented_like_the_corpus(vi_models):
     assert "".join(explore_SE.show_token(ex.tokenizer, t) for t, _ in rows) == "thủ_đô"
 
 
-def test_cli_prints_both_tables(en_models):
-    result = run_cli("explore_SE.py", "--model_dir", en_models, "--text", "It was [[ released ]] in Japan .",
-                     "--top_k", 2)
-    assert result.returncode == 0, result.stderr
-    assert "generator fills for" in result.stdout and "discriminator P(replaced)" in result.stdout
+def test_cli_prints_both_tables(en_models, capsys):
+    out = run_ok_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", en_models, "--text",
+                            "It was [[ released ]] in Japan .", "--top_k", 2)
+    assert "generator fills for" in out and "discriminator P(replaced)" in out

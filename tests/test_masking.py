@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import MASK, check_segmented_words_whole, masked_rows, run_cli
+from conftest import MASK, check_segmented_words_whole, masked_rows, run_ok_in_process
 from conftest import token_strings as _token_strings
 
 import argument
@@ -314,16 +314,15 @@ def test_stats_in_process(bpe_feat, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == stats
 
 
-def test_stats_cli(bpe_feat):
-    result = run_cli("mask_stats.py", "--features_dir", bpe_feat[0], "--num_sequences", 2000)
-    assert result.returncode == 0, result.stderr[-2000:]
-    stats = json.loads(result.stdout.strip().splitlines()[-1])
+def test_stats_cli(bpe_feat, capsys):
+    out = run_ok_in_process(capsys, mask_stats, argument.mask_stats_args, "--features_dir", bpe_feat[0],
+                            "--num_sequences", 2000)
+    stats = json.loads(out.strip().splitlines()[-1])
     assert abs(stats["mask_ratio"] - 0.15) < 0.01
     assert abs(stats["mean_span_length_words"] - 3.8) < 0.25
     assert sum(stats["span_length_histogram"].values()) == pytest.approx(1.0, abs=0.01)
-    token = run_cli("mask_stats.py", "--features_dir", bpe_feat[0], "--masking", "token",
-                    "--split", "valid")
-    assert token.returncode == 0, token.stderr[-2000:]
-    stats = json.loads(token.stdout.strip().splitlines()[-1])
+    out = run_ok_in_process(capsys, mask_stats, argument.mask_stats_args, "--features_dir", bpe_feat[0],
+                            "--masking", "token", "--split", "valid")
+    stats = json.loads(out.strip().splitlines()[-1])
     assert stats["split"] == "valid" and stats["mean_span_length_words"] == 1.0
     assert abs(stats["mask_ratio"] - 0.15) < 0.002
