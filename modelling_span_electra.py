@@ -32,7 +32,7 @@ from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTrainin
 
 from argument import MODEL_PRESETS
 from io_utils import SpanElectraError, atomic_write_json, building_folder, sha256_file
-from tokenization import copy_tokenizer
+from tokenization import copy_tokenizer, has_tokenizer
 
 SPAN_REPLACED_PRIOR = 0.9  # share of span tokens a generator's sample replaces (1 - its accuracy)
 MAX_SPAN_POSITIONS = 64  # positions inside a span seen by the span heads (longer spans share the last)
@@ -435,6 +435,24 @@ def load_pretrained_discriminator(path, use_all_token, use_span_head, field="ini
     elif use_span_head:
         loaded += " (the span head starts fresh)"
     return discriminator, loaded
+
+
+def load_pretrained(init_from, kind, features, heads, use_all_token=True, field="init_from"):
+    """The pre-trained `kind` ('generator' or 'discriminator') in init_from (see find_pretrained), its
+    span heads loaded when the folder has them, checked against the features' vocabulary, positions
+    and tokenizer. Returns (model, its folder, what was loaded, in words)."""
+    path = find_pretrained(init_from, kind)
+    if path is None:
+        raise SpanElectraError(f"{field}: '{init_from}' holds no {kind} ({kind}/ or a "
+                               f"{PRETRAINED_CLASSES[kind].__name__} folder); point it at one")
+    if kind == "generator":
+        model, loaded = load_pretrained_generator(path, heads, field)
+    else:
+        model, loaded = load_pretrained_discriminator(path, use_all_token, heads, field)
+    check_fits_features(model.config, features, field)
+    if has_tokenizer(path):
+        features.check_tokenizer(path, field)
+    return model, path, loaded
 
 
 def check_fits_features(config, features, field="init_from"):

@@ -14,10 +14,7 @@ from tqdm import tqdm
 
 import training_utils as tu
 from argument import MLM_trainingConfig, run_main
-from io_utils import SpanElectraError
-from modelling_span_electra import (SpanElectraGenerator, check_fits_features, electra_configs, find_pretrained,
-                                    load_pretrained_generator, save_generator, weights_digest)
-from tokenization import has_tokenizer
+from modelling_span_electra import SpanElectraGenerator, electra_configs, load_pretrained, save_generator, weights_digest
 from features import MLMDataset
 
 logger = logging.getLogger("span_electra")
@@ -44,14 +41,7 @@ def build_model(config, features):
         gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
                                         pad_token_id=features.special_ids["[PAD]"], **config.model_overrides())
         return SpanElectraGenerator(gen_config, use_sbo=config.use_sbo), None
-    path = find_pretrained(config.init_from, "generator")
-    if path is None:
-        raise SpanElectraError(f"init_from: '{config.init_from}' holds no generator (ElectraForMaskedLM folder, or "
-                               "generator/ in it); point it at one")
-    model, loaded = load_pretrained_generator(path, config.use_sbo)
-    check_fits_features(model.config, features)
-    if has_tokenizer(path):
-        features.check_tokenizer(path, "init_from")
+    model, path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo)
     logger.info("init_from: %s from %s (its architecture: hidden %d, %d layers)", loaded, path,
                 model.config.hidden_size, model.config.num_hidden_layers)
     return model, {"init_generator_weights": weights_digest(path)}

@@ -18,12 +18,10 @@ from tqdm import tqdm
 
 import training_utils as tu
 from argument import SE_trainingConfig, run_main
-from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, check_fits_features,
-                                    electra_configs, find_pretrained, init_discriminator_from_generator,
-                                    load_generator, load_pretrained_discriminator, load_pretrained_generator,
-                                    read_head_config, save_discriminator, save_generator, weights_digest)
-from tokenization import has_tokenizer
+                                    electra_configs, init_discriminator_from_generator, load_generator,
+                                    load_pretrained, read_head_config, save_discriminator, save_generator,
+                                    weights_digest)
 from features import SEDataset
 
 logger = logging.getLogger("span_electra")
@@ -54,27 +52,15 @@ def step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token=None
 def pretrained_parts(config, features):
     """The pre-trained discriminator (and, in joint mode, generator) in config.init_from, checked
     against the features. Returns (generator or None, discriminator, weight digests)."""
-    found = {kind: find_pretrained(config.init_from, kind) for kind in ("generator", "discriminator")}
-    needed = ("generator", "discriminator") if config.mode == "joint" else ("discriminator",)
-    for kind in needed:
-        if found[kind] is None:
-            raise SpanElectraError(f"init_from: '{config.init_from}' holds no {kind} ({kind}/ or a "
-                                   f"{'ElectraForMaskedLM' if kind == 'generator' else 'ElectraForPreTraining'} "
-                                   f"folder){'; joint training starts both models from it' if config.mode == 'joint' else ''}")
-    discriminator, loaded = load_pretrained_discriminator(found["discriminator"], config.use_all_token,
-                                                          config.use_span_head)
-    parts = [f"{loaded} from {found['discriminator']}"]
+    discriminator, disc_path, loaded = load_pretrained(config.init_from, "discriminator", features,
+                                                       config.use_span_head, config.use_all_token)
+    parts, digests = [f"{loaded} from {disc_path}"], {"init_discriminator_weights": weights_digest(disc_path)}
     generator = None
-    if config.mode == "joint":
-        generator, loaded = load_pretrained_generator(found["generator"], config.use_sbo)
-        parts.append(f"{loaded} from {found['generator']}")
-    for model, kind in ((discriminator, "discriminator"), (generator, "generator")):
-        if model is not None:
-            check_fits_features(model.config, features)
-            if has_tokenizer(found[kind]):
-                features.check_tokenizer(found[kind], "init_from")
+    if config.mode == "joint":  # ELECTRA's joint training starts both models from it
+        generator, gen_path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo)
+        parts.append(f"{loaded} from {gen_path}")
+        digests["init_generator_weights"] = weights_digest(gen_path)
     logger.info("init_from: %s", "; ".join(parts))
-    digests = {f"init_{kind}_weights": weights_digest(found[kind]) for kind in needed}
     return generator, discriminator, digests
 
 
@@ -92,13 +78,7 @@ def build_model(config, features):
                                 discriminator=pretrained_disc), inputs
     generator = load_generator(config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
-    if generator.config.vocab_size != features.vocab_size:
-        raise SpanElectraError(f"generator_dir: the generator's vocabulary ({generator.config.vocab_size}) does not match "
-                               f"the features' ({features.vocab_size}); use features built with its tokenizer")
-    if features.max_seq_len > generator.config.max_position_embeddings:
-        raise SpanElectraError(f"generator_dir: the generator holds {generator.config.max_position_embeddings} positions, "
-                               f"fewer than the features' max_seq_len {features.max_seq_len}; rebuild the features "
-                               "with a smaller --max_seq_len")
+    check_fits_features(generator.config, features, "generator_dir")
     trained = read_head_config(config.generator_dir, "generator", "generator_dir").get("trained_seq_len")
     if trained and features.max_seq_len > trained:
         logger.warning("generator_dir: the generator was trained on %d-token sequences, these features have %d: its "
