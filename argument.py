@@ -31,6 +31,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from io_utils import SpanElectraError, atomic_write_json, setup_logging, write_failure_message
+from tokenization import has_tokenizer
 
 TOKENIZER_TYPES = ("BPE", "BERT")
 WORD_SEGMENTERS = ("none", "pyvi")
@@ -184,7 +185,7 @@ class feature_args(MaskingArgs):
     def validate(self):
         super().validate()
         check_dir(self, "tokenizer_dir", "run create_vocab_SE.py first, or point it at its out_dir")
-        if not any(os.path.isfile(os.path.join(self.tokenizer_dir, n)) for n in ("tokenizer.json", "vocab.txt")):
+        if not has_tokenizer(self.tokenizer_dir):
             _fail("tokenizer_dir", f"'{self.tokenizer_dir}' has no tokenizer.json or vocab.txt; run create_vocab_SE.py "
                   "first, or point it at its out_dir (or at a transformers model folder)")
         if self.max_seq_len < 3:

@@ -115,9 +115,9 @@ def electra_configs(ckpt, hparams):
 # ---------------------------------------------------------------- weights
 def load_tensors(ckpt, models):
     """Copy every mappable tensor into models ({'disc': ..., 'gen': ...}). Returns (mapped, skipped,
-    unmapped) tensor-name lists."""
+    unmapped) tensor-name lists and {kind: the model parameters filled}."""
     states = {k: m.state_dict() for k, m in models.items()}
-    mapped, skipped, unmapped = [], [], []
+    mapped, skipped, unmapped, filled = [], [], [], {k: set() for k in models}
     for name in ckpt.names():
         if SKIPPED.search(name):
             skipped.append(name)
@@ -137,28 +137,27 @@ def load_tensors(ckpt, models):
                                        f"{tuple(states[kind][target[1]].shape)} ({target[1]}); pass the hparams "
                                        "the model was trained with as --config_file")
             states[kind][target[1]].copy_(value)
+            filled[kind].add(target[1])
         mapped.append(name)
-    return mapped, skipped, unmapped
+    return mapped, skipped, unmapped, filled
 
 
-def missing_parameters(model, loaded_names):
+def missing_parameters(model, filled):
     """The model's parameters no checkpoint tensor filled (tied weights count as filled)."""
-    filled = set(loaded_names)
     tied = {"generator_lm_head.weight"}  # the word embeddings, tied
     return sorted(n for n, _ in model.named_parameters() if n not in filled and n not in tied)
 
 
 # ---------------------------------------------------------------- tokenizer
-def wordpiece_tokenizer(vocab_file, lowercase, directory):
-    """A WordPiece tokenizer folder from a BERT/ELECTRA vocab.txt (its own special-token ids)."""
-    tok = wordpiece_from_vocab(vocab_file, lowercase)
+def save_wordpiece_tokenizer(tok, vocab_file, lowercase, directory):
+    """The WordPiece tokenizer built from a BERT/ELECTRA vocab.txt as a tokenizer folder (its own
+    special-token ids)."""
     vocab = tok.get_vocab()
     save_transformers_tokenizer(tok, directory)
     atomic_write_json(os.path.join(directory, SE_TOKENIZER_FILE), {
         "tokenizer_type": "BERT", "word_segmenter": "none", "lowercase": lowercase, "vocab_size": len(vocab),
         "special_tokens": SPECIAL_TOKENS, "special_token_ids": {t: vocab[t] for t in SPECIAL_TOKENS},
         "source": os.path.abspath(vocab_file)})
-    return len(vocab)
 
 
 # ---------------------------------------------------------------- main
@@ -174,25 +173,25 @@ def main(config: convert_args = None):
         raise SpanElectraError(f"vocab_file: '{vocab_file}' does not exist; pass the model's vocab.txt")
     hparams = read_hparams(config.config_file)
     lowercase = config.do_lower_case if config.do_lower_case is not None else hparams.get("do_lower_case", True)
+    tok = wordpiece_from_vocab(vocab_file, lowercase)
     disc_config, gen_config = electra_configs(ckpt, hparams)
+    if tok.get_vocab_size() != disc_config.vocab_size:
+        logger.warning("vocab_file: %d entries, the checkpoint's embeddings %d rows", tok.get_vocab_size(),
+                       disc_config.vocab_size)
     models_ = {"disc": ElectraForPreTraining(disc_config)}
     if gen_config is not None:
         models_["gen"] = ElectraForMaskedLM(gen_config)
-    mapped, skipped, unmapped = load_tensors(ckpt, models_)
-    hf_loaded = {k: {hf_name(n)[1] for n in mapped if hf_name(n)[0] in (k, "both")} for k in models_}
+    mapped, skipped, unmapped, filled = load_tensors(ckpt, models_)
     for kind, model in models_.items():
-        missing = missing_parameters(model, hf_loaded[kind])
+        missing = missing_parameters(model, filled[kind])
         if missing:
             raise SpanElectraError(f"checkpoint: the {'discriminator' if kind == 'disc' else 'generator'}'s "
                                    f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} found no tensor; "
                                    "is it a google-research/electra checkpoint?")
-    if gen_config is not None and vocab_size_of(vocab_file) != disc_config.vocab_size:
-        logger.warning("vocab_file: %d entries, the checkpoint's embeddings %d rows", vocab_size_of(vocab_file),
-                       disc_config.vocab_size)
 
     make_out_dir(config.out_dir)
     with tempfile.TemporaryDirectory() as tok_dir:
-        wordpiece_tokenizer(vocab_file, lowercase, tok_dir)
+        save_wordpiece_tokenizer(tok, vocab_file, lowercase, tok_dir)
         disc = SpanElectraDiscriminator(disc_config, use_all_token=True, use_span_head=False, core=models_["disc"])
         save_discriminator(disc, os.path.join(config.out_dir, "discriminator"), tok_dir)
         if "gen" in models_:
@@ -209,11 +208,6 @@ def main(config: convert_args = None):
                 f"; generator (no SBO head: ELECTRA has none) -> {os.path.join(config.out_dir, 'generator')}"
                 if gen_config else "; the checkpoint holds no generator")
     return summary
-
-
-def vocab_size_of(vocab_file):
-    with open(vocab_file, encoding="utf-8") as f:
-        return sum(1 for line in f if line.rstrip("\n"))
 
 
 if __name__ == "__main__":

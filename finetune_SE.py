@@ -723,6 +723,24 @@ def train_one_seed(seed, task, data, config, runtime, announce):
     return model, history[-1], history
 
 
+def fine_tune_seeds(seeds, task, data, tokenizer, config, runtime):
+    """One fine-tuning run per seed. Returns (a row per seed, the first seed's test predictions and
+    saved model)."""
+    per_seed, outputs = [], {}
+    for i, seed in enumerate(seeds):
+        start = time.time()
+        model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
+        final = {k: v for k, v in final.items() if k not in ("epoch", "train_steps_per_sec")}
+        per_seed.append({"seed": seed, **final, "train_seconds": round(time.time() - start, 1),
+                         "train_steps_per_sec": history[-1]["train_steps_per_sec"], "epochs": history})
+        if i == 0 and task.test is not None:
+            outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
+        if i == 0 and config.save_model:
+            outputs["model"] = save_model(model, tokenizer, config.out_dir)
+        del model
+    return per_seed, outputs
+
+
 def write_test_predictions(model, task, data, config, runtime):
     """out_dir/test_predictions.tsv: `index<TAB>prediction` with train.tsv's label strings (GLUE style)."""
     outputs = predict(model, data["test"], config, runtime)
@@ -789,22 +807,11 @@ def main(config: finetune_args = None):
 
     if config.linear_probe:  # deterministic (L-BFGS from zero weights): one run stands for every seed
         start = time.time()
+        seeds, outputs = seeds[:1], {"linear_probe": True}
         per_seed = [{"seed": seeds[0], **linear_probe(task, data, config, runtime),
                      "train_seconds": round(time.time() - start, 1)}]
-        seeds, outputs = seeds[:1], {"linear_probe": True}
     else:
-        per_seed, outputs = [], {}
-    for i, seed in enumerate([] if config.linear_probe else seeds):
-        start = time.time()
-        model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
-        final = {k: v for k, v in final.items() if k not in ("epoch", "train_steps_per_sec")}
-        per_seed.append({"seed": seed, **final, "train_seconds": round(time.time() - start, 1),
-                         "train_steps_per_sec": history[-1]["train_steps_per_sec"], "epochs": history})
-        if i == 0 and task.test is not None:
-            outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
-        if i == 0 and config.save_model:
-            outputs["model"] = save_model(model, tokenizer, config.out_dir)
-        del model
+        per_seed, outputs = fine_tune_seeds(seeds, task, data, tokenizer, config, runtime)
 
     metric_keys = [k for k in per_seed[0] if k.startswith("eval_")]
     results = {

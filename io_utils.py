@@ -164,11 +164,7 @@ def sha256_file(path):
 def _is_binary(path, field, probe_bytes=8192):
     """A file is treated as binary when its first block holds NUL bytes or is mostly not UTF-8."""
     with open(path, "rb") as raw, open_binary(path, raw) as f:
-        try:
-            head = f.read(probe_bytes)
-        except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
-            raise SpanElectraError(f"{field}: '{path}' cannot be decompressed ({type(e).__name__}): the file is "
-                                   "damaged or truncated") from None
+        head = _read_compressed(f.read, probe_bytes, path, field)
     if b"\x00" in head:
         return True
     text = head.decode("utf-8", errors="replace")
@@ -201,15 +197,15 @@ def open_binary(path, raw=None):
     return raw
 
 
-def _read_line(f, limit, path):
-    """f.readline(limit), with a damaged compressed file reported in one line."""
+def _read_compressed(read, limit, path, field=None):
+    """read(limit) (a stream's read or readline), with a damaged compressed file reported in one line."""
     try:
-        return f.readline(limit)
+        return read(limit)
     except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
         if not path.endswith(COMPRESSED_SUFFIXES):
             raise
-        raise SpanElectraError(f"'{path}' cannot be decompressed ({type(e).__name__}: {str(e)[:80]}): the file is "
-                               "damaged or truncated; download or compress it again") from None
+        raise SpanElectraError(f"{field + ': ' if field else ''}'{path}' cannot be decompressed ({type(e).__name__}: "
+                               f"{str(e)[:80]}): the file is damaged or truncated; download or compress it again") from None
 
 
 def find_text_files(spec, field):
@@ -293,7 +289,7 @@ def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progr
     read = 0
     with open(path, "rb") as raw, open_binary(path, raw) as f:
         while True:
-            chunk = _read_line(f, max_line_bytes, path)
+            chunk = _read_compressed(f.readline, max_line_bytes, path)
             if not chunk:
                 break
             if progress is not None:

@@ -73,9 +73,6 @@ def batched(iterable, size):
         yield batch
 
 
-# ---------------------------------------------------------------- the tokenizer pipeline
-
-
 # ---------------------------------------------------------------- loading
 def has_tokenizer(directory):
     """A folder create_vocab_SE.py wrote, or a transformers model folder with tokenizer.json or vocab.txt."""
