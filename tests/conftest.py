@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLE = REPO / "data" / "sample"
 SAMPLE_VI = REPO / "data" / "sample_vi"
+ELECTRA_TF = REPO / "tests" / "fixtures" / "electra_tf"  # a tiny ELECTRA that TensorFlow wrote (see its scripts)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, UNK, CLS, SEP, MASK = range(5)
 
@@ -217,3 +218,13 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """The TensorFlow fixture converted by convert_tf_checkpoint.py: out/discriminator, out/generator."""
+    import convert_tf_checkpoint
+    out = tmp_path_factory.mktemp("conv") / "electra"
+    convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(ELECTRA_TF), out_dir=str(out),
+                                                     config_file=str(ELECTRA_TF / "hparams.json")))
+    return out

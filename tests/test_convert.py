@@ -11,18 +11,9 @@ from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTrainin
 import argument
 import convert_tf_checkpoint as convert
 import tf_checkpoint
-from conftest import REPO, assert_one_line_error, read_json, run_in_process
+from conftest import ELECTRA_TF as FIXTURE, assert_one_line_error, read_json, run_in_process
 
-FIXTURE = REPO / "tests" / "fixtures" / "electra_tf"
 HEADS = 2  # the fixture's hparams
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conv") / "electra"
-    convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(out),
-                                       config_file=str(FIXTURE / "hparams.json")))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,14 @@ import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 import argument
-import convert_tf_checkpoint as convert
 import features
 import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
-from conftest import REPO, SAMPLE, assert_one_line_error, build_features, read_json, run_in_process
+from conftest import ELECTRA_TF as FIXTURE, SAMPLE, assert_one_line_error, build_features, read_json, run_in_process
 
-FIXTURE = REPO / "tests" / "fixtures" / "electra_tf"
 BERT_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
 TINY = dict(max_steps=2, log_every=1, eval_batches=1, train_batch_size=8, save_every=2, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conv") / "electra"
-    convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(out),
-                                       config_file=str(FIXTURE / "hparams.json")))
-    return out
 
 
 @pytest.fixture(scope="module")

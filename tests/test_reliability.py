@@ -382,7 +382,7 @@ def test_a_kill_during_a_save_keeps_the_old_output_whole(save, bpe_tok, tmp_path
     import convert_tf_checkpoint
     import process
     import tokenizers
-    from conftest import REPO, build_features, train_vocab
+    from conftest import ELECTRA_TF, build_features, train_vocab
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -397,7 +397,7 @@ def test_a_kill_during_a_save_keeps_the_old_output_whole(save, bpe_tok, tmp_path
         target = (process.SequenceWriter, "add")
     else:
         def run():
-            convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(REPO / "tests/fixtures/electra_tf"),
+            convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(ELECTRA_TF),
                                                              out_dir=str(out)))
         target = (convert_tf_checkpoint, "save_generator")
     run()
