@@ -174,8 +174,8 @@ def tokenizer_hash(tokenizer_dir):
     h = hashlib.sha256(sha256_file(source).encode())
     if not source.endswith(".json"):
         h.update(str(vocab_lowercase(tokenizer_dir)).encode())
-    if os.path.isfile(os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)):  # folders from before it: the hash they had
-        h.update(str(read_tokenizer_info(tokenizer_dir)["word_segmenter"]).encode())
+    # no se_tokenizer.json (a transformers folder) is 'none', as written out: the same tokenizer, the same hash
+    h.update(str(read_tokenizer_info(tokenizer_dir)["word_segmenter"]).encode())
     return h.hexdigest()[:16]
 
 
