@@ -122,3 +122,21 @@ def test_continued_training_starts_far_below_a_fresh_model(converted, bert_id_fe
         first[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["continued"]["mlm_loss"] < first["fresh"]["mlm_loss"] - 1.0, first
     assert first["continued"]["rtd_loss"] < first["fresh"]["rtd_loss"], first
+
+
+def test_plain_transformers_electra_folders_are_recognised(converted, bert_id_features, tmp_path):
+    """Folders as transformers writes them (a copy of google/electra-small-discriminator and its
+    generator: config.json with its architectures, weights, tokenizer; no files of ours) start a run."""
+    plain = tmp_path / "plain"
+    for kind, cls in (("discriminator", ElectraForPreTraining), ("generator", ElectraForMaskedLM)):
+        cls.from_pretrained(converted / kind).save_pretrained(plain / kind)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+            (plain / kind / name).write_bytes((converted / kind / name).read_bytes())
+        assert not (plain / kind / "span_electra.json").exists()
+    config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se"),
+                                        mode="joint", init_from=str(plain), **TINY)
+    model, inputs = trainSpanElectra.build_model(config, features.PretrainingFeatures(config.features_dir))
+    reference = ElectraForPreTraining.from_pretrained(converted / "discriminator").state_dict()
+    for name, value in model.discriminator.core.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert set(inputs) == {"init_generator_weights", "init_discriminator_weights"}
