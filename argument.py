@@ -517,6 +517,7 @@ class compare_args:
                                   "the scale's)", default="")
     gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
     seeds: str = _help("fine-tuning seeds", default="1,2,3")
+    ft_workers: int = _help("fine-tuning processes at once (0: 8 on a GPU, 1 on the CPU)", default=0)
     ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
     out_dir: str = _help("where everything goes", default="outputs/compare")
     results_md: str = _help("markdown file whose comparison section is rewritten (empty: none)",
@@ -541,6 +542,7 @@ class compare_args:
         check_range(self, "budget_steps", low=0)
         check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
+        check_range(self, "ft_workers", low=0)
         for name in (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(","):
             if name not in COMPARE_RECIPES:
                 _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")

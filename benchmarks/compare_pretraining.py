@@ -17,10 +17,12 @@ benchmarks/RESULTS.md between its markers.
 """
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -91,26 +93,34 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
         flops = step_flops("mlm", recipe, paths["features"], sizes, scale["batch"])
         steps = max(1, round(budget / flops))
         model_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
-            out_dir=out_dir, max_steps=steps, eval_every=steps, save_every=steps, **sizes["overrides"], **common))
+            out_dir=out_dir, max_steps=steps, eval_every=curve_every(steps), save_every=steps, **sizes["overrides"],
+            **common))
         return model_dir, steps * flops, time.time() - start
     gen_dir = None
     if recipe["kind"] == "two_stage":
         gen_flops = step_flops("generator", recipe, paths["features"], sizes, scale["batch"])
         gen_steps = max(1, round(config.gen_fraction * budget / gen_flops))
         gen_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
-            out_dir=os.path.join(out_dir, "gen"), max_steps=gen_steps, eval_every=gen_steps, save_every=gen_steps,
+            out_dir=os.path.join(out_dir, "gen"), max_steps=gen_steps, eval_every=curve_every(gen_steps),
+            save_every=gen_steps,
             **common))
         spent = gen_steps * gen_flops
     flops = step_flops(recipe["kind"], recipe, paths["features"], sizes, scale["batch"])
     steps = max(1, round((budget - spent) / flops))
     model_dir = trainSpanElectra.main(SE_trainingConfig(
         out_dir=out_dir, mode=recipe["kind"], generator_dir=gen_dir, use_span_head=recipe["use_span_head"],
-        max_steps=steps, eval_every=steps, save_every=steps, **common))
+        max_steps=steps, eval_every=curve_every(steps), save_every=steps, **common))
     return model_dir, spent + steps * flops, time.time() - start
 
 
+def curve_every(steps, points=10):
+    """Validation interval that gives a pre-training curve of about `points` points."""
+    return max(1, -(-steps // points))
+
+
 def pretraining_record(out_dir, batch, seq_len=128):
-    """Tokens seen and the valid curves (MLM accuracy, disc_auc by step) of the runs under out_dir."""
+    """Tokens seen, the median logged tokens/s and the valid curves (MLM accuracy, disc_auc by step) of
+    the runs under out_dir."""
     record = {"tokens": 0, "curves": {}}
     for root, _, files in os.walk(out_dir):
         if "metrics.jsonl" not in files:
@@ -119,6 +129,9 @@ def pretraining_record(out_dir, batch, seq_len=128):
             rows = [json.loads(line) for line in f if line.strip()]
         train_steps = [r["step"] for r in rows if "step" in r and "split" not in r and "event" not in r]
         record["tokens"] += max(train_steps, default=0) * batch * seq_len
+        speeds = sorted(r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r and "split" not in r)
+        if speeds:  # the median logged speed: the first window holds the compilation
+            record.setdefault("tokens_per_sec", {})[os.path.relpath(root, out_dir)] = speeds[len(speeds) // 2]
         for key in ("mlm_accuracy", "disc_auc"):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:
@@ -140,7 +153,10 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
         if row is None or row.get("finetune") != settings:
             steps = sum(settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32)
                         for t in settings["tasks"]) * len(settings["seeds"].split(","))
-            stages.append((f"fine-tune {run}", steps / scale["ft_steps_per_second"]))
+            # the jobs run ft_workers at once; each worker's start (imports, CUDA) costs ~10 s
+            stages.append((f"fine-tune {run} ({ft_workers(config)} at once)",
+                           steps / scale["ft_steps_per_second"] / min(ft_workers(config), 2 * len(settings["tasks"])) +
+                           (10 if ft_workers(config) > 1 else 0)))
     return stages
 
 
@@ -286,6 +302,62 @@ def write_results_md(path, table, config, png, budget, elapsed):
 
 
 # ---------------------------------------------------------------- main
+def pretrain_row(name, fraction, config, paths, scale, full_budget):
+    """Pre-train one run (or build the random model) and return its compare.json row."""
+    label, recipe = RECIPES[name]
+    run = f"{name}@{fraction:g}"
+    out_dir = os.path.join(config.out_dir, "runs", run)
+    if recipe is None:
+        model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
+    else:
+        model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
+    return {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
+            "seconds": seconds, "model_dir": model_dir,
+            **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
+
+
+def finetune_rows(rows, tasks, settings, config, scale):
+    """Fine-tune (and linearly probe) every row on every task, in ft_workers processes at once:
+    a fine-tuning step of a small model waits on the host, so several share one GPU well."""
+    jobs = [(row, task, probe) for row in rows for task in tasks for probe in (False, True)]
+    workers = ft_workers(config)
+    start = time.time()
+    if workers > 1:
+        # spawn: the parent holds CUDA; TQDM_DISABLE keeps parallel bars from interleaving
+        os.environ["TQDM_DISABLE"] = "1"
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(finetune, row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe),
+                                       probe) for row, task, probe in jobs]
+                results = [f.result() for f in futures]
+        finally:
+            os.environ.pop("TQDM_DISABLE", None)
+    else:
+        results = [finetune(row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe), probe)
+                   for row, task, probe in jobs]
+    for row in rows:
+        row["metrics"], row["probe"] = {}, {}
+    for (row, task, probe), result in zip(jobs, results):
+        name = os.path.basename(task.rstrip("/"))
+        row["probe" if probe else "metrics"][name] = {"key": headline_metric(result), "results": result}
+    for row in rows:
+        row.update(finetune=settings, ft_seconds=(time.time() - start) / len(rows))  # the phase's wall time, shared
+        logger.info("%s: %s", row["run"], {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
+
+
+def ft_workers(config):
+    """Fine-tuning processes at once: config.ft_workers, or (0) 8 on a GPU and 1 on the CPU."""
+    if config.ft_workers:
+        return config.ft_workers
+    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    return 8 if on_gpu else 1
+
+
+def ft_out_dir(config, row, task, probe):
+    return os.path.join(config.out_dir, "runs", row["run"], ("probe_" if probe else "ft_") +
+                        os.path.basename(task.rstrip("/")))
+
+
 def main(config: compare_args = None):
     config = config or compare_args()
     config.validate()
@@ -316,39 +388,16 @@ def main(config: compare_args = None):
         logger.info("estimate: %-40s %7.0f s", stage, seconds)
     logger.info("estimate: everything still to run: %.1f min (from the measured speeds of benchmarks/RESULTS.md)",
                 sum(s for _, s in stages) / 60)
-    wanted = []
-    for name in config.recipes.split(","):
-        label, recipe = RECIPES[name]
-        for fraction in ([0.0] if recipe is None else fractions):
-            run = f"{name}@{fraction:g}"
-            wanted.append(run)
-            row = next((r for r in rows if r["run"] == run), None)
-            if row is not None and row.get("finetune") == settings:
-                continue
-            if row is None:  # pre-train; a row fine-tuned with other settings keeps its model
-                out_dir = os.path.join(config.out_dir, "runs", run)
-                if recipe is None:
-                    model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
-                else:
-                    model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
-                row = {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
-                       "seconds": seconds, "model_dir": model_dir,
-                       **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
-                rows.append(row)
-            ft_start = time.time()
-            row["metrics"] = {}
-            for task in tasks:
-                task_name = os.path.basename(task.rstrip("/"))
-                results = finetune(row["model_dir"], task, config, scale,
-                                   os.path.join(config.out_dir, "runs", run, "ft_" + task_name))
-                row["metrics"][task_name] = {"key": headline_metric(results), "results": results}
-                probe = finetune(row["model_dir"], task, config, scale,
-                                 os.path.join(config.out_dir, "runs", run, "probe_" + task_name), linear_probe=True)
-                row.setdefault("probe", {})[task_name] = {"key": headline_metric(probe), "results": probe}
-            row.update(finetune=settings, ft_seconds=time.time() - ft_start)
+    for run, _, fraction in plan:  # pre-train first; each finished run is saved at once (a stop loses no run)
+        if not any(r["run"] == run for r in rows):
+            rows.append(pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget))
             atomic_write_json(rows_path, rows)
-            logger.info("%s: %s", run, {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
+    wanted = [run for run, _, _ in plan]
     rows = [r for r in rows if r["run"] in wanted]
+    stale = [r for r in rows if r.get("finetune") != settings]  # a row fine-tuned otherwise keeps its model
+    if stale:
+        finetune_rows(stale, tasks, settings, config, scale)
+        atomic_write_json(rows_path, rows)
 
     full = [r for r in rows if r["fraction"] in (0.0, max(r["fraction"] for r in rows))]
     table = markdown_table(full, tasks)

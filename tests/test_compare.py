@@ -79,7 +79,7 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
 
     def run(**kw):
         return cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1",
-                                       out_dir=str(tmp_path), results_md="", **kw))
+                                       out_dir=str(tmp_path), results_md="", ft_workers=1, **kw))
 
     assert [r["run"] for r in run()] == ["random@0", "mlm@1"]
     assert len(calls["pretrain"]) == 1 and len(calls["finetune"]) == 2
@@ -111,7 +111,7 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
     monkeypatch.setattr(cp, "plot", lambda *args: None)
     caplog.set_level("INFO", logger="span_electra")
     cp.main(cp.compare_args(scale="gpu", recipes="random,electra", tasks=str(REPO / "data/glue/MRPC"), seeds="1",
-                            out_dir=str(tmp_path), results_md="", budget_scale=2.0))
+                            out_dir=str(tmp_path), results_md="", budget_scale=2.0, ft_workers=1))
     assert budgets == [2 * 5500 * 1e9]
     estimates = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
     # pre-training: budget / the H100's measured 80 TFLOP/s, plus a minute of compilation
@@ -123,14 +123,16 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
 
 def test_pretraining_record_reads_tokens_and_curves(tmp_path):
     (tmp_path / "gen").mkdir()
-    rows = [{"step": 50, "loss": 1.0}, {"step": 100, "loss": 0.9}, {"step": 100, "split": "valid", "mlm_accuracy": 0.1},
-            {"event": "done", "step": 100}]
+    rows = [{"step": 50, "loss": 1.0, "tokens_per_sec": 10.0}, {"step": 100, "loss": 0.9, "tokens_per_sec": 30.0},
+            {"step": 150, "loss": 0.9, "tokens_per_sec": 20.0}, {"step": 150, "split": "valid", "mlm_accuracy": 0.1},
+            {"event": "done", "step": 150}]
     (tmp_path / "gen" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 30, "loss": 1.0}) + "\n" +
                                             json.dumps({"step": 30, "split": "valid", "disc_auc": 0.6}))
     record = cp.pretraining_record(str(tmp_path), batch=4)
-    assert record["tokens"] == (100 + 30) * 4 * 128
-    assert record["curves"] == {"gen:mlm_accuracy": [[100, 0.1]], ".:disc_auc": [[30, 0.6]]}
+    assert record["tokens"] == (150 + 30) * 4 * 128
+    assert record["curves"] == {"gen:mlm_accuracy": [[150, 0.1]], ".:disc_auc": [[30, 0.6]]}
+    assert record["tokens_per_sec"] == {"gen": 20.0}
 
 
 def test_vietnamese_gpu_scale_segments_its_corpus():
@@ -139,3 +141,29 @@ def test_vietnamese_gpu_scale_segments_its_corpus():
     assert cp.SCALES["gpu_vi"]["word_segmenter"] == "pyvi"
     assert cp.SCALES["gpu_vi"]["budget_steps"] * 2 == cp.SCALES["gpu"]["budget_steps"]
     assert cp.compare_args(scale="gpu_vi", tasks="vi_task").resolved().tasks == "vi_task"
+
+
+def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
+    """ft_workers > 1 runs the fine-tuning jobs in spawned processes; each row gets the same dev
+    figures (fine-tuning and linear probe) as the one-process path."""
+    scale = cp.SCALES["tiny"]
+    paths = {"features": str(bpe_feat[0]), "vocab": bpe_feat[1]["vocab_size"]}
+    model_dir = cp.random_model(paths, scale, str(tmp_path / "random"))
+    task = tmp_path / "MRPC"  # a slice of the bundled task: this test is about the processes
+    task.mkdir()
+    for split in ("train", "dev"):
+        lines = (REPO / "data/glue/MRPC" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[:33]
+        (task / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    task = str(task)
+    settings = {}
+    figures = []
+    for workers in (1, 2):
+        config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1", ft_max_train_examples=16,
+                                 device="cpu", ft_workers=workers).resolved()
+        rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
+        cp.finetune_rows(rows, [task], settings, config, scale)
+        figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"])
+                        for r in rows])
+        assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
+    assert figures[0] == figures[1]
+    assert (tmp_path / "w2" / "runs" / "r1@0" / "probe_MRPC" / "results.json").is_file()

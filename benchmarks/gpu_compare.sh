@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The issue-13 comparison on one GPU in two device calls, plus the CUDA checks of the whole suite.
+# DATA holds enwiki.{train,valid}.txt.xz and GLUE SST-2/, MRPC/ (copies of ../shared/data, which
+# does not travel); OUT receives the logs and the small result files.
+#   phase 1: whole test suite with CUDA visible (xdist, in the background), the main job on CUDA
+#            (background), and the comparison's random-init and MLM rows (features built here)
+#   phase 2: the rest of the comparison (ELECTRA, SpanElectra joint) and its table, JSON and plot
+# Usage: DATA=outputs/gpu_data bash benchmarks/gpu_compare.sh 1|2
+set -u
+PHASE=${1:?phase 1 or 2}
+OUT=${OUT:-outputs/gpu_compare_logs}
+DATA=${DATA:-outputs/gpu_data}
+CMP_OUT=${CMP_OUT:-outputs/compare_gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu --train_input "$DATA/enwiki.train.txt.xz"
+         --valid_input "$DATA/enwiki.valid.txt.xz" --tasks "$DATA/SST-2,$DATA/MRPC" --out_dir "$CMP_OUT")
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/device.txt"
+strip_bars() { tr '\r' '\n' | grep -v -E 'it/s\]|s/it\]|B/s\]|^\s*$'; }
+
+if [ "$PHASE" = 1 ]; then
+    (OMP_NUM_THREADS=2 timeout "${SUITE_TIMEOUT:-330}" python3 -m pytest -q -p no:cacheprovider -n 4 --dist loadfile \
+        tests --durations=15 2>&1 | strip_bars > "$OUT/suite.log") &
+    (timeout "${PIPELINE_TIMEOUT:-300}" python3 run_pipeline.py --out_dir /tmp/pipeline_cuda 2>&1 | strip_bars \
+        > "$OUT/pipeline.log") &
+    timeout "${COMPARE_TIMEOUT:-330}" "${COMPARE[@]}" --recipes random,mlm --results_md "" 2>&1 | strip_bars > "$OUT/compare1.log"
+    wait
+else
+    timeout "${COMPARE_TIMEOUT:-420}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
+    cp benchmarks/compare_gpu.png "$OUT/" 2>/dev/null
+    python3 - "$OUT" <<'PY'
+import re, sys
+text = open("benchmarks/RESULTS.md", encoding="utf-8").read()
+section = re.search(r"<!-- compare_pretraining:begin -->.*?<!-- compare_pretraining:end -->", text, re.S)
+open(f"{sys.argv[1]}/results_section.md", "w").write(section.group(0) if section else "no section")
+PY
+fi
+cp "$CMP_OUT/compare.json" "$OUT/" 2>/dev/null
+grep -h -E "estimate|budget|INFO (random|mlm|electra|se_joint)@|^\|" "$OUT"/compare*.log | tail -30
+tail -3 "$OUT/suite.log" "$OUT/pipeline.log" 2>/dev/null
