@@ -469,10 +469,17 @@ COMPARE_RECIPES = {
     "se_joint_no_heads": ("SpanElectra joint, no span heads", dict(kind="joint", masking="span", use_sbo=False,
                                                                    use_span_head=False)),
 }
-# per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up
-# flops_per_second, ft_steps_per_second: measured speeds (benchmarks/RESULTS.md) for the time estimates:
-# tiny on 2 CPU cores (the tiny comparison's 5.8 TFLOPs in 1.6 min; ~12 fine-tuning steps/s); gpu and
-# small on one H100 (the bf16 compiled joint step: 1,258 GFLOP at 63.8 steps/s; fine-tuning 22 steps/s)
+# per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up;
+# the speeds behind the time estimates, measured (benchmarks/RESULTS.md): pre-training FLOP/s by kind of
+# step, the compiled step's first call, fine-tuning steps/s per process, vocabulary + features bytes/s
+CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min, ~12 fine-tuning steps/s
+    flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=0, ft_steps_per_second=12,
+    prep_bytes_per_second=1e6)
+H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step comparison runs on enwiki (2026-11-26):
+    # MLM 6.8 PFLOP in 71 s; the joint steps 42-50 TFLOP/s (650-770k tokens/s, below the benchmark's 1.05M);
+    # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of 51 MB of xz in 34 s
+    flops_per_second={"mlm": 96e12, "joint": 45e12, "two_stage": 45e12}, compile_seconds=55, ft_steps_per_second=22,
+    prep_bytes_per_second=1e6)
 WIKITEXT2 = (os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"), os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
 ENWIKI = (os.path.join(SHARED, "enwiki", "enwiki.train.txt.xz"), os.path.join(SHARED, "enwiki", "enwiki.valid.txt.xz"))
 VIWIKI = (os.path.join(SHARED, "viwiki-large", "viwiki-large.train.txt.xz"),
@@ -481,21 +488,20 @@ GLUE_TASKS = ",".join(os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC")
 COMPARE_SCALES = {
     "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
                  ft_epochs=3, ft_max_train=8000, ft_lr=1e-3, corpus=WIKITEXT2, bf16=False, compile=False,
-                 flops_per_second=60e9, ft_steps_per_second=12, fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
-    # 90 s of the joint step on one H100 (5,500 steps, 90M tokens) per recipe; the default recipes and
-    # fine-tuning fit one 10-minute device call: ELECTRA, SpanElectra joint and MLM against random init
+                 fractions="0.5,1", recipes=",".join(COMPARE_RECIPES), **CPU_SPEEDS),
+    # the FLOPs of 90 s of the benchmark's joint step on one H100 (5,500 steps, 90M tokens) per recipe:
+    # ELECTRA, SpanElectra joint and MLM against random init
     "gpu": dict(model_size="small", budget_steps=5500, batch=128, learning_rate=5e-4, vocab_size=30522,
                 ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
-                flops_per_second=80e12, ft_steps_per_second=22, fractions="1", recipes="random,mlm,electra,se_joint"),
+                fractions="1", recipes="random,mlm,electra,se_joint", **H100_SPEEDS),
     # the same on Vietnamese Wikipedia, words segmented with pyvi, at half the budget; fine-tuned on
     # the Vietnamese task folders given with --tasks (sentence<TAB>label TSV)
     "gpu_vi": dict(model_size="small", budget_steps=2750, batch=128, learning_rate=5e-4, vocab_size=30522,
                    ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=VIWIKI, word_segmenter="pyvi", bf16=True,
-                   compile=True, flops_per_second=80e12, ft_steps_per_second=22, fractions="1",
-                   recipes="random,mlm,electra,se_joint", tasks=""),
+                   compile=True, fractions="1", recipes="random,mlm,electra,se_joint", tasks="", **H100_SPEEDS),
     "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
                   ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
-                  flops_per_second=80e12, ft_steps_per_second=22, fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
+                  fractions="0.5,1", recipes=",".join(COMPARE_RECIPES), **H100_SPEEDS),
 }
 
 

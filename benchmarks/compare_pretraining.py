@@ -15,6 +15,7 @@ span heads (SBO, span-boundary predictive head) on and off. Two budgets (half an
 points of the plot. Writes OUT/compare.json, OUT/compare.png and the section of
 benchmarks/RESULTS.md between its markers.
 """
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -22,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -141,23 +142,44 @@ def pretraining_record(out_dir, batch, seq_len=128):
 
 def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
     """Seconds each stage still to run should take, from the scale's measured speeds (the log shows
-    them before anything starts). Returns [(stage, seconds)]."""
+    them before anything starts). Returns [(stage, seconds, beside)]: `beside` stages run beside the
+    next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
     stages = []
-    compile_seconds = 60 if config.compile else 0  # a compiled step's first call (measured on an H100: ~1 min)
+    compile_seconds = scale["compile_seconds"] if config.compile else 0
+    speed = scale["flops_per_second"]
     for run, recipe, fraction in wanted:
         row = next((r for r in rows if r["run"] == run), None)
         if row is None and recipe is not None:
-            parts = 2 if recipe["kind"] == "two_stage" else 1
-            stages.append((f"pre-train {run}", fraction * full_budget / scale["flops_per_second"] +
-                           parts * compile_seconds))
+            budget = fraction * full_budget
+            if recipe["kind"] == "two_stage":
+                seconds = (config.gen_fraction * budget / speed["mlm"] + (1 - config.gen_fraction) * budget /
+                           speed["two_stage"] + 2 * compile_seconds)
+            else:
+                seconds = budget / speed["mlm" if recipe["kind"] == "mlm" else "joint"] + compile_seconds
+            stages.append((f"pre-train {run}", seconds, False))
         if row is None or row.get("finetune") != settings:
-            steps = sum(settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32)
-                        for t in settings["tasks"]) * len(settings["seeds"].split(","))
-            # the jobs run ft_workers at once; each worker's start (imports, CUDA) costs ~10 s
-            stages.append((f"fine-tune {run} ({ft_workers(config)} at once)",
-                           steps / scale["ft_steps_per_second"] / min(ft_workers(config), 2 * len(settings["tasks"])) +
-                           (10 if ft_workers(config) > 1 else 0)))
+            stages.append((f"fine-tune {run}", finetune_seconds(settings, scale, ft_workers(config)), ft_workers(config) > 1))
+    last_ft = next((i for i in range(len(stages) - 1, -1, -1) if stages[i][0].startswith("fine-tune")), None)
+    if last_ft is not None:  # nothing pre-trains beside the last fine-tuning
+        stages[last_ft] = stages[last_ft][:2] + (False,)
     return stages
+
+
+def finetune_seconds(settings, scale, workers):
+    """One row's fine-tuning and probes: its jobs (one per task and kind) run `workers` at once, each
+    paying ~15 s for its process, its dev evaluations and its probe; in one process, one after another."""
+    jobs = [settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32) *
+            len(settings["seeds"].split(",")) / scale["ft_steps_per_second"] for t in settings["tasks"]]
+    if workers > 1:
+        return max(jobs, default=0) + 15
+    return sum(jobs)
+
+
+def input_bytes(path):
+    """Bytes of a corpus file or folder (what the vocabulary and features read)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path) if os.path.isfile(path) else 0
 
 
 def task_size(task_dir, max_examples):
@@ -316,33 +338,46 @@ def pretrain_row(name, fraction, config, paths, scale, full_budget):
             **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
 
 
-def finetune_rows(rows, tasks, settings, config, scale):
-    """Fine-tune (and linearly probe) every row on every task, in ft_workers processes at once:
-    a fine-tuning step of a small model waits on the host, so several share one GPU well."""
-    jobs = [(row, task, probe) for row in rows for task in tasks for probe in (False, True)]
-    workers = ft_workers(config)
-    start = time.time()
-    if workers > 1:
-        # spawn: the parent holds CUDA; TQDM_DISABLE keeps parallel bars from interleaving
-        os.environ["TQDM_DISABLE"] = "1"
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [pool.submit(finetune, row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe),
-                                       probe) for row, task, probe in jobs]
-                results = [f.result() for f in futures]
-        finally:
-            os.environ.pop("TQDM_DISABLE", None)
-    else:
-        results = [finetune(row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe), probe)
-                   for row, task, probe in jobs]
-    for row in rows:
+def start_finetuning(pool, row, tasks, config, scale):
+    """Fine-tune (and linearly probe) one row on every task: in the pool of worker processes when there is
+    one, so that the next recipe pre-trains meanwhile, else here and now. Returns its jobs for finish_finetuning."""
+    jobs = []
+    for task in tasks:
+        for probe in (False, True):
+            args = (row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe), probe)
+            jobs.append((row, task, probe, pool.submit(finetune, *args) if pool else finetune(*args), time.time()))
+    return jobs
+
+
+def finish_finetuning(jobs, settings):
+    """Wait for the jobs and put their dev figures in their rows (metrics: fine-tuning; probe: linear probe)."""
+    for row, _, _, _, _ in jobs:
         row["metrics"], row["probe"] = {}, {}
-    for (row, task, probe), result in zip(jobs, results):
+    for row, task, probe, job, submitted in jobs:
+        result = job.result() if isinstance(job, Future) else job
         name = os.path.basename(task.rstrip("/"))
         row["probe" if probe else "metrics"][name] = {"key": headline_metric(result), "results": result}
-    for row in rows:
-        row.update(finetune=settings, ft_seconds=(time.time() - start) / len(rows))  # the phase's wall time, shared
+        row.update(finetune=settings, ft_seconds=time.time() - submitted)  # from the start of its first job
+    for row in dict((id(r), r) for r, *_ in jobs).values():
         logger.info("%s: %s", row["run"], {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
+
+
+@contextlib.contextmanager
+def finetune_pool(config):
+    """Worker processes for fine-tuning (None: fine-tune in this process). A small model's fine-tuning step
+    waits on the host, so several share one GPU, beside the next recipe's pre-training. Spawned: this
+    process holds CUDA; TQDM_DISABLE keeps their bars from interleaving with the pre-training's."""
+    workers = ft_workers(config)
+    if workers <= 1:
+        yield None
+        return
+    os.environ["TQDM_DISABLE"] = "1"  # read by the workers at start; this process's bars were made already
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+        os.environ.pop("TQDM_DISABLE", None)
 
 
 def ft_workers(config):
@@ -368,6 +403,9 @@ def main(config: compare_args = None):
     scale["budget_steps"] = scale["budget_steps"] * config.budget_scale
     make_out_dir(config.out_dir)
     started = time.time()
+    if not os.path.isfile(os.path.join(config.out_dir, "features", "meta.json")):
+        logger.info("estimate: %-40s %7.0f s", "vocabulary and features",
+                    input_bytes(config.train_input) / scale["prep_bytes_per_second"])
     paths = prepare_data(config, scale)
     tasks = [t for t in config.tasks.split(",") if t]
     reference = RECIPES["se_joint"][1]
@@ -384,20 +422,26 @@ def main(config: compare_args = None):
     plan = [(f"{name}@{fraction:g}", RECIPES[name][1], fraction) for name in config.recipes.split(",")
             for fraction in ([0.0] if RECIPES[name][1] is None else fractions)]
     stages = estimate_seconds(plan, rows, settings, config, scale, full_budget)
-    for stage, seconds in stages:
-        logger.info("estimate: %-40s %7.0f s", stage, seconds)
+    for stage, seconds, beside in stages:
+        logger.info("estimate: %-40s %7.0f s%s", stage, seconds, " (beside the next pre-training)" if beside else "")
     logger.info("estimate: everything still to run: %.1f min (from the measured speeds of benchmarks/RESULTS.md)",
-                sum(s for _, s in stages) / 60)
-    for run, _, fraction in plan:  # pre-train first; each finished run is saved at once (a stop loses no run)
-        if not any(r["run"] == run for r in rows):
-            rows.append(pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget))
-            atomic_write_json(rows_path, rows)
+                sum(s for _, s, beside in stages if not beside) / 60)
     wanted = [run for run, _, _ in plan]
+    reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
+                 for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps
+    with finetune_pool(config) as pool:
+        jobs = []
+        for run, _, fraction in plan:  # each finished pre-training is saved at once (a stop loses no run)
+            row = next((r for r in rows if r["run"] == run), None)
+            if row is None:
+                row = pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget)
+                rows.append(row)
+                atomic_write_json(rows_path, rows)
+            if row.get("finetune") != settings:  # a row fine-tuned otherwise keeps its model
+                jobs += start_finetuning(pool, row, tasks, config, scale)
+        finish_finetuning(jobs, settings)
+    atomic_write_json(rows_path, rows)
     rows = [r for r in rows if r["run"] in wanted]
-    stale = [r for r in rows if r.get("finetune") != settings]  # a row fine-tuned otherwise keeps its model
-    if stale:
-        finetune_rows(stale, tasks, settings, config, scale)
-        atomic_write_json(rows_path, rows)
 
     full = [r for r in rows if r["fraction"] in (0.0, max(r["fraction"] for r in rows))]
     table = markdown_table(full, tasks)
@@ -406,8 +450,7 @@ def main(config: compare_args = None):
         png = publish_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))
     print(table)
     if config.results_md:
-        total = sum(r["seconds"] + r.get("ft_seconds", 0.0) for r in rows)  # rows of earlier, resumed runs too
-        write_results_md(config.results_md, table, config, png, full_budget, max(total, time.time() - started))
+        write_results_md(config.results_md, table, config, png, full_budget, reused + time.time() - started)
     return rows
 
 

@@ -114,11 +114,28 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
                             out_dir=str(tmp_path), results_md="", budget_scale=2.0, ft_workers=1))
     assert budgets == [2 * 5500 * 1e9]
     estimates = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
-    # pre-training: budget / the H100's measured 80 TFLOP/s, plus a minute of compilation
-    assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 80e12 + 60:.0f}" for m in estimates)
-    # fine-tuning MRPC's 1,000 bundled examples: 2 epochs x 32 steps at 22 steps/s
+    # pre-training: budget / the joint step's measured 45 TFLOP/s on the H100, plus its compilation
+    assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 45e12 + 55:.0f}" for m in estimates)
+    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs x 32 steps at 22 steps/s
     assert any("fine-tune random@0" in m and m.split()[-2] == f"{2 * 32 / 22:.0f}" for m in estimates)
     assert "everything still to run" in estimates[-1]
+
+
+def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
+    """In worker processes, a row's fine-tuning runs beside the next pre-training: only the last one
+    adds to the total; the longest job (its slowest task, all seeds) sets a row's time."""
+    config = cp.compare_args(scale="gpu", tasks=str(REPO / "data/glue/MRPC"), seeds="1,2", ft_workers=8).resolved()
+    scale = cp.SCALES["gpu"]
+    settings = cp.finetune_settings(config, scale, [config.tasks])
+    plan = [("random@0", None, 0.0), ("mlm@1", cp.RECIPES["mlm"][1], 1.0), ("se_joint@1", cp.RECIPES["se_joint"][1], 1.0)]
+    stages = cp.estimate_seconds(plan, [], settings, config, scale, 9e15)
+    assert [(name, beside) for name, _, beside in stages] == [
+        ("fine-tune random@0", True), ("pre-train mlm@1", False), ("fine-tune mlm@1", True),
+        ("pre-train se_joint@1", False), ("fine-tune se_joint@1", False)]
+    seconds = dict((name, s) for name, s, _ in stages)
+    assert seconds["fine-tune mlm@1"] == pytest.approx(2 * 32 * 2 / 22 + 15)
+    assert seconds["pre-train mlm@1"] == pytest.approx(9e15 / 96e12 + 55)
+    assert seconds["pre-train se_joint@1"] == pytest.approx(9e15 / 45e12 + 55)
 
 
 def test_pretraining_record_reads_tokens_and_curves(tmp_path):
@@ -161,7 +178,10 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
         config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1", ft_max_train_examples=16,
                                  device="cpu", ft_workers=workers).resolved()
         rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
-        cp.finetune_rows(rows, [task], settings, config, scale)
+        with cp.finetune_pool(config) as pool:
+            assert (pool is None) == (workers == 1)
+            cp.finish_finetuning([job for row in rows for job in cp.start_finetuning(pool, row, [task], config, scale)],
+                                 settings)
         figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"])
                         for r in rows])
         assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
