@@ -5,6 +5,7 @@
 #   phase 1: whole test suite with CUDA visible (xdist, in the background), the main job on CUDA
 #            (background), and the comparison's random-init and MLM rows (features built here)
 #   phase 2: the rest of the comparison (ELECTRA, SpanElectra joint) and its table, JSON and plot
+#            (about 7.5 min at the speeds measured on 2026-11-26: give the call 580 s)
 # Usage: DATA=outputs/gpu_data bash benchmarks/gpu_compare.sh 1|2
 set -u
 PHASE=${1:?phase 1 or 2}
@@ -17,7 +18,9 @@ COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu --train_input "$D
          --valid_input "$DATA/enwiki.valid.txt.xz" --tasks "$DATA/SST-2,$DATA/MRPC" --out_dir "$CMP_OUT")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/device.txt"
-strip_bars() { tr '\r' '\n' | grep -v -E 'it/s\]|s/it\]|B/s\]|^\s*$'; }
+strip_bars() {  # log lines only: tqdm's redraws go, a log line written after a bar keeps its own line
+    tr '\r' '\n' | sed -E 's/([0-9]{2}:[0-9]{2}:[0-9]{2} (INFO|WARNING|ERROR))/\n\1/g' | grep -a -v -E 'it/s|s/it|B/s|^\s*$'
+}
 
 if [ "$PHASE" = 1 ]; then
     (OMP_NUM_THREADS=2 timeout "${SUITE_TIMEOUT:-330}" python3 -m pytest -q -p no:cacheprovider -n 4 --dist loadfile \
@@ -27,7 +30,7 @@ if [ "$PHASE" = 1 ]; then
     timeout "${COMPARE_TIMEOUT:-330}" "${COMPARE[@]}" --recipes random,mlm --results_md "" 2>&1 | strip_bars > "$OUT/compare1.log"
     wait
 else
-    timeout "${COMPARE_TIMEOUT:-420}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
+    timeout "${COMPARE_TIMEOUT:-560}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
     cp benchmarks/compare_gpu.png "$OUT/" 2>/dev/null
     python3 - "$OUT" <<'PY'
 import re, sys
