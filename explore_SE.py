@@ -110,15 +110,27 @@ def show_token(tokenizer, token):
     return text.replace("##", "") or token
 
 
+def fills_note(tokenizer, rows):
+    """A newcomer's reading of the fills: the same first guess at every masked position means the
+    generator predicts word frequencies, not yet the context (an early or small generator does)."""
+    firsts = {fills[0][0] for _, fills in rows if fills}
+    if len(rows) > 1 and len(firsts) == 1:
+        return [f"  (the same first guess, '{show_token(tokenizer, firsts.pop())}', at every masked position: this "
+                "generator fills from word frequencies, not yet from the context; it needs more training)"]
+    return []
+
+
 def report(explorer, text, top_k=5, seed=0):
     """The explorer's readable tables, as a list of lines."""
     lines = []
     plain = " ".join(MARK.sub(lambda m: m.group(1), text).split())
     if explorer.generator is not None:
         lines.append(f"generator fills for: {text}")
-        for original, fills in explorer.fill(text, top_k, seed):
+        rows = explorer.fill(text, top_k, seed)
+        for original, fills in rows:
             shown = "  ".join(f"{show_token(explorer.tokenizer, t)} {p:.2f}" for t, p in fills)
             lines.append(f"  {show_token(explorer.tokenizer, original):>16} -> {shown}")
+        lines += fills_note(explorer.tokenizer, rows)
     if explorer.discriminator is not None:
         lines.append(f"discriminator P(replaced) for: {plain}")
         scored = explorer.detect(plain)

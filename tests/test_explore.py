@@ -76,3 +76,15 @@ def test_cli_prints_both_tables(en_models, capsys):
     out = run_ok_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", en_models, "--text",
                             "It was [[ released ]] in Japan .", "--top_k", 2)
     assert "generator fills for" in out and "discriminator P(replaced)" in out
+
+
+def test_frequency_level_fills_are_called_so():
+    """The same first guess everywhere is read out as a generator that fills from word frequencies."""
+    class Tok:
+        def convert_tokens_to_string(self, tokens):
+            return "".join(tokens)
+    same = [("January", [("the", 0.05), (",", 0.04)]), ("2011", [("the", 0.05), ("of", 0.02)])]
+    assert "fills from word frequencies" in explore_SE.fills_note(Tok(), same)[0]
+    assert "'the'" in explore_SE.fills_note(Tok(), same)[0]
+    varied = [("January", [("March", 0.2)]), ("2011", [("2010", 0.3)])]
+    assert explore_SE.fills_note(Tok(), varied) == [] and explore_SE.fills_note(Tok(), same[:1]) == []
