@@ -49,6 +49,9 @@ def test_flops_are_counted_per_recipe(bpe_feat):
     assert 0 < mlm < two_stage < joint
     # joint adds the generator's backward: 2/3 of its forward + backward
     assert joint == pytest.approx(two_stage + 2 / 3 * mlm, rel=0.1)
+    # counted on 8 rows and scaled: what counting all 16 rows gives
+    assert cp.step_flops("joint", cp.RECIPES["se_joint"][1], str(bpe_feat[0]), sizes, 16) == pytest.approx(
+        cp.counted_flops("joint", cp.RECIPES["se_joint"][1], str(bpe_feat[0]), sizes, 16), rel=1e-6)
 
 
 def test_unknown_recipe_is_refused():
