@@ -380,7 +380,7 @@ def finetune_pool(config):
     if workers <= 1:
         yield None
         return
-    os.environ["TQDM_DISABLE"] = "1"  # read by the workers at start; this process's bars were made already
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it when imported: the workers' bars go, this process's stay
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         yield pool
