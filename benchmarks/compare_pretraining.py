@@ -349,26 +349,41 @@ def pretrain_row(name, fraction, config, paths, scale, full_budget):
 
 def start_finetuning(pool, row, tasks, config, scale):
     """Fine-tune (and linearly probe) one row on every task: in the pool of worker processes when there is
-    one, so that the next recipe pre-trains meanwhile, else here and now. Returns its jobs for finish_finetuning."""
-    jobs = []
+    one, so that the next recipe pre-trains meanwhile, else here and now. Returns (row, start time,
+    [(task, probe, future)]) for finish_finetuning."""
+    started, jobs = time.time(), []
     for task in tasks:
         for probe in (False, True):
             args = (row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe), probe)
-            jobs.append((row, task, probe, pool.submit(finetune, *args) if pool else finetune(*args), time.time()))
-    return jobs
+            job = pool.submit(finetune, *args) if pool else finished_future(finetune(*args))
+            job.add_done_callback(lambda f: setattr(f, "finished", time.time()))
+            jobs.append((task, probe, job))
+    return row, started, jobs
 
 
-def finish_finetuning(jobs, settings):
-    """Wait for the jobs and put their dev figures in their rows (metrics: fine-tuning; probe: linear probe)."""
-    for row, _, _, _, _ in jobs:
-        row["metrics"], row["probe"] = {}, {}
-    for row, task, probe, job, submitted in jobs:
-        result = job.result() if isinstance(job, Future) else job
-        name = os.path.basename(task.rstrip("/"))
-        row["probe" if probe else "metrics"][name] = {"key": headline_metric(result), "results": result}
-        row.update(finetune=settings, ft_seconds=time.time() - submitted)  # from the start of its first job
-    for row in dict((id(r), r) for r, *_ in jobs).values():
-        logger.info("%s: %s", row["run"], {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
+def finished_future(result):
+    """A result computed here, as a done Future: both paths are finished the same way."""
+    future = Future()
+    future.set_result(result)
+    return future
+
+
+def finetuning_done(started):
+    return all(job.done() for _, _, job in started[2])
+
+
+def finish_finetuning(started, settings):
+    """Wait for one row's jobs and put their dev figures in it (metrics: fine-tuning; probe: linear probe)."""
+    row, start, jobs = started
+    row["metrics"], row["probe"] = {}, {}
+    for task, probe, job in jobs:
+        result = job.result()
+        row["probe" if probe else "metrics"][os.path.basename(task.rstrip("/"))] = {
+            "key": headline_metric(result), "results": result}
+    # the done callbacks may still be running when result() returns
+    ended = max(getattr(job, "finished", time.time()) for _, _, job in jobs)
+    row.update(finetune=settings, ft_seconds=ended - start)
+    logger.info("%s: %s", row["run"], {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
 
 
 @contextlib.contextmanager
@@ -439,17 +454,18 @@ def main(config: compare_args = None):
     reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
                  for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps
     with finetune_pool(config) as pool:
-        jobs = []
-        for run, _, fraction in plan:  # each finished pre-training is saved at once (a stop loses no run)
+        pending = []  # rows being fine-tuned, oldest first
+        for run, _, fraction in plan:  # each finished stage is saved at once (a stop loses no finished row)
             row = next((r for r in rows if r["run"] == run), None)
             if row is None:
                 row = pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget)
                 rows.append(row)
                 atomic_write_json(rows_path, rows)
             if row.get("finetune") != settings:  # a row fine-tuned otherwise keeps its model
-                jobs += start_finetuning(pool, row, tasks, config, scale)
-        finish_finetuning(jobs, settings)
-    atomic_write_json(rows_path, rows)
+                pending.append(start_finetuning(pool, row, tasks, config, scale))
+            while pending and (finetuning_done(pending[0]) or run == plan[-1][0]):
+                finish_finetuning(pending.pop(0), settings)
+                atomic_write_json(rows_path, rows)
     rows = [r for r in rows if r["run"] in wanted]
 
     full = [r for r in rows if r["fraction"] in (0.0, max(r["fraction"] for r in rows))]

@@ -95,6 +95,25 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
     assert all(r["finetune"]["seeds"] == "4,5" for r in rows)
 
 
+def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkeypatch):
+    """Each row is saved as soon as its fine-tuning ends: a failure in a later row loses nothing before it."""
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
+        if "mlm" in model_dir:
+            raise RuntimeError("fine-tuning failed")
+        return result(0.7)
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0))
+    monkeypatch.setattr(cp, "finetune", fake_finetune)
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/d")
+    with pytest.raises(RuntimeError):
+        cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1", out_dir=str(tmp_path),
+                                results_md="", ft_workers=1))
+    rows = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["run"] for r in rows] == ["random@0", "mlm@1"]  # both pre-trained
+    assert rows[0]["metrics"]["SST-2"]["results"]["eval_accuracy"] == 0.7 and "finetune" not in rows[1]
+
+
 def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_path, caplog):
     """--scale gpu: ELECTRA-Small on English Wikipedia, bf16 + compile, its recipes; --budget_scale
     multiplies the budget; every stage's time is estimated in the log before anything runs."""
@@ -183,8 +202,8 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
         rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
         with cp.finetune_pool(config) as pool:
             assert (pool is None) == (workers == 1)
-            cp.finish_finetuning([job for row in rows for job in cp.start_finetuning(pool, row, [task], config, scale)],
-                                 settings)
+            for started in [cp.start_finetuning(pool, row, [task], config, scale) for row in rows]:
+                cp.finish_finetuning(started, settings)
         figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"])
                         for r in rows])
         assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
