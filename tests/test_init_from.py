@@ -50,17 +50,24 @@ def test_a_vocab_txt_alone_is_a_tokenizer(converted, tmp_path):
     assert (a / "train.bin").read_bytes() == (b / "train.bin").read_bytes()
 
 
-def test_joint_training_continues_from_the_converted_models(converted, bert_id_features, tmp_path):
+def joint_model_from(init_from, converted, bert_id_features, tmp_path):
+    """A joint run's config and model started from init_from, its discriminator checked to hold the
+    converted checkpoint's weights and the run's identity to name both pre-trained models."""
     config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se"),
-                                        mode="joint", init_from=str(converted), **TINY)
+                                        mode="joint", init_from=str(init_from), **TINY)
     model, inputs = trainSpanElectra.build_model(config, features.PretrainingFeatures(config.features_dir))
-    tf = ElectraForPreTraining.from_pretrained(converted / "discriminator").state_dict()
+    reference = ElectraForPreTraining.from_pretrained(converted / "discriminator").state_dict()
     for name, value in model.discriminator.core.state_dict().items():
-        assert torch.equal(value, tf[name]), name
+        assert torch.equal(value, reference[name]), name
+    assert set(inputs) == {"init_generator_weights", "init_discriminator_weights"}
+    return config, model
+
+
+def test_joint_training_continues_from_the_converted_models(converted, bert_id_features, tmp_path):
+    config, model = joint_model_from(converted, converted, bert_id_features, tmp_path)
     gen = ElectraForMaskedLM.from_pretrained(converted / "generator").state_dict()
     assert torch.equal(model.generator.mlm.electra.encoder.layer[0].output.dense.weight,
                        gen["electra.encoder.layer.0.output.dense.weight"])
-    assert set(inputs) == {"init_generator_weights", "init_discriminator_weights"}
     trainSpanElectra.main(config)
     rows = [r for r in map(json.loads, (tmp_path / "se" / "metrics.jsonl").read_text().splitlines())
             if "step" in r and "split" not in r and "event" not in r]
@@ -133,10 +140,4 @@ def test_plain_transformers_electra_folders_are_recognised(converted, bert_id_fe
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
             (plain / kind / name).write_bytes((converted / kind / name).read_bytes())
         assert not (plain / kind / "span_electra.json").exists()
-    config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se"),
-                                        mode="joint", init_from=str(plain), **TINY)
-    model, inputs = trainSpanElectra.build_model(config, features.PretrainingFeatures(config.features_dir))
-    reference = ElectraForPreTraining.from_pretrained(converted / "discriminator").state_dict()
-    for name, value in model.discriminator.core.state_dict().items():
-        assert torch.equal(value, reference[name]), name
-    assert set(inputs) == {"init_generator_weights", "init_discriminator_weights"}
+    joint_model_from(plain, converted, bert_id_features, tmp_path)
