@@ -155,7 +155,7 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
     next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
     stages = []
     compile_seconds = scale["compile_seconds"] if config.compile else 0
-    speed = scale["flops_per_second"]
+    speed, workers = scale["flops_per_second"], ft_workers(config)
     for run, recipe, fraction in wanted:
         row = next((r for r in rows if r["run"] == run), None)
         if row is None and recipe is not None:
@@ -167,7 +167,7 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
                 seconds = budget / speed["mlm" if recipe["kind"] == "mlm" else "joint"] + compile_seconds
             stages.append((f"pre-train {run}", seconds, False))
         if row is None or row.get("finetune") != settings:
-            stages.append((f"fine-tune {run}", finetune_seconds(settings, scale, ft_workers(config)), ft_workers(config) > 1))
+            stages.append((f"fine-tune {run}", finetune_seconds(settings, scale, workers), workers > 1))
     last_ft = next((i for i in range(len(stages) - 1, -1, -1) if stages[i][0].startswith("fine-tune")), None)
     if last_ft is not None:  # nothing pre-trains beside the last fine-tuning
         stages[last_ft] = stages[last_ft][:2] + (False,)
