@@ -158,14 +158,29 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
     # Lay candidate spans along the words of each row: gap, span, gap, span, ...
     coverage = min(0.95, oversample * mask_ratio)
     mean_gap = max(1.0, span_lengths.mean * (1 - coverage) / coverage)
-    M = math.ceil(int(num_words.max()) / (mean_gap + span_lengths.mean) * 1.5) + 3
+    cycle = mean_gap + span_lengths.mean
+    # The process starts `warm_up` words before the row (at a random phase) and only its part inside
+    # the row is used: every word is then covered alike. Started at the row's first word, the first
+    # cycle of every row was mostly gap, so the first ~10 words were masked about half as often, and
+    # a discriminator learned that position prior (AUC 0.54 from position alone at 64 tokens).
+    warm_up = math.ceil(3 * cycle)
+    M = math.ceil((int(num_words.max()) + warm_up) / cycle * 1.5) + 3
     lengths = span_lengths.sample(rng, (B, M))
     gaps = rng.geometric(1.0 / mean_gap, size=(B, M))
-    # the first span starts uniformly within one gap+span cycle (the renewal process in equilibrium),
-    # and always inside the row, so even a short row has a candidate
-    gaps[:, 0] = np.floor(rng.random(B) * np.minimum(num_words, mean_gap + span_lengths.mean))
-    starts = np.cumsum(gaps + lengths, axis=1) - lengths
-    valid = starts < num_words[:, None]
+    gaps[:, 0] = np.floor(rng.random(B) * cycle)
+    starts = np.cumsum(gaps + lengths, axis=1) - lengths - warm_up
+    # a span that straddles the row's start keeps its words inside the row (geometric lengths are
+    # memoryless, so what is left has the same distribution)
+    lengths = lengths + np.minimum(starts, 0)
+    starts = np.maximum(starts, 0)
+    valid = (lengths > 0) & (starts < num_words[:, None])
+    # a short row still gets a candidate: its first span, wherever the process put it
+    lone = ~valid.any(1) & (num_words > 0)
+    if lone.any():
+        starts[lone, 0] = np.floor(rng.random(int(lone.sum())) * num_words[lone])
+        lengths[lone, 0] = span_lengths.sample(rng, (int(lone.sum()),))
+        valid[lone, 0] = True
+    lengths = np.maximum(lengths, 1)
     first = np.minimum(words["offset"][:, None] + starts, len(words["start"]) - 1)  # flat word index
     last = np.minimum(first + lengths, words["run_end"][first]) - 1  # a span stays inside its run of words
     tokens = np.where(valid, words["end"][last] - words["start"][first], 0)

@@ -41,6 +41,20 @@ def test_span_length_distribution():
     assert masking.span_length_distribution(0.5, 1).tolist() == [1.0]
 
 
+def test_every_position_is_masked_alike(bpe_feat):
+    """SpanBERT masks every word alike. The candidate spans' renewal process once started at each
+    row's first word, so positions 1-5 were masked at a third of the rate and a discriminator
+    could score replaced tokens by position alone."""
+    feats, ids = masked_rows(bpe_feat[0], "train", 2000)
+    masker = feats.masker(argument.MaskingArgs())
+    masked = np.concatenate([masker(ids, np.random.default_rng(seed))["labels"] != IGNORE for seed in range(4)])
+    rate = masked.mean(0)
+    middle = rate[20:100].mean()
+    assert abs(middle - 0.15) < 0.015
+    assert np.all(np.abs(rate[1:12] - middle) < 0.025), rate[1:12]  # was 0.05-0.09 against 0.15
+    assert abs(rate[1:6].mean() - middle) < 0.015
+
+
 # ---------------------------------------------------------------- ratios and lengths
 @pytest.mark.parametrize("which", ["bpe", "bert"])
 def test_span_mask_ratio_and_span_lengths(which, bpe_feat, bert_feat):
