@@ -6,7 +6,9 @@ discriminator's probability that each token was replaced.
 OUT is a training out_dir (holding generator/ and/or discriminator/) or one of those folders.
 Words inside [[ ]] are masked; with no marks, random spans are masked as in training. The
 discriminator scores the text as given, so corrupt a sentence by hand to see what it catches.
-From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.detect(text)`.
+A generator trained here also shows its span-boundary head's fills (from the two tokens just
+outside each span): early in training they follow the context before the MLM head's do.
+From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(text); ex.detect(text)`.
 """
 import os
 import re
@@ -19,7 +21,7 @@ from argument import MaskingArgs, explore_args, run_main
 from masking import IGNORE_INDEX, Masker, word_start_table
 from tokenization import SPECIAL_TOKENS, load_segmenter, read_tokenizer_info
 from io_utils import SpanElectraError
-from modelling_span_electra import load_weights, saved_kind
+from modelling_span_electra import load_generator, load_weights, read_head_config, saved_kind
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
 
@@ -46,7 +48,13 @@ class Explorer:
         tok_dir = self.gen_dir or self.disc_dir
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         self.segment = load_segmenter(read_tokenizer_info(tok_dir)["word_segmenter"]) or (lambda s: s)
-        self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval() if self.gen_dir else None
+        self.generator, self.sbo = None, None
+        if self.gen_dir and saved_kind(self.gen_dir) == "generator" and \
+                read_head_config(self.gen_dir, "generator", "model_dir").get("use_sbo"):
+            full = load_generator(self.gen_dir, "model_dir").eval()  # its span-boundary head too
+            self.generator, self.sbo = full.mlm, full.sbo
+        elif self.gen_dir:
+            self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval()
         self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
             if self.disc_dir else None
 
@@ -93,6 +101,26 @@ class Explorer:
         return rows
 
     @torch.no_grad()
+    def fill_from_boundaries(self, text, top_k=5, seed=0):
+        """Like fill, from the generator's span-boundary head: each masked token predicted from the
+        two tokens just outside its span and its place in the span (SpanBERT's SBO); None without one."""
+        if self.sbo is None:
+            return None
+        ids, corrupted, masked = self._encode_marked(text, seed)
+        hidden = self.generator.electra(input_ids=corrupted[None]).last_hidden_state
+        slots = np.flatnonzero(masked)
+        starts = [t for t in slots if t == 0 or not masked[t - 1]]
+        start = np.array([max(s for s in starts if s <= t) for t in slots])
+        after = np.append(masked, False)  # the first unmasked token after each span ([SEP] at the latest)
+        end = np.array([t + np.argmin(after[t:]) for t in start])
+        as_row = lambda a: torch.tensor(np.asarray(a, dtype=np.int64))[None]
+        states = self.sbo(hidden, as_row(start - 1), as_row(end), as_row(slots - start))
+        probs = self.generator.generator_lm_head(self.generator.generator_predictions(states))[0].softmax(-1)
+        return [(self.tokenizer.convert_ids_to_tokens(int(ids[t])),
+                 [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(*probs[k].topk(top_k))])
+                for k, t in enumerate(slots)]
+
+    @torch.no_grad()
     def detect(self, text):
         """[(token, probability it was replaced), ...] for the text as given."""
         if self.discriminator is None:
@@ -110,14 +138,29 @@ def show_token(tokenizer, token):
     return text.replace("##", "") or token
 
 
-def fills_note(tokenizer, rows):
+def fills_note(tokenizer, rows, head="generator"):
     """A newcomer's reading of the fills: the same first guess at every masked position means the
-    generator predicts word frequencies, not yet the context (an early or small generator does)."""
+    head predicts word frequencies, not yet the context (an early or small generator does)."""
     firsts = {fills[0][0] for _, fills in rows if fills}
     if len(rows) > 1 and len(firsts) == 1:
-        return [f"  (the same first guess, '{show_token(tokenizer, firsts.pop())}', at every masked position: this "
-                "generator fills from word frequencies, not yet from the context; it needs more training)"]
+        return [f"  (the same first guess, '{show_token(tokenizer, firsts.pop())}', at every masked position: the "
+                f"{head} fills from word frequencies, not yet from the context; it needs more training)"]
     return []
+
+
+def boundary_note(tokenizer, mlm_rows, sbo_rows):
+    """Says when the span-boundary head already reads the context and the MLM head does not yet: it
+    sees the neighbouring words directly, while attention takes many more steps to find them."""
+    sbo_firsts = {fills[0][0] for _, fills in sbo_rows if fills}
+    if fills_note(tokenizer, mlm_rows) and len(sbo_firsts) > 1:
+        return ["  (the span-boundary head's guesses change with the words around each span: it has learned "
+                "from the context, the MLM head not yet)"]
+    return []
+
+
+def fill_lines(tokenizer, rows):
+    return [f"  {show_token(tokenizer, original):>16} -> " + "  ".join(f"{show_token(tokenizer, t)} {p:.2f}"
+                                                                      for t, p in fills) for original, fills in rows]
 
 
 def report(explorer, text, top_k=5, seed=0):
@@ -125,12 +168,19 @@ def report(explorer, text, top_k=5, seed=0):
     lines = []
     plain = " ".join(MARK.sub(lambda m: m.group(1), text).split())
     if explorer.generator is not None:
-        lines.append(f"generator fills for: {text}")
         rows = explorer.fill(text, top_k, seed)
-        for original, fills in rows:
-            shown = "  ".join(f"{show_token(explorer.tokenizer, t)} {p:.2f}" for t, p in fills)
-            lines.append(f"  {show_token(explorer.tokenizer, original):>16} -> {shown}")
-        lines += fills_note(explorer.tokenizer, rows)
+        sbo_rows = explorer.fill_from_boundaries(text, top_k, seed)
+        head = "generator" if sbo_rows is None else "MLM head"
+        lines.append(f"generator fills for: {text}")
+        if sbo_rows is not None:
+            lines.append("  MLM head (the whole sentence, through attention):")
+        lines += fill_lines(explorer.tokenizer, rows)
+        lines += fills_note(explorer.tokenizer, rows, head)
+        if sbo_rows is not None:
+            lines.append("  span-boundary head (the two words just outside the span, and the place in it):")
+            lines += fill_lines(explorer.tokenizer, sbo_rows)
+            lines += fills_note(explorer.tokenizer, sbo_rows, "span-boundary head")
+            lines += boundary_note(explorer.tokenizer, rows, sbo_rows)
     if explorer.discriminator is not None:
         lines.append(f"discriminator P(replaced) for: {plain}")
         scored = explorer.detect(plain)

@@ -125,8 +125,8 @@ class SpanElectraGenerator(nn.Module):
         out = {"logits": logits, "targets": masked_lm_ids, "weights": masked_lm_weights}
         out["mlm_loss"] = out["loss"] = self.slot_loss(logits, masked_lm_ids, masked_lm_weights)
         if self.sbo is not None:
-            sbo_logits = self.decode(self.sbo(hidden, boundary_left, boundary_right, span_position)).float()
-            out["sbo_loss"] = self.slot_loss(sbo_logits, masked_lm_ids, masked_lm_weights)
+            out["sbo_logits"] = self.decode(self.sbo(hidden, boundary_left, boundary_right, span_position)).float()
+            out["sbo_loss"] = self.slot_loss(out["sbo_logits"], masked_lm_ids, masked_lm_weights)
             out["loss"] = out["loss"] + out["sbo_loss"]
         return out
 

@@ -54,7 +54,7 @@ def main(config: pipeline_args = None):
     timings["masking_check"] = time.time() - start
 
     common = dict(features_dir=feat_dir, model_size=config.model_size, train_batch_size=config.train_batch_size,
-                  learning_rate=config.learning_rate, seed=config.seed, log_every=25, eval_batches=4,
+                  learning_rate=config.learning_rate, seed=config.seed, log_every=25, eval_batches=8,
                   overwrite_output_dir=True)  # a re-run of the pipeline replaces the previous one
     start = time.time()
     gen_dir = None
@@ -111,6 +111,10 @@ def learning_lines(finals):
                    else "not yet above the frequency baseline; train longer")
         lines.append(f"  generator valid: MLM accuracy {100 * acc:.1f}% (always predicting the most frequent token: "
                      f"{100 * base:.1f}%; {acc / max(base, 1e-9):.1f}x) -> {verdict}")
+        if "sbo_accuracy" in gen:
+            sbo = gen["sbo_accuracy"]
+            lines.append(f"  generator valid: span-boundary head accuracy {100 * sbo:.1f}% ({sbo / max(base, 1e-9):.1f}x "
+                         "the same baseline; it predicts each masked token from the two tokens just outside its span)")
     disc = finals.get("discriminator")
     if disc:
         auc = disc["disc_auc"]

@@ -85,8 +85,10 @@ def main(config: MLM_trainingConfig = None):
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
-            logger.info("step %d valid: mlm_loss %.4f, mlm_accuracy %.4f (always the most frequent token: %.4f)",
-                        step, row["mlm_loss"], row["mlm_accuracy"], row["mlm_baseline_accuracy"])
+            logger.info("step %d valid: mlm_loss %.4f, mlm_accuracy %.4f%s (always the most frequent token: %.4f)",
+                        step, row["mlm_loss"], row["mlm_accuracy"],
+                        f", sbo_accuracy {row['sbo_accuracy']:.4f}" if "sbo_accuracy" in row else "",
+                        row["mlm_baseline_accuracy"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()

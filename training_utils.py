@@ -594,6 +594,9 @@ def generator_metrics(out, batch, baseline_token=None):
                "mean_span_length": masked / (w * (batch["span_position"] == 0)).sum().clamp(min=1)}
     if "sbo_loss" in out:
         metrics["sbo_loss"] = out["sbo_loss"].detach()
+        # the span-boundary head reads the states next to each span directly, so it learns from the
+        # neighbouring words long before the MLM head's attention finds them (seen on CPU)
+        metrics["sbo_accuracy"] = (w * (out["sbo_logits"].argmax(-1) == targets)).sum() / masked.clamp(min=1)
     if baseline_token is not None:
         metrics["mlm_baseline_accuracy"] = (w * (targets == baseline_token)).sum() / masked.clamp(min=1)
     return metrics

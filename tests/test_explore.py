@@ -56,7 +56,8 @@ def test_detect_scores_every_token_and_report_is_readable(en_models):
     assert "".join(explore_SE.show_token(ex.tokenizer, t) for t, _ in scored) == "Thecatsatonthemat."
     assert all(0 < p < 1 for _, p in scored)
     lines = explore_SE.report(ex, "The cat sat on the [[ house ]] .", top_k=2)
-    assert lines[0].startswith("generator fills for") and " -> " in lines[1]
+    assert lines[0].startswith("generator fills for") and lines[1].startswith("  MLM head") and " -> " in lines[2]
+    assert lines[3].startswith("  span-boundary head") and " -> " in lines[4]
     assert lines[-2].startswith("discriminator P(replaced) for: The cat sat on the house .")
     assert "\u0120" not in "\n".join(lines)  # byte-level BPE markers are decoded
 
@@ -88,3 +89,53 @@ def test_frequency_level_fills_are_called_so():
     assert "'the'" in explore_SE.fills_note(Tok(), same)[0]
     varied = [("January", [("March", 0.2)]), ("2011", [("2010", 0.3)])]
     assert explore_SE.fills_note(Tok(), varied) == [] and explore_SE.fills_note(Tok(), same[:1]) == []
+
+
+def test_boundary_fills_read_the_words_around_each_span(en_models):
+    """The span-boundary head gets, for every masked token, the token before its span, the token
+    after it and its place in the span; its top fills are what those states decode to."""
+    ex = explore_SE.Explorer(str(en_models))
+    text = "The [[ game ]] was released in [[ January 2011 ]] in Japan ."
+    ids, _, masked = ex._encode_marked(text, 0)
+    seen = {}
+    real_sbo = ex.sbo
+
+    def spy(hidden, left, right, position):
+        seen.update(left=left[0].tolist(), right=right[0].tolist(), position=position[0].tolist())
+        return real_sbo(hidden, left, right, position)
+    ex.sbo = spy
+    rows = ex.fill_from_boundaries(text, top_k=3)
+    slots = [i for i, m in enumerate(masked) if m]
+    tokens = ex.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+    game, january = slots[0], slots[1]
+    assert [explore_SE.show_token(ex.tokenizer, t) for t, _ in rows] == \
+        [explore_SE.show_token(ex.tokenizer, tokens[t]) for t in slots]
+    assert seen["left"] == [game - 1] + [january - 1] * (len(slots) - 1)  # 'The', then 'in'
+    assert seen["right"] == [game + 1] + [slots[-1] + 1] * (len(slots) - 1)  # 'was', then the second 'in'
+    assert seen["position"] == [0] + list(range(len(slots) - 1))
+    assert all(len(fills) == 3 for _, fills in rows)
+
+
+def test_no_boundary_fills_without_the_head(en_models, tmp_path):
+    """A plain transformers generator (a converted ELECTRA, an export) has no span-boundary head:
+    the explorer shows the MLM fills alone."""
+    from transformers import ElectraForMaskedLM
+    ElectraForMaskedLM.from_pretrained(str(en_models / "generator")).save_pretrained(str(tmp_path / "plain"))
+    for path in (en_models / "generator").iterdir():  # the tokenizer's files, not the span heads
+        if not path.name.startswith(("span_", "model.", "config.")):
+            (tmp_path / "plain" / path.name).write_bytes(path.read_bytes())
+    ex = explore_SE.Explorer(generator_dir=str(tmp_path / "plain"))
+    assert ex.sbo is None and ex.fill_from_boundaries("It was [[ released ]] .") is None
+    lines = explore_SE.report(ex, "It was [[ released ]] .", top_k=2)
+    assert " -> " in lines[1] and not any("span-boundary" in line for line in lines)
+
+
+def test_boundary_note_only_when_the_heads_disagree():
+    class Tok:
+        def convert_tokens_to_string(self, tokens):
+            return " ".join(tokens)
+    same = [("x", [("the", 0.1)]), ("y", [("the", 0.1)])]
+    varied = [("x", [("the", 0.3)]), ("y", [("first", 0.1)])]
+    assert "learned from the context" in explore_SE.boundary_note(Tok(), same, varied)[0]
+    assert explore_SE.boundary_note(Tok(), same, same) == []
+    assert explore_SE.boundary_note(Tok(), varied, varied) == []
