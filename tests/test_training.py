@@ -306,3 +306,21 @@ def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator
                                              train_batch_size=32, learning_rate=2e-3, seed=5, init_from=init))
         first[name] = rows(out)[0]["mlm_loss"]
     assert first["continued"] < first["fresh"] - 1.0, first
+
+
+def test_pipeline_summary_says_each_figure_against_its_baseline():
+    """The main job's closing lines: accuracy as a multiple of the frequency baseline (the MLM head's
+    and the span-boundary head's), disc_auc against chance, each with its verdict in words."""
+    import run_pipeline
+    finals = {"generator": {"mlm_accuracy": 0.116, "mlm_baseline_accuracy": 0.042, "sbo_accuracy": 0.105},
+              "discriminator": {"disc_auc": 0.567, "rtd_loss": 0.3671, "rtd_base_loss": 0.3738,
+                                "disc_precision": 0.0, "disc_recall": 0.0}}
+    mlm, sbo, disc = run_pipeline.learning_lines(finals)
+    assert "MLM accuracy 11.6% (always predicting the most frequent token: 4.2%; 2.8x)" in mlm
+    assert "learned more than word frequencies" in mlm
+    assert "span-boundary head accuracy 10.5% (2.5x" in sbo
+    assert "disc_auc 0.567 (chance: 0.5) -> tells replaced tokens from originals" in disc
+    finals["generator"].update(mlm_accuracy=0.05, sbo_accuracy=0.04)
+    finals["discriminator"]["disc_auc"] = 0.52
+    mlm, _, disc = run_pipeline.learning_lines(finals)
+    assert "not yet above the frequency baseline" in mlm and "near chance" in disc
