@@ -18,10 +18,10 @@ import torch
 from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
 
 from argument import MaskingArgs, explore_args, run_main
-from masking import IGNORE_INDEX, Masker, word_start_table
+from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
 from tokenization import SPECIAL_TOKENS, load_segmenter, read_tokenizer_info
 from io_utils import SpanElectraError
-from modelling_span_electra import load_generator, load_weights, read_head_config, saved_kind
+from modelling_span_electra import load_generator, load_weights, saved_heads, saved_kind
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
 
@@ -48,11 +48,10 @@ class Explorer:
         tok_dir = self.gen_dir or self.disc_dir
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         self.segment = load_segmenter(read_tokenizer_info(tok_dir)["word_segmenter"]) or (lambda s: s)
-        self.generator, self.sbo = None, None
-        if self.gen_dir and saved_kind(self.gen_dir) == "generator" and \
-                read_head_config(self.gen_dir, "generator", "model_dir").get("use_sbo"):
-            full = load_generator(self.gen_dir, "model_dir").eval()  # its span-boundary head too
-            self.generator, self.sbo = full.mlm, full.sbo
+        self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
+        if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
+            self.span_generator = load_generator(self.gen_dir, "model_dir").eval()
+            self.generator = self.span_generator.mlm
         elif self.gen_dir:
             self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval()
         self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
@@ -86,39 +85,39 @@ class Explorer:
         corrupted = np.where(masked, self.tokenizer.mask_token_id, ids)
         return torch.tensor(ids), torch.tensor(corrupted), masked
 
+    def _top_fills(self, ids, positions, probs, top_k):
+        """[(original token, [(fill, probability), ...]), ...]: probs[k] is the distribution at positions[k]."""
+        return [(self.tokenizer.convert_ids_to_tokens(int(ids[t])),
+                 [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(*p.topk(top_k))])
+                for t, p in zip(positions, probs)]
+
     @torch.no_grad()
     def fill(self, text, top_k=5, seed=0):
         """[(original token, [(fill, probability), ...]), ...] for every masked token."""
         if self.generator is None:
             raise SpanElectraError("model_dir: no generator saved there")
         ids, corrupted, masked = self._encode_marked(text, seed)
+        positions = np.flatnonzero(masked)
         probs = self.generator(input_ids=corrupted[None]).logits[0].softmax(-1)
-        rows = []
-        for t in np.flatnonzero(masked):
-            p, idx = probs[t].topk(top_k)
-            rows.append((self.tokenizer.convert_ids_to_tokens(int(ids[t])),
-                         [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(p, idx)]))
-        return rows
+        return self._top_fills(ids, positions, probs[positions], top_k)
 
     @torch.no_grad()
     def fill_from_boundaries(self, text, top_k=5, seed=0):
         """Like fill, from the generator's span-boundary head: each masked token predicted from the
-        two tokens just outside its span and its place in the span (SpanBERT's SBO); None without one."""
-        if self.sbo is None:
+        two tokens just outside its span and its place in the span (SpanBERT's SBO); None without one.
+        The span fields come from the same masking code as in training, the logits from its forward."""
+        if self.span_generator is None:
             return None
         ids, corrupted, masked = self._encode_marked(text, seed)
-        hidden = self.generator.electra(input_ids=corrupted[None]).last_hidden_state
-        slots = np.flatnonzero(masked)
-        starts = [t for t in slots if t == 0 or not masked[t - 1]]
-        start = np.array([max(s for s in starts if s <= t) for t in slots])
-        after = np.append(masked, False)  # the first unmasked token after each span ([SEP] at the latest)
-        end = np.array([t + np.argmin(after[t:]) for t in start])
-        as_row = lambda a: torch.tensor(np.asarray(a, dtype=np.int64))[None]
-        states = self.sbo(hidden, as_row(start - 1), as_row(end), as_row(slots - start))
-        probs = self.generator.generator_lm_head(self.generator.generator_predictions(states))[0].softmax(-1)
-        return [(self.tokenizer.convert_ids_to_tokens(int(ids[t])),
-                 [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(*probs[k].topk(top_k))])
-                for k, t in enumerate(slots)]
+        if not masked.any():
+            return []
+        edges = np.diff(np.concatenate([[0], masked.astype(np.int8), [0]]))  # +1 at a span's start, -1 past its end
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        spans = {"row": np.zeros(len(starts), dtype=np.int64), "start": starts, "end": ends, "words": None}
+        batch = batch_from_spans(ids.numpy()[None], corrupted.numpy()[None], spans)
+        slots = {k: torch.from_numpy(v) for k, v in prediction_slots(batch, int(masked.sum())).items()}
+        probs = self.span_generator(**slots)["sbo_logits"][0].softmax(-1)
+        return self._top_fills(ids, slots["masked_lm_positions"][0], probs, top_k)
 
     @torch.no_grad()
     def detect(self, text):

@@ -406,7 +406,8 @@ def find_pretrained(directory, kind):
     return None
 
 
-def _saved_heads(path, kind, flag):
+def saved_heads(path, kind, flag):
+    """Whether a folder saved by this project holds `kind`'s heads with `flag` on (e.g. use_sbo)."""
     return saved_kind(path) == kind and read_head_config(path, kind, "init_from").get(flag)
 
 
@@ -415,7 +416,7 @@ def load_pretrained_generator(path, use_sbo, field="init_from"):
     fresh head otherwise). Returns (generator, what was loaded, in words)."""
     generator = SpanElectraGenerator(None, use_sbo, mlm=load_weights(ElectraForMaskedLM, path, field))
     loaded = "generator"
-    if use_sbo and _saved_heads(path, "generator", "use_sbo"):
+    if use_sbo and saved_heads(path, "generator", "use_sbo"):
         _load_heads({"sbo": generator.sbo}, path)
         loaded += " and its SBO head"
     elif use_sbo:
@@ -429,7 +430,7 @@ def load_pretrained_discriminator(path, use_all_token, use_span_head, field="ini
     core = load_weights(ElectraForPreTraining, path, field)
     discriminator = SpanElectraDiscriminator(core.config, use_all_token, use_span_head, core=core)
     loaded = "discriminator"
-    if use_span_head and _saved_heads(path, "discriminator", "use_span_head"):
+    if use_span_head and saved_heads(path, "discriminator", "use_span_head"):
         _load_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, path)
         loaded += " and its span head"
     elif use_span_head:

@@ -98,12 +98,11 @@ def test_boundary_fills_read_the_words_around_each_span(en_models):
     text = "The [[ game ]] was released in [[ January 2011 ]] in Japan ."
     ids, _, masked = ex._encode_marked(text, 0)
     seen = {}
-    real_sbo = ex.sbo
 
-    def spy(hidden, left, right, position):
+    def spy(head, args):  # SpanBoundaryHead.forward(hidden, left, right, position)
+        _, left, right, position = args
         seen.update(left=left[0].tolist(), right=right[0].tolist(), position=position[0].tolist())
-        return real_sbo(hidden, left, right, position)
-    ex.sbo = spy
+    ex.span_generator.sbo.register_forward_pre_hook(spy)
     rows = ex.fill_from_boundaries(text, top_k=3)
     slots = [i for i, m in enumerate(masked) if m]
     tokens = ex.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
@@ -125,7 +124,7 @@ def test_no_boundary_fills_without_the_head(en_models, tmp_path):
         if not path.name.startswith(("span_", "model.", "config.")):
             (tmp_path / "plain" / path.name).write_bytes(path.read_bytes())
     ex = explore_SE.Explorer(generator_dir=str(tmp_path / "plain"))
-    assert ex.sbo is None and ex.fill_from_boundaries("It was [[ released ]] .") is None
+    assert ex.span_generator is None and ex.fill_from_boundaries("It was [[ released ]] .") is None
     lines = explore_SE.report(ex, "It was [[ released ]] .", top_k=2)
     assert " -> " in lines[1] and not any("span-boundary" in line for line in lines)
 
