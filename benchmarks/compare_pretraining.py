@@ -36,6 +36,7 @@ import finetune_SE  # noqa: E402
 import process  # noqa: E402
 import trainMLM_SpanElectra  # noqa: E402
 import trainSpanElectra  # noqa: E402
+import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MLM_trainDataArgs,  # noqa: E402
                       MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args, feature_args,
                       finetune_args, run_main, tok_args)
@@ -408,8 +409,7 @@ def ft_workers(config):
     """Fine-tuning processes at once: config.ft_workers, or (0) 8 on a GPU and 1 on the CPU."""
     if config.ft_workers:
         return config.ft_workers
-    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
-    return 8 if on_gpu else 1
+    return 8 if tu.resolve_device(config.device).type == "cuda" else 1
 
 
 def ft_out_dir(config, row, task, probe):
