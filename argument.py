@@ -310,7 +310,7 @@ class TrainingConfig(Config):
     device: str = _help("'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", default="auto")
     bf16: bool = _help("bf16 autocast (CUDA, or CPUs with fast bf16)", default=False)
     compile: bool = _help("torch.compile the model", default=False)
-    num_workers: int = _help("DataLoader worker processes that mask batches ahead of the step (-1: 4 on a GPU, "
+    num_workers: int = _help("DataLoader worker processes that mask batches ahead of the step (-1: 1 on a GPU, "
                              "0 on the CPU)", default=-1)
 
     def validate(self):
