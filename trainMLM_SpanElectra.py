@@ -78,7 +78,8 @@ def main(config: MLM_trainingConfig = None):
         bar.update(1)
 
         if step % config.log_every == 0 or step == config.max_steps:
-            row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
+            row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
+                   "data_wait_ms": stream.take_wait_ms()}
             tu.check_finite(row["loss"], step)
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")

@@ -143,7 +143,8 @@ def main(config: SE_trainingConfig = None):
         bar.update(1)
 
         if step % config.log_every == 0 or step == config.max_steps:
-            row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate()}
+            row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
+                   "data_wait_ms": stream.take_wait_ms()}
             row.setdefault("loss", row["disc_loss"])
             tu.check_finite(row["loss"], step)
             log.write(row)

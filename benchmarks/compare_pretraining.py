@@ -130,7 +130,7 @@ def curve_every(steps, points=10):
 
 
 def pretraining_record(out_dir, batch, seq_len=128):
-    """Tokens seen, the median logged tokens/s and the valid curves (MLM accuracy, disc_auc by step) of
+    """Tokens seen, the median logged tokens/s and data wait per batch, and the valid curves (MLM accuracy, disc_auc by step) of
     the runs under out_dir."""
     record = {"tokens": 0, "curves": {}}
     for root, _, files in os.walk(out_dir):
@@ -140,9 +140,10 @@ def pretraining_record(out_dir, batch, seq_len=128):
             rows = [json.loads(line) for line in f if line.strip()]
         train_steps = [r["step"] for r in rows if "step" in r and "split" not in r and "event" not in r]
         record["tokens"] += max(train_steps, default=0) * batch * seq_len
-        speeds = sorted(r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r and "split" not in r)
-        if speeds:  # the median logged speed: the first window holds the compilation
-            record.setdefault("tokens_per_sec", {})[os.path.relpath(root, out_dir)] = speeds[len(speeds) // 2]
+        for key in ("tokens_per_sec", "data_wait_ms"):  # medians: the first window holds the compilation
+            values = sorted(r[key] for r in rows if key in r and "split" not in r)
+            if values:
+                record.setdefault(key, {})[os.path.relpath(root, out_dir)] = values[len(values) // 2]
         for key in ("mlm_accuracy", "disc_auc"):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:

@@ -2,7 +2,7 @@
 # The issue-13 comparison on one GPU in two device calls, plus the CUDA checks of the whole suite.
 # DATA holds enwiki.{train,valid}.txt.xz and GLUE SST-2/, MRPC/ (copies of ../shared/data, which
 # does not travel); OUT receives the logs and the small result files.
-#   phase 1: whole test suite with CUDA visible (xdist, in the background), the main job on CUDA
+#   phase 1: tests/test_gpu.py (SUITE=all: the whole suite with xdist) in the background, the main job on CUDA
 #            (background), and the comparison's random-init and MLM rows (features built here)
 #   phase 2: the rest of the comparison (ELECTRA, SpanElectra joint) and its table, JSON and plot
 #            (about 7.5 min at the speeds measured on 2026-11-26: give the call 580 s)
@@ -23,8 +23,9 @@ strip_bars() {  # log lines only: tqdm's redraws go, a log line written after a 
 }
 
 if [ "$PHASE" = 1 ]; then
-    (OMP_NUM_THREADS=2 timeout "${SUITE_TIMEOUT:-330}" python3 -m pytest -q -p no:cacheprovider -n 4 --dist loadfile \
-        tests --durations=15 2>&1 | strip_bars > "$OUT/suite.log") &
+    if [ "${SUITE:-gpu}" = all ]; then SUITE_ARGS=(-n 4 --dist loadfile tests); else SUITE_ARGS=(tests/test_gpu.py); fi
+    (OMP_NUM_THREADS=2 timeout "${SUITE_TIMEOUT:-330}" python3 -m pytest -q -p no:cacheprovider "${SUITE_ARGS[@]}" \
+        --durations=15 2>&1 | strip_bars > "$OUT/suite.log") &
     (timeout "${PIPELINE_TIMEOUT:-300}" python3 run_pipeline.py --out_dir /tmp/pipeline_cuda 2>&1 | strip_bars \
         > "$OUT/pipeline.log") &
     timeout "${COMPARE_TIMEOUT:-330}" "${COMPARE[@]}" --recipes random,mlm --results_md "" 2>&1 | strip_bars > "$OUT/compare1.log"
@@ -32,6 +33,7 @@ if [ "$PHASE" = 1 ]; then
 else
     timeout "${COMPARE_TIMEOUT:-560}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
     cp benchmarks/compare_gpu.png "$OUT/" 2>/dev/null
+    for run in electra se_joint; do cp "$CMP_OUT/runs/$run@1/metrics.jsonl" "$OUT/$run.metrics.jsonl" 2>/dev/null; done
     python3 - "$OUT" <<'PY'
 import re, sys
 text = open("benchmarks/RESULTS.md", encoding="utf-8").read()

@@ -198,3 +198,31 @@ def test_encode_without_mask_equals_electra_model():
         mask = torch.ones_like(ids)
         mask[0, 20:] = 0
         torch.testing.assert_close(mse.encode(electra, ids, mask), electra(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
+# ---------------------------------------------------------------- batches from the DataLoader workers
+def test_packed_batch_round_trips_every_dtype_and_shape():
+    batch = {"ids": torch.arange(15).view(3, 5), "weights": torch.tensor([[1.0, 0.5, 0.0]]),
+             "flags": torch.tensor([True, False, True]), "half": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+             "empty": torch.zeros(0, 4, dtype=torch.int32)}
+    packed = tu.pack_batch(batch)
+    assert packed.data.dtype == torch.uint8 and packed.data.dim() == 1  # one buffer for the whole batch
+    out = tu.unpack_batch(packed)
+    assert list(out) == list(batch)
+    for name, tensor in batch.items():
+        assert out[name].dtype == tensor.dtype and out[name].shape == tensor.shape
+        assert torch.equal(out[name], tensor), name
+
+
+def test_workers_hand_over_the_same_batches_in_order(bpe_feat):
+    dataset = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=0)
+    in_process, from_worker = tu.BatchStream(dataset, num_workers=0), tu.BatchStream(dataset, num_workers=1, index=2)
+    for _ in range(2):
+        next(in_process)
+    for _ in range(3):
+        a, b = next(in_process), next(from_worker)
+        assert list(a) == list(b)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    assert from_worker.state() == in_process.state() == {"epoch": 0, "index": 5}
+    assert from_worker.take_wait_ms() > 0 and from_worker.take_wait_ms() == 0  # read and reset
