@@ -478,7 +478,8 @@ CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min, 
     flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=0, ft_steps_per_second=12,
     prep_bytes_per_second=1e6)
 H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step comparison runs on enwiki (2026-11-26):
-    # MLM 6.8 PFLOP in 71 s; the joint steps 42-50 TFLOP/s (650-770k tokens/s, below the benchmark's 1.05M);
+    # MLM 6.8 PFLOP in 71 s; the joint steps 45-47 TFLOP/s (median 735-839k tokens/s, below the benchmark's
+    # 1.05M; session 6's run took 203 s and 195 s against this estimate's 207 s);
     # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of 51 MB of xz in 34 s
     flops_per_second={"mlm": 96e12, "joint": 45e12, "two_stage": 45e12}, compile_seconds=55, ft_steps_per_second=22,
     prep_bytes_per_second=1e6)

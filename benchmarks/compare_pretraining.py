@@ -258,18 +258,35 @@ def summary_cell(results, key):
     return f"{results[key]:.3f} [{results[key + '_min']:.3f}, {results[key + '_max']:.3f}]"
 
 
+COLLAPSED_AUC = 0.52  # a discriminator ending at chance: its encoder gives every token the same vector
+
+
+def pretraining_cells(row):
+    """Tokens seen and the last valid MLM accuracy and disc_auc of a row (blank where it has none); a
+    discriminator that ended at chance is marked collapsed, so its fine-tuning figures read as what they are."""
+    def last(metric):
+        values = [points[-1][1] for key, points in sorted(row.get("curves", {}).items()) if key.endswith(":" + metric)]
+        return values[-1] if values else None
+    accuracy, auc = last("mlm_accuracy"), last("disc_auc")
+    return [f"{row['tokens'] / 1e6:.1f}M" if row.get("tokens") else "",
+            "" if accuracy is None else f"{accuracy:.3f}",
+            "" if auc is None else f"{auc:.3f}" + (" (collapsed)" if auc <= COLLAPSED_AUC else "")]
+
+
 def markdown_table(rows, tasks):
     names = [os.path.basename(t.rstrip("/")) for t in tasks]
     probed = all("probe" in r for r in rows)
-    head = "| recipe | pre-training TFLOPs | pre-training time | " + " | ".join(
-        f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names) + "".join(
+    head = "| recipe | pre-training TFLOPs | tokens | pre-training time | valid MLM accuracy | valid disc_auc | " + \
+        " | ".join(f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names) + "".join(
         f" | {n} linear probe" for n in names if probed) + " |"
-    lines = [head, "|" + "---|" * (3 + len(names) * (2 if probed else 1))]
+    lines = [head, "|" + "---|" * (6 + len(names) * (2 if probed else 1))]
     for row in rows:
+        tokens, accuracy, auc = pretraining_cells(row)
         cells = [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
         if probed:
             cells += [f"{row['probe'][n]['results'][row['probe'][n]['key']]:.3f}" for n in names]
-        lines.append(f"| {row['label']} | {row['tflops']:.1f} | {row['seconds'] / 60:.1f} min | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['label']} | {row['tflops']:.1f} | {tokens} | {row['seconds'] / 60:.1f} min | {accuracy} | "
+                     f"{auc} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -24,11 +24,19 @@ def test_headline_metric_follows_glue():
 def test_table_and_results_section_are_rewritten_in_place(tmp_path):
     rows = [{"label": "random init", "tflops": 0.0, "seconds": 0.0,
              "metrics": {"SST-2": {"key": "eval_accuracy", "results": result(0.6)}}},
-            {"label": "MLM only", "tflops": 5.8, "seconds": 96.0,
-             "metrics": {"SST-2": {"key": "eval_accuracy", "results": result(0.66, 0.02)}}}]
+            {"label": "MLM only", "tflops": 5.8, "seconds": 96.0, "tokens": 1.5e6,
+             "curves": {".:mlm_accuracy": [[10, 0.1], [20, 0.25]]},
+             "metrics": {"SST-2": {"key": "eval_accuracy", "results": result(0.66, 0.02)}}},
+            {"label": "ELECTRA", "tflops": 5.8, "seconds": 120.0, "tokens": 1.2e6,
+             "curves": {".:mlm_accuracy": [[10, 0.19]], ".:disc_auc": [[5, 0.7], [10, 0.501]]},
+             "metrics": {"SST-2": {"key": "eval_accuracy", "results": result(0.5)}}}]
     table = cp.markdown_table(rows, ["data/glue/SST-2/"])
-    assert table.splitlines()[0] == "| recipe | pre-training TFLOPs | pre-training time | SST-2 accuracy |"
-    assert table.splitlines()[3] == "| MLM only | 5.8 | 1.6 min | 0.660 [0.640, 0.680] |"
+    assert table.splitlines()[0] == ("| recipe | pre-training TFLOPs | tokens | pre-training time | valid MLM accuracy | "
+                                     "valid disc_auc | SST-2 accuracy |")
+    assert table.splitlines()[2] == "| random init | 0.0 |  | 0.0 min |  |  | 0.600 [0.590, 0.610] |"
+    assert table.splitlines()[3] == "| MLM only | 5.8 | 1.5M | 1.6 min | 0.250 |  | 0.660 [0.640, 0.680] |"
+    # a discriminator that ended at chance is named, so its fine-tuning figures are read as a failed run
+    assert table.splitlines()[4] == "| ELECTRA | 5.8 | 1.2M | 2.0 min | 0.190 | 0.501 (collapsed) | 0.500 [0.490, 0.510] |"
 
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## Other\n\nkept\n", encoding="utf-8")
