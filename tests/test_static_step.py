@@ -226,3 +226,21 @@ def test_workers_hand_over_the_same_batches_in_order(bpe_feat):
             assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
     assert from_worker.state() == in_process.state() == {"epoch": 0, "index": 5}
     assert from_worker.take_wait_ms() > 0 and from_worker.take_wait_ms() == 0  # read and reset
+
+
+def test_profile_loop_accounts_for_the_loop_step(bpe_feat):
+    """benchmarks/profile_loop.py (a subprocess: it patches the loop's functions) times every phase of
+    trainSpanElectra.py's step; together they make up the step's wall time."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_loop.py"
+    out = subprocess.run([sys.executable, str(script), "--features_dir", str(bpe_feat[0]), "--model_size", "tiny",
+                          "--batch_size", "8", "--start", "3", "--steps", "4", "--no_compile", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    wall = float(re.search(r"window: steps 3-7, ([\d.]+) ms/step wall", out).group(1))
+    phases = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"host (\D+?)\s+([\d.]+) ms/step", out)}
+    assert {"model call", "backward", "optimizer step", "metrics", "wait for batch"} <= set(phases)
+    timed = float(re.search(r"phases above\s+([\d.]+) ms/step", out).group(1))
+    assert 0.5 * wall < timed <= wall * 1.01  # on the CPU the host does all the work
