@@ -40,13 +40,14 @@ import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MLM_trainDataArgs,  # noqa: E402
                       MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args, feature_args,
                       finetune_args, run_main, tok_args)
-from io_utils import atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
+from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from features import MLMDataset, PretrainingFeatures, SEDataset  # noqa: E402
 
 logger = logging.getLogger("span_electra")
 MARK_BEGIN, MARK_END = "<!-- compare_pretraining:begin -->", "<!-- compare_pretraining:end -->"
+DATA_FILE = "data.json"  # what out_dir's vocabulary and features were built from
 
 # ---------------------------------------------------------------- FLOPs of one step of each recipe
 def count_flops(fn):
@@ -240,8 +241,29 @@ def headline_metric(results):
 
 
 # ---------------------------------------------------------------- data
+def data_identity(config, scale):
+    """What out_dir's vocabulary and features are built from."""
+    return {"train_input": os.path.abspath(config.train_input), "valid_input": os.path.abspath(config.valid_input),
+            "vocab_size": scale["vocab_size"], "word_segmenter": scale.get("word_segmenter", "none")}
+
+
+def check_data_identity(config, scale):
+    """Stop when out_dir's vocabulary and features were built from other text or settings (a run reuses
+    them, and every cached row was pre-trained on them); record the identity on first use."""
+    path, wanted = os.path.join(config.out_dir, DATA_FILE), data_identity(config, scale)
+    if os.path.isfile(path):
+        held = json.load(open(path, encoding="utf-8"))
+        changed = [f"{k} {held.get(k)!r} -> {v!r}" for k, v in wanted.items() if held.get(k) != v]
+        if changed:
+            raise SpanElectraError(f"out_dir: '{config.out_dir}' holds the vocabulary and features of another corpus "
+                                   f"or setting ({'; '.join(changed)}); give a new --out_dir, or remove it to start over")
+    else:
+        atomic_write_json(path, wanted)
+
+
 def prepare_data(config, scale):
     """Vocabulary and features for the pre-training corpus (built once, reused by every recipe)."""
+    check_data_identity(config, scale)
     tok_dir = os.path.join(config.out_dir, "tok")
     feat_dir = os.path.join(config.out_dir, "features")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
@@ -352,6 +374,33 @@ def write_results_md(path, table, config, png, budget, elapsed):
 
 
 # ---------------------------------------------------------------- main
+def row_identity(name, fraction, config, scale, full_budget):
+    """What a row's model was pre-trained with: a cached row is reused only when all of it matches
+    (another seed, budget or size in the same out_dir pre-trains again)."""
+    recipe = RECIPES[name][1]
+    if recipe is None:
+        return {"model_size": scale["model_size"]}
+    identity = {"model_size": scale["model_size"], "budget_tflops": round(fraction * full_budget / 1e12, 3),
+                "batch": scale["batch"], "learning_rate": scale["learning_rate"], "seed": config.seed, "bf16": config.bf16}
+    if recipe["kind"] == "two_stage":
+        identity["gen_fraction"] = config.gen_fraction
+    return identity
+
+
+def cached_row(rows, run, identity):
+    """The row of `run` pre-trained as `identity` asks, or None; a row of the same run pre-trained
+    otherwise is dropped from rows (and said)."""
+    for row in list(rows):
+        if row["run"] == run and row.get("identity") == identity:
+            return row
+        if row["run"] == run:
+            changed = [f"{k} {row.get('identity', {}).get(k)!r} -> {v!r}" for k, v in identity.items()
+                       if row.get("identity", {}).get(k) != v]
+            logger.info("%s: cached with other settings (%s): pre-training it again", run, "; ".join(changed))
+            rows.remove(row)
+    return None
+
+
 def pretrain_row(name, fraction, config, paths, scale, full_budget):
     """Pre-train one run (or build the random model) and return its compare.json row."""
     label, recipe = RECIPES[name]
@@ -474,9 +523,11 @@ def main(config: compare_args = None):
     with finetune_pool(config) as pool:
         pending = []  # rows being fine-tuned, oldest first
         for run, _, fraction in plan:  # each finished stage is saved at once (a stop loses no finished row)
-            row = next((r for r in rows if r["run"] == run), None)
+            identity = row_identity(run.split("@")[0], fraction, config, scale, full_budget)
+            row = cached_row(rows, run, identity)
             if row is None:
-                row = pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget)
+                row = dict(pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget),
+                           identity=identity)
                 rows.append(row)
                 atomic_write_json(rows_path, rows)
             if row.get("finetune") != settings:  # a row fine-tuned otherwise keeps its model

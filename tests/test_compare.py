@@ -101,6 +101,24 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
         (str(tmp_path / "runs" / "random@0" / "discriminator"), "4,5"),
         (str(tmp_path / "runs" / "mlm@1" / "discriminator"), "4,5")]
     assert all(r["finetune"]["seeds"] == "4,5" for r in rows)
+    # another pre-training seed or budget is another model: pre-trained again, never the cached one
+    rows = run(seeds="4,5", seed=43)
+    assert len(calls["pretrain"]) == 2 and [r["identity"].get("seed") for r in rows] == [None, 43]
+    run(seeds="4,5", seed=43, budget_scale=2)
+    assert len(calls["pretrain"]) == 3
+    run(seeds="4,5", seed=43, budget_scale=2)  # and that one is cached in turn
+    assert len(calls["pretrain"]) == 3
+
+
+def test_features_of_another_corpus_are_not_reused(tmp_path):
+    config = cp.compare_args(train_input="a.txt", valid_input="b.txt", out_dir=str(tmp_path)).resolved()
+    cp.check_data_identity(config, cp.SCALES["tiny"])
+    cp.check_data_identity(config, cp.SCALES["tiny"])  # the same corpus: fine
+    other = cp.compare_args(train_input="c.txt", valid_input="b.txt", out_dir=str(tmp_path)).resolved()
+    with pytest.raises(cp.SpanElectraError, match=r"out_dir: .* another corpus .*train_input .*a\.txt.* -> .*c\.txt"):
+        cp.check_data_identity(other, cp.SCALES["tiny"])
+    with pytest.raises(cp.SpanElectraError, match="vocab_size 8000 -> 30522"):
+        cp.check_data_identity(config, cp.SCALES["gpu"])
 
 
 def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkeypatch):
