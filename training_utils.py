@@ -686,6 +686,13 @@ def discriminator_counts(disc_out, replaced):
     return counts
 
 
+def at_chance(valid_row):
+    """A discriminator whose valid AUC is at chance and whose loss is the base-rate loss predicts the
+    replaced share everywhere: its encoder has collapsed (every token one vector), and it does not
+    recover (ELECTRA's joint recipe did so once in 5,942 steps on an H100, see benchmarks/RESULTS.md)."""
+    return valid_row["disc_auc"] < 0.51 and valid_row["rtd_loss"] >= valid_row["rtd_base_loss"] - 5e-4
+
+
 def finish_metrics(sums, n):
     """Rates from summed counts; losses and the other metrics as means over the n batches."""
     out = {k: v / n for k, v in sums.items() if k not in DISC_COUNTS}
