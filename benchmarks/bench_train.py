@@ -15,10 +15,12 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              metrics summed on the device, fused AdamW, TF32; in fp32, bf16 autocast, and bf16 under
              torch.compile (CUDA graphs on a GPU), as --bf16 --compile runs it.
 The fp32 pair alternates its steps (median per step); every other variant warms up, then runs
---steps steps with one synchronisation at the end. Prints tokens/s,
+--steps steps with one synchronisation at the end. The compiled step is also timed on batches masked
+by a DataLoader worker and pinned (training_utils.BatchStream, as the training scripts feed it). Prints tokens/s,
 the measured matmul peaks, our model-FLOPs utilisation and, as JSON on the last line, the ratios.
 """
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -78,19 +80,43 @@ def ours_setup(device, compile_step):
     return model, step_model, tu.build_optimizer(model, 5e-4, 0.01)
 
 
+MASKING = MaskingArgs(mask_replace_prob=0.85, random_replace_prob=0.0)  # SE_trainDataArgs' masking
+
+
+@functools.lru_cache(maxsize=1)
+def span_masker():
+    """SpanBERT masking over a vocabulary where 3 tokens in 4 start a word."""
+    return Masker(MASKING, np.random.default_rng(1).random(VOCAB) < 0.75, SPECIAL, MASK_ID, VOCAB)
+
+
+def masked_batch(rng, batch_size, seq_len):
+    """One batch as SEDataset builds it: span-masked random ids in prediction slots, original ids."""
+    ids = make_ids(rng, batch_size, seq_len)
+    batch = prediction_slots(span_masker()(ids, rng), max_prediction_slots(MASKING, seq_len))
+    batch["original_ids"] = ids
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
 def ours_batches(rng, batch_size, seq_len, count, pin):
     """Masked batches as the DataLoader workers hand them over: prediction slots, pinned memory."""
-    word_starts = np.random.default_rng(1).random(VOCAB) < 0.75
-    args = MaskingArgs(mask_replace_prob=0.85, random_replace_prob=0.0)  # SE_trainDataArgs' masking
-    masker = Masker(args, word_starts, SPECIAL, MASK_ID, VOCAB)
-    out = []
-    for _ in range(count):
-        ids = make_ids(rng, batch_size, seq_len)
-        batch = prediction_slots(masker(ids, rng), max_prediction_slots(args, seq_len))
-        batch["original_ids"] = ids
-        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
-        out.append({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
-    return out
+    out = [masked_batch(rng, batch_size, seq_len) for _ in range(count)]
+    return [{k: v.pin_memory() for k, v in batch.items()} for batch in out] if pin else out
+
+
+class MaskedBatches(torch.utils.data.Dataset):
+    """Batches masked on demand, served by index to training_utils.BatchStream's workers as SEDataset's are."""
+
+    def __init__(self, batch_size, seq_len, length=100000):
+        self.batch_size, self.seq_len, self.length = batch_size, seq_len, length
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return masked_batch(np.random.default_rng(index), self.batch_size, self.seq_len)
 
 
 def ours_step(model, step_model, optimizer, batch, device, bf16, compiled, sums):
@@ -202,7 +228,9 @@ def run_fp32_pair(device, batches, ids, steps):
     return statistics.median(times["baseline"]), statistics.median(times["ours"])
 
 
-def run_ours(device, batches, steps, bf16, compiled):
+def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
+    """Seconds per step of our step on the in-memory batches; with loader_too, also (same model, no
+    recompile) on batches masked by a DataLoader worker and pinned, as the training scripts get them."""
     fp32_precision(device, True)
     model, step_model, optimizer = ours_setup(device, compiled)
     sums = tu.MetricSums()
@@ -210,7 +238,14 @@ def run_ours(device, batches, steps, bf16, compiled):
                                        compiled, sums), steps, device, warmup=3 if compiled else 1)
     row = sums.read(tu.Runtime(device))  # the metrics were summed on the device all along
     assert np.isfinite(row["loss"]), row
-    return t
+    if not loader_too:
+        return t
+    batch = batches[0]
+    stream = tu.BatchStream(MaskedBatches(batch["input_ids"].shape[0], batch["input_ids"].shape[1]), num_workers=1,
+                            pin_memory=device.type == "cuda")
+    t_loader = time_steps(lambda i: ours_step(model, step_model, optimizer, next(stream), device, bf16, compiled, sums),
+                          steps, device, warmup=5)  # the worker starts and fills its queue
+    return t, t_loader
 
 
 def run_baseline(device, ids, steps, bf16, compiled):
@@ -255,13 +290,14 @@ def main():
         t["ours_bf16"] = run_ours(device, batches, steps, True, False)
     if bf16 and compiled:
         t["baseline_bf16_compiled"] = run_baseline(device, ids, steps, True, True)
-        t["ours_bf16_compiled"] = run_ours(device, batches, steps, True, True)
+        t["ours_bf16_compiled"], t["ours_bf16_compiled_loader"] = run_ours(device, batches, steps, True, True, True)
     if compiled and not bf16:
-        t["ours_compiled"] = run_ours(device, batches, steps, False, True)
+        t["ours_compiled"], t["ours_compiled_loader"] = run_ours(device, batches, steps, False, True, True)
 
     labels = {"baseline": "baseline (transformers, fp32)", "baseline_bf16_compiled": "baseline (bf16 + compile)",
               "ours": "ours (fp32, TF32 on CUDA)", "ours_bf16": "ours (bf16)", "ours_bf16_compiled": "ours (bf16 + compile)",
-              "ours_compiled": "ours (fp32 + compile)"}
+              "ours_compiled": "ours (fp32 + compile)",
+              "ours_bf16_compiled_loader": "  the same, batches from a worker", "ours_compiled_loader": "  the same, batches from a worker"}
     for key, seconds in t.items():
         peak = peak16 if "bf16" in key else peak32
         mfu = f", MFU {flops / seconds / 1e9 / peak:.1%}" if key.startswith("ours") else ""
@@ -279,6 +315,8 @@ def main():
         "speedup_bf16_vs_transformers_baseline": ratio("ours_bf16", "baseline"),
         "speedup_bf16_compiled_vs_transformers_baseline": ratio("ours_bf16_compiled", "baseline"),
         "speedup_vs_transformers_bf16_compiled": ratio("ours_bf16_compiled", "baseline_bf16_compiled"),
+        "loader_vs_in_memory": ratio("ours_bf16_compiled_loader", "ours_bf16_compiled") or ratio(
+            "ours_compiled_loader", "ours_compiled"),  # 1.0: the data path costs the step nothing
         "mfu": round(flops / t["ours"] / 1e9 / peak32, 4),
         "mfu_bf16": round(flops / t["ours_bf16_compiled"] / 1e9 / peak16, 4) if "ours_bf16_compiled" in t else None,
     }
