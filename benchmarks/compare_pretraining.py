@@ -298,17 +298,16 @@ def pretraining_cells(row):
 def markdown_table(rows, tasks):
     names = [os.path.basename(t.rstrip("/")) for t in tasks]
     probed = all("probe" in r for r in rows)
-    head = "| recipe | pre-training TFLOPs | tokens | pre-training time | valid MLM accuracy | valid disc_auc | " + \
-        " | ".join(f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names) + "".join(
-        f" | {n} linear probe" for n in names if probed) + " |"
-    lines = [head, "|" + "---|" * (6 + len(names) * (2 if probed else 1))]
+    head = ["recipe", "pre-training TFLOPs", "tokens", "pre-training time", "valid MLM accuracy", "valid disc_auc"] + [
+        f"{n} {rows[0]['metrics'][n]['key'][5:]}" for n in names] + [f"{n} linear probe" for n in names if probed]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         tokens, accuracy, auc = pretraining_cells(row)
-        cells = [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
+        cells = [row["label"], f"{row['tflops']:.1f}", tokens, f"{row['seconds'] / 60:.1f} min", accuracy, auc]
+        cells += [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
         if probed:
             cells += [f"{row['probe'][n]['results'][row['probe'][n]['key']]:.3f}" for n in names]
-        lines.append(f"| {row['label']} | {row['tflops']:.1f} | {tokens} | {row['seconds'] / 60:.1f} min | {accuracy} | "
-                     f"{auc} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -322,6 +321,8 @@ def plot(rows, tasks, path):
         logger.warning("matplotlib is not installed: no plot (pip install matplotlib)")
         return None
     names = [os.path.basename(t.rstrip("/")) for t in tasks]
+    if not names:  # pre-training only (gpu_vi without a Vietnamese task): the table and curves say it all
+        return None
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names):
         for recipe in dict.fromkeys(r["recipe"] for r in rows):
@@ -364,7 +365,7 @@ def write_results_md(path, table, config, png, budget, elapsed):
         f"training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
         f"seeds {config.seeds}; cells are the dev metric's median [min, max].",
         "", table, "", f"![dev score against pre-training compute]({os.path.relpath(png, os.path.dirname(path))})"
-        if png else "(no plot: matplotlib missing)", MARK_END])
+        if png else "(no plot: no task was fine-tuned, or matplotlib is missing)", MARK_END])
     text = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Benchmark results\n"
     if MARK_BEGIN in text and MARK_END in text:
         text = text[:text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
@@ -449,7 +450,7 @@ def finish_finetuning(started, settings):
         row["probe" if probe else "metrics"][os.path.basename(task.rstrip("/"))] = {
             "key": headline_metric(result), "results": result}
     # the done callbacks may still be running when result() returns
-    ended = max(getattr(job, "finished", time.time()) for _, _, job in jobs)
+    ended = max((getattr(job, "finished", time.time()) for _, _, job in jobs), default=start)  # no task: no job
     row.update(finetune=settings, ft_seconds=ended - start)
     logger.info("%s: %s", row["run"], {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
 

@@ -121,6 +121,20 @@ def test_features_of_another_corpus_are_not_reused(tmp_path):
         cp.check_data_identity(config, cp.SCALES["gpu"])
 
 
+def test_pretraining_only_without_tasks(tmp_path, monkeypatch):
+    """gpu_vi's default: no task folder given, so the rows are pre-trained and tabled, nothing fine-tuned."""
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0))
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/d")
+    md = tmp_path / "RESULTS.md"
+    rows = cp.main(cp.compare_args(scale="gpu_vi", recipes="random,mlm", tasks="", out_dir=str(tmp_path / "c"),
+                                   results_md=str(md), ft_workers=1, device="cpu"))
+    assert [r["run"] for r in rows] == ["random@0", "mlm@1"] and all(r["metrics"] == {} for r in rows)
+    text = md.read_text(encoding="utf-8")
+    assert "| MLM only (BERT-style) | 2.8 |  | 0.0 min |  |  |\n" in text and "no task was fine-tuned" in text
+
+
 def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkeypatch):
     """Each row is saved as soon as its fine-tuning ends: a failure in a later row loses nothing before it."""
     def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
