@@ -283,7 +283,7 @@ PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtyp
 def pack_batch(batch):
     """One tensor for a dict of tensors, built in the DataLoader worker: the main process then
     receives one shared-memory tensor and pins one buffer, not one per field (on the 2-core CPU
-    a 128 x 128 SEDataset batch took 1.9 ms of the main process instead of 4.8 ms)."""
+    a 128 x 128 SEDataset batch took 2.0 ms of the main process instead of 5.3 ms)."""
     layout, chunks, offset = [], [], 0
     for name, tensor in batch.items():
         raw = tensor.contiguous().view(-1).view(torch.uint8)
@@ -299,8 +299,7 @@ def unpack_batch(packed):
     out = {}
     for name, dtype, shape, offset in json.loads(packed.layout):
         dtype = getattr(torch, dtype)
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        out[name] = packed.data[offset:offset + nbytes].view(dtype).view(shape)
+        out[name] = packed.data[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
     return out
 
 

@@ -131,8 +131,8 @@ def curve_every(steps, points=10):
 
 
 def pretraining_record(out_dir, batch, seq_len=128):
-    """Tokens seen, the median logged tokens/s and data wait per batch, and the valid curves (MLM accuracy, disc_auc by step) of
-    the runs under out_dir."""
+    """Tokens seen, the median logged tokens/s and data wait per batch, the valid curves (MLM accuracy,
+    disc_auc by step) and whether the discriminator ended at chance, of the runs under out_dir."""
     record = {"tokens": 0, "curves": {}}
     for root, _, files in os.walk(out_dir):
         if "metrics.jsonl" not in files:
@@ -149,6 +149,9 @@ def pretraining_record(out_dir, batch, seq_len=128):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:
                 record["curves"][f"{os.path.relpath(root, out_dir)}:{key}"] = points
+        discriminator = [r for r in rows if r.get("split") == "valid" and "disc_auc" in r]
+        if discriminator:  # where it ended: at chance means collapsed (the training script's own check)
+            record["discriminator_at_chance"] = tu.at_chance(discriminator[-1])
     return record
 
 
@@ -280,19 +283,17 @@ def summary_cell(results, key):
     return f"{results[key]:.3f} [{results[key + '_min']:.3f}, {results[key + '_max']:.3f}]"
 
 
-COLLAPSED_AUC = 0.52  # a discriminator ending at chance: its encoder gives every token the same vector
-
-
 def pretraining_cells(row):
     """Tokens seen and the last valid MLM accuracy and disc_auc of a row (blank where it has none); a
-    discriminator that ended at chance is marked collapsed, so its fine-tuning figures read as what they are."""
+    discriminator that ended at chance (training_utils.at_chance) is marked collapsed, so its fine-tuning
+    figures read as what they are."""
     def last(metric):
         values = [points[-1][1] for key, points in sorted(row.get("curves", {}).items()) if key.endswith(":" + metric)]
         return values[-1] if values else None
     accuracy, auc = last("mlm_accuracy"), last("disc_auc")
     return [f"{row['tokens'] / 1e6:.1f}M" if row.get("tokens") else "",
             "" if accuracy is None else f"{accuracy:.3f}",
-            "" if auc is None else f"{auc:.3f}" + (" (collapsed)" if auc <= COLLAPSED_AUC else "")]
+            "" if auc is None else f"{auc:.3f}" + (" (collapsed)" if row.get("discriminator_at_chance") else "")]
 
 
 def markdown_table(rows, tasks):

@@ -27,7 +27,7 @@ def test_table_and_results_section_are_rewritten_in_place(tmp_path):
             {"label": "MLM only", "tflops": 5.8, "seconds": 96.0, "tokens": 1.5e6,
              "curves": {".:mlm_accuracy": [[10, 0.1], [20, 0.25]]},
              "metrics": {"SST-2": {"key": "eval_accuracy", "results": result(0.66, 0.02)}}},
-            {"label": "ELECTRA", "tflops": 5.8, "seconds": 120.0, "tokens": 1.2e6,
+            {"label": "ELECTRA", "tflops": 5.8, "seconds": 120.0, "tokens": 1.2e6, "discriminator_at_chance": True,
              "curves": {".:mlm_accuracy": [[10, 0.19]], ".:disc_auc": [[5, 0.7], [10, 0.501]]},
              "metrics": {"SST-2": {"key": "eval_accuracy", "results": result(0.5)}}}]
     table = cp.markdown_table(rows, ["data/glue/SST-2/"])
@@ -206,12 +206,13 @@ def test_pretraining_record_reads_tokens_and_curves(tmp_path):
             {"step": 150, "loss": 0.9, "tokens_per_sec": 20.0}, {"step": 150, "split": "valid", "mlm_accuracy": 0.1},
             {"event": "done", "step": 150}]
     (tmp_path / "gen" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 30, "loss": 1.0}) + "\n" +
-                                            json.dumps({"step": 30, "split": "valid", "disc_auc": 0.6}))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 30, "loss": 1.0}) + "\n" + json.dumps(
+        {"step": 30, "split": "valid", "disc_auc": 0.6, "rtd_loss": 0.39, "rtd_base_loss": 0.39}))
     record = cp.pretraining_record(str(tmp_path), batch=4)
     assert record["tokens"] == (150 + 30) * 4 * 128
     assert record["curves"] == {"gen:mlm_accuracy": [[150, 0.1]], ".:disc_auc": [[30, 0.6]]}
     assert record["tokens_per_sec"] == {"gen": 20.0}
+    assert record["discriminator_at_chance"] is False  # AUC 0.6: learning, whatever its loss
 
 
 def test_vietnamese_gpu_scale_segments_its_corpus():
