@@ -228,21 +228,27 @@ def is_due(step, every, max_steps):
 # ---------------------------------------------------------------- data position
 class BatchStream:
     """Endless batches of an MLMDataset/SEDataset, epoch after epoch, that remembers its position
-    (epoch, batch) so a resumed run continues with exactly the next batch."""
+    (epoch, batch) so a resumed run continues with exactly the next batch. With workers, each batch
+    comes through BatchSlots; with pin_memory (a GPU run) the main process copies it into pinned memory,
+    which the loop copies to the device without waiting."""
 
     def __init__(self, dataset, num_workers=0, pin_memory=False, epoch=0, index=0):
         self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
         self.epoch, self.index = epoch, index
         self.wait_seconds, self.waits = 0.0, 0  # time the loop spent waiting here (logged as data_wait_ms)
-        self._iter = None
+        self._iter, self.slots = None, None
 
     def _start(self):
         self.dataset.set_epoch(self.epoch)
+        source, collate = self.dataset, None
+        if self.num_workers:
+            if self.slots is None:  # sized by one batch: a dataset's batches all have the same shapes
+                self.slots = BatchSlots(PREFETCH * self.num_workers + 2, batch_layout(self.dataset[0])[1])
+            source, collate = SlotDataset(self.dataset, self.slots), as_is
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, sampler=range(self.index, len(self.dataset)),
-            num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None,
-            collate_fn=pack_batch if self.num_workers else None,
-            pin_memory=self.pin_memory, persistent_workers=False,  # pinned: copies overlap the step
+            source, batch_size=None, sampler=range(self.index, len(self.dataset)),
+            num_workers=self.num_workers, prefetch_factor=PREFETCH if self.num_workers else None,
+            collate_fn=collate, pin_memory=self.pin_memory and not self.num_workers, persistent_workers=False,
             generator=torch.Generator())  # its own seed source: the global RNG (dropout) is untouched
         self._iter = iter(loader)
 
@@ -257,7 +263,10 @@ class BatchStream:
             self._start()
             batch = next(self._iter)
         self.index += 1
-        batch = unpack_batch(batch) if isinstance(batch, PackedBatch) else batch
+        if isinstance(batch, SlotRef):
+            batch = take_batch(self.slots, batch, self.pin_memory)
+        elif isinstance(batch, PackedBatch):
+            batch = unpack_batch(batch)
         self.wait_seconds, self.waits = self.wait_seconds + time.perf_counter() - start, self.waits + 1
         return batch
 
@@ -271,36 +280,124 @@ class BatchStream:
         return {"epoch": self.epoch, "index": self.index}
 
 
-class PackedBatch(NamedTuple):
-    """A batch's tensors as one byte buffer and where each lies in it (names, dtypes, shapes, offsets)."""
-    data: torch.Tensor
-    layout: str  # JSON: a string, so the DataLoader's pinning passes it through untouched
-
-
+PREFETCH = 4  # batches each DataLoader worker has in flight
 PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtype's alignment
 
 
-def pack_batch(batch):
-    """One tensor for a dict of tensors, built in the DataLoader worker: the main process then
-    receives one shared-memory tensor and pins one buffer, not one per field (on the 2-core CPU
-    a 128 x 128 SEDataset batch took 2.0 ms of the main process instead of 5.3 ms)."""
-    layout, chunks, offset = [], [], 0
+def batch_layout(batch):
+    """Where each tensor of a batch lies in one byte buffer, as [name, dtype, shape, offset] rows (each
+    field PACK_ALIGN-aligned), and the bytes the buffer needs."""
+    layout, offset = [], 0
     for name, tensor in batch.items():
-        raw = tensor.contiguous().view(-1).view(torch.uint8)
-        padded = -(-raw.numel() // PACK_ALIGN) * PACK_ALIGN
         layout.append([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset])
-        chunks += [raw, raw.new_zeros(padded - raw.numel())]
-        offset += padded
-    return PackedBatch(torch.cat(chunks), json.dumps(layout))
+        offset += -(-tensor.numel() * tensor.element_size() // PACK_ALIGN) * PACK_ALIGN
+    return layout, offset
+
+
+def write_batch(batch, layout, buffer):
+    """Copy a batch's tensors into a uint8 buffer where batch_layout places them."""
+    for (_, _, _, offset), tensor in zip(layout, batch.values()):
+        raw = tensor.contiguous().view(-1).view(torch.uint8)
+        buffer[offset:offset + raw.numel()].copy_(raw)
+
+
+def read_batch(buffer, layout):
+    """The batch of write_batch, as views of the buffer (no copy)."""
+    out = {}
+    for name, dtype, shape, offset in layout:
+        dtype = getattr(torch, dtype)
+        out[name] = buffer[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+    return out
+
+
+class PackedBatch(NamedTuple):
+    """A batch's tensors as one byte buffer and where each lies in it (names, dtypes, shapes, offsets)."""
+    data: torch.Tensor
+    layout: str  # JSON
+
+
+def pack_batch(batch):
+    """One tensor for a dict of tensors: how a worker hands over a batch too big for its slot."""
+    layout, nbytes = batch_layout(batch)
+    data = torch.zeros(nbytes, dtype=torch.uint8)
+    write_batch(batch, layout, data)
+    return PackedBatch(data, json.dumps(layout))
 
 
 def unpack_batch(packed):
-    """The dict of tensors of pack_batch, as views of its (possibly pinned) buffer."""
-    out = {}
-    for name, dtype, shape, offset in json.loads(packed.layout):
-        dtype = getattr(torch, dtype)
-        out[name] = packed.data[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
-    return out
+    """The dict of tensors of pack_batch, as views of its buffer."""
+    return read_batch(packed.data, json.loads(packed.layout))
+
+
+class SlotRef(NamedTuple):
+    """What a worker sends for a batch it wrote into BatchSlots: its index (which names the slot) and layout."""
+    index: int
+    layout: str  # JSON
+    nbytes: int
+
+
+def as_is(item):
+    """The DataLoader's collate_fn for SlotRefs: nothing to convert."""
+    return item
+
+
+class BatchSlots:
+    """Shared-memory buffers, made once, that the DataLoader workers write batches into, batch i into
+    slot i % count; the main process receives a SlotRef of a few bytes. Handing over tensors instead
+    costs the main process a file descriptor passed over a socket, a memory map and (in torch's pinning
+    thread, competing for the interpreter lock) an unmap and a pinned copy per batch: on the 2-core CPU, 3.1 ms
+    of the main thread per 128 x 128 batch against 0.3 ms this way (benchmarks/bench_loader.py), and
+    the known cause of stalls in the GPU's work (pytorch issues 77139, 91353). A DataLoader has at most
+    PREFETCH x workers batches in flight, so with more slots than that no slot is rewritten before the
+    main process has copied it out; a sequence mark at each end of the slot proves it."""
+    HEADER = PACK_ALIGN  # bytes: the slot's two marks (index + 1 when its write began, and when it ended)
+
+    def __init__(self, count, nbytes):
+        self.buffers = [torch.zeros(self.HEADER + nbytes, dtype=torch.uint8).share_memory_() for _ in range(count)]
+
+    def write(self, index, batch):
+        """In a worker: batch `index` into its slot (a PackedBatch instead when it does not fit)."""
+        layout, nbytes = batch_layout(batch)
+        slot = self.buffers[index % len(self.buffers)]
+        if nbytes > slot.numel() - self.HEADER:
+            return pack_batch(batch)
+        marks = slot[:16].view(torch.int64)
+        marks[0] = index + 1
+        write_batch(batch, layout, slot[self.HEADER:])
+        marks[1] = index + 1
+        return SlotRef(index, json.dumps(layout), nbytes)
+
+    def copy_out(self, ref, out):
+        """In the main process: batch ref.index's bytes into the uint8 tensor `out`, checked whole."""
+        slot = self.buffers[ref.index % len(self.buffers)].numpy()
+        marks = slot[:16].view(np.int64)
+        ended = int(marks[1])
+        np.copyto(out.numpy()[:ref.nbytes], slot[self.HEADER:self.HEADER + ref.nbytes])  # one thread, no intra-op pool
+        if ended != ref.index + 1 or int(marks[0]) != ref.index + 1:
+            raise RuntimeError(f"batch slot {ref.index % len(self.buffers)} was rewritten while batch {ref.index} "
+                               "was read from it; report this as a bug")
+
+
+class SlotDataset(torch.utils.data.Dataset):
+    """A dataset whose items, built in a DataLoader worker, are written into BatchSlots."""
+
+    def __init__(self, dataset, slots):
+        self.dataset, self.slots = dataset, slots
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.slots.write(index, self.dataset[index])
+
+
+def take_batch(slots, ref, pin_memory):
+    """Batch ref copied out of its slot into memory of the main process's own (pinned for a GPU run),
+    as views of one buffer. Pinned buffers come from torch's caching host allocator, which reuses
+    one only once the copy to the GPU that read it has finished: no wait here, no leak."""
+    out = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=pin_memory)
+    slots.copy_out(ref, out)
+    return read_batch(out, json.loads(ref.layout))
 
 
 def to_device(batch, device):

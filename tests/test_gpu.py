@@ -112,3 +112,20 @@ def test_notebook_cells_run_on_cuda(tmp_path, monkeypatch):
     assert torch.cuda.memory_stats()["allocation.all.allocated"] - allocations > 1000
     assert 0 <= namespace["results"]["eval_accuracy"] <= 1
     assert os.path.isdir(namespace["disc_dir"])
+
+
+def test_worker_batches_reach_the_gpu_whole_through_pinned_memory(bpe_feat):
+    """BatchStream on a GPU run: batches come out of the workers' slots into pinned memory, whose buffers
+    torch reuses once their copies are done; 12 batches, copied without waiting, equal the dataset's."""
+    import features
+    import training_utils as tu
+    dataset = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(bpe_feat[0])), 4, seed=0)
+    stream = tu.BatchStream(dataset, num_workers=1, pin_memory=True)
+    on_gpu = []
+    for _ in range(12):
+        batch = next(stream)
+        assert all(t.is_pinned() for t in batch.values())
+        on_gpu.append(tu.to_device(batch, torch.device("cuda")))
+    for i, batch in enumerate(on_gpu):
+        for name, tensor in dataset[i].items():
+            assert torch.equal(batch[name].cpu(), tensor), (i, name)

@@ -1,5 +1,7 @@
 """The training step works on fixed shapes without host syncs: prediction slots instead of boolean
 indexing, the same losses as indexing the masked tokens, one compilation for a whole run."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +214,48 @@ def test_packed_batch_round_trips_every_dtype_and_shape():
     for name, tensor in batch.items():
         assert out[name].dtype == tensor.dtype and out[name].shape == tensor.shape
         assert torch.equal(out[name], tensor), name
+
+
+def test_a_batch_goes_through_its_slot_whole_and_one_too_big_goes_as_a_tensor():
+    batch = {"ids": torch.arange(15).view(3, 5), "weights": torch.tensor([[1.0, 0.5, 0.0]]),
+             "flags": torch.tensor([True, False, True])}
+    slots = tu.BatchSlots(3, tu.batch_layout(batch)[1])
+    ref = slots.write(7, batch)
+    assert isinstance(ref, tu.SlotRef) and ref.index == 7  # a few bytes cross to the main process, not tensors
+    out = torch.empty(ref.nbytes, dtype=torch.uint8)
+    slots.copy_out(ref, out)
+    batch["ids"] += 100  # the copy is the main process's own
+    got = tu.read_batch(out, json.loads(ref.layout))
+    assert torch.equal(got["ids"], torch.arange(15).view(3, 5)) and torch.equal(got["weights"], batch["weights"])
+    assert got["flags"].dtype == torch.bool and torch.equal(got["flags"], batch["flags"])
+    bigger = {"ids": torch.arange(40)}
+    packed = slots.write(8, bigger)
+    assert isinstance(packed, tu.PackedBatch) and torch.equal(tu.unpack_batch(packed)["ids"], bigger["ids"])
+
+
+def test_a_slot_rewritten_before_it_was_read_is_caught():
+    batch = {"ids": torch.arange(8)}
+    slots = tu.BatchSlots(2, tu.batch_layout(batch)[1])
+    first = slots.write(0, batch)
+    slots.write(2, {"ids": torch.arange(8) * 2})  # batch 2 shares slot 0
+    with pytest.raises(RuntimeError, match="slot 0 was rewritten while batch 0"):
+        slots.copy_out(first, torch.empty(first.nbytes, dtype=torch.uint8))
+
+
+def test_workers_hand_over_every_batch_across_epochs_and_slot_reuse(bpe_feat):
+    """Two workers, four epochs of 3 batches: the slots (10) are reused many times over, and every batch
+    handed out stays what the dataset made, also once later batches have come through its slot."""
+    rows = features.PretrainingFeatures(str(bpe_feat[0])).split("train").shape[0]
+    dataset = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(bpe_feat[0])), rows // 3, seed=0)
+    assert len(dataset) == 3
+    in_process, from_workers = tu.BatchStream(dataset, num_workers=0), tu.BatchStream(dataset, num_workers=2)
+    expected = [next(in_process) for _ in range(12)]
+    got = [next(from_workers) for _ in range(12)]
+    assert from_workers.state() == in_process.state() == {"epoch": 3, "index": 3}
+    for a, b in zip(expected, got):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    assert not torch.equal(got[0]["input_ids"], got[3]["input_ids"])  # epochs differ (reshuffled, remasked)
 
 
 def test_workers_hand_over_the_same_batches_in_order(bpe_feat):
