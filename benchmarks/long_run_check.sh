@@ -2,10 +2,11 @@
 # Does trainSpanElectra.py now log the benchmark's pace? (issue 9: the comparison runs logged a median
 # 735-839k tokens/s against bench_train.py's 1.05M). One device call, about 8 minutes:
 #   1. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
-#   2. bench_train.py --device cuda: the reference, and the same compiled step fed by a DataLoader
+#   2. trainSpanElectra.py joint small, bf16, --compile, 1,500 steps without validation, GPU clock and
+#      utilisation sampled every 2 s beside it; then the same with ELECTRA's recipe (token masking, no
+#      span heads), whose step logged ~15% slower than SpanElectra's in the comparisons with fewer FLOPs
+#   3. bench_train.py --device cuda: the reference, and the same compiled step fed by a DataLoader
 #      worker (loader_vs_in_memory)
-#   3. trainSpanElectra.py joint small, bf16, --compile, 1,500 steps without validation, GPU clock and
-#      utilisation sampled every 2 s beside it
 #   4. profile_loop.py: host time per phase of the training script's loop against the GPU's kernel time
 # Usage: FEATURES=outputs/gpu/features bash benchmarks/long_run_check.sh   (logs under $OUT)
 set -u
@@ -13,15 +14,22 @@ OUT=${OUT:-outputs/long_run_logs}
 FEATURES=${FEATURES:-outputs/gpu/features}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-timeout 60 python3 benchmarks/bench_loader.py --device cuda > "$OUT/bench_loader.log" 2>&1
-timeout 240 python3 benchmarks/bench_train.py --device cuda 2>&1 | grep -v -i warn > "$OUT/bench.log"
+timeout 45 python3 benchmarks/bench_loader.py --device cuda > "$OUT/bench_loader.log" 2>&1
+speeds() {  # metrics.jsonl -> step, tokens/s, data_wait_ms per logged row
+    python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" "$1"
+}
+run() {  # name, then extra flags
+    timeout 110 python3 trainSpanElectra.py --mode joint --model_size small --bf16 true --compile true \
+        --features_dir "$FEATURES" --out_dir "/tmp/long_$1" --overwrite_output_dir true --train_batch_size 128 \
+        --max_steps 1500 --log_every 100 --save_every 1500 --eval_every 100000 "${@:2}" > "$OUT/train_$1.log" 2>&1
+    speeds "/tmp/long_$1/metrics.jsonl" > "$OUT/speed_$1.txt" 2>&1
+}
 nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw --format=csv -l 2 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
-timeout 120 python3 trainSpanElectra.py --mode joint --model_size small --bf16 true --compile true \
-    --features_dir "$FEATURES" --out_dir /tmp/long_run --overwrite_output_dir true --train_batch_size 128 \
-    --max_steps 1500 --log_every 100 --save_every 1500 --eval_every 100000 > "$OUT/train.log" 2>&1
+run se
+run electra --masking token --use_sbo false --use_span_head false
 kill $SMI
-python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" \
-    /tmp/long_run/metrics.jsonl > "$OUT/speed.txt" 2>&1
-timeout 140 python3 benchmarks/profile_loop.py --features_dir "$FEATURES" > "$OUT/profile_loop.log" 2>&1
-tail -4 "$OUT/bench_loader.log"; tail -4 "$OUT/bench.log"; cat "$OUT/speed.txt"; tail -25 "$OUT/profile_loop.log"
+timeout 220 python3 benchmarks/bench_train.py --device cuda 2>&1 | grep -v -i warn > "$OUT/bench.log"
+timeout 100 python3 benchmarks/profile_loop.py --features_dir "$FEATURES" > "$OUT/profile_loop.log" 2>&1
+tail -4 "$OUT/bench_loader.log"; paste "$OUT/speed_se.txt" "$OUT/speed_electra.txt"; tail -3 "$OUT/bench.log"
+tail -25 "$OUT/profile_loop.log"
