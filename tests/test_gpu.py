@@ -9,9 +9,11 @@ import torch
 
 import argument
 import explore_SE
+import features
 import finetune_SE
 import trainMLM_SpanElectra
 import trainSpanElectra
+import training_utils as tu
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
@@ -117,8 +119,6 @@ def test_notebook_cells_run_on_cuda(tmp_path, monkeypatch):
 def test_worker_batches_reach_the_gpu_whole_through_pinned_memory(bpe_feat):
     """BatchStream on a GPU run: batches come out of the workers' slots into pinned memory, whose buffers
     torch reuses once their copies are done; 12 batches, copied without waiting, equal the dataset's."""
-    import features
-    import training_utils as tu
     dataset = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(bpe_feat[0])), 4, seed=0)
     stream = tu.BatchStream(dataset, num_workers=1, pin_memory=True)
     on_gpu = []
