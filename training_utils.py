@@ -240,15 +240,15 @@ class BatchStream:
 
     def _start(self):
         self.dataset.set_epoch(self.epoch)
-        source, collate = self.dataset, None
+        source = self.dataset
         if self.num_workers:
             if self.slots is None:  # sized by one batch: a dataset's batches all have the same shapes
                 self.slots = BatchSlots(PREFETCH * self.num_workers + 2, batch_layout(self.dataset[0])[1])
-            source, collate = SlotDataset(self.dataset, self.slots), as_is
+            source = SlotDataset(self.dataset, self.slots)  # the default collate passes its SlotRefs through
         loader = torch.utils.data.DataLoader(
             source, batch_size=None, sampler=range(self.index, len(self.dataset)),
             num_workers=self.num_workers, prefetch_factor=PREFETCH if self.num_workers else None,
-            collate_fn=collate, pin_memory=self.pin_memory and not self.num_workers, persistent_workers=False,
+            pin_memory=self.pin_memory and not self.num_workers, persistent_workers=False,
             generator=torch.Generator())  # its own seed source: the global RNG (dropout) is untouched
         self._iter = iter(loader)
 
@@ -336,18 +336,14 @@ class SlotRef(NamedTuple):
     nbytes: int
 
 
-def as_is(item):
-    """The DataLoader's collate_fn for SlotRefs: nothing to convert."""
-    return item
-
-
 class BatchSlots:
     """Shared-memory buffers, made once, that the DataLoader workers write batches into, batch i into
     slot i % count; the main process receives a SlotRef of a few bytes. Handing over tensors instead
     costs the main process a file descriptor passed over a socket, a memory map and (in torch's pinning
-    thread, competing for the interpreter lock) an unmap and a pinned copy per batch: on the 2-core CPU, 3.1 ms
-    of the main thread per 128 x 128 batch against 0.3 ms this way (benchmarks/bench_loader.py), and
-    the known cause of stalls in the GPU's work (pytorch issues 77139, 91353). A DataLoader has at most
+    thread, competing for the interpreter lock) an unmap and a pinned copy per batch: on the 2-core CPU,
+    6-11 ms of the loop per 128 x 128 batch for a plain DataLoader and 2.0-2.4 ms for one packed tensor,
+    against 0.8-1.0 ms this way (benchmarks/bench_loader.py, RESULTS.md); the known cause of stalls in
+    the GPU's work (pytorch issues 77139, 91353). A DataLoader has at most
     PREFETCH x workers batches in flight, so with more slots than that no slot is rewritten before the
     main process has copied it out; a sequence mark at each end of the slot proves it."""
     HEADER = PACK_ALIGN  # bytes: the slot's two marks (index + 1 when its write began, and when it ended)
