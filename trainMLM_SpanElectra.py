@@ -20,6 +20,13 @@ from features import MLMDataset
 logger = logging.getLogger("span_electra")
 
 
+def loss_and_metrics(model, batch, baseline_token=None):
+    """One forward pass: the masked-LM loss and the batch's metrics (device tensors; baseline_token:
+    see training_utils.generator_metrics). Compiled with the model (TrainStep)."""
+    out = model(**batch)
+    return out["loss"], tu.generator_metrics(out, batch, baseline_token)
+
+
 @torch.no_grad()
 def evaluate(model, dataset, config, runtime):
     model.eval()
@@ -28,8 +35,7 @@ def evaluate(model, dataset, config, runtime):
     for i in range(min(config.eval_batches or len(dataset), len(dataset))):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
-            out = model(**batch)
-        sums.add(tu.generator_metrics(out, batch, baseline_token))
+            sums.add(loss_and_metrics(model, batch, baseline_token)[1])
     model.train()
     return sums.read(runtime)
 
@@ -55,8 +61,8 @@ def main(config: MLM_trainingConfig = None):
     model = model.to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)
 
-    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime, "trainMLM",
-                                                  inputs)
+    train_step, stream, log, step = tu.start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set,
+                                                 runtime, "trainMLM", inputs)
     logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)", config.model_size,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data), features.max_seq_len,
                 runtime.world_size)
@@ -68,10 +74,10 @@ def main(config: MLM_trainingConfig = None):
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
             tu.mark_step_begin(config)
-            with tu.no_sync(train_model, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
-                out = train_model(**batch)
-            (out["loss"] / config.gradient_accumulation_steps).backward()
-            sums.add(tu.generator_metrics(out, batch))
+            with tu.no_sync(train_step, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
+                loss, metrics = train_step(batch)
+            (loss / config.gradient_accumulation_steps).backward()
+            sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)
         tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
         step += 1

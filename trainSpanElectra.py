@@ -10,6 +10,7 @@ train together with shared embeddings; loss = generator loss + disc_weight x dis
 Saves SE/discriminator (loads with transformers.ElectraForPreTraining.from_pretrained), in joint
 mode also SE/generator, plus SE/metrics.jsonl and resumable checkpoints.
 """
+import functools
 import logging
 import os
 
@@ -36,9 +37,10 @@ def sampling_temperature(step, config):
     return config.temperature_start + (1.0 - config.temperature_start) * step / decay_steps
 
 
-def step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token=None):
-    """Loss to optimise and the batch's metrics (device tensors), for either mode (baseline_token:
-    see training_utils.generator_metrics)."""
+def loss_and_metrics(model, batch, config, sample_rng=None, temperature=1.0, baseline_token=None):
+    """One forward pass: the loss to optimise and the batch's metrics (device tensors), for either
+    mode (baseline_token: see training_utils.generator_metrics). Compiled with the model (TrainStep)."""
+    gen_out, disc_out, replaced = model(batch, sample_rng, temperature=temperature)
     metrics = tu.discriminator_counts(disc_out, replaced)
     if gen_out is None:
         return disc_out["loss"], metrics
@@ -103,8 +105,7 @@ def evaluate(model, dataset, config, runtime):
     for i in range(min(config.eval_batches or len(dataset), len(dataset))):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
-            gen_out, disc_out, replaced = model(batch, sample_rng)
-        sums.add(step_metrics(gen_out, disc_out, replaced, batch, config, baseline_token)[1])
+            sums.add(loss_and_metrics(model, batch, config, sample_rng, baseline_token=baseline_token)[1])
     model.train()
     return sums.read(runtime)
 
@@ -117,8 +118,8 @@ def main(config: SE_trainingConfig = None):
     model = model.to(runtime.device)
     optimizer, scheduler = tu.build_optimization(model, config)
 
-    train_model, stream, log, step = tu.start_run(config, model, optimizer, scheduler, train_set, runtime,
-                                                  "trainSpanElectra", inputs)
+    train_step, stream, log, step = tu.start_run(config, model, functools.partial(loss_and_metrics, config=config),
+                                                 optimizer, scheduler, train_set, runtime, "trainSpanElectra", inputs)
     logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,
                 config.model_size, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                 len(train_set.data), runtime.world_size)
@@ -133,9 +134,8 @@ def main(config: SE_trainingConfig = None):
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
             tu.mark_step_begin(config)
-            with tu.no_sync(train_model, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
-                gen_out, disc_out, replaced = train_model(batch, temperature=temperature)
-                loss, metrics = step_metrics(gen_out, disc_out, replaced, batch, config)
+            with tu.no_sync(train_step, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
+                loss, metrics = train_step(batch, temperature=temperature)
             (loss / config.gradient_accumulation_steps).backward()
             sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)

@@ -459,11 +459,12 @@ def resume_training_state(config, model, optimizer, scheduler):
     return state["step"], state["data"]
 
 
-def start_run(config, model, optimizer, scheduler, train_set, runtime, script_name, inputs=None):
+def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, runtime, script_name, inputs=None):
     """Everything between building the model and the first step: the out_dir and its config (rank 0),
-    resuming, torch.compile and DDP, the batch stream and the metrics log. inputs: digests of the
-    run's other inputs, part of its identity (see run_identity).
-    Returns (model to call in the loop, batch stream, metrics log, first step)."""
+    resuming, torch.compile and DDP, the batch stream and the metrics log. loss_and_metrics(model,
+    batch, **kwargs) -> (loss, metrics) is the step's forward pass (see TrainStep); inputs: digests of
+    the run's other inputs, part of its identity (see run_identity).
+    Returns (train step to call in the loop, batch stream, metrics log, first step)."""
     claim_out_dir(config, train_set.features, script_name, runtime, inputs)
     if runtime.is_main:
         save_config(config, config.out_dir, script_name)
@@ -471,10 +472,24 @@ def start_run(config, model, optimizer, scheduler, train_set, runtime, script_na
     if step >= config.max_steps:
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
                     "to train it further", config.out_dir, step, config.max_steps)
-    train_model = wrap_ddp(compile_model(model, runtime) if config.compile else model, runtime)
+    train_step = TrainStep(model, loss_and_metrics)
+    train_step = wrap_ddp(compile_model(train_step, runtime) if config.compile else train_step, runtime)
     stream = BatchStream(train_set, data_workers(config.num_workers, runtime), runtime.device.type == "cuda",
                          **position)
-    return train_model, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
+    return train_step, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
+
+
+class TrainStep(torch.nn.Module):
+    """A model and the function that makes (loss, metrics) of its forward pass, as one module, so that
+    torch.compile captures the metrics with the model: on a GPU their ~70 small kernels join the step's
+    CUDA graph instead of each being launched from Python after it. DDP wraps it as it would the model."""
+
+    def __init__(self, model, loss_and_metrics):
+        super().__init__()
+        self.model, self.loss_and_metrics = model, loss_and_metrics
+
+    def forward(self, batch, **kwargs):
+        return self.loss_and_metrics(self.model, batch, **kwargs)
 
 
 # ---------------------------------------------------------------- who owns out_dir
@@ -809,7 +824,7 @@ class MetricSums:
         keys = tuple(metrics)
         if self.keys not in (None, keys):
             raise ValueError(f"MetricSums: metrics {keys} after {self.keys}; read() before changing them")
-        values = torch.cat([v.detach().reshape(1) for v in metrics.values()]).double()
+        values = torch.stack([v.detach() for v in metrics.values()]).double()
         self.keys, self.total, self.n = keys, values if self.total is None else self.total + values, self.n + 1
 
     def read(self, runtime):

@@ -12,7 +12,7 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              each model (the best a user gets from transformers alone).
   ours:      trainSpanElectra.py's joint step: SpanElectraJoint on batches masked ahead of time (as
              the DataLoader workers do), pinned and copied without waiting, fixed prediction slots,
-             metrics summed on the device, fused AdamW, TF32; in fp32, bf16 autocast, and bf16 under
+             metrics computed in the step (compiled with it) and summed on the device, fused AdamW, TF32; in fp32, bf16 autocast, and bf16 under
              torch.compile (CUDA graphs on a GPU), as --bf16 --compile runs it.
 The fp32 pair alternates its steps (median per step); every other variant warms up, then runs
 --steps steps with one synchronisation at the end. The compiled step is also timed on batches masked
@@ -36,10 +36,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import training_utils as tu  # noqa: E402
-from argument import MaskingArgs  # noqa: E402
+from argument import MaskingArgs, SE_trainingConfig  # noqa: E402
 from masking import IGNORE_INDEX, Masker, max_prediction_slots, prediction_slots  # noqa: E402
 from modelling_span_electra import SpanElectraJoint, electra_configs  # noqa: E402
 from tokenization import MASK_ID, SPECIAL_TOKENS  # noqa: E402
+from trainSpanElectra import loss_and_metrics  # noqa: E402
 
 VOCAB, SPECIAL = 30522, range(len(SPECIAL_TOKENS))  # BERT's vocabulary size, as ELECTRA's
 
@@ -72,12 +73,14 @@ def fp32_precision(device, tf32):
 
 # ---------------------------------------------------------------- ours: trainSpanElectra.py's joint step
 def ours_setup(device, compile_step):
+    """The joint model, its step as the script builds it (forward, loss and metrics in one module,
+    compiled when asked) and fused AdamW."""
     gen_cfg, disc_cfg = electra_configs("small", VOCAB, 128)
     torch.manual_seed(0)
     model = SpanElectraJoint(gen_cfg, disc_cfg).to(device)
-    runtime = tu.Runtime(device)
-    step_model = tu.compile_model(model, runtime) if compile_step else model
-    return model, step_model, tu.build_optimizer(model, 5e-4, 0.01)
+    step = tu.TrainStep(model, functools.partial(loss_and_metrics, config=SE_trainingConfig()))  # disc_weight 50
+    step = tu.compile_model(step, tu.Runtime(device)) if compile_step else step
+    return model, step, tu.build_optimizer(model, 5e-4, 0.01)
 
 
 MASKING = MaskingArgs(mask_replace_prob=0.85, random_replace_prob=0.0)  # SE_trainDataArgs' masking
@@ -119,15 +122,12 @@ class MaskedBatches(torch.utils.data.Dataset):
         return masked_batch(np.random.default_rng(index), self.batch_size, self.seq_len)
 
 
-def ours_step(model, step_model, optimizer, batch, device, bf16, compiled, sums):
+def ours_step(model, train_step, optimizer, batch, device, bf16, compiled, sums):
     batch = tu.to_device(batch, device)
     if compiled:
         torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-        gen_out, disc_out, replaced = step_model(batch)
-        loss = gen_out["loss"] + 50 * disc_out["loss"]
-        metrics = tu.discriminator_counts(disc_out, replaced)
-        metrics.update(tu.generator_metrics(gen_out, batch))
+        loss, metrics = train_step(batch)
     loss.backward()
     sums.add(metrics)
     tu.optimizer_step(model, optimizer, _NoSchedule(), 1.0)
@@ -213,14 +213,14 @@ def run_fp32_pair(device, batches, ids, steps):
     alike); median seconds per step of each."""
     fp32_precision(device, False)
     models, base_opt = baseline_setup(device, False)
-    model, _, optimizer = ours_setup(device, False)
+    model, step, optimizer = ours_setup(device, False)
     sums = tu.MetricSums()
     times = {"baseline": [], "ours": []}
     for i in range(steps + 1):
         fp32_precision(device, False)
         t_base = timed(lambda: baseline_step(models, base_opt, ids[i % len(ids)], device, False), device)
         fp32_precision(device, True)
-        t_ours = timed(lambda: ours_step(model, model, optimizer, batches[i % len(batches)], device, False, False,
+        t_ours = timed(lambda: ours_step(model, step, optimizer, batches[i % len(batches)], device, False, False,
                                          sums), device)
         if i:  # the first round warms up
             times["baseline"].append(t_base)
@@ -232,9 +232,9 @@ def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
     """Seconds per step of our step on the in-memory batches; with loader_too, also (same model, no
     recompile) on batches masked by a DataLoader worker and pinned, as the training scripts get them."""
     fp32_precision(device, True)
-    model, step_model, optimizer = ours_setup(device, compiled)
+    model, train_step, optimizer = ours_setup(device, compiled)
     sums = tu.MetricSums()
-    t = time_steps(lambda i: ours_step(model, step_model, optimizer, batches[i % len(batches)], device, bf16,
+    t = time_steps(lambda i: ours_step(model, train_step, optimizer, batches[i % len(batches)], device, bf16,
                                        compiled, sums), steps, device, warmup=3 if compiled else 1)
     row = sums.read(tu.Runtime(device))  # the metrics were summed on the device all along
     assert np.isfinite(row["loss"]), row
@@ -243,7 +243,7 @@ def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
     batch = batches[0]
     stream = tu.BatchStream(MaskedBatches(batch["input_ids"].shape[0], batch["input_ids"].shape[1]), num_workers=1,
                             pin_memory=device.type == "cuda")
-    t_loader = time_steps(lambda i: ours_step(model, step_model, optimizer, next(stream), device, bf16, compiled, sums),
+    t_loader = time_steps(lambda i: ours_step(model, train_step, optimizer, next(stream), device, bf16, compiled, sums),
                           steps, device, warmup=5)  # the worker starts and fills its queue
     return t, t_loader
 

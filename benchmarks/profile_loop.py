@@ -5,8 +5,9 @@ stays below bench_train.py's step).
     python benchmarks/profile_loop.py --features_dir FEAT --model_size tiny --steps 40   # a quick CPU look
 
 Runs the real script (main(config)) and times, on the host, each phase of its loop over a window of
-steps after compilation: waiting for the batch, copying it, the model call, metrics, backward,
-summing metrics, the optimizer step, and the rest (schedule, bar, logging). torch's profiler over the
+steps after compilation: waiting for the batch, copying it, the step's forward pass (the model, its
+loss and metrics: training_utils.TrainStep), backward, summing metrics, the optimizer step, and the
+rest (schedule, bar, logging). torch's profiler over the
 same window gives the GPU's kernel time and the host calls that wait for the GPU. A step is
 host-bound when its host phases add up to its wall time while the GPU idles.
 """
@@ -57,7 +58,6 @@ def instrument(clock, profiler):
     """Time the loop's phases by wrapping the functions it calls; the optimizer step closes a step."""
     clock.wrap(tu.BatchStream, "__next__", "wait for batch")
     clock.wrap(tu, "to_device", "copy batch")
-    clock.wrap(trainSpanElectra, "step_metrics", "metrics")
     clock.wrap(tu.MetricSums, "add", "sum metrics")
     clock.wrap(torch.Tensor, "backward", "backward")
     optimizer_step = tu.optimizer_step
@@ -77,14 +77,14 @@ def instrument(clock, profiler):
     tu.optimizer_step = step_end
     wrap_ddp = tu.wrap_ddp
 
-    def timed_model(model, runtime):  # the model the loop calls, compiled or not (one process)
+    def timed_model(model, runtime):  # the step the loop calls, compiled or not (one process)
         wrapped = wrap_ddp(model, runtime)
 
         def call(*args, **kwargs):
             begin = time.perf_counter()
             out = wrapped(*args, **kwargs)
             if clock.on:
-                clock.seconds["model call"] += time.perf_counter() - begin
+                clock.seconds["forward+metrics"] += time.perf_counter() - begin
             return out
         return call
     tu.wrap_ddp = timed_model
@@ -105,6 +105,12 @@ def report(clock, profiler, cuda):
     waits = [e for e in events if any(e.key.startswith(w) for w in WAITS)]
     for e in sorted(waits, key=lambda e: -e.cpu_time_total):
         print(f"  waits on the device: {e.key[:40]:40s} {e.count / steps:6.2f}x/step {e.cpu_time_total / steps / 1e3:7.3f} ms/step")
+    top = [e for e in profiler.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+    print(f"eager ops the loop starts outside compiled graphs and the optimizer: {len(top) / steps:.1f}/step")
+    launches = [e for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch",
+                                               "cudaMemcpyAsync")]
+    for e in launches:
+        print(f"  {e.key:20s} {e.count / steps:7.1f}/step")
     busiest = sorted((e for e in events if e.device_type.name == "CPU"), key=lambda e: -e.self_cpu_time_total)[:12]
     print("host ops by self time:")
     for e in busiest:

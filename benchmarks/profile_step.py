@@ -6,6 +6,7 @@
 Prints ms/step (wall), the GPU time of the kernels per step, and the kernels that take the most.
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -18,7 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_train as bench  # noqa: E402
 import training_utils as tu  # noqa: E402
+from argument import SE_trainingConfig  # noqa: E402
 from modelling_span_electra import SpanElectraJoint, electra_configs  # noqa: E402
+from trainSpanElectra import loss_and_metrics  # noqa: E402
 
 
 def main():
@@ -48,11 +51,12 @@ def main():
         if args.attn:
             cfg._attn_implementation = args.attn
     model = SpanElectraJoint(gen_cfg, disc_cfg, use_sbo=not args.no_sbo).to(device)
-    step_model = tu.compile_model(model, tu.Runtime(device)) if compiled else model
+    train_step = tu.TrainStep(model, functools.partial(loss_and_metrics, config=SE_trainingConfig()))
+    train_step = tu.compile_model(train_step, tu.Runtime(device)) if compiled else train_step
     optimizer, sums = tu.build_optimizer(model, 5e-4, 0.01), tu.MetricSums()
 
     def step(i):
-        bench.ours_step(model, step_model, optimizer, batches[i % len(batches)], device, bf16, compiled, sums)
+        bench.ours_step(model, train_step, optimizer, batches[i % len(batches)], device, bf16, compiled, sums)
 
     start = time.perf_counter()
     for i in range(3):

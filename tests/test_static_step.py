@@ -1,5 +1,6 @@
 """The training step works on fixed shapes without host syncs: prediction slots instead of boolean
 indexing, the same losses as indexing the masked tokens, one compilation for a whole run."""
+import functools
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import features
 import masking
 import modelling_span_electra as mse
 import training_utils as tu
+import trainMLM_SpanElectra
 import trainSpanElectra
 from conftest import dense_labels, dense_slots
 
@@ -125,16 +127,13 @@ def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode):
         model = mse.SpanElectraTwoStage(mse.SpanElectraGenerator(gen_cfg), mse.SpanElectraDiscriminator(disc_cfg))
     optimizer = tu.build_optimizer(model, 1e-3, 0.01)
 
-    def step(batch, temperature):
-        gen_out, disc_out, replaced = model(batch, temperature=temperature)
-        return trainSpanElectra.step_metrics(gen_out, disc_out, replaced, batch, config)
-
+    step = tu.TrainStep(model, functools.partial(trainSpanElectra.loss_and_metrics, config=config))  # as the script
     compiled, sums = compiled_once(step), tu.MetricSums()
     temperature = torch.ones(())
     with no_recompiles():
         for i, batch in enumerate(se_batches(bpe_feat[0], 20, seed=1)):  # 20 different masks
             temperature.fill_(2.0 - i / 20)  # the curriculum changes the value, never the graph
-            loss, metrics = compiled(batch, temperature)
+            loss, metrics = compiled(batch, temperature=temperature)
             loss.backward()
             tu.optimizer_step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 1.0)
             sums.add(metrics)
@@ -148,10 +147,7 @@ def test_generator_step_is_one_graph_compiled_once(bpe_feat):
     model = mse.SpanElectraGenerator(gen_cfg)
     ds = features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=2)
 
-    def step(batch):
-        out = model(**batch)
-        return out["loss"], tu.generator_metrics(out, batch, baseline_token=17)
-
+    step = tu.TrainStep(model, functools.partial(trainMLM_SpanElectra.loss_and_metrics, baseline_token=17))
     compiled, sums = compiled_once(step), tu.MetricSums()
     with no_recompiles():
         for i in range(20):
@@ -285,6 +281,6 @@ def test_profile_loop_accounts_for_the_loop_step(bpe_feat):
                          capture_output=True, text=True, timeout=300, check=True).stdout
     wall = float(re.search(r"window: steps 3-7, ([\d.]+) ms/step wall", out).group(1))
     phases = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"host (\D+?)\s+([\d.]+) ms/step", out)}
-    assert {"model call", "backward", "optimizer step", "metrics", "wait for batch"} <= set(phases)
+    assert {"forward+metrics", "backward", "optimizer step", "sum metrics", "wait for batch"} <= set(phases)
     timed = float(re.search(r"phases above\s+([\d.]+) ms/step", out).group(1))
     assert 0.5 * wall < timed <= wall * 1.01  # on the CPU the host does all the work
