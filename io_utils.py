@@ -54,6 +54,12 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_json(path):
+    """A JSON file's content (the file closed at once)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def make_out_dir(path, field="out_dir"):
     """Create an output folder (and parents), turning permission problems into one-line errors."""
     try:

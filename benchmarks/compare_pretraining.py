@@ -40,7 +40,7 @@ import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MLM_trainDataArgs,  # noqa: E402
                       MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args, feature_args,
                       finetune_args, run_main, tok_args)
-from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir  # noqa: E402
+from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir, read_json  # noqa: E402
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from features import MLMDataset, PretrainingFeatures, SEDataset  # noqa: E402
@@ -255,7 +255,7 @@ def check_data_identity(config, scale):
     them, and every cached row was pre-trained on them); record the identity on first use."""
     path, wanted = os.path.join(config.out_dir, DATA_FILE), data_identity(config, scale)
     if os.path.isfile(path):
-        held = json.load(open(path, encoding="utf-8"))
+        held = read_json(path)
         changed = [f"{k} {held.get(k)!r} -> {v!r}" for k, v in wanted.items() if held.get(k) != v]
         if changed:
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds the vocabulary and features of another corpus "
@@ -509,7 +509,7 @@ def main(config: compare_args = None):
                 scale["budget_steps"], scale["budget_steps"] * scale["batch"] * 128 / 1e6)
 
     rows_path = os.path.join(config.out_dir, "compare.json")
-    rows = json.load(open(rows_path, encoding="utf-8")) if os.path.isfile(rows_path) else []  # resume after a stop
+    rows = read_json(rows_path) if os.path.isfile(rows_path) else []  # resume after a stop
     fractions = [float(f) for f in config.budget_fractions.split(",")]
     settings = finetune_settings(config, scale, tasks)
     plan = [(f"{name}@{fraction:g}", RECIPES[name][1], fraction) for name in config.recipes.split(",")
