@@ -475,14 +475,17 @@ COMPARE_RECIPES = {
 # the speeds behind the time estimates, measured (benchmarks/RESULTS.md): pre-training FLOP/s by kind of
 # step, the compiled step's first call, fine-tuning steps/s per process, vocabulary + features bytes/s
 CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min, ~12 fine-tuning steps/s
-    flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=0, ft_steps_per_second=12,
-    prep_bytes_per_second=1e6)
+    flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=0, warm_compile_seconds=0,
+    ft_steps_per_second=12, prep_bytes_per_second=1e6)
 H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step comparison runs on enwiki (2026-11-26):
     # MLM 6.8 PFLOP in 71 s; the joint steps 45-47 TFLOP/s (median 735-839k tokens/s, below the benchmark's
     # 1.05M; session 6's run took 203 s and 195 s against this estimate's 207 s);
     # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of 51 MB of xz in 34 s
     flops_per_second={"mlm": 96e12, "joint": 45e12, "two_stage": 45e12}, compile_seconds=55, ft_steps_per_second=22,
-    prep_bytes_per_second=1e6)
+    prep_bytes_per_second=1e6,
+    # a step compiled ahead (compare_pretraining.warm_compile) loads from torch.compile's caches: 7 s against
+    # 79 s cold for the ELECTRA-Small step on the 2-core CPU; assumed 10 s on the H100 until measured there
+    warm_compile_seconds=10)
 WIKITEXT2 = (os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"), os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
 ENWIKI = (os.path.join(SHARED, "enwiki", "enwiki.train.txt.xz"), os.path.join(SHARED, "enwiki", "enwiki.valid.txt.xz"))
 VIWIKI = (os.path.join(SHARED, "viwiki-large", "viwiki-large.train.txt.xz"),
@@ -716,6 +719,8 @@ class finetune_args:
     seed: int = _help("random seed (when seeds is empty)", default=42)
     seeds: str = _help("comma-separated seeds, e.g. 1,2,3: one run each, results.json reports median, min and max",
                        default="")
+    subset_seed: int = _help("seed that picks the max_train_examples subset (-1: the first seed), so that seeds "
+                             "fine-tuned in separate runs see the same examples", default=-1)
     save_model: bool = _help("save the first seed's fine-tuned model and tokenizer to out_dir/model", default=True)
     linear_probe: bool = _help("instead of fine-tuning: a linear probe (the encoder frozen, logistic regression on "
                                "its mean-pooled outputs), cheap and sensitive to what pre-training learned",
@@ -735,6 +740,7 @@ class finetune_args:
         for name in ("weight_decay", "max_grad_norm", "max_train_examples"):
             check_range(self, name, low=0)
         check_range(self, "max_seq_length", low=5)  # [CLS] a [SEP] b [SEP]
+        check_range(self, "subset_seed", low=-1)
         self.seed_list()
         check_dir(self, "model_dir", "point it at OUT/discriminator of trainSpanElectra.py or a transformers "
                   "ELECTRA/BERT folder", must_contain="config.json")

@@ -785,7 +785,7 @@ def main(config: finetune_args = None):
     config = config or finetune_args()
     config.validate()
     seeds = config.seed_list()
-    task = load_task(config, seeds[0])
+    task = load_task(config, seeds[0] if config.subset_seed < 0 else config.subset_seed)
     logger.info(describe_task(task))
     logger.info("dev.tsv: %d rows; test.tsv: %s; metrics: %s", len(task.dev),
                 f"{len(task.test)} rows" if task.test is not None else "none", ", ".join(task.metrics + ["loss"]))

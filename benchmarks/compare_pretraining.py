@@ -125,6 +125,55 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
     return model_dir, spent + steps * flops, time.time() - start
 
 
+# ---------------------------------------------------------------- compiling ahead
+WARM_COMPILE_THREADS = 4  # kernel-compiling processes of a warm-up: most cores stay with the running pre-training
+
+
+def warm_compile(recipe, config, paths, scale, out_dir):
+    """One step of a recipe in a scratch folder, in a pool worker beside the pre-training before it:
+    torch.compile's on-disk caches (FX graphs, AOTAutograd, kernels) then hold the recipe's step, and
+    its real run loads it instead of compiling it (2-core CPU, ELECTRA-Small step: 79 s cold, 7 s from
+    the caches). Returns the seconds it took."""
+    start = time.time()
+    torch._inductor.config.compile_threads = WARM_COMPILE_THREADS  # not part of the caches' keys
+    logging.getLogger("span_electra").setLevel(logging.WARNING)  # the scratch run's lines are noise
+    try:
+        pretrain(recipe, 1.0, config, paths, scale, out_dir)  # a budget of 1 FLOP: one step of each part
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return time.time() - start
+
+
+def start_warm_compile(pool, name, config, paths, scale):
+    """The warm-up of recipe `name` submitted to the pool (None without a pool or compilation)."""
+    if pool is None or not config.compile:
+        return None
+    logger.info("compiling %s's step ahead, beside the pre-training", name)
+    return pool.submit(warm_compile, RECIPES[name][1], config, paths, scale, os.path.join(config.out_dir, "warm", name))
+
+
+def wait_warm_compile(name, future):
+    """Wait for a recipe's warm-up; a failed one only costs its run the usual compilation."""
+    if future is None:
+        return
+    try:
+        logger.info("%s: its step was compiled ahead in %.0f s", name, future.result())
+    except Exception as e:  # noqa: BLE001 - the run itself compiles then, and reports any real error
+        logger.warning("%s: compiling ahead failed (%s); its run compiles the step itself", name, e)
+
+
+def recipes_to_pretrain(plan, rows, config, scale, full_budget):
+    """Names of the recipes in plan that still pre-train (no cached row), in order, each once."""
+    names = []
+    for run, recipe, fraction in plan:
+        name = run.split("@")[0]
+        identity = row_identity(name, fraction, config, scale, full_budget)
+        cached = any(r["run"] == run and r.get("identity") == identity for r in rows)
+        if recipe is not None and not cached and name not in names:
+            names.append(name)
+    return names
+
+
 def curve_every(steps, points=10):
     """Validation interval that gives a pre-training curve of about `points` points."""
     return max(1, -(-steps // points))
@@ -159,13 +208,16 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
     """Seconds each stage still to run should take, from the scale's measured speeds (the log shows
     them before anything starts). Returns [(stage, seconds, beside)]: `beside` stages run beside the
     next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
-    stages = []
-    compile_seconds = scale["compile_seconds"] if config.compile else 0
+    stages, compiled = [], set()  # compiled: recipes whose steps torch.compile's caches hold by their turn
     speed, workers = scale["flops_per_second"], ft_workers(config)
     for run, recipe, fraction in wanted:
         row = next((r for r in rows if r["run"] == run), None)
         if row is None and recipe is not None:
-            budget = fraction * full_budget
+            name, budget = run.split("@")[0], fraction * full_budget
+            # the first recipe compiles; with a pool each later one was compiled ahead (warm_compile)
+            warm = name in compiled or (compiled and workers > 1)
+            compile_seconds = 0 if not config.compile else scale["warm_compile_seconds" if warm else "compile_seconds"]
+            compiled.add(name)
             if recipe["kind"] == "two_stage":
                 seconds = (config.gen_fraction * budget / speed["mlm"] + (1 - config.gen_fraction) * budget /
                            speed["two_stage"] + 2 * compile_seconds)
@@ -181,13 +233,15 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
 
 
 def finetune_seconds(settings, scale, workers):
-    """One row's fine-tuning and probes: its jobs (one per task and kind) run `workers` at once, each
+    """One row's fine-tuning and probes: with workers, a job per task and seed, `workers` at once, each
     paying ~15 s for its process, its dev evaluations and its probe; in one process, one after another."""
-    jobs = [settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32) *
-            len(settings["seeds"].split(",")) / scale["ft_steps_per_second"] for t in settings["tasks"]]
-    if workers > 1:
-        return max(jobs, default=0) + 15
-    return sum(jobs)
+    seeds = len(settings["seeds"].split(","))
+    one_seed = [settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32) /
+                scale["ft_steps_per_second"] for t in settings["tasks"]]
+    if workers > 1 and one_seed:
+        rounds = -(-len(one_seed) * (seeds + 1) // workers)  # the probes are jobs too
+        return rounds * (max(one_seed) + 15)
+    return sum(one_seed) * seeds
 
 
 def input_bytes(path):
@@ -218,13 +272,26 @@ def random_model(paths, scale, out_dir):
 
 
 # ---------------------------------------------------------------- fine-tuning
-def finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
-    """results.json of finetune_SE.py for one model and task (all seeds), or of its linear probe."""
+def finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
+    """results.json of finetune_SE.py for one model and task (seeds: some of config.seeds, default all),
+    or of its linear probe. Every seed fine-tunes on the same subset, the first seed's."""
     settings = finetune_settings(config, scale, [task_dir])
     return finetune_SE.main(finetune_args(
         model_dir=model_dir, task_dir=task_dir, out_dir=out_dir, num_train_epochs=settings["epochs"],
-        learning_rate=settings["learning_rate"], seeds=config.seeds, max_train_examples=settings["max_train_examples"],
+        learning_rate=settings["learning_rate"], seeds=seeds or config.seeds,
+        subset_seed=int(config.seeds.split(",")[0]), max_train_examples=settings["max_train_examples"],
         device=config.device, save_model=False, linear_probe=linear_probe))
+
+
+def merged_results(results):
+    """One results.json of a task's seeds fine-tuned in separate jobs: their runs joined, median, min
+    and max taken again (the linear probe, deterministic, has one job)."""
+    if len(results) == 1:
+        return results[0]
+    per_seed = [run for result in results for run in result["per_seed"]]
+    keys = [k for k in per_seed[0] if k.startswith("eval_")]
+    return {**results[0], **finetune_SE.summarise(per_seed, keys), "seeds": [run["seed"] for run in per_seed],
+            "per_seed": per_seed}
 
 
 def finetune_settings(config, scale, tasks):
@@ -419,15 +486,18 @@ def pretrain_row(name, fraction, config, paths, scale, full_budget):
 
 def start_finetuning(pool, row, tasks, config, scale):
     """Fine-tune (and linearly probe) one row on every task: in the pool of worker processes when there is
-    one, so that the next recipe pre-trains meanwhile, else here and now. Returns (row, start time,
-    [(task, probe, future)]) for finish_finetuning."""
+    one, a job per seed, so that the next recipe pre-trains meanwhile and the row takes one seed's time;
+    else here and now. Returns (row, start time, [(task, probe, future)]) for finish_finetuning."""
     started, jobs = time.time(), []
     for task in tasks:
         for probe in (False, True):
-            args = (row["model_dir"], task, config, scale, ft_out_dir(config, row, task, probe), probe)
-            job = pool.submit(finetune, *args) if pool else finished_future(finetune(*args))
-            job.add_done_callback(lambda f: setattr(f, "finished", time.time()))
-            jobs.append((task, probe, job))
+            out_dir = ft_out_dir(config, row, task, probe)
+            for seed in ([None] if probe or pool is None else config.seeds.split(",")):
+                args = (row["model_dir"], task, config, scale, out_dir if seed is None else f"{out_dir}/seed_{seed}",
+                        probe, seed)
+                job = pool.submit(finetune, *args) if pool else finished_future(finetune(*args))
+                job.add_done_callback(lambda f: setattr(f, "finished", time.time()))
+                jobs.append((task, probe, job))
     return row, started, jobs
 
 
@@ -446,8 +516,8 @@ def finish_finetuning(started, settings):
     """Wait for one row's jobs and put their dev figures in it (metrics: fine-tuning; probe: linear probe)."""
     row, start, jobs = started
     row["metrics"], row["probe"] = {}, {}
-    for task, probe, job in jobs:
-        result = job.result()
+    for task, probe in dict.fromkeys((task, probe) for task, probe, _ in jobs):
+        result = merged_results([job.result() for t, p, job in jobs if (t, p) == (task, probe)])
         row["probe" if probe else "metrics"][os.path.basename(task.rstrip("/"))] = {
             "key": headline_metric(result), "results": result}
     # the done callbacks may still be running when result() returns
@@ -522,14 +592,20 @@ def main(config: compare_args = None):
     wanted = [run for run, _, _ in plan]
     reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
                  for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps
+    to_pretrain = recipes_to_pretrain(plan, rows, config, scale, full_budget)
     with finetune_pool(config) as pool:
         pending = []  # rows being fine-tuned, oldest first
+        warming = {}  # recipe -> its warm-up: the next recipe compiles while this one pre-trains
         for run, _, fraction in plan:  # each finished stage is saved at once (a stop loses no finished row)
-            identity = row_identity(run.split("@")[0], fraction, config, scale, full_budget)
+            name = run.split("@")[0]
+            identity = row_identity(name, fraction, config, scale, full_budget)
             row = cached_row(rows, run, identity)
             if row is None:
-                row = dict(pretrain_row(run.split("@")[0], fraction, config, paths, scale, full_budget),
-                           identity=identity)
+                wait_warm_compile(name, warming.pop(name, None))
+                following = to_pretrain[to_pretrain.index(name) + 1:] if name in to_pretrain else []
+                if following and following[0] not in warming:
+                    warming[following[0]] = start_warm_compile(pool, following[0], config, paths, scale)
+                row = dict(pretrain_row(name, fraction, config, paths, scale, full_budget), identity=identity)
                 rows.append(row)
                 atomic_write_json(rows_path, rows)
             if row.get("finetune") != settings:  # a row fine-tuned otherwise keeps its model

@@ -1,4 +1,5 @@
 """benchmarks/compare_pretraining.py: the pure parts (metric choice, table, RESULTS.md section, FLOPs counting)."""
+import contextlib
 import json
 import sys
 
@@ -76,7 +77,7 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
         calls["pretrain"].append(out_dir)
         return out_dir + "/discriminator", budget, 1.0
 
-    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
         if not linear_probe:
             calls["finetune"].append((model_dir, config.seeds))
         return result(0.7)
@@ -137,7 +138,7 @@ def test_pretraining_only_without_tasks(tmp_path, monkeypatch):
 
 def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkeypatch):
     """Each row is saved as soon as its fine-tuning ends: a failure in a later row loses nothing before it."""
-    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False):
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
         if "mlm" in model_dir:
             raise RuntimeError("fine-tuning failed")
         return result(0.7)
@@ -185,7 +186,7 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
 
 def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
     """In worker processes, a row's fine-tuning runs beside the next pre-training: only the last one
-    adds to the total; the longest job (its slowest task, all seeds) sets a row's time."""
+    adds to the total; the longest job (its slowest task, one seed) sets a row's time."""
     config = cp.compare_args(scale="gpu", tasks=str(REPO / "data/glue/MRPC"), seeds="1,2", ft_workers=8).resolved()
     scale = cp.SCALES["gpu"]
     settings = cp.finetune_settings(config, scale, [config.tasks])
@@ -195,9 +196,57 @@ def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
         ("fine-tune random@0", True), ("pre-train mlm@1", False), ("fine-tune mlm@1", True),
         ("pre-train se_joint@1", False), ("fine-tune se_joint@1", False)]
     seconds = dict((name, s) for name, s, _ in stages)
-    assert seconds["fine-tune mlm@1"] == pytest.approx(2 * 32 * 2 / 22 + 15)
-    assert seconds["pre-train mlm@1"] == pytest.approx(9e15 / 96e12 + 55)
-    assert seconds["pre-train se_joint@1"] == pytest.approx(9e15 / 45e12 + 55)
+    assert seconds["fine-tune mlm@1"] == pytest.approx(2 * 32 / 22 + 15)  # a job per seed: one seed's time
+    assert seconds["pre-train mlm@1"] == pytest.approx(9e15 / 96e12 + 55)  # the first recipe compiles its step
+    assert seconds["pre-train se_joint@1"] == pytest.approx(9e15 / 45e12 + 10)  # compiled ahead: loaded
+
+
+class InlinePool:
+    """A pool that runs each job when it is submitted (the order of events is then the loop's)."""
+
+    def submit(self, fn, *args):
+        return cp.finished_future(fn(*args))
+
+
+def test_each_recipe_compiles_while_the_one_before_it_pre_trains(tmp_path, monkeypatch):
+    """With a pool and --compile, recipe k+1's step is compiled ahead (one scratch step, its folder
+    removed) as recipe k starts pre-training; the first recipe and cached ones are not warmed."""
+    events = []
+
+    def fake_pretrain(recipe, budget, config, paths, scale, out_dir):
+        warm = "/warm/" in out_dir
+        events.append(("warm " if warm else "pretrain ") + out_dir.split("/")[-1])
+        if warm:
+            assert budget == 1.0 and config.compile
+            (tmp_path / "warm" / out_dir.split("/")[-1]).mkdir(parents=True)  # what a scratch run leaves
+        return out_dir + "/discriminator", budget, 1.0
+
+    @contextlib.contextmanager
+    def inline_pool(config):
+        yield InlinePool()
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
+    monkeypatch.setattr(cp, "finetune", lambda *args, **kwargs: result(0.7))
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
+    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    monkeypatch.setattr(cp, "finetune_pool", inline_pool)
+    monkeypatch.setattr(cp.torch._inductor.config, "compile_threads", cp.torch._inductor.config.compile_threads)
+
+    def run(recipes):
+        level = cp.logger.level  # a warm-up quietens its (here: this) process's log
+        try:
+            cp.main(cp.compare_args(recipes=recipes, tasks="", budget_fractions="0.5,1", out_dir=str(tmp_path),
+                                    results_md="", compile=True))
+        finally:
+            cp.logger.setLevel(level)
+    run("random,mlm,electra")
+    assert events == ["warm electra", "pretrain mlm@0.5", "pretrain mlm@1", "pretrain electra@0.5",
+                      "pretrain electra@1"]
+    assert not list((tmp_path / "warm").iterdir())  # the scratch runs are gone
+    events.clear()
+    run("random,mlm,electra,se_joint")  # mlm and electra cached: se_joint is the first to pre-train
+    assert events == ["pretrain se_joint@0.5", "pretrain se_joint@1"]
 
 
 def test_pretraining_record_reads_tokens_and_curves(tmp_path):
@@ -224,8 +273,9 @@ def test_vietnamese_gpu_scale_segments_its_corpus():
 
 
 def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
-    """ft_workers > 1 runs the fine-tuning jobs in spawned processes; each row gets the same dev
-    figures (fine-tuning and linear probe) as the one-process path."""
+    """ft_workers > 1 runs the fine-tuning jobs in spawned processes, a job per seed; each row gets the
+    same dev figures (every seed's fine-tuning, their median, and the linear probe) as the one-process
+    path, which runs the seeds one after another on the same training subset."""
     scale = cp.SCALES["tiny"]
     paths = {"features": str(bpe_feat[0]), "vocab": bpe_feat[1]["vocab_size"]}
     model_dir = cp.random_model(paths, scale, str(tmp_path / "random"))
@@ -238,15 +288,17 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
     settings = {}
     figures = []
     for workers in (1, 2):
-        config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1", ft_max_train_examples=16,
+        config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1,2", ft_max_train_examples=16,
                                  device="cpu", ft_workers=workers).resolved()
         rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
         with cp.finetune_pool(config) as pool:
             assert (pool is None) == (workers == 1)
             for started in [cp.start_finetuning(pool, row, [task], config, scale) for row in rows]:
                 cp.finish_finetuning(started, settings)
-        figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"])
+        figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"],
+                         [(run["seed"], run["eval_f1"], run["train_loss"]) for run in r["metrics"]["MRPC"]["results"]["per_seed"]])
                         for r in rows])
         assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
-    assert figures[0] == figures[1]
+    assert figures[0] == figures[1] and [seed for seed, _, _ in figures[0][0][2]] == [1, 2]
     assert (tmp_path / "w2" / "runs" / "r1@0" / "probe_MRPC" / "results.json").is_file()
+    assert (tmp_path / "w2" / "runs" / "r1@0" / "ft_MRPC" / "seed_2" / "results.json").is_file()
