@@ -14,6 +14,10 @@ Recipes: random init; MLM only (BERT-style token masking, the discriminator's si
 span heads (SBO, span-boundary predictive head) on and off. Two budgets (half and full) give the
 points of the plot. Writes OUT/compare.json, OUT/compare.png and the section of
 benchmarks/RESULTS.md between its markers.
+
+With worker processes (--ft_workers, 8 on a GPU), each row is fine-tuned (a job per task and seed)
+while the next recipe pre-trains, and with --compile each recipe's step is compiled ahead while the
+one before it pre-trains (warm_compile).
 """
 import contextlib
 import json
