@@ -538,6 +538,8 @@ class compare_args:
     results_md: str = _help("markdown file whose comparison section is rewritten (empty: none)",
                             default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     seed: int = _help("pre-training seed", default=42)
+    pretrain_seeds: str = _help("comma-separated pre-training seeds, e.g. 42,43,44: each recipe pre-trained once per "
+                                "seed, the table pooling their fine-tuning runs (default: --seed alone)", default="")
     device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
     bf16: Optional[bool] = _help("bf16 autocast in pre-training (default: the scale's)", default=None)
     compile: Optional[bool] = _help("torch.compile the pre-training step (default: the scale's)", default=None)
@@ -558,9 +560,22 @@ class compare_args:
         check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
         check_range(self, "ft_workers", low=0)
+        self.pretrain_seed_list()
         for name in (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(","):
             if name not in COMPARE_RECIPES:
                 _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")
+
+    def pretrain_seed_list(self):
+        """The pre-training seeds: --pretrain_seeds as distinct integers, else [--seed]."""
+        if not self.pretrain_seeds.strip():
+            return [self.seed]
+        try:
+            seeds = [int(s) for s in self.pretrain_seeds.split(",")]
+        except ValueError:
+            _fail("pretrain_seeds", f"'{self.pretrain_seeds}' is not a comma-separated list of integers; use e.g. 42,43")
+        if len(set(seeds)) < len(seeds):
+            _fail("pretrain_seeds", f"'{self.pretrain_seeds}' names a seed twice; give each once")
+        return seeds
 
 
 

@@ -20,6 +20,7 @@ while the next recipe pre-trains, and with --compile each recipe's step is compi
 one before it pre-trains (warm_compile).
 """
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -169,9 +170,9 @@ def wait_warm_compile(name, future):
 def recipes_to_pretrain(plan, rows, config, scale, full_budget):
     """Names of the recipes in plan that still pre-train (no cached row), in order, each once."""
     names = []
-    for run, recipe, fraction in plan:
+    for run, recipe, fraction, seed in plan:
         name = run.split("@")[0]
-        identity = row_identity(name, fraction, config, scale, full_budget)
+        identity = row_identity(name, fraction, dataclasses.replace(config, seed=seed), scale, full_budget)
         cached = any(r["run"] == run and r.get("identity") == identity for r in rows)
         if recipe is not None and not cached and name not in names:
             names.append(name)
@@ -214,7 +215,7 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
     next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
     stages, compiled = [], set()  # compiled: recipes whose steps torch.compile's caches hold by their turn
     speed, workers = scale["flops_per_second"], ft_workers(config)
-    for run, recipe, fraction in wanted:
+    for run, recipe, fraction, *_ in wanted:
         row = next((r for r in rows if r["run"] == run), None)
         if row is None and recipe is not None:
             name, budget = run.split("@")[0], fraction * full_budget
@@ -354,17 +355,46 @@ def summary_cell(results, key):
     return f"{results[key]:.3f} [{results[key + '_min']:.3f}, {results[key + '_max']:.3f}]"
 
 
+def pooled_rows(rows):
+    """One row per recipe and budget: the rows of its pre-training seeds pooled (their fine-tuning
+    runs and probes joined, see merged_results; each seed's own row kept in 'seed_rows'); a recipe
+    pre-trained with one seed keeps its row as it is."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["recipe"], row["fraction"]), []).append(row)
+    pooled = []
+    for group in groups.values():
+        if len(group) == 1:
+            pooled.append(group[0])
+            continue
+        row = {**group[0], "label": f"{group[0]['label']}, {len(group)} pre-training seeds", "seed_rows": group,
+               "seconds": sum(r["seconds"] for r in group) / len(group)}
+        for kind in ("metrics", "probe"):
+            if all(kind in r for r in group):
+                row[kind] = {task: {"key": done["key"], "results": merged_results([r[kind][task]["results"] for r in group])}
+                             for task, done in group[0][kind].items()}
+        pooled.append(row)
+    return pooled
+
+
 def pretraining_cells(row):
-    """Tokens seen and the last valid MLM accuracy and disc_auc of a row (blank where it has none); a
-    discriminator that ended at chance (training_utils.at_chance) is marked collapsed, so its fine-tuning
-    figures read as what they are."""
-    def last(metric):
-        values = [points[-1][1] for key, points in sorted(row.get("curves", {}).items()) if key.endswith(":" + metric)]
+    """Tokens seen and the last valid MLM accuracy and disc_auc of a row (blank where it has none; one
+    value per pre-training seed, ' / ' between them); a discriminator that ended at chance
+    (training_utils.at_chance) is marked collapsed, so its fine-tuning figures read as what they are."""
+    def last(one, metric):
+        values = [points[-1][1] for key, points in sorted(one.get("curves", {}).items()) if key.endswith(":" + metric)]
         return values[-1] if values else None
-    accuracy, auc = last("mlm_accuracy"), last("disc_auc")
+    seed_rows = row.get("seed_rows", [row])
+    accuracy = [last(r, "mlm_accuracy") for r in seed_rows]
+    auc = [(last(r, "disc_auc"), r.get("discriminator_at_chance")) for r in seed_rows]
     return [f"{row['tokens'] / 1e6:.1f}M" if row.get("tokens") else "",
-            "" if accuracy is None else f"{accuracy:.3f}",
-            "" if auc is None else f"{auc:.3f}" + (" (collapsed)" if row.get("discriminator_at_chance") else "")]
+            " / ".join(f"{a:.3f}" for a in accuracy if a is not None),
+            " / ".join(f"{a:.3f}" + (" (collapsed)" if collapsed else "") for a, collapsed in auc if a is not None)]
+
+
+def probe_cell(results, key):
+    """A linear probe's dev figure; median [min, max] when pooled over pre-training seeds."""
+    return summary_cell(results, key) if len(results.get("per_seed", ())) > 1 else f"{results[key]:.3f}"
 
 
 def markdown_table(rows, tasks):
@@ -378,7 +408,7 @@ def markdown_table(rows, tasks):
         cells = [row["label"], f"{row['tflops']:.1f}", tokens, f"{row['seconds'] / 60:.1f} min", accuracy, auc]
         cells += [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
         if probed:
-            cells += [f"{row['probe'][n]['results'][row['probe'][n]['key']]:.3f}" for n in names]
+            cells += [probe_cell(row["probe"][n]["results"], row["probe"][n]["key"]) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -423,7 +453,8 @@ def publish_copy(src, dst):
     return dst
 
 
-COMMAND_FIELDS = ("scale", "budget_steps", "budget_fractions", "gen_fraction", "seeds", "ft_max_train_examples")
+COMMAND_FIELDS = ("scale", "budget_steps", "budget_fractions", "gen_fraction", "seeds", "ft_max_train_examples",
+                  "pretrain_seeds")
 
 
 def write_results_md(path, table, config, png, budget, elapsed):
@@ -435,7 +466,8 @@ def write_results_md(path, table, config, png, budget, elapsed):
         MARK_BEGIN,
         f"Command: `{command}` ({elapsed / 60:.0f} min on this machine). Budget: {budget / 1e12:.1f} TFLOPs of "
         f"training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
-        f"seeds {config.seeds}; cells are the dev metric's median [min, max].",
+        f"seeds {config.seeds}" + (f", pre-training seeds {config.pretrain_seeds} (pooled)" if config.pretrain_seeds else "")
+        + "; cells are the dev metric's median [min, max].",
         "", table, "", f"![dev score against pre-training compute]({os.path.relpath(png, os.path.dirname(path))})"
         if png else "(no plot: no task was fine-tuned, or matplotlib is missing)", MARK_END])
     text = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Benchmark results\n"
@@ -474,17 +506,22 @@ def cached_row(rows, run, identity):
     return None
 
 
-def pretrain_row(name, fraction, config, paths, scale, full_budget):
-    """Pre-train one run (or build the random model) and return its compare.json row."""
+def run_name(name, fraction, seed, first_seed):
+    """A row's name: recipe@fraction, with #s<seed> for every pre-training seed but the first."""
+    return f"{name}@{fraction:g}" + ("" if seed == first_seed else f"#s{seed}")
+
+
+def pretrain_row(run, fraction, config, paths, scale, full_budget):
+    """Pre-train one run (or build the random model) with config.seed and return its compare.json row."""
+    name = run.split("@")[0]
     label, recipe = RECIPES[name]
-    run = f"{name}@{fraction:g}"
     out_dir = os.path.join(config.out_dir, "runs", run)
     if recipe is None:
         model_dir, spent, seconds = random_model(paths, scale, out_dir), 0.0, 0.0
     else:
         model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
     return {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
-            "seconds": seconds, "model_dir": model_dir,
+            "seconds": seconds, "model_dir": model_dir, **({"seed": config.seed} if recipe is not None else {}),
             **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
 
 
@@ -586,30 +623,32 @@ def main(config: compare_args = None):
     rows = read_json(rows_path) if os.path.isfile(rows_path) else []  # resume after a stop
     fractions = [float(f) for f in config.budget_fractions.split(",")]
     settings = finetune_settings(config, scale, tasks)
-    plan = [(f"{name}@{fraction:g}", RECIPES[name][1], fraction) for name in config.recipes.split(",")
-            for fraction in ([0.0] if RECIPES[name][1] is None else fractions)]
+    seeds = config.pretrain_seed_list()
+    plan = [(run_name(name, fraction, seed, seeds[0]), RECIPES[name][1], fraction, seed)
+            for name in config.recipes.split(",") for fraction in ([0.0] if RECIPES[name][1] is None else fractions)
+            for seed in (seeds[:1] if RECIPES[name][1] is None else seeds)]  # random init: one model
     stages = estimate_seconds(plan, rows, settings, config, scale, full_budget)
     for stage, seconds, beside in stages:
         logger.info("estimate: %-40s %7.0f s%s", stage, seconds, " (beside the next pre-training)" if beside else "")
     logger.info("estimate: everything still to run: %.1f min (from the measured speeds of benchmarks/RESULTS.md)",
                 sum(s for _, s, beside in stages if not beside) / 60)
-    wanted = [run for run, _, _ in plan]
+    wanted = [run for run, *_ in plan]
     reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
                  for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps
     to_pretrain = recipes_to_pretrain(plan, rows, config, scale, full_budget)
     with finetune_pool(config) as pool:
         pending = []  # rows being fine-tuned, oldest first
         warming = {}  # recipe -> its warm-up: the next recipe compiles while this one pre-trains
-        for run, _, fraction in plan:  # each finished stage is saved at once (a stop loses no finished row)
-            name = run.split("@")[0]
-            identity = row_identity(name, fraction, config, scale, full_budget)
+        for run, _, fraction, seed in plan:  # each finished stage is saved at once (a stop loses no finished row)
+            name, run_config = run.split("@")[0], dataclasses.replace(config, seed=seed)
+            identity = row_identity(name, fraction, run_config, scale, full_budget)
             row = cached_row(rows, run, identity)
             if row is None:
                 wait_warm_compile(name, warming.pop(name, None))
                 following = to_pretrain[to_pretrain.index(name) + 1:] if name in to_pretrain else []
                 if following and following[0] not in warming:
                     warming[following[0]] = start_warm_compile(pool, following[0], config, paths, scale)
-                row = dict(pretrain_row(name, fraction, config, paths, scale, full_budget), identity=identity)
+                row = dict(pretrain_row(run, fraction, run_config, paths, scale, full_budget), identity=identity)
                 rows.append(row)
                 atomic_write_json(rows_path, rows)
             if row.get("finetune") != settings:  # a row fine-tuned otherwise keeps its model
@@ -619,9 +658,10 @@ def main(config: compare_args = None):
                 atomic_write_json(rows_path, rows)
     rows = [r for r in rows if r["run"] in wanted]
 
-    full = [r for r in rows if r["fraction"] in (0.0, max(r["fraction"] for r in rows))]
+    pooled = pooled_rows(rows)
+    full = [r for r in pooled if r["fraction"] in (0.0, max(r["fraction"] for r in pooled))]
     table = markdown_table(full, tasks)
-    png = plot(rows, tasks, os.path.join(config.out_dir, "compare.png"))
+    png = plot(pooled, tasks, os.path.join(config.out_dir, "compare.png"))
     if png and config.results_md:
         png = publish_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))
     print(table)

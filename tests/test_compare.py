@@ -302,3 +302,47 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
     assert figures[0] == figures[1] and [seed for seed, _, _ in figures[0][0][2]] == [1, 2]
     assert (tmp_path / "w2" / "runs" / "r1@0" / "probe_MRPC" / "results.json").is_file()
     assert (tmp_path / "w2" / "runs" / "r1@0" / "ft_MRPC" / "seed_2" / "results.json").is_file()
+
+
+def test_pretraining_seeds_each_pretrain_once_and_the_table_pools_them(tmp_path, monkeypatch):
+    """--pretrain_seeds pre-trains each recipe once per seed (random init once); the table pools a
+    recipe's seeds: every fine-tuning run of every seed in one median [min, max], one disc_auc and MLM
+    accuracy per seed; a rerun with one more seed pre-trains only that one."""
+    pretrained = []
+
+    def fake_pretrain(recipe, budget, config, paths, scale, out_dir):
+        pretrained.append((out_dir.split("/")[-1], config.seed))
+        return out_dir + "/discriminator", budget, 1.0
+    score = {"random@0": 0.5, "mlm@1": 0.7, "mlm@1#s43": 0.6, "mlm@1#s44": 0.8}
+
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
+        runs = [{"seed": s, "eval_accuracy": score[model_dir.split("/")[-2]] + 0.01 * s} for s in (1, 2)]
+        return {**cp.finetune_SE.summarise(runs, ["eval_accuracy"]), "per_seed": runs}
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
+    monkeypatch.setattr(cp, "finetune", fake_finetune)
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
+    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    results_md = tmp_path / "RESULTS.md"
+
+    def run(seeds):
+        return cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1", out_dir=str(tmp_path),
+                                       results_md=str(results_md), ft_workers=1, pretrain_seeds=seeds))
+    rows = run("42,43")
+    assert pretrained == [("mlm@1", 42), ("mlm@1#s43", 43)]
+    assert [(r["run"], r.get("seed")) for r in rows] == [("random@0", None), ("mlm@1", 42), ("mlm@1#s43", 43)]
+    table = results_md.read_text(encoding="utf-8")
+    # mlm's four runs: 0.71, 0.72 (seed 42) and 0.61, 0.62 (seed 43)
+    assert "| MLM only (BERT-style), 2 pre-training seeds |" in table and "0.665 [0.610, 0.720]" in table
+    assert "| random init |" in table and "0.515 [0.510, 0.520]" in table
+    assert "pre-training seeds 42,43 (pooled)" in table
+    run("42,43,44")
+    assert pretrained[2:] == [("mlm@1#s44", 44)]
+    assert "3 pre-training seeds" in results_md.read_text(encoding="utf-8")
+
+
+def test_pretrain_seeds_must_be_distinct_integers():
+    for bad in ("42,x", "42,42"):
+        with pytest.raises(cp.SpanElectraError, match="pretrain_seeds"):
+            cp.compare_args(pretrain_seeds=bad).validate()
