@@ -1,35 +1,41 @@
 #!/usr/bin/env bash
 # Does trainSpanElectra.py now log the benchmark's pace? (issue 9: the comparison runs logged a median
-# 735-839k tokens/s against bench_train.py's 1.05M). One device call, about 8 minutes:
-#   1. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
-#   2. trainSpanElectra.py joint small, bf16, --compile, 1,500 steps without validation, GPU clock and
-#      utilisation sampled every 2 s beside it; then the same with ELECTRA's recipe (token masking, no
-#      span heads), whose step logged ~15% slower than SpanElectra's in the comparisons with fewer FLOPs
-#   3. bench_train.py --device cuda: the reference, and the same compiled step fed by a DataLoader
+# 735-839k tokens/s against bench_train.py's 1.05M). One device call, about 9 minutes:
+#   1. trainSpanElectra.py joint small, bf16, --compile, 1,500 steps without validation, GPU clock and
+#      utilisation sampled every 2 s beside it; the same again for 300 steps in a new process, whose
+#      step loads from torch.compile's caches (what compare_pretraining's compiling ahead buys: the
+#      wall seconds of each run are printed); then ELECTRA's recipe (token masking, no span heads),
+#      whose step logged ~15% slower than SpanElectra's in the comparisons with fewer FLOPs
+#   2. bench_train.py --device cuda: the reference, and the same compiled step fed by a DataLoader
 #      worker (loader_vs_in_memory)
-#   4. profile_loop.py: host time per phase of the training script's loop against the GPU's kernel time
+#   3. profile_loop.py: host time per phase of the training script's loop against the GPU's kernel
+#      time, and the CUDA launches per step
+#   4. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
 # Usage: FEATURES=outputs/gpu/features bash benchmarks/long_run_check.sh   (logs under $OUT)
 set -u
 OUT=${OUT:-outputs/long_run_logs}
 FEATURES=${FEATURES:-outputs/gpu/features}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-timeout 45 python3 benchmarks/bench_loader.py --device cuda > "$OUT/bench_loader.log" 2>&1
 speeds() {  # metrics.jsonl -> step, tokens/s, data_wait_ms per logged row
     python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" "$1"
 }
 run() {  # name, then extra flags
+    local start=$SECONDS
     timeout 110 python3 trainSpanElectra.py --mode joint --model_size small --bf16 true --compile true \
         --features_dir "$FEATURES" --out_dir "/tmp/long_$1" --overwrite_output_dir true --train_batch_size 128 \
-        --max_steps 1500 --log_every 100 --save_every 1500 --eval_every 100000 "${@:2}" > "$OUT/train_$1.log" 2>&1
+        --max_steps 1500 --log_every 100 --save_every 100000 --eval_every 100000 "${@:2}" > "$OUT/train_$1.log" 2>&1
     speeds "/tmp/long_$1/metrics.jsonl" > "$OUT/speed_$1.txt" 2>&1
+    echo "$1: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
 }
 nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw --format=csv -l 2 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
 run se
+run se_cached --max_steps 300
 run electra --masking token --use_sbo false --use_span_head false
 kill $SMI
 timeout 220 python3 benchmarks/bench_train.py --device cuda 2>&1 | grep -v -i warn > "$OUT/bench.log"
-timeout 100 python3 benchmarks/profile_loop.py --features_dir "$FEATURES" > "$OUT/profile_loop.log" 2>&1
-tail -4 "$OUT/bench_loader.log"; paste "$OUT/speed_se.txt" "$OUT/speed_electra.txt"; tail -3 "$OUT/bench.log"
-tail -25 "$OUT/profile_loop.log"
+timeout 90 python3 benchmarks/profile_loop.py --features_dir "$FEATURES" > "$OUT/profile_loop.log" 2>&1
+timeout 40 python3 benchmarks/bench_loader.py --device cuda > "$OUT/bench_loader.log" 2>&1
+cat "$OUT/walls.txt"; paste "$OUT/speed_se.txt" "$OUT/speed_electra.txt"; tail -3 "$OUT/bench.log"
+tail -30 "$OUT/profile_loop.log"; tail -4 "$OUT/bench_loader.log"
