@@ -15,6 +15,18 @@ def result(value, spread=0.01):
     return {"eval_accuracy": value, "eval_accuracy_min": value - spread, "eval_accuracy_max": value + spread}
 
 
+def stub_stages(monkeypatch, pretrain, finetune=None):
+    """compare_pretraining.main with its heavy stages replaced: no data built, 1 GFLOP a step, the given
+    pre-training (and fine-tuning), a random model that is a path, no plot."""
+    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
+    monkeypatch.setattr(cp, "pretrain", pretrain)
+    if finetune is not None:
+        monkeypatch.setattr(cp, "finetune", finetune)
+    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
+    monkeypatch.setattr(cp, "plot", lambda *args: None)
+
+
 def test_headline_metric_follows_glue():
     assert cp.headline_metric({"eval_accuracy": 1, "eval_f1": 1}) == "eval_f1"
     assert cp.headline_metric({"eval_accuracy": 1, "eval_matthews_corr": 1}) == "eval_matthews_corr"
@@ -82,12 +94,7 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
             calls["finetune"].append((model_dir, config.seeds))
         return result(0.7)
 
-    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
-    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
-    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
-    monkeypatch.setattr(cp, "finetune", fake_finetune)
-    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
-    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    stub_stages(monkeypatch, fake_pretrain, fake_finetune)
 
     def run(**kw):
         return cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1",
@@ -166,12 +173,7 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
     def fake_pretrain(recipe, budget, config, paths, scale, out_dir):
         budgets.append(budget)
         return out_dir + "/discriminator", budget, 1.0
-    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
-    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
-    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
-    monkeypatch.setattr(cp, "finetune", lambda *args, **kwargs: result(0.7))
-    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
-    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    stub_stages(monkeypatch, fake_pretrain, lambda *args, **kwargs: result(0.7))
     caplog.set_level("INFO", logger="span_electra")
     cp.main(cp.compare_args(scale="gpu", recipes="random,electra", tasks=str(REPO / "data/glue/MRPC"), seeds="1",
                             out_dir=str(tmp_path), results_md="", budget_scale=2.0, ft_workers=1))
@@ -224,12 +226,7 @@ def test_each_recipe_compiles_while_the_one_before_it_pre_trains(tmp_path, monke
     @contextlib.contextmanager
     def inline_pool(config):
         yield InlinePool()
-    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
-    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
-    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
-    monkeypatch.setattr(cp, "finetune", lambda *args, **kwargs: result(0.7))
-    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
-    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    stub_stages(monkeypatch, fake_pretrain, lambda *args, **kwargs: result(0.7))
     monkeypatch.setattr(cp, "finetune_pool", inline_pool)
     monkeypatch.setattr(cp.torch._inductor.config, "compile_threads", cp.torch._inductor.config.compile_threads)
 
@@ -318,12 +315,7 @@ def test_pretraining_seeds_each_pretrain_once_and_the_table_pools_them(tmp_path,
     def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
         runs = [{"seed": s, "eval_accuracy": score[model_dir.split("/")[-2]] + 0.01 * s} for s in (1, 2)]
         return {**cp.finetune_SE.summarise(runs, ["eval_accuracy"]), "per_seed": runs}
-    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
-    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
-    monkeypatch.setattr(cp, "pretrain", fake_pretrain)
-    monkeypatch.setattr(cp, "finetune", fake_finetune)
-    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/discriminator")
-    monkeypatch.setattr(cp, "plot", lambda *args: None)
+    stub_stages(monkeypatch, fake_pretrain, fake_finetune)
     results_md = tmp_path / "RESULTS.md"
 
     def run(seeds):
