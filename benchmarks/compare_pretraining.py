@@ -146,6 +146,9 @@ def warm_compile(recipe, config, paths, scale, out_dir):
         pretrain(recipe, 1.0, config, paths, scale, out_dir)  # a budget of 1 FLOP: one step of each part
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+        torch._dynamo.reset()  # its compiled step and CUDA graphs: this worker fine-tunes next
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return time.time() - start
 
 
