@@ -33,6 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -42,13 +43,15 @@ import process  # noqa: E402
 import trainMLM_SpanElectra  # noqa: E402
 import trainSpanElectra  # noqa: E402
 import training_utils as tu  # noqa: E402
-from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MLM_trainDataArgs,  # noqa: E402
-                      MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args, feature_args,
-                      finetune_args, run_main, tok_args)
+from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MaskingArgs,  # noqa: E402
+                      MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args,
+                      feature_args, finetune_args, run_main, tok_args)
 from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir, read_json  # noqa: E402
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
-from features import MLMDataset, PretrainingFeatures, SEDataset  # noqa: E402
+from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
+from tokenization import CLS_ID, MASK_ID, SEP_ID, SPECIAL_TOKENS  # noqa: E402
+from features import PretrainingFeatures  # noqa: E402
 
 logger = logging.getLogger("span_electra")
 MARK_BEGIN, MARK_END = "<!-- compare_pretraining:begin -->", "<!-- compare_pretraining:end -->"
@@ -64,19 +67,30 @@ def count_flops(fn):
 COUNTED_ROWS = 8  # FLOPs grow linearly with the rows of a batch: count 8 rows, scale to the batch
 
 
-def step_flops(kind, recipe, features_dir, sizes, batch_size):
+def step_flops(kind, recipe, sizes, batch_size):
     """Training FLOPs of one optimizer step of a recipe part: 'mlm' or 'generator' (trainMLM),
     'two_stage' (frozen generator forward + discriminator) or 'joint'. Counted on the CPU for
     COUNTED_ROWS rows (a batch of 128 at ELECTRA-Small took ~10 s per recipe) and scaled."""
     rows = min(batch_size, COUNTED_ROWS)
-    return batch_size / rows * counted_flops(kind, recipe, features_dir, sizes, rows)
+    return batch_size / rows * counted_flops(kind, recipe, sizes, rows)
 
 
-def counted_flops(kind, recipe, features_dir, sizes, batch_size):
-    data_cls = MLM_trainDataArgs if kind in ("mlm", "generator") else SE_trainDataArgs
-    dataset_cls = MLMDataset if kind in ("mlm", "generator") else SEDataset
-    args = data_cls(features_dir=features_dir, masking=recipe["masking"])
-    batch = dataset_cls(args, batch_size, seed=0)[0]
+def synthetic_batch(kind, recipe, vocab, seq_len, rows):
+    """A batch shaped as the training datasets make it for this recipe part (random ids, every token
+    a word start): a step's FLOPs depend on the shapes alone, so counting them needs no features."""
+    data_args = (MLM_trainDataArgs if kind in ("mlm", "generator") else SE_trainDataArgs)(masking=recipe["masking"])
+    masking = MaskingArgs(**{f.name: getattr(data_args, f.name) for f in dataclasses.fields(MaskingArgs)})
+    rng = np.random.default_rng(0)
+    ids = rng.integers(len(SPECIAL_TOKENS), vocab, size=(rows, seq_len))
+    ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
+    masker = Masker(masking, np.ones(vocab, dtype=bool), range(len(SPECIAL_TOKENS)), MASK_ID, vocab)
+    batch = prediction_slots(masker(ids, rng), max_prediction_slots(masking, seq_len))
+    batch["original_ids"] = ids
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def counted_flops(kind, recipe, sizes, batch_size):
+    batch = synthetic_batch(kind, recipe, sizes["vocab"], sizes["seq"], batch_size)
     gen_cfg, disc_cfg = electra_configs(sizes["model_size"], sizes["vocab"], sizes["seq"], **sizes.get("overrides", {}))
     if kind in ("mlm", "generator"):
         model = SpanElectraGenerator(gen_cfg, recipe["use_sbo"])
@@ -107,7 +121,7 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
         _, disc = electra_configs(scale["model_size"], paths["vocab"], 128)
         sizes["overrides"] = dict(gen_hidden_size=disc.hidden_size, gen_num_attention_heads=disc.num_attention_heads,
                                   gen_intermediate_size=disc.intermediate_size)
-        flops = step_flops("mlm", recipe, paths["features"], sizes, scale["batch"])
+        flops = step_flops("mlm", recipe, sizes, scale["batch"])
         steps = max(1, round(budget / flops))
         model_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
             out_dir=out_dir, max_steps=steps, eval_every=curve_every(steps), save_every=steps, **sizes["overrides"],
@@ -115,14 +129,14 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
         return model_dir, steps * flops, time.time() - start
     gen_dir = None
     if recipe["kind"] == "two_stage":
-        gen_flops = step_flops("generator", recipe, paths["features"], sizes, scale["batch"])
+        gen_flops = step_flops("generator", recipe, sizes, scale["batch"])
         gen_steps = max(1, round(config.gen_fraction * budget / gen_flops))
         gen_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
             out_dir=os.path.join(out_dir, "gen"), max_steps=gen_steps, eval_every=curve_every(gen_steps),
             save_every=gen_steps,
             **common))
         spent = gen_steps * gen_flops
-    flops = step_flops(recipe["kind"], recipe, paths["features"], sizes, scale["batch"])
+    flops = step_flops(recipe["kind"], recipe, sizes, scale["batch"])
     steps = max(1, round((budget - spent) / flops))
     model_dir = trainSpanElectra.main(SE_trainingConfig(
         out_dir=out_dir, mode=recipe["kind"], generator_dir=gen_dir, use_span_head=recipe["use_span_head"],
@@ -600,6 +614,12 @@ def ft_out_dir(config, row, task, probe):
                         os.path.basename(task.rstrip("/")))
 
 
+def full_budget_flops(scale, vocab):
+    """The full budget: the FLOPs of budget_steps joint SpanElectra steps at the scale's sizes."""
+    sizes = dict(model_size=scale["model_size"], vocab=vocab, seq=128)
+    return scale["budget_steps"] * step_flops("joint", RECIPES["se_joint"][1], sizes, scale["batch"])
+
+
 def main(config: compare_args = None):
     config = config or compare_args()
     config.validate()
@@ -610,18 +630,7 @@ def main(config: compare_args = None):
     scale["budget_steps"] = scale["budget_steps"] * config.budget_scale
     make_out_dir(config.out_dir)
     started = time.time()
-    if not os.path.isfile(os.path.join(config.out_dir, "features", "meta.json")):
-        logger.info("estimate: %-40s %7.0f s", "vocabulary and features",
-                    input_bytes(config.train_input) / scale["prep_bytes_per_second"])
-    paths = prepare_data(config, scale)
     tasks = [t for t in config.tasks.split(",") if t]
-    reference = RECIPES["se_joint"][1]
-    full_budget = scale["budget_steps"] * step_flops(
-        "joint", reference, paths["features"], dict(model_size=scale["model_size"], vocab=paths["vocab"], seq=128),
-        scale["batch"])
-    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps, %.1fM tokens)", full_budget / 1e12,
-                scale["budget_steps"], scale["budget_steps"] * scale["batch"] * 128 / 1e6)
-
     rows_path = os.path.join(config.out_dir, "compare.json")
     rows = read_json(rows_path) if os.path.isfile(rows_path) else []  # resume after a stop
     fractions = [float(f) for f in config.budget_fractions.split(",")]
@@ -630,11 +639,22 @@ def main(config: compare_args = None):
     plan = [(run_name(name, fraction, seed, seeds[0]), RECIPES[name][1], fraction, seed)
             for name in config.recipes.split(",") for fraction in ([0.0] if RECIPES[name][1] is None else fractions)
             for seed in (seeds[:1] if RECIPES[name][1] is None else seeds)]  # random init: one model
-    stages = estimate_seconds(plan, rows, settings, config, scale, full_budget)
+
+    # every stage's time, before anything runs (the budget counted at the vocabulary size asked for)
+    data_built = os.path.isfile(os.path.join(config.out_dir, "features", "meta.json"))
+    stages = [] if data_built else [("vocabulary and features", input_bytes(config.train_input) /
+                                     scale["prep_bytes_per_second"], False)]
+    asked_budget = full_budget_flops(scale, scale["vocab_size"])
+    stages += estimate_seconds(plan, rows, settings, config, scale, asked_budget)
     for stage, seconds, beside in stages:
         logger.info("estimate: %-40s %7.0f s%s", stage, seconds, " (beside the next pre-training)" if beside else "")
     logger.info("estimate: everything still to run: %.1f min (from the measured speeds of benchmarks/RESULTS.md)",
                 sum(s for _, s, beside in stages if not beside) / 60)
+
+    paths = prepare_data(config, scale)
+    full_budget = asked_budget if paths["vocab"] == scale["vocab_size"] else full_budget_flops(scale, paths["vocab"])
+    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps, %.1fM tokens)", full_budget / 1e12,
+                scale["budget_steps"], scale["budget_steps"] * scale["batch"] * 128 / 1e6)
     wanted = [run for run, *_ in plan]
     reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
                  for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import features
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -63,16 +64,35 @@ def test_table_and_results_section_are_rewritten_in_place(tmp_path):
 
 def test_flops_are_counted_per_recipe(bpe_feat):
     sizes = dict(model_size="tiny", vocab=bpe_feat[1]["vocab_size"], seq=128)
-    mlm = cp.step_flops("generator", cp.RECIPES["se_two_stage"][1], str(bpe_feat[0]), sizes, 4)
-    joint = cp.step_flops("joint", cp.RECIPES["se_joint"][1], str(bpe_feat[0]), sizes, 4)
-    two_stage = cp.step_flops("two_stage", cp.RECIPES["se_two_stage"][1], str(bpe_feat[0]), sizes, 4)
+    mlm = cp.step_flops("generator", cp.RECIPES["se_two_stage"][1], sizes, 4)
+    joint = cp.step_flops("joint", cp.RECIPES["se_joint"][1], sizes, 4)
+    two_stage = cp.step_flops("two_stage", cp.RECIPES["se_two_stage"][1], sizes, 4)
     # the joint step trains both models; two-stage trains the discriminator and only runs the generator forward
     assert 0 < mlm < two_stage < joint
     # joint adds the generator's backward: 2/3 of its forward + backward
     assert joint == pytest.approx(two_stage + 2 / 3 * mlm, rel=0.1)
     # counted on 8 rows and scaled: what counting all 16 rows gives
-    assert cp.step_flops("joint", cp.RECIPES["se_joint"][1], str(bpe_feat[0]), sizes, 16) == pytest.approx(
-        cp.counted_flops("joint", cp.RECIPES["se_joint"][1], str(bpe_feat[0]), sizes, 16), rel=1e-6)
+    assert cp.step_flops("joint", cp.RECIPES["se_joint"][1], sizes, 16) == pytest.approx(
+        cp.counted_flops("joint", cp.RECIPES["se_joint"][1], sizes, 16), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlm", "electra", "se_joint"])
+def test_a_synthetic_batch_counts_the_flops_of_a_real_one(name, bpe_feat, monkeypatch):
+    """FLOPs depend on shapes alone: the features-free batch the budget is counted on has the shapes,
+    and so the FLOPs, of the training datasets' batches (so every estimate is printed before the data
+    is built)."""
+    recipe = cp.RECIPES[name][1]
+    kind = "mlm" if recipe["kind"] == "mlm" else "joint"
+    data_cls, dataset_cls = (cp.MLM_trainDataArgs, features.MLMDataset) if kind == "mlm" else (
+        cp.SE_trainDataArgs, features.SEDataset)
+    real = dataset_cls(data_cls(features_dir=str(bpe_feat[0]), masking=recipe["masking"]), 4, seed=0)[0]
+    synthetic = cp.synthetic_batch(kind, recipe, bpe_feat[1]["vocab_size"], 128, 4)
+    assert {k: (v.shape, v.dtype) for k, v in real.items()} == {
+        k: (v.shape, v.dtype) for k, v in synthetic.items() if k in real}
+    sizes = dict(model_size="tiny", vocab=bpe_feat[1]["vocab_size"], seq=128)
+    on_synthetic = cp.counted_flops(kind, recipe, sizes, 4)
+    monkeypatch.setattr(cp, "synthetic_batch", lambda *args: real)
+    assert cp.counted_flops(kind, recipe, sizes, 4) == on_synthetic
 
 
 def test_unknown_recipe_is_refused():
