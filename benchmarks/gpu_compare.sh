@@ -47,5 +47,5 @@ open(f"{sys.argv[1]}/results_section.md", "w").write(section.group(0) if section
 PY
 fi
 cp "$CMP_OUT/compare.json" "$OUT/" 2>/dev/null
-grep -h -E "estimate|budget|INFO (random|mlm|electra|se_joint)@|^\|" "$OUT"/compare*.log | tail -30
+grep -h -E "estimate|budget|ahead|INFO (random|mlm|electra|se_joint)@|^\|" "$OUT"/compare*.log | tail -34
 tail -3 "$OUT/suite.log" "$OUT/pipeline.log" 2>/dev/null
