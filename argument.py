@@ -482,7 +482,7 @@ H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step compariso
     # 1.05M; session 6's run took 203 s and 195 s against this estimate's 207 s);
     # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of 51 MB of xz in 34 s
     flops_per_second={"mlm": 96e12, "joint": 45e12, "two_stage": 45e12}, compile_seconds=55, ft_steps_per_second=22,
-    prep_bytes_per_second=1e6,
+    prep_bytes_per_second=1.5e6,  # the 34 s above
     # a step compiled ahead (compare_pretraining.warm_compile) loads from torch.compile's caches: 7 s against
     # 79 s cold for the ELECTRA-Small step on the 2-core CPU; assumed 10 s on the H100 until measured there
     warm_compile_seconds=10)
