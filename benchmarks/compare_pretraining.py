@@ -614,6 +614,16 @@ def ft_out_dir(config, row, task, probe):
                         os.path.basename(task.rstrip("/")))
 
 
+def warn_collapsed(rows, seeds):
+    """Say which runs' discriminators ended at chance: their fine-tuning measures a collapsed encoder,
+    not the recipe; with one pre-training seed, more seeds tell the recipe from the seed."""
+    collapsed = [f"{r['run']} (seed {r.get('seed')})" for r in rows if r.get("discriminator_at_chance")]
+    if collapsed:
+        logger.warning("the discriminator collapsed to chance in %s: its fine-tuning figures are a collapsed "
+                       "encoder's%s", ", ".join(collapsed), "; rerun with --pretrain_seeds 42,43,44 to tell the "
+                       "recipe from the seed" if seeds == 1 else "")
+
+
 def full_budget_flops(scale, vocab):
     """The full budget: the FLOPs of budget_steps joint SpanElectra steps at the scale's sizes."""
     sizes = dict(model_size=scale["model_size"], vocab=vocab, seq=128)
@@ -681,6 +691,7 @@ def main(config: compare_args = None):
                 atomic_write_json(rows_path, rows)
     rows = [r for r in rows if r["run"] in wanted]
 
+    warn_collapsed(rows, len(config.pretrain_seed_list()))
     pooled = pooled_rows(rows)
     full = [r for r in pooled if r["fraction"] in (0.0, max(r["fraction"] for r in pooled))]
     table = markdown_table(full, tasks)

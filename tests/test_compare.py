@@ -358,3 +358,16 @@ def test_pretrain_seeds_must_be_distinct_integers():
     for bad in ("42,x", "42,42"):
         with pytest.raises(cp.SpanElectraError, match="pretrain_seeds"):
             cp.compare_args(pretrain_seeds=bad).validate()
+
+
+def test_a_collapsed_discriminator_is_named_with_what_to_do(caplog):
+    rows = [{"run": "electra@1", "seed": 42, "discriminator_at_chance": True},
+            {"run": "se_joint@1", "seed": 42, "discriminator_at_chance": False}]
+    caplog.set_level("WARNING", logger="span_electra")
+    cp.warn_collapsed(rows, seeds=1)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "electra@1 (seed 42)" in message and "se_joint" not in message and "--pretrain_seeds" in message
+    caplog.clear()
+    cp.warn_collapsed(rows[1:], seeds=1)
+    assert not caplog.records
