@@ -90,14 +90,16 @@ def main(config: MLM_trainingConfig = None):
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
-            row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
+            with speed.paused():
+                row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
             logger.info("step %d valid: mlm_loss %.4f, mlm_accuracy %.4f%s (always the most frequent token: %.4f)",
                         step, row["mlm_loss"], row["mlm_accuracy"],
                         f", sbo_accuracy {row['sbo_accuracy']:.4f}" if "sbo_accuracy" in row else "",
                         row["mlm_baseline_accuracy"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
-            tu.save_training_state(config, step, model, optimizer, scheduler, stream)
+            with speed.paused():
+                tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()
     log.write_done(step, model, runtime)
 

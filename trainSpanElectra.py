@@ -151,7 +151,8 @@ def main(config: SE_trainingConfig = None):
             log.write(row)
             bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_auc=f"{row['disc_auc']:.3f}")
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
-            row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
+            with speed.paused():
+                row = {"step": step, "split": "valid", **evaluate(model, valid_set, config, runtime)}
             log.write(row)
             logger.info("step %d valid: rtd_loss %.4f (base rate %.4f), disc_auc %.3f, disc_accuracy %.4f, precision "
                         "%.3f, recall %.3f", step, row["rtd_loss"], row["rtd_base_loss"], row["disc_auc"],
@@ -162,7 +163,8 @@ def main(config: SE_trainingConfig = None):
                                "it has collapsed and will not recover; train again with a lower --learning_rate, a "
                                "longer --warmup_fraction or another --seed", step, row["disc_auc"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
-            tu.save_training_state(config, step, model, optimizer, scheduler, stream)
+            with speed.paused():
+                tu.save_training_state(config, step, model, optimizer, scheduler, stream)
     bar.close()
     log.write_done(step, model, runtime)
 

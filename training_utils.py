@@ -718,13 +718,22 @@ class MetricsLog:
 
 
 class Throughput:
-    """Tokens per second between two logging points."""
+    """Tokens per second of training between two logging points (time spent paused() not counted)."""
 
     def __init__(self):
         self.start, self.tokens = time.perf_counter(), 0
 
     def add(self, tokens):
         self.tokens += tokens
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time inside is not training time (evaluation, checkpoints) and leaves the rate alone."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - begin
 
     def rate(self):
         now = time.perf_counter()

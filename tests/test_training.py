@@ -340,3 +340,21 @@ def test_pipeline_summary_says_each_figure_against_its_baseline():
     finals["discriminator"]["disc_auc"] = 0.52
     mlm, _, disc = run_pipeline.learning_lines(finals)
     assert "not yet above the frequency baseline" in mlm and "near chance" in disc
+
+
+def test_tokens_per_sec_leaves_out_evaluation_and_checkpoints(monkeypatch):
+    """Throughput counts training time only: what runs inside paused() (evaluation, a checkpoint)
+    does not lower the logged tokens/s, wherever in the window it falls."""
+    now = [100.0]
+    monkeypatch.setattr(training_utils.time, "perf_counter", lambda: now[0])
+    speed = training_utils.Throughput()
+    speed.add(1000)
+    now[0] += 1.0  # one second of training
+    with speed.paused():
+        now[0] += 30.0  # an evaluation
+    speed.add(1000)
+    now[0] += 1.0
+    assert speed.rate() == pytest.approx(1000.0)
+    now[0] += 2.0  # the next window starts at the read
+    speed.add(4000)
+    assert speed.rate() == pytest.approx(2000.0)
