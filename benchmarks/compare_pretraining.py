@@ -153,12 +153,13 @@ def warm_compile(recipe, config, paths, scale, out_dir):
     torch.compile's on-disk caches (FX graphs, AOTAutograd, kernels) then hold the recipe's step, and
     its real run loads it instead of compiling it (2-core CPU, ELECTRA-Small step: 79 s cold, 7 s from
     the caches). Returns the seconds it took."""
-    start = time.time()
+    start, level = time.time(), logger.level
     torch._inductor.config.compile_threads = WARM_COMPILE_THREADS  # not part of the caches' keys
-    logging.getLogger("span_electra").setLevel(logging.WARNING)  # the scratch run's lines are noise
+    logger.setLevel(logging.WARNING)  # the scratch run's lines are noise
     try:
         pretrain(recipe, 1.0, config, paths, scale, out_dir)  # a budget of 1 FLOP: one step of each part
     finally:
+        logger.setLevel(level)
         shutil.rmtree(out_dir, ignore_errors=True)
         torch._dynamo.reset()  # its compiled step and CUDA graphs: this worker fine-tunes next
         if torch.cuda.is_available():
