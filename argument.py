@@ -560,10 +560,15 @@ class compare_args:
         check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
         check_range(self, "ft_workers", low=0)
+        self.ft_seed_list()
         self.pretrain_seed_list()
         for name in (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(","):
             if name not in COMPARE_RECIPES:
                 _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")
+
+    def ft_seed_list(self):
+        """The fine-tuning seeds as integers, read as finetune_SE.py reads --seeds."""
+        return finetune_args(seeds=self.seeds).seed_list()
 
     def pretrain_seed_list(self):
         """The pre-training seeds: --pretrain_seeds as distinct integers, else [--seed]."""

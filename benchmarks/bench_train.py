@@ -72,15 +72,19 @@ def fp32_precision(device, tf32):
 
 
 # ---------------------------------------------------------------- ours: trainSpanElectra.py's joint step
+def ours_train_step(model, device, compile_step):
+    """The joint model's step as trainSpanElectra.py builds it: forward, loss (disc_weight 50) and
+    metrics in one module, compiled when asked."""
+    step = tu.TrainStep(model, functools.partial(loss_and_metrics, config=SE_trainingConfig()))
+    return tu.compile_model(step, tu.Runtime(device)) if compile_step else step
+
+
 def ours_setup(device, compile_step):
-    """The joint model, its step as the script builds it (forward, loss and metrics in one module,
-    compiled when asked) and fused AdamW."""
+    """The joint model, its step and fused AdamW."""
     gen_cfg, disc_cfg = electra_configs("small", VOCAB, 128)
     torch.manual_seed(0)
     model = SpanElectraJoint(gen_cfg, disc_cfg).to(device)
-    step = tu.TrainStep(model, functools.partial(loss_and_metrics, config=SE_trainingConfig()))  # disc_weight 50
-    step = tu.compile_model(step, tu.Runtime(device)) if compile_step else step
-    return model, step, tu.build_optimizer(model, 5e-4, 0.01)
+    return model, ours_train_step(model, device, compile_step), tu.build_optimizer(model, 5e-4, 0.01)
 
 
 MASKING = MaskingArgs(mask_replace_prob=0.85, random_replace_prob=0.0)  # SE_trainDataArgs' masking

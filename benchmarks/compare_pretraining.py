@@ -295,14 +295,14 @@ def random_model(paths, scale, out_dir):
 
 
 # ---------------------------------------------------------------- fine-tuning
-def finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
-    """results.json of finetune_SE.py for one model and task (seeds: some of config.seeds, default all),
+def finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seed=None):
+    """results.json of finetune_SE.py for one model and task (one seed of config.seeds, default all),
     or of its linear probe. Every seed fine-tunes on the same subset, the first seed's."""
     settings = finetune_settings(config, scale, [task_dir])
     return finetune_SE.main(finetune_args(
         model_dir=model_dir, task_dir=task_dir, out_dir=out_dir, num_train_epochs=settings["epochs"],
-        learning_rate=settings["learning_rate"], seeds=seeds or config.seeds,
-        subset_seed=int(config.seeds.split(",")[0]), max_train_examples=settings["max_train_examples"],
+        learning_rate=settings["learning_rate"], seeds=config.seeds if seed is None else str(seed),
+        subset_seed=config.ft_seed_list()[0], max_train_examples=settings["max_train_examples"],
         device=config.device, save_model=False, linear_probe=linear_probe))
 
 
@@ -551,7 +551,7 @@ def start_finetuning(pool, row, tasks, config, scale):
     for task in tasks:
         for probe in (False, True):
             out_dir = ft_out_dir(config, row, task, probe)
-            for seed in ([None] if probe or pool is None else config.seeds.split(",")):
+            for seed in ([None] if probe or pool is None else config.ft_seed_list()):
                 args = (row["model_dir"], task, config, scale, out_dir if seed is None else f"{out_dir}/seed_{seed}",
                         probe, seed)
                 job = pool.submit(finetune, *args) if pool else finished_future(finetune(*args))

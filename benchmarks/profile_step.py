@@ -6,7 +6,6 @@
 Prints ms/step (wall), the GPU time of the kernels per step, and the kernels that take the most.
 """
 import argparse
-import functools
 import os
 import sys
 import time
@@ -19,9 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_train as bench  # noqa: E402
 import training_utils as tu  # noqa: E402
-from argument import SE_trainingConfig  # noqa: E402
 from modelling_span_electra import SpanElectraJoint, electra_configs  # noqa: E402
-from trainSpanElectra import loss_and_metrics  # noqa: E402
 
 
 def main():
@@ -51,8 +48,7 @@ def main():
         if args.attn:
             cfg._attn_implementation = args.attn
     model = SpanElectraJoint(gen_cfg, disc_cfg, use_sbo=not args.no_sbo).to(device)
-    train_step = tu.TrainStep(model, functools.partial(loss_and_metrics, config=SE_trainingConfig()))
-    train_step = tu.compile_model(train_step, tu.Runtime(device)) if compiled else train_step
+    train_step = bench.ours_train_step(model, device, compiled)
     optimizer, sums = tu.build_optimizer(model, 5e-4, 0.01), tu.MetricSums()
 
     def step(i):

@@ -109,7 +109,7 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
         calls["pretrain"].append(out_dir)
         return out_dir + "/discriminator", budget, 1.0
 
-    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seed=None):
         if not linear_probe:
             calls["finetune"].append((model_dir, config.seeds))
         return result(0.7)
@@ -165,7 +165,7 @@ def test_pretraining_only_without_tasks(tmp_path, monkeypatch):
 
 def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkeypatch):
     """Each row is saved as soon as its fine-tuning ends: a failure in a later row loses nothing before it."""
-    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seed=None):
         if "mlm" in model_dir:
             raise RuntimeError("fine-tuning failed")
         return result(0.7)
@@ -330,7 +330,7 @@ def test_pretraining_seeds_each_pretrain_once_and_the_table_pools_them(tmp_path,
         return out_dir + "/discriminator", budget, 1.0
     score = {"random@0": 0.5, "mlm@1": 0.7, "mlm@1#s43": 0.6, "mlm@1#s44": 0.8}
 
-    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seeds=None):
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seed=None):
         runs = [{"seed": s, "eval_accuracy": score[model_dir.split("/")[-2]] + 0.01 * s} for s in (1, 2)]
         return {**cp.finetune_SE.summarise(runs, ["eval_accuracy"]), "per_seed": runs}
     stub_stages(monkeypatch, fake_pretrain, fake_finetune)
@@ -356,6 +356,8 @@ def test_pretrain_seeds_must_be_distinct_integers():
     for bad in ("42,x", "42,42"):
         with pytest.raises(cp.SpanElectraError, match="pretrain_seeds"):
             cp.compare_args(pretrain_seeds=bad).validate()
+    with pytest.raises(cp.SpanElectraError, match="^seeds: '1,x' is not a comma-separated list"):
+        cp.compare_args(seeds="1,x").validate()  # fine-tuning seeds, checked before anything runs
 
 
 def test_a_collapsed_discriminator_is_named_with_what_to_do(caplog):
