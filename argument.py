@@ -474,8 +474,9 @@ COMPARE_RECIPES = {
 # per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up;
 # the speeds behind the time estimates, measured (benchmarks/RESULTS.md): pre-training FLOP/s by kind of
 # step, the compiled step's first call, fine-tuning steps/s per process, vocabulary + features bytes/s
-CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min, ~12 fine-tuning steps/s
-    flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=0, warm_compile_seconds=0,
+CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min, ~12 fine-tuning steps/s;
+    # with --compile true (off at tiny scale) the tiny step's first call took ~35 s cold, ~10 s compiled ahead
+    flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=35, warm_compile_seconds=10,
     ft_steps_per_second=12, prep_bytes_per_second=1e6)
 H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step comparison runs on enwiki (2026-11-26):
     # MLM 6.8 PFLOP in 71 s; the joint steps 45-47 TFLOP/s (median 735-839k tokens/s, below the benchmark's
