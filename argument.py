@@ -471,47 +471,52 @@ COMPARE_RECIPES = {
     "se_joint_no_heads": ("SpanElectra joint, no span heads", dict(kind="joint", masking="span", use_sbo=False,
                                                                    use_span_head=False)),
 }
-# per scale: model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up;
-# the speeds behind the time estimates, measured (benchmarks/RESULTS.md): pre-training FLOP/s by kind of
-# step, the compiled step's first call, fine-tuning steps/s per process, vocabulary + features bytes/s
-CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min, ~12 fine-tuning steps/s;
-    # with --compile true (off at tiny scale) the tiny step's first call took ~35 s cold, ~10 s compiled ahead
+# per scale: the device it is sized for, model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up.
+# The speeds behind the time estimates, measured (benchmarks/RESULTS.md), for the device the run uses:
+# pre-training FLOP/s by kind of step, the compiled step's first call, fine-tuning steps/s per process,
+# vocabulary + features in bytes of plain text per second (with pyvi segmenting, and without)
+CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min (ELECTRA-Small's fp32 step:
+    # ~800 tokens/s, the same 60 GFLOP/s), ~12 fine-tuning steps/s; with --compile true (off at tiny scale)
+    # the tiny step's first call took ~35 s cold, ~10 s compiled ahead
     flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=35, warm_compile_seconds=10,
-    ft_steps_per_second=12, prep_bytes_per_second=1e6)
+    ft_steps_per_second=12,
+    prep_bytes_per_second=2.1e6,  # enwiki's 185 MB: vocabulary 41 s + features 45 s (2026-11-27)
+    segmented_prep_bytes_per_second=4.7e5)  # viwiki-large's 110 MB through pyvi: 108 s + 128 s (2026-11-27)
 H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step comparison runs on enwiki (2026-11-26):
     # MLM 6.8 PFLOP in 71 s; the joint steps 45-47 TFLOP/s (median 735-839k tokens/s, below the benchmark's
     # 1.05M; session 6's run took 203 s and 195 s against this estimate's 207 s);
-    # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of 51 MB of xz in 34 s
+    # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of enwiki in 34 s
     flops_per_second={"mlm": 96e12, "joint": 45e12, "two_stage": 45e12}, compile_seconds=55, ft_steps_per_second=22,
-    prep_bytes_per_second=1.5e6,  # the 34 s above
+    prep_bytes_per_second=5.4e6,  # enwiki's 185 MB in the 34 s above, on the machine's 16 cores
+    # pyvi is CPU work spread over a process per core: assumed 4x the 2-core CPU's until measured (the
+    # plain build above ran 2.6x the 2-core CPU's pace there)
+    segmented_prep_bytes_per_second=4 * 4.7e5,
     # a step compiled ahead (compare_pretraining.warm_compile) loads from torch.compile's caches: 7 s against
     # 79 s cold for the ELECTRA-Small step on the 2-core CPU; assumed 10 s on the H100 until measured there
     warm_compile_seconds=10)
+DEVICE_SPEEDS = {"cpu": CPU_SPEEDS, "cuda": H100_SPEEDS}
 WIKITEXT2 = (os.path.join(SHARED, "wikitext-2", "wiki.train.tokens"), os.path.join(SHARED, "wikitext-2", "wiki.valid.tokens"))
 ENWIKI = (os.path.join(SHARED, "enwiki", "enwiki.train.txt.xz"), os.path.join(SHARED, "enwiki", "enwiki.valid.txt.xz"))
 VIWIKI = (os.path.join(SHARED, "viwiki-large", "viwiki-large.train.txt.xz"),
           os.path.join(SHARED, "viwiki-large", "viwiki-large.valid.txt.xz"))
 GLUE_TASKS = ",".join(os.path.join(SHARED, "glue", t) for t in ("SST-2", "MRPC"))
 COMPARE_SCALES = {
-    "tiny": dict(model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
+    "tiny": dict(device="cpu", model_size="tiny", budget_steps=300, batch=32, learning_rate=2e-3, vocab_size=8000,
                  ft_epochs=3, ft_max_train=8000, ft_lr=1e-3, corpus=WIKITEXT2, bf16=False, compile=False,
-                 fractions="0.5,1", recipes=",".join(COMPARE_RECIPES), **CPU_SPEEDS),
+                 fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
     # the FLOPs of 90 s of the benchmark's joint step on one H100 (5,500 steps, 90M tokens) per recipe:
     # ELECTRA, SpanElectra joint and MLM against random init
-    "gpu": dict(model_size="small", budget_steps=5500, batch=128, learning_rate=5e-4, vocab_size=30522,
-                ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
-                fractions="1", recipes="random,mlm,electra,se_joint", **H100_SPEEDS),
+    "gpu": dict(device="cuda", model_size="small", budget_steps=5500, batch=128, learning_rate=5e-4,
+                vocab_size=30522, ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
+                fractions="1", recipes="random,mlm,electra,se_joint"),
     # the same on Vietnamese Wikipedia, words segmented with pyvi, at half the budget; fine-tuned on
     # the Vietnamese task folders given with --tasks (sentence<TAB>label TSV)
-    "gpu_vi": dict(model_size="small", budget_steps=2750, batch=128, learning_rate=5e-4, vocab_size=30522,
-                   ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=VIWIKI, word_segmenter="pyvi", bf16=True,
-                   compile=True, fractions="1", recipes="random,mlm,electra,se_joint", tasks="",
-                   # pyvi segments the corpus twice (vocabulary, features): 375 s for its 24.7 MB of xz on 2 CPU
-                   # cores (2026-11-26); about 6x that on the GPU machine's 16
-                   **{**H100_SPEEDS, "prep_bytes_per_second": 4e5}),
-    "small": dict(model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4, vocab_size=30522,
-                  ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
-                  fractions="0.5,1", recipes=",".join(COMPARE_RECIPES), **H100_SPEEDS),
+    "gpu_vi": dict(device="cuda", model_size="small", budget_steps=2750, batch=128, learning_rate=5e-4,
+                   vocab_size=30522, ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=VIWIKI, word_segmenter="pyvi", bf16=True,
+                   compile=True, fractions="1", recipes="random,mlm,electra,se_joint", tasks=""),
+    "small": dict(device="cuda", model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4,
+                  vocab_size=30522, ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
+                  fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
 }
 
 
@@ -557,6 +562,7 @@ class compare_args:
 
     def validate(self):
         check_choice(self, "scale", tuple(COMPARE_SCALES))
+        check_device(self)
         check_range(self, "budget_steps", low=0)
         check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)

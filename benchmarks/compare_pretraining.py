@@ -43,7 +43,7 @@ import process  # noqa: E402
 import trainMLM_SpanElectra  # noqa: E402
 import trainSpanElectra  # noqa: E402
 import training_utils as tu  # noqa: E402
-from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, MaskingArgs,  # noqa: E402
+from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, MaskingArgs,  # noqa: E402
                       MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args,
                       feature_args, finetune_args, run_main, tok_args)
 from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir, read_json  # noqa: E402
@@ -227,19 +227,20 @@ def pretraining_record(out_dir, batch, seq_len=128):
     return record
 
 
-def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
-    """Seconds each stage still to run should take, from the scale's measured speeds (the log shows
-    them before anything starts). Returns [(stage, seconds, beside)]: `beside` stages run beside the
-    next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
+def estimate_seconds(wanted, rows, settings, config, device_type, full_budget):
+    """Seconds each stage still to run should take on a device type, from its measured speeds (the log
+    shows them before anything starts). Returns [(stage, seconds, beside)]: `beside` stages run beside
+    the next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
     stages, compiled = [], set()  # compiled: recipes whose steps torch.compile's caches hold by their turn
-    speed, workers = scale["flops_per_second"], ft_workers(config)
+    speeds, workers = DEVICE_SPEEDS[device_type], ft_workers(config, device_type)
+    speed = speeds["flops_per_second"]
     for run, recipe, fraction, *_ in wanted:
         row = next((r for r in rows if r["run"] == run), None)
         if row is None and recipe is not None:
             name, budget = run.split("@")[0], fraction * full_budget
             # the first recipe compiles; with a pool each later one was compiled ahead (warm_compile)
             warm = name in compiled or (compiled and workers > 1)
-            compile_seconds = 0 if not config.compile else scale["warm_compile_seconds" if warm else "compile_seconds"]
+            compile_seconds = 0 if not config.compile else speeds["warm_compile_seconds" if warm else "compile_seconds"]
             compiled.add(name)
             if recipe["kind"] == "two_stage":
                 seconds = (config.gen_fraction * budget / speed["mlm"] + (1 - config.gen_fraction) * budget /
@@ -248,30 +249,67 @@ def estimate_seconds(wanted, rows, settings, config, scale, full_budget):
                 seconds = budget / speed["mlm" if recipe["kind"] == "mlm" else "joint"] + compile_seconds
             stages.append((f"pre-train {run}", seconds, False))
         if row is None or row.get("finetune") != settings:
-            stages.append((f"fine-tune {run}", finetune_seconds(settings, scale, workers), workers > 1))
+            stages.append((f"fine-tune {run}", finetune_seconds(settings, speeds, workers), workers > 1))
     last_ft = next((i for i in range(len(stages) - 1, -1, -1) if stages[i][0].startswith("fine-tune")), None)
     if last_ft is not None:  # nothing pre-trains beside the last fine-tuning
         stages[last_ft] = stages[last_ft][:2] + (False,)
     return stages
 
 
-def finetune_seconds(settings, scale, workers):
+def log_estimates(config, scale, plan, rows, settings, budget):
+    """Log every stage's time still to run on the device in use, before anything runs; where that is
+    not the device the scale is sized for (--scale gpu on a CPU), the total there too."""
+    device = tu.resolve_device(config.device).type
+    data_built = os.path.isfile(os.path.join(config.out_dir, "features", "meta.json"))
+    for target in dict.fromkeys([device, scale["device"]]):
+        stages = [] if data_built else [("vocabulary and features", prep_seconds(config, scale, target), False)]
+        stages += estimate_seconds(plan, rows, settings, config, target, budget)
+        minutes = sum(s for _, s, beside in stages if not beside) / 60
+        if target != device:
+            logger.info("estimate: on %s, which --scale %s is sized for: %.1f min", DEVICE_NAMES[target],
+                        config.scale, minutes)
+            continue
+        for stage, seconds, beside in stages:
+            logger.info("estimate: %-40s %7.0f s%s", stage, seconds,
+                        " (beside the next pre-training)" if beside else "")
+        logger.info("estimate: everything still to run: %.1f min at the speeds measured on %s (benchmarks/"
+                    "RESULTS.md)", minutes, DEVICE_NAMES[device])
+
+
+def finetune_seconds(settings, speeds, workers):
     """One row's fine-tuning and probes: with workers, a job per task and seed, `workers` at once, each
     paying ~15 s for its process, its dev evaluations and its probe; in one process, one after another."""
     seeds = len(settings["seeds"].split(","))
     one_seed = [settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32) /
-                scale["ft_steps_per_second"] for t in settings["tasks"]]
+                speeds["ft_steps_per_second"] for t in settings["tasks"]]
     if workers > 1 and one_seed:
         rounds = -(-len(one_seed) * (seeds + 1) // workers)  # the probes are jobs too
         return rounds * (max(one_seed) + 15)
     return sum(one_seed) * seeds
 
 
-def input_bytes(path):
-    """Bytes of a corpus file or folder (what the vocabulary and features read)."""
+DEVICE_NAMES = {"cpu": "2 CPU cores", "cuda": "one H100"}  # the machines DEVICE_SPEEDS were measured on
+# plain-text bytes per byte of a compressed corpus, roughly (xz: enwiki 3.7, viwiki-large 4.6)
+PLAIN_PER_COMPRESSED_BYTE = {".xz": 4.0, ".bz2": 3.5, ".zst": 3.5, ".gz": 3.0}
+
+
+def plain_bytes(path):
+    """Bytes of plain text in a corpus file or folder (what the vocabulary and features read), compressed
+    files counted at a typical ratio."""
     if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-    return os.path.getsize(path) if os.path.isfile(path) else 0
+        return sum(plain_bytes(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    if not os.path.isfile(path):
+        return 0
+    return os.path.getsize(path) * PLAIN_PER_COMPRESSED_BYTE.get(os.path.splitext(path)[1], 1.0)
+
+
+def prep_seconds(config, scale, device_type):
+    """The vocabulary and the features on a device type's machine: each reads the corpus once,
+    segmenting it first where asked."""
+    segmented = scale.get("word_segmenter", "none") != "none"
+    speeds = DEVICE_SPEEDS[device_type]
+    return plain_bytes(config.train_input) / speeds["segmented_prep_bytes_per_second" if segmented else
+                                                    "prep_bytes_per_second"]
 
 
 def task_size(task_dir, max_examples):
@@ -590,7 +628,7 @@ def finetune_pool(config):
     """Worker processes for fine-tuning (None: fine-tune in this process). A small model's fine-tuning step
     waits on the host, so several share one GPU, beside the next recipe's pre-training. Spawned: this
     process holds CUDA; TQDM_DISABLE keeps their bars from interleaving with the pre-training's."""
-    workers = ft_workers(config)
+    workers = ft_workers(config, tu.resolve_device(config.device).type)
     if workers <= 1:
         yield None
         return
@@ -603,11 +641,11 @@ def finetune_pool(config):
         os.environ.pop("TQDM_DISABLE", None)
 
 
-def ft_workers(config):
+def ft_workers(config, device_type):
     """Fine-tuning processes at once: config.ft_workers, or (0) 8 on a GPU and 1 on the CPU."""
     if config.ft_workers:
         return config.ft_workers
-    return 8 if tu.resolve_device(config.device).type == "cuda" else 1
+    return 8 if device_type == "cuda" else 1
 
 
 def ft_out_dir(config, row, task, probe):
@@ -651,16 +689,8 @@ def main(config: compare_args = None):
             for name in config.recipes.split(",") for fraction in ([0.0] if RECIPES[name][1] is None else fractions)
             for seed in (seeds[:1] if RECIPES[name][1] is None else seeds)]  # random init: one model
 
-    # every stage's time, before anything runs (the budget counted at the vocabulary size asked for)
-    data_built = os.path.isfile(os.path.join(config.out_dir, "features", "meta.json"))
-    stages = [] if data_built else [("vocabulary and features", input_bytes(config.train_input) /
-                                     scale["prep_bytes_per_second"], False)]
-    asked_budget = full_budget_flops(scale, scale["vocab_size"])
-    stages += estimate_seconds(plan, rows, settings, config, scale, asked_budget)
-    for stage, seconds, beside in stages:
-        logger.info("estimate: %-40s %7.0f s%s", stage, seconds, " (beside the next pre-training)" if beside else "")
-    logger.info("estimate: everything still to run: %.1f min (from the measured speeds of benchmarks/RESULTS.md)",
-                sum(s for _, s, beside in stages if not beside) / 60)
+    asked_budget = full_budget_flops(scale, scale["vocab_size"])  # counted at the vocabulary size asked for
+    log_estimates(config, scale, plan, rows, settings, asked_budget)
 
     paths = prepare_data(config, scale)
     full_budget = asked_budget if paths["vocab"] == scale["vocab_size"] else full_budget_flops(scale, paths["vocab"])

@@ -9,16 +9,28 @@
 #            machine, phase 2 alone is the whole default run in one call (issue 13's 9 minutes: the log
 #            estimates 8.5 min since the steps are compiled ahead, session 8; a call that stops at
 #            its limit leaves the finished rows cached for the next one)
+#   SCALE=gpu_vi: the same on Vietnamese Wikipedia (DATA holds viwiki-large.{train,valid}.txt.xz; VI_TASKS,
+#            comma-separated Vietnamese task folders, if any). The image has no pyvi: make its wheels here
+#            first (bash benchmarks/gpu_wheels.sh) and carry .whl with DATA; phase 2 alone runs it whole
 # Usage: DATA=outputs/gpu_data bash benchmarks/gpu_compare.sh 1|2
 set -u
 PHASE=${1:?phase 1 or 2}
+SCALE=${SCALE:-gpu}
 OUT=${OUT:-outputs/gpu_compare_logs}
 DATA=${DATA:-outputs/gpu_data}
-CMP_OUT=${CMP_OUT:-outputs/compare_gpu}
+CMP_OUT=${CMP_OUT:-outputs/compare_$SCALE}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu --train_input "$DATA/enwiki.train.txt.xz"
-         --valid_input "$DATA/enwiki.valid.txt.xz" --tasks "$DATA/SST-2,$DATA/MRPC" --out_dir "$CMP_OUT")
+if [ "$SCALE" = gpu_vi ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || { echo "no pyvi wheels: run bash benchmarks/gpu_wheels.sh here and carry .whl"; exit 2; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu_vi --train_input "$DATA/viwiki-large.train.txt.xz"
+             --valid_input "$DATA/viwiki-large.valid.txt.xz" --tasks "${VI_TASKS:-}" --out_dir "$CMP_OUT")
+else
+    COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu --train_input "$DATA/enwiki.train.txt.xz"
+             --valid_input "$DATA/enwiki.valid.txt.xz" --tasks "$DATA/SST-2,$DATA/MRPC" --out_dir "$CMP_OUT")
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/device.txt"
 strip_bars() {  # log lines only: tqdm's redraws go, a log line written after a bar keeps its own line
@@ -37,7 +49,7 @@ else
     start=$SECONDS
     timeout "${COMPARE_TIMEOUT:-570}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
     echo "compare: $((SECONDS - start)) s wall" | tee "$OUT/compare2_wall.txt"
-    cp benchmarks/compare_gpu.png "$OUT/" 2>/dev/null
+    cp "benchmarks/compare_$SCALE.png" "$OUT/" 2>/dev/null
     for run in electra se_joint; do cp "$CMP_OUT/runs/$run@1/metrics.jsonl" "$OUT/$run.metrics.jsonl" 2>/dev/null; done
     python3 - "$OUT" <<'PY'
 import re, sys

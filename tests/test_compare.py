@@ -196,14 +196,30 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
     stub_stages(monkeypatch, fake_pretrain, lambda *args, **kwargs: result(0.7))
     caplog.set_level("INFO", logger="span_electra")
     cp.main(cp.compare_args(scale="gpu", recipes="random,electra", tasks=str(REPO / "data/glue/MRPC"), seeds="1",
-                            out_dir=str(tmp_path), results_md="", budget_scale=2.0, ft_workers=1))
+                            out_dir=str(tmp_path), results_md="", budget_scale=2.0, ft_workers=1, device="cpu"))
     assert budgets == [2 * 5500 * 1e9]
     estimates = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
-    # pre-training: budget / the joint step's measured 45 TFLOP/s on the H100, plus its compilation
-    assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 45e12 + 55:.0f}" for m in estimates)
-    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs x 32 steps at 22 steps/s
-    assert any("fine-tune random@0" in m and m.split()[-2] == f"{2 * 32 / 22:.0f}" for m in estimates)
-    assert "everything still to run" in estimates[-1]
+    # on the CPU it runs on: budget / the 2-core CPU's 60 GFLOP/s, plus the step's compilation
+    assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 60e9 + 35:.0f}" for m in estimates)
+    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs x 32 steps at 12 steps/s
+    assert any("fine-tune random@0" in m and m.split()[-2] == f"{2 * 32 / 12:.0f}" for m in estimates)
+    assert "everything still to run" in estimates[-2] and "2 CPU cores" in estimates[-2]
+    # and on the H100 the scale is sized for: the joint step's 45 TFLOP/s, 22 fine-tuning steps/s (and
+    # the data, where ../shared/data holds the corpus)
+    h100_seconds = cp.prep_seconds(config, cp.SCALES["gpu"], "cuda") + (11e12 / 45e12 + 55) + 2 * (2 * 32 / 22)
+    assert estimates[-1].endswith(f"one H100, which --scale gpu is sized for: {h100_seconds / 60:.1f} min")
+
+
+def test_prep_estimate_counts_plain_text_and_segmentation(tmp_path):
+    """The vocabulary and features estimate reads the corpus's plain-text size (a compressed file at a
+    typical ratio) at the device's speed, slower where pyvi segments it first."""
+    corpus = tmp_path / "corpus.txt.xz"
+    corpus.write_bytes(b"x" * 1000)
+    config = cp.compare_args(scale="gpu", train_input=str(corpus)).resolved()
+    assert cp.plain_bytes(str(corpus)) == 4000 and cp.plain_bytes(str(tmp_path)) == 4000
+    assert cp.prep_seconds(config, cp.SCALES["gpu"], "cuda") == pytest.approx(4000 / 5.4e6)
+    assert cp.prep_seconds(config, cp.SCALES["gpu_vi"], "cpu") == pytest.approx(4000 / 4.7e5)
+    assert cp.prep_seconds(config, cp.SCALES["gpu_vi"], "cuda") == pytest.approx(4000 / (4 * 4.7e5))
 
 
 def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
@@ -213,7 +229,7 @@ def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
     scale = cp.SCALES["gpu"]
     settings = cp.finetune_settings(config, scale, [config.tasks])
     plan = [("random@0", None, 0.0), ("mlm@1", cp.RECIPES["mlm"][1], 1.0), ("se_joint@1", cp.RECIPES["se_joint"][1], 1.0)]
-    stages = cp.estimate_seconds(plan, [], settings, config, scale, 9e15)
+    stages = cp.estimate_seconds(plan, [], settings, config, "cuda", 9e15)
     assert [(name, beside) for name, _, beside in stages] == [
         ("fine-tune random@0", True), ("pre-train mlm@1", False), ("fine-tune mlm@1", True),
         ("pre-train se_joint@1", False), ("fine-tune se_joint@1", False)]
@@ -358,6 +374,8 @@ def test_pretrain_seeds_must_be_distinct_integers():
             cp.compare_args(pretrain_seeds=bad).validate()
     with pytest.raises(cp.SpanElectraError, match="^seeds: '1,x' is not a comma-separated list"):
         cp.compare_args(seeds="1,x").validate()  # fine-tuning seeds, checked before anything runs
+    with pytest.raises(cp.SpanElectraError, match="^device: 'gpu' is not one of auto, cpu, cuda"):
+        cp.compare_args(device="gpu").validate()
 
 
 def test_a_collapsed_discriminator_is_named_with_what_to_do(caplog):
