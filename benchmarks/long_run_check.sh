@@ -12,11 +12,24 @@
 #      time, and the CUDA launches per step
 #   4. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
 # Usage: FEATURES=outputs/gpu/features bash benchmarks/long_run_check.sh   (logs under $OUT)
+#   Where FEATURES holds no features yet, they are built first from WT2 (a copy of ../shared/data's
+#   wikitext-2 folder, carried: 12 MB) as the earlier measurements' were: WordPiece 30,522, 128 tokens
+#   (about 30 s on the GPU machine's 16 cores)
 set -u
 OUT=${OUT:-outputs/long_run_logs}
 FEATURES=${FEATURES:-outputs/gpu/features}
+WT2=${WT2:-outputs/gpu_data/wikitext-2}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+if [ ! -f "$FEATURES/meta.json" ]; then
+    start=$SECONDS
+    python3 create_vocab_SE.py --tokenizer_type BERT --vocab_size 30522 --data_dir "$WT2/wiki.train.tokens" \
+        --out_dir "$FEATURES.tok" > "$OUT/features.log" 2>&1 &&
+    python3 process.py --tokenizer_dir "$FEATURES.tok" --train_input "$WT2/wiki.train.tokens" \
+        --valid_input "$WT2/wiki.valid.tokens" --out_dir "$FEATURES" >> "$OUT/features.log" 2>&1 ||
+        { tail -3 "$OUT/features.log"; exit 2; }
+    echo "features: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
+fi
 speeds() {  # metrics.jsonl -> step, tokens/s, data_wait_ms per logged row
     python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" "$1"
 }
