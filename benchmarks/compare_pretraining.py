@@ -46,7 +46,8 @@ import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, MaskingArgs,  # noqa: E402
                       MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args,
                       feature_args, finetune_args, run_main, tok_args)
-from io_utils import SpanElectraError, atomic_write_json, atomic_write_text, make_out_dir, read_json  # noqa: E402
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, find_text_files,  # noqa: E402
+                      make_out_dir, read_json)
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
@@ -260,9 +261,8 @@ def log_estimates(config, scale, plan, rows, settings, budget):
     """Log every stage's time still to run on the device in use, before anything runs; where that is
     not the device the scale is sized for (--scale gpu on a CPU), the total there too."""
     device = tu.resolve_device(config.device).type
-    data_built = os.path.isfile(os.path.join(config.out_dir, "features", "meta.json"))
     for target in dict.fromkeys([device, scale["device"]]):
-        stages = [] if data_built else [("vocabulary and features", prep_seconds(config, scale, target), False)]
+        stages = [] if features_built(config) else [("vocabulary and features", prep_seconds(config, scale, target), False)]
         stages += estimate_seconds(plan, rows, settings, config, target, budget)
         minutes = sum(s for _, s, beside in stages if not beside) / 60
         if target != device:
@@ -390,6 +390,23 @@ def check_data_identity(config, scale):
                                    f"or setting ({'; '.join(changed)}); give a new --out_dir, or remove it to start over")
     else:
         atomic_write_json(path, wanted)
+
+
+def features_built(config):
+    return os.path.isfile(os.path.join(config.out_dir, "features", "meta.json"))
+
+
+def check_inputs(config):
+    """A wrong corpus or task path fails now, in one line, rather than after the data is built and the
+    first models are trained. The corpus only matters while the features are still to be built."""
+    if not features_built(config):
+        for name in ("train_input", "valid_input"):
+            find_text_files(getattr(config, name), name)
+    for task in filter(None, config.tasks.split(",")):
+        for needed in ("train.tsv", "dev.tsv"):
+            if not os.path.isfile(os.path.join(task, needed)):
+                raise SpanElectraError(f"tasks: '{task}' holds no {needed}; give GLUE-format task folders "
+                                       "(train.tsv and dev.tsv), comma-separated, or --tasks '' for none")
 
 
 def prepare_data(config, scale):
@@ -677,7 +694,7 @@ def main(config: compare_args = None):
     if config.budget_steps:
         scale["budget_steps"] = config.budget_steps
     scale["budget_steps"] = scale["budget_steps"] * config.budget_scale
-    make_out_dir(config.out_dir)
+    check_inputs(config)
     started = time.time()
     tasks = [t for t in config.tasks.split(",") if t]
     rows_path = os.path.join(config.out_dir, "compare.json")
@@ -691,6 +708,8 @@ def main(config: compare_args = None):
 
     asked_budget = full_budget_flops(scale, scale["vocab_size"])  # counted at the vocabulary size asked for
     log_estimates(config, scale, plan, rows, settings, asked_budget)
+
+    make_out_dir(config.out_dir)
 
     paths = prepare_data(config, scale)
     full_budget = asked_budget if paths["vocab"] == scale["vocab_size"] else full_budget_flops(scale, paths["vocab"])

@@ -11,15 +11,18 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import compare_pretraining as cp  # noqa: E402
 
+SST2 = str(REPO / "data/glue/SST-2")  # a real task folder (fine-tuning itself is stubbed where it is named)
+
 
 def result(value, spread=0.01):
     return {"eval_accuracy": value, "eval_accuracy_min": value - spread, "eval_accuracy_max": value + spread}
 
 
 def stub_stages(monkeypatch, pretrain, finetune=None):
-    """compare_pretraining.main with its heavy stages replaced: no data built, 1 GFLOP a step, the given
-    pre-training (and fine-tuning), a random model that is a path, no plot."""
+    """compare_pretraining.main with its heavy stages replaced: no data built (nor its corpus read), 1 GFLOP
+    a step, the given pre-training (and fine-tuning), a random model that is a path, no plot."""
     monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
+    monkeypatch.setattr(cp, "find_text_files", lambda spec, field: [spec])
     monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
     monkeypatch.setattr(cp, "pretrain", pretrain)
     if finetune is not None:
@@ -117,7 +120,7 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
     stub_stages(monkeypatch, fake_pretrain, fake_finetune)
 
     def run(**kw):
-        return cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1",
+        return cp.main(cp.compare_args(recipes="random,mlm", tasks=SST2, budget_fractions="1",
                                        out_dir=str(tmp_path), results_md="", ft_workers=1, **kw))
 
     assert [r["run"] for r in run()] == ["random@0", "mlm@1"]
@@ -175,7 +178,7 @@ def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkey
     monkeypatch.setattr(cp, "finetune", fake_finetune)
     monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/d")
     with pytest.raises(RuntimeError):
-        cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1", out_dir=str(tmp_path),
+        cp.main(cp.compare_args(recipes="random,mlm", tasks=SST2, budget_fractions="1", out_dir=str(tmp_path),
                                 results_md="", ft_workers=1))
     rows = json.loads((tmp_path / "compare.json").read_text())
     assert [r["run"] for r in rows] == ["random@0", "mlm@1"]  # both pre-trained
@@ -353,7 +356,7 @@ def test_pretraining_seeds_each_pretrain_once_and_the_table_pools_them(tmp_path,
     results_md = tmp_path / "RESULTS.md"
 
     def run(seeds):
-        return cp.main(cp.compare_args(recipes="random,mlm", tasks="glue/SST-2", budget_fractions="1", out_dir=str(tmp_path),
+        return cp.main(cp.compare_args(recipes="random,mlm", tasks=SST2, budget_fractions="1", out_dir=str(tmp_path),
                                        results_md=str(results_md), ft_workers=1, pretrain_seeds=seeds))
     rows = run("42,43")
     assert pretrained == [("mlm@1", 42), ("mlm@1#s43", 43)]
@@ -376,6 +379,25 @@ def test_pretrain_seeds_must_be_distinct_integers():
         cp.compare_args(seeds="1,x").validate()  # fine-tuning seeds, checked before anything runs
     with pytest.raises(cp.SpanElectraError, match="^device: 'gpu' is not one of auto, cpu, cuda"):
         cp.compare_args(device="gpu").validate()
+
+
+def test_wrong_paths_fail_before_anything_is_built(tmp_path, monkeypatch):
+    """A missing corpus or task folder is a one-line error before out_dir is made, not after the data
+    is built; once the features are built, the corpus is not needed again."""
+    monkeypatch.setattr(cp, "prepare_data", lambda *args: pytest.fail("a wrong path reached the data stage"))
+    sample = REPO / "data" / "sample"
+    ok = dict(train_input=str(sample / "train.tokens"), valid_input=str(sample / "valid.tokens"), tasks=SST2,
+              results_md="")
+    out = tmp_path / "c"
+    for bad, message in ((dict(train_input=str(tmp_path / "none.txt")), "^train_input: .*none.txt' does not exist"),
+                         (dict(valid_input=str(tmp_path)), "^valid_input: the folder .* holds no text file"),
+                         (dict(tasks=f"{SST2},{tmp_path}"), f"^tasks: '{tmp_path}' holds no train.tsv")):
+        with pytest.raises(cp.SpanElectraError, match=message):
+            cp.main(cp.compare_args(**{**ok, **bad, "out_dir": str(out)}))
+        assert not out.exists()
+    (out / "features").mkdir(parents=True)
+    (out / "features" / "meta.json").write_text("{}")
+    cp.check_inputs(cp.compare_args(**{**ok, "train_input": str(tmp_path / "gone.txt"), "out_dir": str(out)}))
 
 
 def test_a_collapsed_discriminator_is_named_with_what_to_do(caplog):
