@@ -30,7 +30,7 @@ from typing import Optional
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from io_utils import SpanElectraError, atomic_write_json, setup_logging, write_failure_message
+from io_utils import SpanElectraError, atomic_write_json, find_text_files, setup_logging, write_failure_message
 from tokenization import has_tokenizer
 
 TOKENIZER_TYPES = ("BPE", "BERT")
@@ -409,6 +409,10 @@ class pipeline_args:
         check_range(self, "valid_fraction", 0, 1, high_open=True)
         if not self.out_dir:
             _fail("out_dir", "no folder given")
+        # the corpus paths now, not after the vocabulary is built
+        find_text_files(self.train_input, "train_input")
+        if self.valid_input:
+            find_text_files(self.valid_input, "valid_input")
 
 
 # ---------------------------------------------------------------- released ELECTRA checkpoints

@@ -97,6 +97,12 @@ def case_missing_valid_input(d, tok, feat):
     return args, ["valid_input", "no_valid.txt"], ["out"]
 
 
+def case_pipeline_missing_valid_input(d, tok, feat):
+    """Found before the vocabulary is built, not after."""
+    return (["run_pipeline.py", "--out_dir", d / "out", "--valid_input", d / "no_valid.txt"],
+            ["valid_input", "no_valid.txt"], ["out"])
+
+
 def case_documents_too_short(d, tok, feat):
     (d / "short.txt").write_text("a few words\n\nand another short document\n")
     return _process(d, tok, "--train_input", d / "short.txt", "--max_seq_len", 128), \
@@ -158,7 +164,7 @@ SUBPROCESS_CASES = {"missing_data_dir", "empty_folder", "folder_without_text_fil
                     "max_seq_len_2", "bpe_vocab_too_small", "missing_tokenizer_dir", "process_mask_ratio_1_5",
                     "stats_mask_ratio_0", "config_unknown_field"}
 ENTRY_POINTS = {"create_vocab_SE.py": ("create_vocab_SE", "tok_args"), "process.py": ("process", "feature_args"),
-                "mask_stats.py": ("mask_stats", "mask_stats_args")}
+                "mask_stats.py": ("mask_stats", "mask_stats_args"), "run_pipeline.py": ("run_pipeline", "pipeline_args")}
 
 
 @pytest.fixture(scope="module")
