@@ -12,6 +12,8 @@
 #      time, and the CUDA launches per step
 #   4. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
 # Usage: FEATURES=outputs/gpu/features bash benchmarks/long_run_check.sh   (logs under $OUT)
+#   QUICK=1: only the 1,500-step run and bench_train.py --quick (ours compiled: the reference), about
+#   3.5 minutes, to leave a 15-minute device session room for the comparison; TESTS=1 adds tests/test_gpu.py
 #   Where FEATURES holds no features yet, they are built first from WT2 (a copy of ../shared/data's
 #   wikitext-2 folder, carried: 12 MB) as the earlier measurements' were: WordPiece 30,522, 128 tokens
 #   (about 30 s on the GPU machine's 16 cores)
@@ -44,6 +46,16 @@ run() {  # name, then extra flags
 nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw --format=csv -l 2 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
 run se
+if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: the run above against the benchmark
+    kill $SMI
+    timeout 150 python3 benchmarks/bench_train.py --device cuda --quick 2>&1 | grep -v -i warn > "$OUT/bench.log"
+    if [ "${TESTS:-0}" = 1 ]; then
+        timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py --durations=5 > "$OUT/test_gpu.log" 2>&1
+        tail -8 "$OUT/test_gpu.log"
+    fi
+    cat "$OUT/walls.txt"; cat "$OUT/speed_se.txt"; tail -3 "$OUT/bench.log"
+    exit 0
+fi
 run se_cached --max_steps 300
 run electra --masking token --use_sbo false --use_span_head false
 kill $SMI
