@@ -97,6 +97,21 @@ def test_training_steps_never_wait_for_the_gpu(bpe_feat, tmp_path, compile_step)
     assert run(8) == run(16)
 
 
+@pytest.mark.parametrize("script", ["generator", "joint", "two_stage"])
+def test_compiled_steps_replay_as_cuda_graphs(bpe_feat, gpu_generator, tmp_path, script):
+    """--compile on one GPU must run the step as CUDA graphs: Inductor skips them (with a warning) for a
+    CPU tensor, a mutated input or a dynamic shape in the step, and the step is then launched kernel by
+    kernel from Python, several times slower at ELECTRA-Small sizes."""
+    from torch._dynamo.utils import counters
+    counters["inductor"].clear()
+    settings = dict(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), **{**FEW_STEPS, "compile": True})
+    if script == "generator":
+        trainMLM_SpanElectra.main(argument.MLM_trainingConfig(**settings))
+    else:
+        trainSpanElectra.main(argument.SE_trainingConfig(mode=script, generator_dir=gpu_generator[1], **settings))
+    assert counters["inductor"]["cudagraph_skips"] == 0
+
+
 def test_notebook_cells_run_on_cuda(tmp_path, monkeypatch):
     """SpanElectra.ipynb's code cells (the Colab/Kaggle path), run as a user's kernel would on a GPU
     machine: device 'auto' picks CUDA in every stage. nbclient is not needed: the cells are exec'd in
