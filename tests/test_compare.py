@@ -154,10 +154,7 @@ def test_features_of_another_corpus_are_not_reused(tmp_path):
 
 def test_pretraining_only_without_tasks(tmp_path, monkeypatch):
     """gpu_vi's default: no task folder given, so the rows are pre-trained and tabled, nothing fine-tuned."""
-    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
-    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
-    monkeypatch.setattr(cp, "pretrain", lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0))
-    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/d")
+    stub_stages(monkeypatch, lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0))
     md = tmp_path / "RESULTS.md"
     rows = cp.main(cp.compare_args(scale="gpu_vi", recipes="random,mlm", tasks="", out_dir=str(tmp_path / "c"),
                                    results_md=str(md), ft_workers=1, device="cpu"))
@@ -172,11 +169,8 @@ def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkey
         if "mlm" in model_dir:
             raise RuntimeError("fine-tuning failed")
         return result(0.7)
-    monkeypatch.setattr(cp, "prepare_data", lambda config, scale: {"features": "f", "vocab": 100, "tokenizer": "t"})
-    monkeypatch.setattr(cp, "step_flops", lambda *args: 1e9)
-    monkeypatch.setattr(cp, "pretrain", lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0))
-    monkeypatch.setattr(cp, "finetune", fake_finetune)
-    monkeypatch.setattr(cp, "random_model", lambda paths, scale, out_dir: out_dir + "/d")
+    stub_stages(monkeypatch, lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0),
+                fake_finetune)
     with pytest.raises(RuntimeError):
         cp.main(cp.compare_args(recipes="random,mlm", tasks=SST2, budget_fractions="1", out_dir=str(tmp_path),
                                 results_md="", ft_workers=1))
