@@ -36,6 +36,7 @@ from argument import finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, make_out_dir,
                       remove_paths)
 from modelling_span_electra import weights_problem
+from tokenization import load_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
 
@@ -491,6 +492,21 @@ def load_model_tokenizer(model_dir, model_config, max_seq_length):
     return tokenizer
 
 
+def model_segmenter(model_dir):
+    """The word segmentation the model's pre-training text went through (pyvi for a Vietnamese model
+    built with --word_segmenter pyvi; recorded beside its tokenizer), or None: task text must go through
+    the same, or each Vietnamese word reaches the model as syllables it never saw joined."""
+    name = read_tokenizer_info(model_dir)["word_segmenter"]
+    try:
+        segment = load_segmenter(name)
+    except SpanElectraError:
+        raise SpanElectraError(f"model_dir: '{model_dir}' was pre-trained on text segmented with {name}, which is "
+                               f"not installed here; run `pip install {name}`") from None
+    if segment:
+        logger.info("task texts segmented with %s, as the model's pre-training text was", name)
+    return segment
+
+
 def load_model(config, task, announce=True):
     """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head."""
     kwargs = {"num_labels": 1} if task.regression else {
@@ -554,11 +570,12 @@ def layerwise_param_groups(model, learning_rate, layer_decay, weight_decay):
 BUCKET = 32  # batches are padded to a multiple of this: a handful of shapes, not one per batch
 
 
-def encode(tokenizer, examples, max_seq_length, token_types, pad_id):
+def encode(tokenizer, examples, max_seq_length, token_types, pad_id, segment=None):
     """Token ids of every example (pairs as tokenizer(a, b)), padded once into [N, longest] numpy
-    arrays, with each example's length."""
-    first = [t[0] for t in examples.texts]
-    second = [t[1] for t in examples.texts] if examples.texts and len(examples.texts[0]) == 2 else None
+    arrays, with each example's length. segment: the model's word segmenter (see model_segmenter)."""
+    prepare = segment or (lambda text: text)
+    first = [prepare(t[0]) for t in examples.texts]
+    second = [prepare(t[1]) for t in examples.texts] if examples.texts and len(examples.texts[0]) == 2 else None
     encoded = tokenizer(first, second, truncation=True, max_length=max_seq_length, return_token_type_ids=token_types)
     lengths = np.array([len(x) for x in encoded["input_ids"]], dtype=np.int64)
     width = int(lengths.max()) if len(lengths) else 1
@@ -798,7 +815,8 @@ def main(config: finetune_args = None):
 
     token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)
     pad_id = tokenizer.pad_token_id or 0
-    data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id)
+    segment = model_segmenter(config.model_dir)
+    data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, segment)
             for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
             if examples is not None}
     logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "

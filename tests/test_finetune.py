@@ -3,6 +3,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -420,3 +421,33 @@ def test_linear_probe_learns_from_frozen_features(tiny_discriminator, tmp_path):
     assert runs[0]["eval_accuracy"] == runs[1]["eval_accuracy"] > 0.7  # chance: 0.5
     assert 0 <= runs[0]["eval_loss"] < math.log(2)
     assert not (tmp_path / "probe0" / "model").exists()
+
+
+def test_a_vietnamese_model_reads_task_text_segmented_as_its_corpus(vi_tok, tmp_path):
+    """A model pre-trained on pyvi-segmented text (its tokenizer records it) fine-tunes on task text
+    segmented the same way: 'Việt Nam' reaches it as its one word token, not as two syllables."""
+    from transformers import AutoTokenizer, ElectraForPreTraining
+    folder = tmp_path / "discriminator"
+    ElectraForPreTraining(tiny_config(3000)).save_pretrained(folder)
+    for path in vi_tok.iterdir():
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    word = tokenizer(" Việt_Nam", add_special_tokens=False)["input_ids"]
+    assert len(word) == 1  # one vocabulary entry for the segmented word
+    examples = ft.Examples("x", [("Tôi yêu Việt Nam",)], ["1"], [1])
+    segmented = ft.encode(tokenizer, examples, 64, False, 0, ft.model_segmenter(str(folder)))["input_ids"][0]
+    raw = ft.encode(tokenizer, examples, 64, False, 0)["input_ids"][0]
+    assert word[0] in segmented.tolist() and word[0] not in raw.tolist()
+
+    lines = [f"{'Tôi yêu Việt Nam' if i % 2 else 'Hà Nội mưa lạnh'} {i}\t{i % 2}" for i in range(64)]
+    results = ft.main(task_config(write_task(tmp_path / "vi_task", lines), model_dir=str(folder),
+                                  out_dir=str(tmp_path / "ft"), num_train_epochs=1, max_seq_length=64, device="cpu"))
+    assert results["num_train"] == 64 and 0 <= results["eval_accuracy"] <= 1
+
+
+def test_a_vietnamese_model_without_pyvi_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "se_tokenizer.json").write_text(json.dumps({"word_segmenter": "pyvi"}), encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "pyvi", None)  # import pyvi now fails, as where it is missing
+    with pytest.raises(SpanElectraError, match=r"^model_dir: .* segmented with pyvi, .* run `pip install pyvi`$"):
+        ft.model_segmenter(str(tmp_path))
