@@ -594,8 +594,15 @@ def pretrain_row(run, fraction, config, paths, scale, full_budget):
     else:
         model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
     return {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
-            "seconds": seconds, "model_dir": model_dir, **({"seed": config.seed} if recipe is not None else {}),
+            "seconds": seconds, "model_dir": os.path.relpath(model_dir, config.out_dir),  # see row_model_dir
+            **({"seed": config.seed} if recipe is not None else {}),
             **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
+
+
+def row_model_dir(config, row):
+    """A row's saved model: kept relative to out_dir, so that cached rows hold however out_dir is reached
+    (a relative --out_dir from another folder, an absolute one, a moved folder)."""
+    return os.path.join(config.out_dir, row["model_dir"])
 
 
 def start_finetuning(pool, row, tasks, config, scale):
@@ -607,7 +614,7 @@ def start_finetuning(pool, row, tasks, config, scale):
         for probe in (False, True):
             out_dir = ft_out_dir(config, row, task, probe)
             for seed in ([None] if probe or pool is None else config.ft_seed_list()):
-                args = (row["model_dir"], task, config, scale, out_dir if seed is None else f"{out_dir}/seed_{seed}",
+                args = (row_model_dir(config, row), task, config, scale, out_dir if seed is None else f"{out_dir}/seed_{seed}",
                         probe, seed)
                 job = pool.submit(finetune, *args) if pool else finished_future(finetune(*args))
                 job.add_done_callback(lambda f: setattr(f, "finished", time.time()))

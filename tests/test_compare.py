@@ -125,6 +125,8 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
 
     assert [r["run"] for r in run()] == ["random@0", "mlm@1"]
     assert len(calls["pretrain"]) == 1 and len(calls["finetune"]) == 2
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["model_dir"] for r in saved] == ["runs/random@0/discriminator", "runs/mlm@1/discriminator"]
     run()  # everything cached
     assert len(calls["pretrain"]) == 1 and len(calls["finetune"]) == 2
     rows = run(seeds="4,5")  # new fine-tuning settings: same models, fine-tuned again
@@ -132,6 +134,12 @@ def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_pat
         (str(tmp_path / "runs" / "random@0" / "discriminator"), "4,5"),
         (str(tmp_path / "runs" / "mlm@1" / "discriminator"), "4,5")]
     assert all(r["finetune"]["seeds"] == "4,5" for r in rows)
+    # the same out_dir reached from another folder, relatively: the cached models are found there
+    monkeypatch.chdir(tmp_path.parent)
+    cp.main(cp.compare_args(recipes="random,mlm", tasks=SST2, budget_fractions="1", out_dir=tmp_path.name,
+                            results_md="", ft_workers=1, seeds="6"))
+    assert len(calls["pretrain"]) == 1 and calls["finetune"][4:] == [
+        (f"{tmp_path.name}/runs/random@0/discriminator", "6"), (f"{tmp_path.name}/runs/mlm@1/discriminator", "6")]
     # another pre-training seed or budget is another model: pre-trained again, never the cached one
     rows = run(seeds="4,5", seed=43)
     assert len(calls["pretrain"]) == 2 and [r["identity"].get("seed") for r in rows] == [None, 43]
