@@ -470,6 +470,19 @@ def probe_cell(results, key):
     return summary_cell(results, key) if len(results.get("per_seed", ())) > 1 else f"{results[key]:.3f}"
 
 
+def write_table(config, rows, tasks, settings):
+    """The table of the rows finished so far (fine-tuned with these settings; each recipe at its full
+    budget and at random init) into out_dir/compare.md, after every row: a call that stops early still
+    leaves its summary. Returns (table, pooled rows)."""
+    pooled = pooled_rows([r for r in rows if r.get("finetune") == settings])
+    if not pooled:
+        return "", []
+    full = [r for r in pooled if r["fraction"] in (0.0, max(r["fraction"] for r in pooled))]
+    table = markdown_table(full, tasks)
+    atomic_write_text(os.path.join(config.out_dir, "compare.md"), table + "\n")
+    return table, pooled
+
+
 def markdown_table(rows, tasks):
     names = [os.path.basename(t.rstrip("/")) for t in tasks]
     probed = all("probe" in r for r in rows)
@@ -746,12 +759,11 @@ def main(config: compare_args = None):
             while pending and (finetuning_done(pending[0]) or run == plan[-1][0]):
                 finish_finetuning(pending.pop(0), settings)
                 atomic_write_json(rows_path, rows)
+                write_table(config, [r for r in rows if r["run"] in wanted], tasks, settings)
     rows = [r for r in rows if r["run"] in wanted]
 
     warn_collapsed(rows, len(config.pretrain_seed_list()))
-    pooled = pooled_rows(rows)
-    full = [r for r in pooled if r["fraction"] in (0.0, max(r["fraction"] for r in pooled))]
-    table = markdown_table(full, tasks)
+    table, pooled = write_table(config, rows, tasks, settings)
     png = plot(pooled, tasks, os.path.join(config.out_dir, "compare.png"))
     if png and config.results_md:
         png = publish_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))

@@ -48,7 +48,7 @@ if [ "$PHASE" = 1 ]; then
 else
     start=$SECONDS
     timeout "${COMPARE_TIMEOUT:-570}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
-    echo "compare: $((SECONDS - start)) s wall" | tee "$OUT/compare2_wall.txt"
+    echo "compare: $((SECONDS - start)) s wall" | tee -a "$OUT/compare2.log"  # files back: 8 at most
     cp "benchmarks/compare_$SCALE.png" "$OUT/" 2>/dev/null
     for run in electra se_joint; do cp "$CMP_OUT/runs/$run@1/metrics.jsonl" "$OUT/$run.metrics.jsonl" 2>/dev/null; done
     python3 - "$OUT" <<'PY'
@@ -58,6 +58,6 @@ section = re.search(r"<!-- compare_pretraining:begin -->.*?<!-- compare_pretrain
 open(f"{sys.argv[1]}/results_section.md", "w").write(section.group(0) if section else "no section")
 PY
 fi
-cp "$CMP_OUT/compare.json" "$OUT/" 2>/dev/null
+cp "$CMP_OUT/compare.json" "$CMP_OUT/compare.md" "$OUT/" 2>/dev/null  # compare.md: the rows finished, even after a stop
 grep -h -E "estimate|budget|ahead|INFO (random|mlm|electra|se_joint)@|^\|" "$OUT"/compare*.log | tail -34
 tail -3 "$OUT/suite.log" "$OUT/pipeline.log" 2>/dev/null

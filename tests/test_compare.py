@@ -185,6 +185,9 @@ def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkey
     rows = json.loads((tmp_path / "compare.json").read_text())
     assert [r["run"] for r in rows] == ["random@0", "mlm@1"]  # both pre-trained
     assert rows[0]["metrics"]["SST-2"]["results"]["eval_accuracy"] == 0.7 and "finetune" not in rows[1]
+    # and the table of what finished is there: the summary of a call that stopped early
+    table = (tmp_path / "compare.md").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 3 and table[2].startswith("| random init |") and "0.700" in table[2]
 
 
 def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_path, caplog):
