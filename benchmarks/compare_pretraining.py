@@ -21,6 +21,7 @@ one before it pre-trains (warm_compile).
 """
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import multiprocessing
@@ -294,12 +295,12 @@ PLAIN_PER_COMPRESSED_BYTE = {".xz": 4.0, ".bz2": 3.5, ".zst": 3.5, ".gz": 3.0}
 
 
 def plain_bytes(path):
-    """Bytes of plain text in a corpus file or folder (what the vocabulary and features read), compressed
-    files counted at a typical ratio."""
+    """Bytes of plain text in a corpus file, folder or glob (what the vocabulary and features read),
+    compressed files counted at a typical ratio."""
     if os.path.isdir(path):
         return sum(plain_bytes(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
     if not os.path.isfile(path):
-        return 0
+        return sum(plain_bytes(p) for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     return os.path.getsize(path) * PLAIN_PER_COMPRESSED_BYTE.get(os.path.splitext(path)[1], 1.0)
 
 

@@ -225,6 +225,8 @@ def test_prep_estimate_counts_plain_text_and_segmentation(tmp_path):
     corpus.write_bytes(b"x" * 1000)
     config = cp.compare_args(scale="gpu", train_input=str(corpus)).resolved()
     assert cp.plain_bytes(str(corpus)) == 4000 and cp.plain_bytes(str(tmp_path)) == 4000
+    (tmp_path / "more.txt").write_text("y" * 10)
+    assert cp.plain_bytes(str(tmp_path / "*.t*")) == 4010 and cp.plain_bytes(str(tmp_path / "none")) == 0
     assert cp.prep_seconds(config, cp.SCALES["gpu"], "cuda") == pytest.approx(4000 / 5.4e6)
     assert cp.prep_seconds(config, cp.SCALES["gpu_vi"], "cpu") == pytest.approx(4000 / 4.7e5)
     assert cp.prep_seconds(config, cp.SCALES["gpu_vi"], "cuda") == pytest.approx(4000 / (4 * 4.7e5))
