@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTrainin
 
 from argument import MaskingArgs, explore_args, run_main
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
-from tokenization import SPECIAL_TOKENS, load_segmenter, read_tokenizer_info
+from tokenization import SPECIAL_TOKENS, folder_segmenter
 from io_utils import SpanElectraError
 from modelling_span_electra import load_generator, load_weights, saved_heads, saved_kind
 
@@ -47,7 +47,7 @@ class Explorer:
             raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
         tok_dir = self.gen_dir or self.disc_dir
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        self.segment = load_segmenter(read_tokenizer_info(tok_dir)["word_segmenter"]) or (lambda s: s)
+        self.segment = folder_segmenter(tok_dir, "model_dir")[1]
         self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
         if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
             self.span_generator = load_generator(self.gen_dir, "model_dir").eval()

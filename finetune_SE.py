@@ -36,7 +36,7 @@ from argument import finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, make_out_dir,
                       remove_paths)
 from modelling_span_electra import weights_problem
-from tokenization import load_segmenter, read_tokenizer_info
+from tokenization import folder_segmenter
 
 logger = logging.getLogger("span_electra")
 
@@ -492,21 +492,6 @@ def load_model_tokenizer(model_dir, model_config, max_seq_length):
     return tokenizer
 
 
-def model_segmenter(model_dir):
-    """The word segmentation the model's pre-training text went through (pyvi for a Vietnamese model
-    built with --word_segmenter pyvi; recorded beside its tokenizer), or None: task text must go through
-    the same, or each Vietnamese word reaches the model as syllables it never saw joined."""
-    name = read_tokenizer_info(model_dir)["word_segmenter"]
-    try:
-        segment = load_segmenter(name)
-    except SpanElectraError:
-        raise SpanElectraError(f"model_dir: '{model_dir}' was pre-trained on text segmented with {name}, which is "
-                               f"not installed here; run `pip install {name}`") from None
-    if segment:
-        logger.info("task texts segmented with %s, as the model's pre-training text was", name)
-    return segment
-
-
 def load_model(config, task, announce=True):
     """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head."""
     kwargs = {"num_labels": 1} if task.regression else {
@@ -570,10 +555,10 @@ def layerwise_param_groups(model, learning_rate, layer_decay, weight_decay):
 BUCKET = 32  # batches are padded to a multiple of this: a handful of shapes, not one per batch
 
 
-def encode(tokenizer, examples, max_seq_length, token_types, pad_id, segment=None):
+def encode(tokenizer, examples, max_seq_length, token_types, pad_id, prepare=lambda text: text):
     """Token ids of every example (pairs as tokenizer(a, b)), padded once into [N, longest] numpy
-    arrays, with each example's length. segment: the model's word segmenter (see model_segmenter)."""
-    prepare = segment or (lambda text: text)
+    arrays, with each example's length. prepare: text -> text as the model's pre-training text was
+    (tokenization.folder_segmenter)."""
     first = [prepare(t[0]) for t in examples.texts]
     second = [prepare(t[1]) for t in examples.texts] if examples.texts and len(examples.texts[0]) == 2 else None
     encoded = tokenizer(first, second, truncation=True, max_length=max_seq_length, return_token_type_ids=token_types)
@@ -815,8 +800,12 @@ def main(config: finetune_args = None):
 
     token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)
     pad_id = tokenizer.pad_token_id or 0
-    segment = model_segmenter(config.model_dir)
-    data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, segment)
+    # task text segmented as the model's corpus was (pyvi for a Vietnamese model), or each segmented
+    # word would reach it as syllables it never saw joined
+    segmenter, prepare = folder_segmenter(config.model_dir, "model_dir")
+    if segmenter != "none":
+        logger.info("task texts segmented with %s, as the model's pre-training text was", segmenter)
+    data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, prepare)
             for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
             if examples is not None}
     logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "

@@ -39,6 +39,18 @@ def load_segmenter(name):
     raise SpanElectraError(f"word_segmenter: unknown segmenter '{name}'; use 'pyvi' or 'none'")
 
 
+def folder_segmenter(tokenizer_dir, field):
+    """(name, line -> line): the word segmenter recorded in a tokenizer or model folder's
+    se_tokenizer.json ('none': lines unchanged), what the explorer and fine-tuning apply to text before
+    tokenizing. A segmenter missing here is a one-line error naming `field`."""
+    name = read_tokenizer_info(tokenizer_dir)["word_segmenter"]
+    try:
+        return name, load_segmenter(name) or (lambda line: line)
+    except SpanElectraError:
+        raise SpanElectraError(f"{field}: '{tokenizer_dir}' was pre-trained on text segmented with {name}, which "
+                               f"is not installed here; run `pip install {name}`") from None
+
+
 def _segment_batch(name, batch):
     lines, extra = batch
     segment = load_segmenter(name)

@@ -15,6 +15,7 @@ from conftest import SHARED_DATA, assert_cli_error, run_cli
 import argument
 import finetune_SE as ft
 from io_utils import SpanElectraError
+from tokenization import folder_segmenter
 
 BOM = "\ufeff"
 
@@ -436,7 +437,8 @@ def test_a_vietnamese_model_reads_task_text_segmented_as_its_corpus(vi_tok, tmp_
     word = tokenizer(" Việt_Nam", add_special_tokens=False)["input_ids"]
     assert len(word) == 1  # one vocabulary entry for the segmented word
     examples = ft.Examples("x", [("Tôi yêu Việt Nam",)], ["1"], [1])
-    segmented = ft.encode(tokenizer, examples, 64, False, 0, ft.model_segmenter(str(folder)))["input_ids"][0]
+    _, segment = folder_segmenter(str(folder), "model_dir")
+    segmented = ft.encode(tokenizer, examples, 64, False, 0, segment)["input_ids"][0]
     raw = ft.encode(tokenizer, examples, 64, False, 0)["input_ids"][0]
     assert word[0] in segmented.tolist() and word[0] not in raw.tolist()
 
@@ -450,4 +452,4 @@ def test_a_vietnamese_model_without_pyvi_says_what_to_install(tmp_path, monkeypa
     (tmp_path / "se_tokenizer.json").write_text(json.dumps({"word_segmenter": "pyvi"}), encoding="utf-8")
     monkeypatch.setitem(sys.modules, "pyvi", None)  # import pyvi now fails, as where it is missing
     with pytest.raises(SpanElectraError, match=r"^model_dir: .* segmented with pyvi, .* run `pip install pyvi`$"):
-        ft.model_segmenter(str(tmp_path))
+        folder_segmenter(str(tmp_path), "model_dir")
