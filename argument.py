@@ -475,7 +475,8 @@ COMPARE_RECIPES = {
     "se_joint_no_heads": ("SpanElectra joint, no span heads", dict(kind="joint", masking="span", use_sbo=False,
                                                                    use_span_head=False)),
 }
-# per scale: the device it is sized for, model size, the full budget in joint-SpanElectra steps of batch x 128, and the fine-tuning set-up.
+# per scale: the device it is sized for, model size, the full budget in joint-SpanElectra steps of batch x 128,
+# and the fine-tuning set-up.
 # The speeds behind the time estimates, measured (benchmarks/RESULTS.md), for the device the run uses:
 # pre-training FLOP/s by kind of step, the compiled step's first call, fine-tuning steps/s per process,
 # vocabulary + features in bytes of plain text per second (with pyvi segmenting, and without)
@@ -494,7 +495,7 @@ H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step compariso
     prep_bytes_per_second=5.4e6,  # enwiki's 185 MB in the 34 s above, on the machine's 16 cores
     # pyvi is CPU work spread over a process per core: assumed 4x the 2-core CPU's until measured (the
     # plain build above ran 2.6x the 2-core CPU's pace there)
-    segmented_prep_bytes_per_second=4 * 4.7e5,
+    segmented_prep_bytes_per_second=4 * CPU_SPEEDS["segmented_prep_bytes_per_second"],
     # a step compiled ahead (compare_pretraining.warm_compile) loads from torch.compile's caches: 7 s against
     # 79 s cold for the ELECTRA-Small step on the 2-core CPU; assumed 10 s on the H100 until measured there
     warm_compile_seconds=10)
@@ -511,16 +512,16 @@ COMPARE_SCALES = {
     # the FLOPs of 90 s of the benchmark's joint step on one H100 (5,500 steps, 90M tokens) per recipe:
     # ELECTRA, SpanElectra joint and MLM against random init
     "gpu": dict(device="cuda", model_size="small", budget_steps=5500, batch=128, learning_rate=5e-4,
-                vocab_size=30522, ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
-                fractions="1", recipes="random,mlm,electra,se_joint"),
+                vocab_size=30522, ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=ENWIKI, bf16=True,
+                compile=True, fractions="1", recipes="random,mlm,electra,se_joint"),
     # the same on Vietnamese Wikipedia, words segmented with pyvi, at half the budget; fine-tuned on
     # the Vietnamese task folders given with --tasks (sentence<TAB>label TSV)
     "gpu_vi": dict(device="cuda", model_size="small", budget_steps=2750, batch=128, learning_rate=5e-4,
-                   vocab_size=30522, ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=VIWIKI, word_segmenter="pyvi", bf16=True,
-                   compile=True, fractions="1", recipes="random,mlm,electra,se_joint", tasks=""),
+                   vocab_size=30522, ft_epochs=2, ft_max_train=4000, ft_lr=3e-4, corpus=VIWIKI, word_segmenter="pyvi",
+                   bf16=True, compile=True, fractions="1", recipes="random,mlm,electra,se_joint", tasks=""),
     "small": dict(device="cuda", model_size="small", budget_steps=20000, batch=128, learning_rate=5e-4,
-                  vocab_size=30522, ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True, compile=True,
-                  fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
+                  vocab_size=30522, ft_epochs=3, ft_max_train=0, ft_lr=3e-4, corpus=ENWIKI, bf16=True,
+                  compile=True, fractions="0.5,1", recipes=",".join(COMPARE_RECIPES)),
 }
 
 

@@ -12,8 +12,9 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              each model (the best a user gets from transformers alone).
   ours:      trainSpanElectra.py's joint step: SpanElectraJoint on batches masked ahead of time (as
              the DataLoader workers do), pinned and copied without waiting, fixed prediction slots,
-             metrics computed in the step (compiled with it) and summed on the device, fused AdamW, TF32; in fp32, bf16 autocast, and bf16 under
-             torch.compile (CUDA graphs on a GPU), as --bf16 --compile runs it.
+             metrics computed in the step (compiled with it) and summed on the device, fused AdamW, TF32;
+             in fp32, bf16 autocast, and bf16 under torch.compile (CUDA graphs on a GPU), as --bf16
+             --compile runs it.
 The fp32 pair alternates its steps (median per step); every other variant warms up, then runs
 --steps steps with one synchronisation at the end. The compiled step is also timed on batches masked
 by a DataLoader worker and pinned (training_utils.BatchStream, as the training scripts feed it). Prints tokens/s,

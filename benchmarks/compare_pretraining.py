@@ -263,7 +263,8 @@ def log_estimates(config, scale, plan, rows, settings, budget):
     not the device the scale is sized for (--scale gpu on a CPU), the total there too."""
     device = tu.resolve_device(config.device).type
     for target in dict.fromkeys([device, scale["device"]]):
-        stages = [] if features_built(config) else [("vocabulary and features", prep_seconds(config, scale, target), False)]
+        stages = [] if features_built(config) else [
+            ("vocabulary and features", prep_seconds(config, scale, target), False)]
         stages += estimate_seconds(plan, rows, settings, config, target, budget)
         minutes = sum(s for _, s, beside in stages if not beside) / 60
         if target != device:
@@ -628,8 +629,8 @@ def start_finetuning(pool, row, tasks, config, scale):
         for probe in (False, True):
             out_dir = ft_out_dir(config, row, task, probe)
             for seed in ([None] if probe or pool is None else config.ft_seed_list()):
-                args = (row_model_dir(config, row), task, config, scale, out_dir if seed is None else f"{out_dir}/seed_{seed}",
-                        probe, seed)
+                args = (row_model_dir(config, row), task, config, scale,
+                        out_dir if seed is None else f"{out_dir}/seed_{seed}", probe, seed)
                 job = pool.submit(finetune, *args) if pool else finished_future(finetune(*args))
                 job.add_done_callback(lambda f: setattr(f, "finished", time.time()))
                 jobs.append((task, probe, job))
@@ -763,7 +764,7 @@ def main(config: compare_args = None):
                 write_table(config, [r for r in rows if r["run"] in wanted], tasks, settings)
     rows = [r for r in rows if r["run"] in wanted]
 
-    warn_collapsed(rows, len(config.pretrain_seed_list()))
+    warn_collapsed(rows, len(seeds))
     table, pooled = write_table(config, rows, tasks, settings)
     png = plot(pooled, tasks, os.path.join(config.out_dir, "compare.png"))
     if png and config.results_md:
