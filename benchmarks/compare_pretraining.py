@@ -187,14 +187,23 @@ def wait_warm_compile(name, future):
         logger.warning("%s: compiling ahead failed (%s); its run compiles the step itself", name, e)
 
 
-def recipes_to_pretrain(plan, rows, config, scale, full_budget):
+def runs_cached(plan, rows, config, scale, full_budget):
+    """The cached row of each run in plan that was pre-trained as the run asks now (run -> row)."""
+    cached = {}
+    for run, _, fraction, seed in plan:
+        identity = row_identity(run.split("@")[0], fraction, dataclasses.replace(config, seed=seed), scale, full_budget)
+        row = next((r for r in rows if r["run"] == run and r.get("identity") == identity), None)
+        if row is not None:
+            cached[run] = row
+    return cached
+
+
+def recipes_to_pretrain(plan, cached):
     """Names of the recipes in plan that still pre-train (no cached row), in order, each once."""
     names = []
-    for run, recipe, fraction, seed in plan:
+    for run, recipe, *_ in plan:
         name = run.split("@")[0]
-        identity = row_identity(name, fraction, dataclasses.replace(config, seed=seed), scale, full_budget)
-        cached = any(r["run"] == run and r.get("identity") == identity for r in rows)
-        if recipe is not None and not cached and name not in names:
+        if recipe is not None and run not in cached and name not in names:
             names.append(name)
     return names
 
@@ -229,7 +238,7 @@ def pretraining_record(out_dir, batch, seq_len=128):
     return record
 
 
-def estimate_seconds(wanted, rows, settings, config, device_type, full_budget):
+def estimate_seconds(wanted, cached, settings, config, device_type, full_budget):
     """Seconds each stage still to run should take on a device type, from its measured speeds (the log
     shows them before anything starts). Returns [(stage, seconds, beside)]: `beside` stages run beside
     the next pre-training (fine-tuning in worker processes) and add nothing to the wall time."""
@@ -237,7 +246,7 @@ def estimate_seconds(wanted, rows, settings, config, device_type, full_budget):
     speeds, workers = DEVICE_SPEEDS[device_type], ft_workers(config, device_type)
     speed = speeds["flops_per_second"]
     for run, recipe, fraction, *_ in wanted:
-        row = next((r for r in rows if r["run"] == run), None)
+        row = cached.get(run)
         if row is None and recipe is not None:
             name, budget = run.split("@")[0], fraction * full_budget
             # the first recipe compiles; with a pool each later one was compiled ahead (warm_compile)
@@ -258,14 +267,14 @@ def estimate_seconds(wanted, rows, settings, config, device_type, full_budget):
     return stages
 
 
-def log_estimates(config, scale, plan, rows, settings, budget):
+def log_estimates(config, scale, plan, cached, settings, budget):
     """Log every stage's time still to run on the device in use, before anything runs; where that is
     not the device the scale is sized for (--scale gpu on a CPU), the total there too."""
     device = tu.resolve_device(config.device).type
     for target in dict.fromkeys([device, scale["device"]]):
         stages = [] if features_built(config) else [
             ("vocabulary and features", prep_seconds(config, scale, target), False)]
-        stages += estimate_seconds(plan, rows, settings, config, target, budget)
+        stages += estimate_seconds(plan, cached, settings, config, target, budget)
         minutes = sum(s for _, s, beside in stages if not beside) / 60
         if target != device:
             logger.info("estimate: on %s, which --scale %s is sized for: %.1f min", DEVICE_NAMES[target],
@@ -396,6 +405,13 @@ def check_data_identity(config, scale):
 
 def features_built(config):
     return os.path.isfile(os.path.join(config.out_dir, "features", "meta.json"))
+
+
+def known_vocab_size(config, scale):
+    """The vocabulary size the rows will be counted at: the built features', else the one asked for
+    (a small corpus may give fewer entries; the budget is then counted again once they are built)."""
+    return PretrainingFeatures(os.path.join(config.out_dir, "features")).vocab_size if features_built(config) \
+        else scale["vocab_size"]
 
 
 def check_inputs(config):
@@ -728,19 +744,19 @@ def main(config: compare_args = None):
             for name in config.recipes.split(",") for fraction in ([0.0] if RECIPES[name][1] is None else fractions)
             for seed in (seeds[:1] if RECIPES[name][1] is None else seeds)]  # random init: one model
 
-    asked_budget = full_budget_flops(scale, scale["vocab_size"])  # counted at the vocabulary size asked for
-    log_estimates(config, scale, plan, rows, settings, asked_budget)
+    known_budget = full_budget_flops(scale, known_vocab_size(config, scale))
+    log_estimates(config, scale, plan, runs_cached(plan, rows, config, scale, known_budget), settings, known_budget)
 
     make_out_dir(config.out_dir)
 
     paths = prepare_data(config, scale)
-    full_budget = asked_budget if paths["vocab"] == scale["vocab_size"] else full_budget_flops(scale, paths["vocab"])
+    full_budget = full_budget_flops(scale, paths["vocab"])
     logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps, %.1fM tokens)", full_budget / 1e12,
                 scale["budget_steps"], scale["budget_steps"] * scale["batch"] * 128 / 1e6)
     wanted = [run for run, *_ in plan]
     reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
                  for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps
-    to_pretrain = recipes_to_pretrain(plan, rows, config, scale, full_budget)
+    to_pretrain = recipes_to_pretrain(plan, runs_cached(plan, rows, config, scale, full_budget))
     with finetune_pool(config) as pool:
         pending = []  # rows being fine-tuned, oldest first
         warming = {}  # recipe -> its warm-up: the next recipe compiles while this one pre-trains

@@ -1,5 +1,6 @@
 """benchmarks/compare_pretraining.py: the pure parts (metric choice, table, RESULTS.md section, FLOPs counting)."""
 import contextlib
+import dataclasses
 import json
 import sys
 
@@ -239,7 +240,7 @@ def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
     scale = cp.SCALES["gpu"]
     settings = cp.finetune_settings(config, scale, [config.tasks])
     plan = [("random@0", None, 0.0), ("mlm@1", cp.RECIPES["mlm"][1], 1.0), ("se_joint@1", cp.RECIPES["se_joint"][1], 1.0)]
-    stages = cp.estimate_seconds(plan, [], settings, config, "cuda", 9e15)
+    stages = cp.estimate_seconds(plan, {}, settings, config, "cuda", 9e15)
     assert [(name, beside) for name, _, beside in stages] == [
         ("fine-tune random@0", True), ("pre-train mlm@1", False), ("fine-tune mlm@1", True),
         ("pre-train se_joint@1", False), ("fine-tune se_joint@1", False)]
@@ -247,6 +248,23 @@ def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
     assert seconds["fine-tune mlm@1"] == pytest.approx(2 * 32 / 22 + 15)  # a job per seed: one seed's time
     assert seconds["pre-train mlm@1"] == pytest.approx(9e15 / 96e12 + 55)  # the first recipe compiles its step
     assert seconds["pre-train se_joint@1"] == pytest.approx(9e15 / 45e12 + 10)  # compiled ahead: loaded
+
+
+def test_estimate_pre_trains_again_a_row_cached_with_other_settings():
+    """A cached row counts as done only when it was pre-trained as the run asks now (the loop's rule):
+    one cached at another seed is estimated as pre-trained and fine-tuned again."""
+    config = cp.compare_args(scale="gpu", tasks=str(REPO / "data/glue/MRPC"), ft_workers=1).resolved()
+    scale = cp.SCALES["gpu"]
+    settings = cp.finetune_settings(config, scale, [config.tasks])
+    plan = [("mlm@1", cp.RECIPES["mlm"][1], 1.0, 42), ("se_joint@1", cp.RECIPES["se_joint"][1], 1.0, 42)]
+    same = cp.row_identity("mlm", 1.0, dataclasses.replace(config, seed=42), scale, 9e15)
+    rows = [{"run": "mlm@1", "identity": same, "finetune": settings},
+            {"run": "se_joint@1", "identity": dict(same, seed=7), "finetune": settings}]
+    cached = cp.runs_cached(plan, rows, config, scale, 9e15)
+    assert list(cached) == ["mlm@1"]
+    assert cp.recipes_to_pretrain(plan, cached) == ["se_joint"]
+    stages = [name for name, *_ in cp.estimate_seconds(plan, cached, settings, config, "cuda", 9e15)]
+    assert stages == ["pre-train se_joint@1", "fine-tune se_joint@1"]
 
 
 class InlinePool:
