@@ -16,14 +16,14 @@ import tempfile
 import time
 import unicodedata
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
 from argument import save_config, run_main, tok_args
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into)
-from tokenization import (BYTE_ALPHABET, CLS_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched, load_segmenter,
-                          save_transformers_tokenizer, segmented_batches)
+from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched,
+                          load_segmenter, save_transformers_tokenizer, segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
@@ -56,9 +56,16 @@ def build_tokenizer(tokenizer_type, lowercase, segmented):
     return tok
 
 
+def bpe_special_tokens():
+    """SPECIAL_TOKENS for a byte-level BPE, whose [MASK] takes the space before it (RoBERTa's <mask>
+    does the same): 'in [MASK] 2011' is then 'Ġin [MASK] Ġ2011', the masked word's place as in
+    pre-training, not 'Ġin Ġ [MASK]', with a lone-space token the model never saw before a mask."""
+    return [AddedToken(t, special=True, normalized=False, lstrip=t == SPECIAL_TOKENS[MASK_ID]) for t in SPECIAL_TOKENS]
+
+
 def build_trainer(tokenizer_type, vocab_size, min_fre):
     if tokenizer_type == "BPE":
-        return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=SPECIAL_TOKENS,
+        return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=bpe_special_tokens(),
                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     return trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=SPECIAL_TOKENS,
                                      continuing_subword_prefix="##", show_progress=False)

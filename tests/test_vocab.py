@@ -92,6 +92,18 @@ def test_tokenizers_encode_matches_transformers(tok_dir):
     assert raw.encode(SENTENCE, add_special_tokens=False).ids == fast(SENTENCE)["input_ids"][1:-1]
 
 
+def test_a_typed_mask_encodes_as_a_masked_word(tok_dir):
+    """'in [MASK] 2011' (fill-mask, by hand) gives the ids of 'in January 2011' with the word's tokens
+    replaced by one [MASK], as pre-training masked them: with byte-level BPE the space before [MASK]
+    would otherwise become a lone-space token the model never saw."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    masked = tok("released in [MASK] 2011 .")["input_ids"]
+    before = tok("released in")["input_ids"][:-1]  # [CLS] released in
+    after = tok("released in 2011 .")["input_ids"][len(before):]  # 2011 . [SEP]
+    assert masked == before + [tok.mask_token_id] + after
+
+
 @pytest.mark.parametrize("kind", ["BPE", "BERT"])
 def test_min_fre_shrinks_vocab_on_tiny_data(kind, tmp_path):
     tiny = tmp_path / "tiny.txt"
