@@ -492,6 +492,17 @@ def load_model_tokenizer(model_dir, model_config, max_seq_length):
     return tokenizer
 
 
+def announce_masked_lm(model_dir):
+    """A masked LM is fine-tuned BERT-style; where it is an ELECTRA generator, with its discriminator
+    beside it (trainSpanElectra.py's OUT/generator), the discriminator was most likely meant."""
+    discriminator = os.path.join(os.path.dirname(os.path.normpath(model_dir)), "discriminator")
+    if os.path.isdir(discriminator):
+        logger.warning("model_dir: %s holds the generator (ElectraForMaskedLM); ELECTRA fine-tunes the discriminator "
+                       "beside it (%s), which usually does much better", model_dir, discriminator)
+    else:
+        logger.info("model_dir: %s holds a masked LM (ElectraForMaskedLM): fine-tuned BERT-style", model_dir)
+
+
 def load_model(config, task, announce=True):
     """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head."""
     kwargs = {"num_labels": 1} if task.regression else {
@@ -506,8 +517,7 @@ def load_model(config, task, announce=True):
         raise SpanElectraError(f"model_dir: cannot load a model from '{config.model_dir}' ({problem}); point it "
                                "at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
     if announce and "ElectraForMaskedLM" in (getattr(model.config, "architectures", None) or []):
-        logger.warning("model_dir: %s holds a generator (ElectraForMaskedLM); ELECTRA fine-tunes the discriminator "
-                       "(OUT/discriminator), which usually does much better", config.model_dir)
+        announce_masked_lm(config.model_dir)
     if announce:
         layers = model.config.num_hidden_layers
         new = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})

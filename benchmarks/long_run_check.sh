@@ -50,7 +50,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: t
     kill $SMI
     timeout 150 python3 benchmarks/bench_train.py --device cuda --quick 2>&1 | grep -v -i warn > "$OUT/bench.log"
     if [ "${TESTS:-0}" = 1 ]; then
-        timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py --durations=5 > "$OUT/test_gpu.log" 2>&1
+        timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py --durations=5 > "$OUT/test_gpu.log" 2>&1
         tail -8 "$OUT/test_gpu.log"
     fi
     cat "$OUT/walls.txt"; cat "$OUT/speed_se.txt"; tail -3 "$OUT/bench.log"

@@ -1,7 +1,9 @@
-"""benchmarks/compare_pretraining.py: the pure parts (metric choice, table, RESULTS.md section, FLOPs counting)."""
+"""benchmarks/compare_pretraining.py: the pure parts (metric choice, table, RESULTS.md section, FLOPs counting),
+the loop with its heavy stages stubbed, and once the whole comparison for real at a few steps."""
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 
 import pytest
@@ -436,3 +438,24 @@ def test_a_collapsed_discriminator_is_named_with_what_to_do(caplog):
     caplog.clear()
     cp.warn_collapsed(rows[1:], seeds=1)
     assert not caplog.records
+
+
+def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path):
+    """Nothing stubbed: vocabulary, features, FLOP counting, pre-training each kind of recipe at a few
+    steps' budget, fine-tuning and linear probes, the table, the JSON and RESULTS.md's section."""
+    md = tmp_path / "RESULTS.md"
+    rows = cp.main(cp.compare_args(
+        train_input=str(REPO / "data/sample/train.tokens"), valid_input=str(REPO / "data/sample/valid.tokens"),
+        tasks=SST2, recipes="random,mlm,se_two_stage,se_joint", budget_steps=4, budget_fractions="1", seeds="1",
+        ft_max_train_examples=64, out_dir=str(tmp_path / "c"), results_md=str(md), ft_workers=1, device="cpu"))
+    assert [r["run"] for r in rows] == ["random@0", "mlm@1", "se_two_stage@1", "se_joint@1"]
+    budget = rows[1]["identity"]["budget_tflops"]
+    assert budget > 0 and all(r["identity"]["budget_tflops"] == budget for r in rows[1:])
+    # each recipe spends the budget, to within its last step (a joint step is a quarter of it here)
+    assert all(budget * 0.99 <= r["tflops"] <= budget * 1.4 for r in rows[1:]), [r["tflops"] for r in rows]
+    for row in rows:
+        for kind in ("metrics", "probe"):
+            assert 0 <= row[kind]["SST-2"]["results"]["eval_accuracy"] <= 1
+        assert os.path.isfile(tmp_path / "c" / row["model_dir"] / "config.json")
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())[-1]["run"] == "se_joint@1"
+    assert "| SpanElectra joint |" in md.read_text(encoding="utf-8")

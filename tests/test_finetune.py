@@ -328,6 +328,19 @@ def test_bert_folder_fine_tunes(bert_tok, tmp_path):
     assert results["task_kind"] == "pair" and 0 <= results["eval_f1"] <= 1
 
 
+def test_a_generator_beside_its_discriminator_is_flagged(caplog, tmp_path):
+    """An ELECTRA generator (a discriminator beside it) warns that the discriminator was likely meant; a
+    masked LM alone (the MLM baseline, trainMLM_SpanElectra.py's OUT/generator) is fine-tuned BERT-style."""
+    caplog.set_level("INFO", logger="span_electra")
+    ft.announce_masked_lm(str(tmp_path / "generator"))
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "BERT-style" in caplog.text
+    (tmp_path / "discriminator").mkdir()
+    caplog.clear()
+    ft.announce_masked_lm(str(tmp_path / "generator") + "/")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert f"beside it ({tmp_path / 'discriminator'})" in caplog.text
+
+
 def test_real_sst2_few_steps(tiny_discriminator, tmp_path):
     sst2 = SHARED_DATA / "glue" / "SST-2"
     if not (sst2 / "train.tsv").exists():

@@ -144,3 +144,21 @@ def test_worker_batches_reach_the_gpu_whole_through_pinned_memory(bpe_feat):
     for i, batch in enumerate(on_gpu):
         for name, tensor in dataset[i].items():
             assert torch.equal(batch[name].cpu(), tensor), (i, name)
+
+
+def test_the_comparison_runs_on_cuda_with_its_steps_compiled_ahead(tmp_path, caplog):
+    """compare_pretraining.py as --scale gpu runs it, at a few steps' budget of the tiny size: bf16,
+    --compile, fine-tuning in spawned worker processes on the same GPU, and the second recipe's step
+    compiled ahead in one of them while the first pre-trains."""
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import compare_pretraining as cp
+    caplog.set_level("INFO", logger="span_electra")
+    rows = cp.main(cp.compare_args(
+        train_input=str(REPO / "data/sample/train.tokens"), valid_input=str(REPO / "data/sample/valid.tokens"),
+        tasks=str(REPO / "data/glue/SST-2"), recipes="random,mlm,se_joint", budget_steps=20, budget_fractions="1",
+        seeds="1,2", ft_max_train_examples=128, out_dir=str(tmp_path), results_md="", ft_workers=2, device="cuda",
+        bf16=True, compile=True))
+    assert [r["run"] for r in rows] == ["random@0", "mlm@1", "se_joint@1"]
+    assert all(0 <= r["metrics"]["SST-2"]["results"]["eval_accuracy"] <= 1 for r in rows)
+    assert "se_joint: its step was compiled ahead" in caplog.text and "compiling ahead failed" not in caplog.text
