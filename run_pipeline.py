@@ -26,6 +26,13 @@ from io_utils import make_out_dir
 logger = logging.getLogger("span_electra")
 
 
+def final_valid_metrics(run_dir):
+    """The last validation's figures in a run's metrics.jsonl (its time stamp left out)."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        valid = [json.loads(line) for line in f if '"valid"' in line]
+    return {k: round(v, 4) for k, v in valid[-1].items() if isinstance(v, float) and k != "time"}
+
+
 def main(config: pipeline_args = None):
     config = config or pipeline_args()
     config.validate()
@@ -70,12 +77,8 @@ def main(config: pipeline_args = None):
         out_dir=se_out, mode=config.mode, generator_dir=gen_dir, max_steps=config.discriminator_steps,
         eval_every=config.discriminator_steps, save_every=config.discriminator_steps, **common))
     timings["discriminator"] = time.time() - start
-    finals = {}
-    for name, run_dir in (("generator", gen_dir and os.path.dirname(gen_dir)), ("discriminator", se_out)):
-        if run_dir:
-            with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-                valid = [json.loads(line) for line in f if '"valid"' in line]
-            finals[name] = {k: round(v, 4) for k, v in valid[-1].items() if isinstance(v, float)}
+    finals = {name: final_valid_metrics(run_dir) for name, run_dir in (
+        ("generator", gen_dir and os.path.dirname(gen_dir)), ("discriminator", se_out)) if run_dir}
     explorer = explore_SE.Explorer(generator_dir=gen_dir or os.path.join(se_out, "generator"), discriminator_dir=disc_dir)
     explorer_lines = explore_SE.report(explorer, config.explore_text, top_k=3)
 

@@ -712,7 +712,10 @@ class MetricsLog:
         return json.loads(lines[-1]) if lines else {}
 
     def write(self, row):
+        """One row, stamped with the time it was written (seconds since the epoch: rates against wall time,
+        or against what else ran meanwhile)."""
         if self.enabled:
+            row = {**row, "time": round(time.time(), 3)}
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}) + "\n")
 

@@ -213,25 +213,33 @@ def curve_every(steps, points=10):
     return max(1, -(-steps // points))
 
 
+def median(values):
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def training_logs(run_dir):
+    """(folder relative to run_dir, rows) of each metrics.jsonl under run_dir (two for a two-stage run)."""
+    for root, _, files in os.walk(run_dir):
+        if "metrics.jsonl" in files:
+            with open(os.path.join(root, "metrics.jsonl"), encoding="utf-8") as f:
+                yield os.path.relpath(root, run_dir), [json.loads(line) for line in f if line.strip()]
+
+
 def pretraining_record(out_dir, batch, seq_len=128):
     """Tokens seen, the median logged tokens/s and data wait per batch, the valid curves (MLM accuracy,
     disc_auc by step) and whether the discriminator ended at chance, of the runs under out_dir."""
     record = {"tokens": 0, "curves": {}}
-    for root, _, files in os.walk(out_dir):
-        if "metrics.jsonl" not in files:
-            continue
-        with open(os.path.join(root, "metrics.jsonl"), encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+    for folder, rows in training_logs(out_dir):
         train_steps = [r["step"] for r in rows if "step" in r and "split" not in r and "event" not in r]
         record["tokens"] += max(train_steps, default=0) * batch * seq_len
         for key in ("tokens_per_sec", "data_wait_ms"):  # medians: the first window holds the compilation
-            values = sorted(r[key] for r in rows if key in r and "split" not in r)
+            values = [r[key] for r in rows if key in r and "split" not in r]
             if values:
-                record.setdefault(key, {})[os.path.relpath(root, out_dir)] = values[len(values) // 2]
+                record.setdefault(key, {})[folder] = median(values)
         for key in ("mlm_accuracy", "disc_auc"):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:
-                record["curves"][f"{os.path.relpath(root, out_dir)}:{key}"] = points
+                record["curves"][f"{folder}:{key}"] = points
         discriminator = [r for r in rows if r.get("split") == "valid" and "disc_auc" in r]
         if discriminator:  # where it ended: at chance means collapsed (the training script's own check)
             record["discriminator_at_chance"] = tu.at_chance(discriminator[-1])
@@ -582,6 +590,31 @@ def write_results_md(path, table, config, png, budget, elapsed):
     atomic_write_text(path, text)
 
 
+def rates_alone(run_dir, busy):
+    """Median logged tokens/s of each training log under run_dir over the windows (log row to log row)
+    in which nothing ran beside it: busy holds the [start, end] times of the fine-tuning in worker
+    processes. What the step does on its own, beside the median over the whole run."""
+    rates = {}
+    for folder, rows in training_logs(run_dir):
+        timed = [r for r in rows if "tokens_per_sec" in r and "time" in r and "split" not in r]
+        alone = [r["tokens_per_sec"] for before, r in zip(timed, timed[1:])  # the first window: compilation
+                 if not any(start < r["time"] and end > before["time"] for start, end in busy)]
+        if alone:
+            rates[folder] = median(alone)
+    return rates
+
+
+def note_rates_alone(config, rows):
+    """Each pre-trained row's tokens/s with nothing beside it (logged; kept in compare.json)."""
+    busy = [r["ft_window"] for r in rows if "ft_window" in r]
+    for row in rows:
+        rates = rates_alone(os.path.join(config.out_dir, "runs", row["run"]), busy) if "tokens_per_sec" in row else {}
+        if rates:
+            row["tokens_per_sec_alone"] = rates
+            logger.info("%s: median tokens/s %s over the run, %s with nothing beside it", row["run"],
+                        {k: round(v) for k, v in row["tokens_per_sec"].items()}, {k: round(v) for k, v in rates.items()})
+
+
 # ---------------------------------------------------------------- main
 def row_identity(name, fraction, config, scale, full_budget):
     """What a row's model was pre-trained with: a cached row is reused only when all of it matches
@@ -674,7 +707,7 @@ def finish_finetuning(started, settings):
             "key": headline_metric(result), "results": result}
     # the done callbacks may still be running when result() returns
     ended = max((getattr(job, "finished", time.time()) for _, _, job in jobs), default=start)  # no task: no job
-    row.update(finetune=settings, ft_seconds=ended - start)
+    row.update(finetune=settings, ft_seconds=ended - start, ft_window=[start, ended])
     logger.info("%s: %s", row["run"], {t: round(m["results"][m["key"]], 4) for t, m in row["metrics"].items()})
 
 
@@ -778,6 +811,8 @@ def main(config: compare_args = None):
                 finish_finetuning(pending.pop(0), settings)
                 atomic_write_json(rows_path, rows)
                 write_table(config, [r for r in rows if r["run"] in wanted], tasks, settings)
+    note_rates_alone(config, [r for r in rows if r["run"] in wanted])
+    atomic_write_json(rows_path, rows)
     rows = [r for r in rows if r["run"] in wanted]
 
     warn_collapsed(rows, len(seeds))

@@ -325,6 +325,23 @@ def test_pretraining_record_reads_tokens_and_curves(tmp_path):
     assert record["discriminator_at_chance"] is False  # AUC 0.6: learning, whatever its loss
 
 
+def test_the_rate_alone_leaves_out_windows_shared_with_fine_tuning(tmp_path):
+    """Log windows (row to row) that overlap a fine-tuning job's [start, end] are left out, and the
+    first (compilation); a run with nothing beside it keeps every later window."""
+    run = tmp_path / "runs" / "se_joint@1"
+    run.mkdir(parents=True)
+    logged = [(100, 1.0, 50.0), (200, 2.0, 90.0), (300, 3.0, 60.0), (400, 4.0, 100.0), (500, 5.0, 110.0)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "time": t, "tokens_per_sec": v})
+                                                 for s, t, v in logged) + "\n" + json.dumps(
+        {"step": 500, "split": "valid", "time": 5.5, "disc_auc": 0.6}) + "\n")
+    assert cp.rates_alone(str(run), busy=[[2.5, 2.9]]) == {".": 100.0}  # 90, 100, 110: the window of 60 was shared
+    assert cp.rates_alone(str(run), busy=[[2.5, 3.2]]) == {".": 110.0}  # 90, 110: and the next one too
+    assert cp.rates_alone(str(run), busy=[]) == {".": 100.0}  # 60, 90, 100, 110: the upper middle
+    rows = [{"run": "mlm@1", "ft_window": [2.5, 2.9]}, {"run": "se_joint@1", "tokens_per_sec": {".": 90.0}}]
+    cp.note_rates_alone(cp.compare_args(out_dir=str(tmp_path)), rows)
+    assert rows[1]["tokens_per_sec_alone"] == {".": 100.0} and "tokens_per_sec_alone" not in rows[0]
+
+
 def test_vietnamese_gpu_scale_segments_its_corpus():
     config = cp.compare_args(scale="gpu_vi").resolved()
     assert config.train_input.endswith("viwiki-large.train.txt.xz") and config.tasks == ""

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -322,6 +323,17 @@ def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator
                                              train_batch_size=32, learning_rate=2e-3, seed=5, init_from=init))
         first[name] = rows(out)[0]["mlm_loss"]
     assert first["continued"] < first["fresh"] - 1.0, first
+
+
+def test_logged_rows_are_time_stamped_in_order(trained_generator):
+    """Every metrics.jsonl row carries the time it was written (seconds since the epoch), in order;
+    the pipeline's closing figures leave the stamp out."""
+    import run_pipeline
+    with open(trained_generator / "metrics.jsonl", encoding="utf-8") as f:
+        stamps = [json.loads(line)["time"] for line in f]
+    assert len(stamps) >= 7 and stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 3600
+    finals = run_pipeline.final_valid_metrics(str(trained_generator))
+    assert "time" not in finals and 0 < finals["mlm_accuracy"] < 1
 
 
 def test_pipeline_summary_says_each_figure_against_its_baseline():
