@@ -1,14 +1,13 @@
 """Pre-training features as the training scripts read them: a features folder written by
 process.py (its meta.json, memmapped token arrays and tokenizer) and the datasets that serve masked
 batches of it, with the fixed-size prediction slots the training step works on."""
-import json
 import os
 
 import numpy as np
 import torch
 
 from argument import DataArgs
-from io_utils import SpanElectraError
+from io_utils import SpanElectraError, read_json
 from masking import Masker, batch_from_masking, max_prediction_slots, prediction_slots, word_start_table
 from tokenization import SPECIAL_TOKENS, load_tokenizer
 
@@ -25,8 +24,8 @@ class PretrainingFeatures:
             if not os.path.isfile(path):
                 raise SpanElectraError(f"{field}: '{features_dir}' has no {META_FILE} (missing or unfinished); "
                                        "run process.py to build the features")
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
+            meta = read_json(path, "rebuild the features with process.py", field,
+                             keys=("max_seq_len", "vocab_size", "splits", "dtype", "num_sequences"))
         self.meta = meta
         self.max_seq_len = meta["max_seq_len"]
         self.vocab_size = meta["vocab_size"]
@@ -88,6 +87,17 @@ class PretrainingFeatures:
                       mask_id=self.special_ids["[MASK]"], vocab_size=self.vocab_size)
 
 
+def check_static_masks(features, data_args):
+    """The saved masks are used only where they are what the run asks for: a masking setting other than
+    the one they were saved with would otherwise be ignored, and recorded as used."""
+    saved = features.meta.get("static_masking_config", {})
+    changed = [f"{k} {saved[k]!r} (this run: {getattr(data_args, k)!r})" for k in sorted(saved)
+               if k != "max_predictions_per_seq" and hasattr(data_args, k) and getattr(data_args, k) != saved[k]]
+    if changed:  # the slots are made when a batch is read, so their number may differ
+        raise SpanElectraError(f"static_masking: the masks in '{features.dir}' were saved with {'; '.join(changed)}; "
+                               "pass the saved values, or leave static_masking off for fresh masks of these settings")
+
+
 class MLMDataset:
     """Masked batches of one split for the generator: item i of an epoch is the i-th batch.
 
@@ -110,6 +120,7 @@ class MLMDataset:
             if not self.features.meta.get("static_masking"):
                 raise SpanElectraError(f"static_masking: '{data_args.features_dir}' has no static masks; "
                                        "rebuild it with process.py --save_static_masks")
+            check_static_masks(self.features, data_args)
             self.static = (self.features.split(split, ".masked"), self.features.split(split, ".span_position"))
         self.masker = self.features.masker(data_args)
         self.num_slots = max_prediction_slots(data_args, self.features.max_seq_len)

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 import training_utils as tu
 from argument import finetune_args, run_main, save_config
-from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, make_out_dir,
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line, make_out_dir,
                       remove_paths)
 from modelling_span_electra import weights_problem
 from tokenization import folder_segmenter
@@ -455,10 +455,6 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
-
-
-def first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def load_model_config(model_dir):

@@ -54,10 +54,26 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path):
-    """A JSON file's content (the file closed at once)."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_json(path, fix="restore it, or build it again", field=None, keys=()):
+    """A JSON file's content. A damaged one (a write cut short, a bad edit), or one that lacks any of
+    `keys`, is a one-line error naming the file (and the field it came through) and the fix."""
+    where = f"{field}: '{path}'" if field else f"'{path}'"
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SpanElectraError(f"{where} is damaged (not JSON: {e.msg}, line {e.lineno}); {fix}") from None
+    except UnicodeDecodeError:
+        raise SpanElectraError(f"{where} is damaged (not UTF-8 text); {fix}") from None
+    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+    if missing:
+        raise SpanElectraError(f"{where} is damaged (no {', '.join(missing)}); {fix}")
+    return value
+
+
+def first_line(error):
+    """An exception's first line of text (its type's name when it has none), for a one-line message."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def make_out_dir(path, field="out_dir"):

@@ -19,7 +19,6 @@ heads are stored beside them in their own safetensors files.
 """
 import copy
 import hashlib
-import json
 import math
 import os
 
@@ -31,7 +30,7 @@ from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from argument import MODEL_PRESETS
-from io_utils import SpanElectraError, atomic_write_json, building_folder, sha256_file
+from io_utils import SpanElectraError, atomic_write_json, building_folder, read_json, sha256_file
 from tokenization import copy_tokenizer, has_tokenizer
 
 SPAN_REPLACED_PRIOR = 0.9  # share of span tokens a generator's sample replaces (1 - its accuracy)
@@ -320,13 +319,15 @@ def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_d
             copy_tokenizer(tokenizer_dir, tmp)
 
 
+HEAD_FIX = "save the model again (train it again, or copy the folder back from where it was made)"
+
+
 def saved_kind(directory):
     """'generator' or 'discriminator' for a folder saved by save_generator/save_discriminator, else None."""
     path = os.path.join(directory, HEAD_CONFIG)
     if not (os.path.isfile(path) and os.path.isfile(os.path.join(directory, "config.json"))):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("kind")
+    return read_json(path, HEAD_FIX).get("kind")
 
 
 def read_head_config(directory, kind, field):
@@ -334,8 +335,7 @@ def read_head_config(directory, kind, field):
     if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, "config.json")):
         raise SpanElectraError(f"{field}: '{directory}' is not a saved SpanElectra {kind} (no {HEAD_CONFIG} / "
                                f"config.json); point it at OUT/{kind} of a finished training run")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_json(path, HEAD_FIX, field)
     if config.get("kind") != kind:
         raise SpanElectraError(f"{field}: '{directory}' holds a {config.get('kind')}, not a {kind}")
     return config
@@ -400,9 +400,8 @@ def find_pretrained(directory, kind):
             return path
         config_path = os.path.join(path, "config.json")
         if saved_kind(path) is None and os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                if PRETRAINED_CLASSES[kind].__name__ in (json.load(f).get("architectures") or []):
-                    return path
+            if PRETRAINED_CLASSES[kind].__name__ in (read_json(config_path, HEAD_FIX).get("architectures") or []):
+                return path
     return None
 
 

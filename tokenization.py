@@ -12,11 +12,12 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from transformers import PreTrainedTokenizerFast
 
-from io_utils import SpanElectraError, atomic_write_json, sha256_file
+from io_utils import SpanElectraError, atomic_write_json, read_json, sha256_file
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
 SE_TOKENIZER_FILE = "se_tokenizer.json"
+TOKENIZER_FIX = "make the vocabulary again with create_vocab_SE.py (or copy the tokenizer folder back)"
 # what a tokenizer folder may hold (create_vocab_SE.py's output, transformers' tokenizer files);
 # copies take these alone, so a model folder given as the tokenizer never passes its weights on
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -125,8 +126,7 @@ def vocab_lowercase(tokenizer_dir):
     """do_lower_case of a BERT-style folder's tokenizer_config.json (default True, as BERT's and ELECTRA's)."""
     path = os.path.join(tokenizer_dir, "tokenizer_config.json")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return bool(json.load(f).get("do_lower_case", True))
+        return bool(read_json(path, TOKENIZER_FIX).get("do_lower_case", True))
     return True
 
 
@@ -196,6 +196,5 @@ def read_tokenizer_info(tokenizer_dir):
     info = {"word_segmenter": "none", "tokenizer_type": None, "lowercase": None}
     path = os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            info.update(json.load(f))
+        info.update(read_json(path, TOKENIZER_FIX))
     return info

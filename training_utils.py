@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import SpanElectraError, atomic_write_json, make_out_dir, remove_paths, storage_reason
+from io_utils import (SpanElectraError, atomic_write_json, first_line, make_out_dir, read_json, remove_paths,
+                      storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -514,8 +515,8 @@ def check_run(config, identity):
     path = os.path.join(config.out_dir, RUN_FILE)
     saved = None
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_json(path, "its run can no longer be checked: start over with --overwrite_output_dir", "out_dir",
+                          keys=("run_id", "fixed"))
     if config.resume_from:
         if saved is None:  # a run from before run.json, or nothing yet: its checkpoints are its own
             return uuid.uuid4().hex
@@ -641,6 +642,17 @@ def list_checkpoints(out_dir):
     return sorted(glob.glob(os.path.join(glob.escape(out_dir), "checkpoint-*.pt")))
 
 
+def checkpoint_problem(error):
+    """Why torch.load could not read a checkpoint, in a few words (never torch's advice to unpickle it
+    with weights_only=False: a file that fails the safe load is not run as code)."""
+    text = first_line(error)
+    if isinstance(error, EOFError) or "central directory" in text or "zip archive" in text:
+        return f"empty or cut short: {text}"
+    if "Weights only load failed" in text:
+        return "not a checkpoint written by this project"
+    return text
+
+
 def load_checkpoint(resume_from, out_dir, run_id=None):
     """The training state to resume from: 'latest' (the newest readable checkpoint of run run_id in
     out_dir; None when there is none yet), or a checkpoint path. Loaded with weights_only=True: no
@@ -661,7 +673,7 @@ def load_checkpoint(resume_from, out_dir, run_id=None):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or corrupted file: fall back to the one before
-            logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, str(e).splitlines()[0])
+            logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, checkpoint_problem(e))
             continue
         if run_id and resume_from == "latest" and state.get("run_id", run_id) != run_id:
             raise SpanElectraError(f"resume_from: '{path}' belongs to another run than the one '{out_dir}' holds "
@@ -687,13 +699,25 @@ class MetricsLog:
                 self._truncate_after(resume_step)
 
     def _truncate_after(self, step):
-        """Drop rows logged after the checkpoint we resume from, so the file reads as one run."""
+        """Drop rows logged after the checkpoint we resume from, so the file reads as one run (and any
+        line a crash cut short)."""
         if not os.path.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
-            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        rows = [json.dumps(row) + "\n" for row in self.rows() if row.get("step", 0) <= step]
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(rows)
+
+    def rows(self):
+        """The rows logged so far; a line a crash cut short is left out."""
+        rows = []
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    if line.strip():
+                        logger.warning("%s: a damaged line (a write cut short?) is dropped: %.60s", self.path, line)
+        return rows
 
     def write_done(self, step, model, runtime):
         """The closing row: how many processes ran and whether they ended with equal weights (once:
@@ -705,11 +729,8 @@ class MetricsLog:
         self.write({"step": step, "event": "done", "processes": runtime.world_size, "ranks_in_sync": in_sync})
 
     def last_row(self):
-        if not os.path.exists(self.path):
-            return {}
-        with open(self.path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-        return json.loads(lines[-1]) if lines else {}
+        rows = self.rows() if os.path.exists(self.path) else []
+        return rows[-1] if rows else {}
 
     def write(self, row):
         """One row, stamped with the time it was written (seconds since the epoch: rates against wall time,

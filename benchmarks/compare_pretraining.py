@@ -408,7 +408,7 @@ def check_data_identity(config, scale):
     them, and every cached row was pre-trained on them); record the identity on first use."""
     path, wanted = os.path.join(config.out_dir, DATA_FILE), data_identity(config, scale)
     if os.path.isfile(path):
-        held = read_json(path)
+        held = read_json(path, "give a new --out_dir, or remove it to start over", "out_dir")
         changed = [f"{k} {held.get(k)!r} -> {v!r}" for k, v in wanted.items() if held.get(k) != v]
         if changed:
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds the vocabulary and features of another corpus "
@@ -775,7 +775,9 @@ def main(config: compare_args = None):
     started = time.time()
     tasks = [t for t in config.tasks.split(",") if t]
     rows_path = os.path.join(config.out_dir, "compare.json")
-    rows = read_json(rows_path) if os.path.isfile(rows_path) else []  # resume after a stop
+    rows = []  # or the rows of earlier calls: resume after a stop
+    if os.path.isfile(rows_path):
+        rows = read_json(rows_path, "remove it to pre-train every row again", "out_dir")
     fractions = [float(f) for f in config.budget_fractions.split(",")]
     settings = finetune_settings(config, scale, tasks)
     seeds = config.pretrain_seed_list()

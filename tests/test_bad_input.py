@@ -322,6 +322,22 @@ def test_static_masking_without_static_masks(bert_feat):
         features.MLMDataset(args, batch_size=8)
 
 
+def test_static_masks_saved_with_other_settings_are_refused(bpe_feat):
+    """The saved masks were made with process.py's masking settings: a run asking for others is told,
+    rather than trained on the saved ones and recorded as if it had its own."""
+    args = argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]), static_masking=True, mask_ratio=0.3,
+                                      masking="token")
+    with pytest.raises(SpanElectraError, match=r"^static_masking: .* mask_ratio 0.15 \(this run: 0.3\); "
+                                               r"masking 'span' \(this run: 'token'\)"):
+        features.MLMDataset(args, 4)
+    # the discriminator's defaults (ELECTRA's 85% [MASK], no random tokens) are not process.py's
+    with pytest.raises(SpanElectraError, match=r"mask_replace_prob 0.8 \(this run: 0.85\)"):
+        features.SEDataset(argument.SE_trainDataArgs(features_dir=str(bpe_feat[0]), static_masking=True), 4)
+    same = argument.SE_trainDataArgs(features_dir=str(bpe_feat[0]), static_masking=True, mask_replace_prob=0.8,
+                                     random_replace_prob=0.1, max_predictions_per_seq=30)
+    assert features.SEDataset(same, 4)[0]["input_ids"].shape == (4, 128)
+
+
 def test_batch_larger_than_split(bpe_feat):
     n = bpe_feat[1]["num_sequences"]["valid"]
     args = argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]))

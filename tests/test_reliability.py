@@ -413,3 +413,48 @@ def test_a_kill_during_a_save_keeps_the_old_output_whole(save, bpe_tok, tmp_path
     else:
         assert after == before
     assert not [p for p in os.listdir(tmp_path) + os.listdir(out) if p.startswith(".") and "tmp" in p]
+
+
+# ---------------------------------------------------------------- a damaged file of ours
+@pytest.mark.parametrize("damaged", ["features meta.json", "features meta.json keys", "generator span_electra.json",
+                                     "tokenizer se_tokenizer.json", "run.json"])
+def test_a_damaged_json_file_of_ours_is_one_line(damaged, bpe_feat, finished_run, tmp_path, capsys):
+    """A JSON file the project wrote, cut short by a crash or edited by hand: one line that names the
+    file and the fix, exit 2, whichever script reads it."""
+    feat, run = tmp_path / "feat", tmp_path / "run"
+    shutil.copytree(bpe_feat[0], feat)
+    shutil.copytree(finished_run, run)
+    path, text = {"features meta.json": (feat / "meta.json", '{"max_seq_len": 6'),
+                  "features meta.json keys": (feat / "meta.json", '{"max_seq_len": 64}'),
+                  "generator span_electra.json": (run / "generator" / "span_electra.json", ""),
+                  "tokenizer se_tokenizer.json": (feat / "tokenizer" / "se_tokenizer.json", "{"),
+                  "run.json": (run / "run.json", '{"run_id": "abc"}')}[damaged]
+    path.write_text(text)
+    if damaged.startswith("generator"):
+        code, err = run_script(capsys, trainSpanElectra, argument.SE_trainingConfig, [
+            "--features_dir", str(feat), "--generator_dir", str(run / "generator"), "--out_dir", str(tmp_path / "se"),
+            "--max_steps", "2", "--device", "cpu"])
+    elif damaged.startswith("tokenizer"):
+        import process
+        code, err = run_script(capsys, process, argument.feature_args, [
+            "--tokenizer_dir", str(feat / "tokenizer"), "--train_input", "data/sample/valid.tokens",
+            "--out_dir", str(tmp_path / "f2")])
+    else:
+        code, err = cli(capsys, feat, run, "--resume_from", "latest", "--max_steps", "6")
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert str(path) in last and "is damaged" in last, last
+    assert any(fix in last for fix in ("process.py", "save the model again", "create_vocab_SE.py", "--overwrite_output_dir"))
+
+
+def test_a_metrics_line_cut_short_is_dropped_on_resume(bpe_feat, finished_run, tmp_path, caplog):
+    """A crash in the middle of a metrics.jsonl write leaves half a line: resuming drops it (said once)
+    and continues the log."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "loss": 1.2')
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest"))
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl", encoding="utf-8")]
+    assert [r["step"] for r in rows if "loss" in r and "split" not in r] == [2, 4, 6]
+    assert "a damaged line" in caplog.text

@@ -209,9 +209,12 @@ def test_resume_latest_without_checkpoint_starts_fresh_and_bad_checkpoint_falls_
     with caplog.at_level(logging.INFO, logger="span_electra"):
         trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=10, save_every=5, resume_from="latest"))
     assert "no checkpoint" in caplog.text
-    (out / "checkpoint-00000010.pt").write_bytes(b"not a checkpoint")
-    state = training_utils.load_checkpoint("latest", str(out))
-    assert state["step"] == 5  # the unreadable newest one is skipped
+    for damaged in (b"not a checkpoint", b""):  # random bytes, and an empty file (torch: EOFError, no message)
+        (out / "checkpoint-00000010.pt").write_bytes(damaged)
+        caplog.clear()
+        state = training_utils.load_checkpoint("latest", str(out))
+        assert state["step"] == 5  # the unreadable newest one is skipped
+        assert "cannot read checkpoint" in caplog.text and "weights_only=False" not in caplog.text
 
 
 def test_torchrun_two_processes_keep_equal_weights(bpe_feat, tmp_path):
