@@ -56,6 +56,13 @@ class Explorer:
             self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval()
         self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
             if self.disc_dir else None
+        self.max_tokens = min(m.config.max_position_embeddings for m in (self.generator, self.discriminator) if m)
+
+    def _check_length(self, ids):
+        """A text longer than the models' positions is a one-line error, not an index error inside them."""
+        if len(ids) > self.max_tokens:
+            raise SpanElectraError(f"text: {len(ids)} tokens, more than the model's {self.max_tokens} positions; "
+                                   "give a shorter text (a sentence or two)")
 
     def _encode_marked(self, text, seed):
         """Token ids with the marked (or random) spans replaced by [MASK], and the original ids."""
@@ -68,6 +75,7 @@ class Explorer:
                     masked_words.append(piece)
         words = " ".join(parts)
         enc = self.tokenizer(words, return_offsets_mapping=True)
+        self._check_length(enc["input_ids"])
         ids = np.array(enc["input_ids"])
         masked = np.zeros(len(ids), dtype=bool)
         if masked_words:
@@ -125,6 +133,7 @@ class Explorer:
         if self.discriminator is None:
             raise SpanElectraError("model_dir: no discriminator saved there")
         enc = self.tokenizer(self.segment(text))
+        self._check_length(enc["input_ids"])
         logits = self.discriminator(input_ids=torch.tensor([enc["input_ids"]])).logits[0]
         tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"])
         return [(t, float(p)) for t, p in zip(tokens, logits.sigmoid())][1:-1]

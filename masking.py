@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from argument import MaskingArgs
+from io_utils import SpanElectraError
 
 logger = logging.getLogger("span_electra")
 
@@ -131,6 +132,10 @@ def max_prediction_slots(config, seq_len):
     make the count per row vary (at 128 tokens mean 19, 90th percentile 23), and the few rows whose
     last span would not fit in 24 slots (7%) get it cut, which keeps the realised mask ratio and
     span lengths within 1% of unlimited masking."""
+    if config.max_predictions_per_seq > seq_len - 2:  # [CLS] and [SEP] are never masked
+        raise SpanElectraError(f"max_predictions_per_seq: {config.max_predictions_per_seq} is more than the "
+                               f"{seq_len - 2} tokens a {seq_len}-token sequence can mask; use at most {seq_len - 2} "
+                               "(ELECTRA: 20 at 128), or 0 for the default")
     if config.max_predictions_per_seq:
         return config.max_predictions_per_seq
     budget = max(1, round(config.mask_ratio * seq_len))

@@ -157,6 +157,11 @@ def case_unknown_argument(d, tok, feat):
     return _process(d, tok, "--no_such_field", 3), ["no_such_field"], ["out"]
 
 
+def case_more_slots_than_tokens(d, tok, feat):
+    return (["mask_stats.py", "--features_dir", feat, "--max_predictions_per_seq", 1000],
+            ["max_predictions_per_seq", "1000", "at most 126"], [])
+
+
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 # These run as real subprocesses (`python script.py ...`); the others go through the same entry point,
 # argument.run_main, in this process (each Python start costs ~1.5 s of CPU).

@@ -4,7 +4,7 @@ import torch
 
 import explore_SE
 import argument
-from conftest import run_ok_in_process
+from conftest import assert_one_line_error, run_in_process, run_ok_in_process
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, electra_configs, save_discriminator,
                                     save_generator)
 
@@ -77,6 +77,15 @@ def test_cli_prints_both_tables(en_models, capsys):
     out = run_ok_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", en_models, "--text",
                             "It was [[ released ]] in Japan .", "--top_k", 2)
     assert "generator fills for" in out and "discriminator P(replaced)" in out
+
+
+def test_a_text_longer_than_the_models_positions_is_one_line(en_models, capsys):
+    """Past max_position_embeddings the models would fail inside with an index error; the explorer says so."""
+    long_text = "It was [[ released ]] in " + "Japan " * 600
+    code, err = run_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", en_models, "--text", long_text)
+    assert_one_line_error(code, err, "text:", "more than the model's 512 positions", "shorter text")
+    with pytest.raises(explore_SE.SpanElectraError, match="^text: "):
+        explore_SE.Explorer(en_models).detect("Japan " * 600)
 
 
 def test_frequency_level_fills_are_called_so():
