@@ -390,13 +390,14 @@ class pipeline_args:
     model_size: str = _help("'tiny', 'small' or 'base'", default="tiny", meta={"choices": MODEL_SIZES})
     mode: str = _help("'two_stage' (generator, then discriminator) or 'joint'", default="two_stage",
                       meta={"choices": TRAIN_MODES})
-    generator_steps: int = _help("generator training steps (two_stage)", default=1600)
+    generator_steps: int = _help("generator training steps (two_stage; joint trains both models for "
+                                 "discriminator_steps)", default=1600)
     discriminator_steps: int = _help("discriminator (or joint) training steps", default=600)
     train_batch_size: int = _help("sequences per step", default=32)
     learning_rate: float = _help("peak learning rate (1e-2 and above: the tiny generator collapses to one "
                                  "prediction)", default=3e-3)
-    explore_text: str = _help("sentence for the explorer lines at the end (two spans in different contexts)",
-                              default="The [[ game ]] was released in [[ January 2011 ]] in Japan .")
+    explore_text: str = _help("sentence for the explorer lines at the end, spans in [[ ]] (empty: an English one, "
+                              "or a Vietnamese one with --word_segmenter pyvi)", default="")
     seed: int = _help("random seed", default=42)
 
     def validate(self):
@@ -461,6 +462,10 @@ class explore_args:
             _fail("model_dir", f"'{self.model_dir}' is not a folder; point it at a training out_dir")
 
 
+EXPLORE_TEXTS = {  # run_pipeline.py's closing sentence by corpus language: two spans in different contexts
+    "none": "The [[ game ]] was released in [[ January 2011 ]] in Japan .",
+    "pyvi": "Hà Nội là [[ thủ đô ]] của [[ Việt Nam ]] .",
+}
 # name -> (label, how it trains); "gen_fraction": the share of a two-stage budget spent on the generator
 COMPARE_RECIPES = {
     "random": ("random init", None),
@@ -640,10 +645,25 @@ def _read_config_file(path, config_cls):
         raise SpanElectraError(f"--config: '{path}' has unknown field(s) {', '.join(unknown)} "
                                f"for {config_cls.__name__}")
     hints = typing.get_type_hints(config_cls)
-    return {k: _coerce(v, k, hints[k], path) for k, v in values.items()}
+    return {k: _coerce(v, k, hints[k], f"in '{path}'") for k, v in values.items()}
 
 
-def _coerce(value, name, hint, path):
+def checked_config(config, config_cls):
+    """A script's main(config) argument: the class's defaults when None. The wrong class, or a field of
+    the wrong type (a notebook's max_steps="5"), is a one-line error, as a bad flag is."""
+    if config is None:
+        return config_cls()
+    if type(config).__name__ != config_cls.__name__ or not dataclasses.is_dataclass(config):  # by name: a notebook
+        # that reloaded argument.py after editing a default holds the class anew
+        raise SpanElectraError(f"config: this script takes a {config_cls.__name__}, not a {type(config).__name__}; "
+                               f"build it with argument.{config_cls.__name__}(...)")
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        setattr(config, f.name, _coerce(getattr(config, f.name), f.name, hints[f.name], "given to main()"))
+    return config
+
+
+def _coerce(value, name, hint, where):
     """A JSON value as the field's type (argparse converts only strings, so check the rest here).
     Types come from the annotations: HfArgumentParser rewrites the dataclass fields' own types."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -654,9 +674,12 @@ def _coerce(value, name, hint, path):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if kind is str and isinstance(value, os.PathLike):  # a notebook's pathlib.Path
+        return os.fspath(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise SpanElectraError(f"{name}: {value!r} in '{path}' is not a {kind.__name__}")
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    raise SpanElectraError(f"{name}: {value!r} {where} is not {kinds.get(kind, kind.__name__)}")
 
 
 def save_config(config, out_dir, script_name):
@@ -668,9 +691,13 @@ def save_config(config, out_dir, script_name):
 # a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace
 def print_error(message):
     """The one error line, on a line of its own even when a progress bar was mid-line."""
+    print_own_line(f"error: {message}")
+
+
+def print_own_line(text):
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
-    print(f"error: {message}", file=sys.stderr)
+    print(text, file=sys.stderr)
 
 
 def is_out_of_memory(error):
@@ -709,8 +736,21 @@ def run_main(main, config_cls, argv=None):
         print_error(message)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print_own_line(interrupted_message(config))
         sys.exit(130)
+
+
+def interrupted_message(config):
+    """What Ctrl-C leaves: for a training run, the checkpoint it continues from and how."""
+    if config is None or not hasattr(config, "resume_from"):
+        return "interrupted"
+    from training_utils import list_checkpoints  # training_utils imports this module
+    checkpoints = list_checkpoints(config.out_dir)
+    if not checkpoints:
+        return (f"interrupted before the first checkpoint (one every --save_every {config.save_every} steps): "
+                "nothing to resume")
+    return (f"interrupted: {os.path.basename(checkpoints[-1])} in '{config.out_dir}' is the last checkpoint; continue "
+            "from it with the same command and --resume_from latest")
 
 
 # ---------------------------------------------------------------- fine-tuning

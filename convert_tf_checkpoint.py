@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from argument import convert_args, run_main, save_config
+from argument import checked_config, convert_args, run_main, save_config
 from io_utils import SpanElectraError, atomic_write_json, make_out_dir
 from modelling_span_electra import SpanElectraDiscriminator, SpanElectraGenerator, save_discriminator, save_generator
 from tf_checkpoint import TFCheckpoint
@@ -162,7 +162,7 @@ def save_wordpiece_tokenizer(tok, vocab_file, lowercase, directory):
 
 # ---------------------------------------------------------------- main
 def main(config: convert_args = None):
-    config = config or convert_args()
+    config = checked_config(config, convert_args)
     config.validate()
     ckpt = TFCheckpoint(config.checkpoint)
     if "electra/embeddings/word_embeddings" not in ckpt.entries or encoder_sizes(ckpt, "electra") is None:

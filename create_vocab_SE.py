@@ -19,9 +19,9 @@ import unicodedata
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
-from argument import save_config, run_main, tok_args
-from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
-                      make_out_dir, move_files_into)
+from argument import checked_config, save_config, run_main, tok_args
+from io_utils import (COMPRESSED_SUFFIXES, BadByteCounter, SpanElectraError, atomic_write_json, find_text_files,
+                      iter_lines, make_out_dir, move_files_into)
 from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched,
                           load_segmenter, save_transformers_tokenizer, segmented_batches)
 
@@ -110,7 +110,7 @@ def save_tokenizer_files(tok, config, out_dir, stats):
 
 # ---------------------------------------------------------------- main
 def main(config: tok_args = None):
-    config = config or tok_args()
+    config = checked_config(config, tok_args)
     config.validate()
     if config.tokenizer_type == "BPE" and config.vocab_size < BYTE_ALPHABET + len(SPECIAL_TOKENS):
         raise SpanElectraError(
@@ -121,8 +121,9 @@ def main(config: tok_args = None):
     load_segmenter(config.word_segmenter)  # a missing pyvi is reported before any work
     make_out_dir(config.out_dir)
     total_bytes = sum(os.path.getsize(p) for p in files)
-    logger.info("training a %s vocabulary of %d on %d file(s), %.1f MB%s", config.tokenizer_type,
-                config.vocab_size, len(files), total_bytes / 1e6,
+    compressed = " on disk, some compressed" if any(p.endswith(COMPRESSED_SUFFIXES) for p in files) else ""
+    logger.info("training a %s vocabulary of %d on %d file(s), %.1f MB%s%s", config.tokenizer_type,
+                config.vocab_size, len(files), total_bytes / 1e6, compressed,
                 f", segmented with {config.word_segmenter}" if config.word_segmenter != "none" else "")
 
     start = time.time()
@@ -155,6 +156,10 @@ def main(config: tok_args = None):
             f"vocab_size: {config.vocab_size} is smaller than the corpus alphabet ({alphabet_size} characters + "
             f"{len(SPECIAL_TOKENS)} special tokens): characters left out would become [UNK]; use at least "
             f"{alphabet_size + len(SPECIAL_TOKENS)}")
+    if tok.get_vocab_size() < config.vocab_size:
+        logger.warning("vocab_size: the corpus gave %d entries of the %d asked (no more merges seen --min_fre %d "
+                       "times): fine for a small corpus; models are sized by the vocabulary made",
+                       tok.get_vocab_size(), config.vocab_size, config.min_fre)
     add_post_processor(tok)
 
     stats = {"num_files": len(files), "num_bytes": total_bytes, "num_lines": num_lines,

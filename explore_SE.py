@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
 
-from argument import MaskingArgs, explore_args, run_main
+from argument import MaskingArgs, checked_config, explore_args, run_main
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
 from tokenization import SPECIAL_TOKENS, folder_segmenter
 from io_utils import SpanElectraError
@@ -66,6 +66,9 @@ class Explorer:
 
     def _encode_marked(self, text, seed):
         """Token ids with the marked (or random) spans replaced by [MASK], and the original ids."""
+        if "[[" in MARK.sub("", text) or "]]" in MARK.sub("", text):
+            raise SpanElectraError(f"text: a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as "
+                                   "[[ words ]]")
         parts, masked_words = [], []
         for i, piece in enumerate(MARK.split(text)):
             piece = self.segment(piece.strip()) if piece.strip() else ""
@@ -139,6 +142,11 @@ class Explorer:
         return [(t, float(p)) for t, p in zip(tokens, logits.sigmoid())][1:-1]
 
 
+def probability(p):
+    """Two decimals, or one significant digit below 0.01 (a young model's fills are all near 0.001)."""
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.1g}"
+
+
 def show_token(tokenizer, token):
     """A vocabulary token as readable text: byte-level BPE bytes decoded, '##' dropped; a
     Vietnamese word keeps its '_' between syllables."""
@@ -167,7 +175,7 @@ def boundary_note(tokenizer, mlm_rows, sbo_rows):
 
 
 def fill_lines(tokenizer, rows):
-    return [f"  {show_token(tokenizer, original):>16} -> " + "  ".join(f"{show_token(tokenizer, t)} {p:.2f}"
+    return [f"  {show_token(tokenizer, original):>16} -> " + "  ".join(f"{show_token(tokenizer, t)} {probability(p)}"
                                                                       for t, p in fills) for original, fills in rows]
 
 
@@ -192,12 +200,12 @@ def report(explorer, text, top_k=5, seed=0):
     if explorer.discriminator is not None:
         lines.append(f"discriminator P(replaced) for: {plain}")
         scored = explorer.detect(plain)
-        lines.append("  " + "  ".join(f"{show_token(explorer.tokenizer, t)}:{p:.2f}" for t, p in scored))
+        lines.append("  " + "  ".join(f"{show_token(explorer.tokenizer, t)}:{probability(p)}" for t, p in scored))
     return lines
 
 
 def main(config: explore_args = None):
-    config = config or explore_args()
+    config = checked_config(config, explore_args)
     config.validate()
     lines = report(Explorer(config.model_dir), config.text, config.top_k, config.seed)
     print("\n".join(lines))

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.utils import logging as hf_logging
 
 import training_utils as tu
-from argument import finetune_args, run_main, save_config
+from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line, make_out_dir,
                       remove_paths)
 from modelling_span_electra import weights_problem
@@ -790,7 +790,7 @@ def summarise(per_seed, keys):
 
 # ---------------------------------------------------------------- main
 def main(config: finetune_args = None):
-    config = config or finetune_args()
+    config = checked_config(config, finetune_args)
     config.validate()
     seeds = config.seed_list()
     task = load_task(config, seeds[0] if config.subset_seed < 0 else config.subset_seed)

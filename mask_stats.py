@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 
-from argument import mask_stats_args, run_main
+from argument import checked_config, mask_stats_args, run_main
 from features import PretrainingFeatures
 from masking import masking_stats
 
 
 def main(config: mask_stats_args = None):
     """Mask real sequences from a features folder and print what the settings produce."""
-    config = config or mask_stats_args()
+    config = checked_config(config, mask_stats_args)
     config.validate()
     features = PretrainingFeatures(config.features_dir)
     if config.tokenizer_dir:

@@ -24,7 +24,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from argument import MaskingArgs, feature_args, run_main, save_config
+from argument import MaskingArgs, checked_config, feature_args, run_main, save_config
 from features import META_FILE, PretrainingFeatures
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
@@ -140,7 +140,7 @@ def write_split(batches, tokenizer, segmenter, writers, route, num_workers, prog
 
 # ---------------------------------------------------------------- main
 def main(config: feature_args = None):
-    config = config or feature_args()
+    config = checked_config(config, feature_args)
     config.validate()
     tokenizer, info = load_tokenizer(config.tokenizer_dir)
     vocab_size = info["vocab_size"]

@@ -19,8 +19,8 @@ import mask_stats
 import process
 import trainMLM_SpanElectra
 import trainSpanElectra
-from argument import (MLM_trainingConfig, SE_trainingConfig, feature_args, mask_stats_args, pipeline_args, run_main,
-                      save_config, tok_args)
+from argument import (EXPLORE_TEXTS, MLM_trainingConfig, SE_trainingConfig, checked_config, feature_args,
+                      mask_stats_args, pipeline_args, run_main, save_config, tok_args)
 from io_utils import make_out_dir
 
 logger = logging.getLogger("span_electra")
@@ -34,7 +34,7 @@ def final_valid_metrics(run_dir):
 
 
 def main(config: pipeline_args = None):
-    config = config or pipeline_args()
+    config = checked_config(config, pipeline_args)
     config.validate()
     make_out_dir(config.out_dir)
     save_config(config, config.out_dir, "pipeline")
@@ -80,7 +80,8 @@ def main(config: pipeline_args = None):
     finals = {name: final_valid_metrics(run_dir) for name, run_dir in (
         ("generator", gen_dir and os.path.dirname(gen_dir)), ("discriminator", se_out)) if run_dir}
     explorer = explore_SE.Explorer(generator_dir=gen_dir or os.path.join(se_out, "generator"), discriminator_dir=disc_dir)
-    explorer_lines = explore_SE.report(explorer, config.explore_text, top_k=3)
+    text = config.explore_text or EXPLORE_TEXTS[config.word_segmenter]
+    explorer_lines = explore_SE.report(explorer, text, top_k=3)
 
     summary = {
         "tokenizer_dir": tok_dir, "features_dir": feat_dir, "generator_dir": gen_dir or os.path.join(se_out, "generator"),

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import MLM_trainingConfig, run_main
+from argument import MLM_trainingConfig, checked_config, run_main
 from modelling_span_electra import SpanElectraGenerator, electra_configs, load_pretrained, save_generator, weights_digest
 from features import MLMDataset
 
@@ -54,7 +54,7 @@ def build_model(config, features):
 
 
 def main(config: MLM_trainingConfig = None):
-    config = config or MLM_trainingConfig()
+    config = checked_config(config, MLM_trainingConfig)
     runtime, train_set, valid_set = tu.prepare_run(config, MLMDataset)
     features = train_set.features
     model, inputs = build_model(config, features)
@@ -63,9 +63,9 @@ def main(config: MLM_trainingConfig = None):
 
     train_step, stream, log, step = tu.start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set,
                                                  runtime, "trainMLM", inputs)
-    logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)", config.model_size,
-                sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data), features.max_seq_len,
-                runtime.world_size)
+    logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)",
+                tu.size_label(config), sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data),
+                features.max_seq_len, runtime.world_size)
 
     model.train()
     speed, sums = tu.Throughput(), tu.MetricSums()

@@ -219,6 +219,9 @@ def make_datasets(config, dataset_cls, runtime):
     if "valid" in train_set.features.meta["splits"]:
         valid_set = dataset_cls(config, config.eval_batch_size, seed=config.seed, shuffle=False, rank=runtime.rank,
                                 world_size=runtime.world_size, split="valid")
+    elif runtime.is_main:
+        logger.warning("features_dir: '%s' has no valid split, so this run is never evaluated; build the features "
+                       "with process.py --valid_input (or --valid_fraction above 0) for validation", config.features_dir)
     return train_set, valid_set
 
 
@@ -504,6 +507,18 @@ def run_identity(config, features, script_name, inputs=None):
     return fixed
 
 
+DIGESTS = {  # identity keys that are digests of inputs -> (the field that gave the input, what it is)
+    "tokenizer_hash": ("features_dir", "the features' tokenizer"),
+    "generator_weights": ("generator_dir", "the generator's weights"),
+    "init_discriminator_weights": ("init_from", "the discriminator weights"),
+    "init_generator_weights": ("init_from", "the generator weights")}
+
+
+def size_label(config):
+    """The model's size for the log: --model_size, or where the model came from with --init_from."""
+    return f"as in {config.init_from}" if config.init_from else config.model_size
+
+
 def holds_a_run(out_dir):
     """True when out_dir holds checkpoints or what a finished run leaves (models, metrics, run.json)."""
     return bool(list_checkpoints(out_dir)) or any(os.path.exists(os.path.join(out_dir, n)) for n in RUN_OUTPUTS)
@@ -522,6 +537,11 @@ def check_run(config, identity):
             return uuid.uuid4().hex
         for key in sorted(set(identity) | set(saved["fixed"])):
             old, new = saved["fixed"].get(key), identity.get(key)
+            if old != new and key in DIGESTS:
+                field, what = DIGESTS[key]
+                raise SpanElectraError(f"{field}: {what} changed since the run in '{config.out_dir}' started (another "
+                                       "digest), so resuming would make it two runs; put back what it started from, "
+                                       "or start over with --overwrite_output_dir")
             if old != new:
                 raise SpanElectraError(f"{key}: the run in '{config.out_dir}' was started with {old!r}, now {new!r}; "
                                        f"resume with the same value, or start over with --overwrite_output_dir")

@@ -45,8 +45,8 @@ import trainMLM_SpanElectra  # noqa: E402
 import trainSpanElectra  # noqa: E402
 import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, MaskingArgs,  # noqa: E402
-                      MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, compare_args,
-                      feature_args, finetune_args, run_main, tok_args)
+                      MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, checked_config,
+                      compare_args, feature_args, finetune_args, run_main, tok_args)
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, find_text_files,  # noqa: E402
                       make_out_dir, read_json)
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
@@ -764,7 +764,7 @@ def full_budget_flops(scale, vocab):
 
 
 def main(config: compare_args = None):
-    config = config or compare_args()
+    config = checked_config(config, compare_args)
     config.validate()
     config = config.resolved()
     scale = dict(SCALES[config.scale])

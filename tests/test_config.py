@@ -183,3 +183,27 @@ def test_config_file_whole_number_float_becomes_int(tmp_path):
     config = argument.parse_config(argument.feature_args, ["--config", str(cfg)])
     assert config.max_seq_len == 64 and isinstance(config.max_seq_len, int)
     assert config.mask_ratio == 1.0 and isinstance(config.mask_ratio, float)
+
+
+def test_the_pipeline_explores_a_sentence_in_the_corpus_language():
+    """run_pipeline.py's closing sentence: English by default, Vietnamese where pyvi segments the corpus
+    (an English sentence read through a Vietnamese vocabulary shows only letter pieces)."""
+    assert set(argument.EXPLORE_TEXTS) == set(argument.WORD_SEGMENTERS)
+    assert argument.pipeline_args().explore_text == "" and "Việt Nam" in argument.EXPLORE_TEXTS["pyvi"]
+
+
+def test_main_checks_the_config_a_notebook_gives_it(tmp_path, capsys):
+    """main(config) from a notebook: a field of the wrong type or a config of another script is one line,
+    as a bad flag is; a pathlib.Path stands for a path, an int for a float."""
+    import pathlib
+
+    import trainSpanElectra
+    from io_utils import SpanElectraError
+    with pytest.raises(SpanElectraError, match=r"^max_steps: '5' given to main\(\) is not an integer"):
+        trainSpanElectra.main(argument.SE_trainingConfig(max_steps="5"))
+    with pytest.raises(SpanElectraError, match=r"^config: this script takes a SE_trainingConfig, not a MLM_trainingConfig"):
+        trainSpanElectra.main(argument.MLM_trainingConfig())
+    config = argument.checked_config(argument.SE_trainingConfig(out_dir=pathlib.Path("x"), learning_rate=1),
+                                     argument.SE_trainingConfig)
+    assert config.out_dir == "x" and isinstance(config.learning_rate, float)
+    assert argument.checked_config(None, argument.tok_args) == argument.tok_args()

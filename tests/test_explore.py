@@ -88,6 +88,13 @@ def test_a_text_longer_than_the_models_positions_is_one_line(en_models, capsys):
         explore_SE.Explorer(en_models).detect("Japan " * 600)
 
 
+def test_an_unclosed_mark_and_small_probabilities(en_models):
+    with pytest.raises(explore_SE.SpanElectraError, match=r"^text: a \[\[ without its \]\]"):
+        explore_SE.Explorer(en_models).fill("a [[ b c")
+    # a young model's fills are all near 0.001: two decimals would print 0.00 for every one
+    assert [explore_SE.probability(p) for p in (0.23, 0.0093, 0.0012, 4e-5)] == ["0.23", "0.009", "0.001", "4e-05"]
+
+
 def test_frequency_level_fills_are_called_so():
     """The same first guess everywhere is read out as a generator that fills from word frequencies."""
     class Tok:

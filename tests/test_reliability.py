@@ -114,7 +114,7 @@ def test_two_stage_resume_refuses_a_generator_retrained_in_place(bpe_feat, finis
                           flags + ["--resume_from", "latest", "--max_steps", "4"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "Traceback" not in err
-    assert "generator_weights: the run in" in err and "--overwrite_output_dir" in err
+    assert "generator_dir: the generator's weights changed since the run in" in err and "--overwrite_output_dir" in err
     assert snapshot(run) == before
 
 
@@ -285,6 +285,26 @@ def test_a_checkpoint_a_killed_run_left_half_written_is_removed(bpe_feat, finish
     (run / "checkpoint-00000006.pt.tmp").write_bytes(b"half")
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest"))
     assert not (run / "checkpoint-00000006.pt.tmp").exists() and (run / "checkpoint-00000006.pt").exists()
+
+
+@pytest.mark.parametrize("kill_at", [1, 3])
+def test_ctrl_c_says_where_the_run_continues_from(bpe_feat, tmp_path, capsys, monkeypatch, kill_at):
+    """Exit 130 and one line: the last checkpoint and the flag that continues from it (or that there is none)."""
+    real_step, calls = tu.optimizer_step, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(tu, "optimizer_step", killed)
+    code, err = cli(capsys, bpe_feat[0], tmp_path / "run")
+    last = err.strip().splitlines()[-1]
+    assert code == 130 and "Traceback" not in err
+    if kill_at == 1:
+        assert last.startswith("interrupted before the first checkpoint") and "--save_every 2" in last
+    else:
+        assert "checkpoint-00000002.pt" in last and "--resume_from latest" in last
 
 
 @pytest.mark.parametrize("kill_at", [1, 3, 4])

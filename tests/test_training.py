@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, run_in_process
+from conftest import REPO, assert_one_line_error, build_features, run_in_process
 
 import argument
 import modelling_span_electra as mse
@@ -337,6 +337,14 @@ def test_logged_rows_are_time_stamped_in_order(trained_generator):
     assert len(stamps) >= 7 and stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 3600
     finals = run_pipeline.final_valid_metrics(str(trained_generator))
     assert "time" not in finals and 0 < finals["mlm_accuracy"] < 1
+
+
+def test_features_without_a_valid_split_say_the_run_is_never_evaluated(bpe_tok, tmp_path, caplog):
+    feat, _ = build_features(bpe_tok, tmp_path / "feat", valid_input="", valid_fraction=0.0)
+    caplog.set_level("INFO", logger="span_electra")
+    trainMLM_SpanElectra.main(gen_config(feat, tmp_path / "gen", max_steps=2, eval_every=1))
+    assert "has no valid split, so this run is never evaluated" in caplog.text
+    assert rows(tmp_path / "gen", split="valid") == []
 
 
 def test_pipeline_summary_says_each_figure_against_its_baseline():

@@ -105,7 +105,7 @@ def test_a_typed_mask_encodes_as_a_masked_word(tok_dir):
 
 
 @pytest.mark.parametrize("kind", ["BPE", "BERT"])
-def test_min_fre_shrinks_vocab_on_tiny_data(kind, tmp_path):
+def test_min_fre_shrinks_vocab_on_tiny_data(kind, tmp_path, caplog):
     tiny = tmp_path / "tiny.txt"
     tiny.write_bytes((SAMPLE / "valid.tokens").read_bytes()[:20000].rsplit(b"\n", 1)[0] + b"\n")
     sizes = []
@@ -115,7 +115,8 @@ def test_min_fre_shrinks_vocab_on_tiny_data(kind, tmp_path):
         sizes.append(read_json(out / "se_tokenizer.json")["vocab_size"])
     assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes
     assert sizes[0] > sizes[-1] + 500, sizes
-    assert sizes[0] < 5000  # 20 kB of text cannot fill the requested size
+    assert sizes[0] < 5000  # 20 kB of text cannot fill the requested size, and the log says so
+    assert f"the corpus gave {sizes[-1]} entries of the 5000 asked" in caplog.text
 
 
 @pytest.mark.parametrize("kind", ["BPE", "BERT"])
