@@ -30,7 +30,8 @@ from typing import Optional
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from io_utils import SpanElectraError, atomic_write_json, find_text_files, setup_logging, write_failure_message
+from io_utils import (SpanElectraError, atomic_write_json, find_text_files, list_checkpoints, setup_logging,
+                      write_failure_message)
 from tokenization import has_tokenizer
 
 TOKENIZER_TYPES = ("BPE", "BERT")
@@ -744,7 +745,6 @@ def interrupted_message(config):
     """What Ctrl-C leaves: for a training run, the checkpoint it continues from and how."""
     if config is None or not hasattr(config, "resume_from"):
         return "interrupted"
-    from training_utils import list_checkpoints  # training_utils imports this module
     checkpoints = list_checkpoints(config.out_dir)
     if not checkpoints:
         return (f"interrupted before the first checkpoint (one every --save_every {config.save_every} steps): "

@@ -71,6 +71,11 @@ def read_json(path, fix="restore it, or build it again", field=None, keys=()):
     return value
 
 
+def list_checkpoints(out_dir):
+    """A training out_dir's checkpoints, oldest first (out_dir taken as a name, even with '[' or '*' in it)."""
+    return sorted(glob.glob(os.path.join(glob.escape(out_dir), "checkpoint-*.pt")))
+
+
 def first_line(error):
     """An exception's first line of text (its type's name when it has none), for a one-line message."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import (SpanElectraError, atomic_write_json, first_line, make_out_dir, read_json, remove_paths,
-                      storage_reason)
+from io_utils import (SpanElectraError, atomic_write_json, first_line, list_checkpoints, make_out_dir, read_json,
+                      remove_paths, storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -655,11 +655,6 @@ def data_workers(num_workers, runtime):
     if num_workers >= 0:
         return num_workers
     return 1 if runtime.device.type == "cuda" else 0
-
-
-def list_checkpoints(out_dir):
-    """out_dir's checkpoints, oldest first (out_dir taken as a name, even with '[' or '*' in it)."""
-    return sorted(glob.glob(os.path.join(glob.escape(out_dir), "checkpoint-*.pt")))
 
 
 def checkpoint_problem(error):
