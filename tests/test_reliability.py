@@ -287,17 +287,23 @@ def test_a_checkpoint_a_killed_run_left_half_written_is_removed(bpe_feat, finish
     assert not (run / "checkpoint-00000006.pt.tmp").exists() and (run / "checkpoint-00000006.pt").exists()
 
 
-@pytest.mark.parametrize("kill_at", [1, 3])
-def test_ctrl_c_says_where_the_run_continues_from(bpe_feat, tmp_path, capsys, monkeypatch, kill_at):
-    """Exit 130 and one line: the last checkpoint and the flag that continues from it (or that there is none)."""
+def interrupt_at(monkeypatch, step):
+    """Ctrl-C during optimizer step `step` (counted from 1) of the next run; returns the real step."""
     real_step, calls = tu.optimizer_step, []
 
     def killed(*args, **kwargs):
         calls.append(1)
-        if len(calls) == kill_at:
+        if len(calls) == step:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
     monkeypatch.setattr(tu, "optimizer_step", killed)
+    return real_step
+
+
+@pytest.mark.parametrize("kill_at", [1, 3])
+def test_ctrl_c_says_where_the_run_continues_from(bpe_feat, tmp_path, capsys, monkeypatch, kill_at):
+    """Exit 130 and one line: the last checkpoint and the flag that continues from it (or that there is none)."""
+    interrupt_at(monkeypatch, kill_at)
     code, err = cli(capsys, bpe_feat[0], tmp_path / "run")
     last = err.strip().splitlines()[-1]
     assert code == 130 and "Traceback" not in err
@@ -312,14 +318,7 @@ def test_a_run_killed_at_any_step_resumes_to_the_same_losses(bpe_feat, finished_
     """Killed before its first checkpoint, between two, or at the last step: re-running the same
     command with --resume_from latest ends exactly as the uninterrupted run did."""
     run = tmp_path / "run"
-    real_step, calls = tu.optimizer_step, []
-
-    def killed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == kill_at:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-    monkeypatch.setattr(tu, "optimizer_step", killed)
+    real_step = interrupt_at(monkeypatch, kill_at)
     with pytest.raises(KeyboardInterrupt):
         trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, resume_from="latest"))
     monkeypatch.setattr(tu, "optimizer_step", real_step)
