@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -36,7 +37,7 @@ from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line, make_out_dir,
                       remove_paths)
 from modelling_span_electra import weights_problem
-from tokenization import folder_segmenter
+from tokenization import SE_TOKENIZER_FILE, folder_segmenter
 
 logger = logging.getLogger("span_electra")
 
@@ -744,7 +745,7 @@ def fine_tune_seeds(seeds, task, data, tokenizer, config, runtime):
         if i == 0 and task.test is not None:
             outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
         if i == 0 and config.save_model:
-            outputs["model"] = save_model(model, tokenizer, config.out_dir)
+            outputs["model"] = save_model(model, tokenizer, config.out_dir, config.model_dir)
         del model
     return per_seed, outputs
 
@@ -761,16 +762,29 @@ def write_test_predictions(model, task, data, config, runtime):
     return path
 
 
-def save_model(model, tokenizer, out_dir):
-    """out_dir/model, built under a temporary name and published whole."""
+def save_model(model, tokenizer, out_dir, model_dir):
+    """out_dir/model, built under a temporary name and published whole, with model_dir's
+    se_tokenizer.json (how its text is segmented: a Vietnamese model's must travel with it)."""
     final = os.path.join(out_dir, "model")
     with building_folder(final) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if os.path.isfile(os.path.join(model_dir, SE_TOKENIZER_FILE)):
+            shutil.copy2(os.path.join(model_dir, SE_TOKENIZER_FILE), tmp)
     return final
 
 
 RUN_OUTPUTS = ("results.json", "test_predictions.tsv", "model")
+
+
+def check_model_outside_outputs(config):
+    """Fine-tuning replaces out_dir's earlier outputs first: a model_dir among them would be deleted."""
+    model = os.path.realpath(config.model_dir)
+    for name in RUN_OUTPUTS:
+        output = os.path.realpath(os.path.join(config.out_dir, name))
+        if model == output or model.startswith(output + os.sep):
+            raise SpanElectraError(f"model_dir: '{config.model_dir}' is the {name} of out_dir '{config.out_dir}', "
+                                   "which this run replaces; give another --out_dir")
 
 
 def clear_outputs(out_dir):
@@ -792,6 +806,7 @@ def summarise(per_seed, keys):
 def main(config: finetune_args = None):
     config = checked_config(config, finetune_args)
     config.validate()
+    check_model_outside_outputs(config)
     seeds = config.seed_list()
     task = load_task(config, seeds[0] if config.subset_seed < 0 else config.subset_seed)
     logger.info(describe_task(task))

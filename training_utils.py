@@ -521,7 +521,7 @@ def size_label(config):
 
 def holds_a_run(out_dir):
     """True when out_dir holds checkpoints or what a finished run leaves (models, metrics, run.json)."""
-    return bool(list_checkpoints(out_dir)) or any(os.path.exists(os.path.join(out_dir, n)) for n in RUN_OUTPUTS)
+    return any(os.path.exists(p) for p in run_outputs(out_dir))
 
 
 def check_run(config, identity):
@@ -535,6 +535,9 @@ def check_run(config, identity):
     if config.resume_from:
         if saved is None:  # a run from before run.json, or nothing yet: its checkpoints are its own
             return uuid.uuid4().hex
+        if saved["fixed"].get("script") != identity.get("script"):
+            raise SpanElectraError(f"out_dir: '{config.out_dir}' holds a {saved['fixed'].get('script')} run, not a "
+                                   f"{identity.get('script')} one; give this run its own --out_dir")
         for key in sorted(set(identity) | set(saved["fixed"])):
             old, new = saved["fixed"].get(key), identity.get(key)
             if old != new and key in DIGESTS:
@@ -552,9 +555,23 @@ def check_run(config, identity):
     return uuid.uuid4().hex
 
 
-def clear_run(out_dir):
-    """Delete what an earlier run left in out_dir (--overwrite_output_dir); nothing else is touched."""
-    remove_paths(list_checkpoints(out_dir) + [os.path.join(out_dir, n) for n in RUN_OUTPUTS])
+def run_outputs(out_dir):
+    """What a run leaves in out_dir: what --overwrite_output_dir deletes; nothing else is touched."""
+    return list_checkpoints(out_dir) + [os.path.join(out_dir, n) for n in RUN_OUTPUTS]
+
+
+def clear_run(config):
+    """Delete what an earlier run left in out_dir, unless an input of this run lies among it (a
+    two-stage generator_dir kept inside the discriminator's out_dir would go with it)."""
+    doomed = [os.path.realpath(p) for p in run_outputs(config.out_dir) if os.path.exists(p)]
+    for field in ("generator_dir", "features_dir"):
+        given = getattr(config, field, None)
+        path = os.path.realpath(given) if given else None
+        if path and any(path == d or path.startswith(d + os.sep) for d in doomed):
+            raise SpanElectraError(f"{field}: '{given}' lies among the earlier run's outputs in out_dir "
+                                   f"'{config.out_dir}', which --overwrite_output_dir deletes; give this run another "
+                                   "--out_dir")
+    remove_paths(run_outputs(config.out_dir))
 
 
 def claim_out_dir(config, features, script_name, runtime, inputs=None):
@@ -570,7 +587,7 @@ def claim_out_dir(config, features, script_name, runtime, inputs=None):
             identity = run_identity(config, features, script_name, inputs)
             run_id = check_run(config, identity)
             if not config.resume_from and config.overwrite_output_dir:
-                clear_run(config.out_dir)
+                clear_run(config)
             for stale in glob.glob(os.path.join(glob.escape(config.out_dir), "checkpoint-*.pt.tmp")):
                 os.remove(stale)  # a checkpoint a killed run did not finish
             atomic_write_json(os.path.join(config.out_dir, RUN_FILE), {"run_id": run_id, "fixed": identity})

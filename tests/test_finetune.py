@@ -285,6 +285,12 @@ def test_single_sentence_task_learns_and_writes_predictions(tiny_discriminator, 
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")  # reloads with its labels
     assert model.config.id2label == {0: "0", 1: "1"} and len(AutoTokenizer.from_pretrained(out / "model")) == 2000
     assert (out / "finetune_config.json").exists()
+    # it keeps how its text is prepared (a Vietnamese model's segmenter travels with it)
+    assert (out / "model" / "se_tokenizer.json").read_bytes() == (tiny_discriminator / "se_tokenizer.json").read_bytes()
+    # fine-tuned again into the same out_dir, which this run would clear first: refused, the model kept
+    with pytest.raises(ft.SpanElectraError, match="^model_dir: .* is the model of out_dir"):
+        ft.main(task_config(task_dir, model_dir=str(out / "model"), out_dir=str(out), **FAST))
+    assert (out / "model" / "config.json").exists()
 
 
 def test_pair_task_with_two_seeds(tiny_discriminator, tmp_path):

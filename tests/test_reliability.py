@@ -118,6 +118,25 @@ def test_two_stage_resume_refuses_a_generator_retrained_in_place(bpe_feat, finis
     assert snapshot(run) == before
 
 
+def test_a_discriminator_into_its_generators_out_dir_never_deletes_the_generator(bpe_feat, finished_run, tmp_path,
+                                                                                 capsys):
+    """generator_dir = OUT/generator of a trainMLM run, out_dir = OUT: resuming names the other script's
+    run, and --overwrite_output_dir refuses to delete the generator this run needs."""
+    run = tmp_path / "gen_run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    flags = ["--mode", "two_stage", "--generator_dir", str(run / "generator"), "--features_dir", str(bpe_feat[0]),
+             "--out_dir", str(run), "--model_size", "tiny", "--num_hidden_layers", "1", "--max_steps", "2",
+             "--device", "cpu"]
+    for extra, needle in ((["--resume_from", "latest"], "holds a trainMLM run, not a trainSpanElectra one"),
+                          (["--overwrite_output_dir", "true"], "generator_dir: ")):
+        with pytest.raises(SystemExit) as stop:
+            argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig, flags + extra)
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stop.value.code == 2 and needle in last, last
+    assert "--overwrite_output_dir deletes" in last and snapshot(run) == before
+
+
 def test_resume_latest_ignores_another_runs_checkpoint(bpe_feat, finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
