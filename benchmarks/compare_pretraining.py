@@ -56,7 +56,9 @@ from tokenization import CLS_ID, MASK_ID, SEP_ID, SPECIAL_TOKENS  # noqa: E402
 from features import PretrainingFeatures  # noqa: E402
 
 logger = logging.getLogger("span_electra")
-MARK_BEGIN, MARK_END = "<!-- compare_pretraining:begin -->", "<!-- compare_pretraining:end -->"
+def section_marks(scale):
+    """The comments that delimit one scale's section in RESULTS.md (each scale keeps its own)."""
+    return f"<!-- compare_pretraining:{scale}:begin -->", f"<!-- compare_pretraining:{scale}:end -->"
 DATA_FILE = "data.json"  # what out_dir's vocabulary and features were built from
 
 # ---------------------------------------------------------------- FLOPs of one step of each recipe
@@ -571,26 +573,30 @@ def publish_copy(src, dst):
     return dst
 
 
-COMMAND_FIELDS = ("scale", "budget_steps", "budget_fractions", "gen_fraction", "seeds", "ft_max_train_examples",
-                  "pretrain_seeds")
+def command_line(config, path):
+    """The command that reproduces this table: --scale and every field set otherwise than the scale's
+    defaults (the corpus, the tasks, the recipes, the budget, ...), and --results_md."""
+    defaults = compare_args(scale=config.scale).resolved()
+    changed = [f"--{f.name} {getattr(config, f.name)}" for f in dataclasses.fields(compare_args)
+               if f.name not in ("scale", "results_md") and getattr(config, f.name) != getattr(defaults, f.name)]
+    return " ".join(["python benchmarks/compare_pretraining.py", f"--scale {config.scale}"] + changed
+                    + [f"--results_md {os.path.relpath(path)}"])
 
 
 def write_results_md(path, table, config, png, budget, elapsed):
-    """Rewrite the comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
-    changed = [f"--{name} {getattr(config, name)}" for name in COMMAND_FIELDS
-               if getattr(config, name) != getattr(compare_args, name)]
-    command = " ".join(["python benchmarks/compare_pretraining.py"] + changed)
+    """Rewrite this scale's comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
+    begin, end = section_marks(config.scale)
     section = "\n".join([
-        MARK_BEGIN,
-        f"Command: `{command}` ({elapsed / 60:.0f} min on this machine). Budget: {budget / 1e12:.1f} TFLOPs of "
+        begin,
+        f"Command: `{command_line(config, path)}` ({elapsed / 60:.0f} min on this machine). Budget: {budget / 1e12:.1f} TFLOPs of "
         f"training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
         f"seeds {config.seeds}" + (f", pre-training seeds {config.pretrain_seeds} (pooled)" if config.pretrain_seeds else "")
         + "; cells are the dev metric's median [min, max].",
         "", table, "", f"![dev score against pre-training compute]({os.path.relpath(png, os.path.dirname(path))})"
-        if png else "(no plot: no task was fine-tuned, or matplotlib is missing)", MARK_END])
+        if png else "(no plot: no task was fine-tuned, or matplotlib is missing)", end])
     text = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Benchmark results\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        text = text[:text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n## Equal-compute comparison — `benchmarks/compare_pretraining.py`\n\n" + section + "\n"
     atomic_write_text(path, text)

@@ -48,14 +48,16 @@ if [ "$PHASE" = 1 ]; then
     wait
 else
     start=$SECONDS
-    timeout "${COMPARE_TIMEOUT:-570}" "${COMPARE[@]}" 2>&1 | strip_bars > "$OUT/compare2.log"
+    timeout "${COMPARE_TIMEOUT:-570}" "${COMPARE[@]}" --results_md benchmarks/RESULTS.md 2>&1 | strip_bars \
+        > "$OUT/compare2.log"
     echo "compare: $((SECONDS - start)) s wall" | tee -a "$OUT/compare2.log"  # files back: 8 at most
     cp "benchmarks/compare_$SCALE.png" "$OUT/" 2>/dev/null
     for run in electra se_joint; do cp "$CMP_OUT/runs/$run@1/metrics.jsonl" "$OUT/$run.metrics.jsonl" 2>/dev/null; done
-    python3 - "$OUT" <<'PY'
+    python3 - "$OUT" "$SCALE" <<'PY'
 import re, sys
 text = open("benchmarks/RESULTS.md", encoding="utf-8").read()
-section = re.search(r"<!-- compare_pretraining:begin -->.*?<!-- compare_pretraining:end -->", text, re.S)
+scale = sys.argv[2]
+section = re.search(rf"<!-- compare_pretraining:{scale}:begin -->.*?<!-- compare_pretraining:{scale}:end -->", text, re.S)
 open(f"{sys.argv[1]}/results_section.md", "w").write(section.group(0) if section else "no section")
 PY
 fi

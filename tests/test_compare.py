@@ -60,12 +60,19 @@ def test_table_and_results_section_are_rewritten_in_place(tmp_path):
 
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## Other\n\nkept\n", encoding="utf-8")
-    config = cp.compare_args(seeds="1,2,3")
+    config = cp.compare_args(seeds="1,2,3", recipes="random,mlm", tasks="data/glue/SST-2").resolved()
     cp.write_results_md(str(md), table, config, None, 5.8e12, 600)
     cp.write_results_md(str(md), table.replace("0.660", "0.700"), config, None, 5.8e12, 600)  # a rerun replaces it
     text = md.read_text(encoding="utf-8")
-    assert text.count(cp.MARK_BEGIN) == 1 and "0.700 [0.640, 0.680]" in text and "0.660 [" not in text
+    assert text.count(cp.section_marks("tiny")[0]) == 1 and "0.700 [0.640, 0.680]" in text and "0.660 [" not in text
     assert text.startswith("# Benchmark results\n\n## Other\n\nkept\n") and "5.8 TFLOPs" in text
+    # the command names whatever differs from the scale's defaults, so the table can be made again
+    assert (f"Command: `python benchmarks/compare_pretraining.py --scale tiny --tasks data/glue/SST-2 --recipes "
+            f"random,mlm --results_md {os.path.relpath(md)}`") in text
+    # another scale's section is its own: the tiny one stays
+    cp.write_results_md(str(md), "| gpu table |", cp.compare_args(scale="gpu").resolved(), None, 6.8e15, 500)
+    text = md.read_text(encoding="utf-8")
+    assert "0.700 [0.640, 0.680]" in text and "| gpu table |" in text and cp.section_marks("gpu")[0] in text
 
 
 def test_flops_are_counted_per_recipe(bpe_feat, monkeypatch):
