@@ -826,6 +826,9 @@ class finetune_args:
         if not self.seeds.strip():
             return [self.seed]
         try:
-            return [int(s) for s in self.seeds.split(",")]
+            seeds = [int(s) for s in self.seeds.split(",")]
         except ValueError:
             _fail("seeds", f"'{self.seeds}' is not a comma-separated list of integers; use e.g. 1,2,3")
+        if len(set(seeds)) < len(seeds):  # a seed run twice would count twice in the median
+            _fail("seeds", f"'{self.seeds}' names a seed twice; give each once")
+        return seeds

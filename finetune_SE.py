@@ -43,7 +43,8 @@ logger = logging.getLogger("span_electra")
 
 # Header names (lower-cased) as GLUE writes them: text columns, then the task they identify.
 TEXT_HEADERS = [(("#1 string", "#2 string"), "MRPC"), (("question1", "question2"), "QQP"),
-                (("question", "sentence"), "QNLI"), (("sentence1", "sentence2"), None), (("sentence",), "SST-2")]
+                (("question", "sentence"), "QNLI"), (("sentence1", "sentence2"), None),
+                (("text_a", "text_b"), "sentence-pair"), (("sentence",), "SST-2"), (("text",), "single-sentence")]
 LABEL_HEADERS = ("quality", "gold_label", "is_duplicate", "label", "score")  # MNLI's gold_label before label1..5
 INDEX_HEADERS = ("index", "id")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -114,7 +115,7 @@ class Layout:
         return "regression" if self.regression else ("single" if len(self.text_cols) == 1 else "pair")
 
     def column(self, i):
-        return f"'{self.header[i]}'" if self.header else f"column {i + 1}"
+        return f"'{self.header[i]}'" if self.header else str(i + 1)
 
     def describe(self):
         """e.g. "sentence pairs (MRPC layout: label column 'Quality', text '#1 String' + '#2 String')"."""
@@ -124,7 +125,9 @@ class Layout:
         where = ", no header" if self.header is None else ""
         texts = " + ".join(self.column(i) for i in self.text_cols)
         label = "score" if self.regression else "label"
-        return f"{what} ({self.name} layout{where}: {label} column {self.column(self.label_col)}, text {texts})"
+        plural = "s" if len(self.text_cols) > 1 else ""
+        return (f"{what} ({self.name} layout{where}: {label} column {self.column(self.label_col)}, text "
+                f"column{plural} {texts})")
 
 
 def detect_layout(rows, path, config):
@@ -136,6 +139,10 @@ def detect_layout(rows, path, config):
         layout = header_layout(first, path)
     else:
         layout = headerless_layout(rows, path, config)
+        if unknown_header(rows, layout):
+            raise SpanElectraError(
+                f"task_dir: the first line of {path} ({' | '.join(f[:30] for f in first)}) looks like a header with "
+                "names I don't know; pass --text_columns and --label_column with its names")
     values = [fields[layout.label_col] for _, fields in rows[1 if layout.header else 0:]]
     named_score = layout.header is not None and first[layout.label_col].lower() == "score"  # STS-B
     scores = all(is_number(v) for v in values) and (named_score or any(not float(v).is_integer() for v in values))
@@ -145,6 +152,14 @@ def detect_layout(rows, path, config):
         raise SpanElectraError(f"task_type: '{config.task_type}' but {path} has {len(layout.text_cols)} text "
                                f"column(s) ({layout.describe()}); pass --text_columns to choose")
     return layout
+
+
+def unknown_header(rows, layout):
+    """A first line whose label occurs nowhere else among a few repeated labels, and whose texts are single
+    words, names columns (e.g. 'review<TAB>sentiment'): read as data, it would become an example."""
+    labels = [fields[layout.label_col] for _, fields in rows]
+    return (len(rows) > 10 and labels.count(labels[0]) == 1 and len(set(labels)) <= 20
+            and not any(c.isspace() for i in layout.text_cols for c in rows[0][1][i]))
 
 
 def header_layout(header, path):
@@ -325,8 +340,10 @@ def set_targets(examples, task):
     for label, no in zip(examples.labels, examples.lines):
         if label not in ids:
             what = "is empty" if not label else f"'{label}' does not occur in train.tsv"
+            scores = all(is_number(v) for v in task.labels) and not all(float(v).is_integer() for v in task.labels)
             raise SpanElectraError(f"task_dir: {examples.path} line {no}: the label {what} (train labels: "
-                                   f"{shown(task.labels)}); fix the file or add such examples to train.tsv")
+                                   f"{shown(task.labels)}); " + ("these are scores: pass --task_type regression" if scores
+                                   else "fix the file or add such examples to train.tsv"))
     examples.targets = np.array([ids[v] for v in examples.labels], dtype=np.int64)
 
 
@@ -829,9 +846,15 @@ def main(config: finetune_args = None):
     data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, prepare)
             for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
             if examples is not None}
-    logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
-                "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs, config.learning_rate,
-                config.layerwise_lr_decay, config.train_batch_size, ",".join(map(str, seeds)), runtime.device)
+    if config.linear_probe:
+        logger.info("linear probe on %d of %d training examples: the encoder frozen, logistic regression on its "
+                    "mean-pooled features (one deterministic fit: no epochs, seeds, test predictions or saved model), "
+                    "on %s", len(task.train), task.num_train_total, runtime.device)
+    else:
+        logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
+                    "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs,
+                    config.learning_rate, config.layerwise_lr_decay, config.train_batch_size,
+                    ",".join(map(str, seeds)), runtime.device)
 
     if config.linear_probe:  # deterministic (L-BFGS from zero weights): one run stands for every seed
         start = time.time()

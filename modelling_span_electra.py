@@ -443,8 +443,8 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     and tokenizer. Returns (model, its folder, what was loaded, in words)."""
     path = find_pretrained(init_from, kind)
     if path is None:
-        raise SpanElectraError(f"{field}: '{init_from}' holds no {kind} ({kind}/ or a "
-                               f"{PRETRAINED_CLASSES[kind].__name__} folder); point it at one")
+        raise SpanElectraError(f"{field}: '{init_from}' holds no {kind} ({kind}/, or a folder whose config names "
+                               f"{PRETRAINED_CLASSES[kind].__name__}); point it at one")
     if kind == "generator":
         model, loaded = load_pretrained_generator(path, heads, field)
     else:

@@ -92,7 +92,11 @@ def build_model(config, features):
     discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head,
                                              mask_ratio=config.mask_ratio)
     copied = init_discriminator_from_generator(discriminator, generator)
-    logger.info("discriminator initialised from the generator: %d tensors copied", copied)
+    if copied:
+        logger.info("discriminator initialised from the generator: %d tensors copied", copied)
+    else:  # nothing matched by name and shape (other sizes, another vocabulary): a fresh discriminator
+        logger.warning("generator_dir: no tensor of the generator fits the discriminator (other sizes or "
+                       "vocabulary), so it starts from random weights")
     return SpanElectraTwoStage(generator, discriminator), inputs
 
 
@@ -173,10 +177,12 @@ def main(config: SE_trainingConfig = None):
     if runtime.is_main:
         delta = getattr(model, "embedding_delta", None)
         save_discriminator(model.discriminator, out, tokenizer_dir, embedding_delta=delta)
+        saved = out
         if config.mode == "joint":
             save_generator(model.generator, os.path.join(config.out_dir, "generator"), tokenizer_dir,
                            trained_seq_len=features.max_seq_len)
-        logger.info("discriminator saved to %s", out)
+            saved += f", the generator to {os.path.join(config.out_dir, 'generator')}"
+        logger.info("discriminator saved to %s", saved)
     tu.teardown_runtime(runtime)
     return out
 

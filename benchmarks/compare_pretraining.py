@@ -221,6 +221,11 @@ def curve_every(steps, points=10):
     return max(1, -(-steps // points))
 
 
+def tokens_text(tokens):
+    """A token count for the table and the log: 90.1M, 41k, 512."""
+    return f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k" if tokens >= 1e3 else str(int(tokens))
+
+
 def median(values):
     return sorted(values)[len(values) // 2] if values else None
 
@@ -494,7 +499,7 @@ def pretraining_cells(row):
     seed_rows = row.get("seed_rows", [row])
     accuracy = [last(r, "mlm_accuracy") for r in seed_rows]
     auc = [(last(r, "disc_auc"), r.get("discriminator_at_chance")) for r in seed_rows]
-    return [f"{row['tokens'] / 1e6:.1f}M" if row.get("tokens") else "",
+    return [tokens_text(row["tokens"]) if row.get("tokens") else "",
             " / ".join(f"{a:.3f}" for a in accuracy if a is not None),
             " / ".join(f"{a:.3f}" + (" (collapsed)" if collapsed else "") for a, collapsed in auc if a is not None)]
 
@@ -798,8 +803,8 @@ def main(config: compare_args = None):
 
     paths = prepare_data(config, scale)
     full_budget = full_budget_flops(scale, paths["vocab"])
-    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps, %.1fM tokens)", full_budget / 1e12,
-                scale["budget_steps"], scale["budget_steps"] * scale["batch"] * 128 / 1e6)
+    logger.info("full budget: %.2f TFLOPs (%d joint SpanElectra steps, %s tokens)", full_budget / 1e12,
+                scale["budget_steps"], tokens_text(scale["budget_steps"] * scale["batch"] * 128))
     wanted = [run for run, *_ in plan]
     reused = sum(r["seconds"] + (r.get("ft_seconds", 0.0) if r.get("finetune") == settings else 0.0)
                  for r in rows if r["run"] in wanted)  # what earlier calls did and this one keeps

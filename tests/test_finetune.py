@@ -111,6 +111,19 @@ def test_glue_layouts_are_detected(name, tmp_path):
     assert line.startswith("train.tsv: ") and f"{expected_name} layout" in line and f"{len(texts)} rows" in line
 
 
+def test_a_header_of_unknown_names_is_not_read_as_an_example(tmp_path):
+    """'review<TAB>sentiment' would be an example labelled 'sentiment' (a third class, in dev too): it is
+    refused, naming the line; 'text<TAB>label', the usual names, is a header."""
+    rows = [f"{'a good' if i % 2 else 'a bad'} film number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(20)]
+    folder = write_task(tmp_path / "unknown", ["review\tsentiment"] + rows)
+    with pytest.raises(SpanElectraError, match=r"first line of .* \(review \| sentiment\) looks like a header"):
+        ft.load_task(task_config(folder))
+    task = ft.load_task(task_config(folder, text_columns="review", label_column="sentiment"))
+    assert task.labels == ["neg", "pos"] and len(task.train.texts) == 20
+    task = ft.load_task(task_config(write_task(tmp_path / "text", ["text\tlabel"] + rows)))
+    assert (task.layout.kind, task.labels, len(task.train.texts)) == ("single", ["neg", "pos"], 20)
+
+
 def test_detected_metrics_and_label_order(tmp_path):
     metrics = {}
     for name in ("SST-2", "CoLA", "MRPC", "RTE/WNLI", "STS-B", "plain pair"):
@@ -126,8 +139,8 @@ def test_detected_metrics_and_label_order(tmp_path):
 
 def test_overrides_task_type_and_columns(tmp_path):
     folder = write_task(tmp_path / "t", ["id\ttext\tcategory\tnote", "1\tgood one\tpos\tx", "2\tbad one\tneg\ty"])
-    with pytest.raises(SpanElectraError, match="text column"):
-        ft.load_task(task_config(folder))  # 'text' and 'category' are no GLUE names
+    with pytest.raises(SpanElectraError, match="no label column"):
+        ft.load_task(task_config(folder))  # 'text' is a text column's name, 'category' no label's
     task = ft.load_task(task_config(folder, text_columns="text", label_column="category"))
     assert task.train.texts == [("good one",), ("bad one",)] and task.labels == ["neg", "pos"]
     folder = write_task(tmp_path / "n", ["x\tgood one\t0.5", "y\tbad one\t2"])
