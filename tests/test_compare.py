@@ -431,6 +431,9 @@ def test_pretrain_seeds_must_be_distinct_integers():
             cp.compare_args(pretrain_seeds=bad).validate()
     with pytest.raises(cp.SpanElectraError, match="^seeds: '1,x' is not a comma-separated list"):
         cp.compare_args(seeds="1,x").validate()  # fine-tuning seeds, checked before anything runs
+    with pytest.raises(cp.SpanElectraError, match="^seeds: '2, 1,2' names a seed twice"):
+        cp.compare_args(seeds="2, 1,2").validate()  # it would count twice in the median
+    assert [cp.tokens_text(n) for n in (90_112_000, 40_960, 512)] == ["90.1M", "41k", "512"]
     with pytest.raises(cp.SpanElectraError, match="^device: 'gpu' is not one of auto, cpu, cuda"):
         cp.compare_args(device="gpu").validate()
 
