@@ -90,6 +90,16 @@ def encoder_sizes(ckpt, scope):
     return hidden, max(layers) + 1, intermediate
 
 
+def beside_checkpoint(ckpt, name):
+    """A file of that name in the checkpoint's folder (google-research/electra's model folders keep
+    hparams.json there), else None; said when used."""
+    path = os.path.join(os.path.dirname(ckpt.prefix), name)
+    if os.path.isfile(path):
+        logger.info("config_file: using %s, beside the checkpoint", path)
+        return path
+    return None
+
+
 def electra_configs(ckpt, hparams):
     """(discriminator ElectraConfig, generator ElectraConfig or None) from the shapes and the hparams."""
     vocab, embedding = ckpt.shape("electra/embeddings/word_embeddings")
@@ -105,8 +115,10 @@ def electra_configs(ckpt, hparams):
     if gen_sizes is None:
         return disc, None
     gen_hidden, gen_layers, gen_intermediate = gen_sizes
-    # google-research/electra scales the heads with the width (get_generator_config)
-    gen_heads = max(1, round(heads * gen_hidden / hidden))
+    gen_heads = max(1, gen_hidden // 64)  # google-research/electra's get_generator_config
+    logger.info("attention heads: %d (discriminator, %s), %d (generator, its width / 64)", heads,
+                "from the hparams" if "num_attention_heads" in overrides or hparams.get("model_size") in HEADS_PER_SIZE
+                else "its width / 64: pass the hparams JSON as --config_file if it had others", gen_heads)
     gen = ElectraConfig(**common, hidden_size=gen_hidden, num_hidden_layers=gen_layers,
                         intermediate_size=gen_intermediate, num_attention_heads=gen_heads)
     return disc, gen
@@ -171,7 +183,8 @@ def main(config: convert_args = None):
     vocab_file = config.vocab_file or os.path.join(os.path.dirname(ckpt.prefix), "vocab.txt")
     if not os.path.isfile(vocab_file):
         raise SpanElectraError(f"vocab_file: '{vocab_file}' does not exist; pass the model's vocab.txt")
-    hparams = read_hparams(config.config_file)
+    config_file = config.config_file or beside_checkpoint(ckpt, "hparams.json")
+    hparams = read_hparams(config_file)
     lowercase = config.do_lower_case if config.do_lower_case is not None else hparams.get("do_lower_case", True)
     tok = wordpiece_from_vocab(vocab_file, lowercase)
     disc_config, gen_config = electra_configs(ckpt, hparams)

@@ -9,7 +9,7 @@ import numpy as np
 
 from argument import checked_config, mask_stats_args, run_main
 from features import PretrainingFeatures
-from masking import masking_stats
+from masking import masking_stats, max_prediction_slots
 
 
 def main(config: mask_stats_args = None):
@@ -31,13 +31,19 @@ def main(config: mask_stats_args = None):
         batches.append(masker(ids, rng))
     stats = {"features_dir": config.features_dir, "split": config.split, "num_sequences": n,
              "masking": config.masking, "target_mask_ratio": config.mask_ratio,
-             "expected_span_length_words": round(masker.span_lengths.mean, 4), **masking_stats(batches, eligible)}
+             "expected_span_length_words": round(masker.span_lengths.mean, 4) if config.masking == "span" else 1.0,
+             "prediction_slots": max_prediction_slots(config, features.max_seq_len), **masking_stats(batches, eligible)}
     hist = stats["span_length_histogram"]
     print("span length (words)  share")
     for length, share in hist.items():
         print(f"{length:>19}  {share:.4f}  {'#' * int(round(share * 60))}")
     print(f"mask ratio {stats['mask_ratio']:.4f} (target {config.mask_ratio}), mean span "
           f"{stats['mean_span_length_words']:.2f} words / {stats['mean_span_length_tokens']:.2f} tokens")
+    if stats["mask_ratio"] < 0.8 * config.mask_ratio:  # the slots cut spans, or words are too few to place them
+        print(f"warning: the realised mask ratio is {stats['mask_ratio'] / config.mask_ratio:.0%} of the target: "
+              f"spans are cut at the {stats['prediction_slots']} prediction slots per sequence "
+              "(--max_predictions_per_seq) or the sequences hold too few words for the spans; raise "
+              "--max_predictions_per_seq, or lower --max_span_len")
     print(json.dumps(stats))
     return stats
 

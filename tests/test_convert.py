@@ -109,6 +109,19 @@ def test_converted_folders_work_with_transformers_and_the_explorer(converted):
     assert len(explorer.detect("the cat sat on the mat .")) > 0
 
 
+def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, caplog):
+    """google-research/electra keeps hparams.json in the model folder: without --config_file it is read
+    there (the heads, 2, are not in the shapes), and said; the generator's heads follow its width as in
+    get_generator_config."""
+    import convert_tf_checkpoint
+    caplog.set_level("INFO", logger="span_electra")
+    out = tmp_path / "electra"
+    convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(out)))
+    assert read_json(out / "discriminator" / "config.json")["num_attention_heads"] == 2
+    assert read_json(out / "generator" / "config.json")["num_attention_heads"] == 1  # 24 wide: max(1, 24 // 64)
+    assert f"config_file: using {FIXTURE / 'hparams.json'}, beside the checkpoint" in caplog.text
+
+
 def damaged_copy(tmp_path, damage):
     folder = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, folder)

@@ -325,7 +325,13 @@ def test_stats_in_process(bpe_feat, capsys):
     assert abs(stats["mean_span_length_words"] - 3.8) < 0.25
     assert stats["expected_span_length_words"] == pytest.approx(3.797, abs=0.001)
     assert abs(stats["replaced_fraction"] - 0.9) < 0.03
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == stats
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == stats and "warning" not in out
+    # too few slots for the target: said, not only shown
+    few = mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), num_sequences=200,
+                                                   max_predictions_per_seq=5))
+    assert few["mask_ratio"] < 0.05 and few["prediction_slots"] == 5
+    assert "warning: the realised mask ratio is" in capsys.readouterr().out
 
 
 def test_stats_cli(bpe_feat, capsys):
