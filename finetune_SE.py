@@ -322,6 +322,18 @@ def shown(labels, limit=20):
     return ", ".join(labels[:limit]) + (f", ... ({len(labels)} in all)" if len(labels) > limit else "")
 
 
+def positive_label(labels):
+    """F1's positive class: the label 1 ('1', or '1.0' where every label is a number: 0/1 written as
+    floats), else None."""
+    numeric = all(is_number(v) for v in labels)
+    return next((v for v in labels if v == "1" or (numeric and float(v) == 1)), None)
+
+
+def zero_one(labels):
+    """Labels 0 and 1 (MRPC's, QQP's), however written."""
+    return len(labels) == 2 and all(is_number(v) for v in labels) and {float(v) for v in labels} == {0.0, 1.0}
+
+
 def label_order(labels):
     """Classes sorted numerically when they are numbers (0, 1, 2, ..., 10), else alphabetically."""
     unique = set(labels)
@@ -357,8 +369,8 @@ def choose_metrics(layout, labels, config):
     extra = config.metric
     if extra == "auto":
         extra = ("matthews_corr" if layout.name == "CoLA" else
-                 "f1" if layout.kind == "pair" and set(labels) == {"0", "1"} else "accuracy")
-    if extra == "f1" and "1" not in labels:
+                 "f1" if layout.kind == "pair" and zero_one(labels) else "accuracy")
+    if extra == "f1" and not positive_label(labels):
         raise SpanElectraError(f"metric: f1 takes label '1' as the positive class but the labels are "
                                f"{shown(labels)}; use --metric accuracy or matthews_corr")
     return ["accuracy"] + ([extra] if extra != "accuracy" else [])
@@ -454,7 +466,7 @@ def compute_metrics(task, outputs, targets):
     pred = outputs.argmax(-1)
     metrics = {"eval_accuracy": accuracy(pred, targets)}
     if "f1" in task.metrics:
-        metrics["eval_f1"] = f1_score(pred, targets, positive=task.labels.index("1"))
+        metrics["eval_f1"] = f1_score(pred, targets, positive=task.labels.index(positive_label(task.labels)))
     if "matthews_corr" in task.metrics:
         metrics["eval_matthews_corr"] = matthews_corr(pred, targets, len(task.labels))
     return metrics

@@ -131,6 +131,10 @@ def test_detected_metrics_and_label_order(tmp_path):
         metrics[name] = task.metrics
     assert metrics == {"SST-2": ["accuracy"], "CoLA": ["accuracy", "matthews_corr"], "MRPC": ["accuracy", "f1"],
                        "RTE/WNLI": ["accuracy"], "STS-B": ["pearson", "spearman"], "plain pair": ["accuracy"]}
+    # MRPC-like pairs labelled 0.0 / 1.0: still F1, with 1.0 the positive class
+    floats = write_task(tmp_path / "floats", [f"a b {i}\tc d {i}\t{i % 2}.0" for i in range(20)])
+    task = ft.load_task(task_config(floats, task_type="pair"))
+    assert task.metrics == ["accuracy", "f1"] and ft.positive_label(task.labels) == "1.0"
     folder = write_task(tmp_path / "ten", [f"text {i}\t{i % 11}" for i in range(22)])
     task = ft.load_task(task_config(folder, metric="matthews_corr"))
     assert task.labels == [str(i) for i in range(11)]  # numeric order, not '0', '1', '10', '2'
