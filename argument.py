@@ -423,12 +423,12 @@ class convert_args:
     """convert_tf_checkpoint.py: a google-research/electra TensorFlow checkpoint as transformers folders."""
     checkpoint: str = _help("checkpoint folder (with its `checkpoint` file) or prefix (DIR/model.ckpt-N)",
                             default="models/electra_small")
-    vocab_file: Optional[str] = _help("the model's vocab.txt (default: vocab.txt beside the checkpoint)", default=None)
+    vocab_file: Optional[str] = _help("the model's vocab.txt (unset: vocab.txt beside the checkpoint)", default=None)
     out_dir: str = _help("where discriminator/ and generator/ go", default="outputs/converted")
     config_file: Optional[str] = _help("the hparams JSON the model was trained with (model_size, "
                                        "model_hparam_overrides, do_lower_case); sizes not given there are read "
                                        "from the tensor shapes", default=None)
-    do_lower_case: Optional[bool] = _help("lowercase text before tokenizing (default: the hparams' do_lower_case, "
+    do_lower_case: Optional[bool] = _help("lowercase text before tokenizing (unset: the hparams' do_lower_case, "
                                           "else true, as ELECTRA's released models)", default=None)
 
     def validate(self):
@@ -538,14 +538,14 @@ class compare_args:
                        "Wikipedia, one H100 in about 10 minutes), 'gpu_vi' (the same on Vietnamese Wikipedia, pyvi-segmented, "
                        "half the budget) or 'small' (ELECTRA-Small, 20k-step budget)",
                        default="tiny", meta={"choices": tuple(COMPARE_SCALES)})
-    train_input: str = _help("pre-training text (default: the scale's corpus)", default="")
-    valid_input: str = _help("validation text (default: the scale's corpus)", default="")
-    tasks: Optional[str] = _help("comma-separated GLUE-format task folders (default: SST-2 and MRPC, none for "
+    train_input: str = _help("pre-training text (empty: the scale's corpus)", default="")
+    valid_input: str = _help("validation text (empty: the scale's corpus)", default="")
+    tasks: Optional[str] = _help("comma-separated GLUE-format task folders (unset: SST-2 and MRPC, none for "
                                  "gpu_vi)", default=None)
-    recipes: str = _help("comma-separated recipes (default: the scale's)", default="")
+    recipes: str = _help("comma-separated recipes (empty: the scale's)", default="")
     budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
     budget_scale: float = _help("multiplies every budget (more GPU time: 2, 4, ...)", default=1.0)
-    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points; default: "
+    budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points; empty: "
                                   "the scale's)", default="")
     gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
     seeds: str = _help("fine-tuning seeds", default="1,2,3")
@@ -558,8 +558,8 @@ class compare_args:
     pretrain_seeds: str = _help("comma-separated pre-training seeds, e.g. 42,43,44: each recipe pre-trained once per "
                                 "seed, the table pooling their fine-tuning runs (default: --seed alone)", default="")
     device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
-    bf16: Optional[bool] = _help("bf16 autocast in pre-training (default: the scale's)", default=None)
-    compile: Optional[bool] = _help("torch.compile the pre-training step (default: the scale's)", default=None)
+    bf16: Optional[bool] = _help("bf16 autocast in pre-training (unset: the scale's)", default=None)
+    compile: Optional[bool] = _help("torch.compile the pre-training step (unset: the scale's)", default=None)
 
     def resolved(self):
         """This config with the scale's defaults filled in where a field was left empty."""
