@@ -66,7 +66,8 @@ class Explorer:
 
     def _encode_marked(self, text, seed):
         """Token ids with the marked (or random) spans replaced by [MASK], and the original ids."""
-        if "[[" in MARK.sub("", text) or "]]" in MARK.sub("", text):
+        unmarked = MARK.sub("", text)
+        if "[[" in unmarked or "]]" in unmarked:
             raise SpanElectraError(f"text: a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as "
                                    "[[ words ]]")
         parts, masked_words = [], []

@@ -34,8 +34,8 @@ from transformers.utils import logging as hf_logging
 
 import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
-from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line, make_out_dir,
-                      remove_paths)
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
+                      lies_within, make_out_dir, remove_paths)
 from modelling_span_electra import weights_problem
 from tokenization import SE_TOKENIZER_FILE, folder_segmenter
 
@@ -808,12 +808,10 @@ RUN_OUTPUTS = ("results.json", "test_predictions.tsv", "model")
 
 def check_model_outside_outputs(config):
     """Fine-tuning replaces out_dir's earlier outputs first: a model_dir among them would be deleted."""
-    model = os.path.realpath(config.model_dir)
-    for name in RUN_OUTPUTS:
-        output = os.path.realpath(os.path.join(config.out_dir, name))
-        if model == output or model.startswith(output + os.sep):
-            raise SpanElectraError(f"model_dir: '{config.model_dir}' is the {name} of out_dir '{config.out_dir}', "
-                                   "which this run replaces; give another --out_dir")
+    output = lies_within(config.model_dir, [os.path.join(config.out_dir, name) for name in RUN_OUTPUTS])
+    if output:
+        raise SpanElectraError(f"model_dir: '{config.model_dir}' is the {os.path.basename(output)} of out_dir "
+                               f"'{config.out_dir}', which this run replaces; give another --out_dir")
 
 
 def clear_outputs(out_dir):
@@ -858,22 +856,19 @@ def main(config: finetune_args = None):
     data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, prepare)
             for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
             if examples is not None}
-    if config.linear_probe:
+    if config.linear_probe:  # deterministic (L-BFGS from zero weights): one run stands for every seed
         logger.info("linear probe on %d of %d training examples: the encoder frozen, logistic regression on its "
                     "mean-pooled features (one deterministic fit: no epochs, seeds, test predictions or saved model), "
                     "on %s", len(task.train), task.num_train_total, runtime.device)
-    else:
-        logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
-                    "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs,
-                    config.learning_rate, config.layerwise_lr_decay, config.train_batch_size,
-                    ",".join(map(str, seeds)), runtime.device)
-
-    if config.linear_probe:  # deterministic (L-BFGS from zero weights): one run stands for every seed
         start = time.time()
         seeds, outputs = seeds[:1], {"linear_probe": True}
         per_seed = [{"seed": seeds[0], **linear_probe(task, data, config, runtime),
                      "train_seconds": round(time.time() - start, 1)}]
     else:
+        logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
+                    "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs,
+                    config.learning_rate, config.layerwise_lr_decay, config.train_batch_size,
+                    ",".join(map(str, seeds)), runtime.device)
         per_seed, outputs = fine_tune_seeds(seeds, task, data, tokenizer, config, runtime)
 
     metric_keys = [k for k in per_seed[0] if k.startswith("eval_")]

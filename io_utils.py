@@ -76,6 +76,13 @@ def list_checkpoints(out_dir):
     return sorted(glob.glob(os.path.join(glob.escape(out_dir), "checkpoint-*.pt")))
 
 
+def lies_within(path, folders):
+    """The first of `folders` that is `path` or holds it (links resolved), else None."""
+    path = os.path.realpath(path)
+    return next((f for f in folders if path == os.path.realpath(f) or path.startswith(os.path.realpath(f) + os.sep)),
+                None)
+
+
 def first_line(error):
     """An exception's first line of text (its type's name when it has none), for a one-line message."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -22,14 +22,14 @@ import trainSpanElectra
 from argument import (EXPLORE_TEXTS, MLM_trainingConfig, SE_trainingConfig, checked_config, feature_args,
                       mask_stats_args, pipeline_args, run_main, save_config, tok_args)
 from io_utils import make_out_dir
+from training_utils import read_metrics
 
 logger = logging.getLogger("span_electra")
 
 
 def final_valid_metrics(run_dir):
     """The last validation's figures in a run's metrics.jsonl (its time stamp left out)."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        valid = [json.loads(line) for line in f if '"valid"' in line]
+    valid = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if r.get("split") == "valid"]
     return {k: round(v, 4) for k, v in valid[-1].items() if isinstance(v, float) and k != "time"}
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import (SpanElectraError, atomic_write_json, first_line, list_checkpoints, make_out_dir, read_json,
-                      remove_paths, storage_reason)
+from io_utils import (SpanElectraError, atomic_write_json, first_line, lies_within, list_checkpoints, make_out_dir,
+                      read_json, remove_paths, storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -563,11 +563,10 @@ def run_outputs(out_dir):
 def clear_run(config):
     """Delete what an earlier run left in out_dir, unless an input of this run lies among it (a
     two-stage generator_dir kept inside the discriminator's out_dir would go with it)."""
-    doomed = [os.path.realpath(p) for p in run_outputs(config.out_dir) if os.path.exists(p)]
+    doomed = [p for p in run_outputs(config.out_dir) if os.path.exists(p)]
     for field in ("generator_dir", "features_dir"):
         given = getattr(config, field, None)
-        path = os.path.realpath(given) if given else None
-        if path and any(path == d or path.startswith(d + os.sep) for d in doomed):
+        if given and lies_within(given, doomed):
             raise SpanElectraError(f"{field}: '{given}' lies among the earlier run's outputs in out_dir "
                                    f"'{config.out_dir}', which --overwrite_output_dir deletes; give this run another "
                                    "--out_dir")
@@ -717,6 +716,19 @@ def load_checkpoint(resume_from, out_dir, run_id=None):
 
 
 # ---------------------------------------------------------------- logging
+def read_metrics(path):
+    """The rows of a metrics.jsonl; a line a crash cut short is left out (and said)."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if line.strip():
+                    logger.warning("%s: a damaged line (a write cut short?) is dropped: %.60s", path, line)
+    return rows
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to out_dir/metrics.jsonl (rank 0 only)."""
 
@@ -740,16 +752,7 @@ class MetricsLog:
             f.writelines(rows)
 
     def rows(self):
-        """The rows logged so far; a line a crash cut short is left out."""
-        rows = []
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    if line.strip():
-                        logger.warning("%s: a damaged line (a write cut short?) is dropped: %.60s", self.path, line)
-        return rows
+        return read_metrics(self.path)
 
     def write_done(self, step, model, runtime):
         """The closing row: how many processes ran and whether they ended with equal weights (once:

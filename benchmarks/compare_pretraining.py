@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import statistics
 import shutil
 import sys
 import time
@@ -56,10 +57,13 @@ from tokenization import CLS_ID, MASK_ID, SEP_ID, SPECIAL_TOKENS  # noqa: E402
 from features import PretrainingFeatures  # noqa: E402
 
 logger = logging.getLogger("span_electra")
+DATA_FILE = "data.json"  # what out_dir's vocabulary and features were built from
+
+
 def section_marks(scale):
     """The comments that delimit one scale's section in RESULTS.md (each scale keeps its own)."""
     return f"<!-- compare_pretraining:{scale}:begin -->", f"<!-- compare_pretraining:{scale}:end -->"
-DATA_FILE = "data.json"  # what out_dir's vocabulary and features were built from
+
 
 # ---------------------------------------------------------------- FLOPs of one step of each recipe
 def count_flops(fn):
@@ -200,7 +204,7 @@ def runs_cached(plan, rows, config, scale, full_budget):
     cached = {}
     for run, _, fraction, seed in plan:
         identity = row_identity(run.split("@")[0], fraction, dataclasses.replace(config, seed=seed), scale, full_budget)
-        row = next((r for r in rows if r["run"] == run and r.get("identity") == identity), None)
+        row = matching_row(rows, run, identity)
         if row is not None:
             cached[run] = row
     return cached
@@ -226,16 +230,11 @@ def tokens_text(tokens):
     return f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k" if tokens >= 1e3 else str(int(tokens))
 
 
-def median(values):
-    return sorted(values)[len(values) // 2] if values else None
-
-
 def training_logs(run_dir):
     """(folder relative to run_dir, rows) of each metrics.jsonl under run_dir (two for a two-stage run)."""
     for root, _, files in os.walk(run_dir):
         if "metrics.jsonl" in files:
-            with open(os.path.join(root, "metrics.jsonl"), encoding="utf-8") as f:
-                yield os.path.relpath(root, run_dir), [json.loads(line) for line in f if line.strip()]
+            yield os.path.relpath(root, run_dir), tu.read_metrics(os.path.join(root, "metrics.jsonl"))
 
 
 def pretraining_record(out_dir, batch, seq_len=128):
@@ -248,7 +247,7 @@ def pretraining_record(out_dir, batch, seq_len=128):
         for key in ("tokens_per_sec", "data_wait_ms"):  # medians: the first window holds the compilation
             values = [r[key] for r in rows if key in r and "split" not in r]
             if values:
-                record.setdefault(key, {})[folder] = median(values)
+                record.setdefault(key, {})[folder] = statistics.median_high(values)
         for key in ("mlm_accuracy", "disc_auc"):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:
@@ -593,8 +592,8 @@ def write_results_md(path, table, config, png, budget, elapsed):
     begin, end = section_marks(config.scale)
     section = "\n".join([
         begin,
-        f"Command: `{command_line(config, path)}` ({elapsed / 60:.0f} min on this machine). Budget: {budget / 1e12:.1f} TFLOPs of "
-        f"training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
+        f"Command: `{command_line(config, path)}` ({elapsed / 60:.0f} min on this machine). Budget: "
+        f"{budget / 1e12:.1f} TFLOPs of training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
         f"seeds {config.seeds}" + (f", pre-training seeds {config.pretrain_seeds} (pooled)" if config.pretrain_seeds else "")
         + "; cells are the dev metric's median [min, max].",
         "", table, "", f"![dev score against pre-training compute]({os.path.relpath(png, os.path.dirname(path))})"
@@ -617,7 +616,7 @@ def rates_alone(run_dir, busy):
         alone = [r["tokens_per_sec"] for before, r in zip(timed, timed[1:])  # the first window: compilation
                  if not any(start < r["time"] and end > before["time"] for start, end in busy)]
         if alone:
-            rates[folder] = median(alone)
+            rates[folder] = statistics.median_high(alone)
     return rates
 
 
@@ -646,18 +645,20 @@ def row_identity(name, fraction, config, scale, full_budget):
     return identity
 
 
+def matching_row(rows, run, identity):
+    """The row of `run` pre-trained as `identity` asks, or None."""
+    return next((r for r in rows if r["run"] == run and r.get("identity") == identity), None)
+
+
 def cached_row(rows, run, identity):
-    """The row of `run` pre-trained as `identity` asks, or None; a row of the same run pre-trained
-    otherwise is dropped from rows (and said)."""
-    for row in list(rows):
-        if row["run"] == run and row.get("identity") == identity:
-            return row
-        if row["run"] == run:
-            changed = [f"{k} {row.get('identity', {}).get(k)!r} -> {v!r}" for k, v in identity.items()
-                       if row.get("identity", {}).get(k) != v]
-            logger.info("%s: cached with other settings (%s): pre-training it again", run, "; ".join(changed))
-            rows.remove(row)
-    return None
+    """matching_row; a row of the same run pre-trained otherwise is dropped from rows (and said)."""
+    row = matching_row(rows, run, identity)
+    for other in [r for r in rows if r["run"] == run and r is not row]:
+        changed = [f"{k} {other.get('identity', {}).get(k)!r} -> {v!r}" for k, v in identity.items()
+                   if other.get("identity", {}).get(k) != v]
+        logger.info("%s: cached with other settings (%s): pre-training it again", run, "; ".join(changed))
+        rows.remove(other)
+    return row
 
 
 def run_name(name, fraction, seed, first_seed):
