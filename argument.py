@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -163,6 +164,9 @@ class MaskingArgs(Config):
                   f"{self.mask_replace_prob + self.random_replace_prob:g} exceeds 1")
 
 
+MIN_SEQ_LEN = 16
+
+
 @dataclass
 class feature_args(MaskingArgs):
     """process.py: tokenize text and pack it into max_seq_len sequences stored as memmaps."""
@@ -189,9 +193,9 @@ class feature_args(MaskingArgs):
         if not has_tokenizer(self.tokenizer_dir):
             _fail("tokenizer_dir", f"'{self.tokenizer_dir}' has no tokenizer.json or vocab.txt; run create_vocab_SE.py "
                   "first, or point it at its out_dir (or at a transformers model folder)")
-        if self.max_seq_len < 3:
-            _fail("max_seq_len", f"{self.max_seq_len} cannot hold [CLS], a token and [SEP]; use at least 3 "
-                  "(typically 128 or 512)")
+        if self.max_seq_len < MIN_SEQ_LEN:  # below it one masked token is well over 15% of a sequence
+            _fail("max_seq_len", f"{self.max_seq_len} tokens leave too few to mask a span with context on both sides; "
+                  f"use at least {MIN_SEQ_LEN} (typically 128 or 512)")
         check_range(self, "valid_fraction", 0, 1, high_open=True)
         if self.valid_input and self.valid_fraction > 0:
             _fail("valid_fraction", f"{self.valid_fraction} with --valid_input '{self.valid_input}': only one can say "
@@ -325,6 +329,8 @@ class TrainingConfig(Config):
         check_range(self, "num_workers", low=-1)
         check_range(self, "learning_rate", 0, 1, low_open=True)
         check_range(self, "warmup_fraction", 0, 1)
+        for name, value in self.model_overrides().items():
+            check_range(self, name, low=1)
         check_device(self)
         if not self.out_dir:
             _fail("out_dir", "no folder given")
@@ -339,6 +345,13 @@ class TrainingConfig(Config):
 class MLM_trainingConfig(TrainingConfig, MLM_validDataArgs, MLM_trainDataArgs):
     """trainMLM_SpanElectra.py: the generator (span-level masked LM). Its fields: the loop's
     (TrainingConfig), the evaluation's (MLM_validDataArgs) and the data's (MLM_trainDataArgs)."""
+
+    def validate(self):
+        super().validate()
+        for name in ("hidden_size", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) is not None:  # the generator preset's own sizes would silently win
+                _fail(name, f"sets the discriminator's size, which this script does not train; set the generator's "
+                      f"with --gen_{name}")
 
 
 @dataclass
@@ -459,6 +472,9 @@ class explore_args:
     def validate(self):
         if not self.text.strip():
             _fail("text", "give a sentence, e.g. --text \"The cat sat on the [[ mat ]] .\"")
+        if re.search(r"\[\[\s*\]\]", self.text):
+            _fail("text", "'[[ ]]' marks no word; put the words to mask inside it, e.g. [[ mat ]]")
+        check_range(self, "top_k", low=1)
         if not os.path.isdir(self.model_dir):
             _fail("model_dir", f"'{self.model_dir}' is not a folder; point it at a training out_dir")
 
@@ -608,6 +624,10 @@ def parse_config(config_cls, argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(config_cls, description=(config_cls.__doc__ or "").strip())
     parser.add_argument("--config", default=None, help="JSON file holding a whole config")
+    for action in parser._actions:  # HfArgumentParser gives --no_X the help of --X, and "(default: False)"
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            # "%(default).0s" prints nothing, and keeps the formatter from adding the misleading default
+            action.help = f"the same as --{action.option_strings[0][5:]} false%(default).0s"
 
     def one_line_error(message):  # argparse would print the whole usage block first
         raise SpanElectraError(f"{message}; run with --help for the fields")
@@ -635,6 +655,9 @@ def _read_config_file(path, config_cls):
         raise SpanElectraError(f"--config: cannot read '{path}' ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise SpanElectraError(f"--config: '{path}' is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise SpanElectraError(f"--config: '{path}' is not UTF-8 text; give the JSON config a script saved "
+                               "(e.g. OUT/train_config.json)") from None
     if not isinstance(values, dict):
         raise SpanElectraError(f"--config: '{path}' must hold a JSON object of field: value")
     saved_class = values.pop("config_class", config_cls.__name__)  # written by save_config
@@ -651,7 +674,9 @@ def _read_config_file(path, config_cls):
 
 def checked_config(config, config_cls):
     """A script's main(config) argument: the class's defaults when None. The wrong class, or a field of
-    the wrong type (a notebook's max_steps="5"), is a one-line error, as a bad flag is."""
+    the wrong type (a notebook's max_steps="5"), is a one-line error, as a bad flag is. Called from a
+    notebook or another program, it sets up the log as run_main does (unless logging already is)."""
+    setup_logging()
     if config is None:
         return config_cls()
     if type(config).__name__ != config_cls.__name__ or not dataclasses.is_dataclass(config):  # by name: a notebook
@@ -723,6 +748,8 @@ def run_main(main, config_cls, argv=None):
     """Entry point of every script: parse, run, and turn user errors into one line and exit code 2."""
     setup_logging()
     config = None
+    # `timeout`, schedulers and torchrun stop a run with SIGTERM: handled as Ctrl-C
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         config = parse_config(config_cls, argv)
         main(config)
@@ -731,14 +758,25 @@ def run_main(main, config_cls, argv=None):
         sys.exit(2)
     except Exception as e:  # out of memory, or a failed write: one line; anything else is a bug to report
         oom = isinstance(e, (RuntimeError, MemoryError)) and is_out_of_memory(e)
-        message = out_of_memory_message(config) if oom else write_failure_message(e)
+        message = out_of_memory_message(config) if oom else write_failure_message(e, getattr(config, "out_dir", None))
         if message is None:
             raise
         print_error(message)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print_own_line(interrupted_message(config))
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is stopped; one says so
+            print_own_line(interrupted_message(config))
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: the lock is released and the last checkpoint named."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def interrupted_message(config):

@@ -10,6 +10,7 @@ A generator trained here also shows its span-boundary head's fills (from the two
 outside each span): early in training they follow the context before the MLM head's do.
 From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(text); ex.detect(text)`.
 """
+import json
 import os
 import re
 
@@ -37,11 +38,24 @@ def _find(model_dir, kind):
     return None
 
 
+def _two_stage_generator(model_dir):
+    """The generator a two-stage discriminator in model_dir was trained against (its generator_dir,
+    from the run's saved config), when that folder still holds it; else None."""
+    path = os.path.join(model_dir, "trainSpanElectra_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            given = json.load(f).get("generator_dir") or ""
+    except (OSError, ValueError, AttributeError):
+        return None
+    return _find(given, "generator") if given and os.path.isdir(given) else None
+
+
 class Explorer:
     """The saved generator and discriminator of a run, loaded through plain transformers."""
 
     def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
-        self.gen_dir = generator_dir or (model_dir and _find(model_dir, "generator"))
+        self.gen_dir = generator_dir or (model_dir and (_find(model_dir, "generator") or
+                                                        _two_stage_generator(model_dir)))
         self.disc_dir = discriminator_dir or (model_dir and _find(model_dir, "discriminator"))
         if not (self.gen_dir or self.disc_dir):
             raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
@@ -99,6 +113,7 @@ class Explorer:
 
     def _top_fills(self, ids, positions, probs, top_k):
         """[(original token, [(fill, probability), ...]), ...]: probs[k] is the distribution at positions[k]."""
+        top_k = min(top_k, probs.shape[-1])  # --top_k beyond the vocabulary shows all of it
         return [(self.tokenizer.convert_ids_to_tokens(int(ids[t])),
                  [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(*p.topk(top_k))])
                 for t, p in zip(positions, probs)]
@@ -198,6 +213,9 @@ def report(explorer, text, top_k=5, seed=0):
             lines += fill_lines(explorer.tokenizer, sbo_rows)
             lines += fills_note(explorer.tokenizer, sbo_rows, "span-boundary head")
             lines += boundary_note(explorer.tokenizer, rows, sbo_rows)
+    elif MARK.search(text):
+        lines.append("no generator beside this model, so the marked spans are not filled; point --model_dir at a "
+                     "folder holding generator/ too")
     if explorer.discriminator is not None:
         lines.append(f"discriminator P(replaced) for: {plain}")
         scored = explorer.detect(plain)

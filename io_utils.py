@@ -28,10 +28,13 @@ class SpanElectraError(Exception):
 
 
 def setup_logging():
-    """Plain 'time level message' logging to stderr, once per process."""
+    """Plain 'time level message' logging to stderr, once per process. Where logging is set up already
+    (a notebook whose root logger shows warnings only), our own INFO lines still show."""
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO,
                             datefmt="%H:%M:%S")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -112,19 +115,38 @@ def is_storage_error(error):
     return isinstance(error, OSError) or any(k in str(error).lower() for k in STORAGE_WORDS)
 
 
-def write_failure_message(error):
+def write_failure_message(error, out_dir=None):
     """One line for a write that failed (full disk, quota, read-only, permissions), whichever library
     raised it and however (numpy's OSError has no errno, tokenizers' and safetensors' are plain
-    Exceptions); None for any other error."""
+    Exceptions); None for any other error. out_dir: the run's output folder, named where the error
+    names no file."""
     if isinstance(error, OSError) and error.errno in WRITE_ERRORS:
-        return f"'{error.filename}': {error.strerror}; {WRITE_ERRORS[error.errno]}"
+        return f"'{error.filename}': {error.strerror}{free_space(error.filename)}; {WRITE_ERRORS[error.errno]}"
     if any(k in str(error).lower() for k in STORAGE_WORDS):
-        return f"cannot write ({storage_reason(error)}); free some space or choose another --out_dir"
+        where = f" to '{out_dir}'" if out_dir else ""
+        return (f"out_dir: cannot write{where} ({storage_reason(error, out_dir)}); free some space or choose another "
+                "--out_dir")
     return None
 
 
-def storage_reason(error):
-    return getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+def storage_reason(error, path=None):
+    """Why a write failed, in a few words, with the free space left where it was writing (a library's
+    own wording, such as torch's 'unexpected pos' or numpy's 'requested and written', never says)."""
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+    return reason + free_space(path)
+
+
+def free_space(path):
+    """'; N MB free there' for the disk holding path (or its nearest existing parent); '' if unknown."""
+    if not path:
+        return ""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return f"; {shutil.disk_usage(path).free / 1e6:,.0f} MB free there"
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
@@ -150,8 +172,8 @@ def building_folder(directory):
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_storage_error(e):
-            raise SpanElectraError(f"out_dir: cannot write '{directory}' ({storage_reason(e)}); free some space or "
-                                   "choose another --out_dir") from None
+            raise SpanElectraError(f"out_dir: cannot write '{directory}' ({storage_reason(e, parent)}); free some "
+                                   "space or choose another --out_dir") from None
         raise
     old = None
     if os.path.lexists(directory):
@@ -271,11 +293,13 @@ def find_text_files(spec, field):
     files = []
     for path in candidates:
         if _is_binary(path, field):
-            logger.warning("skipping '%s': it looks like a binary file, not UTF-8 text", path)
+            logger.warning("skipping '%s': it is not UTF-8 text (a binary file, or text in another encoding: convert "
+                           "that with iconv -f ENCODING -t UTF-8)", path)
         else:
             files.append(path)
     if not files:
-        raise SpanElectraError(f"{field}: '{spec}' holds no readable text file (all were binary)")
+        raise SpanElectraError(f"{field}: '{spec}' holds no UTF-8 text file (binary, or another encoding: convert "
+                               "text with iconv -f ENCODING -t UTF-8)")
     if sum(os.path.getsize(p) for p in files) == 0:
         raise SpanElectraError(f"{field}: '{spec}' is empty; it must hold some text")
     return files

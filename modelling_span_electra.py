@@ -49,10 +49,11 @@ def electra_configs(model_size, vocab_size, max_seq_len, pad_token_id=0, **overr
     gen = {**disc, **gen, **{k[4:]: v for k, v in overrides.items() if k.startswith("gen_") and v is not None}}
     gen["embedding_size"] = disc["embedding_size"]  # shared embeddings
     common = dict(vocab_size=vocab_size, max_position_embeddings=max(512, max_seq_len), pad_token_id=pad_token_id)
-    for cfg in (disc, gen):
+    for cfg, prefix in ((disc, ""), (gen, "gen_")):
         if cfg["hidden_size"] % cfg["num_attention_heads"]:
-            raise SpanElectraError(f"hidden_size {cfg['hidden_size']} is not a multiple of num_attention_heads "
-                                   f"{cfg['num_attention_heads']}")
+            raise SpanElectraError(f"{prefix}num_attention_heads: {cfg['num_attention_heads']} heads do not divide "
+                                   f"{prefix}hidden_size {cfg['hidden_size']}; pick sizes where they do (e.g. 64 per "
+                                   "head)")
     return ElectraConfig(**common, **gen), ElectraConfig(**common, **disc)
 
 

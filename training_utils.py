@@ -435,7 +435,7 @@ def save_checkpoint(out_dir, step, state, keep=2):
     except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
         if os.path.exists(tmp):
             os.remove(tmp)
-        reason = storage_reason(e)
+        reason = storage_reason(e, out_dir)
         raise SpanElectraError(f"out_dir: cannot write a checkpoint to '{out_dir}' ({reason}); free some space "
                                "or choose another --out_dir") from None
     for old in list_checkpoints(out_dir)[:-keep]:
@@ -456,8 +456,12 @@ def resume_training_state(config, model, optimizer, scheduler):
     state = load_checkpoint(config.resume_from, config.out_dir, config.run_id)
     if state is None:
         return 0, {"epoch": 0, "index": 0}
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint of another model (other sizes or vocabulary)
+        raise SpanElectraError(f"resume_from: '{config.resume_from}' does not fit this model ({first_line(e)[:160]}); "
+                               "resume with the settings and features it was trained with") from None
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["step"], state["data"]
@@ -497,13 +501,16 @@ class TrainStep(torch.nn.Module):
 
 
 # ---------------------------------------------------------------- who owns out_dir
-def run_identity(config, features, script_name, inputs=None):
+def run_identity(config, features, script_name, inputs=None, processes=1):
     """What must not change while a run is resumed: the script, every setting but MUTABLE_SETTINGS,
-    the features' tokenizer and shape (their path may move), and the digests of other inputs (the
-    two-stage generator's weights: retrained in place, it would make a resumed run two runs)."""
+    the features' tokenizer, shape and training set (their path may move), the number of processes
+    (each reads its own batches), and the digests of other inputs (the two-stage generator's
+    weights: retrained in place, it would make a resumed run two runs)."""
     fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in MUTABLE_SETTINGS}
     fixed.update(script=script_name, tokenizer_hash=features.meta.get("tokenizer_hash"),
-                 max_seq_len=features.max_seq_len, vocab_size=features.vocab_size, **(inputs or {}))
+                 max_seq_len=features.max_seq_len, vocab_size=features.vocab_size,
+                 train_sequences=features.meta.get("num_sequences", {}).get("train"), processes=processes,
+                 **(inputs or {}))
     return fixed
 
 
@@ -519,9 +526,32 @@ def size_label(config):
     return f"as in {config.init_from}" if config.init_from else config.model_size
 
 
+# identity keys that runs started by earlier versions did not record: not compared when missing
+LATER_KEYS = ("train_sequences", "processes")
+
+
 def holds_a_run(out_dir):
-    """True when out_dir holds checkpoints or what a finished run leaves (models, metrics, run.json)."""
-    return any(os.path.exists(p) for p in run_outputs(out_dir))
+    """True when out_dir holds checkpoints, metrics or models: a run.json alone is a start that was
+    refused or stopped before its first log line, and holds nothing to protect or resume."""
+    return any(os.path.exists(p) for p in run_outputs(out_dir) if os.path.basename(p) != RUN_FILE)
+
+
+def changed_input_message(key, old, new, out_dir):
+    """The one-line refusal for an identity key that changed since the run in out_dir started."""
+    if key in DIGESTS:
+        field, what = DIGESTS[key]
+        return (f"{field}: {what} changed since the run in '{out_dir}' started (another digest), so resuming would "
+                "make it two runs; put back what it started from, or start over with --overwrite_output_dir")
+    if key == "train_sequences":
+        return (f"features_dir: the run in '{out_dir}' started on features of {old} training sequences, these hold "
+                f"{new}: another corpus; resume with the features it started on, or start over with "
+                "--overwrite_output_dir")
+    if key == "processes":
+        return (f"processes: the run in '{out_dir}' was started by {old} process(es), now {new}; each reads its own "
+                f"batches, so resume it with as many (torchrun --nproc_per_node {old}), or start over with "
+                "--overwrite_output_dir")
+    return (f"{key}: the run in '{out_dir}' was started with {old!r}, now {new!r}; resume with the same value, or "
+            "start over with --overwrite_output_dir")
 
 
 def check_run(config, identity):
@@ -529,7 +559,7 @@ def check_run(config, identity):
     Reads only: nothing is written before every check has passed."""
     path = os.path.join(config.out_dir, RUN_FILE)
     saved = None
-    if os.path.exists(path):
+    if os.path.exists(path) and holds_a_run(config.out_dir):
         saved = read_json(path, "its run can no longer be checked: start over with --overwrite_output_dir", "out_dir",
                           keys=("run_id", "fixed"))
     if config.resume_from:
@@ -539,15 +569,11 @@ def check_run(config, identity):
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds a {saved['fixed'].get('script')} run, not a "
                                    f"{identity.get('script')} one; give this run its own --out_dir")
         for key in sorted(set(identity) | set(saved["fixed"])):
+            if key in LATER_KEYS and key not in saved["fixed"]:
+                continue
             old, new = saved["fixed"].get(key), identity.get(key)
-            if old != new and key in DIGESTS:
-                field, what = DIGESTS[key]
-                raise SpanElectraError(f"{field}: {what} changed since the run in '{config.out_dir}' started (another "
-                                       "digest), so resuming would make it two runs; put back what it started from, "
-                                       "or start over with --overwrite_output_dir")
             if old != new:
-                raise SpanElectraError(f"{key}: the run in '{config.out_dir}' was started with {old!r}, now {new!r}; "
-                                       f"resume with the same value, or start over with --overwrite_output_dir")
+                raise SpanElectraError(changed_input_message(key, old, new, config.out_dir))
         return saved["run_id"]
     if holds_a_run(config.out_dir) and not config.overwrite_output_dir:
         raise SpanElectraError(f"out_dir: '{config.out_dir}' holds another run (checkpoints, metrics or models); use "
@@ -583,7 +609,7 @@ def claim_out_dir(config, features, script_name, runtime, inputs=None):
             make_out_dir(config.out_dir)
             runtime.lock = OutDirLock(config.out_dir)
             runtime.lock.acquire()
-            identity = run_identity(config, features, script_name, inputs)
+            identity = run_identity(config, features, script_name, inputs, runtime.world_size)
             run_id = check_run(config, identity)
             if not config.resume_from and config.overwrite_output_dir:
                 clear_run(config)
@@ -676,7 +702,7 @@ def data_workers(num_workers, runtime):
 def checkpoint_problem(error):
     """Why torch.load could not read a checkpoint, in a few words (never torch's advice to unpickle it
     with weights_only=False: a file that fails the safe load is not run as code)."""
-    text = first_line(error)
+    text = first_line(error)[:160]  # zip readers' own messages run long
     if isinstance(error, EOFError) or "central directory" in text or "zip archive" in text:
         return f"empty or cut short: {text}"
     if "Weights only load failed" in text:
@@ -706,9 +732,11 @@ def load_checkpoint(resume_from, out_dir, run_id=None):
         except Exception as e:  # a truncated or corrupted file: fall back to the one before
             logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, checkpoint_problem(e))
             continue
-        if run_id and resume_from == "latest" and state.get("run_id", run_id) != run_id:
+        if run_id and state.get("run_id", run_id) != run_id:  # a checkpoint from before run ids is taken as is
+            home = os.path.dirname(path) or "."
             raise SpanElectraError(f"resume_from: '{path}' belongs to another run than the one '{out_dir}' holds "
-                                   f"({RUN_FILE}); resume that run from its own out_dir")
+                                   f"({RUN_FILE}); resume that run from its own out_dir ('{home}') with "
+                                   "--resume_from latest")
         logger.info("resuming from %s (step %d)", path, state["step"])
         return state
     raise SpanElectraError(f"resume_from: no readable checkpoint among {', '.join(candidates)}; delete them to "

@@ -58,10 +58,14 @@ def test_config_equals_form(tmp_path):
     ({"vocab_size": 100}, "vocab_size"),  # a field of another script's config
     ([1, 2, 3], "JSON object"),
     ("{not json", "not valid JSON"),
+    (b'{"seed": "caf\xe9"}', "not UTF-8"),
 ])
 def test_bad_config_files(content, needle, tmp_path):
     path = tmp_path / "cfg.json"
-    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
     with pytest.raises(SpanElectraError, match="^--config") as info:
         argument.parse_config(argument.feature_args, ["--config", str(path)])
     assert needle in str(info.value)
@@ -88,6 +92,12 @@ def test_unknown_command_line_field():
     (argument.feature_args, "batch_lines", 0),
     (argument.feature_args, "doc_boundary", "chapter"),
     (argument.feature_args, "max_seq_len", 2),
+    (argument.feature_args, "max_seq_len", 8),  # one masked token would be 17% of a sequence
+    (argument.MLM_trainingConfig, "hidden_size", 256),  # the discriminator's: the generator keeps its preset
+    (argument.MLM_trainingConfig, "num_attention_heads", 8),
+    (argument.MLM_trainingConfig, "gen_hidden_size", -64),
+    (argument.MLM_trainingConfig, "num_hidden_layers", 0),
+    (argument.MLM_trainingConfig, "embedding_size", 0),
     (argument.feature_args, "mask_ratio", 1.5),
     (argument.feature_args, "mask_ratio", 0.0),
     (argument.feature_args, "mask_replace_prob", 1.2),
@@ -207,3 +217,24 @@ def test_main_checks_the_config_a_notebook_gives_it(tmp_path, capsys):
                                      argument.SE_trainingConfig)
     assert config.out_dir == "x" and isinstance(config.learning_rate, float)
     assert argument.checked_config(None, argument.tok_args) == argument.tok_args()
+
+
+def test_help_of_a_no_flag_says_what_it_does():
+    parser_help = run_cli("trainMLM_SpanElectra.py", "--help").stdout
+    no_flag = parser_help[parser_help.index("  --no_use_sbo"):].split("\n  --")[0]
+    assert "the same as --use_sbo false" in no_flag and "default" not in no_flag
+
+
+@pytest.mark.parametrize("root_level", [None, "WARNING"])
+def test_main_called_from_a_notebook_logs_its_progress(root_level, tmp_path):
+    """main(config) outside run_main (a notebook, python -c) shows the stages' INFO lines, also where
+    the root logger is set up already to show warnings only (as in some hosted notebooks)."""
+    setup = f"import logging; logging.basicConfig(level=logging.{root_level}); " if root_level else ""
+    code = (f"{setup}import create_vocab_SE; from argument import tok_args; create_vocab_SE.main(tok_args("
+            f"data_dir={str(SAMPLE / 'valid.tokens')!r}, vocab_size=400, out_dir={str(tmp_path / 'tok')!r}))")
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", code], cwd=argument.ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training a BPE vocabulary of 400" in result.stderr and "vocabulary: 1 files" in result.stderr

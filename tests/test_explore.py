@@ -154,3 +154,28 @@ def test_boundary_note_only_when_the_heads_disagree():
     assert "learned from the context" in explore_SE.boundary_note(Tok(), same, varied)[0]
     assert explore_SE.boundary_note(Tok(), same, same) == []
     assert explore_SE.boundary_note(Tok(), varied, varied) == []
+
+
+def test_top_k_beyond_the_vocabulary_and_an_empty_mark(en_models, capsys):
+    rows = explore_SE.Explorer(en_models).fill("It was [[ released ]] in Japan .", top_k=10 ** 6)
+    vocab = len(explore_SE.Explorer(en_models).tokenizer)
+    assert len(rows) == 1 and len(rows[0][1]) == vocab  # all of the vocabulary, not an index error
+    assert abs(sum(q for _, q in rows[0][1]) - 1) < 1e-3
+    for flags, needle in ((["--text", "It was [[ ]] in Japan ."], "marks no word"),
+                          (["--text", "It was [[ released ]] .", "--top_k", 0], "top_k:")):
+        code, err = run_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", en_models, *flags)
+        assert_one_line_error(code, err, needle)
+
+
+def test_a_two_stage_out_dir_finds_the_generator_it_was_trained_against(en_models, tmp_path, capsys):
+    """trainSpanElectra.py's two-stage out_dir holds only discriminator/: its saved config names the
+    generator_dir, where the explorer finds the generator; without one it says the marks go unfilled."""
+    import json
+    import shutil
+    run = tmp_path / "se"
+    shutil.copytree(en_models / "discriminator", run / "discriminator")
+    out = run_ok_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", run, "--text", "a [[ b ]] c")
+    assert "no generator beside this model" in out and "discriminator P(replaced)" in out
+    (run / "trainSpanElectra_config.json").write_text(json.dumps({"generator_dir": str(en_models / "generator")}))
+    explorer = explore_SE.Explorer(str(run))
+    assert explorer.gen_dir == str(en_models / "generator") and explorer.disc_dir == str(run / "discriminator")

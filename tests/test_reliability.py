@@ -181,6 +181,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_tmp(bpe_feat, t
     out = tmp_path / "full"
     code, err = cli(capsys, bpe_feat[0], out)
     assert code == 2 and "Traceback" not in err and "cannot write a checkpoint" in err
+    assert "MB free there" in err  # torch's own words never say the disk is full
     assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.endswith(".pt")]
 
 
@@ -410,6 +411,7 @@ def test_a_full_disk_at_every_kind_of_write_is_one_line(write, bpe_feat, finishe
     assert code == 2 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert ("No space left on device" in last or "Not enough free space" in last) and "free some space" in last
+    assert "MB free there" in last and (write == "metrics.jsonl" or f"'{out}'" in last)  # where it was writing
 
 
 # ---------------------------------------------------------------- a kill during every kind of save
@@ -496,3 +498,81 @@ def test_a_metrics_line_cut_short_is_dropped_on_resume(bpe_feat, finished_run, t
     rows = [json.loads(line) for line in open(run / "metrics.jsonl", encoding="utf-8")]
     assert [r["step"] for r in rows if "loss" in r and "split" not in r] == [2, 4, 6]
     assert "a damaged line" in caplog.text
+
+
+def test_resume_from_a_path_takes_only_this_runs_checkpoint(bpe_feat, finished_run, tmp_path, capsys):
+    """An explicit checkpoint of another run (here: into a fresh out_dir) is refused as 'latest' is,
+    naming the run it belongs to; the out_dir is left free for a fresh start of the same command."""
+    checkpoint = tu.list_checkpoints(str(finished_run))[-1]
+    code, err = cli(capsys, bpe_feat[0], tmp_path / "new", "--resume_from", checkpoint, "--max_steps", "6")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and "belongs to another run" in last and str(finished_run) in last
+    # the refused start left only its run.json and config: a fresh run may take the folder
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "new"))
+    assert (tmp_path / "new" / "generator").is_dir()
+    # its own checkpoint, given by path, resumes it
+    run = tmp_path / "own"
+    shutil.copytree(finished_run, run)
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6,
+                                         resume_from=tu.list_checkpoints(str(run))[-1]))
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_a_checkpoint_of_another_model_is_one_line(bpe_feat, finished_run, tmp_path, capsys):
+    """A checkpoint from before run ids (no run_id) of a model of other sizes: one line, no traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(tu.list_checkpoints(str(run))[-1], weights_only=True)
+    del state["run_id"]
+    torch.save(state, run / "checkpoint-00000004.pt")
+    (run / "run.json").unlink()
+    code, err = cli(capsys, bpe_feat[0], run, "--resume_from", "latest", "--max_steps", "6",
+                    "--gen_hidden_size", "32")
+    assert code == 2 and "Traceback" not in err
+    assert "does not fit this model" in err.strip().splitlines()[-1]
+
+
+def test_resume_refuses_other_features_and_another_process_count(bpe_feat, bpe_tok, finished_run, tmp_path, capsys):
+    """Features of the same tokenizer and length but another corpus, or another number of processes,
+    would make a resumed run two runs: each is one line naming what changed."""
+    from conftest import SAMPLE, build_features
+    other, _ = build_features(bpe_tok, tmp_path / "other", train_input=str(SAMPLE / "valid.tokens"), valid_input="",
+                              max_seq_len=128)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = snapshot(run)
+    code, err = cli(capsys, other, run, "--resume_from", "latest", "--max_steps", "6")
+    assert code == 2 and "features_dir: the run in" in err and "another corpus" in err
+    assert snapshot(run) == before
+    saved = json.loads((run / "run.json").read_text())
+    saved["fixed"]["processes"] = 2
+    (run / "run.json").write_text(json.dumps(saved))
+    code, err = cli(capsys, bpe_feat[0], run, "--resume_from", "latest", "--max_steps", "6")
+    assert code == 2 and "processes:" in err and "torchrun --nproc_per_node 2" in err
+    # a run.json written before these keys existed resumes as it did
+    for key in tu.LATER_KEYS:
+        saved["fixed"].pop(key)
+    (run / "run.json").write_text(json.dumps(saved))
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest"))
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(bpe_feat, tmp_path):
+    """`timeout` and schedulers send SIGTERM: exit 143, the checkpoint to continue from, the lock released."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = ["--features_dir", bpe_feat[0], "--out_dir", out, "--model_size", "tiny", "--num_hidden_layers", "1",
+            "--max_steps", "100000", "--save_every", "2", "--train_batch_size", "8", "--device", "cpu"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([sys.executable, str(argument.ROOT) + "/trainMLM_SpanElectra.py", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not tu.list_checkpoints(str(out)) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert last.startswith("interrupted: checkpoint-") and "--resume_from latest" in last
+    assert not (out / ".lock").exists()
