@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import unicodedata
 
@@ -79,6 +80,42 @@ def add_post_processor(tok):
     tok.post_processor = template
 
 
+def train_interruptibly(tok, lines, trainer):
+    """tok.train_from_iterator in a thread of its own: the library's Rust pass would hold the main
+    thread, and with it Ctrl-C, until the whole corpus was read. On Ctrl-C the corpus ends at the next
+    line, and the run once the library's pass over what was read ends (nothing is written)."""
+    stop, done, failure = threading.Event(), threading.Event(), []
+
+    def until_stopped():
+        try:
+            for line in lines:
+                if stop.is_set():
+                    return
+                yield line
+        finally:  # in the thread that reads: the readers behind `lines` (segmenting workers) end with it
+            lines.close()
+
+    def train():
+        try:
+            tok.train_from_iterator(until_stopped(), trainer=trainer)
+        except BaseException as e:  # handed to the main thread as it is
+            failure.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=train, name="vocabulary", daemon=True).start()
+    try:  # an Event, not Thread.join: a join that Ctrl-C interrupted returns at once afterwards (Python 3.11)
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        stop.set()  # the library's thread cannot be killed: its pass ends on what was read, then this run
+        logger.warning("stopping: the tokenizers library first ends its pass over the lines read so far")
+        done.wait()
+        raise
+    if failure:
+        raise failure[0]
+
+
 def corpus_lines(files, bad_bytes, progress, alphabet):
     """The non-blank lines of the files; every character seen is added to `alphabet`."""
     for path in files:
@@ -140,11 +177,14 @@ def main(config: tok_args = None):
 
         def lines():
             nonlocal num_lines
-            for batch, _ in batches:
-                num_lines += len(batch)
-                yield from batch
+            try:
+                for batch, _ in batches:
+                    num_lines += len(batch)
+                    yield from batch
+            finally:
+                batches.close()  # ends the segmenting workers now, not at exit
 
-        tok.train_from_iterator(lines(), trainer=trainer)
+        train_interruptibly(tok, lines(), trainer)
     if num_lines == 0:
         raise SpanElectraError(f"data_dir: '{config.data_dir}' holds only blank lines; it must hold some text")
     if bad_bytes.count:

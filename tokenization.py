@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import shutil
 from multiprocessing import get_context
 
@@ -71,8 +72,14 @@ def segmented_batches(batches, name, num_workers):
         for batch in batches:
             yield _segment_batch(name, batch)
         return
-    with get_context("spawn").Pool(workers) as pool:
+    with get_context("spawn").Pool(workers, initializer=_ignore_ctrl_c) as pool:
         yield from pool.imap(functools.partial(_segment_batch, name), batches, chunksize=1)
+
+
+def _ignore_ctrl_c():
+    """A segmenting worker leaves Ctrl-C to the main process: a worker that died of it would leave
+    imap waiting for its batch forever (the pool is terminated when the main process stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def batched(iterable, size):

@@ -237,3 +237,33 @@ def test_validate_rejects_bad_fields():
                          ("vocab_size", 3), ("num_workers", -1), ("out_dir", "")]:
         with pytest.raises(SpanElectraError, match=f"^{field}:"):
             argument.tok_args(**{field: value}).validate()
+
+
+def test_ctrl_c_stops_the_vocabulary_pass_at_once_and_ends_its_readers():
+    """The tokenizers library's pass runs in a thread, so Ctrl-C reaches the main one at once; the
+    corpus then ends at the next line and the readers behind it (segmenting workers) are closed."""
+    import _thread
+    import threading
+    import time
+
+    import create_vocab_SE
+    closed, read = [], []
+
+    def corpus():
+        try:
+            for i in range(10 ** 6):
+                read.append(i)
+                yield "some words here"
+        finally:
+            closed.append(True)
+
+    class SlowTokenizer:
+        def train_from_iterator(self, lines, trainer):
+            for _ in lines:
+                time.sleep(0.01)
+
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        create_vocab_SE.train_interruptibly(SlowTokenizer(), corpus(), trainer=None)
+    assert time.time() - start < 5 and closed == [True] and 5 < len(read) < 1000
