@@ -472,6 +472,22 @@ def compute_metrics(task, outputs, targets):
     return metrics
 
 
+def majority_baseline(task):
+    """(label, dev metrics) of always predicting train.tsv's most frequent label: the figure a model
+    that learned nothing reaches; None for regression."""
+    if task.regression:
+        return None
+    majority = int(np.bincount(task.train.targets.astype(np.int64), minlength=len(task.labels)).argmax())
+    outputs = np.zeros((len(task.dev.targets), len(task.labels)), dtype=np.float32)
+    outputs[:, majority] = 1.0
+    return task.labels[majority], compute_metrics(task, outputs, task.dev.targets)
+
+
+def predicted_classes(task, outputs):
+    """How many different labels the model predicts over a split (1: it learned only the majority)."""
+    return None if task.regression else int(len(np.unique(outputs.argmax(-1))))
+
+
 # ---------------------------------------------------------------- model and optimizer
 @contextlib.contextmanager
 def quiet_transformers():
@@ -654,7 +670,8 @@ def evaluate(model, task, encoded, config, runtime):
     """The dev metrics of the model, eval_loss included."""
     outputs = predict(model, encoded, config, runtime)
     loss = task_loss(task, torch.from_numpy(outputs), torch.from_numpy(task.dev.targets)).item()
-    return {**compute_metrics(task, outputs, task.dev.targets), "eval_loss": loss}
+    return {**compute_metrics(task, outputs, task.dev.targets), "eval_loss": loss,
+            "predicted_classes": predicted_classes(task, outputs)}
 
 
 @torch.no_grad()
@@ -768,6 +785,9 @@ def fine_tune_seeds(seeds, task, data, tokenizer, config, runtime):
     for i, seed in enumerate(seeds):
         start = time.time()
         model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
+        if final.get("predicted_classes") == 1 and len(task.labels) > 1:
+            logger.warning("seed %d predicts one label for every dev example: it learned no more than the majority "
+                           "class; try more epochs, another --learning_rate, or a longer pre-trained model", seed)
         final = {k: v for k, v in final.items() if k not in ("epoch", "train_steps_per_sec")}
         per_seed.append({"seed": seed, **final, "train_seconds": round(time.time() - start, 1),
                          "train_steps_per_sec": history[-1]["train_steps_per_sec"], "epochs": history})
@@ -872,8 +892,10 @@ def main(config: finetune_args = None):
         per_seed, outputs = fine_tune_seeds(seeds, task, data, tokenizer, config, runtime)
 
     metric_keys = [k for k in per_seed[0] if k.startswith("eval_")]
+    baseline = majority_baseline(task)
     results = {
         **summarise(per_seed, metric_keys), "main_metric": task.main_metric,
+        "majority_baseline": baseline and {"label": baseline[0], **baseline[1]},
         "task_dir": config.task_dir, "model_dir": config.model_dir, "layout": task.layout.name,
         "task_kind": task.layout.kind, "detected": describe_task(task), "labels": task.labels,
         "num_train": len(task.train), "num_train_total": task.num_train_total, "num_dev": len(task.dev),
@@ -885,6 +907,9 @@ def main(config: finetune_args = None):
     logger.info("dev, median [min, max] over %d seed(s): %s; results in %s", len(seeds),
                 ", ".join(f"{k[5:]} {results[k]:.4f} [{results[k + '_min']:.4f}, {results[k + '_max']:.4f}]"
                           for k in metric_keys), os.path.join(config.out_dir, "results.json"))
+    if baseline:
+        logger.info("dev, always predicting train.tsv's most frequent label '%s' (no learning): %s", baseline[0],
+                    ", ".join(f"{k[5:]} {v:.4f}" for k, v in baseline[1].items()))
     return results
 
 

@@ -289,6 +289,13 @@ def test_single_sentence_task_learns_and_writes_predictions(tiny_discriminator, 
                                   learning_rate=5e-3, layerwise_lr_decay=1.0, **FAST))
     assert read_results(out) == json.loads(json.dumps(results))
     assert results["eval_accuracy"] > 0.8, results["per_seed"][0]["epochs"]  # chance: 0.5
+    # beside it, the figure of always predicting train.tsv's most frequent label, from the files themselves
+    train_labels = [l.split("\t")[1] for l in (task_dir / "train.tsv").read_text().splitlines()[1:]]
+    dev_labels = [l.split("\t")[1] for l in (task_dir / "dev.tsv").read_text().splitlines()[1:]]
+    majority = max(sorted(set(train_labels)), key=train_labels.count)
+    assert results["majority_baseline"] == {"label": majority,
+                                            "eval_accuracy": dev_labels.count(majority) / len(dev_labels)}
+    assert results["per_seed"][0]["predicted_classes"] == 2
     assert 0 <= results["eval_loss"] < math.log(2)
     assert {"eval_accuracy_min", "eval_accuracy_max", "main_metric", "layout", "num_train", "num_dev", "per_seed",
             "model_dir", "seeds", "num_train_epochs"} <= set(results)
@@ -334,6 +341,7 @@ def test_regression_task(tiny_discriminator, tmp_path):
     assert results["layout"] == "plain" and results["task_kind"] == "regression" and results["labels"] == []
     assert -1 <= results["eval_pearson"] <= 1 and -1 <= results["eval_spearman"] <= 1
     assert results["eval_loss"] >= 0 and "eval_accuracy" not in results and results["main_metric"] == "eval_spearman"
+    assert results["majority_baseline"] is None
     predictions = [float(l.split("\t")[1]) for l in (out / "test_predictions.tsv").read_text().splitlines()[1:]]
     assert len(predictions) == 7 and all(math.isfinite(p) for p in predictions)
 
@@ -489,3 +497,18 @@ def test_a_vietnamese_model_without_pyvi_says_what_to_install(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "pyvi", None)  # import pyvi now fails, as where it is missing
     with pytest.raises(SpanElectraError, match=r"^model_dir: .* segmented with pyvi, .* run `pip install pyvi`$"):
         folder_segmenter(str(tmp_path), "model_dir")
+
+
+def test_a_model_that_predicts_one_label_is_flagged(tiny_discriminator, tmp_path, caplog):
+    """A learning rate of almost 0 leaves the random head on one side: every dev example gets the same
+    label, which the log says, as it says what the majority class alone scores."""
+    task_dir, out = keyword_task(tmp_path / "task", n_train=64, n_dev=48, pair=True), tmp_path / "ft"
+    with caplog.at_level("INFO", logger="span_electra"):
+        results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(out),
+                                      num_train_epochs=1, learning_rate=1e-9, save_model=False, **FAST))
+    assert results["per_seed"][0]["predicted_classes"] == 1
+    assert "seed 42 predicts one label for every dev example" in caplog.text
+    assert "always predicting train.tsv's most frequent label '1'" in caplog.text
+    # F1 of the positive label '1' when every example is predicted '1': 2p / (1 + p), p its dev share
+    p = results["majority_baseline"]["eval_accuracy"]
+    assert results["majority_baseline"]["eval_f1"] == pytest.approx(2 * p / (1 + p))

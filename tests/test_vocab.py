@@ -246,7 +246,6 @@ def test_ctrl_c_stops_the_vocabulary_pass_at_once_and_ends_its_readers():
     import threading
     import time
 
-    import create_vocab_SE
     closed, read = [], []
 
     def corpus():
