@@ -4,8 +4,11 @@
 
 Input files of any size are streamed line by line (memory does not grow with the corpus) and
 tokenized in batches by the fast tokenizer. Consecutive sentences of a document are packed into
-sequences of exactly max_seq_len tokens, [CLS] tokens [SEP], as google-research/electra's
-pre-training data builder does; only the short tail of each document is dropped. Output:
+sequences of exactly max_seq_len tokens, [CLS] tokens [SEP]: always full, so training needs no
+padding and no attention mask (google-research/electra's builder instead pads each document's last
+example). The tail of a document shorter than a sequence is dropped, or with
+--pack_across_documents continues into the next document's first sequence after a [SEP]
+(RoBERTa's FULL-SENTENCES). Output:
   FEAT/train.bin, FEAT/valid.bin   token ids, uint16 (uint32 for vocabularies over 65536), [N, max_seq_len]
   FEAT/tokenizer/                  a copy of the tokenizer the features were built with
   FEAT/meta.json                   shapes, token counts, the tokenizer hash (written last)
@@ -77,13 +80,18 @@ def _split_pairs(batch):
     return list(texts), np.fromiter(starts, dtype=bool, count=len(starts))
 
 
+TAIL_WARNING = 0.05  # dropped document tails above this share of the text are worth a warning
+
+
 # ---------------------------------------------------------------- packing
 class SequenceWriter:
-    """Packs the token stream of documents into [CLS] x (max_seq_len - 2) [SEP] rows of a binary file."""
+    """Packs the token stream of documents into [CLS] x (max_seq_len - 2) [SEP] rows of a binary file.
+    A document's tail shorter than a row is dropped, or with across_documents carried into the next
+    document's first row after a [SEP] (RoBERTa's FULL-SENTENCES)."""
 
-    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID):
+    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID, across_documents=False):
         self.file = open(path, "wb")
-        self.cls_id, self.sep_id = cls_id, sep_id
+        self.cls_id, self.sep_id, self.across_documents = cls_id, sep_id, across_documents
         self.body = max_seq_len - 2
         self.dtype = dtype
         self.pending = np.zeros(0, dtype=dtype)
@@ -109,11 +117,15 @@ class SequenceWriter:
         self.pending = buffer[full * self.body:].copy()
 
     def end_document(self):
+        if self.across_documents and len(self.pending):
+            self.pending = np.append(self.pending, np.array(self.sep_id, dtype=self.dtype))
+            return
         self.dropped_tokens += len(self.pending)
         self.pending = self.pending[:0]
 
     def close(self):
-        self.end_document()
+        self.dropped_tokens += len(self.pending)  # the last tail: nothing follows it
+        self.pending = self.pending[:0]
         self.file.close()
 
 
@@ -176,8 +188,8 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     start = time.time()
     max_line_bytes = LONG_LINE_FACTOR * config.max_seq_len * 8
     ids = info["special_token_ids"]
-    writers = {s: SequenceWriter(os.path.join(tmp, f"{s}.bin"), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"])
-               for s in ("train", "valid")}
+    writers = {s: SequenceWriter(os.path.join(tmp, f"{s}.bin"), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"],
+                                 config.pack_across_documents) for s in ("train", "valid")}
     bad_bytes = BadByteCounter()
     split_rng = np.random.default_rng(config.seed)
     total = sum(os.path.getsize(p) for p in train_files + valid_files)
@@ -212,6 +224,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "num_tokens": {s: writers[s].num_tokens for s in splits},
         "num_documents": {s: writers[s].num_documents for s in splits},
         "dropped_tail_tokens": {s: writers[s].dropped_tokens for s in splits},
+        "pack_across_documents": config.pack_across_documents,
         "undecodable_bytes": bad_bytes.count,
         "inputs": {"train": train_files, "valid": valid_files, "valid_fraction": config.valid_fraction},
         "static_masking": False,
@@ -227,6 +240,10 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     logger.info("%d documents, %d tokens stored, %d document-tail tokens dropped (%.2f%%), %.1fs",
                 sum(meta["num_documents"].values()), kept, dropped, 100 * dropped / max(kept + dropped, 1),
                 time.time() - start)
+    if dropped > TAIL_WARNING * (kept + dropped):
+        logger.warning("%.0f%% of the text was document tails shorter than a sequence, and is not in the features; "
+                       "--pack_across_documents keeps it (a tail continues into the next document's first sequence, "
+                       "after a [SEP])", 100 * dropped / (kept + dropped))
     return meta
 
 

@@ -214,6 +214,36 @@ def test_doc_boundary_modes(bpe_tok, tmp_path):
     assert blank["dropped_tail_tokens"]["train"] > whole["dropped_tail_tokens"]["train"]  # a tail per document
 
 
+def test_packing_across_documents_keeps_every_tail_but_the_last(bpe_tok, tmp_path, caplog):
+    """--pack_across_documents: a document's tail continues into the next document's first row after a
+    [SEP], so the rows hold the documents' tokens in order with one [SEP] at each carried boundary;
+    only the last tail is dropped. Without it the tails are dropped, and a large share is warned about."""
+    from tokenizers import Tokenizer
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    docs = [" ".join(words[(i + d) % len(words)] for i in range(n)) for d, n in enumerate((30, 20, 25, 9, 40))]
+    text = tmp_path / "docs.txt"
+    text.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="span_electra"):
+        _, dropped = build_features(bpe_tok, tmp_path / "drop", train_input=str(text), valid_input="", max_seq_len=16)
+    assert "--pack_across_documents keeps it" in caplog.text
+    out, packed = build_features(bpe_tok, tmp_path / "pack", train_input=str(text), valid_input="", max_seq_len=16,
+                                 pack_across_documents=True)
+    assert packed["pack_across_documents"] and not dropped["pack_across_documents"]
+    tok = Tokenizer.from_file(str(bpe_tok / "tokenizer.json"))
+    streams = [tok.encode(d, add_special_tokens=False).ids for d in docs]
+    expected = []
+    for ids in streams:  # a [SEP] wherever a document ends mid-row
+        if expected and len(expected) % 14:
+            expected.append(SEP)
+        expected += ids
+    rows = np.fromfile(out / "train.bin", dtype=packed["dtype"]).reshape(-1, 16)
+    assert (rows[:, 0] == CLS).all() and (rows[:, -1] == SEP).all()
+    body = rows[:, 1:-1].ravel().tolist()
+    assert body == expected[:len(body)] and len(expected) - len(body) < 14  # only the last tail left out
+    assert packed["dropped_tail_tokens"]["train"] == len(expected) - len(body)
+    assert packed["num_tokens"]["train"] > dropped["num_tokens"]["train"]
+
+
 def test_segmented_features_match_segmented_text(vi_feat, vi_tok):
     from pyvi import ViTokenizer
     feat_dir, meta = vi_feat
