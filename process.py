@@ -158,6 +158,10 @@ def main(config: feature_args = None):
     vocab_size = info["vocab_size"]
     train_files = find_text_files(config.train_input, "train_input")
     valid_files = find_text_files(config.valid_input, "valid_input") if config.valid_input else []
+    shared = sorted(set(map(os.path.realpath, train_files)) & set(map(os.path.realpath, valid_files)))
+    if shared:
+        logger.warning("valid_input: %s also in train_input, so validation measures memorising it; give held-out "
+                       "text, or --valid_input '' with --valid_fraction 0.01", ", ".join(shared[:3]))
     if not valid_files and config.valid_fraction == 0:
         logger.warning("no valid_input and valid_fraction 0: the features have no validation split")
     out_dir = os.path.abspath(config.out_dir)

@@ -435,3 +435,9 @@ def test_dataloader_iterates_batches(bpe_feat):
     batches = list(DataLoader(ds, batch_size=None))
     assert len(batches) == len(ds) > 0
     assert all(b["input_ids"].shape == (64, 128) for b in batches)
+
+
+def test_a_valid_file_that_is_also_training_text_is_warned_about(bpe_tok, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="span_electra"):
+        build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE), valid_input=str(SAMPLE / "valid.tokens"))
+    assert "valid.tokens also in train_input" in caplog.text
