@@ -15,7 +15,6 @@ Writes FT/results.json (eval_accuracy, eval_f1, eval_matthews_corr or eval_pears
 eval_loss, with min/max and per-seed values), FT/test_predictions.tsv (GLUE submission style, first
 seed) and FT/model (the first seed's model and tokenizer, --save_model).
 """
-import contextlib
 import logging
 import math
 import os
@@ -30,13 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
-from modelling_span_electra import weights_problem
+from modelling_span_electra import quiet_transformers, weights_problem
 from tokenization import SE_TOKENIZER_FILE, folder_segmenter
 
 logger = logging.getLogger("span_electra")
@@ -489,20 +487,6 @@ def predicted_classes(task, outputs):
 
 
 # ---------------------------------------------------------------- model and optimizer
-@contextlib.contextmanager
-def quiet_transformers():
-    """Hide transformers' load report table and progress bar; we log one line of our own instead."""
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 def load_model_config(model_dir):
     try:
         with quiet_transformers():

@@ -17,6 +17,7 @@ Saving writes standard transformers folders: out_dir/generator loads with
 ElectraForMaskedLM.from_pretrained and out_dir/discriminator with ElectraForPreTraining; the span
 heads are stored beside them in their own safetensors files.
 """
+import contextlib
 import copy
 import hashlib
 import math
@@ -28,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers.utils import logging as hf_logging
 
 from argument import MODEL_PRESETS
 from io_utils import SpanElectraError, atomic_write_json, building_folder, read_json, sha256_file
@@ -290,11 +292,27 @@ def _load_heads(modules, directory):
             m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
 
 
+@contextlib.contextmanager
+def quiet_transformers(errors_only=True):
+    """Hide transformers' progress bars (loading and writing weights) and, with errors_only, its load
+    report table: the scripts log one line of their own instead."""
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    if errors_only:
+        hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def save_generator(generator, directory, tokenizer_dir=None, trained_seq_len=None):
     """directory loads with ElectraForMaskedLM.from_pretrained; the SBO head sits beside it, with the
     sequence length it was trained on. The folder is built under a temporary name and replaces an
     older one whole."""
-    with building_folder(directory) as tmp:
+    with building_folder(directory) as tmp, quiet_transformers(errors_only=False):
         generator.mlm.save_pretrained(tmp, safe_serialization=True)
         _save_heads({"sbo": generator.sbo}, tmp, {"kind": "generator", "use_sbo": generator.sbo is not None,
                                                   "trained_seq_len": trained_seq_len})
@@ -311,7 +329,7 @@ def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_d
         core = copy.deepcopy(core)
         with torch.no_grad():
             core.electra.embeddings.word_embeddings.weight += embedding_delta.detach()
-    with building_folder(directory) as tmp:
+    with building_folder(directory) as tmp, quiet_transformers(errors_only=False):
         core.save_pretrained(tmp, safe_serialization=True)
         _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, tmp,
                     {"kind": "discriminator", "use_all_token": discriminator.use_all_token,
@@ -373,7 +391,8 @@ def weights_digest(directory):
 def load_weights(cls, directory, field):
     """cls.from_pretrained(directory), with a one-line error naming the weight file's problem."""
     try:
-        return cls.from_pretrained(directory)
+        with quiet_transformers(errors_only=False):
+            return cls.from_pretrained(directory)
     except Exception as e:
         problem = weights_problem(directory) or str(e).strip().splitlines()[0][:160]
         raise SpanElectraError(f"{field}: cannot load the model in '{directory}': {problem}; save or export it again, "
