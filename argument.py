@@ -114,7 +114,7 @@ class tok_args:
     tokenizer_type: str = _help("'BPE' (byte-level BPE) or 'BERT' (WordPiece)", default="BPE",
                                 meta={"choices": TOKENIZER_TYPES})
     data_dir: str = _help("text file, folder (searched for .txt/.tokens/.raw, also .gz/.bz2/.xz/.zst) or glob",
-                         default="data/sample")
+                         default="data/sample/train.tokens")
     model_name: str = _help("name recorded with the tokenizer", default="trial")
     min_fre: int = _help("minimum frequency of a merge/word piece to enter the vocabulary", default=2)
     vocab_size: int = _help("size of the vocabulary, special tokens included", default=10000)
