@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
 import time
 import uuid
@@ -253,7 +254,8 @@ class BatchStream:
             source, batch_size=None, sampler=range(self.index, len(self.dataset)),
             num_workers=self.num_workers, prefetch_factor=PREFETCH if self.num_workers else None,
             pin_memory=self.pin_memory and not self.num_workers, persistent_workers=False,
-            generator=torch.Generator())  # its own seed source: the global RNG (dropout) is untouched
+            generator=torch.Generator(),  # its own seed source: the global RNG (dropout) is untouched
+            worker_init_fn=leave_sigterm_to_the_main_process if self.num_workers else None)
         self._iter = iter(loader)
 
     def __next__(self):
@@ -286,6 +288,13 @@ class BatchStream:
 
 PREFETCH = 4  # batches each DataLoader worker has in flight
 PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtype's alignment
+
+
+def leave_sigterm_to_the_main_process(worker_id):
+    """A batch worker ignores SIGTERM, which `timeout` and schedulers (SLURM) send to every process of
+    a run: the main process stops the run and its workers with one line, where a worker killed first
+    would end it in torch's 'DataLoader worker is killed' traceback. (torch's workers ignore Ctrl-C.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def batch_layout(batch):

@@ -558,19 +558,22 @@ def test_resume_refuses_other_features_and_another_process_count(bpe_feat, bpe_t
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does(bpe_feat, tmp_path):
-    """`timeout` and schedulers send SIGTERM: exit 143, the checkpoint to continue from, the lock released."""
+    """`timeout` and schedulers send SIGTERM to every process of a run, the batch worker's too: exit
+    143, the checkpoint to continue from, the lock released, no torch 'worker killed' traceback."""
     import signal
     import time
     out = tmp_path / "run"
     args = ["--features_dir", bpe_feat[0], "--out_dir", out, "--model_size", "tiny", "--num_hidden_layers", "1",
-            "--max_steps", "100000", "--save_every", "2", "--train_batch_size", "8", "--device", "cpu"]
+            "--max_steps", "100000", "--save_every", "2", "--train_batch_size", "8", "--device", "cpu",
+            "--num_workers", "1"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen([sys.executable, str(argument.ROOT) + "/trainMLM_SpanElectra.py", *map(str, args)],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     deadline = time.time() + 120
     while not tu.list_checkpoints(str(out)) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, as `timeout` and SLURM do
     err = proc.communicate(timeout=60)[1]
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
