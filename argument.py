@@ -553,15 +553,16 @@ COMPARE_SCALES = {
 @dataclass
 class compare_args:
     """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
-    scale: str = _help("'tiny' (2 CPU cores, under an hour, WikiText-2), 'gpu' (ELECTRA-Small on English "
-                       "Wikipedia, one H100 in about 10 minutes), 'gpu_vi' (the same on Vietnamese Wikipedia, pyvi-segmented, "
-                       "half the budget) or 'small' (ELECTRA-Small, 20k-step budget)",
+    scale: str = _help("'tiny' (2 CPU cores, about 75 minutes, WikiText-2), 'gpu' (ELECTRA-Small on English "
+                       "Wikipedia, one H100 in about 9 minutes), 'gpu_vi' (the same on Vietnamese Wikipedia, "
+                       "pyvi-segmented, half the budget) or 'small' (ELECTRA-Small, 20k-step budget)",
                        default="tiny", meta={"choices": tuple(COMPARE_SCALES)})
     train_input: str = _help("pre-training text (empty: the scale's corpus)", default="")
     valid_input: str = _help("validation text (empty: the scale's corpus)", default="")
     tasks: Optional[str] = _help("comma-separated GLUE-format task folders (unset: SST-2 and MRPC, none for "
                                  "gpu_vi)", default=None)
-    recipes: str = _help("comma-separated recipes (empty: the scale's)", default="")
+    recipes: str = _help(f"comma-separated recipes, of {', '.join(COMPARE_RECIPES)} (empty: the scale's)",
+                         default="")
     budget_steps: int = _help("full budget, in FLOPs of this many joint SpanElectra steps (0: the scale's)", default=0)
     budget_scale: float = _help("multiplies every budget (more GPU time: 2, 4, ...)", default=1.0)
     budget_fractions: str = _help("budgets pre-trained, as fractions of the full one (the plot's points; empty: "
@@ -575,7 +576,7 @@ class compare_args:
                             "benchmarks/RESULTS.md (empty: none)", default="")
     seed: int = _help("pre-training seed", default=42)
     pretrain_seeds: str = _help("comma-separated pre-training seeds, e.g. 42,43,44: each recipe pre-trained once per "
-                                "seed, the table pooling their fine-tuning runs (default: --seed alone)", default="")
+                                "seed, the table pooling their fine-tuning runs (empty: --seed alone)", default="")
     device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
     bf16: Optional[bool] = _help("bf16 autocast in pre-training (unset: the scale's)", default=None)
     compile: Optional[bool] = _help("torch.compile the pre-training step (unset: the scale's)", default=None)
@@ -597,11 +598,28 @@ class compare_args:
         check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
         check_range(self, "ft_workers", low=0)
+        check_range(self, "ft_max_train_examples", low=-1)
         self.ft_seed_list()
         self.pretrain_seed_list()
+        self.fraction_list()
+        folder = os.path.dirname(os.path.abspath(self.results_md)) if self.results_md else ""
+        if folder and not os.path.isdir(folder):  # else it fails only after the whole run, in the last write
+            _fail("results_md", f"its folder '{folder}' does not exist; create it, or name a file in an existing one")
         for name in (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(","):
             if name not in COMPARE_RECIPES:
                 _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")
+
+    def fraction_list(self):
+        """The budget fractions pre-trained, each in (0, 1]: --budget_fractions, else the scale's."""
+        text = self.budget_fractions or COMPARE_SCALES[self.scale]["fractions"]
+        try:
+            fractions = [float(f) for f in text.split(",")]
+        except ValueError:
+            _fail("budget_fractions", f"'{text}' is not a comma-separated list of numbers; use e.g. 0.25,0.5,1")
+        if not all(0 < f <= 1 for f in fractions) or len(set(fractions)) < len(fractions):
+            _fail("budget_fractions", f"'{text}': give distinct fractions of the full budget in (0, 1], e.g. 0.5,1 "
+                  "(more compute: --budget_scale)")
+        return fractions
 
     def ft_seed_list(self):
         """The fine-tuning seeds as integers, read as finetune_SE.py reads --seeds."""

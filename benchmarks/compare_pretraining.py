@@ -1,6 +1,6 @@
 """Equal-compute comparison of pre-training recipes, fine-tuned on SST-2 and MRPC.
 
-    python benchmarks/compare_pretraining.py                    # tiny models, 2 CPU cores, under an hour
+    python benchmarks/compare_pretraining.py                    # tiny models, 2 CPU cores, about 75 minutes
     python benchmarks/compare_pretraining.py --scale small      # ELECTRA-Small sizes and budget, for a GPU
 
 Every recipe pre-trains on WikiText-2 with the same budget of training FLOPs, counted by torch's
@@ -45,9 +45,9 @@ import process  # noqa: E402
 import trainMLM_SpanElectra  # noqa: E402
 import trainSpanElectra  # noqa: E402
 import training_utils as tu  # noqa: E402
-from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, MaskingArgs,  # noqa: E402
-                      MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig, checked_config,
-                      compare_args, feature_args, finetune_args, run_main, tok_args)
+from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, SHARED,  # noqa: E402
+                      MaskingArgs, MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig,
+                      checked_config, compare_args, feature_args, finetune_args, run_main, tok_args)
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, find_text_files,  # noqa: E402
                       make_out_dir, read_json)
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
@@ -439,12 +439,24 @@ def check_inputs(config):
     first models are trained. The corpus only matters while the features are still to be built."""
     if not features_built(config):
         for name in ("train_input", "valid_input"):
-            find_text_files(getattr(config, name), name)
+            try:
+                find_text_files(getattr(config, name), name)
+            except SpanElectraError as e:
+                raise SpanElectraError(f"{e}{shared_hint(getattr(config, name), '--train_input and --valid_input')}") \
+                    from None
     for task in filter(None, config.tasks.split(",")):
         for needed in ("train.tsv", "dev.tsv"):
             if not os.path.isfile(os.path.join(task, needed)):
                 raise SpanElectraError(f"tasks: '{task}' holds no {needed}; give GLUE-format task folders "
-                                       "(train.tsv and dev.tsv), comma-separated, or --tasks '' for none")
+                                       "(train.tsv and dev.tsv), comma-separated, or --tasks '' for none"
+                                       f"{shared_hint(task, '--tasks')}")
+
+
+def shared_hint(path, flags):
+    """Where a scale's default data is expected (../shared/data beside the checkout), for a missing path."""
+    if os.path.abspath(path).startswith(SHARED + os.sep):
+        return f" (the scale's default, from '{SHARED}' beside the checkout; give your own with {flags})"
+    return ""
 
 
 def prepare_data(config, scale):
@@ -790,7 +802,7 @@ def main(config: compare_args = None):
     rows = []  # or the rows of earlier calls: resume after a stop
     if os.path.isfile(rows_path):
         rows = read_json(rows_path, "remove it to pre-train every row again", "out_dir")
-    fractions = [float(f) for f in config.budget_fractions.split(",")]
+    fractions = config.fraction_list()
     settings = finetune_settings(config, scale, tasks)
     seeds = config.pretrain_seed_list()
     plan = [(run_name(name, fraction, seed, seeds[0]), RECIPES[name][1], fraction, seed)
@@ -799,6 +811,9 @@ def main(config: compare_args = None):
 
     known_budget = full_budget_flops(scale, known_vocab_size(config, scale))
     log_estimates(config, scale, plan, runs_cached(plan, rows, config, scale, known_budget), settings, known_budget)
+    if scale["device"] == "cuda" and config.device == "auto" and tu.resolve_device("auto").type == "cpu":
+        raise SpanElectraError(f"device: --scale {config.scale} is sized for one GPU and there is none here (the "
+                               "estimates above); run it on a GPU, or pass --device cpu to run it on this CPU anyway")
 
     make_out_dir(config.out_dir)
 
@@ -818,6 +833,7 @@ def main(config: compare_args = None):
             identity = row_identity(name, fraction, run_config, scale, full_budget)
             row = cached_row(rows, run, identity)
             if row is None:
+                atomic_write_json(rows_path, rows)  # a stale row of this run goes before its folder is overwritten
                 wait_warm_compile(name, warming.pop(name, None))
                 following = to_pretrain[to_pretrain.index(name) + 1:] if name in to_pretrain else []
                 if following and following[0] not in warming:

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import features
 from conftest import REPO
@@ -436,6 +437,42 @@ def test_pretrain_seeds_must_be_distinct_integers():
     assert [cp.tokens_text(n) for n in (90_112_000, 40_960, 512)] == ["90.1M", "41k", "512"]
     with pytest.raises(cp.SpanElectraError, match="^device: 'gpu' is not one of auto, cpu, cuda"):
         cp.compare_args(device="gpu").validate()
+    for bad in ("0,1", "2", "0.5,abc", "0.5,0.5"):  # each a fraction of the full budget, in (0, 1]
+        with pytest.raises(cp.SpanElectraError, match="^budget_fractions: "):
+            cp.compare_args(budget_fractions=bad).validate()
+    assert cp.compare_args(budget_fractions="0.25, 1").fraction_list() == [0.25, 1.0]
+    with pytest.raises(cp.SpanElectraError, match="^results_md: its folder .* does not exist"):
+        cp.compare_args(results_md="/no/such/folder/RESULTS.md").validate()  # not after the whole run
+    with pytest.raises(cp.SpanElectraError, match="^ft_max_train_examples: "):
+        cp.compare_args(ft_max_train_examples=-5).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_a_gpu_scale_on_a_cpu_prints_its_estimates_then_asks_for_device_cpu(tmp_path, caplog):
+    sample = REPO / "data" / "sample"
+    caplog.set_level("INFO", logger="span_electra")
+    with pytest.raises(cp.SpanElectraError, match="^device: --scale gpu is sized for one GPU .* --device cpu"):
+        cp.main(cp.compare_args(scale="gpu", train_input=str(sample / "train.tokens"), tasks="",
+                                valid_input=str(sample / "valid.tokens"), out_dir=str(tmp_path / "c")))
+    assert "one H100, which --scale gpu is sized for" in caplog.text and not (tmp_path / "c").exists()
+
+
+def test_a_stale_row_leaves_compare_json_before_its_run_is_trained_again(tmp_path, monkeypatch):
+    """A run cached with other settings is pre-trained again over its folder: its old row leaves
+    compare.json first, so a stop in between never leaves a row whose model is gone."""
+    stub_stages(monkeypatch, lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0),
+                lambda *args, **kwargs: result(0.7))
+    args = dict(recipes="mlm", tasks=SST2, budget_fractions="1", out_dir=str(tmp_path), results_md="", ft_workers=1)
+    cp.main(cp.compare_args(budget_steps=40, **args))
+    assert [r["run"] for r in json.loads((tmp_path / "compare.json").read_text())] == ["mlm@1"]
+
+    def stopped(*args):
+        assert json.loads((tmp_path / "compare.json").read_text()) == []  # gone before the retraining starts
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cp, "pretrain", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        cp.main(cp.compare_args(budget_steps=44, **args))
+    assert json.loads((tmp_path / "compare.json").read_text()) == []
 
 
 def test_wrong_paths_fail_before_anything_is_built(tmp_path, monkeypatch):
