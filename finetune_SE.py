@@ -721,7 +721,7 @@ def train_one_seed(seed, task, data, config, runtime, announce):
     model = load_model(config, task, announce).to(runtime.device)
     if announce and token_similarity(model, data, runtime) > 0.99:
         logger.warning("model: %s gives (almost) the same vector to every token: its pre-training collapsed, and "
-                       "fine-tuning will likely not get past the majority class; check the discriminator's training",
+                       "fine-tuning will likely not get past the majority class; check its pre-training",
                        config.model_dir)
     optimizer = tu.adamw(layerwise_param_groups(model, config.learning_rate, config.layerwise_lr_decay,
                                                 config.weight_decay), runtime.device)

@@ -546,7 +546,22 @@ def markdown_table(rows, tasks):
         if probed:
             cells += [probe_cell(row["probe"][n]["results"], row["probe"][n]["key"]) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
+    baseline = majority_cells(rows, names)
+    if baseline:  # what a model that learned nothing scores: a cell at it is no learning
+        lines.append("| " + " | ".join(["majority class (no learning)", "", "", "", "", ""] + baseline +
+                                       [""] * (len(names) if probed else 0)) + " |")
     return "\n".join(lines)
+
+
+def majority_cells(rows, names):
+    """Each task's headline figure for always predicting its most frequent training label (from
+    finetune_SE.py's results), or None where the results do not hold it (regression, older runs)."""
+    cells = []
+    for n in names:
+        key, found = rows[0]["metrics"][n]["key"], (r["metrics"][n]["results"].get("majority_baseline") for r in rows)
+        baseline = next((b for b in found if b and key in b), None)
+        cells.append(f"{baseline[key]:.3f}" if baseline else "")
+    return cells if any(cells) else None
 
 
 def plot(rows, tasks, path):

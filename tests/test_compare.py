@@ -526,3 +526,7 @@ def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path):
         assert os.path.isfile(tmp_path / "c" / row["model_dir"] / "config.json")
     assert json.loads((tmp_path / "c" / "compare.json").read_text())[-1]["run"] == "se_joint@1"
     assert "| SpanElectra joint |" in md.read_text(encoding="utf-8")
+    # below the recipes, what always predicting SST-2's most frequent training label scores on its dev set
+    baseline = rows[0]["metrics"]["SST-2"]["results"]["majority_baseline"]["eval_accuracy"]
+    last = (tmp_path / "c" / "compare.md").read_text(encoding="utf-8").splitlines()[-1]
+    assert last.startswith("| majority class (no learning) |") and f"| {baseline:.3f} |" in last
