@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
@@ -332,7 +333,7 @@ class TrainingConfig(Config):
         check_range(self, "num_workers", low=-1)
         check_range(self, "learning_rate", 0, 1, low_open=True)
         check_range(self, "warmup_fraction", 0, 1)
-        for name, value in self.model_overrides().items():
+        for name in self.model_overrides():
             check_range(self, name, low=1)
         check_device(self)
         if not self.out_dir:
@@ -769,8 +770,10 @@ def run_main(main, config_cls, argv=None):
     """Entry point of every script: parse, run, and turn user errors into one line and exit code 2."""
     setup_logging()
     config = None
-    # `timeout`, schedulers and torchrun stop a run with SIGTERM: handled as Ctrl-C
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    # `timeout`, schedulers and torchrun stop a run with SIGTERM: handled as Ctrl-C (only the main
+    # thread may set a handler; a run started from another thread keeps the default)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
         config = parse_config(config_cls, argv)
         main(config)
@@ -789,7 +792,8 @@ def run_main(main, config_cls, argv=None):
             print_own_line(interrupted_message(config))
         sys.exit(143 if isinstance(e, Terminated) else 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(KeyboardInterrupt):
