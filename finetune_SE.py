@@ -80,6 +80,11 @@ def is_number(value):
         return False
 
 
+def has_fractions(values):
+    """All numbers, some of them not whole: scores (STS-B's 3.8), not class labels."""
+    return all(is_number(v) for v in values) and any(not float(v).is_integer() for v in values)
+
+
 def is_header(fields):
     """A first line naming GLUE columns (sentence, label, #1 String, ...) is a header."""
     known = {n for names, _ in TEXT_HEADERS for n in names} | set(LABEL_HEADERS) | set(INDEX_HEADERS)
@@ -143,7 +148,7 @@ def detect_layout(rows, path, config):
                 "names I don't know; pass --text_columns and --label_column with its names")
     values = [fields[layout.label_col] for _, fields in rows[1 if layout.header else 0:]]
     named_score = layout.header is not None and first[layout.label_col].lower() == "score"  # STS-B
-    scores = all(is_number(v) for v in values) and (named_score or any(not float(v).is_integer() for v in values))
+    scores = has_fractions(values) or (named_score and all(is_number(v) for v in values))
     layout.regression = config.task_type == "regression" or (config.task_type == "auto" and scores)
     expected = {"single": 1, "pair": 2}.get(config.task_type)
     if expected and len(layout.text_cols) != expected:
@@ -350,10 +355,9 @@ def set_targets(examples, task):
     for label, no in zip(examples.labels, examples.lines):
         if label not in ids:
             what = "is empty" if not label else f"'{label}' does not occur in train.tsv"
-            scores = all(is_number(v) for v in task.labels) and not all(float(v).is_integer() for v in task.labels)
             raise SpanElectraError(f"task_dir: {examples.path} line {no}: the label {what} (train labels: "
-                                   f"{shown(task.labels)}); " + ("these are scores: pass --task_type regression" if scores
-                                   else "fix the file or add such examples to train.tsv"))
+                                   f"{shown(task.labels)}); " + ("these are scores: pass --task_type regression"
+                                   if has_fractions(task.labels) else "fix the file or add such examples to train.tsv"))
     examples.targets = np.array([ids[v] for v in examples.labels], dtype=np.int64)
 
 

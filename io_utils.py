@@ -132,8 +132,7 @@ def write_failure_message(error, out_dir=None):
 def storage_reason(error, path=None):
     """Why a write failed, in a few words, with the free space left where it was writing (a library's
     own wording, such as torch's 'unexpected pos' or numpy's 'requested and written', never says)."""
-    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-    return reason + free_space(path)
+    return (getattr(error, "strerror", None) or first_line(error)[:120]) + free_space(path)
 
 
 def free_space(path):

@@ -32,7 +32,7 @@ from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTrainin
 from transformers.utils import logging as hf_logging
 
 from argument import MODEL_PRESETS
-from io_utils import SpanElectraError, atomic_write_json, building_folder, read_json, sha256_file
+from io_utils import SpanElectraError, atomic_write_json, building_folder, first_line, read_json, sha256_file
 from tokenization import copy_tokenizer, has_tokenizer
 
 SPAN_REPLACED_PRIOR = 0.9  # share of span tokens a generator's sample replaces (1 - its accuracy)
@@ -394,7 +394,7 @@ def load_weights(cls, directory, field):
         with quiet_transformers(errors_only=False):
             return cls.from_pretrained(directory)
     except Exception as e:
-        problem = weights_problem(directory) or str(e).strip().splitlines()[0][:160]
+        problem = weights_problem(directory) or first_line(e)[:160]
         raise SpanElectraError(f"{field}: cannot load the model in '{directory}': {problem}; save or export it again, "
                                "or point at another folder") from None
 

@@ -31,7 +31,7 @@ from argument import MaskingArgs, checked_config, feature_args, run_main, save_c
 from features import META_FILE, PretrainingFeatures
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
-                      make_out_dir, move_files_into)
+                      make_out_dir, move_files_into, storage_reason)
 from tokenization import CLS_ID, SEP_ID, batched, copy_tokenizer, load_tokenizer, segmented_batches
 
 logger = logging.getLogger("span_electra")
@@ -119,13 +119,16 @@ class SequenceWriter:
     def end_document(self):
         if self.across_documents and len(self.pending):
             self.pending = np.append(self.pending, np.array(self.sep_id, dtype=self.dtype))
-            return
+        else:
+            self.drop_tail()
+
+    def drop_tail(self):
+        """The tokens waiting for a full row are left out (and counted)."""
         self.dropped_tokens += len(self.pending)
         self.pending = self.pending[:0]
 
     def close(self):
-        self.dropped_tokens += len(self.pending)  # the last tail: nothing follows it
-        self.pending = self.pending[:0]
+        self.drop_tail()  # the last tail: nothing follows it
         self.file.close()
 
 
@@ -177,8 +180,8 @@ def main(config: feature_args = None):
         move_files_into(tmp, out_dir, last=(META_FILE,))
     except OSError as e:  # a full disk can surface from numpy without an errno: name the place and the fix
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = e.strerror or str(e).strip().splitlines()[0][:120] or type(e).__name__
-        raise SpanElectraError(f"out_dir: cannot write the features to '{out_dir}' ({reason}); free some space or "
+        raise SpanElectraError(f"out_dir: cannot write the features to '{out_dir}' ({storage_reason(e, out_dir)}); "
+                               "free some space or "
                                "choose another --out_dir") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from transformers import PreTrainedTokenizerFast
 
-from io_utils import SpanElectraError, atomic_write_json, read_json, sha256_file
+from io_utils import SpanElectraError, atomic_write_json, first_line, read_json, sha256_file
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
@@ -113,7 +113,7 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
         try:
             tok = Tokenizer.from_file(path)
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise SpanElectraError(f"{field}: cannot read '{path}' ({str(e).splitlines()[0]}); "
+            raise SpanElectraError(f"{field}: cannot read '{path}' ({first_line(e)}); "
                                    "rebuild it with create_vocab_SE.py") from None
     else:
         info["lowercase"] = info["lowercase"] if info["lowercase"] is not None else vocab_lowercase(tokenizer_dir)
