@@ -18,7 +18,6 @@ The class names are those of SpanElectra's first release (tok_args, MLM_trainDat
 its users know.
 """
 import dataclasses
-import json
 import math
 import os
 import re
@@ -32,8 +31,8 @@ from typing import Optional
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from io_utils import (SpanElectraError, atomic_write_json, find_text_files, list_checkpoints, setup_logging,
-                      write_failure_message)
+from io_utils import (SpanElectraError, atomic_write_json, find_text_files, list_checkpoints, read_json,
+                      setup_logging, write_failure_message)
 from tokenization import has_tokenizer
 
 TOKENIZER_TYPES = ("BPE", "BERT")
@@ -670,16 +669,7 @@ def parse_config(config_cls, argv=None):
 
 
 def _read_config_file(path, config_cls):
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except OSError as e:
-        raise SpanElectraError(f"--config: cannot read '{path}' ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise SpanElectraError(f"--config: '{path}' is not valid JSON ({e.msg}, line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise SpanElectraError(f"--config: '{path}' is not UTF-8 text; give the JSON config a script saved "
-                               "(e.g. OUT/train_config.json)") from None
+    values = read_json(path, "give a JSON config a script saved (e.g. OUT/train_config.json)", "--config", ours=False)
     if not isinstance(values, dict):
         raise SpanElectraError(f"--config: '{path}' must hold a JSON object of field: value")
     saved_class = values.pop("config_class", config_cls.__name__)  # written by save_config

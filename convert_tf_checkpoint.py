@@ -9,7 +9,6 @@ each with a WordPiece tokenizer built from vocab.txt. The tensors are read by tf
 which checks each one's CRC32C. Optimizer slots (adam_m, adam_v) and global_step are skipped;
 any other tensor that maps nowhere is listed by name.
 """
-import json
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from argument import checked_config, convert_args, run_main, save_config
-from io_utils import SpanElectraError, atomic_write_json, make_out_dir
+from io_utils import SpanElectraError, atomic_write_json, make_out_dir, read_json
 from modelling_span_electra import SpanElectraDiscriminator, SpanElectraGenerator, save_discriminator, save_generator
 from tf_checkpoint import TFCheckpoint
 from tokenization import SE_TOKENIZER_FILE, SPECIAL_TOKENS, save_transformers_tokenizer, wordpiece_from_vocab
@@ -71,12 +70,8 @@ def _leaf(path):
 def read_hparams(config_file):
     if not config_file:
         return {}
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            hparams = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise SpanElectraError(f"config_file: cannot read '{config_file}' ({e}); pass the hparams JSON the model "
-                               "was trained with, or leave it out") from None
+    hparams = read_json(config_file, "pass the hparams JSON the model was trained with, or leave it out",
+                        "config_file", ours=False)
     return hparams if isinstance(hparams, dict) else {}
 
 

@@ -57,17 +57,19 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path, fix="restore it, or build it again", field=None, keys=()):
-    """A JSON file's content. A damaged one (a write cut short, a bad edit), or one that lacks any of
-    `keys`, is a one-line error naming the file (and the field it came through) and the fix."""
+def read_json(path, fix="restore it, or build it again", field=None, keys=(), ours=True):
+    """A JSON file's content. An unreadable or damaged one (a write cut short, a bad edit), or one that
+    lacks any of `keys`, is a one-line error naming the file (and the field it came through) and the fix;
+    ours=False: a file the user wrote (a --config) is called invalid, not damaged."""
     where = f"{field}: '{path}'" if field else f"'{path}'"
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SpanElectraError(f"{where} is damaged (not JSON: {e.msg}, line {e.lineno}); {fix}") from None
-    except UnicodeDecodeError:
-        raise SpanElectraError(f"{where} is damaged (not UTF-8 text); {fix}") from None
+    except OSError as e:
+        raise SpanElectraError(f"{where} cannot be read ({e.strerror}); {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        what = f"valid JSON ({e.msg}, line {e.lineno})" if isinstance(e, json.JSONDecodeError) else "UTF-8 text"
+        raise SpanElectraError(f"{where} is {'damaged: ' if ours else ''}not {what}; {fix}") from None
     missing = [k for k in keys if not isinstance(value, dict) or k not in value]
     if missing:
         raise SpanElectraError(f"{where} is damaged (no {', '.join(missing)}); {fix}")

@@ -12,7 +12,6 @@ from conftest import (SAMPLE, assert_cli_error, build_features, count_tokens, re
 
 import argument
 import features
-import process
 from io_utils import SpanElectraError
 
 SOME_TEXT = (SAMPLE / "valid.tokens").read_bytes()[:30000].rsplit(b"\n", 1)[0] + b"\n"

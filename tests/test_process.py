@@ -354,7 +354,6 @@ def test_dynamic_dataset_is_deterministic(bpe_feat):
 
 
 def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
-    import torch
     feat_dir, _ = bpe_feat
     ds = features.MLMDataset(_data_args(feat_dir), batch_size=32, shuffle=False, split="valid")
     e0 = ds[2]
