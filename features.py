@@ -127,10 +127,13 @@ class MLMDataset:
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        num_batches = len(self.data) // batch_size if shuffle else -(-len(self.data) // batch_size)
-        self.num_batches = num_batches // world_size
-        if self.num_batches == 0:
-            raise SpanElectraError(f"train_batch_size: {batch_size} x {world_size} process(es) is more than the "
+        # training: whole batches, as many on every rank; evaluation (in order): every row, ranks sharing the batches
+        self.total_batches = len(self.data) // batch_size if shuffle else -(-len(self.data) // batch_size)
+        self.num_batches = (self.total_batches // world_size if shuffle else
+                            len(range(rank, self.total_batches, world_size)))
+        if self.total_batches < world_size:
+            field = "train_batch_size" if shuffle else "eval_batch_size"
+            raise SpanElectraError(f"{field}: {batch_size} x {world_size} process(es) is more than the "
                                    f"{len(self.data)} sequences of split '{split}'; use a smaller batch")
 
     def set_epoch(self, epoch):

@@ -32,7 +32,7 @@ def evaluate(model, dataset, config, runtime):
     model.eval()
     sums = tu.MetricSums()
     baseline_token = dataset.features.most_frequent_token()
-    for i in range(min(config.eval_batches or len(dataset), len(dataset))):
+    for i in tu.eval_batch_indices(dataset, config.eval_batches):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             sums.add(loss_and_metrics(model, batch, baseline_token)[1])

@@ -106,7 +106,7 @@ def evaluate(model, dataset, config, runtime):
     sample_rng = torch.Generator(device=runtime.device).manual_seed(config.seed)  # the same samples every evaluation
     sums = tu.MetricSums()
     baseline_token = dataset.features.most_frequent_token()
-    for i in range(min(config.eval_batches or len(dataset), len(dataset))):
+    for i in tu.eval_batch_indices(dataset, config.eval_batches):
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             sums.add(loss_and_metrics(model, batch, config, sample_rng, baseline_token=baseline_token)[1])

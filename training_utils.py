@@ -121,16 +121,6 @@ def no_sync(model, skip):
     return contextlib.nullcontext()
 
 
-def all_reduce_mean(values, runtime):
-    """Average a dict of floats over ranks (metrics agree on every rank)."""
-    if not runtime.distributed:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=runtime.device)
-    torch.distributed.all_reduce(t)
-    return dict(zip(keys, (t / runtime.world_size).tolist()))
-
-
 def ranks_in_sync(model, runtime):
     """True when every rank holds the same weights (checked at the end of a DDP run)."""
     if not runtime.distributed:
@@ -202,6 +192,13 @@ def check_finite_weights(model, step):
 
 
 # ---------------------------------------------------------------- data
+def eval_batch_indices(dataset, eval_batches):
+    """This rank's share of the split's first eval_batches batches (0: all of them), so that a run is
+    evaluated on the same batches whatever its number of processes (at least one batch each)."""
+    wanted = max(min(eval_batches or dataset.total_batches, dataset.total_batches), dataset.world_size)
+    return range(-(-(wanted - dataset.rank) // dataset.world_size))
+
+
 def prepare_run(config, dataset_cls):
     """Validate the config, set up devices/processes and seeds, and open the datasets.
     Returns (runtime, train_set, valid_set)."""
@@ -933,8 +930,13 @@ class MetricSums:
         self.keys, self.total, self.n = keys, values if self.total is None else self.total + values, self.n + 1
 
     def read(self, runtime):
-        """Means and rates of everything added since the last read (averaged over ranks); resets."""
-        values = self.total.tolist() if self.keys else []  # the one host sync
-        out = finish_metrics(dict(zip(self.keys or (), values)), max(self.n, 1))
+        """Means and rates of everything added since the last read, over every rank's batches; resets."""
+        if not self.keys:
+            return {}
+        total = torch.cat([self.total, self.total.new_tensor([self.n])])
+        if runtime.distributed:  # the sums and counts of all ranks: rates over all of their tokens
+            torch.distributed.all_reduce(total)
+        *values, n = total.tolist()  # the one host sync
+        out = finish_metrics(dict(zip(self.keys, values)), max(n, 1))
         self.keys, self.total, self.n = None, None, 0
-        return all_reduce_mean(out, runtime)
+        return out

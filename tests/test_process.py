@@ -1,9 +1,11 @@
 """process.py: packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks and the Datasets."""
 import filecmp
 import re
+import types
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import (CLS, MASK, PAD, SAMPLE, SAMPLE_VI, SEP, SLOT_KEYS, build_features, count_tokens, dense_labels,
                       read_json, text_lines)
@@ -12,6 +14,7 @@ import argument
 import features
 import process
 import tokenization
+import training_utils
 from io_utils import SpanElectraError
 
 TRAIN = SAMPLE / "train.tokens"
@@ -326,7 +329,6 @@ def test_static_dataset_same_masks_every_epoch(bpe_feat):
 
 # ---------------------------------------------------------------- datasets
 def test_dynamic_dataset_is_deterministic(bpe_feat):
-    import torch
     feat_dir, meta = bpe_feat
     args = _data_args(feat_dir)
     a = features.MLMDataset(args, batch_size=16, seed=7)
@@ -425,6 +427,48 @@ def test_valid_dataset_covers_every_row_once(bpe_feat):
     np.testing.assert_array_equal(rows, np.arange(n))
     last = ds[len(ds) - 1]
     assert last["input_ids"].shape == (n - 50 * (len(ds) - 1), 128)
+
+
+def test_evaluation_reads_the_same_batches_whatever_the_number_of_processes(bpe_feat):
+    """Validation is sharded over ranks (each its share of eval_batches, every row of the split when 0), and
+    the ranks' batches, masks included, are those of a one-process run: valid figures do not depend on it."""
+    feat_dir, meta = bpe_feat
+    n = meta["num_sequences"]["valid"]
+
+    def evaluated(world_size, eval_batches):
+        batches = {}
+        for rank in range(world_size):
+            ds = features.MLMDataset(_data_args(feat_dir), batch_size=8, seed=3, shuffle=False, rank=rank,
+                                     world_size=world_size, split="valid")
+            for i in training_utils.eval_batch_indices(ds, eval_batches):
+                batches[i * world_size + rank] = ds[i]
+        return batches
+    one = evaluated(1, 5)
+    assert sorted(one) == [0, 1, 2, 3, 4]
+    for world_size in (2, 3):
+        shared = evaluated(world_size, 5)
+        assert sorted(shared) == sorted(one)
+        for g, batch in one.items():
+            assert all(torch.equal(batch[k], shared[g][k]) for k in batch), (world_size, g)
+    every = evaluated(3, 0)  # the whole split: every row once, the last batch short
+    rows = torch.cat([every[g]["input_ids"] for g in sorted(every)])
+    assert len(every) == -(-n // 8) and rows.shape[0] == n
+    assert sorted(evaluated(3, 1)) == [0, 1, 2]  # fewer batches than processes: one each
+
+
+def test_metric_sums_reduce_counts_over_ranks_before_rates(monkeypatch):
+    """Rates come from the sums of every rank (all-reduced with the batch counts), not from averaging
+    each rank's rate: a rank that saw few tokens weighs what its tokens weigh."""
+    sums = training_utils.MetricSums()
+    sums.add({"loss": torch.tensor(2.0), "tokens": torch.tensor(10.0), "correct": torch.tensor(9.0),
+              "replaced": torch.tensor(1.0), "predicted": torch.tensor(1.0), "true_positive": torch.tensor(1.0)})
+    other_rank = torch.tensor([4.0, 90.0, 45.0, 9.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(other_rank))
+    runtime = types.SimpleNamespace(distributed=True)
+    out = sums.read(runtime)
+    assert out["loss"] == pytest.approx(3.0)  # mean over the 2 batches of both ranks
+    assert out["disc_accuracy"] == pytest.approx(54 / 100) and out["disc_recall"] == pytest.approx(1 / 10)
+    assert sums.read(runtime) == {}  # read resets
 
 
 def test_dataloader_iterates_batches(bpe_feat):
