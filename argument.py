@@ -510,6 +510,9 @@ CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min (
     # the tiny step's first call took ~35 s cold, ~10 s compiled ahead
     flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=35, warm_compile_seconds=10,
     ft_steps_per_second=12,
+    # a fine-tuning job's loading (model, tokenizer, task) and dev evaluation, and the linear probe's pass
+    # (the tiny model on SST-2, finetune_SE.py in one process, 2026-11-27): 1.7 s, ~2,000 examples/s
+    ft_job_seconds=2, ft_eval_examples_per_second=2000,
     prep_bytes_per_second=2.1e6,  # enwiki's 185 MB: vocabulary 41 s + features 45 s (2026-11-27)
     segmented_prep_bytes_per_second=4.7e5)  # viwiki-large's 110 MB through pyvi: 108 s + 128 s (2026-11-27)
 H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step comparison runs on enwiki (2026-11-26):
@@ -517,6 +520,9 @@ H100_SPEEDS = dict(  # one H100, bf16 + compile, inside the 5,500-step compariso
     # 1.05M; session 6's run took 203 s and 195 s against this estimate's 207 s);
     # first compiled step 32-53 s; 20-23 fine-tuning steps/s per process; features of enwiki in 34 s
     flops_per_second={"mlm": 96e12, "joint": 45e12, "two_stage": 45e12}, compile_seconds=55, ft_steps_per_second=22,
+    # a fine-tuning worker's job: ~15 s measured for its process, loading, dev evaluations and probe
+    # together (session 6); evaluation assumed at 4,000 examples/s until measured on its own
+    ft_job_seconds=14, ft_eval_examples_per_second=4000,
     prep_bytes_per_second=5.4e6,  # enwiki's 185 MB in the 34 s above, on the machine's 16 cores
     # pyvi is CPU work spread over a process per core: assumed 4x the 2-core CPU's until measured (the
     # plain build above ran 2.6x the 2-core CPU's pace there)

@@ -279,7 +279,7 @@ def estimate_seconds(wanted, cached, settings, config, device_type, full_budget)
             else:
                 seconds = budget / speed["mlm" if recipe["kind"] == "mlm" else "joint"] + compile_seconds
             stages.append((f"pre-train {run}", seconds, False))
-        if row is None or row.get("finetune") != settings:
+        if settings["tasks"] and (row is None or row.get("finetune") != settings):
             stages.append((f"fine-tune {run}", finetune_seconds(settings, speeds, workers), workers > 1))
     last_ft = next((i for i in range(len(stages) - 1, -1, -1) if stages[i][0].startswith("fine-tune")), None)
     if last_ft is not None:  # nothing pre-trains beside the last fine-tuning
@@ -308,15 +308,19 @@ def log_estimates(config, scale, plan, cached, settings, budget):
 
 
 def finetune_seconds(settings, speeds, workers):
-    """One row's fine-tuning and probes: with workers, a job per task and seed, `workers` at once, each
-    paying ~15 s for its process, its dev evaluations and its probe; in one process, one after another."""
-    seeds = len(settings["seeds"].split(","))
-    one_seed = [settings["epochs"] * -(-task_size(t, settings["max_train_examples"]) // 32) /
-                speeds["ft_steps_per_second"] for t in settings["tasks"]]
-    if workers > 1 and one_seed:
-        rounds = -(-len(one_seed) * (seeds + 1) // workers)  # the probes are jobs too
-        return rounds * (max(one_seed) + 15)
-    return sum(one_seed) * seeds
+    """One row's fine-tuning and linear probes. A job per task and seed: loading, the training steps and a
+    dev evaluation per epoch; a job per task's probe: loading and one pass over its examples. With
+    workers, `workers` jobs at once (the longest sets each round's pace); in one process, one after another."""
+    jobs = []
+    for task in settings["tasks"]:
+        train, dev = task_size(task, settings["max_train_examples"]), tsv_rows(os.path.join(task, "dev.tsv"))
+        seed_job = (settings["epochs"] * (-(-train // 32) / speeds["ft_steps_per_second"] +
+                                          dev / speeds["ft_eval_examples_per_second"]) + speeds["ft_job_seconds"])
+        probe_job = (train + dev) / speeds["ft_eval_examples_per_second"] + speeds["ft_job_seconds"]
+        jobs += [seed_job] * len(settings["seeds"].split(",")) + [probe_job]
+    if workers > 1 and jobs:
+        return -(-len(jobs) // workers) * max(jobs)
+    return sum(jobs)
 
 
 DEVICE_NAMES = {"cpu": "2 CPU cores", "cuda": "one H100"}  # the machines DEVICE_SPEEDS were measured on
@@ -343,14 +347,18 @@ def prep_seconds(config, scale, device_type):
                                                     "prep_bytes_per_second"]
 
 
-def task_size(task_dir, max_examples):
-    """Training examples fine-tuning uses from a task folder (its train.tsv's lines, capped)."""
-    path = os.path.join(task_dir, "train.tsv")
+def tsv_rows(path):
+    """Data rows of a TSV file (its lines less the header); 0 when it is missing."""
     if not os.path.isfile(path):
         return 0
     with open(path, encoding="utf-8", errors="replace") as f:
-        lines = max(0, sum(1 for _ in f) - 1)
-    return min(lines, max_examples) if max_examples else lines
+        return max(0, sum(1 for _ in f) - 1)
+
+
+def task_size(task_dir, max_examples):
+    """Training examples fine-tuning uses from a task folder (its train.tsv's rows, capped)."""
+    rows = tsv_rows(os.path.join(task_dir, "train.tsv"))
+    return min(rows, max_examples) if max_examples else rows
 
 
 def random_model(paths, scale, out_dir):
@@ -523,8 +531,8 @@ def probe_cell(results, key):
 def write_table(config, rows, tasks, settings):
     """The table of the rows finished so far (fine-tuned with these settings; each recipe at its full
     budget and at random init) into out_dir/compare.md, after every row: a call that stops early still
-    leaves its summary. Returns (table, pooled rows)."""
-    pooled = pooled_rows([r for r in rows if r.get("finetune") == settings])
+    leaves its summary; without tasks, every row, pre-training figures only. Returns (table, pooled rows)."""
+    pooled = pooled_rows([r for r in rows if r.get("finetune") == settings or not tasks])
     if not pooled:
         return "", []
     full = [r for r in pooled if r["fraction"] in (0.0, max(r["fraction"] for r in pooled))]
@@ -856,7 +864,8 @@ def main(config: compare_args = None):
                 row = dict(pretrain_row(run, fraction, run_config, paths, scale, full_budget), identity=identity)
                 rows.append(row)
                 atomic_write_json(rows_path, rows)
-            if row.get("finetune") != settings:  # a row fine-tuned otherwise keeps its model
+            # a row fine-tuned otherwise keeps its model; a call without tasks keeps the row's results
+            if tasks and row.get("finetune") != settings:
                 pending.append(start_finetuning(pool, row, tasks, config, scale))
             while pending and (finetuning_done(pending[0]) or run == plan[-1][0]):
                 finish_finetuning(pending.pop(0), settings)

@@ -180,9 +180,35 @@ def test_pretraining_only_without_tasks(tmp_path, monkeypatch):
     md = tmp_path / "RESULTS.md"
     rows = cp.main(cp.compare_args(scale="gpu_vi", recipes="random,mlm", tasks="", out_dir=str(tmp_path / "c"),
                                    results_md=str(md), ft_workers=1, device="cpu"))
-    assert [r["run"] for r in rows] == ["random@0", "mlm@1"] and all(r["metrics"] == {} for r in rows)
+    assert [r["run"] for r in rows] == ["random@0", "mlm@1"] and not any("metrics" in r for r in rows)
     text = md.read_text(encoding="utf-8")
     assert "| MLM only (BERT-style) | 2.8 |  | 0.0 min |  |  |\n" in text and "no task was fine-tuned" in text
+
+
+def test_a_call_without_tasks_keeps_the_rows_fine_tuning(tmp_path, monkeypatch, caplog):
+    """Pre-training more rows with --tasks '' leaves the fine-tuning results of rows already fine-tuned, so a
+    later call with the tasks fine-tunes only the new rows."""
+    tuned = []
+    def fake_finetune(model_dir, task_dir, config, scale, out_dir, linear_probe=False, seed=None):
+        tuned.append(out_dir.split("/runs/")[1].split("/")[0])
+        return result(0.7)
+    stub_stages(monkeypatch, lambda recipe, budget, config, paths, scale, out_dir: (out_dir + "/d", budget, 1.0),
+                fake_finetune)
+    def run(recipes, tasks):
+        return cp.main(cp.compare_args(recipes=recipes, tasks=tasks, budget_fractions="1", out_dir=str(tmp_path),
+                                       results_md="", ft_workers=1, seeds="1"))
+    run("random,mlm", SST2)
+    assert sorted(set(tuned)) == ["mlm@1", "random@0"]
+    tuned.clear()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="span_electra"):
+        rows = run("random,mlm,electra", "")
+    assert tuned == [] and "fine-tune" not in caplog.text  # nothing fine-tuned, nor estimated
+    assert [r["metrics"]["SST-2"]["results"]["eval_accuracy"] for r in rows[:2]] == [0.7, 0.7]
+    assert "metrics" not in rows[2]
+    assert "| ELECTRA" in (tmp_path / "compare.md").read_text()  # the table shows the new row's pre-training
+    run("random,mlm,electra", SST2)
+    assert sorted(set(tuned)) == ["electra@1"]
 
 
 def test_a_failed_fine_tuning_keeps_the_rows_finished_before_it(tmp_path, monkeypatch):
@@ -223,12 +249,15 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
     estimates = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
     # on the CPU it runs on: budget / the 2-core CPU's 60 GFLOP/s, plus the step's compilation
     assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 60e9 + 35:.0f}" for m in estimates)
-    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs x 32 steps at 12 steps/s
-    assert any("fine-tune random@0" in m and m.split()[-2] == f"{2 * 32 / 12:.0f}" for m in estimates)
+    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs of 32 steps at 12 steps/s and of
+    # the 408 dev examples at 2,000/s, 2 s of loading; the probe's pass over all 1,408 examples, loaded too
+    ft_cpu = 2 * (32 / 12 + 408 / 2000) + 2 + 1408 / 2000 + 2
+    assert any("fine-tune random@0" in m and m.split()[-2] == f"{ft_cpu:.0f}" for m in estimates)
     assert "everything still to run" in estimates[-2] and "2 CPU cores" in estimates[-2]
     # and on the H100 the scale is sized for: the joint step's 45 TFLOP/s, 22 fine-tuning steps/s (and
     # the data, where ../shared/data holds the corpus)
-    h100_seconds = cp.prep_seconds(config, cp.SCALES["gpu"], "cuda") + (11e12 / 45e12 + 55) + 2 * (2 * 32 / 22)
+    ft_h100 = 2 * (32 / 22 + 408 / 4000) + 14 + 1408 / 4000 + 14
+    h100_seconds = cp.prep_seconds(config, cp.SCALES["gpu"], "cuda") + (11e12 / 45e12 + 55) + 2 * ft_h100
     assert estimates[-1].endswith(f"one H100, which --scale gpu is sized for: {h100_seconds / 60:.1f} min")
 
 
@@ -258,7 +287,8 @@ def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
         ("fine-tune random@0", True), ("pre-train mlm@1", False), ("fine-tune mlm@1", True),
         ("pre-train se_joint@1", False), ("fine-tune se_joint@1", False)]
     seconds = dict((name, s) for name, s, _ in stages)
-    assert seconds["fine-tune mlm@1"] == pytest.approx(2 * 32 / 22 + 15)  # a job per seed: one seed's time
+    # a job per seed (and one per probe): one seed's time, its dev evaluations and loading
+    assert seconds["fine-tune mlm@1"] == pytest.approx(2 * (32 / 22 + 408 / 4000) + 14)
     assert seconds["pre-train mlm@1"] == pytest.approx(9e15 / 96e12 + 55)  # the first recipe compiles its step
     assert seconds["pre-train se_joint@1"] == pytest.approx(9e15 / 45e12 + 10)  # compiled ahead: loaded
 
