@@ -4,8 +4,11 @@ discriminator's probability that each token was replaced.
     python explore_SE.py --model_dir OUT --text "The game was released in [[ January 2011 ]] in Japan ."
 
 OUT is a training out_dir (holding generator/ and/or discriminator/) or one of those folders.
-Words inside [[ ]] are masked; with no marks, random spans are masked as in training. The
-discriminator scores the text as given, so corrupt a sentence by hand to see what it catches.
+Words inside [[ ]] are masked, and any [MASK] typed in the text; with neither, random spans are masked
+as in training. Vietnamese text is segmented whole, as the corpus was, and a mark inside a segmented
+word masks the whole word. The generator and the discriminator come from one run (the explorer stops
+when their tokenizers differ). The discriminator scores the text as given, so corrupt a sentence by
+hand to see what it catches.
 A generator trained here also shows its span-boundary head's fills (from the two tokens just
 outside each span): early in training they follow the context before the MLM head's do.
 From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(text); ex.detect(text)`.
@@ -13,6 +16,7 @@ From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(t
 import json
 import os
 import re
+import unicodedata
 
 import numpy as np
 import torch
@@ -20,7 +24,7 @@ from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTrainin
 
 from argument import MaskingArgs, checked_config, explore_args, run_main
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
-from tokenization import SPECIAL_TOKENS, folder_segmenter
+from tokenization import SPECIAL_TOKENS, folder_segmenter, tokenizer_hash
 from io_utils import SpanElectraError
 from modelling_span_electra import load_generator, load_weights, saved_heads, saved_kind
 
@@ -38,30 +42,84 @@ def _find(model_dir, kind):
     return None
 
 
-def _two_stage_generator(model_dir):
-    """The generator a two-stage discriminator in model_dir was trained against (its generator_dir,
-    from the run's saved config), when that folder still holds it; else None."""
-    path = os.path.join(model_dir, "trainSpanElectra_config.json")
+def _two_stage_generator(run_dir):
+    """The generator a two-stage discriminator in run_dir was trained against (its generator_dir, from the
+    run's saved config), when that folder still holds it; else None. A relative generator_dir is read
+    from where the run was started, which the saved out_dir tells, as well as from here."""
+    path = os.path.join(run_dir, "trainSpanElectra_config.json")
     try:
         with open(path, encoding="utf-8") as f:
-            given = json.load(f).get("generator_dir") or ""
+            saved = json.load(f)
+        given, out_dir = saved.get("generator_dir") or "", os.path.normpath(saved.get("out_dir") or "")
     except (OSError, ValueError, AttributeError):
         return None
-    return _find(given, "generator") if given and os.path.isdir(given) else None
+    here = os.path.abspath(run_dir)
+    started_in = here[:-len(out_dir)] if out_dir != "." and here.endswith(os.sep + out_dir) else None
+    for folder in [given] + ([os.path.join(started_in, given)] if started_in and not os.path.isabs(given) else []):
+        if given and os.path.isdir(folder) and _find(folder, "generator"):
+            return _find(folder, "generator")
+    return None
+
+
+def find_models(model_dir):
+    """(generator folder, discriminator folder) of one run in model_dir: the discriminator, then the
+    generator saved beside it (joint) or the one it was trained against (two-stage), else any generator
+    there; either may be None."""
+    disc = _find(model_dir, "discriminator")
+    if disc is None:
+        return _find(model_dir, "generator"), None
+    run_dir = os.path.dirname(disc.rstrip(os.sep))
+    gen = _find(run_dir, "generator") if os.path.isdir(os.path.join(run_dir, "generator")) else None
+    return gen or _two_stage_generator(run_dir) or _find(model_dir, "generator"), disc
+
+
+def same_tokenizer(gen_dir, disc_dir):
+    """Stop when the generator and the discriminator were saved with different tokenizers: the
+    discriminator would read ids of another vocabulary."""
+    if tokenizer_hash(gen_dir) != tokenizer_hash(disc_dir):
+        raise SpanElectraError(f"model_dir: the generator in '{gen_dir}' and the discriminator in '{disc_dir}' were "
+                               "trained with different tokenizers; point --model_dir at one run's folder")
+
+
+def char_positions(plain, segmented):
+    """Where each character of plain sits in segmented (None for a space), or None where the segmenter
+    did more than join words with '_' and move spaces (pyvi's only changes)."""
+    where, j = [], 0
+    for c in plain:
+        if c.isspace():
+            where.append(None)
+            continue
+        while j < len(segmented) and segmented[j] != c and (segmented[j].isspace() or segmented[j] == "_"):
+            j += 1
+        if j == len(segmented) or segmented[j] != c:
+            return None
+        where.append(j)
+        j += 1
+    return where
+
+
+def whole_words(text, start, end):
+    """The range [start, end) of text widened to whole words (whitespace-delimited)."""
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return start, end
 
 
 class Explorer:
     """The saved generator and discriminator of a run, loaded through plain transformers."""
 
     def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
-        self.gen_dir = generator_dir or (model_dir and (_find(model_dir, "generator") or
-                                                        _two_stage_generator(model_dir)))
-        self.disc_dir = discriminator_dir or (model_dir and _find(model_dir, "discriminator"))
+        found = find_models(model_dir) if model_dir and not (generator_dir or discriminator_dir) else (None, None)
+        self.gen_dir, self.disc_dir = generator_dir or found[0], discriminator_dir or found[1]
         if not (self.gen_dir or self.disc_dir):
             raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
+        if self.gen_dir and self.disc_dir:
+            same_tokenizer(self.gen_dir, self.disc_dir)
         tok_dir = self.gen_dir or self.disc_dir
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        self.segment = folder_segmenter(tok_dir, "model_dir")[1]
+        self.segmenter, self.segment = folder_segmenter(tok_dir, "model_dir")
         self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
         if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
             self.span_generator = load_generator(self.gen_dir, "model_dir").eval()
@@ -70,7 +128,13 @@ class Explorer:
             self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval()
         self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
             if self.disc_dir else None
-        self.max_tokens = min(m.config.max_position_embeddings for m in (self.generator, self.discriminator) if m)
+        models = [m for m in (self.generator, self.discriminator) if m]
+        self.max_tokens = min(m.config.max_position_embeddings for m in models)
+        if len(self.tokenizer) > min(m.config.vocab_size for m in models):
+            raise SpanElectraError(f"model_dir: the tokenizer in '{tok_dir}' has {len(self.tokenizer)} tokens, more "
+                                   f"than the model's {min(m.config.vocab_size for m in models)} embeddings; it is not "
+                                   "the model's tokenizer")
+        self.notes = []  # what the last marked text needed said (a mark inside a segmented word)
 
     def _check_length(self, ids):
         """A text longer than the models' positions is a one-line error, not an index error inside them."""
@@ -78,36 +142,70 @@ class Explorer:
             raise SpanElectraError(f"text: {len(ids)} tokens, more than the model's {self.max_tokens} positions; "
                                    "give a shorter text (a sentence or two)")
 
-    def _encode_marked(self, text, seed):
-        """Token ids with the marked (or random) spans replaced by [MASK], and the original ids."""
+    def _segmented_marks(self, text):
+        """(the text as the model reads it, segmented whole as the corpus was, and the character ranges
+        of its marked spans in it). A mark inside a segmented word (pyvi's 'Hồ_Chí_Minh') covers the
+        whole word, as training's whole-word masking would, and says so in self.notes."""
         unmarked = MARK.sub("", text)
         if "[[" in unmarked or "]]" in unmarked:
             raise SpanElectraError(f"text: a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as "
                                    "[[ words ]]")
-        parts, masked_words = [], []
+        plain, marks = "", []
         for i, piece in enumerate(MARK.split(text)):
-            piece = self.segment(piece.strip()) if piece.strip() else ""
+            piece = " ".join(piece.split())
             if piece:
-                parts.append(piece)
+                plain += " " if plain else ""
                 if i % 2 == 1:
-                    masked_words.append(piece)
-        words = " ".join(parts)
+                    marks.append((len(plain), len(plain) + len(piece)))
+                plain += piece
+        if self.segmenter == "none":
+            return plain, marks
+        plain = unicodedata.normalize("NFC", plain)  # what pyvi does first
+        segmented = self.segment(plain)
+        where = char_positions(plain, segmented)
+        if where is None:  # the segmenter changed characters: segment each piece on its own
+            return self._pieces_segmented(text)
+        spans = []
+        for start, end in marks:
+            first, last = where[start], where[end - 1]
+            wide = whole_words(segmented, first, last + 1)
+            if wide != (first, last + 1):
+                self.notes.append(f"  ('{plain[start:end]}' is part of the word '{segmented[wide[0]:wide[1]]}' as the "
+                                  "corpus was segmented: the whole word is masked, as training masks whole words)")
+            spans.append(wide)
+        return segmented, spans
+
+    def _pieces_segmented(self, text):
+        """_segmented_marks' fallback: each marked and unmarked piece segmented on its own."""
+        out, marks = "", []
+        for i, piece in enumerate(MARK.split(text)):
+            piece = self.segment(" ".join(piece.split())) if piece.strip() else ""
+            if piece:
+                out += " " if out else ""
+                if i % 2 == 1:
+                    marks.append((len(out), len(out) + len(piece)))
+                out += piece
+        return out, marks
+
+    def _encode_marked(self, text, seed):
+        """Token ids with the marked (or random) spans, and any [MASK] typed in the text, replaced by [MASK],
+        and the original ids."""
+        self.notes = []
+        words, marks = self._segmented_marks(text)
         enc = self.tokenizer(words, return_offsets_mapping=True)
         self._check_length(enc["input_ids"])
         ids = np.array(enc["input_ids"])
+        typed = ids == self.tokenizer.mask_token_id  # a [MASK] in the text is filled too, as fill-mask does
         masked = np.zeros(len(ids), dtype=bool)
-        if masked_words:
-            cursor = 0
-            for w in masked_words:
-                start = words.index(w, cursor)
-                end, cursor = start + len(w), start + len(w)
-                for t, (a, b) in enumerate(enc["offset_mapping"]):
-                    masked[t] |= b > a and a < end and b > start
-        else:
+        for start, end in marks:
+            for t, (a, b) in enumerate(enc["offset_mapping"]):
+                masked[t] |= b > a and a < end and b > start
+        if not marks and not typed.any():
             special = [self.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
             masker = Masker(MaskingArgs(mask_replace_prob=1.0, random_replace_prob=0.0),
                             word_start_table(self.tokenizer), special, self.tokenizer.mask_token_id, len(self.tokenizer))
             masked = masker(ids[None], np.random.default_rng(seed))["labels"][0] != IGNORE_INDEX
+        masked |= typed
         corrupted = np.where(masked, self.tokenizer.mask_token_id, ids)
         return torch.tensor(ids), torch.tensor(corrupted), masked
 
@@ -201,12 +299,15 @@ def report(explorer, text, top_k=5, seed=0):
     plain = " ".join(MARK.sub(lambda m: m.group(1), text).split())
     if explorer.generator is not None:
         rows = explorer.fill(text, top_k, seed)
+        notes = explorer.notes
         sbo_rows = explorer.fill_from_boundaries(text, top_k, seed)
         head = "generator" if sbo_rows is None else "MLM head"
         lines.append(f"generator fills for: {text}")
+        lines += notes
         if sbo_rows is not None:
             lines.append("  MLM head (the whole sentence, through attention):")
-        lines += fill_lines(explorer.tokenizer, rows)
+        lines += fill_lines(explorer.tokenizer, rows) or ["  (nothing to fill: no word the masking may choose; mark "
+                                                          "words with [[ ]] or type [MASK])"]
         lines += fills_note(explorer.tokenizer, rows, head)
         if sbo_rows is not None:
             lines.append("  span-boundary head (the two words just outside the span, and the place in it):")

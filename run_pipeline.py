@@ -11,6 +11,7 @@ out_dir/features, ... and the last lines say where everything went.
 import json
 import logging
 import os
+import shutil
 import time
 
 import create_vocab_SE
@@ -22,7 +23,7 @@ import trainSpanElectra
 from argument import (EXPLORE_TEXTS, MLM_trainingConfig, SE_trainingConfig, checked_config, feature_args,
                       mask_stats_args, pipeline_args, run_main, save_config, tok_args)
 from io_utils import make_out_dir
-from training_utils import read_metrics
+from training_utils import holds_a_run, read_metrics
 
 logger = logging.getLogger("span_electra")
 
@@ -63,6 +64,7 @@ def main(config: pipeline_args = None):
     common = dict(features_dir=feat_dir, model_size=config.model_size, train_batch_size=config.train_batch_size,
                   learning_rate=config.learning_rate, seed=config.seed, log_every=25, eval_batches=8,
                   overwrite_output_dir=True)  # a re-run of the pipeline replaces the previous one
+    remove_other_mode(config.out_dir, config.mode)
     start = time.time()
     gen_dir = None
     if config.mode == "two_stage":
@@ -103,6 +105,16 @@ def main(config: pipeline_args = None):
     print("\n".join(explorer_lines))
     print(json.dumps(summary))
     return summary
+
+
+def remove_other_mode(out_dir, mode):
+    """A re-run replaces the previous one: the runs an earlier call of the other mode left in out_dir go, so
+    that the explorer (and the reader) find this run's models only."""
+    for name in ("joint",) if mode == "two_stage" else ("generator", "two_stage"):
+        folder = os.path.join(out_dir, name)
+        if os.path.isdir(folder) and holds_a_run(folder):
+            logger.info("removing %s: the previous pipeline's %s run", folder, "two-stage" if mode == "joint" else "joint")
+            shutil.rmtree(folder)
 
 
 def learning_lines(finals):

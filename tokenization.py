@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import signal
 import shutil
 from multiprocessing import get_context
@@ -44,13 +45,29 @@ def load_segmenter(name):
 def folder_segmenter(tokenizer_dir, field):
     """(name, line -> line): the word segmenter recorded in a tokenizer or model folder's
     se_tokenizer.json ('none': lines unchanged), what the explorer and fine-tuning apply to text before
-    tokenizing. A segmenter missing here is a one-line error naming `field`."""
+    tokenizing; special tokens in the text ([MASK], [SEP]) pass whole. A segmenter missing here is a
+    one-line error naming `field`."""
     name = read_tokenizer_info(tokenizer_dir)["word_segmenter"]
     try:
-        return name, load_segmenter(name) or (lambda line: line)
+        segment = load_segmenter(name)
     except SpanElectraError:
         raise SpanElectraError(f"{field}: '{tokenizer_dir}' was pre-trained on text segmented with {name}, which "
                                f"is not installed here; run `pip install {name}`") from None
+    return name, keeping_special_tokens(segment) if segment else (lambda line: line)
+
+
+SPECIAL_TOKEN_PATTERN = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+
+
+def keeping_special_tokens(segment):
+    """segment applied to the text between special tokens, which pass unchanged (pyvi cuts '[MASK]'
+    into '[ MASK ]', which the tokenizer no longer knows as one token)."""
+    def run(line):
+        pieces = SPECIAL_TOKEN_PATTERN.split(line)
+        if len(pieces) == 1:
+            return segment(line)
+        return " ".join(p if i % 2 else segment(p.strip()) for i, p in enumerate(pieces) if p.strip())
+    return run
 
 
 def _segment_batch(name, batch):

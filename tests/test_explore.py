@@ -179,3 +179,66 @@ def test_a_two_stage_out_dir_finds_the_generator_it_was_trained_against(en_model
     (run / "trainSpanElectra_config.json").write_text(json.dumps({"generator_dir": str(en_models / "generator")}))
     explorer = explore_SE.Explorer(str(run))
     assert explorer.gen_dir == str(en_models / "generator") and explorer.disc_dir == str(run / "discriminator")
+
+
+def masked_tokens(ex, text):
+    """(position, token) of each token the explorer masks for a marked text."""
+    ids, _, masked = ex._encode_marked(text, 0)
+    tokens = ex.tokenizer.convert_ids_to_tokens(ids.tolist())
+    return [(int(t), explore_SE.show_token(ex.tokenizer, tokens[t])) for t in masked.nonzero()[0]]
+
+
+def test_the_marked_occurrence_is_masked_not_an_earlier_one(en_models):
+    """A marked word that also occurs earlier, or inside an earlier word, is masked where it is marked."""
+    ex = explore_SE.Explorer(str(en_models))
+    for text, marked in (("the game was the [[ game ]] .", "game"), ("The cat sat on [[ a ]] mat .", "a"),
+                         ("I am what [[ I ]] am .", "I")):
+        plain = " ".join(text.replace("[[", "").replace("]]", "").split())
+        start = plain.index(" " + marked + " ", plain.index(marked) + 1 if marked != "a" else 0) + 1
+        enc = ex.tokenizer(plain, return_offsets_mapping=True)
+        wanted = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < start + len(marked) and b > start]
+        assert [t for t, _ in masked_tokens(ex, text)] == wanted, text
+
+
+def test_a_typed_mask_is_filled_and_nothing_to_fill_is_said(en_models):
+    ex = explore_SE.Explorer(str(en_models))
+    rows = ex.fill("The cat sat on the [MASK] .", top_k=2)
+    assert [original for original, _ in rows] == ["[MASK]"] and len(rows[0][1]) == 2
+    assert len(ex.fill("[MASK] [MASK] [MASK]", top_k=1)) == 3
+
+
+def test_generator_and_discriminator_come_from_one_run(en_models, bert_tok, tmp_path):
+    """A pipeline folder: the discriminator's own run supplies the generator (joint: beside it; two-stage: the
+    one it was trained against), not the alphabetically first run; generator and discriminator of different
+    tokenizers are a one-line error."""
+    import json
+    import shutil
+    top = tmp_path / "pipeline"
+    shutil.copytree(en_models / "generator", top / "generator" / "generator")  # a two-stage run's generator ...
+    save_models(bert_tok, top / "joint")  # ... and a joint run of another vocabulary beside it
+    ex = explore_SE.Explorer(str(top))
+    assert (ex.gen_dir, ex.disc_dir) == (str(top / "joint" / "generator"), str(top / "joint" / "discriminator"))
+    shutil.rmtree(top / "joint")
+    shutil.copytree(en_models / "discriminator", top / "two_stage" / "discriminator")
+    (top / "two_stage" / "trainSpanElectra_config.json").write_text(json.dumps(
+        {"generator_dir": "pipeline/generator/generator", "out_dir": "pipeline/two_stage"}))  # relative, as typed
+    ex = explore_SE.Explorer(str(top / "two_stage"))  # found from another working folder through out_dir
+    assert ex.gen_dir == str(top / "generator" / "generator")
+    save_models(bert_tok, tmp_path / "bert")
+    with pytest.raises(explore_SE.SpanElectraError, match="^model_dir: the generator .* different tokenizers"):
+        explore_SE.Explorer(generator_dir=str(tmp_path / "bert" / "generator"),
+                            discriminator_dir=str(top / "two_stage" / "discriminator"))
+
+
+def test_a_mark_inside_a_segmented_word_masks_that_word_and_says_so(vi_models):
+    """Vietnamese: the whole text is segmented as the corpus was, then the marks are placed, so the
+    generator and the discriminator read the same words; a mark that cuts a word masks all of it."""
+    pytest.importorskip("pyvi")
+    ex = explore_SE.Explorer(str(vi_models))
+    words, marks = ex._segmented_marks("Năm 1945 , Hồ Chí [[ Minh ]] đọc Tuyên ngôn Độc lập .")
+    assert words == ex.segment("Năm 1945 , Hồ Chí Minh đọc Tuyên ngôn Độc lập .")
+    assert [words[a:b] for a, b in marks] == ["Hồ_Chí_Minh"] and "part of the word 'Hồ_Chí_Minh'" in ex.notes[0]
+    masked = "".join(t for _, t in masked_tokens(ex, "Việt Nam và [[ Nam ]] Phi ."))
+    assert "Việt" not in masked and masked.startswith("Nam")  # the marked Nam, not Việt_Nam's
+    lines = explore_SE.report(ex, "Hà Nội là [[ thủ đô ]] của Việt Nam .", top_k=1)
+    assert not any("part of the word" in line for line in lines)  # a mark on whole words says nothing

@@ -348,6 +348,21 @@ def test_features_without_a_valid_split_say_the_run_is_never_evaluated(bpe_tok, 
     assert rows(tmp_path / "gen", split="valid") == []
 
 
+def test_a_pipeline_rerun_in_the_other_mode_removes_the_previous_runs(tmp_path):
+    """run_pipeline.py starts over: a joint re-run removes the two-stage runs an earlier call left (the
+    explorer would pair their generator with the new discriminator), and leaves folders that hold no run."""
+    import run_pipeline
+    for name in ("generator", "two_stage"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "joint").mkdir()
+    (tmp_path / "joint" / "notes.txt").write_text("mine")
+    run_pipeline.remove_other_mode(str(tmp_path), "joint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joint"]
+    run_pipeline.remove_other_mode(str(tmp_path), "two_stage")
+    assert (tmp_path / "joint" / "notes.txt").read_text() == "mine"  # not a run: kept
+
+
 def test_pipeline_summary_says_each_figure_against_its_baseline():
     """The main job's closing lines: accuracy as a multiple of the frequency baseline (the MLM head's
     and the span-boundary head's), disc_auc against chance, each with its verdict in words."""
