@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -35,7 +34,7 @@ from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
 from modelling_span_electra import quiet_transformers, weights_problem
-from tokenization import SE_TOKENIZER_FILE, folder_segmenter
+from tokenization import copy_tokenizer, folder_segmenter
 
 logger = logging.getLogger("span_electra")
 
@@ -259,6 +258,7 @@ class Task:
     dev: Examples
     test: Optional[Examples]
     num_train_total: int
+    majority: Optional[int] = None  # the most frequent label of all of train.tsv (before any subsampling)
 
     @property
     def regression(self):
@@ -399,6 +399,8 @@ def load_task(config, seed=None):
     task = Task(layout, labels, choose_metrics(layout, labels, config), train, dev, test, len(train))
     for examples in (train, dev):
         set_targets(examples, task)
+    if not task.regression:
+        task.majority = int(np.bincount(train.targets.astype(np.int64), minlength=len(labels)).argmax())
     if config.max_train_examples and config.max_train_examples < len(train):
         # one subset for every seed, so seeds differ only in initialisation and order
         keep = np.sort(np.random.default_rng(config.seed if seed is None else seed).choice(
@@ -475,11 +477,11 @@ def compute_metrics(task, outputs, targets):
 
 
 def majority_baseline(task):
-    """(label, dev metrics) of always predicting train.tsv's most frequent label: the figure a model
-    that learned nothing reaches; None for regression."""
+    """(label, dev metrics) of always predicting train.tsv's most frequent label (over the whole file, also
+    when fine-tuning uses a subset): the figure a model that learned nothing reaches; None for regression."""
     if task.regression:
         return None
-    majority = int(np.bincount(task.train.targets.astype(np.int64), minlength=len(task.labels)).argmax())
+    majority = task.majority
     outputs = np.zeros((len(task.dev.targets), len(task.labels)), dtype=np.float32)
     outputs[:, majority] = 1.0
     return task.labels[majority], compute_metrics(task, outputs, task.dev.targets)
@@ -782,7 +784,7 @@ def fine_tune_seeds(seeds, task, data, tokenizer, config, runtime):
         if i == 0 and task.test is not None:
             outputs["test_predictions"] = write_test_predictions(model, task, data, config, runtime)
         if i == 0 and config.save_model:
-            outputs["model"] = save_model(model, tokenizer, config.out_dir, config.model_dir)
+            outputs["model"] = save_model(model, config.out_dir, config.model_dir)
         del model
     return per_seed, outputs
 
@@ -799,15 +801,14 @@ def write_test_predictions(model, task, data, config, runtime):
     return path
 
 
-def save_model(model, tokenizer, out_dir, model_dir):
-    """out_dir/model, built under a temporary name and published whole, with model_dir's
-    se_tokenizer.json (how its text is segmented: a Vietnamese model's must travel with it)."""
+def save_model(model, out_dir, model_dir):
+    """out_dir/model, built under a temporary name and published whole, with model_dir's tokenizer files
+    as they are (the class name both transformers 4 and 5 load), se_tokenizer.json among them (how its
+    text is segmented: a Vietnamese model's must travel with it)."""
     final = os.path.join(out_dir, "model")
     with building_folder(final) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if os.path.isfile(os.path.join(model_dir, SE_TOKENIZER_FILE)):
-            shutil.copy2(os.path.join(model_dir, SE_TOKENIZER_FILE), tmp)
+        copy_tokenizer(model_dir, tmp)
     return final
 
 
@@ -849,6 +850,9 @@ def main(config: finetune_args = None):
                 f"{len(task.test)} rows" if task.test is not None else "none", ", ".join(task.metrics + ["loss"]))
     model_config = load_model_config(config.model_dir)
     tokenizer = load_model_tokenizer(config.model_dir, model_config, config.max_seq_length)
+    # task text segmented as the model's corpus was (pyvi for a Vietnamese model), or each segmented
+    # word would reach it as syllables it never saw joined; a missing segmenter stops before out_dir is touched
+    segmenter, prepare = folder_segmenter(config.model_dir, "model_dir")
     runtime = tu.setup_runtime(config.device)
     make_out_dir(config.out_dir)
     clear_outputs(config.out_dir)
@@ -856,9 +860,6 @@ def main(config: finetune_args = None):
 
     token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)
     pad_id = tokenizer.pad_token_id or 0
-    # task text segmented as the model's corpus was (pyvi for a Vietnamese model), or each segmented
-    # word would reach it as syllables it never saw joined
-    segmenter, prepare = folder_segmenter(config.model_dir, "model_dir")
     if segmenter != "none":
         logger.info("task texts segmented with %s, as the model's pre-training text was", segmenter)
     data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, prepare)

@@ -311,6 +311,8 @@ def test_single_sentence_task_learns_and_writes_predictions(tiny_discriminator, 
     assert (out / "finetune_config.json").exists()
     # it keeps how its text is prepared (a Vietnamese model's segmenter travels with it)
     assert (out / "model" / "se_tokenizer.json").read_bytes() == (tiny_discriminator / "se_tokenizer.json").read_bytes()
+    # the pre-trained model's tokenizer files as they were: a class name transformers 4 loads too
+    assert (out / "model" / "tokenizer_config.json").read_bytes() == (tiny_discriminator / "tokenizer_config.json").read_bytes()
     # fine-tuned again into the same out_dir, which this run would clear first: refused, the model kept
     with pytest.raises(ft.SpanElectraError, match="^model_dir: .* is the model of out_dir"):
         ft.main(task_config(task_dir, model_dir=str(out / "model"), out_dir=str(out), **FAST))
@@ -490,6 +492,13 @@ def test_a_vietnamese_model_reads_task_text_segmented_as_its_corpus(vi_tok, tmp_
     results = ft.main(task_config(write_task(tmp_path / "vi_task", lines), model_dir=str(folder),
                                   out_dir=str(tmp_path / "ft"), num_train_epochs=1, max_seq_length=64, device="cpu"))
     assert results["num_train"] == 64 and 0 <= results["eval_accuracy"] <= 1
+    # without pyvi the refusal comes before out_dir is touched: the earlier results stay
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "pyvi", None)
+        with pytest.raises(SpanElectraError, match="pip install pyvi"):
+            ft.main(task_config(tmp_path / "vi_task", model_dir=str(folder), out_dir=str(tmp_path / "ft"),
+                                max_seq_length=64, device="cpu"))
+    assert read_results(tmp_path / "ft")["num_train"] == 64
 
 
 def test_a_vietnamese_model_without_pyvi_says_what_to_install(tmp_path, monkeypatch):
@@ -512,3 +521,17 @@ def test_a_model_that_predicts_one_label_is_flagged(tiny_discriminator, tmp_path
     # F1 of the positive label '1' when every example is predicted '1': 2p / (1 + p), p its dev share
     p = results["majority_baseline"]["eval_accuracy"]
     assert results["majority_baseline"]["eval_f1"] == pytest.approx(2 * p / (1 + p))
+
+
+def test_the_majority_baseline_is_the_whole_train_files(tmp_path):
+    """With --max_train_examples, the no-learning figure is still train.tsv's most frequent label: a model
+    that always predicts it must not look above a subset's other majority."""
+    rows = ["sentence\tlabel"] + [f"good film {i}\t1" for i in range(30)] + [f"bad film {i}\t0" for i in range(20)]
+    task_dir = write_task(tmp_path / "t", rows)
+    for seed in range(20):  # a subset whose own majority is '0'
+        task = ft.load_task(task_config(task_dir, max_train_examples=5), seed)
+        if list(task.train.labels).count("0") > 2:
+            break
+    assert list(task.train.labels).count("0") > 2
+    label, metrics = ft.majority_baseline(task)
+    assert label == "1" and metrics["eval_accuracy"] == pytest.approx(30 / 50)
