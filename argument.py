@@ -633,15 +633,7 @@ class compare_args:
 
     def pretrain_seed_list(self):
         """The pre-training seeds: --pretrain_seeds as distinct integers, else [--seed]."""
-        if not self.pretrain_seeds.strip():
-            return [self.seed]
-        try:
-            seeds = [int(s) for s in self.pretrain_seeds.split(",")]
-        except ValueError:
-            _fail("pretrain_seeds", f"'{self.pretrain_seeds}' is not a comma-separated list of integers; use e.g. 42,43")
-        if len(set(seeds)) < len(seeds):
-            _fail("pretrain_seeds", f"'{self.pretrain_seeds}' names a seed twice; give each once")
-        return seeds
+        return seed_values(self, "pretrain_seeds") if self.pretrain_seeds.strip() else [self.seed]
 
 
 
@@ -696,7 +688,7 @@ def checked_config(config, config_cls):
     notebook or another program, it sets up the log as run_main does (unless logging already is)."""
     setup_logging()
     if config is None:
-        return config_cls()
+        config = config_cls()
     if type(config).__name__ != config_cls.__name__ or not dataclasses.is_dataclass(config):  # by name: a notebook
         # that reloaded argument.py after editing a default holds the class anew
         raise SpanElectraError(f"config: this script takes a {config_cls.__name__}, not a {type(config).__name__}; "
@@ -704,7 +696,26 @@ def checked_config(config, config_cls):
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         setattr(config, f.name, _coerce(getattr(config, f.name), f.name, hints[f.name], "given to main()"))
+    if hasattr(config, "seed"):  # numpy and torch take seeds in [0, 2**32)
+        check_range(config, "seed", low=0, high=MAX_SEED)
     return config
+
+
+MAX_SEED = 2**32 - 1
+
+
+def seed_values(config, name):
+    """A comma-separated seeds field as distinct integers in [0, 2**32) (a seed twice would count twice)."""
+    text = getattr(config, name)
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        _fail(name, f"'{text}' is not a comma-separated list of integers; use e.g. 1,2,3")
+    if len(set(seeds)) < len(seeds):
+        _fail(name, f"'{text}' names a seed twice; give each once")
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        _fail(name, f"'{text}': seeds are integers in [0, {MAX_SEED}]")
+    return seeds
 
 
 def _coerce(value, name, hint, where):
@@ -871,7 +882,7 @@ class finetune_args:
         for name in ("weight_decay", "max_grad_norm", "max_train_examples"):
             check_range(self, name, low=0)
         check_range(self, "max_seq_length", low=5)  # [CLS] a [SEP] b [SEP]
-        check_range(self, "subset_seed", low=-1)
+        check_range(self, "subset_seed", low=-1, high=MAX_SEED)
         self.seed_list()
         check_dir(self, "model_dir", "point it at OUT/discriminator of trainSpanElectra.py or a transformers "
                   "ELECTRA/BERT folder", must_contain="config.json")
@@ -882,12 +893,4 @@ class finetune_args:
 
     def seed_list(self):
         """The seeds to run: --seeds as integers, else [--seed]."""
-        if not self.seeds.strip():
-            return [self.seed]
-        try:
-            seeds = [int(s) for s in self.seeds.split(",")]
-        except ValueError:
-            _fail("seeds", f"'{self.seeds}' is not a comma-separated list of integers; use e.g. 1,2,3")
-        if len(set(seeds)) < len(seeds):  # a seed run twice would count twice in the median
-            _fail("seeds", f"'{self.seeds}' names a seed twice; give each once")
-        return seeds
+        return seed_values(self, "seeds") if self.seeds.strip() else [self.seed]

@@ -238,3 +238,20 @@ def test_main_called_from_a_notebook_logs_its_progress(root_level, tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "training a BPE vocabulary of 400" in result.stderr and "vocabulary: 1 files" in result.stderr
+
+
+@pytest.mark.parametrize("config_cls, fields, needle", [
+    (argument.explore_args, {"seed": -5}, "seed: -5 is out of range"),
+    (argument.MLM_trainingConfig, {"seed": 2**32}, "seed: 4294967296 is out of range"),
+    (argument.finetune_args, {"seeds": "-3,4"}, "seeds: '-3,4': seeds are integers in [0, 4294967295]"),
+    (argument.compare_args, {"pretrain_seeds": "42,-1"}, "pretrain_seeds: '42,-1'"),
+])
+def test_seeds_outside_what_numpy_takes_are_one_line(config_cls, fields, needle):
+    """numpy and torch take seeds in [0, 2**32): anything else is refused up front, not a traceback later."""
+    with pytest.raises(SpanElectraError) as info:
+        config = argument.checked_config(config_cls(**fields), config_cls)
+        config.validate()
+        for name in ("seed_list", "pretrain_seed_list"):
+            if hasattr(config, name):
+                getattr(config, name)()
+    assert needle in str(info.value)
