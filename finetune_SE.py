@@ -157,9 +157,12 @@ def detect_layout(rows, path, config):
 
 
 def unknown_header(rows, layout):
-    """A first line whose label occurs nowhere else among a few repeated labels, and whose texts are single
-    words, names columns (e.g. 'review<TAB>sentiment'): read as data, it would become an example."""
+    """A first line that names columns (e.g. 'review<TAB>sentiment'), read as data, would become an example:
+    a word where every other label is a number, or a label that occurs nowhere else among a few repeated
+    labels, with single-word texts."""
     labels = [fields[layout.label_col] for _, fields in rows]
+    if len(labels) > 1 and not is_number(labels[0]) and all(is_number(v) for v in labels[1:]):
+        return True
     return (len(rows) > 10 and labels.count(labels[0]) == 1 and len(set(labels)) <= 20
             and not any(c.isspace() for i in layout.text_cols for c in rows[0][1][i]))
 
@@ -295,7 +298,8 @@ def read_test(rows, path, layout):
     """test.tsv: the texts found by train.tsv's header names (or GLUE's) or by position, and the index column."""
     first = rows[0][1]
     n_text = len(layout.text_cols)
-    if is_header(first):
+    own_names = layout.header and {layout.header[i].lower() for i in layout.text_cols} <= {f.lower() for f in first}
+    if is_header(first) or own_names:  # GLUE's names, or train.tsv's own (--text_columns review)
         names = [f.lower() for f in first]
         candidates = ([tuple(layout.header[i].lower() for i in layout.text_cols)] if layout.header else []) + \
             [names_ for names_, _ in TEXT_HEADERS if len(names_) == n_text]

@@ -122,6 +122,19 @@ def test_a_header_of_unknown_names_is_not_read_as_an_example(tmp_path):
     assert task.labels == ["neg", "pos"] and len(task.train.texts) == 20
     task = ft.load_task(task_config(write_task(tmp_path / "text", ["text\tlabel"] + rows)))
     assert (task.layout.kind, task.labels, len(task.train.texts)) == ("single", ["neg", "pos"], 20)
+    # a small file of number labels (or scores) under a word: a header, however few its rows
+    for name, labels in (("small", ["1", "0", "1"]), ("scores", ["0.53", "0.07", "0.9"])):
+        folder = write_task(tmp_path / name, ["review\tscorevalue"] + [f"film {i} was ok\t{v}" for i, v in enumerate(labels)])
+        with pytest.raises(SpanElectraError, match="looks like a header"):
+            ft.load_task(task_config(folder))
+
+
+def test_a_test_file_with_the_users_own_header_is_not_an_example(tmp_path):
+    """test.tsv headed with train.tsv's own names (given by --text_columns) is read by them, not predicted."""
+    rows = [f"{'a good' if i % 2 else 'a bad'} film number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(12)]
+    folder = write_task(tmp_path / "t", ["review\tsentiment"] + rows, test=["review", "a fine film", "a dull film"])
+    task = ft.load_task(task_config(folder, text_columns="review", label_column="sentiment"))
+    assert task.test.texts == [("a fine film",), ("a dull film",)] and task.test.index == ["0", "1"]
 
 
 def test_detected_metrics_and_label_order(tmp_path):
