@@ -478,7 +478,13 @@ def prepare_data(config, scale):
     if not os.path.isfile(os.path.join(feat_dir, "meta.json")):
         process.main(feature_args(tokenizer_dir=tok_dir, train_input=config.train_input,
                                   valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128))
-    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": PretrainingFeatures(feat_dir).vocab_size}
+    features = PretrainingFeatures(feat_dir)
+    sequences = features.meta["num_sequences"]["train"]
+    if sequences < scale["batch"]:  # found now, not after the first rows were fine-tuned
+        raise SpanElectraError(f"train_input: '{config.train_input}' gave {sequences} training sequences of 128 "
+                               f"tokens, fewer than one batch of {scale['batch']} at --scale {config.scale}; give "
+                               "more text (a few MB), or use --scale tiny (batch 32)")
+    return {"tokenizer": tok_dir, "features": feat_dir, "vocab": features.vocab_size}
 
 
 # ---------------------------------------------------------------- report

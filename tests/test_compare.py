@@ -537,6 +537,20 @@ def test_a_collapsed_discriminator_is_named_with_what_to_do(caplog):
     assert not caplog.records
 
 
+def test_a_corpus_smaller_than_one_batch_stops_at_the_data_stage(bpe_tok, bpe_feat, tmp_path):
+    """A corpus that gives fewer sequences than the scale's batch stops once its features are built, naming
+    the corpus and what to do (the training's own message names a flag the comparison does not have)."""
+    import shutil
+    shutil.copytree(bpe_tok, tmp_path / "tok")
+    shutil.copytree(bpe_feat[0], tmp_path / "features")
+    config = cp.compare_args(scale="gpu_vi", train_input="corpus.txt", valid_input="", out_dir=str(tmp_path)).resolved()
+    scale = dict(cp.SCALES["gpu_vi"], batch=bpe_feat[1]["num_sequences"]["train"] + 1)
+    with pytest.raises(cp.SpanElectraError, match=r"^train_input: 'corpus.txt' gave \d+ training sequences .* fewer "
+                                                  r"than one batch .* give more text"):
+        cp.prepare_data(config, scale)
+    assert cp.prepare_data(config, dict(cp.SCALES["gpu_vi"], batch=32))["vocab"] == bpe_feat[1]["vocab_size"]
+
+
 def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path):
     """Nothing stubbed: vocabulary, features, FLOP counting, pre-training each kind of recipe at a few
     steps' budget, fine-tuning and linear probes, the table, the JSON and RESULTS.md's section."""
