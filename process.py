@@ -32,7 +32,8 @@ from features import META_FILE, PretrainingFeatures
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into, storage_reason)
-from tokenization import CLS_ID, SEP_ID, batched, copy_tokenizer, load_tokenizer, segmented_batches
+from tokenization import (CLS_ID, SEP_ID, batched, copy_tokenizer, folder_segmenter, load_tokenizer,
+                          segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
@@ -170,7 +171,7 @@ def main(config: feature_args = None):
     out_dir = os.path.abspath(config.out_dir)
     make_out_dir(os.path.dirname(out_dir), "out_dir")
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
-    segmenter = info.get("word_segmenter", "none")
+    segmenter = folder_segmenter(config.tokenizer_dir, "tokenizer_dir")[0]  # a missing pyvi: said before any work
     tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.tmp-")
     try:
         meta = _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp)

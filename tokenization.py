@@ -51,7 +51,7 @@ def folder_segmenter(tokenizer_dir, field):
     try:
         segment = load_segmenter(name)
     except SpanElectraError:
-        raise SpanElectraError(f"{field}: '{tokenizer_dir}' was pre-trained on text segmented with {name}, which "
+        raise SpanElectraError(f"{field}: '{tokenizer_dir}' was built on text segmented with {name}, which "
                                f"is not installed here; run `pip install {name}`") from None
     return name, keeping_special_tokens(segment) if segment else (lambda line: line)
 

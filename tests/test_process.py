@@ -1,6 +1,7 @@
 """process.py: packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks and the Datasets."""
 import filecmp
 import re
+import sys
 import types
 
 import numpy as np
@@ -484,3 +485,13 @@ def test_a_valid_file_that_is_also_training_text_is_warned_about(bpe_tok, tmp_pa
     with caplog.at_level("WARNING", logger="span_electra"):
         build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE), valid_input=str(SAMPLE / "valid.tokens"))
     assert "valid.tokens also in train_input" in caplog.text
+
+
+def test_features_of_a_pyvi_vocabulary_without_pyvi_name_the_tokenizer(vi_tok, tmp_path, monkeypatch):
+    """The segmenter comes from the tokenizer folder (process.py has no --word_segmenter): the one line
+    says so, before any work."""
+    monkeypatch.setitem(sys.modules, "pyvi", None)
+    with pytest.raises(SpanElectraError, match=r"^tokenizer_dir: .* segmented with pyvi, .* run `pip install pyvi`$"):
+        process.main(argument.feature_args(tokenizer_dir=str(vi_tok), train_input=str(SAMPLE_VI / "train.txt"),
+                                           valid_input="", out_dir=str(tmp_path / "f")))
+    assert not (tmp_path / "f").exists()
