@@ -48,6 +48,9 @@ def test_masker_never_needs_more_slots_and_keeps_the_ratio(bpe_feat, kind):
     config = argument.MaskingArgs(masking=kind)
     slots = masking.max_prediction_slots(config, 128)
     assert slots == (24 if kind == "span" else 19)  # ELECTRA's 19 at 128; 1.25x that for whole spans
+    # shorter rows: a span is a larger share of the row, so at least 5 slots over the budget
+    assert masking.max_prediction_slots(config, 64) == (15 if kind == "span" else 10)
+    assert masking.max_prediction_slots(config, 512) == (97 if kind == "span" else 77)
     ids = np.asarray(feats.split("train")[:512], dtype=np.int64)
     batch = feats.masker(config)(ids, np.random.default_rng(0))
     per_row = (batch["labels"] != -100).sum(1)
