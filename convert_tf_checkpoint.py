@@ -72,7 +72,10 @@ def read_hparams(config_file):
         return {}
     hparams = read_json(config_file, "pass the hparams JSON the model was trained with, or leave it out",
                         "config_file", ours=False)
-    return hparams if isinstance(hparams, dict) else {}
+    if not isinstance(hparams, dict):
+        raise SpanElectraError(f"config_file: '{config_file}' must hold a JSON object of hparams (as "
+                               "google-research/electra's hparams.json), not a {type(hparams).__name__}")
+    return hparams
 
 
 def encoder_sizes(ckpt, scope):
@@ -104,6 +107,9 @@ def electra_configs(ckpt, hparams):
     hidden, layers, intermediate = encoder_sizes(ckpt, "electra")
     overrides = hparams.get("model_hparam_overrides", {})
     heads = overrides.get("num_attention_heads") or HEADS_PER_SIZE.get(hparams.get("model_size"), max(1, hidden // 64))
+    if not isinstance(heads, int) or heads < 1 or hidden % heads:
+        raise SpanElectraError(f"config_file: num_attention_heads {heads!r} does not divide the checkpoint's hidden size "
+                               f"{hidden}; give a divisor of {hidden} in model_hparam_overrides")
     disc = ElectraConfig(**common, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
                          num_attention_heads=heads)
     gen_sizes = encoder_sizes(ckpt, "generator")
@@ -183,9 +189,13 @@ def main(config: convert_args = None):
     lowercase = config.do_lower_case if config.do_lower_case is not None else hparams.get("do_lower_case", True)
     tok = wordpiece_from_vocab(vocab_file, lowercase)
     disc_config, gen_config = electra_configs(ckpt, hparams)
-    if tok.get_vocab_size() != disc_config.vocab_size:
-        logger.warning("vocab_file: %d entries, the checkpoint's embeddings %d rows", tok.get_vocab_size(),
-                       disc_config.vocab_size)
+    if tok.get_vocab_size() > disc_config.vocab_size:  # its last ids would index past the embeddings
+        raise SpanElectraError(f"vocab_file: '{vocab_file}' has {tok.get_vocab_size()} entries, more than the "
+                               f"checkpoint's {disc_config.vocab_size} embedding rows; pass the vocab.txt the model "
+                               "was trained with")
+    if tok.get_vocab_size() < disc_config.vocab_size:
+        logger.warning("vocab_file: %d entries, the checkpoint's embeddings %d rows (the rest are never used)",
+                       tok.get_vocab_size(), disc_config.vocab_size)
     models_ = {"disc": ElectraForPreTraining(disc_config)}
     if gen_config is not None:
         models_["gen"] = ElectraForMaskedLM(gen_config)

@@ -207,7 +207,7 @@ class TFCheckpoint:
                                    "folder or prefix (DIR/model.ckpt-N, beside model.ckpt-N.index and .data-*)")
         try:
             self.entries = read_index(index)
-        except (ValueError, IndexError, struct.error, UnicodeDecodeError) as e:
+        except (ValueError, IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
             raise SpanElectraError(f"checkpoint: cannot read '{index}' ({e}); the file is damaged or not a "
                                    "TensorFlow checkpoint") from None
         self.num_shards = self.entries.pop("", {}).get("num_shards", 1)

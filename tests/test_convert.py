@@ -150,3 +150,41 @@ def test_not_a_checkpoint_is_one_line(tmp_path, capsys):
     code, err = run_in_process(capsys, convert, argument.convert_args, "--checkpoint", tmp_path / "x", "--out_dir",
                                tmp_path / "out")
     assert_one_line_error(code, err, "checkpoint:", "not a TensorFlow checkpoint")
+
+
+def test_any_damage_to_the_index_is_one_line(tmp_path):
+    """Every byte of the .index overwritten in turn (as a bad download or disk would): the reader gives
+    the checkpoint back or a one-line error, never an exception of its own parser."""
+    index = (FIXTURE / "model.ckpt-3.index").read_bytes()
+    path = tmp_path / "model.ckpt-3.index"
+    outcomes = {"read": 0, "refused": 0}
+    for position in range(0, len(index), 3):
+        for value in (0x10, 0xFF):
+            path.write_bytes(index[:position] + bytes([value]) + index[position + 1:])
+            try:
+                ckpt = tf_checkpoint.TFCheckpoint(str(tmp_path / "model.ckpt-3"))
+                [ckpt.shape(name) for name in ckpt.names()]
+                outcomes["read"] += 1
+            except tf_checkpoint.SpanElectraError as e:
+                assert "\n" not in str(e) and str(e).startswith("checkpoint:")
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["read"] > 0
+
+
+def test_inputs_that_do_not_fit_the_checkpoint_are_one_line(tmp_path, capsys):
+    """A vocab.txt longer than the embeddings (its last ids would index past them), hparams that are not an
+    object, and a head count that does not divide the hidden size: one line each, nothing written."""
+    import json
+    bigger = tmp_path / "vocab.txt"
+    bigger.write_text((FIXTURE / "vocab.txt").read_text() + "".join(f"extra{i}\n" for i in range(50)))
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps({"model_hparam_overrides": {"num_attention_heads": 3}}))
+    for flags, needle in ((["--vocab_file", bigger], "more than the checkpoint's 182 embedding rows"),
+                          (["--config_file", listed], "must hold a JSON object"),
+                          (["--config_file", three], "num_attention_heads 3 does not divide the checkpoint's hidden size 32")):
+        code, err = run_in_process(capsys, convert, argument.convert_args, "--checkpoint", FIXTURE, "--out_dir",
+                                   tmp_path / "out", *flags)
+        assert_one_line_error(code, err, needle)
+        assert not (tmp_path / "out" / "discriminator").exists()
