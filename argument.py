@@ -864,6 +864,8 @@ class finetune_args:
     subset_seed: int = _help("seed that picks the max_train_examples subset (-1: the first seed), so that seeds "
                              "fine-tuned in separate runs see the same examples", default=-1)
     save_model: bool = _help("save the first seed's fine-tuned model and tokenizer to out_dir/model", default=True)
+    pre_segmented: bool = _help("the task's text is already word-segmented as the model's corpus was (e.g. "
+                                "Vietnamese with pyvi's Việt_Nam): used as it is, not segmented again", default=False)
     linear_probe: bool = _help("instead of fine-tuning: a linear probe (the encoder frozen, logistic regression on "
                                "its mean-pooled outputs), cheap and sensitive to what pre-training learned",
                                default=False)

@@ -34,7 +34,7 @@ from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
 from modelling_span_electra import quiet_transformers, weights_problem
-from tokenization import copy_tokenizer, folder_segmenter
+from tokenization import copy_tokenizer, folder_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
 
@@ -856,7 +856,8 @@ def main(config: finetune_args = None):
     tokenizer = load_model_tokenizer(config.model_dir, model_config, config.max_seq_length)
     # task text segmented as the model's corpus was (pyvi for a Vietnamese model), or each segmented
     # word would reach it as syllables it never saw joined; a missing segmenter stops before out_dir is touched
-    segmenter, prepare = folder_segmenter(config.model_dir, "model_dir")
+    segmenter, prepare = (read_tokenizer_info(config.model_dir)["word_segmenter"], lambda text: text) \
+        if config.pre_segmented else folder_segmenter(config.model_dir, "model_dir")
     runtime = tu.setup_runtime(config.device)
     make_out_dir(config.out_dir)
     clear_outputs(config.out_dir)
@@ -865,7 +866,10 @@ def main(config: finetune_args = None):
     token_types = getattr(model_config, "type_vocab_size", 0) > 1  # segment ids for pairs (ELECTRA, BERT)
     pad_id = tokenizer.pad_token_id or 0
     if segmenter != "none":
-        logger.info("task texts segmented with %s, as the model's pre-training text was", segmenter)
+        logger.info("task texts %s, as the model's pre-training text was", "used as given (--pre_segmented): "
+                    f"already segmented with {segmenter}" if config.pre_segmented else f"segmented with {segmenter}")
+    elif config.pre_segmented:
+        logger.warning("pre_segmented: the model's corpus was not segmented, so there is nothing to skip")
     data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, prepare)
             for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
             if examples is not None}
