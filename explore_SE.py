@@ -268,6 +268,21 @@ def show_token(tokenizer, token):
     return text.replace("##", "") or token
 
 
+def readable_pieces(tokenizer, scored):
+    """[(text, probability)] of detect's tokens, with the byte-level tokens that each hold part of one
+    character ('日', an emoji) joined into that character, at the highest probability among them."""
+    pieces, tokens = [], []
+    for token, p in scored:
+        tokens.append((token, p))
+        text = show_token(tokenizer, "".join(t for t, _ in tokens)) if len(tokens) > 1 else show_token(tokenizer, token)
+        if "\ufffd" not in text or len(tokens) == 4:  # a UTF-8 character takes at most 4 bytes
+            pieces.append((text, max(q for _, q in tokens)))
+            tokens = []
+    if tokens:
+        pieces.append((show_token(tokenizer, "".join(t for t, _ in tokens)), max(q for _, q in tokens)))
+    return pieces
+
+
 def fills_note(tokenizer, rows, head="generator"):
     """A newcomer's reading of the fills: the same first guess at every masked position means the
     head predicts word frequencies, not yet the context (an early or small generator does)."""
@@ -319,8 +334,8 @@ def report(explorer, text, top_k=5, seed=0):
                      "folder holding generator/ too")
     if explorer.discriminator is not None:
         lines.append(f"discriminator P(replaced) for: {plain}")
-        scored = explorer.detect(plain)
-        lines.append("  " + "  ".join(f"{show_token(explorer.tokenizer, t)}:{probability(p)}" for t, p in scored))
+        scored = readable_pieces(explorer.tokenizer, explorer.detect(plain))
+        lines.append("  " + "  ".join(f"{text}:{probability(p)}" for text, p in scored))
     return lines
 
 

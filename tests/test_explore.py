@@ -242,3 +242,14 @@ def test_a_mark_inside_a_segmented_word_masks_that_word_and_says_so(vi_models):
     assert "Việt" not in masked and masked.startswith("Nam")  # the marked Nam, not Việt_Nam's
     lines = explore_SE.report(ex, "Hà Nội là [[ thủ đô ]] của Việt Nam .", top_k=1)
     assert not any("part of the word" in line for line in lines)  # a mark on whole words says nothing
+
+
+def test_characters_split_over_byte_tokens_are_shown_whole(en_models):
+    """Byte-level BPE cuts a character it never saw whole (CJK, an emoji) into byte tokens; the
+    discriminator's line joins them back into the character instead of showing '\ufffd' per byte."""
+    ex = explore_SE.Explorer(str(en_models))
+    scored = ex.detect("日本語 🙂 café")
+    pieces = explore_SE.readable_pieces(ex.tokenizer, scored)
+    assert "".join(text for text, _ in pieces).replace("\u0120", "") == "日本語🙂café"  # a lone space token shows as itself
+    assert not any("\ufffd" in text for text, _ in pieces) and len(pieces) < len(scored)
+    assert max(p for _, p in pieces) == max(p for _, p in scored)
