@@ -356,6 +356,9 @@ def set_targets(examples, task):
         examples.targets = np.array([float(v) for v in examples.labels], dtype=np.float32)
         return
     ids = {label: i for i, label in enumerate(task.labels)}
+    if all(is_number(v) for v in task.labels):  # number labels match as numbers: dev's '1.0' is train's '1'
+        by_value = {float(v): i for v, i in ids.items()}
+        ids.update({v: by_value[float(v)] for v in set(examples.labels) if is_number(v) and float(v) in by_value})
     for label, no in zip(examples.labels, examples.lines):
         if label not in ids:
             what = "is empty" if not label else f"'{label}' does not occur in train.tsv"

@@ -556,3 +556,11 @@ def test_the_majority_baseline_is_the_whole_train_files(tmp_path):
     assert list(task.train.labels).count("0") > 2
     label, metrics = ft.majority_baseline(task)
     assert label == "1" and metrics["eval_accuracy"] == pytest.approx(30 / 50)
+
+
+def test_number_labels_match_as_numbers(tmp_path):
+    """A dev.tsv that writes train's 0/1 as 0.0/1.0 is the same classes, not unknown labels."""
+    train = ["sentence\tlabel"] + [f"film {i} was {'good' if i % 2 else 'bad'}\t{i % 2}" for i in range(20)]
+    dev = ["sentence\tlabel"] + [f"film {i} was {'good' if i % 2 else 'bad'}\t{i % 2}.0" for i in range(6)]
+    task = ft.load_task(task_config(write_task(tmp_path / "t", train, dev)))
+    assert task.labels == ["0", "1"] and task.dev.targets.tolist() == [0, 1, 0, 1, 0, 1]
