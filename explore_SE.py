@@ -24,9 +24,10 @@ from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTrainin
 
 from argument import MaskingArgs, checked_config, explore_args, run_main
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
-from tokenization import SPECIAL_TOKENS, folder_segmenter, tokenizer_hash
-from io_utils import SpanElectraError
-from modelling_span_electra import load_generator, load_weights, saved_heads, saved_kind
+from tokenization import (SPECIAL_TOKENS, check_tokenizer_fits, folder_segmenter, read_tokenizer_info,
+                          tokenizer_hash)
+from io_utils import SpanElectraError, first_line
+from modelling_span_electra import load_generator, load_weights, quiet_transformers, saved_heads, saved_kind
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
 
@@ -68,17 +69,31 @@ def find_models(model_dir):
     disc = _find(model_dir, "discriminator")
     if disc is None:
         return _find(model_dir, "generator"), None
-    run_dir = os.path.dirname(disc.rstrip(os.sep))
+    run_dir = os.path.dirname(os.path.abspath(disc))  # also for a relative 'discriminator' or '.'
     gen = _find(run_dir, "generator") if os.path.isdir(os.path.join(run_dir, "generator")) else None
     return gen or _two_stage_generator(run_dir) or _find(model_dir, "generator"), disc
 
 
 def same_tokenizer(gen_dir, disc_dir):
-    """Stop when the generator and the discriminator were saved with different tokenizers: the
-    discriminator would read ids of another vocabulary."""
-    if tokenizer_hash(gen_dir) != tokenizer_hash(disc_dir):
+    """Stop when the generator and the discriminator were saved with different tokenizers (another vocabulary
+    or segmentation): the discriminator would read ids of another vocabulary. The same tokenizer saved
+    otherwise (tokenizer.json in one folder, vocab.txt alone in the other) is the same."""
+    if tokenizer_hash(gen_dir) == tokenizer_hash(disc_dir):
+        return
+    segmenters = {read_tokenizer_info(d)["word_segmenter"] for d in (gen_dir, disc_dir)}
+    if len(segmenters) > 1 or model_tokenizer(gen_dir).get_vocab() != model_tokenizer(disc_dir).get_vocab():
         raise SpanElectraError(f"model_dir: the generator in '{gen_dir}' and the discriminator in '{disc_dir}' were "
                                "trained with different tokenizers; point --model_dir at one run's folder")
+
+
+def model_tokenizer(folder):
+    """The transformers tokenizer saved in a model folder; none usable is a one-line error."""
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # transformers raises many kinds here (OSError, ValueError, TypeError, ...)
+        raise SpanElectraError(f"model_dir: no usable tokenizer in '{folder}' ({first_line(e)}); copy the model's "
+                               "tokenizer.json and tokenizer_config.json beside its config.json") from None
 
 
 def char_positions(plain, segmented):
@@ -98,6 +113,21 @@ def char_positions(plain, segmented):
     return where
 
 
+def joined_pieces(text, prepare):
+    """The marked and unmarked pieces of text, each through prepare, joined by single spaces, and the
+    character ranges of the marked ones in the result."""
+    out, marks = "", []
+    for i, piece in enumerate(MARK.split(text)):
+        piece = " ".join(piece.split())
+        piece = prepare(piece) if piece else ""
+        if piece:
+            out += " " if out else ""
+            if i % 2 == 1:
+                marks.append((len(out), len(out) + len(piece)))
+            out += piece
+    return out, marks
+
+
 def whole_words(text, start, end):
     """The range [start, end) of text widened to whole words (whitespace-delimited)."""
     while start > 0 and not text[start - 1].isspace():
@@ -111,14 +141,14 @@ class Explorer:
     """The saved generator and discriminator of a run, loaded through plain transformers."""
 
     def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
-        found = find_models(model_dir) if model_dir and not (generator_dir or discriminator_dir) else (None, None)
+        found = find_models(model_dir) if model_dir else (None, None)  # what is not given comes from model_dir
         self.gen_dir, self.disc_dir = generator_dir or found[0], discriminator_dir or found[1]
         if not (self.gen_dir or self.disc_dir):
             raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
         if self.gen_dir and self.disc_dir:
             same_tokenizer(self.gen_dir, self.disc_dir)
         tok_dir = self.gen_dir or self.disc_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        self.tokenizer = model_tokenizer(tok_dir)
         self.segmenter, self.segment = folder_segmenter(tok_dir, "model_dir")
         self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
         if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
@@ -130,10 +160,7 @@ class Explorer:
             if self.disc_dir else None
         models = [m for m in (self.generator, self.discriminator) if m]
         self.max_tokens = min(m.config.max_position_embeddings for m in models)
-        if len(self.tokenizer) > min(m.config.vocab_size for m in models):
-            raise SpanElectraError(f"model_dir: the tokenizer in '{tok_dir}' has {len(self.tokenizer)} tokens, more "
-                                   f"than the model's {min(m.config.vocab_size for m in models)} embeddings; it is not "
-                                   "the model's tokenizer")
+        check_tokenizer_fits(self.tokenizer, min(m.config.vocab_size for m in models), tok_dir)
         self.notes = []  # what the last marked text needed said (a mark inside a segmented word)
 
     def _check_length(self, ids):
@@ -150,21 +177,14 @@ class Explorer:
         if "[[" in unmarked or "]]" in unmarked:
             raise SpanElectraError(f"text: a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as "
                                    "[[ words ]]")
-        plain, marks = "", []
-        for i, piece in enumerate(MARK.split(text)):
-            piece = " ".join(piece.split())
-            if piece:
-                plain += " " if plain else ""
-                if i % 2 == 1:
-                    marks.append((len(plain), len(plain) + len(piece)))
-                plain += piece
         if self.segmenter == "none":
-            return plain, marks
-        plain = unicodedata.normalize("NFC", plain)  # what pyvi does first
+            return joined_pieces(text, lambda piece: piece)
+        # NFC first, as pyvi does, so that the marks' offsets hold in the text it segments
+        plain, marks = joined_pieces(text, lambda piece: unicodedata.normalize("NFC", piece))
         segmented = self.segment(plain)
         where = char_positions(plain, segmented)
         if where is None:  # the segmenter changed characters: segment each piece on its own
-            return self._pieces_segmented(text)
+            return joined_pieces(text, self.segment)
         spans = []
         for start, end in marks:
             first, last = where[start], where[end - 1]
@@ -174,18 +194,6 @@ class Explorer:
                                   "corpus was segmented: the whole word is masked, as training masks whole words)")
             spans.append(wide)
         return segmented, spans
-
-    def _pieces_segmented(self, text):
-        """_segmented_marks' fallback: each marked and unmarked piece segmented on its own."""
-        out, marks = "", []
-        for i, piece in enumerate(MARK.split(text)):
-            piece = self.segment(" ".join(piece.split())) if piece.strip() else ""
-            if piece:
-                out += " " if out else ""
-                if i % 2 == 1:
-                    marks.append((len(out), len(out) + len(piece)))
-                out += piece
-        return out, marks
 
     def _encode_marked(self, text, seed):
         """Token ids with the marked (or random) spans, and any [MASK] typed in the text, replaced by [MASK],

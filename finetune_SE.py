@@ -34,7 +34,7 @@ from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
 from modelling_span_electra import quiet_transformers, weights_problem
-from tokenization import copy_tokenizer, folder_segmenter, read_tokenizer_info
+from tokenization import check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
 
@@ -521,9 +521,7 @@ def load_model_tokenizer(model_dir, model_config, max_seq_length):
     except Exception as e:  # transformers raises many kinds here (OSError, ValueError, TypeError, ...)
         raise SpanElectraError(f"model_dir: no usable tokenizer in '{model_dir}' ({first_line(e)}); copy "
                                "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json") from None
-    if len(tokenizer) > model_config.vocab_size:
-        raise SpanElectraError(f"model_dir: the tokenizer in '{model_dir}' has {len(tokenizer)} tokens but the model "
-                               f"only {model_config.vocab_size} embeddings; it is not the model's tokenizer")
+    check_tokenizer_fits(tokenizer, model_config.vocab_size, model_dir)
     positions = getattr(model_config, "max_position_embeddings", max_seq_length)
     if max_seq_length > positions:
         raise SpanElectraError(f"max_seq_length: {max_seq_length} exceeds the model's {positions} positions; use at "

@@ -194,6 +194,14 @@ def save_transformers_tokenizer(tok, directory, model_max_length=512):
     tok.model.save(directory)
 
 
+def check_tokenizer_fits(tokenizer, vocab_size, folder, field="model_dir"):
+    """Stop when a model folder's tokenizer has more tokens than the model has embeddings: its last ids
+    would index past them (another model's tokenizer)."""
+    if len(tokenizer) > vocab_size:
+        raise SpanElectraError(f"{field}: the tokenizer in '{folder}' has {len(tokenizer)} tokens but the model only "
+                               f"{vocab_size} embeddings; it is not the model's tokenizer")
+
+
 def copy_tokenizer(tokenizer_dir, directory):
     """Copy the tokenizer files of tokenizer_dir (TOKENIZER_FILES that exist) into directory."""
     os.makedirs(directory, exist_ok=True)

@@ -103,10 +103,12 @@ def build_model(config, features):
 @torch.no_grad()
 def evaluate(model, dataset, config, runtime):
     model.eval()
-    sample_rng = torch.Generator(device=runtime.device).manual_seed(config.seed)  # the same samples every evaluation
+    sample_rng = torch.Generator(device=runtime.device)
     sums = tu.MetricSums()
     baseline_token = dataset.features.most_frequent_token()
     for i in tu.eval_batch_indices(dataset, config.eval_batches):
+        # the same samples for a batch at every evaluation and whatever the number of processes
+        sample_rng.manual_seed(config.seed * 1_000_003 + i * dataset.world_size + dataset.rank)
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             sums.add(loss_and_metrics(model, batch, config, sample_rng, baseline_token=baseline_token)[1])

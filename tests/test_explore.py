@@ -1,4 +1,7 @@
 """explore_SE.py: generator fills and discriminator scores, in English and Vietnamese."""
+import os
+import unicodedata
+
 import pytest
 import torch
 
@@ -242,6 +245,20 @@ def test_a_mark_inside_a_segmented_word_masks_that_word_and_says_so(vi_models):
     assert "Việt" not in masked and masked.startswith("Nam")  # the marked Nam, not Việt_Nam's
     lines = explore_SE.report(ex, "Hà Nội là [[ thủ đô ]] của Việt Nam .", top_k=1)
     assert not any("part of the word" in line for line in lines)  # a mark on whole words says nothing
+    # typed in decomposed Unicode (NFD), the same words are masked
+    nfd = unicodedata.normalize("NFD", "Tôi yêu Hà Nội và [[ Việt Nam ]] .")
+    words, marks = ex._segmented_marks(nfd)
+    assert [words[a:b] for a, b in marks] == ["Việt_Nam"] and not ex.notes
+
+
+def test_a_folder_given_beside_model_dir_takes_the_other_half_from_it(en_models, monkeypatch):
+    """The notebook's Explorer(OUT/gen, discriminator_dir=...) keeps model_dir's generator; a relative
+    --model_dir that is the discriminator folder itself finds the generator beside it."""
+    ex = explore_SE.Explorer(str(en_models), discriminator_dir=str(en_models / "discriminator"))
+    assert ex.gen_dir == str(en_models / "generator")
+    monkeypatch.chdir(en_models)
+    ex = explore_SE.Explorer("discriminator")
+    assert os.path.abspath(ex.gen_dir) == str(en_models / "generator")
 
 
 def test_characters_split_over_byte_tokens_are_shown_whole(en_models):

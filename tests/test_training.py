@@ -381,6 +381,32 @@ def test_pipeline_summary_says_each_figure_against_its_baseline():
     assert "not yet above the frequency baseline" in mlm and "near chance" in disc
 
 
+def test_validation_of_a_joint_run_does_not_depend_on_the_number_of_processes(bpe_feat, monkeypatch):
+    """Each valid batch gets the same generator samples whichever rank evaluates it: the per-batch figures
+    of two ranks are those of one process, batch for batch."""
+    import features as feats
+    config = se_config(bpe_feat[0], "unused", mode="joint", eval_batches=4, eval_batch_size=8)
+    model, _ = trainSpanElectra.build_model(config, feats.PretrainingFeatures(str(bpe_feat[0])))
+    seen = []
+    def recording(*args, **kwargs):
+        loss, metrics = original(*args, **kwargs)
+        seen.append(float(metrics["disc_loss"]))
+        return loss, metrics
+    original = trainSpanElectra.loss_and_metrics
+    monkeypatch.setattr(trainSpanElectra, "loss_and_metrics", recording)
+    by_batch = {}
+    for world_size in (1, 2):
+        for rank in range(world_size):
+            dataset = feats.SEDataset(config, 8, seed=config.seed, shuffle=False, rank=rank, world_size=world_size,
+                                      split="valid")
+            seen.clear()
+            trainSpanElectra.evaluate(model, dataset, config, training_utils.Runtime(torch.device("cpu")))
+            for i, loss in enumerate(seen):
+                by_batch.setdefault(i * world_size + rank, []).append(loss)
+    assert sorted(by_batch) == [0, 1, 2, 3]
+    assert all(len(v) == 2 and v[0] == pytest.approx(v[1], abs=1e-6) for v in by_batch.values()), by_batch
+
+
 def test_tokens_per_sec_leaves_out_evaluation_and_checkpoints(monkeypatch):
     """Throughput counts training time only: what runs inside paused() (evaluation, a checkpoint)
     does not lower the logged tokens/s, wherever in the window it falls."""
