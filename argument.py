@@ -147,7 +147,7 @@ class MaskingArgs(Config):
     random_replace_prob: float = _help("share of spans replaced by random tokens (the rest is kept)", default=0.1)
     max_predictions_per_seq: int = _help("prediction slots per sequence (ELECTRA's max_predictions_per_seq; the "
                                          "training step's fixed shape). 0: round(mask_ratio x max_seq_len) for token "
-                                         "masking, 1.25 times that for span masking, whose count per row varies "
+                                         "masking, a quarter (at least 5) more for span masking, whose count per row varies "
                                          "(a span that would not fit is cut)", default=0)
 
     def validate(self):
@@ -468,7 +468,7 @@ class explore_args:
     """explore_SE.py: generator fills and discriminator scores for a sentence."""
     model_dir: str = _help("training out_dir (or run_pipeline.py's), or a generator/ or discriminator/ folder",
                            default="outputs/pipeline")
-    text: str = _help("the sentence; words inside [[ ]] are masked", default="")
+    text: str = _help("the sentence; words inside [[ ]] and any typed [MASK] are masked", default="")
     top_k: int = _help("fills shown per masked token", default=5)
     seed: int = _help("seed for random spans when nothing is marked", default=0)
 

@@ -74,7 +74,7 @@ def read_hparams(config_file):
                         "config_file", ours=False)
     if not isinstance(hparams, dict):
         raise SpanElectraError(f"config_file: '{config_file}' must hold a JSON object of hparams (as "
-                               "google-research/electra's hparams.json), not a {type(hparams).__name__}")
+                               f"google-research/electra's hparams.json), not a {type(hparams).__name__}")
     return hparams
 
 
@@ -105,11 +105,16 @@ def electra_configs(ckpt, hparams):
                   max_position_embeddings=ckpt.shape("electra/embeddings/position_embeddings")[0],
                   type_vocab_size=ckpt.shape("electra/embeddings/token_type_embeddings")[0])
     hidden, layers, intermediate = encoder_sizes(ckpt, "electra")
-    overrides = hparams.get("model_hparam_overrides", {})
+    overrides = hparams.get("model_hparam_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise SpanElectraError("config_file: model_hparam_overrides must be a JSON object (name: value)")
     heads = overrides.get("num_attention_heads") or HEADS_PER_SIZE.get(hparams.get("model_size"), max(1, hidden // 64))
     if not isinstance(heads, int) or heads < 1 or hidden % heads:
-        raise SpanElectraError(f"config_file: num_attention_heads {heads!r} does not divide the checkpoint's hidden size "
-                               f"{hidden}; give a divisor of {hidden} in model_hparam_overrides")
+        raise SpanElectraError(
+            f"config_file: num_attention_heads {heads!r} does not divide the checkpoint's hidden size {hidden}; give a "
+            f"divisor of {hidden} in model_hparam_overrides" if "num_attention_heads" in overrides else
+            f"checkpoint: its hidden size {hidden} takes no head count guessed from the hparams (width / 64 or "
+            f"model_size); pass the hparams JSON as --config_file with model_hparam_overrides.num_attention_heads")
     disc = ElectraConfig(**common, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
                          num_attention_heads=heads)
     gen_sizes = encoder_sizes(ckpt, "generator")

@@ -134,7 +134,8 @@ class MLMDataset:
         if self.total_batches < world_size:
             field = "train_batch_size" if shuffle else "eval_batch_size"
             raise SpanElectraError(f"{field}: {batch_size} x {world_size} process(es) is more than the "
-                                   f"{len(self.data)} sequences of split '{split}'; use a smaller batch")
+                                   f"{len(self.data)} sequences of split '{split}'; use a smaller batch" +
+                                   (", fewer processes or a larger split" if world_size > 1 else ""))
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -161,7 +161,7 @@ def unknown_header(rows, layout):
     a word where every other label is a number, or a label that occurs nowhere else among a few repeated
     labels, with single-word texts."""
     labels = [fields[layout.label_col] for _, fields in rows]
-    if len(labels) > 1 and not is_number(labels[0]) and all(is_number(v) for v in labels[1:]):
+    if len(labels) > 1 and labels[0] and not is_number(labels[0]) and all(is_number(v) for v in labels[1:]):
         return True
     return (len(rows) > 10 and labels.count(labels[0]) == 1 and len(set(labels)) <= 20
             and not any(c.isspace() for i in layout.text_cols for c in rows[0][1][i]))

@@ -112,9 +112,23 @@ def remove_other_mode(out_dir, mode):
     that the explorer (and the reader) find this run's models only."""
     for name in ("joint",) if mode == "two_stage" else ("generator", "two_stage"):
         folder = os.path.join(out_dir, name)
-        if os.path.isdir(folder) and holds_a_run(folder):
+        if os.path.isdir(folder) and holds_a_run(folder) and pipeline_run(folder, out_dir):
             logger.info("removing %s: the previous pipeline's %s run", folder, "two-stage" if mode == "joint" else "joint")
             shutil.rmtree(folder)
+
+
+def pipeline_run(folder, out_dir):
+    """True when folder holds a run trained on out_dir's own features, as the pipeline's runs are (not a
+    run of the user's that happens to sit there)."""
+    for name in ("trainMLM_SpanElectra_config.json", "trainSpanElectra_config.json"):
+        if os.path.isfile(os.path.join(folder, name)):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    features = json.load(f).get("features_dir") or ""
+            except (OSError, ValueError, AttributeError):
+                return False
+            return os.path.abspath(features) == os.path.abspath(os.path.join(out_dir, "features"))
+    return False
 
 
 def learning_lines(finals):

@@ -308,16 +308,17 @@ def log_estimates(config, scale, plan, cached, settings, budget):
 
 
 def finetune_seconds(settings, speeds, workers):
-    """One row's fine-tuning and linear probes. A job per task and seed: loading, the training steps and a
-    dev evaluation per epoch; a job per task's probe: loading and one pass over its examples. With
-    workers, `workers` jobs at once (the longest sets each round's pace); in one process, one after another."""
-    jobs = []
+    """One row's fine-tuning and linear probes. Per task and seed, the training steps and a dev evaluation per
+    epoch; per task, the probe's pass over its examples; each job also loads the model and the task. With
+    workers, a job per seed and one per probe, `workers` at once (the longest sets each round's pace); in
+    one process, a job per task (every seed) and one per probe, one after another."""
+    jobs, load, seeds = [], speeds["ft_job_seconds"], len(settings["seeds"].split(","))
     for task in settings["tasks"]:
         train, dev = task_size(task, settings["max_train_examples"]), tsv_rows(os.path.join(task, "dev.tsv"))
-        seed_job = (settings["epochs"] * (-(-train // 32) / speeds["ft_steps_per_second"] +
-                                          dev / speeds["ft_eval_examples_per_second"]) + speeds["ft_job_seconds"])
-        probe_job = (train + dev) / speeds["ft_eval_examples_per_second"] + speeds["ft_job_seconds"]
-        jobs += [seed_job] * len(settings["seeds"].split(",")) + [probe_job]
+        one_seed = settings["epochs"] * (-(-train // 32) / speeds["ft_steps_per_second"] +
+                                         dev / speeds["ft_eval_examples_per_second"])
+        probe = (train + dev) / speeds["ft_eval_examples_per_second"] + load
+        jobs += ([one_seed + load] * seeds if workers > 1 else [seeds * one_seed + load]) + [probe]
     if workers > 1 and jobs:
         return -(-len(jobs) // workers) * max(jobs)
     return sum(jobs)
@@ -481,9 +482,14 @@ def prepare_data(config, scale):
     features = PretrainingFeatures(feat_dir)
     sequences = features.meta["num_sequences"]["train"]
     if sequences < scale["batch"]:  # found now, not after the first rows were fine-tuned
+        for built in (tok_dir, feat_dir, os.path.join(config.out_dir, DATA_FILE)):  # the next call builds them anew
+            if os.path.isdir(built):
+                shutil.rmtree(built)
+            elif os.path.exists(built):
+                os.remove(built)
         raise SpanElectraError(f"train_input: '{config.train_input}' gave {sequences} training sequences of 128 "
                                f"tokens, fewer than one batch of {scale['batch']} at --scale {config.scale}; give "
-                               "more text (a few MB), or use --scale tiny (batch 32)")
+                               "more text (a few MB)" + ("" if scale["batch"] <= 32 else ", or use --scale tiny (batch 32)"))
     return {"tokenizer": tok_dir, "features": feat_dir, "vocab": features.vocab_size}
 
 
@@ -873,6 +879,8 @@ def main(config: compare_args = None):
             # a row fine-tuned otherwise keeps its model; a call without tasks keeps the row's results
             if tasks and row.get("finetune") != settings:
                 pending.append(start_finetuning(pool, row, tasks, config, scale))
+            if not tasks:  # the table of the rows so far, as after each fine-tuning: a stop leaves it
+                write_table(config, [r for r in rows if r["run"] in wanted], tasks, settings)
             while pending and (finetuning_done(pending[0]) or run == plan[-1][0]):
                 finish_finetuning(pending.pop(0), settings)
                 atomic_write_json(rows_path, rows)

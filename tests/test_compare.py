@@ -207,6 +207,16 @@ def test_a_call_without_tasks_keeps_the_rows_fine_tuning(tmp_path, monkeypatch, 
     assert [r["metrics"]["SST-2"]["results"]["eval_accuracy"] for r in rows[:2]] == [0.7, 0.7]
     assert "metrics" not in rows[2]
     assert "| ELECTRA" in (tmp_path / "compare.md").read_text()  # the table shows the new row's pre-training
+
+    def stop_at_se_joint(recipe, budget, config, paths, scale, out_dir):
+        if "se_joint" in out_dir:
+            raise KeyboardInterrupt
+        return out_dir + "/d", budget, 1.0
+    monkeypatch.setattr(cp, "pretrain", stop_at_se_joint)
+    (tmp_path / "compare.md").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run("random,mlm,electra,se_joint", "")
+    assert "| ELECTRA" in (tmp_path / "compare.md").read_text()  # written after each row, not only at the end
     run("random,mlm,electra", SST2)
     assert sorted(set(tuned)) == ["electra@1"]
 
@@ -548,6 +558,9 @@ def test_a_corpus_smaller_than_one_batch_stops_at_the_data_stage(bpe_tok, bpe_fe
     with pytest.raises(cp.SpanElectraError, match=r"^train_input: 'corpus.txt' gave \d+ training sequences .* fewer "
                                                   r"than one batch .* give more text"):
         cp.prepare_data(config, scale)
+    assert sorted(os.listdir(tmp_path)) == []  # what was built goes: more text in the same file is read anew
+    shutil.copytree(bpe_tok, tmp_path / "tok")
+    shutil.copytree(bpe_feat[0], tmp_path / "features")
     assert cp.prepare_data(config, dict(cp.SCALES["gpu_vi"], batch=32))["vocab"] == bpe_feat[1]["vocab_size"]
 
 
