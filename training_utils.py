@@ -778,10 +778,11 @@ class MetricsLog:
 
     def _truncate_after(self, step):
         """Drop rows logged after the checkpoint we resume from, so the file reads as one run (and any
-        line a crash cut short)."""
+        line a crash cut short), and the closing row of a finished run that is now extended."""
         if not os.path.exists(self.path):
             return
-        rows = [json.dumps(row) + "\n" for row in self.rows() if row.get("step", 0) <= step]
+        rows = [json.dumps(row) + "\n" for row in self.rows() if row.get("step", 0) <= step
+                and row.get("event") != "done"]  # a finished run extended (a higher max_steps) goes on
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(rows)
 

@@ -353,6 +353,31 @@ def test_a_run_killed_at_any_step_resumes_to_the_same_losses(bpe_feat, finished_
         assert got[1] == pytest.approx(want[1], rel=1e-5) and got[2] == pytest.approx(want[2], abs=1e-6)
 
 
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one_when_saves_fall_between_logs(bpe_feat, tmp_path,
+                                                                                          monkeypatch):
+    """save_every 3, log_every 2: a row is logged at each checkpoint too, so the row after a resume averages
+    the same steps as in the run that was never stopped (else it would start at the checkpoint); and
+    extending a finished run drops its closing row."""
+    settings = dict(max_steps=6, save_every=3, log_every=2, eval_every=100)
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "whole", **settings))
+    real_step = interrupt_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "cut", **settings))
+    monkeypatch.setattr(tu, "optimizer_step", real_step)
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "cut", resume_from="latest", **settings))
+
+    def train_rows(folder):
+        rows = [json.loads(line) for line in open(folder / "metrics.jsonl", encoding="utf-8")]
+        return [(r["step"], round(r["loss"], 5)) for r in rows if "loss" in r and r.get("split") != "valid"]
+    assert [s for s, _ in train_rows(tmp_path / "whole")] == [2, 3, 4, 6]
+    assert train_rows(tmp_path / "cut") == train_rows(tmp_path / "whole")
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "whole", resume_from="latest", **{**settings,
+                                                                                                    "max_steps": 8}))
+    events = [(r["step"], r.get("event")) for r in map(json.loads, open(tmp_path / "whole" / "metrics.jsonl"))
+              if "event" in r]
+    assert events == [(8, "done")]
+
+
 def test_an_out_dir_with_glob_characters_keeps_and_resumes_its_checkpoints(bpe_feat, tmp_path):
     run = tmp_path / "run[1]"
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, keep_checkpoints=2))
