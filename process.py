@@ -96,6 +96,7 @@ class SequenceWriter:
         self.body = max_seq_len - 2
         self.dtype = dtype
         self.pending = np.zeros(0, dtype=dtype)
+        self.separators = []  # where pending holds a [SEP] put between documents (not counted as text)
         self.num_sequences = 0
         self.num_tokens = 0
         self.num_documents = 0
@@ -114,19 +115,22 @@ class SequenceWriter:
             rows[:, 1:-1] = buffer[:full * self.body].reshape(full, self.body)
             rows.tofile(self.file)
             self.num_sequences += full
-            self.num_tokens += full * self.body
+            written = full * self.body
+            self.num_tokens += written - sum(p < written for p in self.separators)
+            self.separators = [p - written for p in self.separators if p >= written]
         self.pending = buffer[full * self.body:].copy()
 
     def end_document(self):
         if self.across_documents and len(self.pending):
+            self.separators.append(len(self.pending))
             self.pending = np.append(self.pending, np.array(self.sep_id, dtype=self.dtype))
         else:
             self.drop_tail()
 
     def drop_tail(self):
-        """The tokens waiting for a full row are left out (and counted)."""
-        self.dropped_tokens += len(self.pending)
-        self.pending = self.pending[:0]
+        """The tokens waiting for a full row are left out (and counted; an inserted [SEP] is not a token of text)."""
+        self.dropped_tokens += len(self.pending) - len(self.separators)
+        self.pending, self.separators = self.pending[:0], []
 
     def close(self):
         self.drop_tail()  # the last tail: nothing follows it
