@@ -182,6 +182,7 @@ def main(config: feature_args = None):
         make_out_dir(out_dir)
         if os.path.exists(os.path.join(out_dir, META_FILE)):
             os.remove(os.path.join(out_dir, META_FILE))  # the old features stop looking complete first
+        remove_earlier_build(out_dir, keep=os.listdir(tmp))
         move_files_into(tmp, out_dir, last=(META_FILE,))
     except OSError as e:  # a full disk can surface from numpy without an errno: name the place and the fix
         shutil.rmtree(tmp, ignore_errors=True)
@@ -194,6 +195,16 @@ def main(config: feature_args = None):
     logger.info("features: %s -> %s", ", ".join(f"{s}: {meta['num_sequences'][s]} sequences, "
                                                f"{meta['num_tokens'][s]} tokens" for s in meta["splits"]), out_dir)
     return meta
+
+
+def remove_earlier_build(out_dir, keep):
+    """The split and mask files an earlier build left in out_dir that this one does not write (a valid split or
+    static masks it had): left there, np.memmap readers would take the old corpus's. Other files stay."""
+    for split in ("train", "valid"):
+        for suffix in (".bin", ".masked.bin", ".span_position.bin"):
+            name = split + suffix
+            if name not in keep and os.path.isfile(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
 
 
 def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp):

@@ -498,3 +498,14 @@ def test_features_of_a_pyvi_vocabulary_without_pyvi_name_the_tokenizer(vi_tok, t
         process.main(argument.feature_args(tokenizer_dir=str(vi_tok), train_input=str(SAMPLE_VI / "train.txt"),
                                            valid_input="", out_dir=str(tmp_path / "f")))
     assert not (tmp_path / "f").exists()
+
+
+def test_a_rebuild_into_the_same_folder_leaves_no_file_of_the_earlier_build(bpe_tok, tmp_path):
+    """Features rebuilt without a valid split or static masks into a folder that had them: the old split and
+    mask files go (np.memmap readers would take the old corpus's), a file of the user's stays."""
+    out, _ = build_features(bpe_tok, tmp_path / "f", save_static_masks=True)
+    assert (out / "valid.bin").exists() and (out / "train.masked.bin").exists()
+    (out / "notes.txt").write_text("mine")
+    build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
+    left = sorted(p.name for p in out.iterdir() if p.suffix == ".bin")
+    assert left == ["train.bin"] and (out / "notes.txt").read_text() == "mine"
