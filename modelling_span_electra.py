@@ -20,6 +20,7 @@ heads are stored beside them in their own safetensors files.
 import contextlib
 import copy
 import hashlib
+import logging
 import math
 import os
 
@@ -34,6 +35,8 @@ from transformers.utils import logging as hf_logging
 from argument import MODEL_PRESETS
 from io_utils import SpanElectraError, atomic_write_json, building_folder, first_line, read_json, sha256_file
 from tokenization import copy_tokenizer, has_tokenizer
+
+logger = logging.getLogger("span_electra")
 
 SPAN_REPLACED_PRIOR = 0.9  # share of span tokens a generator's sample replaces (1 - its accuracy)
 MAX_SPAN_POSITIONS = 64  # positions inside a span seen by the span heads (longer spans share the last)
@@ -320,7 +323,7 @@ def save_generator(generator, directory, tokenizer_dir=None, trained_seq_len=Non
             copy_tokenizer(tokenizer_dir, tmp)
 
 
-def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None):
+def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None, trained_seq_len=None):
     """directory loads with ElectraForPreTraining.from_pretrained; the span head sits beside it.
     A gradient-disentangled delta is folded into the saved word embeddings. Published whole, as
     save_generator."""
@@ -333,7 +336,7 @@ def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_d
         core.save_pretrained(tmp, safe_serialization=True)
         _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, tmp,
                     {"kind": "discriminator", "use_all_token": discriminator.use_all_token,
-                     "use_span_head": discriminator.span_head is not None})
+                     "use_span_head": discriminator.span_head is not None, "trained_seq_len": trained_seq_len})
         if tokenizer_dir:
             copy_tokenizer(tokenizer_dir, tmp)
 
@@ -461,6 +464,8 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     """The pre-trained `kind` ('generator' or 'discriminator') in init_from (see find_pretrained), its
     span heads loaded when the folder has them, checked against the features' vocabulary, positions
     and tokenizer. Returns (model, its folder, what was loaded, in words)."""
+    if not os.path.exists(init_from):
+        raise SpanElectraError(f"{field}: '{init_from}' does not exist; point it at a pre-trained out_dir or model folder")
     path = find_pretrained(init_from, kind)
     if path is None:
         raise SpanElectraError(f"{field}: '{init_from}' holds no {kind} ({kind}/, or a folder whose config names "
@@ -472,7 +477,19 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     check_fits_features(model.config, features, field)
     if has_tokenizer(path):
         features.check_tokenizer(path, field)
+    warn_untrained_positions(path, kind, features, field)
     return model, path, loaded
+
+
+def warn_untrained_positions(path, kind, features, field):
+    """Warn when a saved model was trained on shorter sequences than the features hold: its positions past
+    that length were never trained (a folder saved before the length was recorded says nothing)."""
+    head_config = os.path.join(path, HEAD_CONFIG)
+    trained = read_json(head_config, HEAD_FIX, field).get("trained_seq_len") if os.path.isfile(head_config) else None
+    if trained and features.max_seq_len > trained:
+        logger.warning("%s: the %s was trained on %d-token sequences, these features have %d: its positions past %d "
+                       "were never trained, so it starts poorly there; train it on these features", field, kind,
+                       trained, features.max_seq_len, trained)
 
 
 def check_fits_features(config, features, field="init_from"):

@@ -22,7 +22,7 @@ from argument import SE_trainingConfig, checked_config, run_main
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, check_fits_features,
                                     electra_configs, init_discriminator_from_generator, load_generator,
                                     load_pretrained, read_head_config, save_discriminator, save_generator,
-                                    weights_digest)
+                                    warn_untrained_positions, weights_digest)
 from features import SEDataset
 
 logger = logging.getLogger("span_electra")
@@ -81,11 +81,8 @@ def build_model(config, features):
     generator = load_generator(config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
     check_fits_features(generator.config, features, "generator_dir")
-    trained = read_head_config(config.generator_dir, "generator", "generator_dir").get("trained_seq_len")
-    if trained and features.max_seq_len > trained:
-        logger.warning("generator_dir: the generator was trained on %d-token sequences, these features have %d: its "
-                       "positions past %d were never trained, so its samples there are poor; train it on these "
-                       "features", trained, features.max_seq_len, trained)
+    read_head_config(config.generator_dir, "generator", "generator_dir")
+    warn_untrained_positions(config.generator_dir, "generator", features, "generator_dir")
     inputs["generator_weights"] = weights_digest(config.generator_dir)
     if pretrained_disc is not None:
         return SpanElectraTwoStage(generator, pretrained_disc), inputs
@@ -179,7 +176,8 @@ def main(config: SE_trainingConfig = None):
     out = os.path.join(config.out_dir, "discriminator")
     if runtime.is_main:
         delta = getattr(model, "embedding_delta", None)
-        save_discriminator(model.discriminator, out, tokenizer_dir, embedding_delta=delta)
+        save_discriminator(model.discriminator, out, tokenizer_dir, embedding_delta=delta,
+                           trained_seq_len=features.max_seq_len)
         saved = out
         if config.mode == "joint":
             save_generator(model.generator, os.path.join(config.out_dir, "generator"), tokenizer_dir,

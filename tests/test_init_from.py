@@ -142,3 +142,22 @@ def test_plain_transformers_electra_folders_are_recognised(converted, bert_id_fe
             (plain / kind / name).write_bytes((converted / kind / name).read_bytes())
         assert not (plain / kind / "span_electra.json").exists()
     joint_model_from(plain, converted, bert_id_features, tmp_path)
+
+
+def test_init_from_a_model_trained_on_shorter_rows_warns_and_a_missing_path_is_named(converted, bert_id_features,
+                                                                                      tmp_path, caplog, capsys):
+    """A discriminator trained on 64-token rows, continued on 128: its positions past 64 were never trained,
+    which the run says (as two-stage says of its generator); a path that does not exist says so."""
+    trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "a"),
+                                                     mode="joint", model_size="tiny", num_hidden_layers=1, **TINY))
+    longer, _ = build_features(converted / "discriminator", tmp_path / "f128", max_seq_len=128)
+    again = argument.SE_trainingConfig(features_dir=str(longer), out_dir=str(tmp_path / "b"), mode="joint",
+                                       init_from=str(tmp_path / "a"), **TINY)
+    with caplog.at_level("WARNING", logger="span_electra"):
+        trainSpanElectra.build_model(again, features.PretrainingFeatures(str(longer)))
+    assert "init_from: the discriminator was trained on 64-token sequences, these features have 128" in caplog.text
+    assert "init_from: the generator was trained on 64-token sequences" in caplog.text
+    code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--init_from",
+                               tmp_path / "nowhere", "--features_dir", longer, "--out_dir", tmp_path / "g",
+                               "--max_steps", "1", "--device", "cpu")
+    assert_one_line_error(code, err, "init_from:", "does not exist")
