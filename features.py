@@ -1,12 +1,13 @@
 """Pre-training features as the training scripts read them: a features folder written by
 process.py (its meta.json, memmapped token arrays and tokenizer) and the datasets that serve masked
 batches of it, with the fixed-size prediction slots the training step works on."""
+import dataclasses
 import os
 
 import numpy as np
 import torch
 
-from argument import DataArgs
+from argument import DataArgs, MaskingArgs
 from io_utils import SpanElectraError, read_json
 from masking import Masker, batch_from_masking, max_prediction_slots, prediction_slots, word_start_table
 from tokenization import SPECIAL_TOKENS, load_tokenizer
@@ -96,6 +97,15 @@ def check_static_masks(features, data_args):
     if changed:  # the slots are made when a batch is read, so their number may differ
         raise SpanElectraError(f"static_masking: the masks in '{features.dir}' were saved with {'; '.join(changed)}; "
                                "pass the saved values, or leave static_masking off for fresh masks of these settings")
+    # ... but not be fewer than the saved masks fill: the masked tokens past them would be unmasked again
+    fields = {f.name for f in dataclasses.fields(MaskingArgs)}
+    saved_slots = max_prediction_slots(MaskingArgs(**{k: v for k, v in saved.items() if k in fields}),
+                                       features.max_seq_len)
+    slots = max_prediction_slots(data_args, features.max_seq_len)
+    if slots < saved_slots:
+        raise SpanElectraError(f"max_predictions_per_seq: {slots} prediction slots are fewer than the {saved_slots} "
+                               f"the static masks in '{features.dir}' were saved with, so masked tokens would be "
+                               f"dropped; pass at least {saved_slots} (or 0), or leave static_masking off")
 
 
 class MLMDataset:

@@ -340,6 +340,10 @@ def test_static_masks_saved_with_other_settings_are_refused(bpe_feat):
     same = argument.SE_trainDataArgs(features_dir=str(bpe_feat[0]), static_masking=True, mask_replace_prob=0.8,
                                      random_replace_prob=0.1, max_predictions_per_seq=30)
     assert features.SEDataset(same, 4)[0]["input_ids"].shape == (4, 128)
+    # more slots are fine; fewer than the saved masks fill would unmask tokens: refused
+    fewer = argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]), static_masking=True, max_predictions_per_seq=10)
+    with pytest.raises(SpanElectraError, match=r"^max_predictions_per_seq: 10 prediction slots are fewer than the 24"):
+        features.MLMDataset(fewer, 4)
 
 
 def test_batch_larger_than_split(bpe_feat):
