@@ -18,6 +18,7 @@ The class names are those of SpanElectra's first release (tok_args, MLM_trainDat
 its users know.
 """
 import dataclasses
+import json
 import math
 import os
 import re
@@ -741,6 +742,17 @@ def save_config(config, out_dir, script_name):
     """Write the resolved config beside a script's output, e.g. out_dir/process_config.json."""
     data = {"config_class": type(config).__name__, **dataclasses.asdict(config)}
     atomic_write_json(os.path.join(out_dir, f"{script_name}_config.json"), data)
+
+
+def saved_config(out_dir, script_name):
+    """The config save_config wrote in out_dir, as a dict; {} when there is none or it cannot be read
+    (for finding a run's inputs, which may then simply not be found)."""
+    try:
+        with open(os.path.join(out_dir, f"{script_name}_config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 # a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace

@@ -13,21 +13,20 @@ A generator trained here also shows its span-boundary head's fills (from the two
 outside each span): early in training they follow the context before the MLM head's do.
 From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(text); ex.detect(text)`.
 """
-import json
 import os
 import re
 import unicodedata
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-from argument import MaskingArgs, checked_config, explore_args, run_main
+from argument import MaskingArgs, checked_config, explore_args, run_main, saved_config
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
 from tokenization import (SPECIAL_TOKENS, check_tokenizer_fits, folder_segmenter, read_tokenizer_info,
                           tokenizer_hash)
-from io_utils import SpanElectraError, first_line
-from modelling_span_electra import load_generator, load_weights, quiet_transformers, saved_heads, saved_kind
+from io_utils import SpanElectraError
+from modelling_span_electra import load_generator, load_tokenizer_of, load_weights, saved_heads, saved_kind
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
 
@@ -47,18 +46,16 @@ def _two_stage_generator(run_dir):
     """The generator a two-stage discriminator in run_dir was trained against (its generator_dir, from the
     run's saved config), when that folder still holds it; else None. A relative generator_dir is read
     from where the run was started, which the saved out_dir tells, as well as from here."""
-    path = os.path.join(run_dir, "trainSpanElectra_config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        given, out_dir = saved.get("generator_dir") or "", os.path.normpath(saved.get("out_dir") or "")
-    except (OSError, ValueError, AttributeError):
+    saved = saved_config(run_dir, "trainSpanElectra")
+    given, out_dir = saved.get("generator_dir") or "", os.path.normpath(saved.get("out_dir") or "")
+    if not given:
         return None
     here = os.path.abspath(run_dir)
     started_in = here[:-len(out_dir)] if out_dir != "." and here.endswith(os.sep + out_dir) else None
     for folder in [given] + ([os.path.join(started_in, given)] if started_in and not os.path.isabs(given) else []):
-        if given and os.path.isdir(folder) and _find(folder, "generator"):
-            return _find(folder, "generator")
+        found = _find(folder, "generator") if os.path.isdir(folder) else None
+        if found:
+            return found
     return None
 
 
@@ -81,19 +78,9 @@ def same_tokenizer(gen_dir, disc_dir):
     if tokenizer_hash(gen_dir) == tokenizer_hash(disc_dir):
         return
     segmenters = {read_tokenizer_info(d)["word_segmenter"] for d in (gen_dir, disc_dir)}
-    if len(segmenters) > 1 or model_tokenizer(gen_dir).get_vocab() != model_tokenizer(disc_dir).get_vocab():
+    if len(segmenters) > 1 or load_tokenizer_of(gen_dir).get_vocab() != load_tokenizer_of(disc_dir).get_vocab():
         raise SpanElectraError(f"model_dir: the generator in '{gen_dir}' and the discriminator in '{disc_dir}' were "
                                "trained with different tokenizers; point --model_dir at one run's folder")
-
-
-def model_tokenizer(folder):
-    """The transformers tokenizer saved in a model folder; none usable is a one-line error."""
-    try:
-        with quiet_transformers():
-            return AutoTokenizer.from_pretrained(folder)
-    except Exception as e:  # transformers raises many kinds here (OSError, ValueError, TypeError, ...)
-        raise SpanElectraError(f"model_dir: no usable tokenizer in '{folder}' ({first_line(e)}); copy the model's "
-                               "tokenizer.json and tokenizer_config.json beside its config.json") from None
 
 
 def char_positions(plain, segmented):
@@ -148,7 +135,7 @@ class Explorer:
         if self.gen_dir and self.disc_dir:
             same_tokenizer(self.gen_dir, self.disc_dir)
         tok_dir = self.gen_dir or self.disc_dir
-        self.tokenizer = model_tokenizer(tok_dir)
+        self.tokenizer = load_tokenizer_of(tok_dir)
         self.segmenter, self.segment = folder_segmenter(tok_dir, "model_dir")
         self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
         if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
@@ -282,7 +269,7 @@ def readable_pieces(tokenizer, scored):
     pieces, tokens = [], []
     for token, p in scored:
         tokens.append((token, p))
-        text = show_token(tokenizer, "".join(t for t, _ in tokens)) if len(tokens) > 1 else show_token(tokenizer, token)
+        text = show_token(tokenizer, "".join(t for t, _ in tokens))
         if "\ufffd" not in text or len(tokens) == 4:  # a UTF-8 character takes at most 4 bytes
             pieces.append((text, max(q for _, q in tokens)))
             tokens = []

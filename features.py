@@ -13,6 +13,12 @@ from masking import Masker, batch_from_masking, max_prediction_slots, prediction
 from tokenization import SPECIAL_TOKENS, load_tokenizer
 
 META_FILE = "meta.json"
+ARRAY_KINDS = ("", ".masked", ".span_position")  # a split's token ids, and its static masks (--save_static_masks)
+
+
+def array_path(folder, split, kind=""):
+    """FEAT/{split}{kind}.bin: where process.py writes a split's array of that kind."""
+    return os.path.join(folder, f"{split}{kind}.bin")
 
 
 class PretrainingFeatures:
@@ -39,7 +45,7 @@ class PretrainingFeatures:
 
     def check_array(self, name, kind=""):
         """Fail with one line when a split's array is missing or not the size meta.json records."""
-        path = os.path.join(self.dir, f"{name}{kind}.bin")
+        path = array_path(self.dir, name, kind)
         itemsize = 2 if kind == ".span_position" else np.dtype(self.meta["dtype"]).itemsize
         expected = self.meta["num_sequences"][name] * self.max_seq_len * itemsize
         if not os.path.isfile(path):
@@ -56,7 +62,7 @@ class PretrainingFeatures:
         shape = (self.meta["num_sequences"][name], self.max_seq_len)
         if kind:
             self.check_array(name, kind)
-        return np.memmap(os.path.join(self.dir, f"{name}{kind}.bin"), dtype=dtype, mode="r", shape=shape)
+        return np.memmap(array_path(self.dir, name, kind), dtype=dtype, mode="r", shape=shape)
 
     @property
     def tokenizer(self):
@@ -153,9 +159,13 @@ class MLMDataset:
     def __len__(self):
         return self.num_batches
 
+    def global_index(self, index):
+        """Batch `index` of this rank among the batches of all ranks (what its rows and masks follow)."""
+        return index * self.world_size + self.rank
+
     def rows(self, index):
         """Sequence indices of batch `index` of the current epoch on this rank."""
-        g = index * self.world_size + self.rank
+        g = self.global_index(index)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
             return np.sort(order[g * self.batch_size:(g + 1) * self.batch_size])
@@ -168,7 +178,7 @@ class MLMDataset:
             batch = batch_from_masking(ids, np.asarray(self.static[0][rows], dtype=np.int64),
                                        np.asarray(self.static[1][rows], dtype=np.int64))
         else:
-            rng = np.random.default_rng([self.seed, self.epoch, index * self.world_size + self.rank, 1])
+            rng = np.random.default_rng([self.seed, self.epoch, self.global_index(index), 1])
             batch = self.masker(ids, rng)
         return prediction_slots(batch, self.num_slots), ids
 

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
-from modelling_span_electra import quiet_transformers, weights_problem
+from modelling_span_electra import load_tokenizer_of, quiet_transformers, weights_problem
 from tokenization import check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
@@ -515,12 +515,7 @@ def load_model_tokenizer(model_dir, model_config, max_seq_length):
     if not any(os.path.exists(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
         raise SpanElectraError(f"model_dir: '{model_dir}' holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy "
                                "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json")
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as e:  # transformers raises many kinds here (OSError, ValueError, TypeError, ...)
-        raise SpanElectraError(f"model_dir: no usable tokenizer in '{model_dir}' ({first_line(e)}); copy "
-                               "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json") from None
+    tokenizer = load_tokenizer_of(model_dir)
     check_tokenizer_fits(tokenizer, model_config.vocab_size, model_dir)
     positions = getattr(model_config, "max_position_embeddings", max_seq_length)
     if max_seq_length > positions:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 from transformers.utils import logging as hf_logging
 
 from argument import MODEL_PRESETS
@@ -389,6 +389,16 @@ def weights_digest(directory):
     """sha256 of a saved model's weights and span heads: which model a folder holds, whatever its path."""
     names = [n for n in WEIGHT_FILES + (HEAD_FILE,) if os.path.isfile(os.path.join(directory, n))]
     return hashlib.sha256("".join(sha256_file(os.path.join(directory, n)) for n in names).encode()).hexdigest()
+
+
+def load_tokenizer_of(directory, field="model_dir"):
+    """The transformers tokenizer saved in a model folder; none usable is a one-line error."""
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(directory)
+    except Exception as e:  # transformers raises many kinds here (OSError, ValueError, TypeError, ...)
+        raise SpanElectraError(f"{field}: no usable tokenizer in '{directory}' ({first_line(e)}); copy "
+                               "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json") from None
 
 
 def load_weights(cls, directory, field):

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from argument import MaskingArgs, checked_config, feature_args, run_main, save_config
-from features import META_FILE, PretrainingFeatures
+from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into, storage_reason)
@@ -187,8 +187,7 @@ def main(config: feature_args = None):
     except OSError as e:  # a full disk can surface from numpy without an errno: name the place and the fix
         shutil.rmtree(tmp, ignore_errors=True)
         raise SpanElectraError(f"out_dir: cannot write the features to '{out_dir}' ({storage_reason(e, out_dir)}); "
-                               "free some space or "
-                               "choose another --out_dir") from None
+                               "free some space or choose another --out_dir") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -201,17 +200,17 @@ def remove_earlier_build(out_dir, keep):
     """The split and mask files an earlier build left in out_dir that this one does not write (a valid split or
     static masks it had): left there, np.memmap readers would take the old corpus's. Other files stay."""
     for split in ("train", "valid"):
-        for suffix in (".bin", ".masked.bin", ".span_position.bin"):
-            name = split + suffix
-            if name not in keep and os.path.isfile(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
+        for kind in ARRAY_KINDS:
+            path = array_path(out_dir, split, kind)
+            if os.path.basename(path) not in keep and os.path.isfile(path):
+                os.remove(path)
 
 
 def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp):
     start = time.time()
     max_line_bytes = LONG_LINE_FACTOR * config.max_seq_len * 8
     ids = info["special_token_ids"]
-    writers = {s: SequenceWriter(os.path.join(tmp, f"{s}.bin"), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"],
+    writers = {s: SequenceWriter(array_path(tmp, s), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"],
                                  config.pack_across_documents) for s in ("train", "valid")}
     bad_bytes = BadByteCounter()
     split_rng = np.random.default_rng(config.seed)
@@ -235,7 +234,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     splits = [s for s in ("train", "valid") if writers[s].num_sequences]
     for s in ("train", "valid"):
         if s not in splits:
-            os.remove(os.path.join(tmp, f"{s}.bin"))
+            os.remove(array_path(tmp, s))
     copy_tokenizer(config.tokenizer_dir, os.path.join(tmp, "tokenizer"))
     meta = {
         "max_seq_len": config.max_seq_len, "vocab_size": info["vocab_size"], "dtype": np.dtype(dtype).name,
@@ -281,8 +280,8 @@ def _write_static_masks(config, meta, folder):
     rng = np.random.default_rng(config.seed + 1)
     for split in meta["splits"]:
         data = features.split(split)
-        with open(os.path.join(folder, f"{split}.masked.bin"), "wb") as fm, \
-                open(os.path.join(folder, f"{split}.span_position.bin"), "wb") as fp:
+        with open(array_path(folder, split, ".masked"), "wb") as fm, \
+                open(array_path(folder, split, ".span_position"), "wb") as fp:
             for i in tqdm(range(0, len(data), 1024), desc=f"static masks {split}"):
                 ids = np.asarray(data[i:i + 1024], dtype=np.int64)
                 batch = masker(ids, rng)

@@ -21,7 +21,7 @@ import process
 import trainMLM_SpanElectra
 import trainSpanElectra
 from argument import (EXPLORE_TEXTS, MLM_trainingConfig, SE_trainingConfig, checked_config, feature_args,
-                      mask_stats_args, pipeline_args, run_main, save_config, tok_args)
+                      mask_stats_args, pipeline_args, run_main, save_config, saved_config, tok_args)
 from io_utils import make_out_dir
 from training_utils import holds_a_run, read_metrics
 
@@ -120,15 +120,8 @@ def remove_other_mode(out_dir, mode):
 def pipeline_run(folder, out_dir):
     """True when folder holds a run trained on out_dir's own features, as the pipeline's runs are (not a
     run of the user's that happens to sit there)."""
-    for name in ("trainMLM_SpanElectra_config.json", "trainSpanElectra_config.json"):
-        if os.path.isfile(os.path.join(folder, name)):
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    features = json.load(f).get("features_dir") or ""
-            except (OSError, ValueError, AttributeError):
-                return False
-            return os.path.abspath(features) == os.path.abspath(os.path.join(out_dir, "features"))
-    return False
+    features = [saved_config(folder, script).get("features_dir") for script in ("trainMLM_SpanElectra", "trainSpanElectra")]
+    return any(f and os.path.abspath(f) == os.path.abspath(os.path.join(out_dir, "features")) for f in features)
 
 
 def learning_lines(finals):

@@ -83,8 +83,7 @@ def main(config: MLM_trainingConfig = None):
         step += 1
         bar.update(1)
 
-        # a row at every checkpoint too: a run resumed from it logs what an uninterrupted run logs
-        if tu.is_due(step, config.log_every, config.max_steps) or tu.is_due(step, config.save_every, config.max_steps):
+        if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
                    "data_wait_ms": stream.take_wait_ms()}
             tu.check_finite(row["loss"], step)

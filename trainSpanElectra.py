@@ -21,7 +21,7 @@ import training_utils as tu
 from argument import SE_trainingConfig, checked_config, run_main
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, check_fits_features,
                                     electra_configs, init_discriminator_from_generator, load_generator,
-                                    load_pretrained, read_head_config, save_discriminator, save_generator,
+                                    load_pretrained, save_discriminator, save_generator,
                                     warn_untrained_positions, weights_digest)
 from features import SEDataset
 
@@ -81,7 +81,6 @@ def build_model(config, features):
     generator = load_generator(config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
     check_fits_features(generator.config, features, "generator_dir")
-    read_head_config(config.generator_dir, "generator", "generator_dir")
     warn_untrained_positions(config.generator_dir, "generator", features, "generator_dir")
     inputs["generator_weights"] = weights_digest(config.generator_dir)
     if pretrained_disc is not None:
@@ -105,7 +104,7 @@ def evaluate(model, dataset, config, runtime):
     baseline_token = dataset.features.most_frequent_token()
     for i in tu.eval_batch_indices(dataset, config.eval_batches):
         # the same samples for a batch at every evaluation and whatever the number of processes
-        sample_rng.manual_seed(config.seed * 1_000_003 + i * dataset.world_size + dataset.rank)
+        sample_rng.manual_seed(config.seed * 1_000_003 + dataset.global_index(i))
         batch = tu.to_device(dataset[i], runtime.device)
         with tu.autocast(runtime, config.bf16):
             sums.add(loss_and_metrics(model, batch, config, sample_rng, baseline_token=baseline_token)[1])
@@ -146,8 +145,7 @@ def main(config: SE_trainingConfig = None):
         step += 1
         bar.update(1)
 
-        # a row at every checkpoint too: a run resumed from it logs what an uninterrupted run logs
-        if tu.is_due(step, config.log_every, config.max_steps) or tu.is_due(step, config.save_every, config.max_steps):
+        if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
                    "data_wait_ms": stream.take_wait_ms()}
             row.setdefault("loss", row["disc_loss"])

@@ -227,6 +227,12 @@ def is_due(step, every, max_steps):
     return step % every == 0 or step == max_steps
 
 
+def log_due(step, config):
+    """Whether the loop logs a row at step: every log_every steps, at the end, and at every checkpoint too,
+    so that a run resumed from a checkpoint logs the rows an uninterrupted run logs."""
+    return is_due(step, config.log_every, config.max_steps) or is_due(step, config.save_every, config.max_steps)
+
+
 # ---------------------------------------------------------------- data position
 class BatchStream:
     """Endless batches of an MLMDataset/SEDataset, epoch after epoch, that remembers its position
