@@ -259,8 +259,13 @@ def probability(p):
 def show_token(tokenizer, token):
     """A vocabulary token as readable text: byte-level BPE bytes decoded, '##' dropped; a
     Vietnamese word keeps its '_' between syllables."""
-    text = tokenizer.convert_tokens_to_string([token]).strip() if token else token
-    return text.replace("##", "") or token
+    if not token:
+        return token
+    decoded = tokenizer.convert_tokens_to_string([token])
+    text = decoded.strip().replace("##", "")
+    if not text and decoded and decoded.isspace():
+        return "(space)"  # byte-level BPE's lone 'Ġ' (or a newline token) decodes to blank text
+    return text or token
 
 
 def readable_pieces(tokenizer, scored):

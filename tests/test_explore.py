@@ -43,6 +43,13 @@ def test_fill_covers_exactly_the_marked_words(en_models):
         assert len(fills) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
 
 
+def test_show_token_reads_byte_level_tokens(en_models):
+    ex = explore_SE.Explorer(str(en_models))
+    assert explore_SE.show_token(ex.tokenizer, "\u0120the") == "the"  # 'Ġthe': the space dropped
+    assert explore_SE.show_token(ex.tokenizer, "\u0120") == "(space)"  # a lone space token, not a bare 'Ġ'
+    assert explore_SE.show_token(ex.tokenizer, "[MASK]") == "[MASK]"
+
+
 def test_random_spans_when_nothing_is_marked(en_models):
     ex = explore_SE.Explorer(str(en_models))
     text = "The film was shot in the city over three months in the summer of that year , and released later ."
