@@ -580,7 +580,8 @@ class compare_args:
     ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
     out_dir: str = _help("where everything goes", default="outputs/compare")
     results_md: str = _help("markdown file whose section for this scale is rewritten with the table, e.g. "
-                            "benchmarks/RESULTS.md (empty: none)", default="")
+                            "benchmarks/RESULTS.md (other recipes, budgets, seeds or tasks than the scale's: a "
+                            "section '<scale>-custom' of its own; empty: none)", default="")
     seed: int = _help("pre-training seed", default=42)
     pretrain_seeds: str = _help("comma-separated pre-training seeds, e.g. 42,43,44: each recipe pre-trained once per "
                                 "seed, the table pooling their fine-tuning runs (empty: --seed alone)", default="")

@@ -65,6 +65,24 @@ def section_marks(scale):
     return f"<!-- compare_pretraining:{scale}:begin -->", f"<!-- compare_pretraining:{scale}:end -->"
 
 
+# What the published table measures. The corpus and task paths count by file name only (the GPU run reads
+# copies of ../shared/data); where it runs and writes does not count.
+MEASURED_FIELDS = ("recipes", "budget_steps", "budget_scale", "budget_fractions", "gen_fraction", "seeds",
+                   "ft_max_train_examples", "seed", "pretrain_seeds", "bf16", "compile")
+
+
+def section_name(config):
+    """The RESULTS.md section a run writes: its scale's for the scale's settings, '<scale>-custom' for any
+    other (a reduced or a longer run), so that it never replaces the published table."""
+    defaults = compare_args(scale=config.scale).resolved()
+    names = lambda paths: [os.path.basename(os.path.normpath(p)) for p in paths.split(",") if p.strip()]  # noqa: E731
+    same = (all(getattr(config, f) == getattr(defaults, f) for f in MEASURED_FIELDS)
+            and names(config.tasks) == names(defaults.tasks)
+            and all(os.path.basename(getattr(config, f)) == os.path.basename(getattr(defaults, f))
+                    for f in ("train_input", "valid_input")))
+    return config.scale if same else f"{config.scale}-custom"
+
+
 # ---------------------------------------------------------------- FLOPs of one step of each recipe
 def count_flops(fn):
     with FlopCounterMode(display=False) as counter:
@@ -636,7 +654,7 @@ def command_line(config, path):
 
 def write_results_md(path, table, config, png, budget, elapsed):
     """Rewrite this scale's comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
-    begin, end = section_marks(config.scale)
+    begin, end = section_marks(section_name(config))
     section = "\n".join([
         begin,
         f"Command: `{command_line(config, path)}` ({elapsed / 60:.0f} min on this machine). Budget: "
@@ -651,6 +669,9 @@ def write_results_md(path, table, config, png, budget, elapsed):
     else:
         text = text.rstrip("\n") + "\n\n## Equal-compute comparison — `benchmarks/compare_pretraining.py`\n\n" + section + "\n"
     atomic_write_text(path, text)
+    if section_name(config) != config.scale:
+        logger.info("%s: the table went to section '%s', not '%s': these settings are not the scale's, and the "
+                    "published table stays", path, section_name(config), config.scale)
 
 
 def rates_alone(run_dir, busy):
@@ -893,7 +914,7 @@ def main(config: compare_args = None):
     table, pooled = write_table(config, rows, tasks, settings)
     png = plot(pooled, tasks, os.path.join(config.out_dir, "compare.png"))
     if png and config.results_md:
-        png = publish_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{config.scale}.png"))
+        png = publish_copy(png, os.path.join(os.path.dirname(config.results_md), f"compare_{section_name(config)}.png"))
     print(table)
     if config.results_md:
         write_results_md(config.results_md, table, config, png, full_budget, reused + time.time() - started)

@@ -61,11 +61,16 @@ def test_table_and_results_section_are_rewritten_in_place(tmp_path):
 
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## Other\n\nkept\n", encoding="utf-8")
+    published = cp.compare_args(tasks="elsewhere/SST-2,elsewhere/MRPC").resolved()  # the scale's own settings
+    cp.write_results_md(str(md), "| published table |", published, None, 5.8e12, 600)
+    assert cp.section_marks("tiny")[0] in md.read_text(encoding="utf-8")
     config = cp.compare_args(seeds="1,2,3", recipes="random,mlm", tasks="data/glue/SST-2").resolved()
     cp.write_results_md(str(md), table, config, None, 5.8e12, 600)
     cp.write_results_md(str(md), table.replace("0.660", "0.700"), config, None, 5.8e12, 600)  # a rerun replaces it
     text = md.read_text(encoding="utf-8")
-    assert text.count(cp.section_marks("tiny")[0]) == 1 and "0.700 [0.640, 0.680]" in text and "0.660 [" not in text
+    # fewer recipes and tasks than the scale's: a section of its own, and the published table stays
+    assert text.count(cp.section_marks("tiny-custom")[0]) == 1 and "0.700 [0.640, 0.680]" in text and "0.660 [" not in text
+    assert "| published table |" in text and text.count(cp.section_marks("tiny")[0]) == 1
     assert text.startswith("# Benchmark results\n\n## Other\n\nkept\n") and "5.8 TFLOPs" in text
     # the command names whatever differs from the scale's defaults, so the table can be made again
     assert (f"Command: `python benchmarks/compare_pretraining.py --scale tiny --tasks data/glue/SST-2 --recipes "
