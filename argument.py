@@ -802,7 +802,8 @@ def run_main(main, config_cls, argv=None):
         sys.exit(2)
     except Exception as e:  # out of memory, or a failed write: one line; anything else is a bug to report
         oom = isinstance(e, (RuntimeError, MemoryError)) and is_out_of_memory(e)
-        message = out_of_memory_message(config) if oom else write_failure_message(e, getattr(config, "out_dir", None))
+        message = (out_of_memory_message(config) if oom else lost_process_message(e, config)
+                   or write_failure_message(e, getattr(config, "out_dir", None)))
         if message is None:
             raise
         print_error(message)
@@ -816,6 +817,18 @@ def run_main(main, config_cls, argv=None):
             signal.signal(signal.SIGTERM, previous)
 
 
+def lost_process_message(error, config):
+    """A collective that failed because another process of a torchrun run stopped (killed, out of memory,
+    its node lost): one line that sends the user to that process's own output, or None."""
+    text = str(error)
+    if os.environ.get("WORLD_SIZE", "1") == "1" or not (
+            type(error).__name__.startswith("Dist") or any(k in text for k in ("gloo", "NCCL", "by peer"))):
+        return None
+    first = text.split(". ")[0].split("] ")[-1].strip()  # gloo's "[.../pair.cc:537] Read error ...: Connection reset by peer"
+    return f"another process of this run stopped ({first}); its own output says why; this one stopped" + \
+        checkpoint_hint(config)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C: the lock is released and the last checkpoint named."""
 
@@ -826,13 +839,17 @@ def raise_terminated(signum, frame):
 
 def interrupted_message(config):
     """What Ctrl-C leaves: for a training run, the checkpoint it continues from and how."""
+    return "interrupted" + checkpoint_hint(config)
+
+
+def checkpoint_hint(config):
+    """For a training run that stopped: the checkpoint it continues from and how ('' for other scripts)."""
     if config is None or not hasattr(config, "resume_from"):
-        return "interrupted"
+        return ""
     checkpoints = list_checkpoints(config.out_dir)
     if not checkpoints:
-        return (f"interrupted before the first checkpoint (one every --save_every {config.save_every} steps): "
-                "nothing to resume")
-    return (f"interrupted: {os.path.basename(checkpoints[-1])} in '{config.out_dir}' is the last checkpoint; continue "
+        return f" before the first checkpoint (one every --save_every {config.save_every} steps): nothing to resume"
+    return (f": {os.path.basename(checkpoints[-1])} in '{config.out_dir}' is the last checkpoint; continue "
             "from it with the same command and --resume_from latest")
 
 

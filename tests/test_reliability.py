@@ -14,6 +14,7 @@ import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
 import training_utils as tu
+from conftest import assert_one_line_error
 
 TINY = dict(model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=2, eval_batches=1,
             train_batch_size=8, num_hidden_layers=1, device="cpu")
@@ -604,3 +605,24 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(bpe_feat, tmp_path):
     assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
     assert last.startswith("interrupted: checkpoint-") and "--resume_from latest" in last
     assert not (out / ".lock").exists()
+
+
+def test_a_stopped_torchrun_peer_is_one_line(finished_run, monkeypatch, capsys):
+    """Under torchrun, a process whose peer was killed (or ran out of memory) fails in gloo's or NCCL's
+    collective: one line that names the lost peer and the checkpoint to resume from, not gloo's traceback."""
+    config = argument.MLM_trainingConfig(out_dir=str(finished_run))
+
+    def main(_):
+        raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:31141: "
+                           "Connection reset by peer. This is typically caused by a remote worker hanging")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(argument, "parse_config", lambda cls, argv: config)
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(main, argument.MLM_trainingConfig, [])
+    line = assert_one_line_error(stop.value.code, capsys.readouterr().err, "another process of this run stopped",
+                                 "Connection reset by peer", "--resume_from latest")
+    assert os.path.basename(tu.list_checkpoints(str(finished_run))[-1]) in line
+    monkeypatch.setenv("WORLD_SIZE", "1")  # alone, the same error is a bug to trace
+    with pytest.raises(RuntimeError):
+        argument.run_main(main, argument.MLM_trainingConfig, [])
