@@ -640,15 +640,29 @@ class compare_args:
 
 
 # ---------------------------------------------------------------- command line
+def config_parser(config_cls):
+    """The command line of config_cls: --field for every field, and --config FILE."""
+    parser = HfArgumentParser(config_cls, description=(config_cls.__doc__ or "").strip())
+    parser.add_argument("--config", default=None, help="JSON file holding a whole config")
+    for action in parser._actions:
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            # HfArgumentParser gives --no_X the help of --X, and "(default: False)"; "%(default).0s" prints
+            # nothing, and keeps the formatter from adding the misleading default
+            action.help = f"the same as --{action.option_strings[0][5:]} false%(default).0s"
+        elif action.help:
+            action.help = escape_percent(action.help)  # "17% of ..." in a help text would break --help
+    return parser
+
+
+def escape_percent(text):
+    """text with each '%' that is not argparse's own '%(name)s' doubled, as argparse's help expects."""
+    return re.sub(r"%(?!\()", "%%", text)
+
+
 def parse_config(config_cls, argv=None):
     """Build config_cls from `--config file.json` (optional) and `--field value` overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(config_cls, description=(config_cls.__doc__ or "").strip())
-    parser.add_argument("--config", default=None, help="JSON file holding a whole config")
-    for action in parser._actions:  # HfArgumentParser gives --no_X the help of --X, and "(default: False)"
-        if action.option_strings and action.option_strings[0].startswith("--no_"):
-            # "%(default).0s" prints nothing, and keeps the formatter from adding the misleading default
-            action.help = f"the same as --{action.option_strings[0][5:]} false%(default).0s"
+    parser = config_parser(config_cls)
 
     def one_line_error(message):  # argparse would print the whole usage block first
         raise SpanElectraError(f"{message}; run with --help for the fields")
@@ -669,7 +683,7 @@ def parse_config(config_cls, argv=None):
 
 
 def _read_config_file(path, config_cls):
-    values = read_json(path, "give a JSON config a script saved (e.g. OUT/train_config.json)", "--config", ours=False)
+    values = read_json(path, "give a JSON config a script saved (e.g. OUT/trainMLM_config.json)", "--config", ours=False)
     if not isinstance(values, dict):
         raise SpanElectraError(f"--config: '{path}' must hold a JSON object of field: value")
     saved_class = values.pop("config_class", config_cls.__name__)  # written by save_config

@@ -225,6 +225,18 @@ def test_help_of_a_no_flag_says_what_it_does():
     assert "the same as --use_sbo false" in no_flag and "default" not in no_flag
 
 
+def test_every_script_prints_its_help():
+    """--help of every script's config class formats (a bare '%' in a help text made process.py's a traceback)."""
+    import dataclasses
+    classes = [c for c in vars(argument).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+               and c.__module__ == "argument" and c.__name__ != "MaskingArgs"]
+    assert {"feature_args", "tok_args", "MLM_trainingConfig", "finetune_args", "compare_args"} <= {c.__name__ for c in classes}
+    for cls in classes:
+        text = argument.config_parser(cls).format_help()
+        assert "--config" in text and all(f"--{f.name}" in text for f in dataclasses.fields(cls)), cls.__name__
+    assert "(17% of English Wikipedia" in " ".join(argument.config_parser(argument.feature_args).format_help().split())
+
+
 @pytest.mark.parametrize("root_level", [None, "WARNING"])
 def test_main_called_from_a_notebook_logs_its_progress(root_level, tmp_path):
     """main(config) outside run_main (a notebook, python -c) shows the stages' INFO lines, also where
