@@ -753,6 +753,10 @@ def _coerce(value, name, hint, where):
     raise SpanElectraError(f"{name}: {value!r} {where} is not {kinds.get(kind, kind.__name__)}")
 
 
+# the names the training scripts save their config (OUT/trainMLM_config.json) and run identity under
+GENERATOR_RUN, DISCRIMINATOR_RUN = "trainMLM", "trainSpanElectra"
+
+
 def save_config(config, out_dir, script_name):
     """Write the resolved config beside a script's output, e.g. out_dir/process_config.json."""
     data = {"config_class": type(config).__name__, **dataclasses.asdict(config)}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-from argument import MaskingArgs, checked_config, explore_args, run_main, saved_config
+from argument import DISCRIMINATOR_RUN, MaskingArgs, checked_config, explore_args, run_main, saved_config
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
 from tokenization import (SPECIAL_TOKENS, check_tokenizer_fits, folder_segmenter, read_tokenizer_info,
                           tokenizer_hash)
@@ -46,7 +46,7 @@ def _two_stage_generator(run_dir):
     """The generator a two-stage discriminator in run_dir was trained against (its generator_dir, from the
     run's saved config), when that folder still holds it; else None. A relative generator_dir is read
     from where the run was started, which the saved out_dir tells, as well as from here."""
-    saved = saved_config(run_dir, "trainSpanElectra")
+    saved = saved_config(run_dir, DISCRIMINATOR_RUN)
     given, out_dir = saved.get("generator_dir") or "", os.path.normpath(saved.get("out_dir") or "")
     if not given:
         return None

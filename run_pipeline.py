@@ -20,8 +20,9 @@ import mask_stats
 import process
 import trainMLM_SpanElectra
 import trainSpanElectra
-from argument import (EXPLORE_TEXTS, MLM_trainingConfig, SE_trainingConfig, checked_config, feature_args,
-                      mask_stats_args, pipeline_args, run_main, save_config, saved_config, tok_args)
+from argument import (DISCRIMINATOR_RUN, EXPLORE_TEXTS, GENERATOR_RUN, MLM_trainingConfig, SE_trainingConfig,
+                      checked_config, feature_args, mask_stats_args, pipeline_args, run_main, save_config, saved_config,
+                      tok_args)
 from io_utils import make_out_dir
 from training_utils import holds_a_run, read_metrics
 
@@ -120,7 +121,7 @@ def remove_other_mode(out_dir, mode):
 def pipeline_run(folder, out_dir):
     """True when folder holds a run trained on out_dir's own features, as the pipeline's runs are (not a
     run of the user's that happens to sit there)."""
-    features = [saved_config(folder, script).get("features_dir") for script in ("trainMLM_SpanElectra", "trainSpanElectra")]
+    features = [saved_config(folder, script).get("features_dir") for script in (GENERATOR_RUN, DISCRIMINATOR_RUN)]
     return any(f and os.path.abspath(f) == os.path.abspath(os.path.join(out_dir, "features")) for f in features)
 
 

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import MLM_trainingConfig, checked_config, run_main
+from argument import GENERATOR_RUN, MLM_trainingConfig, checked_config, run_main
 from modelling_span_electra import SpanElectraGenerator, electra_configs, load_pretrained, save_generator, weights_digest
 from features import MLMDataset
 
@@ -62,7 +62,7 @@ def main(config: MLM_trainingConfig = None):
     optimizer, scheduler = tu.build_optimization(model, config)
 
     train_step, stream, log, step = tu.start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set,
-                                                 runtime, "trainMLM", inputs)
+                                                 runtime, GENERATOR_RUN, inputs)
     logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)",
                 tu.size_label(config), sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data),
                 features.max_seq_len, runtime.world_size)

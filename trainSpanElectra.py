@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 import training_utils as tu
-from argument import SE_trainingConfig, checked_config, run_main
+from argument import DISCRIMINATOR_RUN, SE_trainingConfig, checked_config, run_main
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, check_fits_features,
                                     electra_configs, init_discriminator_from_generator, load_generator,
                                     load_pretrained, save_discriminator, save_generator,
@@ -121,7 +121,7 @@ def main(config: SE_trainingConfig = None):
     optimizer, scheduler = tu.build_optimization(model, config)
 
     train_step, stream, log, step = tu.start_run(config, model, functools.partial(loss_and_metrics, config=config),
-                                                 optimizer, scheduler, train_set, runtime, "trainSpanElectra", inputs)
+                                                 optimizer, scheduler, train_set, runtime, DISCRIMINATOR_RUN, inputs)
     logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,
                 tu.size_label(config), sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                 len(train_set.data), runtime.world_size)

@@ -77,7 +77,7 @@ def main():
     cuda = device.type == "cuda"
     plain_iter = iter(torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=1, prefetch_factor=4,
                                                   pin_memory=cuda))
-    plain = loop_overhead(lambda: next(plain_iter), device, args.steps, args.step_ms)
+    plain = loop_overhead(plain_iter.__next__, device, args.steps, args.step_ms)
     del plain_iter
     stream = tu.BatchStream(Batches(), num_workers=1, pin_memory=cuda)
     ours = loop_overhead(lambda: next(stream), device, args.steps, args.step_ms)

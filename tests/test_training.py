@@ -356,15 +356,15 @@ def test_a_pipeline_rerun_in_the_other_mode_removes_the_previous_runs(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("{}\n")
         (tmp_path / name / f"{script}_config.json").write_text(json.dumps({"features_dir": str(features)}))
-    run_in("generator", "trainMLM_SpanElectra", tmp_path / "features")
-    run_in("two_stage", "trainSpanElectra", tmp_path / "features")
+    run_in("generator", argument.GENERATOR_RUN, tmp_path / "features")  # the names the scripts save under
+    run_in("two_stage", argument.DISCRIMINATOR_RUN, tmp_path / "features")
     (tmp_path / "joint").mkdir()
     (tmp_path / "joint" / "notes.txt").write_text("mine")
     run_pipeline.remove_other_mode(str(tmp_path), "joint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["joint"]
     run_pipeline.remove_other_mode(str(tmp_path), "two_stage")
     assert (tmp_path / "joint" / "notes.txt").read_text() == "mine"  # not a run: kept
-    run_in("generator", "trainMLM_SpanElectra", tmp_path / "elsewhere")  # a user's run on other features: kept
+    run_in("generator", argument.GENERATOR_RUN, tmp_path / "elsewhere")  # a user's run on other features: kept
     run_pipeline.remove_other_mode(str(tmp_path), "joint")
     assert (tmp_path / "generator" / "metrics.jsonl").exists()
 
