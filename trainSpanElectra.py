@@ -129,7 +129,7 @@ def main(config: SE_trainingConfig = None):
     model.train()
     speed, sums = tu.Throughput(), tu.MetricSums()
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
-    warned_collapse = False
+    warned_collapse, best_auc = False, 0.0
     bar = tqdm(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
     while step < config.max_steps:
         temperature.fill_(sampling_temperature(step, config))
@@ -159,11 +159,13 @@ def main(config: SE_trainingConfig = None):
             logger.info("step %d valid: rtd_loss %.4f (base rate %.4f), disc_auc %.3f, disc_accuracy %.4f, precision "
                         "%.3f, recall %.3f", step, row["rtd_loss"], row["rtd_base_loss"], row["disc_auc"],
                         row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
-            if tu.at_chance(row) and not warned_collapse:
+            if tu.at_chance(row) and best_auc >= tu.LEARNED_AUC and not warned_collapse:  # fell back, not yet learning
                 warned_collapse = True
-                logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, rtd_loss at the base rate): "
-                               "it has collapsed and will not recover; train again with a lower --learning_rate, a "
-                               "longer --warmup_fraction or another --seed", step, row["disc_auc"])
+                logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, down from %.3f; rtd_loss at "
+                               "the base rate): it has collapsed and will not recover; train again with a lower "
+                               "--learning_rate, a longer --warmup_fraction or another --seed", step, row["disc_auc"],
+                               best_auc)
+            best_auc = max(best_auc, row["disc_auc"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             with speed.paused():
                 tu.save_training_state(config, step, model, optimizer, scheduler, stream)

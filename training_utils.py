@@ -902,6 +902,9 @@ def discriminator_counts(disc_out, replaced):
     return counts
 
 
+LEARNED_AUC = 0.55  # a valid disc_auc this far above chance: the discriminator has learned something
+
+
 def at_chance(valid_row):
     """A discriminator whose valid AUC is at chance and whose loss is the base-rate loss predicts the
     replaced share everywhere: its encoder has collapsed (every token one vector), and it does not
