@@ -560,7 +560,7 @@ COMPARE_SCALES = {
 @dataclass
 class compare_args:
     """benchmarks/compare_pretraining.py: every recipe, equal pre-training FLOPs, the same fine-tuning."""
-    scale: str = _help("'tiny' (2 CPU cores, about 75 minutes, WikiText-2), 'gpu' (ELECTRA-Small on English "
+    scale: str = _help("'tiny' (2 CPU cores, about 80 minutes, WikiText-2), 'gpu' (ELECTRA-Small on English "
                        "Wikipedia, one H100 in about 9 minutes), 'gpu_vi' (the same on Vietnamese Wikipedia, "
                        "pyvi-segmented, half the budget) or 'small' (ELECTRA-Small, 20k-step budget)",
                        default="tiny", meta={"choices": tuple(COMPARE_SCALES)})

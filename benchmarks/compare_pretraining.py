@@ -1,6 +1,6 @@
 """Equal-compute comparison of pre-training recipes, fine-tuned on SST-2 and MRPC.
 
-    python benchmarks/compare_pretraining.py                    # tiny models, 2 CPU cores, about 75 minutes
+    python benchmarks/compare_pretraining.py                    # tiny models, 2 CPU cores, about 80 minutes
     python benchmarks/compare_pretraining.py --scale small      # ELECTRA-Small sizes and budget, for a GPU
 
 Every recipe pre-trains on WikiText-2 with the same budget of training FLOPs, counted by torch's

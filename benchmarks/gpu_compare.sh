@@ -7,7 +7,7 @@
 #   phase 2: the rest of the comparison (ELECTRA, SpanElectra joint) and its table, JSON and plot
 #            (about 7.5 min at the speeds measured on 2026-11-26: give the call 580 s). On a fresh
 #            machine, phase 2 alone is the whole default run in one call (issue 13's 9 minutes: the log
-#            estimates 8.6 min since the steps are compiled ahead, session 8-9; a call that stops at
+#            estimates 8.5 min since the steps are compiled ahead, sessions 8-12; a call that stops at
 #            its limit leaves the finished rows cached for the next one). Its log also gives issue 9's
 #            figure: each joint run's median tokens/s with no fine-tuning beside it ("with nothing beside it")
 #   SCALE=gpu_vi: the same on Vietnamese Wikipedia (DATA holds viwiki-large.{train,valid}.txt.xz; VI_TASKS,

@@ -512,7 +512,7 @@ def test_a_vietnamese_model_reads_task_text_segmented_as_its_corpus(vi_tok, tmp_
             ft.main(task_config(tmp_path / "vi_task", model_dir=str(folder), out_dir=str(tmp_path / "ft"),
                                 max_seq_length=64, device="cpu"))
     assert read_results(tmp_path / "ft")["num_train"] == 64
-    # a task already segmented (pyvi is not idempotent: 'A._Mayor' becomes 'A.__Mayor') is used as given,
+    # a task already segmented (pyvi is not idempotent: 'A._Mayor' becomes 'A. _Mayor') is used as given,
     # and needs no pyvi
     segmented = [f"{'Tôi yêu Việt_Nam' if i % 2 else 'Hà_Nội mưa lạnh'} {i}\t{i % 2}" for i in range(64)]
     with pytest.MonkeyPatch.context() as patch:
