@@ -22,17 +22,20 @@ DATA=${DATA:-outputs/gpu_data}
 CMP_OUT=${CMP_OUT:-outputs/compare_$SCALE}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if [ "$SCALE" = gpu_vi ]; then
+if [ "$SCALE" = gpu_vi ] && ! python3 -c "import pyvi" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || { echo "no pyvi wheels: run bash benchmarks/gpu_wheels.sh here and carry .whl"; exit 2; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ "$SCALE" = gpu_vi ]; then
     COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu_vi --train_input "$DATA/viwiki-large.train.txt.xz"
              --valid_input "$DATA/viwiki-large.valid.txt.xz" --tasks "${VI_TASKS:-}" --out_dir "$CMP_OUT")
 else
     COMPARE=(python3 benchmarks/compare_pretraining.py --scale gpu --train_input "$DATA/enwiki.train.txt.xz"
              --valid_input "$DATA/enwiki.valid.txt.xz" --tasks "$DATA/SST-2,$DATA/MRPC" --out_dir "$CMP_OUT")
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt" 2>/dev/null ||
+    echo "no nvidia-smi: not a GPU machine" > "$OUT/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/device.txt"
 strip_bars() {  # log lines only: tqdm's redraws go, a log line written after a bar keeps its own line
     tr '\r' '\n' | sed -E 's/([0-9]{2}:[0-9]{2}:[0-9]{2} (INFO|WARNING|ERROR))/\n\1/g' | grep -a -v -E 'it/s|s/it|B/s|^\s*$'
@@ -64,3 +67,4 @@ fi
 cp "$CMP_OUT/compare.json" "$CMP_OUT/compare.md" "$OUT/" 2>/dev/null  # compare.md: the rows finished, even after a stop
 grep -h -E "estimate|budget|ahead|INFO (random|mlm|electra|se_joint)@|^\|" "$OUT"/compare*.log | tail -34
 tail -3 "$OUT/suite.log" "$OUT/pipeline.log" 2>/dev/null
+grep -h "^error:" "$OUT"/*.log 2>/dev/null  # a stage's one-line error would otherwise stay in its log
