@@ -26,7 +26,6 @@ from tokenization import SE_TOKENIZER_FILE, SPECIAL_TOKENS, save_transformers_to
 
 logger = logging.getLogger("span_electra")
 SKIPPED = re.compile(r"(/adam_[mv]$|^global_step$|/Adam(_\d+)?$|^beta[12]_power)")  # optimizer state
-HEADS_PER_SIZE = {"small": 4, "base": 12, "large": 16}  # google-research/electra's model sizes
 
 
 # ---------------------------------------------------------------- names
@@ -108,13 +107,15 @@ def electra_configs(ckpt, hparams):
     overrides = hparams.get("model_hparam_overrides") or {}
     if not isinstance(overrides, dict):
         raise SpanElectraError("config_file: model_hparam_overrides must be a JSON object (name: value)")
-    heads = overrides.get("num_attention_heads") or HEADS_PER_SIZE.get(hparams.get("model_size"), max(1, hidden // 64))
+    # google-research/electra's get_bert_config: width / 64 heads (4 for small, 12 base, 16 large) whatever
+    # model_size says, unless model_hparam_overrides names them
+    heads = overrides.get("num_attention_heads") or max(1, hidden // 64)
     if not isinstance(heads, int) or heads < 1 or hidden % heads:
         raise SpanElectraError(
             f"config_file: num_attention_heads {heads!r} does not divide the checkpoint's hidden size {hidden}; give a "
             f"divisor of {hidden} in model_hparam_overrides" if "num_attention_heads" in overrides else
-            f"checkpoint: its hidden size {hidden} takes no head count guessed from the hparams (width / 64 or "
-            f"model_size); pass the hparams JSON as --config_file with model_hparam_overrides.num_attention_heads")
+            f"checkpoint: its hidden size {hidden} takes no head count of width / 64 ({heads}); pass the hparams JSON "
+            f"as --config_file with model_hparam_overrides.num_attention_heads")
     disc = ElectraConfig(**common, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
                          num_attention_heads=heads)
     gen_sizes = encoder_sizes(ckpt, "generator")
@@ -123,7 +124,7 @@ def electra_configs(ckpt, hparams):
     gen_hidden, gen_layers, gen_intermediate = gen_sizes
     gen_heads = max(1, gen_hidden // 64)  # google-research/electra's get_generator_config
     logger.info("attention heads: %d (discriminator, %s), %d (generator, its width / 64)", heads,
-                "from the hparams" if "num_attention_heads" in overrides or hparams.get("model_size") in HEADS_PER_SIZE
+                "from the hparams" if "num_attention_heads" in overrides
                 else "its width / 64: pass the hparams JSON as --config_file if it had others", gen_heads)
     gen = ElectraConfig(**common, hidden_size=gen_hidden, num_hidden_layers=gen_layers,
                         intermediate_size=gen_intermediate, num_attention_heads=gen_heads)

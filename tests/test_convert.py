@@ -1,5 +1,6 @@
 """convert_tf_checkpoint.py on a tiny google-research/electra checkpoint that TensorFlow wrote
 (tests/fixtures/make_tf_checkpoint.py made it; TensorFlow is never imported here)."""
+import json
 import math
 import shutil
 
@@ -120,6 +121,17 @@ def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, ca
     assert read_json(out / "discriminator" / "config.json")["num_attention_heads"] == 2
     assert read_json(out / "generator" / "config.json")["num_attention_heads"] == 1  # 24 wide: max(1, 24 // 64)
     assert f"config_file: using {FIXTURE / 'hparams.json'}, beside the checkpoint" in caplog.text
+
+
+def test_heads_follow_the_width_whatever_model_size_says(tmp_path):
+    """As get_bert_config: width / 64 heads unless model_hparam_overrides names them; 'small' with a
+    hidden size of 32 is 1 head, not small's 4 (a silently different model)."""
+    import convert_tf_checkpoint
+    hparams = tmp_path / "hp.json"
+    hparams.write_text(json.dumps({"model_size": "small", "do_lower_case": True}))
+    out = tmp_path / "electra"
+    convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(out), config_file=str(hparams)))
+    assert read_json(out / "discriminator" / "config.json")["num_attention_heads"] == 1  # max(1, 32 // 64)
 
 
 def damaged_copy(tmp_path, damage):
