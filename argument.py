@@ -692,8 +692,9 @@ def _read_config_file(path, config_cls):
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
+        hint = "; an ELECTRA hparams JSON goes to --config_file" if "config_file" in fields else ""
         raise SpanElectraError(f"--config: '{path}' has unknown field(s) {', '.join(unknown)} "
-                               f"for {config_cls.__name__}")
+                               f"for {config_cls.__name__}{hint}")
     hints = typing.get_type_hints(config_cls)
     return {k: _coerce(v, k, hints[k], f"in '{path}'") for k, v in values.items()}
 

@@ -123,6 +123,13 @@ def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, ca
     assert f"config_file: using {FIXTURE / 'hparams.json'}, beside the checkpoint" in caplog.text
 
 
+def test_hparams_given_as_config_point_at_config_file(capsys):
+    """--config takes a saved convert config; an ELECTRA hparams.json there is pointed at --config_file."""
+    import convert_tf_checkpoint
+    code, err = run_in_process(capsys, convert_tf_checkpoint, argument.convert_args, "--config", FIXTURE / "hparams.json")
+    assert_one_line_error(code, err, "unknown field(s)", "an ELECTRA hparams JSON goes to --config_file")
+
+
 def test_heads_follow_the_width_whatever_model_size_says(tmp_path):
     """As get_bert_config: width / 64 heads unless model_hparam_overrides names them; 'small' with a
     hidden size of 32 is 1 head, not small's 4 (a silently different model)."""
