@@ -554,10 +554,9 @@ def load_model(config, task, announce=True):
         layers = model.config.num_hidden_layers
         new = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})
         random_body = [k for k in new if layer_depth(k, layers) <= layers]
-        logger.info("model: %s from %s, %.1fM parameters, %d layers; new classifier head (%d tensors), pre-training "
-                    "head dropped (%d tensors)", type(model).__name__, config.model_dir,
-                    sum(p.numel() for p in model.parameters()) / 1e6, layers, len(new) - len(random_body),
-                    len(info["unexpected_keys"]))
+        logger.info("model: %s from %s, %s parameters, %d layers; new classifier head (%d tensors), pre-training "
+                    "head dropped (%d tensors)", type(model).__name__, config.model_dir, tu.parameter_count(model), layers,
+                    len(new) - len(random_body), len(info["unexpected_keys"]))
         if random_body:
             logger.warning("%d encoder tensors were not in %s and start random (e.g. %s): is it the right model?",
                            len(random_body), config.model_dir, ", ".join(random_body[:3]))

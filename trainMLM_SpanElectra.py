@@ -63,8 +63,8 @@ def main(config: MLM_trainingConfig = None):
 
     train_step, stream, log, step = tu.start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set,
                                                  runtime, GENERATOR_RUN, inputs)
-    logger.info("generator: %s, %.1fM parameters, %d train sequences of %d tokens, %d process(es)",
-                tu.size_label(config), sum(p.numel() for p in model.parameters()) / 1e6, len(train_set.data),
+    logger.info("generator: %s, %s parameters, %d train sequences of %d tokens, %d process(es)",
+                tu.size_label(config), tu.parameter_count(model), len(train_set.data),
                 features.max_seq_len, runtime.world_size)
 
     model.train()

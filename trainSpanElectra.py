@@ -122,8 +122,8 @@ def main(config: SE_trainingConfig = None):
 
     train_step, stream, log, step = tu.start_run(config, model, functools.partial(loss_and_metrics, config=config),
                                                  optimizer, scheduler, train_set, runtime, DISCRIMINATOR_RUN, inputs)
-    logger.info("discriminator (%s): %s, %.1fM trainable parameters, %d train sequences, %d process(es)", config.mode,
-                tu.size_label(config), sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+    logger.info("discriminator (%s): %s, %s trainable parameters, %d train sequences, %d process(es)", config.mode,
+                tu.size_label(config), tu.parameter_count(model, trainable_only=True),
                 len(train_set.data), runtime.world_size)
 
     model.train()

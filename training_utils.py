@@ -538,6 +538,12 @@ def size_label(config):
     return f"as in {config.init_from}" if config.init_from else config.model_size
 
 
+def parameter_count(model, trainable_only=False):
+    """The model's parameter count for the log: '13.5M', or '41.2k' for a tiny model (not '0.0M')."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
 # identity keys that runs started by earlier versions did not record: not compared when missing
 LATER_KEYS = ("train_sequences", "processes")
 

@@ -437,3 +437,13 @@ def test_tokens_per_sec_leaves_out_evaluation_and_checkpoints(monkeypatch):
     now[0] += 2.0  # the next window starts at the read
     speed.add(4000)
     assert speed.rate() == pytest.approx(2000.0)
+
+
+def test_parameter_counts_read_for_tiny_models_too():
+    """The log's parameter count: millions for real models, thousands (not '0.0M') for a converted tiny one."""
+    import training_utils as tu
+    assert tu.parameter_count(torch.nn.Linear(100, 100)) == "10.1k"
+    assert tu.parameter_count(torch.nn.Linear(1000, 1000)) == "1.0M"
+    frozen = torch.nn.Linear(1000, 1000)
+    frozen.bias.requires_grad_(False)
+    assert tu.parameter_count(frozen, trainable_only=True) == "1.0M" and tu.parameter_count(frozen) == "1.0M"
