@@ -491,11 +491,17 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     return model, path, loaded
 
 
+def trained_seq_len(path, field):
+    """The sequence length a model saved by our scripts was trained on; None for other folders (and ours
+    saved before the length was recorded)."""
+    head_config = os.path.join(path, HEAD_CONFIG)
+    return read_json(head_config, HEAD_FIX, field).get("trained_seq_len") if os.path.isfile(head_config) else None
+
+
 def warn_untrained_positions(path, kind, features, field):
     """Warn when a saved model was trained on shorter sequences than the features hold: its positions past
-    that length were never trained (a folder saved before the length was recorded says nothing)."""
-    head_config = os.path.join(path, HEAD_CONFIG)
-    trained = read_json(head_config, HEAD_FIX, field).get("trained_seq_len") if os.path.isfile(head_config) else None
+    that length were never trained."""
+    trained = trained_seq_len(path, field)
     if trained and features.max_seq_len > trained:
         logger.warning("%s: the %s was trained on %d-token sequences, these features have %d: its positions past %d "
                        "were never trained, so it starts poorly there; train it on these features", field, kind,

@@ -564,3 +564,18 @@ def test_number_labels_match_as_numbers(tmp_path):
     dev = ["sentence\tlabel"] + [f"film {i} was {'good' if i % 2 else 'bad'}\t{i % 2}.0" for i in range(6)]
     task = ft.load_task(task_config(write_task(tmp_path / "t", train, dev)))
     assert task.labels == ["0", "1"] and task.dev.targets.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_fine_tuning_past_the_pre_trained_length_is_warned(tiny_discriminator, tmp_path, caplog):
+    """A model pre-trained on 32-token rows, fine-tuned at 64: its positions past 32 never trained, said once."""
+    from modelling_span_electra import HEAD_CONFIG
+    folder = tmp_path / "disc"
+    shutil.copytree(tiny_discriminator, folder)
+    (folder / HEAD_CONFIG).write_text(json.dumps({"trained_seq_len": 32}), encoding="utf-8")
+    config = ft.load_model_config(str(folder))
+    with caplog.at_level("WARNING", logger="span_electra"):
+        ft.load_model_tokenizer(str(folder), config, 32)
+        assert "pre-trained on" not in caplog.text
+        ft.load_model_tokenizer(str(folder), config, 64)
+    assert "max_seq_length: the model was pre-trained on 32-token sequences" in caplog.text
+    assert "--max_seq_length 32" in caplog.text
