@@ -82,6 +82,7 @@ def _split_pairs(batch):
 
 
 TAIL_WARNING = 0.05  # dropped document tails above this share of the text are worth a warning
+UNKNOWN_WARNING = 0.05  # so are [UNK]s above this share of the stored tokens
 
 
 # ---------------------------------------------------------------- packing
@@ -90,9 +91,9 @@ class SequenceWriter:
     A document's tail shorter than a row is dropped, or with across_documents carried into the next
     document's first row after a [SEP] (RoBERTa's FULL-SENTENCES)."""
 
-    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID, across_documents=False):
+    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID, across_documents=False, unk_id=None):
         self.file = open(path, "wb")
-        self.cls_id, self.sep_id, self.across_documents = cls_id, sep_id, across_documents
+        self.cls_id, self.sep_id, self.across_documents, self.unk_id = cls_id, sep_id, across_documents, unk_id
         self.body = max_seq_len - 2
         self.dtype = dtype
         self.pending = np.zeros(0, dtype=dtype)
@@ -101,6 +102,7 @@ class SequenceWriter:
         self.num_tokens = 0
         self.num_documents = 0
         self.dropped_tokens = 0
+        self.unknown_tokens = 0  # [UNK]s stored: many mean a vocabulary of another language or script
 
     def add(self, tokens, starts_document):
         """Append tokens to the current document (ending the previous one first if asked)."""
@@ -114,6 +116,8 @@ class SequenceWriter:
             rows[:, 0], rows[:, -1] = self.cls_id, self.sep_id
             rows[:, 1:-1] = buffer[:full * self.body].reshape(full, self.body)
             rows.tofile(self.file)
+            if self.unk_id is not None:
+                self.unknown_tokens += int(np.count_nonzero(rows[:, 1:-1] == self.unk_id))
             self.num_sequences += full
             written = full * self.body
             self.num_tokens += written - sum(p < written for p in self.separators)
@@ -211,7 +215,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     max_line_bytes = LONG_LINE_FACTOR * config.max_seq_len * 8
     ids = info["special_token_ids"]
     writers = {s: SequenceWriter(array_path(tmp, s), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"],
-                                 config.pack_across_documents) for s in ("train", "valid")}
+                                 config.pack_across_documents, ids["[UNK]"]) for s in ("train", "valid")}
     bad_bytes = BadByteCounter()
     split_rng = np.random.default_rng(config.seed)
     total = sum(os.path.getsize(p) for p in train_files + valid_files)
@@ -246,6 +250,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "num_tokens": {s: writers[s].num_tokens for s in splits},
         "num_documents": {s: writers[s].num_documents for s in splits},
         "dropped_tail_tokens": {s: writers[s].dropped_tokens for s in splits},
+        "unknown_tokens": {s: writers[s].unknown_tokens for s in splits},
         "pack_across_documents": config.pack_across_documents,
         "undecodable_bytes": bad_bytes.count,
         "inputs": {"train": train_files, "valid": valid_files, "valid_fraction": config.valid_fraction},
@@ -262,6 +267,11 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     logger.info("%d documents, %d tokens stored, %d document-tail tokens dropped (%.2f%%), %.1fs",
                 sum(meta["num_documents"].values()), kept, dropped, 100 * dropped / max(kept + dropped, 1),
                 time.time() - start)
+    unknown = sum(meta["unknown_tokens"].values())
+    if unknown > UNKNOWN_WARNING * max(kept, 1):
+        logger.warning("%.0f%% of the stored tokens are [UNK]: the vocabulary does not cover this text (another language "
+                       "or script, or a tokenizer without its vocabulary); train one on this corpus with "
+                       "create_vocab_SE.py", 100 * unknown / kept)
     if dropped > TAIL_WARNING * (kept + dropped):
         logger.warning("%.0f%% of the text was document tails shorter than a sequence, and is not in the features; "
                        "--pack_across_documents keeps it (a tail continues into the next document's first sequence, "

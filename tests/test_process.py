@@ -509,3 +509,22 @@ def test_a_rebuild_into_the_same_folder_leaves_no_file_of_the_earlier_build(bpe_
     build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
     left = sorted(p.name for p in out.iterdir() if p.suffix == ".bin")
     assert left == ["train.bin"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_tokens_are_counted_and_warned_about(bert_tok, tmp_path, caplog):
+    """An English WordPiece vocabulary on Vietnamese text stores many [UNK]s: counted in meta.json and warned
+    about; on its own language the share stays under the warning."""
+    with caplog.at_level("WARNING", logger="span_electra"):
+        _, english = build_features(bert_tok, tmp_path / "en", max_seq_len=64)
+        assert "are [UNK]" not in caplog.text
+        _, vietnamese = build_features(bert_tok, tmp_path / "vi", train_input=str(SAMPLE_VI / "train.txt"),
+                                       valid_input="", max_seq_len=64)
+    unk = bert_tok_id(bert_tok, "[UNK]")
+    ids = np.fromfile(tmp_path / "vi" / "train.bin", dtype=np.uint16)
+    assert vietnamese["unknown_tokens"]["train"] == int((ids == unk).sum()) > 0.05 * vietnamese["num_tokens"]["train"]
+    assert english["unknown_tokens"]["train"] < 0.05 * english["num_tokens"]["train"]
+    assert "of the stored tokens are [UNK]: the vocabulary does not cover this text" in caplog.text
+
+
+def bert_tok_id(tok_dir, token):
+    return [line.strip() for line in open(tok_dir / "vocab.txt", encoding="utf-8")].index(token)
