@@ -65,6 +65,8 @@ def bpe_special_tokens():
 
 
 def build_trainer(tokenizer_type, vocab_size, min_fre):
+    """The tokenizers trainer of a vocabulary type. BPE's starts from all 256 bytes and gives the same vocabulary
+    every run; WordPiece's breaks ties in hash order (huggingface/tokenizers#1794), so its ids vary run to run."""
     if tokenizer_type == "BPE":
         return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_fre, special_tokens=bpe_special_tokens(),
                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
