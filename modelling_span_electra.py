@@ -484,7 +484,7 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
         model, loaded = load_pretrained_generator(path, heads, field)
     else:
         model, loaded = load_pretrained_discriminator(path, use_all_token, heads, field)
-    check_fits_features(model.config, features, field)
+    check_fits_features(model.config, features, field, same_tokenizer=has_tokenizer(path))
     if has_tokenizer(path):
         features.check_tokenizer(path, field)
     warn_untrained_positions(path, kind, features, field)
@@ -508,9 +508,11 @@ def warn_untrained_positions(path, kind, features, field):
                        trained, features.max_seq_len, trained)
 
 
-def check_fits_features(config, features, field="init_from"):
-    """A pre-trained model must share the features' vocabulary size and hold their sequence length."""
-    if config.vocab_size != features.vocab_size:
+def check_fits_features(config, features, field="init_from", same_tokenizer=False):
+    """A pre-trained model must share the features' vocabulary size and hold their sequence length. Built with its
+    own tokenizer (same_tokenizer: checked by the caller), its embeddings may have more rows than the vocabulary
+    (a released checkpoint's padding rows, or a vocab.txt cut short): those ids simply never occur."""
+    if config.vocab_size < features.vocab_size or (config.vocab_size != features.vocab_size and not same_tokenizer):
         raise SpanElectraError(f"{field}: the model's vocabulary has {config.vocab_size} entries, the features' "
                                f"{features.vocab_size}; build the features with its tokenizer (process.py "
                                "--tokenizer_dir MODEL_FOLDER)")

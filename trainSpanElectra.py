@@ -80,8 +80,9 @@ def build_model(config, features):
                                 discriminator=pretrained_disc), inputs
     generator = load_generator(config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
-    check_fits_features(generator.config, features, "generator_dir")
+    check_fits_features(generator.config, features, "generator_dir", same_tokenizer=True)
     warn_untrained_positions(config.generator_dir, "generator", features, "generator_dir")
+    disc_config.vocab_size = generator.config.vocab_size  # a converted generator's rows past its vocabulary too
     inputs["generator_weights"] = weights_digest(config.generator_dir)
     if pretrained_disc is not None:
         return SpanElectraTwoStage(generator, pretrained_disc), inputs

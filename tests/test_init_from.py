@@ -161,3 +161,22 @@ def test_init_from_a_model_trained_on_shorter_rows_warns_and_a_missing_path_is_n
                                tmp_path / "nowhere", "--features_dir", longer, "--out_dir", tmp_path / "g",
                                "--max_steps", "1", "--device", "cpu")
     assert_one_line_error(code, err, "init_from:", "does not exist")
+
+
+def test_embeddings_with_more_rows_than_the_vocabulary_train(tmp_path):
+    """A checkpoint converted with a vocab.txt shorter than its embeddings (180 of 182 rows): features built
+    with its tokenizer train the generator from it, and a fresh two-stage discriminator against it."""
+    import convert_tf_checkpoint
+    vocab = tmp_path / "vocab180.txt"
+    vocab.write_text("".join((FIXTURE / "vocab.txt").read_text(encoding="utf-8").splitlines(True)[:180]), encoding="utf-8")
+    conv = tmp_path / "conv"
+    convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(conv), vocab_file=str(vocab)))
+    feat, meta = build_features(conv / "discriminator", tmp_path / "feat", max_seq_len=64, valid_input="")
+    assert meta["vocab_size"] == 180
+    gen = trainMLM_SpanElectra.main(argument.MLM_trainingConfig(features_dir=str(feat), out_dir=str(tmp_path / "g"),
+                                                                init_from=str(conv), **TINY))
+    assert ElectraForMaskedLM.from_pretrained(gen).config.vocab_size == 182
+    disc = trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(feat), out_dir=str(tmp_path / "d"),
+                                                            mode="two_stage", generator_dir=str(conv / "generator"),
+                                                            **TINY))
+    assert ElectraForPreTraining.from_pretrained(disc).config.vocab_size == 182
