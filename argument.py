@@ -19,6 +19,7 @@ its users know.
 """
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -385,8 +386,20 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
         if not (self.use_all_token or self.use_span_head):
             _fail("use_span_head", "with use_all_token false the discriminator needs the span head")
         if self.mode == "two_stage":
+            self.generator_dir = self.generator_beside_init_from() or self.generator_dir
             check_dir(self, "generator_dir", "train one with trainMLM_SpanElectra.py (it is OUT/generator) or use "
                       "--mode joint", must_contain="config.json")
+
+    def generator_beside_init_from(self):
+        """Two-stage from a folder holding both models (a converted ELECTRA, a joint run's out_dir) with
+        --generator_dir left at a default that is not there: its generator/, as ELECTRA would continue."""
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "generator_dir")
+        beside = os.path.join(self.init_from or "", "generator")
+        if (self.init_from and self.generator_dir == default and not os.path.isdir(default)
+                and os.path.isfile(os.path.join(beside, "config.json"))):
+            logging.getLogger("span_electra").info("generator_dir: %s, beside the discriminator of --init_from", beside)
+            return beside
+        return None
 
 
 # ---------------------------------------------------------------- the whole pipeline

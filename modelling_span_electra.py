@@ -470,10 +470,27 @@ def load_pretrained_discriminator(path, use_all_token, use_span_head, field="ini
     return discriminator, loaded
 
 
-def load_pretrained(init_from, kind, features, heads, use_all_token=True, field="init_from"):
+# the size flags (TrainingConfig.model_overrides) that name each model's ElectraConfig fields
+SIZE_FLAGS = {"generator": {"embedding_size": "embedding_size", "num_hidden_layers": "num_hidden_layers",
+                            "gen_hidden_size": "hidden_size", "gen_num_attention_heads": "num_attention_heads",
+                            "gen_intermediate_size": "intermediate_size"},
+              "discriminator": {name: name for name in ("embedding_size", "hidden_size", "num_hidden_layers",
+                                                        "num_attention_heads", "intermediate_size")}}
+
+
+def check_sizes_match(sizes, model_config, kind, path):
+    """Size flags given beside --init_from must be the loaded model's own: the architecture comes from the
+    folder, so another value would be silently ignored."""
+    for flag, name in SIZE_FLAGS[kind].items():
+        if flag in sizes and sizes[flag] != getattr(model_config, name):
+            raise SpanElectraError(f"{flag}: {sizes[flag]}, but the {kind} in '{path}' has {getattr(model_config, name)} "
+                                   f"and --init_from takes its architecture; drop --{flag}, or train from scratch")
+
+
+def load_pretrained(init_from, kind, features, heads, use_all_token=True, field="init_from", sizes=None):
     """The pre-trained `kind` ('generator' or 'discriminator') in init_from (see find_pretrained), its
     span heads loaded when the folder has them, checked against the features' vocabulary, positions
-    and tokenizer. Returns (model, its folder, what was loaded, in words)."""
+    and tokenizer, and against the size flags given (sizes). Returns (model, its folder, what was loaded, in words)."""
     if not os.path.exists(init_from):
         raise SpanElectraError(f"{field}: '{init_from}' does not exist; point it at a pre-trained out_dir or model folder")
     path = find_pretrained(init_from, kind)
@@ -484,6 +501,7 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
         model, loaded = load_pretrained_generator(path, heads, field)
     else:
         model, loaded = load_pretrained_discriminator(path, use_all_token, heads, field)
+    check_sizes_match(sizes or {}, model.config, kind, path)
     check_fits_features(model.config, features, field, same_tokenizer=has_tokenizer(path))
     if has_tokenizer(path):
         features.check_tokenizer(path, field)

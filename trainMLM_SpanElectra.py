@@ -47,7 +47,8 @@ def build_model(config, features):
         gen_config, _ = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
                                         pad_token_id=features.special_ids["[PAD]"], **config.model_overrides())
         return SpanElectraGenerator(gen_config, use_sbo=config.use_sbo), None
-    model, path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo)
+    model, path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo,
+                                          sizes=config.model_overrides())
     logger.info("init_from: %s from %s (its architecture: hidden %d, %d layers)", loaded, path,
                 model.config.hidden_size, model.config.num_hidden_layers)
     return model, {"init_generator_weights": weights_digest(path)}

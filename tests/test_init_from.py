@@ -92,6 +92,15 @@ def test_init_from_with_features_of_another_vocabulary_is_one_line(converted, bp
     assert_one_line_error(code, err, "init_from:", "vocabulary", "--tokenizer_dir")
 
 
+def test_size_flags_beside_init_from_are_refused(converted, bert_id_features, tmp_path, capsys):
+    """The architecture comes from --init_from: a size flag beside it that differs would be silently ignored (the
+    model's own sizes, as test_continued_training_starts_far_below_a_fresh_model gives, are accepted)."""
+    code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--init_from", converted,
+                               "--features_dir", bert_id_features[0], "--out_dir", tmp_path / "g", "--max_steps", "1",
+                               "--num_hidden_layers", "6", "--device", "cpu")
+    assert_one_line_error(code, err, "num_hidden_layers: 6, but the generator in", "has 2", "drop --num_hidden_layers")
+
+
 def test_init_from_without_a_model_is_one_line(bert_id_features, tmp_path, capsys):
     code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--init_from", SAMPLE,
                                "--features_dir", bert_id_features[0], "--out_dir", tmp_path / "g", "--max_steps", "1",
@@ -120,7 +129,7 @@ def test_continued_training_starts_far_below_a_fresh_model(converted, bert_id_fe
     """The fixture holds a model trained for 300 steps (tests/fixtures/train_fixture_weights.py): continued
     from its TensorFlow checkpoint, the first step's losses are far below a fresh model's on the same batch."""
     sizes = dict(model_size="tiny", embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, gen_hidden_size=24, gen_num_attention_heads=2, gen_intermediate_size=48)
+                 intermediate_size=64, gen_hidden_size=24, gen_num_attention_heads=1, gen_intermediate_size=48)
     first = {}
     for name, init in (("fresh", None), ("continued", str(converted))):
         out = tmp_path / name
@@ -180,3 +189,21 @@ def test_embeddings_with_more_rows_than_the_vocabulary_train(tmp_path):
                                                             mode="two_stage", generator_dir=str(conv / "generator"),
                                                             **TINY))
     assert ElectraForPreTraining.from_pretrained(disc).config.vocab_size == 182
+
+
+def test_two_stage_from_a_folder_with_both_models_takes_its_generator(converted, bert_id_features, tmp_path,
+                                                                      monkeypatch):
+    """--mode two_stage --init_from CONVERTED (generator/ and discriminator/) with --generator_dir left at its
+    default: the discriminator trains against CONVERTED/generator, not a missing outputs/generator/generator."""
+    monkeypatch.chdir(tmp_path)  # the default generator_dir is relative: make sure it is not there
+    config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se"),
+                                        mode="two_stage", init_from=str(converted), **TINY)
+    trainSpanElectra.main(config)
+    assert config.generator_dir == str(converted / "generator")
+    saved = read_json(tmp_path / "se" / "trainSpanElectra_config.json")
+    assert saved["generator_dir"] == str(converted / "generator")
+    # a generator_dir given explicitly is kept, and a missing one still refused
+    with pytest.raises(argument.SpanElectraError, match="generator_dir"):
+        trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), mode="two_stage",
+                                                         out_dir=str(tmp_path / "se2"), init_from=str(converted),
+                                                         generator_dir=str(tmp_path / "nowhere"), **TINY))
