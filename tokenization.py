@@ -179,8 +179,9 @@ def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file"):
 
 def save_transformers_tokenizer(tok, directory, model_max_length=512):
     """Write a tokenizers.Tokenizer as a transformers tokenizer folder: tokenizer.json, its
-    tokenizer_config.json (special tokens, a class name both transformers 4 and 5 load) and the
-    classic vocabulary files (vocab.json + merges.txt for BPE, vocab.txt for WordPiece)."""
+    tokenizer_config.json (special tokens, a class name both transformers 4 and 5 load, a WordPiece's
+    normalizer options for BertTokenizer) and the classic vocabulary files (vocab.json + merges.txt
+    for BPE, vocab.txt for WordPiece)."""
     names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")  # SPECIAL_TOKENS' order
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
                                    **dict(zip(names, SPECIAL_TOKENS)))
@@ -189,9 +190,22 @@ def save_transformers_tokenizer(tok, directory, model_max_length=512):
     with open(config_path, encoding="utf-8") as f:
         tokenizer_config = json.load(f)
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes 'TokenizersBackend'
+    # BertTokenizer / ElectraTokenizer(Fast) rebuild the normalizer from these, not from tokenizer.json
+    tokenizer_config.update(bert_normalizer_config(tok))
     atomic_write_json(config_path, tokenizer_config)
     tok.save(os.path.join(directory, "tokenizer.json"))
     tok.model.save(directory)
+
+
+def bert_normalizer_config(tok):
+    """The BertTokenizer options (do_lower_case, strip_accents, tokenize_chinese_chars) of tok's
+    BertNormalizer, {} when it has none (BPE)."""
+    normalizer = json.loads(tok.to_str()).get("normalizer") or {}
+    for step in normalizer.get("normalizers") or [normalizer]:  # a Sequence, or one normalizer
+        if step.get("type") == "BertNormalizer":
+            return {"do_lower_case": step["lowercase"], "strip_accents": step["strip_accents"],
+                    "tokenize_chinese_chars": step["handle_chinese_chars"]}
+    return {}
 
 
 def check_tokenizer_fits(tokenizer, vocab_size, folder, field="model_dir"):

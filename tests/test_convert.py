@@ -110,6 +110,29 @@ def test_converted_folders_work_with_transformers_and_the_explorer(converted):
     assert len(explorer.detect("the cat sat on the mat .")) > 0
 
 
+
+@pytest.mark.parametrize("lowercase", [True, False], ids=["uncased", "cased"])
+def test_converted_tokenizer_loads_alike_in_every_bert_class(converted, tmp_path, lowercase):
+    """A converted folder loaded with BertTokenizer / ElectraTokenizerFast (which rebuild the normalizer
+    from tokenizer_config.json) tokenizes as our pipeline: uncased strips accents as BERT's uncased
+    models do, --do_lower_case false keeps case and accents (unknown here: [UNK])."""
+    import transformers
+    import tokenization
+    folder = converted / "discriminator"
+    if not lowercase:
+        convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(tmp_path / "cased"),
+                                           config_file=str(FIXTURE / "hparams.json"), do_lower_case=False))
+        folder = tmp_path / "cased" / "discriminator"
+    text = "The Café SAT on the mat"
+    tok, _ = tokenization.load_tokenizer(str(folder))
+    expected = tok.encode(text).ids
+    assert tok.encode(text).tokens[1:5] == (["the", "c", "##a", "##f"] if lowercase else ["[UNK]", "[UNK]", "[UNK]", "on"])
+    for cls in ("BertTokenizer", "ElectraTokenizerFast", "AutoTokenizer"):
+        assert getattr(transformers, cls).from_pretrained(folder)(text)["input_ids"] == expected, cls
+    config = read_json(folder / "tokenizer_config.json")
+    assert (config["do_lower_case"], config["strip_accents"]) == ((True, None) if lowercase else (False, None))
+
+
 def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, caplog):
     """google-research/electra keeps hparams.json in the model folder: without --config_file it is read
     there (the heads, 2, are not in the shapes), and said; the generator's heads follow its width as in

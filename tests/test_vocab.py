@@ -159,6 +159,42 @@ def test_load_tokenizer_info(bpe_tok):
     assert info["tokenizer_hash"] == tokenization.tokenizer_hash(str(bpe_tok))
 
 
+
+# ---------------------------------------------------------------- transformers' BERT classes
+ACCENTED = "The Café HELLO naïve"
+ACCENTED_LINES = ["The Café HELLO naïve world", "the cafe hello naive world", "Hello café NAÏVE The world"] * 2
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["cased", "lowercase"])
+def accented_wordpiece(request, tmp_path_factory):
+    """A WordPiece vocabulary built from a few lines with capitals and accents, cased or --lowercase."""
+    tmp = tmp_path_factory.mktemp("accented")
+    (tmp / "lines.txt").write_text("\n".join(ACCENTED_LINES) + "\n", encoding="utf-8")
+    return train_vocab(tmp / "tok", tokenizer_type="BERT", data_dir=str(tmp / "lines.txt"), vocab_size=200,
+                       lowercase=request.param), request.param
+
+
+@pytest.mark.parametrize("cls", ["BertTokenizer", "BertTokenizerFast", "ElectraTokenizerFast", "AutoTokenizer"])
+def test_bert_classes_tokenize_as_the_pipeline(accented_wordpiece, cls):
+    """BertTokenizer and its aliases rebuild the normalizer from tokenizer_config.json: without
+    do_lower_case / strip_accents there they lowercased and stripped accents of a cased vocabulary."""
+    import transformers
+    folder, lowercase = accented_wordpiece
+    tok, _ = tokenization.load_tokenizer(str(folder))
+    expected = tok.encode(ACCENTED).tokens
+    assert expected[1:3] == (["the", "café"] if lowercase else ["The", "Café"])  # case and accents kept as built
+    loaded = getattr(transformers, cls).from_pretrained(str(folder))
+    assert loaded.convert_ids_to_tokens(loaded(ACCENTED)["input_ids"]) == expected
+    assert loaded(ACCENTED)["input_ids"] == tok.encode(ACCENTED).ids
+
+
+def test_tokenizer_config_records_the_normalizer(accented_wordpiece, bpe_tok):
+    folder, lowercase = accented_wordpiece
+    config = read_json(folder / "tokenizer_config.json")
+    assert (config["do_lower_case"], config["strip_accents"], config["tokenize_chinese_chars"]) == (lowercase, False, True)
+    assert "do_lower_case" not in read_json(bpe_tok / "tokenizer_config.json")  # no BertNormalizer to describe
+
+
 # ---------------------------------------------------------------- pyvi word segmentation
 def test_pyvi_vocab_records_segmenter(vi_tok):
     info = read_json(vi_tok / "se_tokenizer.json")
