@@ -25,6 +25,7 @@ TOKENIZER_FIX = "make the vocabulary again with create_vocab_SE.py (or copy the 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "vocab.txt", SE_TOKENIZER_FILE, "create_vocab_config.json")
 BYTE_ALPHABET = 256
+MODEL_INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]  # what a saved tokenizer returns
 
 
 # ---------------------------------------------------------------- word segmentation
@@ -190,6 +191,8 @@ def save_transformers_tokenizer(tok, directory, model_max_length=512):
     with open(config_path, encoding="utf-8") as f:
         tokenizer_config = json.load(f)
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 writes 'TokenizersBackend'
+    # ELECTRA has token type embeddings and fine-tuning feeds them: a pair's second segment must get 1s here too
+    tokenizer_config["model_input_names"] = MODEL_INPUT_NAMES
     # BertTokenizer / ElectraTokenizer(Fast) rebuild the normalizer from these, not from tokenizer.json
     tokenizer_config.update(bert_normalizer_config(tok))
     atomic_write_json(config_path, tokenizer_config)

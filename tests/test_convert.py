@@ -104,6 +104,7 @@ def test_converted_folders_work_with_transformers_and_the_explorer(converted):
     import explore_SE
     tok = AutoTokenizer.from_pretrained(converted / "discriminator")
     assert tok.convert_ids_to_tokens(tok("The cat SAT.")["input_ids"]) == ["[CLS]", "the", "cat", "sat", ".", "[SEP]"]
+    assert tok("the cat", "sat")["token_type_ids"] == [0, 0, 0, 0, 1, 1]  # [CLS] the cat [SEP] | sat [SEP]
     assert read_json(converted / "generator" / "span_electra.json")["use_sbo"] is False  # ELECTRA has no SBO head
     explorer = explore_SE.Explorer(str(converted))
     assert explorer.fill("the [[ cat ]] sat on the mat .")

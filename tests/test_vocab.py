@@ -84,6 +84,18 @@ def test_autotokenizer_loads_fast_tokenizer(tok_dir):
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
+
+def test_autotokenizer_returns_token_type_ids_of_a_pair(tok_dir):
+    """finetune_SE.py trains pair tasks with token type ids: plain transformers must give the same ones."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    pair = tok("a b", "c d")
+    first = len(tok("a b")["input_ids"])  # [CLS] a b [SEP]
+    assert pair["token_type_ids"] == [0] * first + [1] * (len(pair["input_ids"]) - first)
+    assert pair["token_type_ids"][-1] == 1 and len(pair["input_ids"]) > first
+    assert tok("a b")["token_type_ids"] == [0] * first
+
+
 def test_tokenizers_encode_matches_transformers(tok_dir):
     from transformers import AutoTokenizer
     fast = AutoTokenizer.from_pretrained(str(tok_dir))
