@@ -134,8 +134,10 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
             raise SpanElectraError(f"{field}: cannot read '{path}' ({first_line(e)}); "
                                    "rebuild it with create_vocab_SE.py") from None
     else:
-        info["lowercase"] = info["lowercase"] if info["lowercase"] is not None else vocab_lowercase(tokenizer_dir)
-        tok = wordpiece_from_vocab(os.path.join(tokenizer_dir, "vocab.txt"), info["lowercase"], field)
+        options = vocab_options(tokenizer_dir)
+        info["lowercase"] = info["lowercase"] if info["lowercase"] is not None else options["lowercase"]
+        tok = wordpiece_from_vocab(os.path.join(tokenizer_dir, "vocab.txt"), info["lowercase"], field,
+                                   options["strip_accents"], options["chinese_chars"])
     ids = {token: tok.token_to_id(token) for token in SPECIAL_TOKENS}
     missing = [t for t, i in ids.items() if i is None]
     if missing:
@@ -147,15 +149,19 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     return tok, info
 
 
-def vocab_lowercase(tokenizer_dir):
-    """do_lower_case of a BERT-style folder's tokenizer_config.json (default True, as BERT's and ELECTRA's)."""
+def vocab_options(tokenizer_dir):
+    """The normalizer options of a BERT-style folder's tokenizer_config.json, with BertTokenizer's
+    defaults (do_lower_case True, strip_accents None: follow the lowercasing, tokenize_chinese_chars True)."""
     path = os.path.join(tokenizer_dir, "tokenizer_config.json")
-    if os.path.isfile(path):
-        return bool(read_json(path, TOKENIZER_FIX).get("do_lower_case", True))
-    return True
+    config = read_json(path, TOKENIZER_FIX) if os.path.isfile(path) else {}
+    strip_accents = config.get("strip_accents")
+    if strip_accents not in (None, True, False):  # BertNormalizer takes a bool or null alone
+        raise SpanElectraError(f"'{path}' has strip_accents {strip_accents!r}; use true, false or null")
+    return {"lowercase": bool(config.get("do_lower_case", True)), "strip_accents": strip_accents,
+            "chinese_chars": bool(config.get("tokenize_chinese_chars", True))}
 
 
-def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file"):
+def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file", strip_accents=None, chinese_chars=True):
     """BERT's WordPiece tokenizer (BertNormalizer, BertPreTokenizer, [CLS] A [SEP]) from a vocab.txt."""
     vocab = {}
     with open(vocab_file, encoding="utf-8") as f:
@@ -169,7 +175,8 @@ def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file"):
     if missing:
         raise SpanElectraError(f"{field}: '{vocab_file}' lacks {', '.join(missing)}; pass a BERT/ELECTRA vocab.txt")
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents,
+                                                handle_chinese_chars=chinese_chars)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -230,11 +237,14 @@ def copy_tokenizer(tokenizer_dir, directory):
 def tokenizer_hash(tokenizer_dir):
     """Identity of a tokenizer: its tokenizer.json and the segmentation applied before it."""
     source = os.path.join(tokenizer_dir, "tokenizer.json")
-    if not os.path.isfile(source):  # a vocab.txt alone, and the lowercasing applied before it
+    if not os.path.isfile(source):  # a vocab.txt alone, and the normalizer options applied before it
         source = os.path.join(tokenizer_dir, "vocab.txt")
     h = hashlib.sha256(sha256_file(source).encode())
     if not source.endswith(".json"):
-        h.update(str(vocab_lowercase(tokenizer_dir)).encode())
+        options = vocab_options(tokenizer_dir)
+        h.update(str(options["lowercase"]).encode())
+        if (options["strip_accents"], options["chinese_chars"]) != (None, True):  # BERT's defaults: hash as before
+            h.update(str((options["strip_accents"], options["chinese_chars"])).encode())
     # no se_tokenizer.json (a transformers folder) is 'none', as written out: the same tokenizer, the same hash
     h.update(str(read_tokenizer_info(tokenizer_dir)["word_segmenter"]).encode())
     return h.hexdigest()[:16]

@@ -207,6 +207,46 @@ def test_tokenizer_config_records_the_normalizer(accented_wordpiece, bpe_tok):
     assert "do_lower_case" not in read_json(bpe_tok / "tokenizer_config.json")  # no BertNormalizer to describe
 
 
+
+def vocab_txt_folder(folder, **config):
+    """A transformers folder with a vocab.txt and tokenizer_config.json alone (no tokenizer.json)."""
+    folder.mkdir()
+    tokens = SPECIAL_TOKENS + ["the", "c", "##af", "##e", "##é", "中", "国"]
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", **config}))
+    return folder
+
+
+@pytest.mark.parametrize("config, pieces", [
+    ({"do_lower_case": True, "strip_accents": False}, ["the", "c", "##af", "##é", "中", "国"]),
+    ({"do_lower_case": True}, ["the", "c", "##af", "##e", "中", "国"]),  # BERT's uncased: accents stripped
+    ({"do_lower_case": True, "tokenize_chinese_chars": False}, ["the", "c", "##af", "##e", "[UNK]"])],
+    ids=["keep_accents", "uncased", "no_chinese_split"])
+def test_vocab_txt_folder_follows_its_tokenizer_config(tmp_path, config, pieces):
+    """strip_accents and tokenize_chinese_chars of tokenizer_config.json apply as in transformers."""
+    from transformers import AutoTokenizer
+    folder = vocab_txt_folder(tmp_path / "bert", **config)
+    tok, _ = tokenization.load_tokenizer(str(folder))
+    assert tok.encode("The Café 中国").tokens == ["[CLS]"] + pieces + ["[SEP]"]
+    assert AutoTokenizer.from_pretrained(str(folder))("The Café 中国")["input_ids"] == tok.encode("The Café 中国").ids
+
+
+def test_vocab_txt_hash_follows_the_normalizer_options(tmp_path):
+    """Options that change the tokens change the hash; BERT's defaults hash as before they were read."""
+    import hashlib
+    from io_utils import sha256_file
+    default = vocab_txt_folder(tmp_path / "default", do_lower_case=True)
+    before = hashlib.sha256(sha256_file(str(default / "vocab.txt")).encode())
+    before.update(b"True")
+    before.update(b"none")
+    assert tokenization.tokenizer_hash(str(default)) == before.hexdigest()[:16]
+    keep = tokenization.tokenizer_hash(str(vocab_txt_folder(tmp_path / "keep", strip_accents=False)))
+    chinese = tokenization.tokenizer_hash(str(vocab_txt_folder(tmp_path / "zh", tokenize_chinese_chars=False)))
+    assert len({before.hexdigest()[:16], keep, chinese}) == 3
+    with pytest.raises(tokenization.SpanElectraError, match="strip_accents 'no'; use true, false or null"):
+        tokenization.load_tokenizer(str(vocab_txt_folder(tmp_path / "bad", strip_accents="no")))
+
+
 # ---------------------------------------------------------------- pyvi word segmentation
 def test_pyvi_vocab_records_segmenter(vi_tok):
     info = read_json(vi_tok / "se_tokenizer.json")
