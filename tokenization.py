@@ -182,6 +182,8 @@ def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file", strip_accent
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     tok.decoder = decoders.WordPiece()
+    # typed in text they stay whole (a '[MASK]' to fill), as transformers' BertTokenizer keeps them
+    tok.add_special_tokens(SPECIAL_TOKENS)
     return tok
 
 

@@ -134,6 +134,20 @@ def test_converted_tokenizer_loads_alike_in_every_bert_class(converted, tmp_path
     assert (config["do_lower_case"], config["strip_accents"]) == ((True, None) if lowercase else (False, None))
 
 
+
+def test_converted_tokenizer_keeps_typed_special_tokens_whole(converted):
+    """tokenizer.json of a converted folder lists BERT's special tokens (ids 0, 100-103) as added tokens:
+    our pipeline and transformers both keep a typed '[UNK] [CLS] [MASK]' whole."""
+    import tokenization
+    folder = converted / "discriminator"
+    text = "the [UNK] [CLS] [MASK] cat"
+    tok, _ = tokenization.load_tokenizer(str(folder))
+    assert tok.encode(text).ids == [101, 130, 100, 101, 103, 131, 102]
+    assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == [101, 130, 100, 101, 103, 131, 102]
+    added = {t["content"]: t["id"] for t in read_json(folder / "tokenizer.json")["added_tokens"]}
+    assert added == {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+
+
 def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, caplog):
     """google-research/electra keeps hparams.json in the model folder: without --config_file it is read
     there (the heads, 2, are not in the shapes), and said; the generator's heads follow its width as in

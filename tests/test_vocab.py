@@ -231,6 +231,17 @@ def test_vocab_txt_folder_follows_its_tokenizer_config(tmp_path, config, pieces)
     assert AutoTokenizer.from_pretrained(str(folder))("The Café 中国")["input_ids"] == tok.encode("The Café 中国").ids
 
 
+
+def test_vocab_txt_folder_keeps_typed_special_tokens_whole(tmp_path):
+    """'[UNK] [CLS] [MASK]' typed in text are those tokens, as in transformers, not pieces of them."""
+    from transformers import AutoTokenizer
+    folder = vocab_txt_folder(tmp_path / "bert", do_lower_case=True)
+    tok, _ = tokenization.load_tokenizer(str(folder))
+    text = "the [UNK] [CLS] [MASK] c"
+    assert tok.encode(text).ids == [2, 5, 1, 2, 4, 6, 3]
+    assert AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"] == [2, 5, 1, 2, 4, 6, 3]
+
+
 def test_vocab_txt_hash_follows_the_normalizer_options(tmp_path):
     """Options that change the tokens change the hash; BERT's defaults hash as before they were read."""
     import hashlib
