@@ -117,6 +117,16 @@ def has_tokenizer(directory):
     return any(os.path.isfile(os.path.join(directory or "", n)) for n in ("tokenizer.json", "vocab.txt"))
 
 
+def no_tokenizer_message(directory):
+    """Why a folder is no tokenizer folder, naming its discriminator/ or generator/ when that is one (the
+    out_dir of convert_tf_checkpoint.py or of training, given instead of one of its models)."""
+    said = f"'{directory}' has no tokenizer.json or vocab.txt"
+    for sub in ("discriminator", "generator"):
+        if has_tokenizer(os.path.join(directory or "", sub)):
+            return f"{said}; did you mean '{os.path.join(directory, sub)}'?"
+    return f"{said}; run create_vocab_SE.py or point it at its out_dir (or at a transformers model folder)"
+
+
 def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     """Load a tokenizer folder: (tokenizers.Tokenizer, info dict) where info holds the segmenter,
     the special-token ids and a hash of the tokenizer that features and models are checked against.
@@ -124,8 +134,7 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     BERT/ELECTRA vocab.txt alone), whose special tokens keep their own ids."""
     path = os.path.join(tokenizer_dir or "", "tokenizer.json")
     if not has_tokenizer(tokenizer_dir):
-        raise SpanElectraError(f"{field}: '{tokenizer_dir}' has no tokenizer.json or vocab.txt; run "
-                               "create_vocab_SE.py or point it at its out_dir (or at a transformers model folder)")
+        raise SpanElectraError(f"{field}: {no_tokenizer_message(tokenizer_dir)}")
     info = read_tokenizer_info(tokenizer_dir)
     if os.path.isfile(path):
         try:

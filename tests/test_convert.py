@@ -148,6 +148,21 @@ def test_converted_tokenizer_keeps_typed_special_tokens_whole(converted):
     assert added == {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
 
 
+
+def test_a_converted_out_dir_as_tokenizer_names_its_model_folder(converted, tmp_path):
+    """The out_dir itself holds no tokenizer: the error says which of its folders does."""
+    import tokenization
+    with pytest.raises(tokenization.SpanElectraError) as error:
+        tokenization.load_tokenizer(str(converted))
+    assert str(error.value) == (f"tokenizer_dir: '{converted}' has no tokenizer.json or vocab.txt; "
+                                f"did you mean '{converted / 'discriminator'}'?")
+    (tmp_path / "empty").mkdir()
+    assert "did you mean" not in tokenization.no_tokenizer_message(str(tmp_path / "empty"))
+    shutil.copytree(converted / "generator", tmp_path / "gen_only" / "generator")
+    assert tokenization.no_tokenizer_message(str(tmp_path / "gen_only")).endswith(
+        f"did you mean '{tmp_path / 'gen_only' / 'generator'}'?")
+
+
 def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, caplog):
     """google-research/electra keeps hparams.json in the model folder: without --config_file it is read
     there (the heads, 2, are not in the shapes), and said; the generator's heads follow its width as in
