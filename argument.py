@@ -35,7 +35,7 @@ from transformers import HfArgumentParser
 
 from io_utils import (SpanElectraError, atomic_write_json, find_text_files, list_checkpoints, read_json,
                       setup_logging, write_failure_message)
-from tokenization import has_tokenizer
+from tokenization import has_tokenizer, no_tokenizer_message
 
 TOKENIZER_TYPES = ("BPE", "BERT")
 WORD_SEGMENTERS = ("none", "pyvi")
@@ -196,8 +196,7 @@ class feature_args(MaskingArgs):
         super().validate()
         check_dir(self, "tokenizer_dir", "run create_vocab_SE.py first, or point it at its out_dir")
         if not has_tokenizer(self.tokenizer_dir):
-            _fail("tokenizer_dir", f"'{self.tokenizer_dir}' has no tokenizer.json or vocab.txt; run create_vocab_SE.py "
-                  "first, or point it at its out_dir (or at a transformers model folder)")
+            _fail("tokenizer_dir", no_tokenizer_message(self.tokenizer_dir))
         if self.max_seq_len < MIN_SEQ_LEN:  # below it one masked token is well over 15% of a sequence
             _fail("max_seq_len", f"{self.max_seq_len} tokens leave too few to mask a span with context on both sides; "
                   f"use at least {MIN_SEQ_LEN} (typically 128 or 512)")

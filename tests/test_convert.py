@@ -156,6 +156,8 @@ def test_a_converted_out_dir_as_tokenizer_names_its_model_folder(converted, tmp_
         tokenization.load_tokenizer(str(converted))
     assert str(error.value) == (f"tokenizer_dir: '{converted}' has no tokenizer.json or vocab.txt; "
                                 f"did you mean '{converted / 'discriminator'}'?")
+    with pytest.raises(tokenization.SpanElectraError, match="did you mean"):  # process.py's check says it too
+        argument.feature_args(tokenizer_dir=str(converted), train_input=str(FIXTURE / "vocab.txt")).validate()
     (tmp_path / "empty").mkdir()
     assert "did you mean" not in tokenization.no_tokenizer_message(str(tmp_path / "empty"))
     shutil.copytree(converted / "generator", tmp_path / "gen_only" / "generator")
