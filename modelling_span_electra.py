@@ -219,6 +219,17 @@ def discriminator_inputs(batch, corrupted, replaced, inputs_embeds=None):
             **{k: batch[k] for k in keep if k in batch}}
 
 
+def note_replaced_embeddings(generator_embeddings, shared):
+    """Say so when a pre-trained generator's own embeddings give way to the discriminator's (a pair trained
+    apart; a joint run's or a released ELECTRA's pair shares them already)."""
+    mine, theirs = generator_embeddings.state_dict(), shared.state_dict()
+    differ = max(((mine[k].float() - theirs[k].float()).abs().max().item() for k in mine
+                  if k in theirs and mine[k].shape == theirs[k].shape), default=0.0)
+    if differ > 0:
+        logger.info("init_from: the generator's own embeddings (differing by up to %.4f) give way to the "
+                    "discriminator's: joint training shares one table", differ)
+
+
 class SpanElectraJoint(nn.Module):
     """ELECTRA's joint training: generator and discriminator share word and position embeddings.
 
@@ -236,6 +247,8 @@ class SpanElectraJoint(nn.Module):
             raise SpanElectraError(f"init_from: the generator's embeddings ({self.generator.config.embedding_size}) and "
                                    f"the discriminator's ({shared.word_embeddings.embedding_dim}) differ; ELECTRA's "
                                    "joint training shares them, so use a pair trained together")
+        if generator is not None and discriminator is not None:
+            note_replaced_embeddings(generator.mlm.electra.embeddings, shared)
         self.generator.mlm.electra.embeddings = shared
         self.generator.mlm.generator_lm_head.weight = shared.word_embeddings.weight
         self.embedding_delta = None

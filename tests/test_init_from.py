@@ -207,3 +207,18 @@ def test_two_stage_from_a_folder_with_both_models_takes_its_generator(converted,
         trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), mode="two_stage",
                                                          out_dir=str(tmp_path / "se2"), init_from=str(converted),
                                                          generator_dir=str(tmp_path / "nowhere"), **TINY))
+
+
+def test_a_generator_trained_apart_is_told_its_embeddings_give_way(caplog):
+    """Joint training from a pair trained apart uses the discriminator's embeddings for both: said in the log;
+    a pair that already shares them (a joint run's, a released ELECTRA's) says nothing."""
+    gen_config, disc_config = mse.electra_configs("tiny", 300, 32, num_hidden_layers=1)
+    torch.manual_seed(0)
+    generator, discriminator = mse.SpanElectraGenerator(gen_config), mse.SpanElectraDiscriminator(disc_config)
+    with caplog.at_level("INFO", logger="span_electra"):
+        joint = mse.SpanElectraJoint(gen_config, disc_config, generator=generator, discriminator=discriminator)
+        assert "give way to the discriminator's" in caplog.text
+        caplog.clear()
+        mse.SpanElectraJoint(gen_config, disc_config, generator=joint.generator, discriminator=joint.discriminator)
+    assert "give way" not in caplog.text
+    assert joint.generator.mlm.generator_lm_head.weight is joint.discriminator.core.electra.embeddings.word_embeddings.weight
