@@ -26,18 +26,18 @@ from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, wo
 from tokenization import (SPECIAL_TOKENS, check_tokenizer_fits, folder_segmenter, read_tokenizer_info,
                           tokenizer_hash)
 from io_utils import SpanElectraError
-from modelling_span_electra import load_generator, load_tokenizer_of, load_weights, saved_heads, saved_kind
+from modelling_span_electra import find_pretrained, load_generator, load_tokenizer_of, load_weights, saved_heads
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
 
 
 def _find(model_dir, kind):
-    """The saved `kind` folder in model_dir: itself, model_dir/kind, or one run folder down
-    (run_pipeline.py's out_dir holds generator/generator and two_stage/discriminator)."""
+    """The `kind` folder in model_dir: itself, model_dir/kind, or one run folder down (run_pipeline.py's
+    out_dir holds generator/generator and two_stage/discriminator); ours, or any transformers ELECTRA folder."""
     runs = sorted(os.path.join(model_dir, d, kind) for d in os.listdir(model_dir)
                   if os.path.isdir(os.path.join(model_dir, d, kind)))
     for path in [os.path.join(model_dir, kind), model_dir] + runs:
-        if saved_kind(path) == kind:
+        if find_pretrained(path, kind) == path:
             return path
     return None
 

@@ -277,3 +277,22 @@ def test_characters_split_over_byte_tokens_are_shown_whole(en_models):
     assert "".join(text for text, _ in pieces).replace("(space)", "") == "日本語🙂café"  # a lone space token: "(space)"
     assert not any("\ufffd" in text for text, _ in pieces) and len(pieces) < len(scored)
     assert max(p for _, p in pieces) == max(p for _, p in scored)
+
+
+def test_plain_transformers_folders_are_explored(bpe_tok, tmp_path):
+    """A pair saved by plain transformers (save_pretrained, tokenizer beside it), as --init_from and finetune_SE.py
+    take them: the explorer finds both in their parent folder, and a generator folder alone."""
+    import shutil
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    import json as json_
+    vocab = json_.load(open(bpe_tok / "tokenizer.json", encoding="utf-8"))["model"]["vocab"]
+    gen_cfg, disc_cfg = electra_configs("tiny", len(vocab), 128)
+    for kind, model in (("generator", ElectraForMaskedLM(gen_cfg)), ("discriminator", ElectraForPreTraining(disc_cfg))):
+        model.save_pretrained(tmp_path / "pair" / kind)
+        for path in bpe_tok.iterdir():
+            if path.is_file() and not (tmp_path / "pair" / kind / path.name).exists():
+                shutil.copy(path, tmp_path / "pair" / kind / path.name)
+    ex = explore_SE.Explorer(str(tmp_path / "pair"))
+    assert (ex.gen_dir, ex.disc_dir) == (str(tmp_path / "pair" / "generator"), str(tmp_path / "pair" / "discriminator"))
+    assert len(ex.fill("The game was released in [[ January ]] .", top_k=2)) == 1
+    assert explore_SE.Explorer(str(tmp_path / "pair" / "generator")).discriminator is None
