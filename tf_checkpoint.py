@@ -184,9 +184,12 @@ def resolve_prefix(spec):
         if os.path.isfile(state):
             with open(state, encoding="utf-8") as f:
                 match = re.search(r'^model_checkpoint_path:\s*"(.*)"', f.read(), re.M)
-            if match:  # the path TensorFlow wrote may be of another machine: the folder holds the files
+            if match:  # relative to the folder, as TensorFlow reads it; an absolute one may be another machine's
                 name = match.group(1)
-                return name if os.path.isfile(name + ".index") else os.path.join(spec, os.path.basename(name))
+                if os.path.isabs(name) and os.path.isfile(name + ".index"):
+                    return name
+                inside = os.path.join(spec, name)
+                return inside if os.path.isfile(inside + ".index") else os.path.join(spec, os.path.basename(name))
         found = sorted(n[:-6] for n in os.listdir(spec) if n.endswith(".index"))
         if len(found) == 1:
             return os.path.join(spec, found[0])

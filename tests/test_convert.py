@@ -262,3 +262,18 @@ def test_inputs_that_do_not_fit_the_checkpoint_are_one_line(tmp_path, capsys):
                                    tmp_path / "out", *flags)
         assert_one_line_error(code, err, needle)
         assert not (tmp_path / "out" / "discriminator").exists()
+
+
+def test_a_relative_checkpoint_name_is_read_in_its_folder(tmp_path, monkeypatch):
+    """The `checkpoint` file's relative model_checkpoint_path is relative to its folder (as TensorFlow reads
+    it), even where the current folder holds a checkpoint of that name too."""
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURE, folder)
+    (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-3"\n', encoding="utf-8")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "model.ckpt-3.index").write_bytes(b"another model")
+    monkeypatch.chdir(elsewhere)
+    assert tf_checkpoint.resolve_prefix(str(folder)) == str(folder / "model.ckpt-3")
+    (folder / "checkpoint").write_text('model_checkpoint_path: "/their/machine/model.ckpt-3"\n', encoding="utf-8")
+    assert tf_checkpoint.resolve_prefix(str(folder)) == str(folder / "model.ckpt-3")
