@@ -24,6 +24,7 @@ from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, 
                                     load_pretrained, save_discriminator, save_generator,
                                     warn_untrained_positions, weights_digest)
 from features import SEDataset
+from io_utils import SpanElectraError
 
 logger = logging.getLogger("span_electra")
 
@@ -86,6 +87,10 @@ def build_model(config, features):
     disc_config.vocab_size = generator.config.vocab_size  # a converted generator's rows past its vocabulary too
     inputs["generator_weights"] = weights_digest(config.generator_dir)
     if pretrained_disc is not None:
+        if generator.config.vocab_size > pretrained_disc.config.vocab_size:  # it may sample ids the other cannot read
+            raise SpanElectraError(f"generator_dir: its generator has {generator.config.vocab_size} embedding rows, the "
+                                   f"discriminator of --init_from {pretrained_disc.config.vocab_size}; use a pair "
+                                   "converted or trained with one vocabulary")
         return SpanElectraTwoStage(generator, pretrained_disc), inputs
     discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head,
                                              mask_ratio=config.mask_ratio)

@@ -493,6 +493,11 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
                     "to train it further", config.out_dir, step, config.max_steps)
     train_step = TrainStep(model, loss_and_metrics)
+    if config.compile:
+        # every run compiles TrainStep.forward: runs of other recipes in one process (a notebook, the comparison)
+        # would fill dynamo's cache of it up to its recompile limit, past which a step runs eagerly; the on-disk
+        # caches keep a new run's compile fast, and the earlier runs' CUDA graph pools are freed
+        torch._dynamo.reset()
     train_step = wrap_ddp(compile_model(train_step, runtime) if config.compile else train_step, runtime)
     stream = BatchStream(train_set, data_workers(config.num_workers, runtime), runtime.device.type == "cuda",
                          **position)
@@ -835,6 +840,8 @@ class Throughput:
     @contextlib.contextmanager
     def paused(self):
         """Time inside is not training time (evaluation, checkpoints) and leaves the rate alone."""
+        if torch.cuda.is_initialized():  # the steps queued ahead finish first, on the training clock
+            torch.cuda.synchronize()
         begin = time.perf_counter()
         try:
             yield

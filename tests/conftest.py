@@ -30,6 +30,16 @@ import process  # noqa: E402
 
 
 # ---------------------------------------------------------------- helpers
+def notebook_code_cells():
+    """SpanElectra.ipynb's code cells as plain Python: IPython's '!cmd' and '%magic' lines (the Colab
+    set-up, which runs only there) become 'pass', so the cells can be exec'd outside a kernel."""
+    import json
+    import re
+    with open(REPO / "SpanElectra.ipynb", encoding="utf-8") as f:
+        cells = ["".join(c["source"]) for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    return [re.sub(r"^(\s*)[!%].*$", r"\1pass", source, flags=re.M) for source in cells]
+
+
 def train_vocab(out_dir, **kw):
     """create_vocab_SE.main with small defaults (vocab 2000 on data/sample)."""
     kw.setdefault("data_dir", str(SAMPLE))

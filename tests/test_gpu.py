@@ -14,7 +14,7 @@ import finetune_SE
 import trainMLM_SpanElectra
 import trainSpanElectra
 import training_utils as tu
-from conftest import REPO
+from conftest import REPO, notebook_code_cells
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
@@ -117,8 +117,7 @@ def test_notebook_cells_run_on_cuda(tmp_path, monkeypatch):
     machine: device 'auto' picks CUDA in every stage. nbclient is not needed: the cells are exec'd in
     one namespace, with the step counts turned down."""
     monkeypatch.chdir(REPO)
-    with open(REPO / "SpanElectra.ipynb", encoding="utf-8") as f:
-        cells = ["".join(c["source"]) for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    cells = notebook_code_cells()
     knobs = (f"\nOUT = {str(tmp_path / 'nb')!r}\nGENERATOR_STEPS = 20\nDISCRIMINATOR_STEPS = 10\n"
              "FINETUNE_EXAMPLES = 64\nimport matplotlib\nmatplotlib.use('Agg')\n")
     namespace = {}

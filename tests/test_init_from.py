@@ -189,6 +189,14 @@ def test_embeddings_with_more_rows_than_the_vocabulary_train(tmp_path):
                                                             mode="two_stage", generator_dir=str(conv / "generator"),
                                                             **TINY))
     assert ElectraForPreTraining.from_pretrained(disc).config.vocab_size == 182
+    # a discriminator of the vocabulary's 180 rows cannot read what a 182-row generator may sample: refused
+    joint = tmp_path / "j"
+    trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(feat), out_dir=str(joint), mode="joint",
+                                                     model_size="tiny", **TINY))
+    with pytest.raises(argument.SpanElectraError, match="^generator_dir: its generator has 182 embedding rows"):
+        trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(feat), out_dir=str(tmp_path / "d2"),
+                                                         mode="two_stage", generator_dir=str(conv / "generator"),
+                                                         init_from=str(joint), **TINY))
 
 
 def test_two_stage_from_a_folder_with_both_models_takes_its_generator(converted, bert_id_features, tmp_path,

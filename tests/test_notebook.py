@@ -3,11 +3,22 @@ import json
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, notebook_code_cells
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("ipykernel")
+
+
+def test_notebook_cells_compile_outside_a_kernel():
+    """tests/test_gpu.py exec's the cells without IPython: each must compile once its magics are stripped, and
+    the Colab set-up cell must do nothing off Colab and Kaggle."""
+    cells = notebook_code_cells()
+    for source in cells:
+        compile(source, "SpanElectra.ipynb", "exec")
+    namespace = {}
+    exec(compile(cells[0], "SpanElectra.ipynb", "exec"), namespace)
+    assert namespace["REPO_URL"] == ""
 
 
 def test_notebook_runs_top_to_bottom(tmp_path):
