@@ -150,11 +150,13 @@ def sample_tokens(logits, rng=None, temperature=1.0):
     return (cdf < u * cdf[..., -1:]).sum(dim=-1).clamp_(max=cdf.shape[-1] - 1)
 
 
-def corrupt(batch, gen_out, rng=None, temperature=1.0):
+def corrupt(batch, gen_out, rng=None, temperature=1.0, vocab_size=None):
     """Discriminator input: the prediction slots filled with generator samples; labels 1 where the
-    token now differs from the original (a sample equal to the original counts as original)."""
+    token now differs from the original (a sample equal to the original counts as original). Samples come
+    from the first vocab_size rows only: a converted model's rows past its vocabulary never occur in text,
+    and replacements there would tell the discriminator 'replaced' for free."""
     original, positions = batch["original_ids"], batch["masked_lm_positions"]
-    sampled = sample_tokens(gen_out["logits"].detach(), rng, temperature)
+    sampled = sample_tokens(gen_out["logits"].detach()[..., :vocab_size], rng, temperature)
     # padding slots point at [CLS] (position 0, never masked) and write back its own id
     fill = torch.where(batch["masked_lm_weights"] > 0, sampled, original.gather(1, positions))
     corrupted = original.scatter(1, positions, fill)
@@ -254,6 +256,7 @@ class SpanElectraJoint(nn.Module):
         self.embedding_delta = None
         if gradient_disentangled:
             self.embedding_delta = nn.Parameter(torch.zeros_like(shared.word_embeddings.weight))
+        self.sample_vocab_size = None  # the features' vocabulary, where the generator has more rows (corrupt)
 
     def discriminator_embeddings(self, input_ids):
         """Word embeddings the discriminator reads: shared table (gradient stopped) plus its delta."""
@@ -262,7 +265,7 @@ class SpanElectraJoint(nn.Module):
 
     def forward(self, batch, sample_rng=None, temperature=1.0):
         gen_out = self.generator(**batch)
-        corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature)
+        corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature, self.sample_vocab_size)
         embeds = self.discriminator_embeddings(corrupted) if self.embedding_delta is not None else None
         disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced, embeds))
         return gen_out, disc_out, replaced
@@ -276,6 +279,7 @@ class SpanElectraTwoStage(nn.Module):
         super().__init__()
         self.discriminator = discriminator
         self.frozen = [generator.eval().requires_grad_(False)]
+        self.sample_vocab_size = None  # the features' vocabulary, where the generator has more rows (corrupt)
 
     def _apply(self, fn, recurse=True):
         self.frozen[0]._apply(fn, recurse)  # .to(device), .half(), ...: without it the generator stays behind
@@ -284,7 +288,7 @@ class SpanElectraTwoStage(nn.Module):
     def forward(self, batch, sample_rng=None, temperature=1.0):
         with torch.no_grad():
             gen_out = self.frozen[0](**batch)
-        corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature)
+        corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature, self.sample_vocab_size)
         disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced))
         return None, disc_out, replaced
 

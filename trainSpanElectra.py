@@ -24,7 +24,6 @@ from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, 
                                     load_pretrained, save_discriminator, save_generator,
                                     warn_untrained_positions, weights_digest)
 from features import SEDataset
-from io_utils import SpanElectraError
 
 logger = logging.getLogger("span_electra")
 
@@ -71,6 +70,15 @@ def pretrained_parts(config, features):
 def build_model(config, features):
     """The model of config.mode, fresh or from config.init_from. Returns (model, digests of the
     weights it started from, for the run's identity)."""
+    model, inputs = build_recipe(config, features)
+    generator = model.generator if config.mode == "joint" else model.frozen[0]
+    if generator.config.vocab_size > features.vocab_size:  # a converted model's rows past its vocabulary
+        model.sample_vocab_size = features.vocab_size
+    return model, inputs
+
+
+def build_recipe(config, features):
+    """build_model's joint or two-stage model, before its sampling is held to the features' vocabulary."""
     gen_config, disc_config = electra_configs(config.model_size, features.vocab_size, features.max_seq_len,
                                               pad_token_id=features.special_ids["[PAD]"], **config.model_overrides())
     pretrained_gen, pretrained_disc, inputs = (None, None, {})
@@ -87,10 +95,6 @@ def build_model(config, features):
     disc_config.vocab_size = generator.config.vocab_size  # a converted generator's rows past its vocabulary too
     inputs["generator_weights"] = weights_digest(config.generator_dir)
     if pretrained_disc is not None:
-        if generator.config.vocab_size > pretrained_disc.config.vocab_size:  # it may sample ids the other cannot read
-            raise SpanElectraError(f"generator_dir: its generator has {generator.config.vocab_size} embedding rows, the "
-                                   f"discriminator of --init_from {pretrained_disc.config.vocab_size}; use a pair "
-                                   "converted or trained with one vocabulary")
         return SpanElectraTwoStage(generator, pretrained_disc), inputs
     discriminator = SpanElectraDiscriminator(disc_config, config.use_all_token, config.use_span_head,
                                              mask_ratio=config.mask_ratio)
