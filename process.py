@@ -267,11 +267,12 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     logger.info("%d documents, %d tokens stored, %d document-tail tokens dropped (%.2f%%), %.1fs",
                 sum(meta["num_documents"].values()), kept, dropped, 100 * dropped / max(kept + dropped, 1),
                 time.time() - start)
-    unknown = sum(meta["unknown_tokens"].values())
-    if unknown > UNKNOWN_WARNING * max(kept, 1):
-        logger.warning("%.0f%% of the stored tokens are [UNK]: the vocabulary does not cover this text (another language "
-                       "or script, or a tokenizer without its vocabulary); train one on this corpus with "
-                       "create_vocab_SE.py", 100 * unknown / kept)
+    for split in splits:  # per split: a valid text in another language hides in the pooled share
+        unknown, stored = meta["unknown_tokens"][split], meta["num_tokens"][split]
+        if unknown > UNKNOWN_WARNING * max(stored, 1):
+            logger.warning("%.0f%% of the stored %s tokens are [UNK]: the vocabulary does not cover this text "
+                           "(another language or script, or a tokenizer without its vocabulary); train one on this "
+                           "corpus with create_vocab_SE.py", 100 * unknown / stored, split)
     if dropped > TAIL_WARNING * (kept + dropped):
         logger.warning("%.0f%% of the text was document tails shorter than a sequence, and is not in the features; "
                        "--pack_across_documents keeps it (a tail continues into the next document's first sequence, "
