@@ -391,12 +391,13 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
 
     def generator_beside_init_from(self):
         """Two-stage from a folder holding both models (a converted ELECTRA, a joint run's out_dir) with
-        --generator_dir left at a default that is not there: its generator/, as ELECTRA would continue."""
+        --generator_dir left at its default: its generator/, the pair ELECTRA trained together (not whatever
+        generator an earlier run left at the default place)."""
         default = next(f.default for f in dataclasses.fields(self) if f.name == "generator_dir")
         beside = os.path.join(self.init_from or "", "generator")
-        if (self.init_from and self.generator_dir == default and not os.path.isdir(default)
-                and os.path.isfile(os.path.join(beside, "config.json"))):
-            logging.getLogger("span_electra").info("generator_dir: %s, beside the discriminator of --init_from", beside)
+        if self.init_from and self.generator_dir == default and os.path.isfile(os.path.join(beside, "config.json")):
+            logging.getLogger("span_electra").info("generator_dir: %s, beside the discriminator of --init_from (pass "
+                                                   "--generator_dir to train against another)", beside)
             return beside
         return None
 

@@ -89,6 +89,7 @@ def build_recipe(config, features):
                                 config.gradient_disentangled, config.mask_ratio, generator=pretrained_gen,
                                 discriminator=pretrained_disc), inputs
     generator = load_generator(config.generator_dir)
+    logger.info("two-stage: against the generator in %s", config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
     check_fits_features(generator.config, features, "generator_dir", same_tokenizer=True)
     warn_untrained_positions(config.generator_dir, "generator", features, "generator_dir")

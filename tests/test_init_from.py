@@ -2,6 +2,7 @@
 special-token ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103) builds features, and
 --init_from continues training from the converted models, in both training scripts."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -210,8 +211,9 @@ def test_embeddings_with_more_rows_than_the_vocabulary_train(tmp_path):
 def test_two_stage_from_a_folder_with_both_models_takes_its_generator(converted, bert_id_features, tmp_path,
                                                                       monkeypatch):
     """--mode two_stage --init_from CONVERTED (generator/ and discriminator/) with --generator_dir left at its
-    default: the discriminator trains against CONVERTED/generator, not a missing outputs/generator/generator."""
-    monkeypatch.chdir(tmp_path)  # the default generator_dir is relative: make sure it is not there
+    default: the discriminator trains against CONVERTED/generator, the pair's own, not outputs/generator/generator."""
+    monkeypatch.chdir(tmp_path)  # the default generator_dir is relative: an earlier run's generator there is not taken
+    shutil.copytree(converted / "generator", tmp_path / "outputs" / "generator" / "generator")
     config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se"),
                                         mode="two_stage", init_from=str(converted), **TINY)
     trainSpanElectra.main(config)
