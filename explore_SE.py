@@ -13,6 +13,7 @@ A generator trained here also shows its span-boundary head's fills (from the two
 outside each span): early in training they follow the context before the MLM head's do.
 From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(text); ex.detect(text)`.
 """
+import logging
 import os
 import re
 import unicodedata
@@ -29,6 +30,7 @@ from io_utils import SpanElectraError
 from modelling_span_electra import find_pretrained, load_generator, load_tokenizer_of, load_weights, saved_heads
 
 MARK = re.compile(r"\[\[(.+?)\]\]")
+logger = logging.getLogger("span_electra")
 
 
 def _find(model_dir, kind):
@@ -66,9 +68,12 @@ def find_models(model_dir):
     disc = _find(model_dir, "discriminator")
     if disc is None:
         return _find(model_dir, "generator"), None
-    run_dir = os.path.dirname(os.path.abspath(disc))  # also for a relative 'discriminator' or '.'
-    gen = _find(run_dir, "generator") if os.path.isdir(os.path.join(run_dir, "generator")) else None
-    return gen or _two_stage_generator(run_dir) or _find(model_dir, "generator"), disc
+    gen = None
+    if os.path.basename(os.path.abspath(disc)) == "discriminator":  # a run's: RUN/discriminator (not a lone folder,
+        run_dir = os.path.dirname(os.path.abspath(disc))            # whose parent may hold unrelated runs)
+        beside = os.path.join(run_dir, "generator")
+        gen = beside if find_pretrained(beside, "generator") == beside else _two_stage_generator(run_dir)
+    return gen or _find(model_dir, "generator"), disc
 
 
 def same_tokenizer(gen_dir, disc_dir):
@@ -342,7 +347,9 @@ def report(explorer, text, top_k=5, seed=0):
 def main(config: explore_args = None):
     config = checked_config(config, explore_args)
     config.validate()
-    lines = report(Explorer(config.model_dir), config.text, config.top_k, config.seed)
+    explorer = Explorer(config.model_dir)
+    logger.info("generator: %s; discriminator: %s", explorer.gen_dir or "none", explorer.disc_dir or "none")
+    lines = report(explorer, config.text, config.top_k, config.seed)
     print("\n".join(lines))
     return lines
 

@@ -296,3 +296,16 @@ def test_plain_transformers_folders_are_explored(bpe_tok, tmp_path):
     assert (ex.gen_dir, ex.disc_dir) == (str(tmp_path / "pair" / "generator"), str(tmp_path / "pair" / "discriminator"))
     assert len(ex.fill("The game was released in [[ January ]] .", top_k=2)) == 1
     assert explore_SE.Explorer(str(tmp_path / "pair" / "generator")).discriminator is None
+
+
+def test_a_lone_discriminator_is_not_paired_with_a_neighbours_generator(en_models, tmp_path):
+    """A discriminator folder on its own (not a run's RUN/discriminator) beside unrelated runs: no generator of
+    theirs is taken for it; a run's own discriminator still finds its generator."""
+    import shutil
+    shutil.copytree(en_models / "discriminator", tmp_path / "outputs" / "mydisc")
+    shutil.copytree(en_models, tmp_path / "outputs" / "other_run")
+    shutil.copytree(en_models / "generator", tmp_path / "outputs" / "generator" / "generator")
+    assert explore_SE.find_models(str(tmp_path / "outputs" / "mydisc")) == (None, str(tmp_path / "outputs" / "mydisc"))
+    gen, disc = explore_SE.find_models(str(tmp_path / "outputs" / "other_run"))
+    assert (gen, disc) == (str(tmp_path / "outputs" / "other_run" / "generator"),
+                           str(tmp_path / "outputs" / "other_run" / "discriminator"))
