@@ -141,7 +141,7 @@ def main(config: SE_trainingConfig = None):
     model.train()
     speed, sums = tu.Throughput(), tu.MetricSums()
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
-    warned_collapse, best_auc = False, 0.0
+    warned_collapse, best_auc = False, tu.best_valid_auc(config.out_dir) if step else 0.0
     bar = tqdm(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
     while step < config.max_steps:
         temperature.fill_(sampling_temperature(step, config))

@@ -918,6 +918,20 @@ def discriminator_counts(disc_out, replaced):
 LEARNED_AUC = 0.55  # a valid disc_auc this far above chance: the discriminator has learned something
 
 
+def best_valid_auc(out_dir):
+    """The highest valid disc_auc a run logged so far (0 for a fresh run): a resumed run's collapse check
+    remembers that the discriminator had learned before it stopped."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    rows = read_metrics(path) if os.path.isfile(path) else []
+    return max((r["disc_auc"] for r in rows if r.get("split") == "valid" and "disc_auc" in r), default=0.0)
+
+
+def collapsed(valid_rows):
+    """A discriminator that learned (a valid disc_auc once >= LEARNED_AUC) and ended at chance."""
+    return bool(valid_rows) and at_chance(valid_rows[-1]) and \
+        max((r["disc_auc"] for r in valid_rows[:-1]), default=0.0) >= LEARNED_AUC
+
+
 def at_chance(valid_row):
     """A discriminator whose valid AUC is at chance and whose loss is the base-rate loss predicts the
     replaced share everywhere: its encoder has collapsed (every token one vector), and it does not

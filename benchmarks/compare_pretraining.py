@@ -271,8 +271,8 @@ def pretraining_record(out_dir, batch, seq_len=128):
             if points:
                 record["curves"][f"{folder}:{key}"] = points
         discriminator = [r for r in rows if r.get("split") == "valid" and "disc_auc" in r]
-        if discriminator:  # where it ended: at chance means collapsed (the training script's own check)
-            record["discriminator_at_chance"] = tu.at_chance(discriminator[-1])
+        if discriminator:  # learned, then ended at chance: collapsed (the training script's own check)
+            record["discriminator_at_chance"] = tu.collapsed(discriminator)
     return record
 
 

@@ -312,18 +312,26 @@ def test_a_discriminator_at_chance_is_named_once(bpe_feat, tmp_path, monkeypatch
     assert tu.at_chance({"disc_auc": 0.501, "rtd_loss": 0.3959, "rtd_base_loss": 0.3959})
     collapsed = {"disc_auc": 0.5, "rtd_loss": 0.39, "rtd_base_loss": 0.39, "disc_loss": 0.4, "disc_accuracy": 0.87,
                  "disc_precision": 0.0, "disc_recall": 0.0}
-    def warnings_of(aucs, out):
+    def warnings_of(aucs, out, **kw):
         rows = iter([dict(collapsed, disc_auc=auc) for auc in aucs])
         monkeypatch.setattr(trainSpanElectra, "evaluate", lambda *args: next(rows))
         caplog.clear()
         with caplog.at_level("WARNING", logger="span_electra"):
-            trainSpanElectra.main(se_config(bpe_feat[0], tmp_path / out, mode="joint", max_steps=8, eval_every=2))
+            trainSpanElectra.main(se_config(bpe_feat[0], tmp_path / out, mode="joint", eval_every=2,
+                                            **{"max_steps": 8, **kw}))
         return [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()]
 
     warnings = warnings_of([0.7, 0.5, 0.5, 0.5], "fell")
     assert len(warnings) == 1 and warnings[0].startswith("step 4: the discriminator is at chance (valid disc_auc 0.500, "
                                                          "down from 0.700")
     assert warnings_of([0.5, 0.505, 0.5, 0.52], "untrained") == []  # a short or early run: not learning yet
+    # stopped after learning, resumed at chance: the resumed run remembers the learning in metrics.jsonl
+    assert warnings_of([0.7, 0.72], "resumed", max_steps=4, save_every=4) == []
+    warnings = warnings_of([0.5, 0.5], "resumed", resume_from="latest", save_every=4)
+    assert len(warnings) == 1 and warnings[0].startswith("step 6: the discriminator is at chance") and "0.720" in warnings[0]
+    # the comparison's table marks the same runs '(collapsed)'
+    assert tu.collapsed([dict(collapsed, disc_auc=a) for a in (0.7, 0.5)])
+    assert not tu.collapsed([dict(collapsed, disc_auc=a) for a in (0.5, 0.5)])
 
 
 def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator, bpe_feat, tmp_path):
