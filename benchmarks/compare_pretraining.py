@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import statistics
+import shlex
 import shutil
 import sys
 import time
@@ -65,21 +66,40 @@ def section_marks(scale):
     return f"<!-- compare_pretraining:{scale}:begin -->", f"<!-- compare_pretraining:{scale}:end -->"
 
 
-# What the published table measures. The corpus and task paths count by file name only (the GPU run reads
-# copies of ../shared/data); where it runs and writes does not count.
-MEASURED_FIELDS = ("recipes", "budget_steps", "budget_scale", "budget_fractions", "gen_fraction", "seeds",
-                   "ft_max_train_examples", "seed", "pretrain_seeds", "bf16", "compile")
+def measured_settings(config):
+    """What a table measures, as values (an empty or -1 field resolved to the scale's, '1, 2, 3' as 1,2,3):
+    the recipes, budgets, seeds, fine-tuning subset, precision, and which corpus and tasks."""
+    scale = SCALES[config.scale]
+    return {"recipes": tuple(config.recipes.split(",")), "budget_steps": config.budget_steps or scale["budget_steps"],
+            "budget_scale": config.budget_scale, "fractions": tuple(config.fraction_list()),
+            "gen_fraction": config.gen_fraction, "seeds": tuple(config.ft_seed_list()),
+            "ft_max_train": scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples,
+            "pretrain_seeds": tuple(config.pretrain_seed_list()), "bf16": config.bf16, "compile": config.compile}
+
+
+def data_signature(path, inside=""):
+    """A corpus file or task folder as (name, size): a copy keeps both (the GPU run reads copies of
+    ../shared/data), a cut-down file keeps only its name; the size is None where the path is not here."""
+    path = os.path.normpath(path.strip())
+    sized = os.path.join(path, inside) if inside else path
+    return os.path.basename(path), os.path.getsize(sized) if os.path.isfile(sized) else None
+
+
+def same_data(ours, theirs):
+    """Signatures alike: the same names, and the same sizes wherever both sides are here to measure."""
+    return len(ours) == len(theirs) and all(a[0] == b[0] and None in (a[1], b[1]) or a == b
+                                            for a, b in zip(ours, theirs))
 
 
 def section_name(config):
     """The RESULTS.md section a run writes: its scale's for the scale's settings, '<scale>-custom' for any
-    other (a reduced or a longer run), so that it never replaces the published table."""
+    other (a reduced or a longer run, another corpus), so that it never replaces the published table. Tasks
+    count where the scale names its own (gpu_vi fine-tunes on whatever Vietnamese tasks are given)."""
     defaults = compare_args(scale=config.scale).resolved()
-    names = lambda paths: [os.path.basename(os.path.normpath(p)) for p in paths.split(",") if p.strip()]  # noqa: E731
-    same = (all(getattr(config, f) == getattr(defaults, f) for f in MEASURED_FIELDS)
-            and names(config.tasks) == names(defaults.tasks)
-            and all(os.path.basename(getattr(config, f)) == os.path.basename(getattr(defaults, f))
-                    for f in ("train_input", "valid_input")))
+    corpus = lambda c: [data_signature(c.train_input), data_signature(c.valid_input)]  # noqa: E731
+    tasks = lambda c: [data_signature(t, "train.tsv") for t in c.tasks.split(",") if t.strip()]  # noqa: E731
+    same = (measured_settings(config) == measured_settings(defaults) and same_data(corpus(config), corpus(defaults))
+            and (not defaults.tasks or same_data(tasks(config), tasks(defaults))))
     return config.scale if same else f"{config.scale}-custom"
 
 
@@ -646,7 +666,7 @@ def command_line(config, path):
     """The command that reproduces this table: --scale and every field set otherwise than the scale's
     defaults (the corpus, the tasks, the recipes, the budget, ...), and --results_md."""
     defaults = compare_args(scale=config.scale).resolved()
-    changed = [f"--{f.name} {getattr(config, f.name)}" for f in dataclasses.fields(compare_args)
+    changed = [f"--{f.name} {shlex.quote(str(getattr(config, f.name)))}" for f in dataclasses.fields(compare_args)
                if f.name not in ("scale", "results_md") and getattr(config, f.name) != getattr(defaults, f.name)]
     return " ".join(["python benchmarks/compare_pretraining.py", f"--scale {config.scale}"] + changed
                     + [f"--results_md {os.path.relpath(path)}"])

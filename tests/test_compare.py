@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -592,3 +593,26 @@ def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path):
     baseline = rows[0]["metrics"]["SST-2"]["results"]["majority_baseline"]["eval_accuracy"]
     last = (tmp_path / "c" / "compare.md").read_text(encoding="utf-8").splitlines()[-1]
     assert last.startswith("| majority class (no learning) |") and f"| {baseline:.3f} |" in last
+
+
+def test_the_published_section_needs_the_scales_own_settings_and_data(tmp_path, monkeypatch):
+    """--results_md replaces the scale's published table only for the scale's settings, read as values (seeds
+    '1, 2, 3', the budget named explicitly) and on the same data (a copy counts, a cut-down file does not);
+    anything else goes to '<scale>-custom'. The reproduce command quotes what the shell would split."""
+    corpus = tmp_path / "shared"
+    corpus.mkdir()
+    for name in ("wiki.train.tokens", "wiki.valid.tokens"):
+        (corpus / name).write_text("some text\n" * 50, encoding="utf-8")
+    monkeypatch.setitem(cp.SCALES["tiny"], "corpus", (str(corpus / "wiki.train.tokens"), str(corpus / "wiki.valid.tokens")))
+    copy, cut = tmp_path / "copy", tmp_path / "cut"
+    shutil.copytree(corpus, copy)
+    shutil.copytree(corpus, cut)
+    (cut / "wiki.train.tokens").write_text("some text\n" * 5, encoding="utf-8")
+    name = lambda **kw: cp.section_name(cp.compare_args(**kw).resolved())  # noqa: E731
+    assert name() == "tiny"
+    assert name(seeds="1, 2, 3", budget_steps=300, pretrain_seeds="42", ft_max_train_examples=8000) == "tiny"
+    assert name(train_input=str(copy / "wiki.train.tokens"), valid_input=str(copy / "wiki.valid.tokens")) == "tiny"
+    assert name(train_input=str(cut / "wiki.train.tokens"), valid_input=str(cut / "wiki.valid.tokens")) == "tiny-custom"
+    assert name(budget_steps=150) == name(seeds="1") == name(tasks="") == "tiny-custom"
+    assert name(scale="gpu_vi", tasks=str(tmp_path / "my_vi_task")) == "gpu_vi"  # its tasks are whatever is given
+    assert "--tasks ''" in cp.command_line(cp.compare_args(tasks="").resolved(), str(tmp_path / "R.md"))
