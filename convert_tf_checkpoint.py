@@ -214,13 +214,15 @@ def main(config: convert_args = None):
                                    "is it a google-research/electra checkpoint?")
 
     make_out_dir(config.out_dir)
+    seq_len = hparams.get("max_seq_length")  # pre-training's length: fine-tuning past it is warned about
+    seq_len = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len > 0 else None
     with tempfile.TemporaryDirectory() as tok_dir:
         save_wordpiece_tokenizer(tok, vocab_file, lowercase, tok_dir)
         disc = SpanElectraDiscriminator(disc_config, use_all_token=True, use_span_head=False, core=models_["disc"])
-        save_discriminator(disc, os.path.join(config.out_dir, "discriminator"), tok_dir)
+        save_discriminator(disc, os.path.join(config.out_dir, "discriminator"), tok_dir, trained_seq_len=seq_len)
         if "gen" in models_:
             save_generator(SpanElectraGenerator(gen_config, use_sbo=False, mlm=models_["gen"]),
-                           os.path.join(config.out_dir, "generator"), tok_dir)
+                           os.path.join(config.out_dir, "generator"), tok_dir, trained_seq_len=seq_len)
     summary = {"checkpoint": ckpt.prefix, "mapped": len(mapped), "skipped": len(skipped), "unmapped": unmapped,
                "discriminator": disc_config.to_diff_dict(), "generator": gen_config.to_diff_dict() if gen_config else None,
                "lowercase": lowercase}

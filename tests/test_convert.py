@@ -176,6 +176,8 @@ def test_hparams_beside_the_checkpoint_are_read_without_config_file(tmp_path, ca
     assert read_json(out / "discriminator" / "config.json")["num_attention_heads"] == 2
     assert read_json(out / "generator" / "config.json")["num_attention_heads"] == 1  # 24 wide: max(1, 24 // 64)
     assert f"config_file: using {FIXTURE / 'hparams.json'}, beside the checkpoint" in caplog.text
+    # its max_seq_length is the length the model was pre-trained on (fine-tuning past it is warned about)
+    assert read_json(out / "discriminator" / "span_electra.json")["trained_seq_len"] == 512
 
 
 def test_hparams_given_as_config_point_at_config_file(capsys):
