@@ -385,6 +385,10 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
         if not (self.use_all_token or self.use_span_head):
             _fail("use_span_head", "with use_all_token false the discriminator needs the span head")
         if self.mode == "two_stage":
+            for name in ("gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size"):
+                if getattr(self, name) is not None:  # it would be silently ignored
+                    _fail(name, "two-stage trains against --generator_dir's saved generator, whose size is its own; "
+                          f"drop --{name} (it sizes the generator of --mode joint and of trainMLM_SpanElectra.py)")
             self.generator_dir = self.generator_beside_init_from() or self.generator_dir
             check_dir(self, "generator_dir", "train one with trainMLM_SpanElectra.py (it is OUT/generator) or use "
                       "--mode joint", must_contain="config.json")

@@ -102,6 +102,14 @@ def test_size_flags_beside_init_from_are_refused(converted, bert_id_features, tm
     assert_one_line_error(code, err, "num_hidden_layers: 6, but the generator in", "has 2", "drop --num_hidden_layers")
 
 
+def test_generator_sizes_in_two_stage_are_refused(bert_id_features, tmp_path, capsys):
+    """Two-stage trains against a saved generator: a --gen_* size flag would be silently ignored."""
+    code, err = run_in_process(capsys, trainSpanElectra, argument.SE_trainingConfig, "--features_dir",
+                               bert_id_features[0], "--out_dir", tmp_path / "d", "--gen_hidden_size", "64",
+                               "--max_steps", "1", "--device", "cpu")
+    assert_one_line_error(code, err, "gen_hidden_size: two-stage trains against --generator_dir's saved generator")
+
+
 def test_init_from_without_a_model_is_one_line(bert_id_features, tmp_path, capsys):
     code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--init_from", SAMPLE,
                                "--features_dir", bert_id_features[0], "--out_dir", tmp_path / "g", "--max_steps", "1",
