@@ -398,11 +398,16 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
         --generator_dir left at its default: its generator/, the pair ELECTRA trained together (not whatever
         generator an earlier run left at the default place)."""
         default = next(f.default for f in dataclasses.fields(self) if f.name == "generator_dir")
-        beside = os.path.join(self.init_from or "", "generator")
-        if self.init_from and self.generator_dir == default and os.path.isfile(os.path.join(beside, "config.json")):
-            logging.getLogger("span_electra").info("generator_dir: %s, beside the discriminator of --init_from (pass "
-                                                   "--generator_dir to train against another)", beside)
-            return beside
+        if not self.init_from or self.generator_dir != default:
+            return None
+        folder = os.path.normpath(self.init_from)  # OUT, or OUT/discriminator (both name the same pair)
+        places = [os.path.join(folder, "generator")] + \
+            [os.path.join(os.path.dirname(folder), "generator")] * (os.path.basename(folder) == "discriminator")
+        for beside in places:
+            if os.path.isfile(os.path.join(beside, "config.json")):
+                logging.getLogger("span_electra").info("generator_dir: %s, beside the discriminator of --init_from "
+                                                       "(pass --generator_dir to train against another)", beside)
+                return beside
         return None
 
 
@@ -853,12 +858,17 @@ def run_main(main, config_cls, argv=None):
             signal.signal(signal.SIGTERM, previous)
 
 
+# how gloo and NCCL say a peer went away mid-collective (not this process's own failures: a bad NCCL setting,
+# a rendezvous that never completed)
+LOST_PEER_WORDS = ("by peer", "Connection closed", "Connection reset", "communicator was aborted",
+                   "remote process exited", "Watchdog caught collective operation timeout")
+
+
 def lost_process_message(error, config):
     """A collective that failed because another process of a torchrun run stopped (killed, out of memory,
     its node lost): one line that sends the user to that process's own output, or None."""
     text = str(error)
-    if os.environ.get("WORLD_SIZE", "1") == "1" or not (
-            type(error).__name__.startswith("Dist") or any(k in text for k in ("gloo", "NCCL", "by peer"))):
+    if os.environ.get("WORLD_SIZE", "1") == "1" or not any(k in text for k in LOST_PEER_WORDS):
         return None
     first = text.split(". ")[0].split("] ")[-1].strip()  # gloo's "[.../pair.cc:537] Read error ...: Connection reset by peer"
     return f"another process of this run stopped ({first}); its own output says why; this one stopped" + \

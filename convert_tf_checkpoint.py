@@ -215,7 +215,9 @@ def main(config: convert_args = None):
 
     make_out_dir(config.out_dir)
     seq_len = hparams.get("max_seq_length")  # pre-training's length: fine-tuning past it is warned about
-    seq_len = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len > 0 else None
+    if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1):
+        raise SpanElectraError(f"config_file: max_seq_length {seq_len!r} is not a positive whole number; give the "
+                               "length the model was pre-trained on (ELECTRA: 128), or leave it out")
     with tempfile.TemporaryDirectory() as tok_dir:
         save_wordpiece_tokenizer(tok, vocab_file, lowercase, tok_dir)
         disc = SpanElectraDiscriminator(disc_config, use_all_token=True, use_span_head=False, core=models_["disc"])

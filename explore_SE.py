@@ -211,6 +211,7 @@ class Explorer:
 
     def _top_fills(self, ids, positions, probs, top_k):
         """[(original token, [(fill, probability), ...]), ...]: probs[k] is the distribution at positions[k]."""
+        probs = probs[..., :len(self.tokenizer)]  # a converted model's rows past its vocabulary are no token
         top_k = min(top_k, probs.shape[-1])  # --top_k beyond the vocabulary shows all of it
         return [(self.tokenizer.convert_ids_to_tokens(int(ids[t])),
                  [(self.tokenizer.convert_ids_to_tokens(int(i)), float(q)) for q, i in zip(*p.topk(top_k))])

@@ -33,7 +33,7 @@ import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
-from modelling_span_electra import load_tokenizer_of, quiet_transformers, trained_seq_len, weights_problem
+from modelling_span_electra import load_tokenizer_of, quiet_transformers, warn_untrained_positions, weights_problem
 from tokenization import check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
@@ -521,11 +521,8 @@ def load_model_tokenizer(model_dir, model_config, max_seq_length):
     if max_seq_length > positions:
         raise SpanElectraError(f"max_seq_length: {max_seq_length} exceeds the model's {positions} positions; use at "
                                f"most {positions}")
-    trained = trained_seq_len(model_dir, "model_dir")
-    if trained and max_seq_length > trained:
-        logger.warning("max_seq_length: the model was pre-trained on %d-token sequences, so its positions past %d were "
-                       "never trained and longer examples start poorly there; --max_seq_length %d keeps to what it "
-                       "learned (or pre-train on longer features)", trained, trained, trained)
+    warn_untrained_positions(model_dir, "model", max_seq_length, "max_seq_length", "fine-tuning takes up to",
+                             "--max_seq_length {trained} keeps to what it learned (or pre-train on longer features)")
     return tokenizer
 
 

@@ -225,11 +225,15 @@ def note_replaced_embeddings(generator_embeddings, shared):
     """Say so when a pre-trained generator's own embeddings give way to the discriminator's (a pair trained
     apart; a joint run's or a released ELECTRA's pair shares them already)."""
     mine, theirs = generator_embeddings.state_dict(), shared.state_dict()
-    differ = max(((mine[k].float() - theirs[k].float()).abs().max().item() for k in mine
-                  if k in theirs and mine[k].shape == theirs[k].shape), default=0.0)
-    if differ > 0:
-        logger.info("init_from: the generator's own embeddings (differing by up to %.4f) give way to the "
-                    "discriminator's: joint training shares one table", differ)
+    pairs = [(mine[k].float(), theirs[k].float()) for k in mine if k in theirs]
+    if any(a.shape != b.shape for a, b in pairs):
+        how = "of other shapes"
+    else:
+        differ = max(((a - b).abs().max().item() for a, b in pairs), default=0.0)
+        how = f"differing by up to {differ:.4f}" if differ > 0 else None
+    if how:
+        logger.info("init_from: the generator's own embeddings (%s) give way to the discriminator's: joint "
+                    "training shares one table", how)
 
 
 class SpanElectraJoint(nn.Module):
@@ -522,7 +526,7 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     check_fits_features(model.config, features, field, same_tokenizer=has_tokenizer(path))
     if has_tokenizer(path):
         features.check_tokenizer(path, field)
-    warn_untrained_positions(path, kind, features, field)
+    warn_untrained_positions(path, kind, features.max_seq_len, field)
     return model, path, loaded
 
 
@@ -533,14 +537,15 @@ def trained_seq_len(path, field):
     return read_json(head_config, HEAD_FIX, field).get("trained_seq_len") if os.path.isfile(head_config) else None
 
 
-def warn_untrained_positions(path, kind, features, field):
-    """Warn when a saved model was trained on shorter sequences than the features hold: its positions past
-    that length were never trained."""
+def warn_untrained_positions(path, kind, seq_len, field, use="these features have",
+                             fix="train it on these features"):
+    """Warn when a saved model was trained on shorter sequences than it is now given (seq_len): its positions
+    past that length were never trained. fix may name {trained}, the length it was trained on."""
     trained = trained_seq_len(path, field)
-    if trained and features.max_seq_len > trained:
-        logger.warning("%s: the %s was trained on %d-token sequences, these features have %d: its positions past %d "
-                       "were never trained, so it starts poorly there; train it on these features", field, kind,
-                       trained, features.max_seq_len, trained)
+    if trained and seq_len > trained:
+        logger.warning("%s: the %s was trained on %d-token sequences, %s %d: its positions past %d were never trained, "
+                       "so it starts poorly there; %s", field, kind, trained, use, seq_len, trained,
+                       fix.format(trained=trained))
 
 
 def check_fits_features(config, features, field="init_from", same_tokenizer=False):

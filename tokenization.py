@@ -143,7 +143,7 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
             raise SpanElectraError(f"{field}: cannot read '{path}' ({first_line(e)}); "
                                    "rebuild it with create_vocab_SE.py") from None
     else:
-        options = vocab_options(tokenizer_dir)
+        options = vocab_options(tokenizer_dir, field)
         info["lowercase"] = info["lowercase"] if info["lowercase"] is not None else options["lowercase"]
         tok = wordpiece_from_vocab(os.path.join(tokenizer_dir, "vocab.txt"), info["lowercase"], field,
                                    options["strip_accents"], options["chinese_chars"])
@@ -158,14 +158,14 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     return tok, info
 
 
-def vocab_options(tokenizer_dir):
+def vocab_options(tokenizer_dir, field="tokenizer_dir"):
     """The normalizer options of a BERT-style folder's tokenizer_config.json, with BertTokenizer's
     defaults (do_lower_case True, strip_accents None: follow the lowercasing, tokenize_chinese_chars True)."""
     path = os.path.join(tokenizer_dir, "tokenizer_config.json")
     config = read_json(path, TOKENIZER_FIX) if os.path.isfile(path) else {}
     strip_accents = config.get("strip_accents")
     if strip_accents not in (None, True, False):  # BertNormalizer takes a bool or null alone
-        raise SpanElectraError(f"'{path}' has strip_accents {strip_accents!r}; use true, false or null")
+        raise SpanElectraError(f"{field}: '{path}' has strip_accents {strip_accents!r}; use true, false or null")
     return {"lowercase": bool(config.get("do_lower_case", True)), "strip_accents": strip_accents,
             "chinese_chars": bool(config.get("tokenize_chinese_chars", True))}
 

@@ -92,7 +92,7 @@ def build_recipe(config, features):
     logger.info("two-stage: against the generator in %s", config.generator_dir)
     features.check_tokenizer(config.generator_dir, "generator_dir")
     check_fits_features(generator.config, features, "generator_dir", same_tokenizer=True)
-    warn_untrained_positions(config.generator_dir, "generator", features, "generator_dir")
+    warn_untrained_positions(config.generator_dir, "generator", features.max_seq_len, "generator_dir")
     disc_config.vocab_size = generator.config.vocab_size  # a converted generator's rows past its vocabulary too
     inputs["generator_weights"] = weights_digest(config.generator_dir)
     if pretrained_disc is not None:
@@ -171,7 +171,7 @@ def main(config: SE_trainingConfig = None):
             logger.info("step %d valid: rtd_loss %.4f (base rate %.4f), disc_auc %.3f, disc_accuracy %.4f, precision "
                         "%.3f, recall %.3f", step, row["rtd_loss"], row["rtd_base_loss"], row["disc_auc"],
                         row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
-            if tu.at_chance(row) and best_auc >= tu.LEARNED_AUC and not warned_collapse:  # fell back, not yet learning
+            if tu.fell_to_chance(best_auc, row) and not warned_collapse:
                 warned_collapse = True
                 logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, down from %.3f; rtd_loss at "
                                "the base rate): it has collapsed and will not recover; train again with a lower "

@@ -926,10 +926,16 @@ def best_valid_auc(out_dir):
     return max((r["disc_auc"] for r in rows if r.get("split") == "valid" and "disc_auc" in r), default=0.0)
 
 
+def fell_to_chance(best_auc, valid_row):
+    """Collapsed: a discriminator that had learned (a valid disc_auc of best_auc >= LEARNED_AUC before) and
+    is now at chance. One at chance that never learned may simply be early in its run."""
+    return best_auc >= LEARNED_AUC and at_chance(valid_row)
+
+
 def collapsed(valid_rows):
-    """A discriminator that learned (a valid disc_auc once >= LEARNED_AUC) and ended at chance."""
-    return bool(valid_rows) and at_chance(valid_rows[-1]) and \
-        max((r["disc_auc"] for r in valid_rows[:-1]), default=0.0) >= LEARNED_AUC
+    """fell_to_chance at a run's last valid row, against the rows before it."""
+    return bool(valid_rows) and fell_to_chance(max((r["disc_auc"] for r in valid_rows[:-1]), default=0.0),
+                                               valid_rows[-1])
 
 
 def at_chance(valid_row):

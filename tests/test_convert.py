@@ -187,6 +187,16 @@ def test_hparams_given_as_config_point_at_config_file(capsys):
     assert_one_line_error(code, err, "unknown field(s)", "an ELECTRA hparams JSON goes to --config_file")
 
 
+def test_a_bad_max_seq_length_in_the_hparams_is_one_line(tmp_path):
+    """The hparams' max_seq_length becomes the models' pre-training length: a value that is no length is refused."""
+    import convert_tf_checkpoint
+    hparams = tmp_path / "hp.json"
+    hparams.write_text(json.dumps({"max_seq_length": "512"}))
+    with pytest.raises(argument.SpanElectraError, match="^config_file: max_seq_length '512' is not a positive whole"):
+        convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(tmp_path / "e"),
+                                                         config_file=str(hparams)))
+
+
 def test_heads_follow_the_width_whatever_model_size_says(tmp_path):
     """As get_bert_config: width / 64 heads unless model_hparam_overrides names them; 'small' with a
     hidden size of 32 is 1 head, not small's 4 (a silently different model)."""

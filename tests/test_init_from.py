@@ -198,6 +198,9 @@ def test_embeddings_with_more_rows_than_the_vocabulary_train(tmp_path):
                                                             mode="two_stage", generator_dir=str(conv / "generator"),
                                                             **TINY))
     assert ElectraForPreTraining.from_pretrained(disc).config.vocab_size == 182
+    import explore_SE  # the explorer's fills are tokens of the vocabulary, never the rows past it
+    fills = explore_SE.Explorer(str(conv)).fill("the cat sat on the [[ mat ]] .", top_k=500)
+    assert fills and all(token is not None and len(row) == 180 for _, row in fills for token, _ in row)
     # the generator samples replacements among the vocabulary's 180 ids only: the rows past it never occur in
     # text, so a replacement there would tell the discriminator 'replaced' for free (and a 180-row one could
     # not read it)
@@ -228,6 +231,11 @@ def test_two_stage_from_a_folder_with_both_models_takes_its_generator(converted,
     assert config.generator_dir == str(converted / "generator")
     saved = read_json(tmp_path / "se" / "trainSpanElectra_config.json")
     assert saved["generator_dir"] == str(converted / "generator")
+    # --init_from naming the pair's discriminator folder itself finds the same generator
+    config = argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), out_dir=str(tmp_path / "se1"),
+                                        mode="two_stage", init_from=str(converted / "discriminator"), **TINY)
+    config.validate()
+    assert config.generator_dir == str(converted / "generator")
     # a generator_dir given explicitly is kept, and a missing one still refused
     with pytest.raises(argument.SpanElectraError, match="generator_dir"):
         trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(bert_id_features[0]), mode="two_stage",

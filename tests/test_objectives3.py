@@ -5,8 +5,6 @@ checkpoint conversion, tokenizer identity, mask_stats and run_pipeline's summary
 Every test is cheap (hand-made inputs, no training) and pins a value a user would notice when it
 changed.
 """
-import dataclasses
-import json
 import math
 from types import SimpleNamespace
 

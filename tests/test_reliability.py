@@ -623,6 +623,8 @@ def test_a_stopped_torchrun_peer_is_one_line(finished_run, monkeypatch, capsys):
     line = assert_one_line_error(stop.value.code, capsys.readouterr().err, "another process of this run stopped",
                                  "Connection reset by peer", "--resume_from latest")
     assert os.path.basename(tu.list_checkpoints(str(finished_run))[-1]) in line
+    # this process's own NCCL failure (a bad setting) is not blamed on another process
+    assert argument.lost_process_message(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, invalid usage"), config) is None
     monkeypatch.setenv("WORLD_SIZE", "1")  # alone, the same error is a bug to trace
     with pytest.raises(RuntimeError):
         argument.run_main(main, argument.MLM_trainingConfig, [])

@@ -254,8 +254,8 @@ def test_vocab_txt_hash_follows_the_normalizer_options(tmp_path):
     keep = tokenization.tokenizer_hash(str(vocab_txt_folder(tmp_path / "keep", strip_accents=False)))
     chinese = tokenization.tokenizer_hash(str(vocab_txt_folder(tmp_path / "zh", tokenize_chinese_chars=False)))
     assert len({before.hexdigest()[:16], keep, chinese}) == 3
-    with pytest.raises(tokenization.SpanElectraError, match="strip_accents 'no'; use true, false or null"):
-        tokenization.load_tokenizer(str(vocab_txt_folder(tmp_path / "bad", strip_accents="no")))
+    with pytest.raises(tokenization.SpanElectraError, match="^model_dir: .* strip_accents 'no'; use true, false or null"):
+        tokenization.load_tokenizer(str(vocab_txt_folder(tmp_path / "bad", strip_accents="no")), "model_dir")
 
 
 # ---------------------------------------------------------------- pyvi word segmentation
