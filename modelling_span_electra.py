@@ -523,8 +523,9 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     else:
         model, loaded = load_pretrained_discriminator(path, use_all_token, heads, field)
     check_sizes_match(sizes or {}, model.config, kind, path)
-    check_fits_features(model.config, features, field, same_tokenizer=has_tokenizer(path))
-    if has_tokenizer(path):
+    own_tokenizer = has_tokenizer(path)
+    check_fits_features(model.config, features, field, same_tokenizer=own_tokenizer)
+    if own_tokenizer:
         features.check_tokenizer(path, field)
     warn_untrained_positions(path, kind, features.max_seq_len, field)
     return model, path, loaded

@@ -50,7 +50,7 @@ from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVI
                       MaskingArgs, MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig,
                       checked_config, compare_args, feature_args, finetune_args, run_main, tok_args)
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, find_text_files,  # noqa: E402
-                      make_out_dir, read_json)
+                      make_out_dir, read_json, remove_paths)
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
@@ -520,11 +520,7 @@ def prepare_data(config, scale):
     features = PretrainingFeatures(feat_dir)
     sequences = features.meta["num_sequences"]["train"]
     if sequences < scale["batch"]:  # found now, not after the first rows were fine-tuned
-        for built in (tok_dir, feat_dir, os.path.join(config.out_dir, DATA_FILE)):  # the next call builds them anew
-            if os.path.isdir(built):
-                shutil.rmtree(built)
-            elif os.path.exists(built):
-                os.remove(built)
+        remove_paths((tok_dir, feat_dir, os.path.join(config.out_dir, DATA_FILE)))  # the next call builds them anew
         raise SpanElectraError(f"train_input: '{config.train_input}' gave {sequences} training sequences of 128 "
                                f"tokens, fewer than one batch of {scale['batch']} at --scale {config.scale}; give "
                                "more text (a few MB)" + ("" if scale["batch"] <= 32 else ", or use --scale tiny (batch 32)"))
@@ -674,7 +670,8 @@ def command_line(config, path):
 
 def write_results_md(path, table, config, png, budget, elapsed):
     """Rewrite this scale's comparison section of RESULTS.md (between its markers), leaving the rest as it is."""
-    begin, end = section_marks(section_name(config))
+    name = section_name(config)
+    begin, end = section_marks(name)
     section = "\n".join([
         begin,
         f"Command: `{command_line(config, path)}` ({elapsed / 60:.0f} min on this machine). Budget: "
@@ -689,9 +686,9 @@ def write_results_md(path, table, config, png, budget, elapsed):
     else:
         text = text.rstrip("\n") + "\n\n## Equal-compute comparison — `benchmarks/compare_pretraining.py`\n\n" + section + "\n"
     atomic_write_text(path, text)
-    if section_name(config) != config.scale:
+    if name != config.scale:
         logger.info("%s: the table went to section '%s', not '%s': these settings are not the scale's, and the "
-                    "published table stays", path, section_name(config), config.scale)
+                    "published table stays", path, name, config.scale)
 
 
 def rates_alone(run_dir, busy):
