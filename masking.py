@@ -136,7 +136,7 @@ def max_prediction_slots(config, seq_len):
     if config.max_predictions_per_seq > seq_len - 2:  # [CLS] and [SEP] are never masked
         raise SpanElectraError(f"max_predictions_per_seq: {config.max_predictions_per_seq} is more than the "
                                f"{seq_len - 2} tokens a {seq_len}-token sequence can mask; use at most {seq_len - 2} "
-                               "(ELECTRA: 20 at 128), or 0 for the default")
+                               "(ELECTRA: int((0.15 + 0.005) x 128) = 19 at 128), or 0 for the default")
     if config.max_predictions_per_seq:
         return config.max_predictions_per_seq
     budget = max(1, round(config.mask_ratio * seq_len))
