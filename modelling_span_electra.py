@@ -239,8 +239,10 @@ def note_replaced_embeddings(generator_embeddings, shared):
 class SpanElectraJoint(nn.Module):
     """ELECTRA's joint training: generator and discriminator share word and position embeddings.
 
-    With gradient_disentangled (DeBERTaV3), the discriminator reads the shared table without
-    pushing gradients into it and learns a zero-initialised delta on top."""
+    With gradient_disentangled (DeBERTaV3), the discriminator reads the shared word and position
+    tables without pushing gradients into them and learns a zero-initialised delta on top of each (as
+    microsoft/DeBERTa's replaced-token-detection model does for both tables; the small embedding
+    LayerNorm and token-type table stay shared as ELECTRA shares them)."""
 
     def __init__(self, gen_config, disc_config, use_sbo=True, use_all_token=True, use_span_head=True,
                  gradient_disentangled=False, mask_ratio=0.15, generator=None, discriminator=None):
@@ -257,15 +259,22 @@ class SpanElectraJoint(nn.Module):
             note_replaced_embeddings(generator.mlm.electra.embeddings, shared)
         self.generator.mlm.electra.embeddings = shared
         self.generator.mlm.generator_lm_head.weight = shared.word_embeddings.weight
-        self.embedding_delta = None
+        self.embedding_delta = self.position_delta = None
         if gradient_disentangled:
             self.embedding_delta = nn.Parameter(torch.zeros_like(shared.word_embeddings.weight))
+            self.position_delta = nn.Parameter(torch.zeros_like(shared.position_embeddings.weight))
         self.sample_vocab_size = None  # the features' vocabulary, where the generator has more rows (corrupt)
 
     def discriminator_embeddings(self, input_ids):
-        """Word embeddings the discriminator reads: shared table (gradient stopped) plus its delta."""
-        table = self.discriminator.core.electra.embeddings.word_embeddings.weight.detach() + self.embedding_delta
-        return F.embedding(input_ids, table)
+        """The inputs_embeds the discriminator reads: sg(shared word table) + its delta, plus sg(shared position
+        table) + its delta. The embeddings module adds the live position table once more (positions 0..L-1, as for
+        any inputs_embeds), so that term is taken out here: its value cancels and so does its gradient, and the
+        discriminator's loss reaches neither shared table (before, the position table still took it)."""
+        shared = self.discriminator.core.electra.embeddings
+        words = F.embedding(input_ids, shared.word_embeddings.weight.detach() + self.embedding_delta)
+        length = input_ids.shape[1]
+        live = shared.position_embeddings.weight[:length]
+        return words + (live.detach() + self.position_delta[:length] - live)
 
     def forward(self, batch, sample_rng=None, temperature=1.0):
         gen_out = self.generator(**batch)
@@ -344,15 +353,19 @@ def save_generator(generator, directory, tokenizer_dir=None, trained_seq_len=Non
             copy_tokenizer(tokenizer_dir, tmp)
 
 
-def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None, trained_seq_len=None):
+def save_discriminator(discriminator, directory, tokenizer_dir=None, embedding_delta=None, trained_seq_len=None,
+                       position_delta=None):
     """directory loads with ElectraForPreTraining.from_pretrained; the span head sits beside it.
-    A gradient-disentangled delta is folded into the saved word embeddings. Published whole, as
-    save_generator."""
+    Gradient-disentangled deltas are folded into the saved word (embedding_delta) and position
+    (position_delta) embeddings. Published whole, as save_generator."""
     core = discriminator.core
-    if embedding_delta is not None:
+    if embedding_delta is not None or position_delta is not None:
         core = copy.deepcopy(core)
         with torch.no_grad():
-            core.electra.embeddings.word_embeddings.weight += embedding_delta.detach()
+            if embedding_delta is not None:
+                core.electra.embeddings.word_embeddings.weight += embedding_delta.detach()
+            if position_delta is not None:
+                core.electra.embeddings.position_embeddings.weight += position_delta.detach()
     with building_folder(directory) as tmp, quiet_transformers(errors_only=False):
         core.save_pretrained(tmp, safe_serialization=True)
         _save_heads({"span_head": discriminator.span_head, "span_classifier": discriminator.span_classifier}, tmp,

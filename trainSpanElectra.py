@@ -189,7 +189,7 @@ def main(config: SE_trainingConfig = None):
     if runtime.is_main:
         delta = getattr(model, "embedding_delta", None)
         save_discriminator(model.discriminator, out, tokenizer_dir, embedding_delta=delta,
-                           trained_seq_len=features.max_seq_len)
+                           trained_seq_len=features.max_seq_len, position_delta=getattr(model, "position_delta", None))
         saved = out
         if config.mode == "joint":
             save_generator(model.generator, os.path.join(config.out_dir, "generator"), tokenizer_dir,
