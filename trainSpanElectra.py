@@ -141,7 +141,8 @@ def main(config: SE_trainingConfig = None):
     model.train()
     speed, sums = tu.Throughput(), tu.MetricSums()
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
-    warned_collapse, best_auc = False, tu.best_valid_auc(config.out_dir) if step else 0.0
+    best_auc, valid_rows = tu.collapse_history(config.out_dir) if step else (0.0, [])
+    warned_collapse = False
     bar = tqdm(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
     while step < config.max_steps:
         temperature.fill_(sampling_temperature(step, config))
@@ -163,6 +164,7 @@ def main(config: SE_trainingConfig = None):
             row.setdefault("loss", row["disc_loss"])
             tu.check_finite(row["loss"], step)
             log.write(row)
+            best_auc = max(best_auc, tu.learned_auc(row))
             bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_auc=f"{row['disc_auc']:.3f}")
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):
             with speed.paused():
@@ -171,13 +173,14 @@ def main(config: SE_trainingConfig = None):
             logger.info("step %d valid: rtd_loss %.4f (base rate %.4f), disc_auc %.3f, disc_accuracy %.4f, precision "
                         "%.3f, recall %.3f", step, row["rtd_loss"], row["rtd_base_loss"], row["disc_auc"],
                         row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
-            if tu.fell_to_chance(best_auc, row) and not warned_collapse:
+            valid_rows = valid_rows[-1:] + [row]
+            if tu.fell_to_chance(best_auc, valid_rows) and not warned_collapse:
                 warned_collapse = True
-                logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, down from %.3f; rtd_loss at "
-                               "the base rate): it has collapsed and will not recover; train again with a lower "
-                               "--learning_rate, a longer --warmup_fraction or another --seed", step, row["disc_auc"],
-                               best_auc)
-            best_auc = max(best_auc, row["disc_auc"])
+                logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, and %.3f at the evaluation "
+                               "before, down from %.3f; rtd_loss at the base rate): it has collapsed and will not "
+                               "recover; train again with a lower --learning_rate, a longer --warmup_fraction or "
+                               "another --seed", step, row["disc_auc"], valid_rows[0]["disc_auc"], best_auc)
+            best_auc = max(best_auc, tu.learned_auc(row))
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             with speed.paused():
                 tu.save_training_state(config, step, model, optimizer, scheduler, stream)

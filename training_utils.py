@@ -916,26 +916,39 @@ def discriminator_counts(disc_out, replaced):
 
 
 LEARNED_AUC = 0.55  # a valid disc_auc this far above chance: the discriminator has learned something
+LEARNED_REPLACED = 2000  # a train window's disc_auc counts as learning over this many replaced tokens (noise < 0.01)
 
 
-def best_valid_auc(out_dir):
-    """The highest valid disc_auc a run logged so far (0 for a fresh run): a resumed run's collapse check
-    remembers that the discriminator had learned before it stopped."""
+def learned_auc(row):
+    """A logged row's disc_auc as evidence of learning: a valid row's, or a train window's over at least
+    LEARNED_REPLACED replaced tokens (a collapse before the first evaluation is then still noticed); else 0."""
+    if "disc_auc" not in row or (row.get("split") != "valid" and row.get("replaced_tokens", 0) < LEARNED_REPLACED):
+        return 0.0
+    return row["disc_auc"]
+
+
+def collapse_history(out_dir):
+    """What a resumed run's collapse check needs from its metrics.jsonl: the best learned_auc so far (0 for a
+    fresh run) and its last valid row, as a list (empty before the first evaluation)."""
     path = os.path.join(out_dir, "metrics.jsonl")
     rows = read_metrics(path) if os.path.isfile(path) else []
-    return max((r["disc_auc"] for r in rows if r.get("split") == "valid" and "disc_auc" in r), default=0.0)
+    valid = [r for r in rows if r.get("split") == "valid" and "disc_auc" in r]
+    return max(map(learned_auc, rows), default=0.0), valid[-1:]
 
 
-def fell_to_chance(best_auc, valid_row):
-    """Collapsed: a discriminator that had learned (a valid disc_auc of best_auc >= LEARNED_AUC before) and
-    is now at chance. One at chance that never learned may simply be early in its run."""
-    return best_auc >= LEARNED_AUC and at_chance(valid_row)
+def fell_to_chance(best_auc, valid_rows):
+    """Collapsed: a discriminator that had learned (a disc_auc of best_auc >= LEARNED_AUC before) and is at
+    chance at its last two evaluations. One evaluation at chance can be noise on a small valid set (a tiny
+    joint run on the bundled sample dipped to 0.494 and came back to 0.54); one at chance that never
+    learned may simply be early in its run."""
+    return best_auc >= LEARNED_AUC and len(valid_rows) >= 2 and all(map(at_chance, valid_rows[-2:]))
 
 
-def collapsed(valid_rows):
-    """fell_to_chance at a run's last valid row, against the rows before it."""
-    return bool(valid_rows) and fell_to_chance(max((r["disc_auc"] for r in valid_rows[:-1]), default=0.0),
-                                               valid_rows[-1])
+def collapsed(rows):
+    """fell_to_chance at a run's last two valid rows, against the rows logged before them."""
+    valid = [i for i, r in enumerate(rows) if r.get("split") == "valid" and "disc_auc" in r]
+    return len(valid) >= 2 and fell_to_chance(max(map(learned_auc, rows[:valid[-2]]), default=0.0),
+                                              [rows[i] for i in valid[-2:]])
 
 
 def at_chance(valid_row):
@@ -952,6 +965,7 @@ def finish_metrics(sums, n):
         tokens = max(sums["tokens"], 1)
         out["disc_accuracy"] = sums["correct"] / tokens
         out["replaced_fraction"] = sums["replaced"] / tokens
+        out["replaced_tokens"] = sums["replaced"]
         out["rtd_base_loss"] = base_rate_loss(out["replaced_fraction"])
         out["disc_precision"] = sums["true_positive"] / max(sums["predicted"], 1)
         out["disc_recall"] = sums["true_positive"] / max(sums["replaced"], 1)

@@ -290,9 +290,8 @@ def pretraining_record(out_dir, batch, seq_len=128):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:
                 record["curves"][f"{folder}:{key}"] = points
-        discriminator = [r for r in rows if r.get("split") == "valid" and "disc_auc" in r]
-        if discriminator:  # learned, then ended at chance: collapsed (the training script's own check)
-            record["discriminator_at_chance"] = tu.collapsed(discriminator)
+        if any(r.get("split") == "valid" and "disc_auc" in r for r in rows):  # the training script's own check
+            record["discriminator_at_chance"] = tu.collapsed(rows)
     return record
 
 
@@ -556,8 +555,8 @@ def pooled_rows(rows):
 
 def pretraining_cells(row):
     """Tokens seen and the last valid MLM accuracy and disc_auc of a row (blank where it has none; one
-    value per pre-training seed, ' / ' between them); a discriminator that ended at chance
-    (training_utils.at_chance) is marked collapsed, so its fine-tuning figures read as what they are."""
+    value per pre-training seed, ' / ' between them); a discriminator that collapsed (training_utils.collapsed:
+    learned, then at chance at its last two evaluations) is marked, so its fine-tuning figures read as what they are."""
     def last(one, metric):
         values = [points[-1][1] for key, points in sorted(one.get("curves", {}).items()) if key.endswith(":" + metric)]
         return values[-1] if values else None

@@ -322,16 +322,37 @@ def test_a_discriminator_at_chance_is_named_once(bpe_feat, tmp_path, monkeypatch
         return [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()]
 
     warnings = warnings_of([0.7, 0.5, 0.5, 0.5], "fell")
-    assert len(warnings) == 1 and warnings[0].startswith("step 4: the discriminator is at chance (valid disc_auc 0.500, "
-                                                         "down from 0.700")
+    assert len(warnings) == 1 and warnings[0].startswith("step 6: the discriminator is at chance (valid disc_auc 0.500, "
+                                                         "and 0.500 at the evaluation before, down from 0.700")
     assert warnings_of([0.5, 0.505, 0.5, 0.52], "untrained") == []  # a short or early run: not learning yet
+    # one evaluation at chance is not a collapse: a tiny joint run on the sample dipped to 0.494 and came back
+    assert warnings_of([0.7, 0.494, 0.54, 0.5], "dipped") == []
     # stopped after learning, resumed at chance: the resumed run remembers the learning in metrics.jsonl
     assert warnings_of([0.7, 0.72], "resumed", max_steps=4, save_every=4) == []
     warnings = warnings_of([0.5, 0.5], "resumed", resume_from="latest", save_every=4)
-    assert len(warnings) == 1 and warnings[0].startswith("step 6: the discriminator is at chance") and "0.720" in warnings[0]
+    assert len(warnings) == 1 and warnings[0].startswith("step 8: the discriminator is at chance") and "0.720" in warnings[0]
+    # ... and its last evaluation before the stop: at chance there and at the first one after is two in a row
+    assert warnings_of([0.7, 0.5], "resumed2", max_steps=4, save_every=4) == []
+    warnings = warnings_of([0.5, 0.6], "resumed2", resume_from="latest", save_every=4)
+    assert len(warnings) == 1 and warnings[0].startswith("step 6: the discriminator is at chance")
     # the comparison's table marks the same runs '(collapsed)'
-    assert tu.collapsed([dict(collapsed, disc_auc=a) for a in (0.7, 0.5)])
-    assert not tu.collapsed([dict(collapsed, disc_auc=a) for a in (0.5, 0.5)])
+    valid = dict(collapsed, split="valid")
+    assert tu.collapsed([dict(valid, disc_auc=a) for a in (0.7, 0.5, 0.5)])
+    assert not tu.collapsed([dict(valid, disc_auc=a) for a in (0.5, 0.5, 0.5)])
+    assert not tu.collapsed([dict(valid, disc_auc=a) for a in (0.7, 0.6, 0.5)])  # only the last one at chance
+    # a train window over enough replaced tokens shows learning too: a collapse before the first evaluation
+    train = {"step": 50, "disc_auc": 0.78, "replaced_tokens": tu.LEARNED_REPLACED}
+    assert tu.collapsed([train, valid, valid]) and tu.learned_auc(train) == 0.78
+    noisy = dict(train, replaced_tokens=tu.LEARNED_REPLACED - 1)  # a few hundred tokens' AUC is noise
+    assert not tu.collapsed([noisy, valid, valid]) and tu.learned_auc(noisy) == 0.0
+    assert not tu.collapsed([valid, train, valid])  # learning seen only after the first of the two: not counted
+    # the run's own rows carry the count; a resumed run reads the learning and its last evaluation back from them
+    logged = [r for r in map(json.loads, open(tmp_path / "fell" / "metrics.jsonl"))
+              if "disc_auc" in r and "split" not in r]
+    assert all(r["replaced_tokens"] > 0 for r in logged)
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "metrics.jsonl").write_text("\n".join(map(json.dumps, [noisy, train, valid, train])) + "\n")
+    assert tu.collapse_history(tmp_path / "log") == (0.78, [valid])
 
 
 def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator, bpe_feat, tmp_path):
