@@ -623,6 +623,12 @@ class compare_args:
 
     def validate(self):
         check_choice(self, "scale", tuple(COMPARE_SCALES))
+        if bool(self.train_input) != bool(self.valid_input):  # else one side is the scale's corpus, the other yours
+            given, empty = ("train_input", "valid_input") if self.train_input else ("valid_input", "train_input")
+            scale_path = COMPARE_SCALES[self.scale]["corpus"][0 if empty == "train_input" else 1]
+            _fail(empty, f"empty, so it would be the scale's corpus ('{scale_path}') while --{given} is your own "
+                  f"text; give both --train_input and --valid_input (held-out text of the same corpus, e.g. "
+                  "the last few percent of its lines in a file of their own)")
         check_device(self)
         check_range(self, "budget_steps", low=0)
         check_range(self, "budget_scale", 0, low_open=True)

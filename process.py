@@ -27,7 +27,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from argument import MaskingArgs, checked_config, feature_args, run_main, save_config
+from argument import ROOT, MaskingArgs, checked_config, feature_args, run_main, save_config
 from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
@@ -163,6 +163,25 @@ def write_split(batches, tokenizer, segmenter, writers, route, num_workers, prog
 
 
 # ---------------------------------------------------------------- main
+BUNDLED_SAMPLES = os.path.join(ROOT, "data")  # data/sample and data/sample_vi: the README's demo corpora
+
+
+def warn_bundled_valid(train_files, valid_files):
+    """valid_input defaults to the bundled WikiText-2 sample, so `--train_input MY_CORPUS` alone validates on
+    another corpus: warn when the valid files are bundled samples the training text does not come from."""
+    def sample_folder(path):
+        real = os.path.realpath(path)
+        inside = real.startswith(os.path.realpath(BUNDLED_SAMPLES) + os.sep)
+        return os.path.dirname(real) if inside else None
+    bundled = sorted({sample_folder(f) for f in valid_files} - {None})
+    foreign = [f for f in train_files if sample_folder(f) not in bundled]
+    if bundled and foreign:
+        logger.warning("valid_input: %s is the bundled sample (valid_input's default), not held-out text of "
+                       "train_input's %s, so validation measures another corpus; pass your own --valid_input, or "
+                       "--valid_input '' with --valid_fraction 0.01 to hold out some of train_input",
+                       ", ".join(valid_files[:2]), foreign[0])
+
+
 def main(config: feature_args = None):
     config = checked_config(config, feature_args)
     config.validate()
@@ -176,6 +195,7 @@ def main(config: feature_args = None):
                        "text, or --valid_input '' with --valid_fraction 0.01", ", ".join(shared[:3]))
     if not valid_files and config.valid_fraction == 0:
         logger.warning("no valid_input and valid_fraction 0: the features have no validation split")
+    warn_bundled_valid(train_files, valid_files)
     out_dir = os.path.abspath(config.out_dir)
     make_out_dir(os.path.dirname(out_dir), "out_dir")
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32

@@ -484,12 +484,18 @@ def check_inputs(config):
     """A wrong corpus or task path fails now, in one line, rather than after the data is built and the
     first models are trained. The corpus only matters while the features are still to be built."""
     if not features_built(config):
+        files = {}
         for name in ("train_input", "valid_input"):
             try:
-                find_text_files(getattr(config, name), name)
+                files[name] = find_text_files(getattr(config, name), name)
             except SpanElectraError as e:
                 raise SpanElectraError(f"{e}{shared_hint(getattr(config, name), '--train_input and --valid_input')}") \
                     from None
+        shared = sorted(set(map(os.path.realpath, files["train_input"])) & set(map(os.path.realpath, files["valid_input"])))
+        if shared:  # the valid curves (MLM accuracy, disc_auc) in the table would measure memorising it
+            raise SpanElectraError(f"valid_input: '{shared[0]}' is also in train_input, so the table's valid figures "
+                                   "would measure memorising it; give held-out text of the same corpus with "
+                                   "--valid_input (e.g. the last few percent of its lines in a file of their own)")
     for task in filter(None, config.tasks.split(",")):
         for needed in ("train.tsv", "dev.tsv"):
             if not os.path.isfile(os.path.join(task, needed)):
