@@ -588,6 +588,9 @@ class compare_args:
                        default="tiny", meta={"choices": tuple(COMPARE_SCALES)})
     train_input: str = _help("pre-training text (empty: the scale's corpus)", default="")
     valid_input: str = _help("validation text (empty: the scale's corpus)", default="")
+    pack_across_documents: bool = _help("features: carry each document's tail into the next document's first "
+                                        "sequence (process.py's flag: for corpora of documents shorter than 128 "
+                                        "tokens, e.g. one speech or paragraph each)", default=False)
     tasks: Optional[str] = _help("comma-separated GLUE-format task folders (unset: SST-2 and MRPC, none for "
                                  "gpu_vi)", default=None)
     recipes: str = _help(f"comma-separated recipes, of {', '.join(COMPARE_RECIPES)} (empty: the scale's)",

@@ -34,7 +34,7 @@ from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, remove_paths)
 from modelling_span_electra import load_tokenizer_of, quiet_transformers, warn_untrained_positions, weights_problem
-from tokenization import check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
+from tokenization import UNKNOWN_WARNING, check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
 
@@ -617,6 +617,20 @@ def encode(tokenizer, examples, max_seq_length, token_types, pad_id, prepare=lam
     return out
 
 
+def warn_unknown_share(encoded, tokenizer, split="train"):
+    """Warn when many of a split's tokens are [UNK] (as process.py does for the corpus): the model's
+    vocabulary does not cover the task's text (another language or script, or characters its corpus lacked)."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not len(encoded["lengths"]):
+        return
+    real = np.arange(encoded["input_ids"].shape[1])[None, :] < encoded["lengths"][:, None]
+    share = ((encoded["input_ids"] == unk) & real).sum() / max(int(encoded["lengths"].sum()), 1)
+    if share > UNKNOWN_WARNING:
+        logger.warning("%.0f%% of the task's %s tokens are [UNK]: the model's vocabulary does not cover this text "
+                       "(another language or script?); fine-tune a model pre-trained on text like it", 100 * share,
+                       split)
+
+
 def make_batch(encoded, indices, device, targets=None):
     """The examples at indices, padded to their longest rounded up to a multiple of BUCKET (so
     few shapes ever reach the model), with their targets; copied to the device without waiting."""
@@ -870,6 +884,7 @@ def main(config: finetune_args = None):
     data = {name: encode(tokenizer, examples, config.max_seq_length, token_types, pad_id, prepare)
             for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test))
             if examples is not None}
+    warn_unknown_share(data["train"], tokenizer)
     if config.linear_probe:  # deterministic (L-BFGS from zero weights): one run stands for every seed
         logger.info("linear probe on %d of %d training examples: the encoder frozen, logistic regression on its "
                     "mean-pooled features (one deterministic fit: no epochs, seeds, test predictions or saved model), "

@@ -32,8 +32,8 @@ from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into, storage_reason)
-from tokenization import (CLS_ID, SEP_ID, batched, copy_tokenizer, folder_segmenter, load_tokenizer,
-                          segmented_batches)
+from tokenization import (CLS_ID, SEP_ID, UNKNOWN_WARNING, batched, copy_tokenizer, folder_segmenter,
+                          load_tokenizer, segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
@@ -82,7 +82,6 @@ def _split_pairs(batch):
 
 
 TAIL_WARNING = 0.05  # dropped document tails above this share of the text are worth a warning
-UNKNOWN_WARNING = 0.05  # so are [UNK]s above this share of the stored tokens
 
 
 # ---------------------------------------------------------------- packing

@@ -18,6 +18,7 @@ from io_utils import SpanElectraError, atomic_write_json, first_line, read_json,
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
+UNKNOWN_WARNING = 0.05  # [UNK]s above this share of a text's tokens: the vocabulary does not cover it
 SE_TOKENIZER_FILE = "se_tokenizer.json"
 TOKENIZER_FIX = "make the vocabulary again with create_vocab_SE.py (or copy the tokenizer folder back)"
 # what a tokenizer folder may hold (create_vocab_SE.py's output, transformers' tokenizer files);

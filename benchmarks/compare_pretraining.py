@@ -74,7 +74,8 @@ def measured_settings(config):
             "budget_scale": config.budget_scale, "fractions": tuple(config.fraction_list()),
             "gen_fraction": config.gen_fraction, "seeds": tuple(config.ft_seed_list()),
             "ft_max_train": scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples,
-            "pretrain_seeds": tuple(config.pretrain_seed_list()), "bf16": config.bf16, "compile": config.compile}
+            "pretrain_seeds": tuple(config.pretrain_seed_list()), "bf16": config.bf16, "compile": config.compile,
+            "pack_across_documents": config.pack_across_documents}
 
 
 def data_signature(path, inside=""):
@@ -451,8 +452,11 @@ def headline_metric(results):
 # ---------------------------------------------------------------- data
 def data_identity(config, scale):
     """What out_dir's vocabulary and features are built from."""
-    return {"train_input": os.path.abspath(config.train_input), "valid_input": os.path.abspath(config.valid_input),
-            "vocab_size": scale["vocab_size"], "word_segmenter": scale.get("word_segmenter", "none")}
+    identity = {"train_input": os.path.abspath(config.train_input), "valid_input": os.path.abspath(config.valid_input),
+                "vocab_size": scale["vocab_size"], "word_segmenter": scale.get("word_segmenter", "none")}
+    if config.pack_across_documents:  # named only when set: out_dirs built before the flag keep their identity
+        identity["pack_across_documents"] = True
+    return identity
 
 
 def check_data_identity(config, scale):
@@ -521,7 +525,8 @@ def prepare_data(config, scale):
                                       word_segmenter=scale.get("word_segmenter", "none")))
     if not os.path.isfile(os.path.join(feat_dir, "meta.json")):
         process.main(feature_args(tokenizer_dir=tok_dir, train_input=config.train_input,
-                                  valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128))
+                                  valid_input=config.valid_input, out_dir=feat_dir, max_seq_len=128,
+                                  pack_across_documents=config.pack_across_documents))
     features = PretrainingFeatures(feat_dir)
     sequences = features.meta["num_sequences"]["train"]
     if sequences < scale["batch"]:  # found now, not after the first rows were fine-tuned

@@ -66,3 +66,27 @@ def test_compare_refuses_validating_on_the_training_text(tmp_path, monkeypatch):
             cp.main(cp.compare_args(train_input=str(corpus), valid_input=str(valid), tasks="",
                                     out_dir=str(tmp_path / "c")))
         assert not (tmp_path / "c").exists()
+
+
+def test_compare_packs_across_documents_when_asked(tmp_path, monkeypatch):
+    """Speeches are shorter than 128 tokens: process.py's warning names --pack_across_documents, which the
+    comparison now takes too; it reaches the features, names the data, and a default run's data is unchanged."""
+    corpus = shakespeare_like(tmp_path)
+    config = cp.compare_args(train_input=str(corpus), valid_input=str(SAMPLE / "valid.tokens"), tasks="",
+                             out_dir=str(tmp_path / "c")).resolved()
+    scale = cp.SCALES["tiny"]
+    assert "pack_across_documents" not in cp.data_identity(config, scale)  # out_dirs built before the flag stay valid
+    packed = cp.compare_args(**{**vars(config), "pack_across_documents": True})
+    assert cp.data_identity(packed, scale)["pack_across_documents"] is True
+    assert cp.section_name(packed) == "tiny-custom"
+    class Built(Exception):
+        pass
+
+    def built(args):
+        raise Built(args)
+    monkeypatch.setattr(cp.create_vocab_SE, "main", lambda args: None)
+    monkeypatch.setattr(cp.process, "main", built)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(Built) as features:
+        cp.prepare_data(packed, scale)
+    assert features.value.args[0].pack_across_documents is True
