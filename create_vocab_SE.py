@@ -12,7 +12,6 @@ corpus, the features and the model can never disagree on segmentation.
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import unicodedata
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from argument import checked_config, save_config, run_main, tok_args
 from io_utils import (COMPRESSED_SUFFIXES, BadByteCounter, SpanElectraError, atomic_write_json, find_text_files,
-                      iter_lines, make_out_dir, move_files_into)
+                      iter_lines, make_out_dir, move_files_into, new_build_dir)
 from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched,
                           load_segmenter, save_transformers_tokenizer, segmented_batches)
 
@@ -129,8 +128,7 @@ def corpus_lines(files, bad_bytes, progress, alphabet):
 
 def save_tokenizer_files(tok, config, out_dir, stats):
     """Write tokenizer.json (last), the transformers config and vocab files, and se_tokenizer.json."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-")
+    tmp = new_build_dir(out_dir)
     try:
         save_transformers_tokenizer(tok, tmp)
         atomic_write_json(os.path.join(tmp, SE_TOKENIZER_FILE), {

@@ -158,10 +158,7 @@ def building_folder(directory):
     directory = os.path.abspath(directory)
     parent, base = os.path.dirname(directory), os.path.basename(directory)
     os.makedirs(parent, exist_ok=True)
-    for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.tmp-*")) + \
-            glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+    tmp = new_build_dir(directory)
     try:
         yield tmp
         for root, dirs, files in os.walk(tmp):  # mkdtemp and some writers make 0600/0700 entries
@@ -183,6 +180,40 @@ def building_folder(directory):
     os.replace(tmp, directory)
     if old:
         remove_paths([old])
+
+
+def pid_alive(pid):
+    """True when a process with that id runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # it exists, under another user
+        return True
+    except (OSError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def remove_stale_builds(directory):
+    """Remove the temporary folders (.NAME.tmp-PID-*, .NAME.old-PID) that builds of `directory` killed
+    before they could clean up (SIGKILL, a lost machine) left beside it: a whole corpus's features can
+    sit there. A build whose process still runs keeps its own; names without a process id (older
+    versions) are always stale."""
+    directory = os.path.abspath(directory)
+    parent, base = os.path.dirname(directory), os.path.basename(directory)
+    for kind in ("tmp", "old"):
+        for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.{kind}-*")):
+            pid = stale.rsplit(f".{kind}-", 1)[1].split("-")[0]
+            if pid.isdigit() and pid_alive(pid):
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def new_build_dir(directory):
+    """A new temporary folder beside `directory` (.NAME.tmp-PID-XXXX) to build it in, once the ones that
+    killed builds left are removed."""
+    directory = os.path.abspath(directory)
+    remove_stale_builds(directory)
+    return tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=f".{os.path.basename(directory)}.tmp-{os.getpid()}-")
 
 
 def remove_paths(paths):

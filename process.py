@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -31,7 +30,7 @@ from argument import ROOT, MaskingArgs, checked_config, feature_args, run_main, 
 from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
-                      make_out_dir, move_files_into, storage_reason)
+                      make_out_dir, move_files_into, new_build_dir, storage_reason)
 from tokenization import (CLS_ID, SEP_ID, UNKNOWN_WARNING, batched, copy_tokenizer, folder_segmenter,
                           load_tokenizer, segmented_batches)
 
@@ -199,7 +198,7 @@ def main(config: feature_args = None):
     make_out_dir(os.path.dirname(out_dir), "out_dir")
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     segmenter = folder_segmenter(config.tokenizer_dir, "tokenizer_dir")[0]  # a missing pyvi: said before any work
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.tmp-")
+    tmp = new_build_dir(out_dir)
     try:
         meta = _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp)
         make_out_dir(out_dir)

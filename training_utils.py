@@ -22,7 +22,7 @@ import torch
 
 from argument import save_config
 from io_utils import (SpanElectraError, atomic_write_json, first_line, lies_within, list_checkpoints, make_out_dir,
-                      read_json, remove_paths, storage_reason)
+                      pid_alive, read_json, remove_paths, storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -689,14 +689,6 @@ class OutDirLock:
     def release(self):
         if self.owner() == {"host": socket.gethostname(), "pid": os.getpid()}:
             os.remove(self.path)
-
-
-def pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
 
 
 def compile_model(model, runtime):

@@ -1,0 +1,56 @@
+"""What a run killed at a bad moment (SIGKILL: no handler runs) leaves behind, and what the next run
+does with it. The kills are simulated: a write made to fail mid-way, or the leftovers laid out by hand."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SAMPLE, build_features, train_vocab
+
+import io_utils
+
+
+def dead_pid():
+    """The id of a process that has ended."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_killed_builds_leave_no_temporary_folders_behind(bpe_tok, tmp_path):
+    """SIGKILL during process.py left .feat.tmp-* (partial train.bin, as big as the features) beside
+    out_dir, and every later run added another and kept the old ones; now the next build removes the
+    ones whose process is gone, and keeps those of a build still running."""
+    out = tmp_path / "feat"
+    for stale in (f".feat.tmp-{dead_pid()}-abcd1234", ".feat.tmp-w5v_oeci", f".feat.old-{dead_pid()}"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "train.bin").write_bytes(b"\0" * 4096)
+    running = tmp_path / f".feat.tmp-{os.getppid()}-zzzz9999"  # a live process's build is not ours to remove
+    running.mkdir()
+    other = tmp_path / f".featx.tmp-{dead_pid()}-abcd1234"  # another folder's build: not ours either
+    other.mkdir()
+    build_features(bpe_tok, out, train_input=str(SAMPLE / "valid.tokens"), valid_input="")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["feat", running.name, other.name])
+
+
+def test_killed_vocabulary_build_is_cleaned_by_the_next(tmp_path):
+    out = tmp_path / "tok"
+    stale = tmp_path / f".tok.tmp-{dead_pid()}-abcd1234"
+    stale.mkdir()
+    (stale / "vocab.json").write_text("{")
+    train_vocab(out, data_dir=str(SAMPLE / "valid.tokens"), vocab_size=400)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+
+
+def test_building_folder_keeps_a_live_build_and_names_its_own_by_pid(tmp_path):
+    target = tmp_path / "model"
+    live = tmp_path / f".model.tmp-{os.getppid()}-live0000"
+    live.mkdir()
+    seen = []
+    with io_utils.building_folder(str(target)) as tmp:
+        seen.append(os.path.basename(tmp))
+        (open(os.path.join(tmp, "x"), "w")).write("1")
+    assert seen[0].startswith(f".model.tmp-{os.getpid()}-")
+    assert (target / "x").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name])
