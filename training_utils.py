@@ -661,9 +661,9 @@ class OutDirLock:
 
     def acquire(self):
         me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
+        for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(me)
             except FileExistsError:
                 owner = self.owner()
                 if owner == me:
@@ -672,12 +672,48 @@ class OutDirLock:
                     raise SpanElectraError(f"out_dir: '{os.path.dirname(self.path)}' is in use by another training "
                                            f"process (pid {owner['pid']}); wait for it to end or choose another "
                                            "--out_dir") from None
-                os.remove(self.path)  # left by a process that is gone: take it over
+                self._take_over(owner)  # left by a process that is gone
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             atexit.register(self.release)
             return
+        raise SpanElectraError(f"out_dir: '{os.path.dirname(self.path)}' is being claimed by another training process "
+                               "at this moment; wait for it to end or choose another --out_dir")
+
+    def _create(self, me):
+        """The lock file, created with its content in one step (FileExistsError when there is one): a lock
+        created empty and filled after would look damaged, so stale, to a process starting at that instant,
+        and both would run."""
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: create, then fill
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+        finally:
+            os.remove(tmp)
+
+    def _take_over(self, stale_owner):
+        """Remove a dead process's lock, unless another process took it over first: the lock is moved
+        aside, and put back when it turns out to be that process's."""
+        aside = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            with open(aside, encoding="utf-8") as f:
+                moved = json.load(f)
+        except (OSError, ValueError):
+            moved = None
+        if moved != stale_owner:
+            with contextlib.suppress(OSError):
+                os.link(aside, self.path)
+        os.remove(aside)
 
     def owner(self):
         try:

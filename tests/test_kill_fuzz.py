@@ -54,3 +54,47 @@ def test_building_folder_keeps_a_live_build_and_names_its_own_by_pid(tmp_path):
     assert seen[0].startswith(f".model.tmp-{os.getpid()}-")
     assert (target / "x").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name])
+
+
+# ---------------------------------------------------------------- two training processes at once
+def test_the_lock_file_never_appears_empty(tmp_path, monkeypatch):
+    """The lock was created empty and filled after: a second run starting at that instant read it as
+    damaged, took it over, and both trained into one out_dir (4 of 60 simultaneous starts, fuzz/lockrace.py).
+    Now it appears with its content."""
+    import json
+    import training_utils as tu
+    lock_path = tmp_path / ".lock"
+    seen = []
+    real_dump = json.dump
+
+    def dump(obj, f, *a, **kw):
+        seen.append(lock_path.exists())
+        return real_dump(obj, f, *a, **kw)
+
+    monkeypatch.setattr(tu.json, "dump", dump)
+    lock = tu.OutDirLock(str(tmp_path))
+    lock.acquire()
+    assert seen == [False]
+    assert json.loads(lock_path.read_text()) == {"host": __import__("socket").gethostname(), "pid": os.getpid()}
+    lock.release()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_taking_over_a_dead_lock_spares_one_another_process_just_took(tmp_path):
+    """Two runs found the same dead process's lock: the first removed it and wrote its own, then the
+    second removed that one too. Now the second sees the lock it moved aside is not the dead one, and puts it back."""
+    import json
+    import socket
+    import training_utils as tu
+    dead = {"host": socket.gethostname(), "pid": dead_pid()}
+    live = {"host": socket.gethostname(), "pid": os.getppid()}
+    (tmp_path / ".lock").write_text(json.dumps(live))  # the first run's, written after both read `dead`
+    lock = tu.OutDirLock(str(tmp_path))
+    lock._take_over(dead)
+    assert json.loads((tmp_path / ".lock").read_text()) == live
+    with pytest.raises(io_utils.SpanElectraError, match=f"in use by another training process .pid {os.getppid()}"):
+        lock.acquire()
+    assert sorted(os.listdir(tmp_path)) == [".lock"]
+    (tmp_path / ".lock").write_text(json.dumps(dead))
+    lock._take_over(dead)
+    assert sorted(os.listdir(tmp_path)) == []
