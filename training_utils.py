@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import (SpanElectraError, atomic_write_json, first_line, lies_within, list_checkpoints, make_out_dir,
-                      pid_alive, read_json, remove_paths, storage_reason)
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, first_line, lies_within, list_checkpoints,
+                      make_out_dir, pid_alive, read_json, remove_paths, storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -828,8 +828,7 @@ class MetricsLog:
             return
         rows = [json.dumps(row) + "\n" for row in self.rows() if row.get("step", 0) <= step
                 and row.get("event") != "done"]  # a finished run extended (a higher max_steps) goes on
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(rows)
+        atomic_write_text(self.path, "".join(rows))  # killed mid-way, the rows before the checkpoint stay
 
     def rows(self):
         return read_metrics(self.path)

@@ -98,3 +98,28 @@ def test_taking_over_a_dead_lock_spares_one_another_process_just_took(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps(dead))
     lock._take_over(dead)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+# ---------------------------------------------------------------- metrics.jsonl on resume
+def test_a_resume_killed_while_trimming_metrics_keeps_the_earlier_rows(tmp_path, monkeypatch):
+    """Resuming rewrites metrics.jsonl without the rows past the checkpoint. It was rewritten in place:
+    killed mid-write, the rows before the checkpoint were lost for good (the next resume kept the
+    stump). Now the file is replaced whole: the kill, simulated by a write that fails, leaves it as it was."""
+    import json
+    import training_utils as tu
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s} for s in (5, 10, 15, 20)]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 25, "lo'  # and a line a kill cut short
+    path.write_text(text)
+    runtime = tu.Runtime(device=None)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_utils.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tu.MetricsLog(str(tmp_path), runtime, resume_step=10)
+    assert path.read_text() == text and sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
+    monkeypatch.undo()
+    tu.MetricsLog(str(tmp_path), runtime, resume_step=10)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
