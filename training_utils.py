@@ -683,6 +683,10 @@ class OutDirLock:
         """The lock file, created with its content in one step (FileExistsError when there is one): a lock
         created empty and filled after would look damaged, so stale, to a process starting at that instant,
         and both would run."""
+        for stale in glob.glob(glob.escape(self.path) + ".tmp-*") + glob.glob(glob.escape(self.path) + ".stale-*"):
+            if not pid_alive(stale.rsplit("-", 1)[1]):  # what a process killed right here left
+                with contextlib.suppress(OSError):
+                    os.remove(stale)
         tmp = f"{self.path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(me, f)

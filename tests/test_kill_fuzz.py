@@ -123,3 +123,15 @@ def test_a_resume_killed_while_trimming_metrics_keeps_the_earlier_rows(tmp_path,
     monkeypatch.undo()
     tu.MetricsLog(str(tmp_path), runtime, resume_step=10)
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
+
+
+def test_what_a_process_killed_while_locking_left_is_removed(tmp_path):
+    import training_utils as tu
+    for name in (f".lock.tmp-{dead_pid()}", f".lock.stale-{dead_pid()}"):
+        (tmp_path / name).write_text("{}")
+    live = tmp_path / f".lock.tmp-{os.getppid()}"
+    live.write_text("{}")
+    lock = tu.OutDirLock(str(tmp_path))
+    lock.acquire()
+    lock.release()
+    assert sorted(os.listdir(tmp_path)) == [live.name]
