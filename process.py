@@ -17,6 +17,7 @@ features.py reads the result (PretrainingFeatures) and serves masked batches of 
 scripts (MLMDataset, SEDataset).
 """
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -101,6 +102,7 @@ class SequenceWriter:
         self.num_documents = 0
         self.dropped_tokens = 0
         self.unknown_tokens = 0  # [UNK]s stored: many mean a vocabulary of another language or script
+        self.digest = hashlib.blake2b(digest_size=16)  # of the rows written: a resumed run knows its features
 
     def add(self, tokens, starts_document):
         """Append tokens to the current document (ending the previous one first if asked)."""
@@ -114,6 +116,7 @@ class SequenceWriter:
             rows[:, 0], rows[:, -1] = self.cls_id, self.sep_id
             rows[:, 1:-1] = buffer[:full * self.body].reshape(full, self.body)
             rows.tofile(self.file)
+            self.digest.update(rows)
             if self.unk_id is not None:
                 self.unknown_tokens += int(np.count_nonzero(rows[:, 1:-1] == self.unk_id))
             self.num_sequences += full
@@ -269,6 +272,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "num_documents": {s: writers[s].num_documents for s in splits},
         "dropped_tail_tokens": {s: writers[s].dropped_tokens for s in splits},
         "unknown_tokens": {s: writers[s].unknown_tokens for s in splits},
+        "content_digest": {s: writers[s].digest.hexdigest() for s in splits},
         "pack_across_documents": config.pack_across_documents,
         "undecodable_bytes": bad_bytes.count,
         "inputs": {"train": train_files, "valid": valid_files, "valid_fraction": config.valid_fraction},

@@ -526,13 +526,15 @@ def run_identity(config, features, script_name, inputs=None, processes=1):
     fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in MUTABLE_SETTINGS}
     fixed.update(script=script_name, tokenizer_hash=features.meta.get("tokenizer_hash"),
                  max_seq_len=features.max_seq_len, vocab_size=features.vocab_size,
-                 train_sequences=features.meta.get("num_sequences", {}).get("train"), processes=processes,
+                 train_sequences=features.meta.get("num_sequences", {}).get("train"),
+                 train_sequences_digest=features.meta.get("content_digest", {}).get("train"), processes=processes,
                  **(inputs or {}))
     return fixed
 
 
 DIGESTS = {  # identity keys that are digests of inputs -> (the field that gave the input, what it is)
     "tokenizer_hash": ("features_dir", "the features' tokenizer"),
+    "train_sequences_digest": ("features_dir", "the features' training sequences (rebuilt from other text?)"),
     "generator_weights": ("generator_dir", "the generator's weights"),
     "init_discriminator_weights": ("init_from", "the discriminator weights"),
     "init_generator_weights": ("init_from", "the generator weights")}
@@ -550,7 +552,7 @@ def parameter_count(model, trainable_only=False):
 
 
 # identity keys that runs started by earlier versions did not record: not compared when missing
-LATER_KEYS = ("train_sequences", "processes")
+LATER_KEYS = ("train_sequences", "processes", "train_sequences_digest")
 
 
 def holds_a_run(out_dir):

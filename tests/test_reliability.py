@@ -583,6 +583,36 @@ def test_resume_refuses_other_features_and_another_process_count(bpe_feat, bpe_t
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
 
 
+def test_resume_refuses_features_rebuilt_from_other_text_of_the_same_size(bpe_tok, tmp_path):
+    """Features rebuilt in place from other text with the same tokenizer and the same number of training
+    sequences passed every check; meta.json's content digest of the rows tells them apart."""
+    from conftest import SAMPLE, build_features
+    from io_utils import SpanElectraError
+    lines = [line for line in (SAMPLE / "train.tokens").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.strip().startswith("=")]
+    first, second = "\n".join(lines[:150]), "\n".join(lines[150:300])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(f"{first}\n\n{second}\n", encoding="utf-8")
+    build = dict(train_input=str(corpus), valid_input="", max_seq_len=32, doc_boundary="blank_line")
+    feat, meta = build_features(bpe_tok, tmp_path / "feat", **build)
+    run = tmp_path / "run"
+    trainMLM_SpanElectra.main(gen_config(feat, run, max_steps=2, save_every=2, train_batch_size=4))
+    corpus.write_text(f"{second}\n\n{first}\n", encoding="utf-8")  # the same documents, in another order
+    shutil.rmtree(feat)
+    _, rebuilt = build_features(bpe_tok, tmp_path / "feat", **build)
+    assert rebuilt["num_sequences"] == meta["num_sequences"] and rebuilt["tokenizer_hash"] == meta["tokenizer_hash"]
+    assert rebuilt["content_digest"]["train"] != meta["content_digest"]["train"]
+    with pytest.raises(SpanElectraError, match=r"^features_dir: the features' training sequences \(rebuilt from "
+                                               r"other text\?\) changed since the run"):
+        trainMLM_SpanElectra.main(gen_config(feat, run, max_steps=4, save_every=2, train_batch_size=4,
+                                             resume_from="latest"))
+    corpus.write_text(f"{first}\n\n{second}\n", encoding="utf-8")  # put back: the same rows, the same digest
+    shutil.rmtree(feat)
+    build_features(bpe_tok, tmp_path / "feat", **build)
+    trainMLM_SpanElectra.main(gen_config(feat, run, max_steps=4, save_every=2, train_batch_size=4, resume_from="latest"))
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
 def test_sigterm_stops_a_run_as_ctrl_c_does(bpe_feat, tmp_path):
     """`timeout` and schedulers send SIGTERM to every process of a run, the batch worker's too: exit
     143, the checkpoint to continue from, the lock released, no torch 'worker killed' traceback."""
