@@ -19,7 +19,7 @@ import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from argument import checked_config, convert_args, run_main, save_config
-from io_utils import SpanElectraError, atomic_write_json, make_out_dir, read_json
+from io_utils import SpanElectraError, atomic_write_json, make_out_dir, read_json, remove_paths
 from modelling_span_electra import SpanElectraDiscriminator, SpanElectraGenerator, save_discriminator, save_generator
 from tf_checkpoint import TFCheckpoint
 from tokenization import SE_TOKENIZER_FILE, SPECIAL_TOKENS, save_transformers_tokenizer, wordpiece_from_vocab
@@ -218,6 +218,9 @@ def main(config: convert_args = None):
     if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1):
         raise SpanElectraError(f"config_file: max_seq_length {seq_len!r} is not a positive whole number; give the "
                                "length the model was pre-trained on (ELECTRA: 128), or leave it out")
+    previous = os.path.join(config.out_dir, "conversion.json")
+    if os.path.isfile(previous):  # an earlier conversion's: its generator must not end up beside this discriminator
+        remove_paths([previous, os.path.join(config.out_dir, "generator")])  # (killed mid-way, or none in this one)
     with tempfile.TemporaryDirectory() as tok_dir:
         save_wordpiece_tokenizer(tok, vocab_file, lowercase, tok_dir)
         disc = SpanElectraDiscriminator(disc_config, use_all_token=True, use_span_head=False, core=models_["disc"])

@@ -289,3 +289,21 @@ def test_a_relative_checkpoint_name_is_read_in_its_folder(tmp_path, monkeypatch)
     assert tf_checkpoint.resolve_prefix(str(folder)) == str(folder / "model.ckpt-3")
     (folder / "checkpoint").write_text('model_checkpoint_path: "/their/machine/model.ckpt-3"\n', encoding="utf-8")
     assert tf_checkpoint.resolve_prefix(str(folder)) == str(folder / "model.ckpt-3")
+
+
+def test_a_conversion_cut_short_leaves_no_earlier_generator_beside_the_new_discriminator(tmp_path, monkeypatch):
+    """out_dir's discriminator/ is written before generator/: a conversion of another checkpoint killed between
+    the two (or one holding no generator) left the earlier conversion's generator beside the new discriminator,
+    and the explorer paired them."""
+    out = tmp_path / "electra"
+    args = dict(checkpoint=str(FIXTURE), out_dir=str(out), config_file=str(FIXTURE / "hparams.json"))
+    convert.main(argument.convert_args(**args))
+    assert (out / "generator" / "config.json").is_file() and (out / "conversion.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(convert, "save_generator", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert.main(argument.convert_args(**args))
+    assert (out / "discriminator" / "config.json").is_file()
+    assert not (out / "generator").exists() and not (out / "conversion.json").exists()
