@@ -105,8 +105,21 @@ def section_name(config):
 
 
 # ---------------------------------------------------------------- FLOPs of one step of each recipe
+def math_attention():
+    """SDPA held to its math kernel (torch >= 2.3; older ones have no fused CPU kernel to avoid)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def count_flops(fn):
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of fn by FlopCounterMode, attention through SDPA's math kernel: the counter has no formula for
+    the CPU's fused kernel (aten._scaled_dot_product_flash_attention_for_cpu), which SDPA picks where no
+    dropout is applied, so an eval-mode forward (two-stage's frozen generator) counted 0 for its attention.
+    The math kernel's matmuls give the same FLOPs as the fused kernels the training step runs."""
+    with math_attention(), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
