@@ -297,6 +297,8 @@ class TrainingConfig(Config):
     gen_hidden_size: Optional[int] = _help("override the generator's hidden size", default=None)
     gen_num_attention_heads: Optional[int] = _help("override the generator's attention heads", default=None)
     gen_intermediate_size: Optional[int] = _help("override the generator's FFN size", default=None)
+    gen_initializer_range: Optional[float] = _help("override the generator's initial weight std (the tiny preset's "
+                                                   "64-wide generator: 0.05; otherwise ELECTRA's 0.02)", default=None)
     use_sbo: bool = _help("train the generator's span-boundary objective", default=True)
     init_from: Optional[str] = _help("start from pre-trained weights: a training out_dir, convert_tf_checkpoint.py's "
                                      "out_dir, or transformers ELECTRA folders (generator/ and discriminator/, or "
@@ -334,14 +336,17 @@ class TrainingConfig(Config):
         check_range(self, "learning_rate", 0, 1, low_open=True)
         check_range(self, "warmup_fraction", 0, 1)
         for name in self.model_overrides():
-            check_range(self, name, low=1)
+            if name != "gen_initializer_range":
+                check_range(self, name, low=1)
+        if self.gen_initializer_range is not None:
+            check_range(self, "gen_initializer_range", 0, 1, low_open=True)
         check_device(self)
         if not self.out_dir:
             _fail("out_dir", "no folder given")
 
     def model_overrides(self):
         names = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size")
+                 "gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size", "gen_initializer_range")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
@@ -385,7 +390,7 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
         if not (self.use_all_token or self.use_span_head):
             _fail("use_span_head", "with use_all_token false the discriminator needs the span head")
         if self.mode == "two_stage":
-            for name in ("gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size"):
+            for name in ("gen_hidden_size", "gen_num_attention_heads", "gen_intermediate_size", "gen_initializer_range"):
                 if getattr(self, name) is not None:  # it would be silently ignored
                     _fail(name, "two-stage trains against --generator_dir's saved generator, whose size is its own; "
                           f"drop --{name} (it sizes the generator of --mode joint and of trainMLM_SpanElectra.py)")

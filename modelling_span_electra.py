@@ -123,6 +123,12 @@ class SpanElectraGenerator(nn.Module):
         return masked_mean(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none"),
                            weights.flatten())
 
+    def sampling_logits(self, input_ids, masked_lm_positions, attention_mask=None, **unused):
+        """The MLM head's logits at the prediction slots alone, [B, P, V]: all that sampling replacements needs
+        (two-stage's frozen generator: no losses, no span-boundary head over the vocabulary)."""
+        hidden = encode(self.mlm.electra, input_ids, attention_mask)
+        return self.decode(gather_slots(hidden, masked_lm_positions)).float()
+
     def forward(self, input_ids, masked_lm_positions, masked_lm_ids, masked_lm_weights, span_position,
                 boundary_left, boundary_right, attention_mask=None, inputs_embeds=None, **unused):
         hidden = encode(self.mlm.electra, input_ids, attention_mask, inputs_embeds)
@@ -300,7 +306,7 @@ class SpanElectraTwoStage(nn.Module):
 
     def forward(self, batch, sample_rng=None, temperature=1.0):
         with torch.no_grad():
-            gen_out = self.frozen[0](**batch)
+            gen_out = {"logits": self.frozen[0].sampling_logits(**batch)}
         corrupted, replaced = corrupt(batch, gen_out, sample_rng, temperature, self.sample_vocab_size)
         disc_out = self.discriminator(**discriminator_inputs(batch, corrupted, replaced))
         return None, disc_out, replaced

@@ -186,7 +186,8 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
     if recipe["kind"] == "mlm":  # BERT: a masked LM as large as the discriminator
         _, disc = electra_configs(scale["model_size"], paths["vocab"], 128)
         sizes["overrides"] = dict(gen_hidden_size=disc.hidden_size, gen_num_attention_heads=disc.num_attention_heads,
-                                  gen_intermediate_size=disc.intermediate_size)
+                                  gen_intermediate_size=disc.intermediate_size,
+                                  gen_initializer_range=disc.initializer_range)  # the discriminators' init too
         flops = step_flops("mlm", recipe, sizes, scale["batch"])
         steps = max(1, round(budget / flops))
         model_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
