@@ -620,7 +620,8 @@ def markdown_table(rows, tasks):
     for row in rows:
         tokens, accuracy, auc = pretraining_cells(row)
         cells = [row["label"], f"{row['tflops']:.1f}", tokens, f"{row['seconds'] / 60:.1f} min", accuracy, auc]
-        cells += [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) for n in names]
+        cells += [summary_cell(row["metrics"][n]["results"], row["metrics"][n]["key"]) + seed_medians(row, n)
+                  for n in names]
         if probed:
             cells += [probe_cell(row["probe"][n]["results"], row["probe"][n]["key"]) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
@@ -629,6 +630,17 @@ def markdown_table(rows, tasks):
         lines.append("| " + " | ".join(["majority class (no learning)", "", "", "", "", ""] + baseline +
                                        [""] * (len(names) if probed else 0)) + " |")
     return "\n".join(lines)
+
+
+def seed_medians(row, task):
+    """For a row pooled over pre-training seeds, each seed's own median after the pooled cell ('; by seed
+    0.712 / 0.608'): the pooled median and range mix the spread between pre-trained models with the spread
+    between fine-tuning seeds, and two seeds that disagree can pool to a median no run reached."""
+    seed_rows = row.get("seed_rows")
+    if not seed_rows or not all("metrics" in r for r in seed_rows):
+        return ""
+    key = row["metrics"][task]["key"]
+    return "; by seed " + " / ".join(f"{r['metrics'][task]['results'][key]:.3f}" for r in seed_rows)
 
 
 def majority_cells(rows, names):

@@ -465,6 +465,9 @@ def test_pretraining_seeds_each_pretrain_once_and_the_table_pools_them(tmp_path,
     table = results_md.read_text(encoding="utf-8")
     # mlm's four runs: 0.71, 0.72 (seed 42) and 0.61, 0.62 (seed 43)
     assert "| MLM only (BERT-style), 2 pre-training seeds |" in table and "0.665 [0.610, 0.720]" in table
+    # the pooled 0.665 is a median no run reached: each pre-trained model's own median stands beside it
+    assert "0.665 [0.610, 0.720]; by seed 0.715 / 0.615 |" in table
+    assert "0.515 [0.510, 0.520] |" in table  # random init is pre-trained once: nothing to split
     assert "| random init |" in table and "0.515 [0.510, 0.520]" in table
     assert "pre-training seeds 42,43 (pooled)" in table
     run("42,43,44")
