@@ -164,7 +164,8 @@ def write_split(batches, tokenizer, segmenter, writers, route, num_workers, prog
 
 
 # ---------------------------------------------------------------- main
-BUNDLED_SAMPLES = os.path.join(ROOT, "data")  # data/sample and data/sample_vi: the README's demo corpora
+BUNDLED_SAMPLES = tuple(os.path.join(ROOT, "data", name) for name in ("sample", "sample_vi"))  # the README's demo
+# corpora; a corpus of the user's own placed elsewhere under data/ is not one of them
 
 
 def warn_bundled_valid(train_files, valid_files):
@@ -172,8 +173,8 @@ def warn_bundled_valid(train_files, valid_files):
     another corpus: warn when the valid files are bundled samples the training text does not come from."""
     def sample_folder(path):
         real = os.path.realpath(path)
-        inside = real.startswith(os.path.realpath(BUNDLED_SAMPLES) + os.sep)
-        return os.path.dirname(real) if inside else None
+        return next((folder for folder in map(os.path.realpath, BUNDLED_SAMPLES)
+                     if real.startswith(folder + os.sep)), None)
     bundled = sorted({sample_folder(f) for f in valid_files} - {None})
     foreign = [f for f in train_files if sample_folder(f) not in bundled]
     if bundled and foreign:
