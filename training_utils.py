@@ -472,7 +472,15 @@ def resume_training_state(config, model, optimizer, scheduler):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint of another model (other sizes or vocabulary)
-        raise SpanElectraError(f"resume_from: '{config.resume_from}' does not fit this model ({first_line(e)[:160]}); "
+        saved = state["model"] if isinstance(state.get("model"), dict) else {}
+        if "position_delta" in model.state_dict() and saved and "position_delta" not in saved:
+            raise SpanElectraError(f"resume_from: '{config.resume_from}' was written by a version whose "
+                                   "--gradient_disentangled kept no position delta (the position table is now "
+                                   "disentangled too), so it cannot be resumed with this one; finish the run with the "
+                                   "version that started it, or start over with --overwrite_output_dir") from None
+        lines = str(e).strip().split("\n")  # load_state_dict's first line only says that there are errors
+        reason = lines[1].strip() if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise SpanElectraError(f"resume_from: '{config.resume_from}' does not fit this model ({reason[:160]}); "
                                "resume with the settings and features it was trained with") from None
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
@@ -594,9 +602,9 @@ def check_run(config, identity):
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds a {saved['fixed'].get('script')} run, not a "
                                    f"{identity.get('script')} one; give this run its own --out_dir")
         for key in sorted(set(identity) | set(saved["fixed"])):
-            if key in LATER_KEYS and key not in saved["fixed"]:
-                continue
             old, new = saved["fixed"].get(key), identity.get(key)
+            if key in LATER_KEYS and (old is None or new is None):  # not recorded (an earlier version's run or
+                continue                                            # features): nothing to compare
             if old != new:
                 raise SpanElectraError(changed_input_message(key, old, new, config.out_dir))
         return saved["run_id"]
