@@ -479,7 +479,10 @@ def check_data_identity(config, scale):
     path, wanted = os.path.join(config.out_dir, DATA_FILE), data_identity(config, scale)
     if os.path.isfile(path):
         held = read_json(path, "give a new --out_dir, or remove it to start over", "out_dir")
-        changed = [f"{k} {held.get(k)!r} -> {v!r}" for k, v in wanted.items() if held.get(k) != v]
+        unset = {"pack_across_documents": False}  # named in the identity only when set (see data_identity)
+        keys = list(wanted) + [k for k in held if k not in wanted]  # a flag dropped since is a change too
+        changed = [f"{k} {held.get(k, unset.get(k))!r} -> {wanted.get(k, unset.get(k))!r}" for k in keys
+                   if held.get(k, unset.get(k)) != wanted.get(k, unset.get(k))]
         if changed:
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds the vocabulary and features of another corpus "
                                    f"or setting ({'; '.join(changed)}); give a new --out_dir, or remove it to start over")
