@@ -141,7 +141,9 @@ def main(config: SE_trainingConfig = None):
     model.train()
     speed, sums = tu.Throughput(), tu.MetricSums()
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
-    best_auc, valid_rows = tu.collapse_history(config.out_dir) if step else (0.0, [])
+    # best_auc: the best learned_auc so far; learned_before: the best before the last evaluation, what the next
+    # one's check compares with (learning seen only after the first of two evaluations at chance does not count)
+    best_auc, learned_before, valid_rows = tu.collapse_history(config.out_dir) if step else (0.0, 0.0, [])
     warned_collapse = False
     bar = tqdm(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
     while step < config.max_steps:
@@ -174,12 +176,13 @@ def main(config: SE_trainingConfig = None):
                         "%.3f, recall %.3f", step, row["rtd_loss"], row["rtd_base_loss"], row["disc_auc"],
                         row["disc_accuracy"], row["disc_precision"], row["disc_recall"])
             valid_rows = valid_rows[-1:] + [row]
-            if tu.fell_to_chance(best_auc, valid_rows) and not warned_collapse:
+            if tu.fell_to_chance(learned_before, valid_rows) and not warned_collapse:
                 warned_collapse = True
                 logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, and %.3f at the evaluation "
                                "before, down from %.3f earlier in the run; rtd_loss at the base rate): it has collapsed and will not "
                                "recover; train again with a lower --learning_rate, a longer --warmup_fraction or "
-                               "another --seed", step, row["disc_auc"], valid_rows[0]["disc_auc"], best_auc)
+                               "another --seed", step, row["disc_auc"], valid_rows[0]["disc_auc"], learned_before)
+            learned_before = best_auc
             best_auc = max(best_auc, tu.learned_auc(row))
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             with speed.paused():

@@ -970,11 +970,15 @@ def learned_auc(row):
 
 def collapse_history(out_dir):
     """What a resumed run's collapse check needs from its metrics.jsonl: the best learned_auc so far (0 for a
-    fresh run) and its last valid row, as a list (empty before the first evaluation)."""
+    fresh run), the best over the rows before its last valid row (what the next evaluation's check compares
+    with: learning seen only after the first of two evaluations at chance does not count, as in collapsed)
+    and that last valid row, as a list (empty before the first evaluation)."""
     path = os.path.join(out_dir, "metrics.jsonl")
     rows = read_metrics(path) if os.path.isfile(path) else []
-    valid = [r for r in rows if r.get("split") == "valid" and "disc_auc" in r]
-    return max(map(learned_auc, rows), default=0.0), valid[-1:]
+    valid = [i for i, r in enumerate(rows) if r.get("split") == "valid" and "disc_auc" in r]
+    before = rows[:valid[-1]] if valid else rows
+    return (max(map(learned_auc, rows), default=0.0), max(map(learned_auc, before), default=0.0),
+            [rows[i] for i in valid[-1:]])
 
 
 def fell_to_chance(best_auc, valid_rows):

@@ -352,7 +352,7 @@ def test_a_discriminator_at_chance_is_named_once(bpe_feat, tmp_path, monkeypatch
     assert all(r["replaced_tokens"] > 0 for r in logged)
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "metrics.jsonl").write_text("\n".join(map(json.dumps, [noisy, train, valid, train])) + "\n")
-    assert tu.collapse_history(tmp_path / "log") == (0.78, [valid])
+    assert tu.collapse_history(tmp_path / "log") == (0.78, 0.78, [valid])
 
 
 def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator, bpe_feat, tmp_path):
