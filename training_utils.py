@@ -694,10 +694,13 @@ class OutDirLock:
         created empty and filled after would look damaged, so stale, to a process starting at that instant,
         and both would run."""
         for stale in glob.glob(glob.escape(self.path) + ".tmp-*") + glob.glob(glob.escape(self.path) + ".stale-*"):
-            if not pid_alive(stale.rsplit("-", 1)[1]):  # what a process killed right here left
+            host, _, pid = stale.split(".tmp-" if ".tmp-" in os.path.basename(stale) else ".stale-", 1)[1].rpartition("-")
+            # what a process of this host killed right here left; another host's pids cannot be checked from here
+            # (out_dir on a shared file system), and its temporary file may be in use at this moment
+            if host in ("", me["host"]) and not pid_alive(pid):
                 with contextlib.suppress(OSError):
                     os.remove(stale)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
+        tmp = f"{self.path}.tmp-{me['host']}-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(me, f)
         try:
@@ -709,12 +712,13 @@ class OutDirLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
         finally:
-            os.remove(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
     def _take_over(self, stale_owner):
         """Remove a dead process's lock, unless another process took it over first: the lock is moved
         aside, and put back when it turns out to be that process's."""
-        aside = f"{self.path}.stale-{os.getpid()}"
+        aside = f"{self.path}.stale-{socket.gethostname()}-{os.getpid()}"
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
@@ -727,7 +731,8 @@ class OutDirLock:
         if moved != stale_owner:
             with contextlib.suppress(OSError):
                 os.link(aside, self.path)
-        os.remove(aside)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(aside)
 
     def owner(self):
         try:

@@ -32,3 +32,24 @@ def test_training_warns_only_where_the_comparison_marks_a_collapse(bpe_feat, tmp
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert not tu.collapsed([r for r in rows if "event" not in r])
     assert [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()] == []
+
+
+def test_a_lock_temp_file_of_another_host_is_left_alone_and_a_vanished_one_does_not_crash(tmp_path, monkeypatch):
+    """out_dir on a file system two hosts share: a .lock.tmp file another host's starting run just wrote holds a
+    pid this host cannot see, so it must not be removed as a leftover; and where it vanished before the link,
+    the run still takes the lock (before: FileNotFoundError out of acquire, the lock left behind)."""
+    lock = tu.OutDirLock(str(tmp_path))
+    other = tmp_path / f".lock.tmp-another-host-{os.getpid()}9"  # the other host's pid is dead here
+    other.write_text('{"host": "another-host", "pid": 1}')
+    mine = tmp_path / f".lock.stale-{socket.gethostname()}-{os.getpid()}9"  # this host's, its process gone
+    mine.write_text("{}")
+    real_link = os.link
+    def link_after_cleanup(src, dst):  # what the other host's cleanup of our temp file did meanwhile
+        os.remove(src)
+        return real_link(src, dst)
+    monkeypatch.setattr(os, "link", link_after_cleanup)
+    lock.acquire()
+    assert other.exists()
+    assert lock.owner() == {"host": socket.gethostname(), "pid": os.getpid()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", other.name]
+    lock.release()
