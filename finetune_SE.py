@@ -623,8 +623,10 @@ def warn_unknown_share(encoded, tokenizer, split="train"):
     unk = tokenizer.unk_token_id
     if unk is None or not len(encoded["lengths"]):
         return
-    real = np.arange(encoded["input_ids"].shape[1])[None, :] < encoded["lengths"][:, None]
-    share = ((encoded["input_ids"] == unk) & real).sum() / max(int(encoded["lengths"].sum()), 1)
+    ids = encoded["input_ids"]
+    real = np.arange(ids.shape[1])[None, :] < encoded["lengths"][:, None]
+    real &= ~np.isin(ids, [i for i in (getattr(tokenizer, "all_special_ids", None) or []) if i != unk])  # text only,
+    share = ((ids == unk) & real).sum() / max(int(real.sum()), 1)  # as process.py counts: [CLS]/[SEP] left out
     if share > UNKNOWN_WARNING:
         logger.warning("%.0f%% of the task's %s tokens are [UNK]: the model's vocabulary does not cover this text "
                        "(another language or script?); fine-tune a model pre-trained on text like it", 100 * share,
