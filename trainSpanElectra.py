@@ -179,9 +179,10 @@ def main(config: SE_trainingConfig = None):
             if tu.fell_to_chance(learned_before, valid_rows) and not warned_collapse:
                 warned_collapse = True
                 logger.warning("step %d: the discriminator is at chance (valid disc_auc %.3f, and %.3f at the evaluation "
-                               "before, down from %.3f earlier in the run; rtd_loss at the base rate): it has collapsed and will not "
-                               "recover; train again with a lower --learning_rate, a longer --warmup_fraction or "
-                               "another --seed", step, row["disc_auc"], valid_rows[0]["disc_auc"], learned_before)
+                               "before, down from %.3f earlier in the run; rtd_loss at the base rate): it has collapsed "
+                               "and will not recover; train again with a lower --learning_rate, a longer "
+                               "--warmup_fraction or another --seed", step, row["disc_auc"], valid_rows[0]["disc_auc"],
+                               learned_before)
             learned_before = best_auc
             best_auc = max(best_auc, tu.learned_auc(row))
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
