@@ -218,9 +218,10 @@ def main(config: convert_args = None):
     if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1):
         raise SpanElectraError(f"config_file: max_seq_length {seq_len!r} is not a positive whole number; give the "
                                "length the model was pre-trained on (ELECTRA: 128), or leave it out")
-    previous = os.path.join(config.out_dir, "conversion.json")
-    if os.path.isfile(previous):  # an earlier conversion's: its generator must not end up beside this discriminator
-        remove_paths([previous, os.path.join(config.out_dir, "generator")])  # (killed mid-way, or none in this one)
+    record = os.path.join(config.out_dir, "conversion.json")
+    if os.path.isfile(record):  # an earlier conversion's: its generator must not end up beside this discriminator
+        remove_paths([record, os.path.join(config.out_dir, "generator")])  # (killed mid-way, or none in this one)
+    atomic_write_json(record, {"checkpoint": ckpt.prefix, "complete": False})  # so even one killed mid-way is known
     with tempfile.TemporaryDirectory() as tok_dir:
         save_wordpiece_tokenizer(tok, vocab_file, lowercase, tok_dir)
         disc = SpanElectraDiscriminator(disc_config, use_all_token=True, use_span_head=False, core=models_["disc"])
@@ -231,7 +232,7 @@ def main(config: convert_args = None):
     summary = {"checkpoint": ckpt.prefix, "mapped": len(mapped), "skipped": len(skipped), "unmapped": unmapped,
                "discriminator": disc_config.to_diff_dict(), "generator": gen_config.to_diff_dict() if gen_config else None,
                "lowercase": lowercase}
-    atomic_write_json(os.path.join(config.out_dir, "conversion.json"), summary)
+    atomic_write_json(record, {**summary, "complete": True})
     save_config(config, config.out_dir, "convert_tf_checkpoint")
     logger.info("%d tensors mapped, %d optimizer tensors skipped, %d unmapped%s", len(mapped), len(skipped),
                 len(unmapped), (": " + ", ".join(unmapped)) if unmapped else "")

@@ -306,4 +306,8 @@ def test_a_conversion_cut_short_leaves_no_earlier_generator_beside_the_new_discr
     with pytest.raises(KeyboardInterrupt):
         convert.main(argument.convert_args(**args))
     assert (out / "discriminator" / "config.json").is_file()
-    assert not (out / "generator").exists() and not (out / "conversion.json").exists()
+    assert not (out / "generator").exists()
+    assert read_json(out / "conversion.json") == {"checkpoint": str(FIXTURE / "model.ckpt-3"), "complete": False}
+    monkeypatch.undo()
+    convert.main(argument.convert_args(**args))  # the next conversion writes the pair whole
+    assert (out / "generator" / "config.json").is_file() and read_json(out / "conversion.json")["complete"] is True
