@@ -751,7 +751,19 @@ def checked_config(config, config_cls):
         setattr(config, f.name, _coerce(getattr(config, f.name), f.name, hints[f.name], "given to main()"))
     if hasattr(config, "seed"):  # numpy and torch take seeds in [0, 2**32)
         check_range(config, "seed", low=0, high=MAX_SEED)
+    find_bundled_data(config)
     return config
+
+
+def find_bundled_data(config):
+    """A field left at a default under the repo's data/ (the bundled samples) finds it from any working folder:
+    `python ~/SpanElectra/process.py --train_input MY_TEXT` run elsewhere read 'data/sample/valid.tokens' there."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, str) and value == f.default and value.startswith("data/") and not os.path.exists(value):
+            bundled = os.path.join(ROOT, value)
+            if os.path.exists(bundled):
+                setattr(config, f.name, bundled)
 
 
 MAX_SEED = 2**32 - 1

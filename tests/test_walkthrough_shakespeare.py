@@ -90,3 +90,16 @@ def test_compare_packs_across_documents_when_asked(tmp_path, monkeypatch):
     with pytest.raises(Built) as features:
         cp.prepare_data(packed, scale)
     assert features.value.args[0].pack_across_documents is True
+
+
+def test_the_bundled_valid_default_is_found_from_another_folder(bpe_tok, tmp_path, monkeypatch):
+    """`python ~/SpanElectra/process.py --train_input MY_TEXT` run outside the checkout read valid_input's
+    default, 'data/sample/valid.tokens', relative to that folder and stopped; it now finds the bundled file."""
+    import argument
+    import process
+    corpus = shakespeare_like(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    meta = process.main(argument.feature_args(tokenizer_dir=str(bpe_tok), train_input=str(corpus), out_dir="feat",
+                                              max_seq_len=32))
+    assert meta["inputs"]["valid"] == [str(SAMPLE / "valid.tokens")] and meta["num_sequences"]["valid"] > 0
+    assert (tmp_path / "feat" / "meta.json").is_file()
