@@ -238,3 +238,17 @@ def converted(tmp_path_factory):
     convert_tf_checkpoint.main(argument.convert_args(checkpoint=str(ELECTRA_TF), out_dir=str(out),
                                                      config_file=str(ELECTRA_TF / "hparams.json")))
     return out
+
+
+def joint_batch(vocab=300, length=32):
+    """A joint step's batch of two rows with one 3-token span masked (positions 5-7) and one padded slot."""
+    import torch
+    torch.manual_seed(0)
+    ids = torch.randint(5, vocab, (2, length))
+    positions = torch.tensor([[5, 6, 7, 0]] * 2)
+    batch = {"input_ids": ids.clone(), "original_ids": ids, "masked_lm_positions": positions,
+             "masked_lm_ids": ids.gather(1, positions), "masked_lm_weights": torch.tensor([[1.0, 1, 1, 0]] * 2),
+             "span_position": torch.tensor([[0, 1, 2, 0]] * 2), "boundary_left": torch.full((2, 4), 4),
+             "boundary_right": torch.full((2, 4), 8)}
+    batch["input_ids"][:, 5:8] = 4
+    return batch

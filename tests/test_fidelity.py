@@ -7,19 +7,8 @@ import modelling_span_electra as mse
 import training_utils as tu
 from argument import MaskingArgs
 from io_utils import SpanElectraError
+from conftest import joint_batch
 from masking import max_prediction_slots
-
-
-def joint_batch(vocab=300, length=32):
-    torch.manual_seed(0)
-    ids = torch.randint(5, vocab, (2, length))
-    positions = torch.tensor([[5, 6, 7, 0]] * 2)
-    batch = {"input_ids": ids.clone(), "original_ids": ids, "masked_lm_positions": positions,
-             "masked_lm_ids": ids.gather(1, positions), "masked_lm_weights": torch.tensor([[1.0, 1, 1, 0]] * 2),
-             "span_position": torch.tensor([[0, 1, 2, 0]] * 2), "boundary_left": torch.full((2, 4), 4),
-             "boundary_right": torch.full((2, 4), 8)}
-    batch["input_ids"][:, 5:8] = 4
-    return batch
 
 
 def test_gdes_stops_the_discriminator_gradient_at_the_shared_word_and_position_tables():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, build_features, run_in_process
+from conftest import REPO, assert_one_line_error, build_features, joint_batch, run_in_process
 
 import argument
 import modelling_span_electra as mse
@@ -146,14 +146,7 @@ def test_joint_training_shares_embeddings_and_saves_both(bpe_feat, tmp_path):
 def test_gradient_disentangled_sharing():
     gen_cfg, disc_cfg = mse.electra_configs("tiny", 300, 32, num_hidden_layers=1)
     model = mse.SpanElectraJoint(gen_cfg, disc_cfg, gradient_disentangled=True)
-    ids = torch.randint(5, 300, (2, 32))
-    positions = torch.tensor([[5, 6, 7, 0]] * 2)
-    batch = {"input_ids": ids.clone(), "original_ids": ids, "masked_lm_positions": positions,
-             "masked_lm_ids": ids.gather(1, positions), "masked_lm_weights": torch.tensor([[1.0, 1, 1, 0]] * 2),
-             "span_position": torch.tensor([[0, 1, 2, 0]] * 2), "boundary_left": torch.full((2, 4), 4),
-             "boundary_right": torch.full((2, 4), 8)}
-    batch["input_ids"][:, 5:8] = 4
-    gen_out, disc_out, _ = model(batch)
+    gen_out, disc_out, _ = model(joint_batch())
     disc_out["loss"].backward()  # the discriminator's loss alone
     table = model.discriminator.core.electra.embeddings.word_embeddings.weight
     assert table.grad is None or table.grad.abs().sum() == 0  # no gradient into the shared table
