@@ -340,6 +340,9 @@ class TrainingConfig(Config):
                 check_range(self, name, low=1)
         if self.gen_initializer_range is not None:
             check_range(self, "gen_initializer_range", 0, 1, low_open=True)
+            if self.init_from:  # the generator's weights come from the folder: the std would be silently ignored
+                _fail("gen_initializer_range", "--init_from starts the generator from trained weights, so an initial "
+                      "weight std does nothing; drop --gen_initializer_range, or train from scratch")
         check_device(self)
         if not self.out_dir:
             _fail("out_dir", "no folder given")

@@ -50,10 +50,12 @@ def test_generator_compiled_on_cuda(bpe_feat, tmp_path, compile_step):
 
 
 @pytest.mark.parametrize("mode, compile_step", [("two_stage", False), ("two_stage", True), ("joint", False),
-                                                ("joint", True)])
+                                                ("joint", True), ("joint_disentangled", True)])
 def test_discriminator_trains_on_cuda(bpe_feat, gpu_generator, tmp_path, mode, compile_step):
+    disentangled = mode == "joint_disentangled"  # DeBERTaV3's sharing: word and position deltas in the step
     disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
-        features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode=mode, generator_dir=gpu_generator[1],
+        features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode="joint" if disentangled else mode,
+        generator_dir=None if disentangled else gpu_generator[1], gradient_disentangled=disentangled,
         **{**FEW_STEPS, "compile": compile_step}))
     row = valid_rows(tmp_path)[-1]
     assert 0 <= row["disc_auc"] <= 1 and row["rtd_loss"] > 0
@@ -97,7 +99,7 @@ def test_training_steps_never_wait_for_the_gpu(bpe_feat, tmp_path, compile_step)
     assert run(8) == run(16)
 
 
-@pytest.mark.parametrize("script", ["generator", "joint", "two_stage"])
+@pytest.mark.parametrize("script", ["generator", "joint", "two_stage", "joint_disentangled"])
 def test_compiled_steps_replay_as_cuda_graphs(bpe_feat, gpu_generator, tmp_path, script):
     """--compile on one GPU must run the step as CUDA graphs: Inductor skips them (with a warning) for a
     CPU tensor, a mutated input or a dynamic shape in the step, and the step is then launched kernel by
@@ -107,6 +109,8 @@ def test_compiled_steps_replay_as_cuda_graphs(bpe_feat, gpu_generator, tmp_path,
     settings = dict(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), **{**FEW_STEPS, "compile": True})
     if script == "generator":
         trainMLM_SpanElectra.main(argument.MLM_trainingConfig(**settings))
+    elif script == "joint_disentangled":  # the position delta's slice of the live table must not skip them
+        trainSpanElectra.main(argument.SE_trainingConfig(mode="joint", gradient_disentangled=True, **settings))
     else:
         trainSpanElectra.main(argument.SE_trainingConfig(mode=script, generator_dir=gpu_generator[1], **settings))
     assert counters["inductor"]["cudagraph_skips"] == 0
