@@ -603,8 +603,8 @@ def check_run(config, identity):
                                    f"{identity.get('script')} one; give this run its own --out_dir")
         for key in sorted(set(identity) | set(saved["fixed"])):
             old, new = saved["fixed"].get(key), identity.get(key)
-            if key in LATER_KEYS and (old is None or new is None):  # not recorded (an earlier version's run or
-                continue                                            # features): nothing to compare
+            if key in LATER_KEYS and old is None:  # not recorded (an earlier version's run, or features built
+                continue                           # before the key existed): nothing to compare it with
             if old != new:
                 raise SpanElectraError(changed_input_message(key, old, new, config.out_dir))
         return saved["run_id"]
