@@ -13,6 +13,7 @@ import logging
 import lzma
 import os
 import shutil
+import socket
 import tempfile
 
 logger = logging.getLogger("span_electra")
@@ -193,19 +194,33 @@ def pid_alive(pid):
     return True
 
 
+def process_tag():
+    """'HOST-PID': what names a leftover after the process that made it (see left_by_ended_process)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def left_by_ended_process(tag):
+    """For a leftover named after the process that made it (process_tag, or a bare PID: build folders, and
+    lock files from before hosts were named): True when that process ran on this machine and has ended.
+    Another host's cannot be checked from here (an out_dir on a shared file system) and may be in use, so
+    it is kept; a name without a process id (older versions) always counts as ended."""
+    host, _, pid = tag.rpartition("-")
+    return host in ("", socket.gethostname()) and not (pid.isdigit() and pid_alive(pid))
+
+
 def remove_stale_builds(directory):
     """Remove the temporary folders (.NAME.tmp-PID-*, .NAME.old-PID) that builds of `directory` killed
     before they could clean up (SIGKILL, a lost machine) left beside it: a whole corpus's features can
-    sit there. A build whose process still runs keeps its own; names without a process id (older
-    versions) are always stale."""
+    sit there. A build whose process still runs keeps its own (see left_by_ended_process)."""
     directory = os.path.abspath(directory)
     parent, base = os.path.dirname(directory), os.path.basename(directory)
     for kind in ("tmp", "old"):
         for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.{kind}-*")):
-            pid = stale.rsplit(f".{kind}-", 1)[1].split("-")[0]
-            if pid.isdigit() and pid_alive(pid):
-                continue
-            shutil.rmtree(stale, ignore_errors=True)
+            tag = stale.rsplit(f".{kind}-", 1)[1]
+            if kind == "tmp":
+                tag = tag.split("-")[0]  # the PID, before mkdtemp's random suffix
+            if left_by_ended_process(tag):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def new_build_dir(directory):

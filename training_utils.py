@@ -22,7 +22,8 @@ import torch
 
 from argument import save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, first_line, lies_within, list_checkpoints,
-                      make_out_dir, pid_alive, read_json, remove_paths, storage_reason)
+                      left_by_ended_process, make_out_dir, pid_alive, process_tag, read_json, remove_paths,
+                      storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -693,14 +694,12 @@ class OutDirLock:
         """The lock file, created with its content in one step (FileExistsError when there is one): a lock
         created empty and filled after would look damaged, so stale, to a process starting at that instant,
         and both would run."""
-        for stale in glob.glob(glob.escape(self.path) + ".tmp-*") + glob.glob(glob.escape(self.path) + ".stale-*"):
-            host, _, pid = stale.split(".tmp-" if ".tmp-" in os.path.basename(stale) else ".stale-", 1)[1].rpartition("-")
-            # what a process of this host killed right here left; another host's pids cannot be checked from here
-            # (out_dir on a shared file system), and its temporary file may be in use at this moment
-            if host in ("", me["host"]) and not pid_alive(pid):
-                with contextlib.suppress(OSError):
-                    os.remove(stale)
-        tmp = f"{self.path}.tmp-{me['host']}-{os.getpid()}"
+        for kind in (".tmp-", ".stale-"):  # what a process killed right here left
+            for stale in glob.glob(glob.escape(self.path) + kind + "*"):
+                if left_by_ended_process(stale.rsplit(kind, 1)[1]):
+                    with contextlib.suppress(OSError):
+                        os.remove(stale)
+        tmp = f"{self.path}.tmp-{process_tag()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(me, f)
         try:
@@ -718,7 +717,7 @@ class OutDirLock:
     def _take_over(self, stale_owner):
         """Remove a dead process's lock, unless another process took it over first: the lock is moved
         aside, and put back when it turns out to be that process's."""
-        aside = f"{self.path}.stale-{socket.gethostname()}-{os.getpid()}"
+        aside = f"{self.path}.stale-{process_tag()}"
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
@@ -850,7 +849,8 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(rows))  # killed mid-way, the rows before the checkpoint stay
 
     def rows(self):
-        return read_metrics(self.path)
+        """The rows logged so far ([] before the first)."""
+        return read_metrics(self.path) if os.path.exists(self.path) else []
 
     def write_done(self, step, model, runtime):
         """The closing row: how many processes ran and whether they ended with equal weights (once:
@@ -862,7 +862,7 @@ class MetricsLog:
         self.write({"step": step, "event": "done", "processes": runtime.world_size, "ranks_in_sync": in_sync})
 
     def last_row(self):
-        rows = self.rows() if os.path.exists(self.path) else []
+        rows = self.rows()
         return rows[-1] if rows else {}
 
     def write(self, row):
