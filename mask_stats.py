@@ -9,7 +9,7 @@ import numpy as np
 
 from argument import checked_config, mask_stats_args, run_main
 from features import PretrainingFeatures
-from masking import masking_stats, max_prediction_slots
+from masking import long_words_warning, masking_stats, max_prediction_slots
 
 
 def main(config: mask_stats_args = None):
@@ -44,6 +44,9 @@ def main(config: mask_stats_args = None):
               f"spans are cut at the {stats['prediction_slots']} prediction slots per sequence "
               "(--max_predictions_per_seq) or the sequences hold too few words for the spans; raise "
               "--max_predictions_per_seq, or lower --max_span_len")
+    long_words = long_words_warning(data[rows[:1024]], masker)
+    if long_words:
+        print(f"warning: {long_words}")
     print(json.dumps(stats))
     return stats
 

@@ -11,6 +11,7 @@ max_prediction_slots tokens, so `prediction_slots` can turn the batch into ELECT
 prediction slots, the shape the training step works on.
 (mask_stats.py masks real sequences with these functions and reports what the settings produce.)
 """
+import functools
 import json
 import logging
 import math
@@ -35,7 +36,8 @@ def word_start_table(tokenizer):
     WordPiece: every piece without the '##' prefix. Byte-level BPE: tokens with a leading space,
     plus (with the default regex pre-tokenizer, which splits punctuation off words) tokens that
     begin with punctuation or whitespace. With word segmentation the pre-tokenizer splits on
-    whitespace only, so a segmented word such as 'Hà_Nội' stays one word.
+    whitespace only, so a segmented word such as 'Hà_Nội' stays one word. In both, a token that
+    begins with a CJK ideograph, kana or CJK punctuation begins a word (see starts_own_word).
     """
     tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)  # transformers -> tokenizers
     spec = json.loads(tokenizer.to_str())
@@ -44,8 +46,11 @@ def word_start_table(tokenizer):
     table = np.zeros(max(vocab.values()) + 1, dtype=bool)
     prefix = model.get("continuing_subword_prefix")
     splits_punctuation = '"use_regex": true' in pre
+    first_char = _byte_level_first_char if '"ByteLevel"' in pre else _first_char
     for token, i in vocab.items():
-        if prefix:
+        if starts_own_word(first_char(token, prefix)):
+            table[i] = True
+        elif prefix:
             table[i] = not token.startswith(prefix)
         elif token.startswith((BYTE_LEVEL_SPACE, SENTENCEPIECE_SPACE)):
             table[i] = True
@@ -55,6 +60,47 @@ def word_start_table(tokenizer):
     for added in spec.get("added_tokens", []):
         table[added["id"]] = True
     return table
+
+
+# Characters that are words by themselves in text written without spaces: BERT's tokenize_chinese_chars
+# ranges (CJK ideographs), plus kana and CJK punctuation. Byte-level BPE would otherwise make a whole
+# unspaced clause one 'word' (10-20 tokens, masked whole), and WordPiece a run of kana.
+OWN_WORD_RANGES = ((0x3000, 0x30FF), (0x31F0, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
+                   (0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF9F), (0x20000, 0x2FA1F))
+
+
+def starts_own_word(char):
+    """True for a character that is a word of its own (OWN_WORD_RANGES); False for '' and the rest."""
+    code = ord(char) if char else -1
+    return any(low <= code <= high for low, high in OWN_WORD_RANGES)
+
+
+def _first_char(token, prefix=None):
+    """The first character of a token's text (after a WordPiece '##' or SentencePiece '▁')."""
+    if prefix and token.startswith(prefix):
+        token = token[len(prefix):]
+    return token.lstrip(SENTENCEPIECE_SPACE)[:1]
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_level_bytes():
+    """Byte-level BPE's character -> byte map (GPT-2's bytes_to_unicode, inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+def _byte_level_first_char(token, prefix=None):
+    """The first character a byte-level token spells ('' when it starts inside a character). A token
+    holding only the first bytes of a character gives the lowest character those bytes can begin."""
+    to_byte = _byte_level_bytes()
+    data = bytes(to_byte.get(c, 0) for c in token[:4])
+    if not data or data[0] == 0x20 or 0x80 <= data[0] < 0xC0:  # a leading space is not the character
+        return ""
+    width = 1 if data[0] < 0x80 else 2 if data[0] < 0xE0 else 3 if data[0] < 0xF0 else 4
+    head = data[:width]
+    return (head + b"\x80" * (width - len(head))).decode("utf-8", errors="replace")[:1]
 
 
 def span_length_distribution(p, max_len):
@@ -205,7 +251,7 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
     limit = budget if max_tokens is None else np.minimum(budget, max_tokens)
     # Where nothing is kept (a budget below one span's overshoot, in short rows or at small ratios, or
     # a first span longer than the slots), keep the first candidate, cut to the words that fit the
-    # budget (at least one).
+    # budget (at least one, itself cut to the budget).
     small = np.flatnonzero(~keep.any(1) & (limit > 0) & valid[np.arange(B), order[:, 0]])
     if len(small):
         c0 = order[small, 0]
@@ -213,6 +259,8 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
         fit = np.maximum(1, _words_that_fit(words, f0, last[small, c0], limit[small], span_lengths.values[-1]))
         last[small, c0] = f0 + fit - 1
         tokens[small, c0] = words["end"][last[small, c0]] - words["start"][f0]
+        # a word longer than the budget (an unspaced Thai clause) is cut to it: none past the slots
+        tokens[small, c0] = np.minimum(tokens[small, c0], limit[small])
         keep[small, 0] = True
     r, k = np.nonzero(keep)
     c = order[r, k]
@@ -271,6 +319,26 @@ def _words(ids, eligible, word_starts):
         run_id = np.cumsum(run_break) - run_break
         run_end = np.flatnonzero(run_break)[run_id] + 1
     return {"start": start, "end": end, "run_end": run_end, "count": np.diff(offset), "offset": offset[:-1]}
+
+
+LONG_WORDS = 4.0  # mean tokens per word above this: a 3.8-word span passes 15 tokens, all of a 64-token row's slots
+
+
+def long_words_warning(ids, masker):
+    """One line when the words of these rows average over LONG_WORDS tokens (text without spaces
+    between words, which whole-word spans would mask clause by clause), else None."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if masker.config.masking != "span" or ids.size == 0:
+        return None
+    eligible = ~masker.is_special[ids]
+    words = int(_words(ids, eligible, masker.word_starts)["count"].sum())
+    per_word = eligible.sum() / max(words, 1)
+    if per_word <= LONG_WORDS:
+        return None
+    return (f"masking: words average {per_word:.1f} tokens here, so whole-word spans of {masker.span_lengths.mean:.1f} "
+            f"words are {per_word * masker.span_lengths.mean:.0f} tokens, whole clauses (text without spaces between "
+            "words: Thai, Lao, Khmer, Burmese); pre-segment the text into space-separated words (e.g. PyThaiNLP's "
+            "word_tokenize for Thai) and make the vocabulary again, or use --masking token")
 
 
 def _empty_spans():

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from argument import ROOT, MaskingArgs, checked_config, feature_args, run_main, save_config
 from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
-from masking import IGNORE_INDEX
+from masking import IGNORE_INDEX, long_words_warning
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
                       make_out_dir, move_files_into, new_build_dir, storage_reason)
 from tokenization import (CLS_ID, SEP_ID, UNKNOWN_WARNING, batched, copy_tokenizer, folder_segmenter,
@@ -279,6 +279,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "inputs": {"train": train_files, "valid": valid_files, "valid_fraction": config.valid_fraction},
         "static_masking": False,
     }
+    _warn_long_words(config, meta, tmp)
     if config.save_static_masks:
         _write_static_masks(config, meta, tmp)
         meta["static_masking"] = True
@@ -305,6 +306,14 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
 
 def _masking_fields():
     return [f.name for f in dataclasses.fields(MaskingArgs)]
+
+
+def _warn_long_words(config, meta, folder, rows=1024):
+    """Warn when the corpus's words are too long for whole-word span masking (measured on its first rows)."""
+    features = PretrainingFeatures(folder, meta=meta)
+    warning = long_words_warning(features.split("train")[:rows], features.masker(config))
+    if warning:
+        logger.warning(warning)
 
 
 def _write_static_masks(config, meta, folder):
