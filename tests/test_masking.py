@@ -173,7 +173,8 @@ def test_bpe_spans_are_whole_words(bpe_feat):
 def test_wordpiece_spans_are_whole_words(bert_feat):
     feats, ids, batch = _mask(bert_feat[0])
     tokens = _token_strings(feats.tokenizer)
-    cont = np.array([t.startswith("##") for t in tokens])
+    # a kana or ideograph piece ('##ヴ', from WikiText's Japanese titles) is a word of its own
+    cont = np.array([t.startswith("##") and not masking.starts_own_word(t[2:3]) for t in tokens])
     table = masking.word_start_table(feats.tokenizer)
     np.testing.assert_array_equal(table, ~cont)
     masked = batch["labels"] != IGNORE
