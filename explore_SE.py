@@ -24,8 +24,8 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from argument import DISCRIMINATOR_RUN, MaskingArgs, checked_config, explore_args, run_main, saved_config
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
-from tokenization import (SPECIAL_TOKENS, check_tokenizer_fits, folder_segmenter, read_tokenizer_info,
-                          tokenizer_hash)
+from tokenization import (SPECIAL_TOKENS, byte_level_bytes, check_tokenizer_fits, folder_segmenter,
+                          read_tokenizer_info, tokenizer_hash)
 from io_utils import SpanElectraError
 from modelling_span_electra import find_pretrained, load_generator, load_tokenizer_of, load_weights, saved_heads
 
@@ -271,7 +271,15 @@ def show_token(tokenizer, token):
     text = decoded.strip().replace("##", "")
     if not text and decoded and decoded.isspace():
         return "(space)"  # byte-level BPE's lone 'Ġ' (or a newline token) decodes to blank text
+    if partial_character(tokenizer, token):  # its bytes, as '<0xE6><0x97>', not a '\ufffd' per token
+        return "".join(f"<0x{byte_level_bytes()[c]:02X}>" for c in token)
     return text or token
+
+
+def partial_character(tokenizer, token):
+    """True for a byte-level token that holds only part of a character (a CJK character or an emoji
+    cut into byte tokens), which decodes to '\ufffd'."""
+    return "\ufffd" in tokenizer.convert_tokens_to_string([token]) and all(c in byte_level_bytes() for c in token)
 
 
 def readable_pieces(tokenizer, scored):
@@ -280,9 +288,9 @@ def readable_pieces(tokenizer, scored):
     pieces, tokens = [], []
     for token, p in scored:
         tokens.append((token, p))
-        text = show_token(tokenizer, "".join(t for t, _ in tokens))
-        if "\ufffd" not in text or len(tokens) == 4:  # a UTF-8 character takes at most 4 bytes
-            pieces.append((text, max(q for _, q in tokens)))
+        joined = "".join(t for t, _ in tokens)
+        if not partial_character(tokenizer, joined) or len(tokens) == 4:  # a UTF-8 character takes at most 4 bytes
+            pieces.append((show_token(tokenizer, joined), max(q for _, q in tokens)))
             tokens = []
     if tokens:
         pieces.append((show_token(tokenizer, "".join(t for t, _ in tokens)), max(q for _, q in tokens)))

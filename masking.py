@@ -11,7 +11,6 @@ max_prediction_slots tokens, so `prediction_slots` can turn the batch into ELECT
 prediction slots, the shape the training step works on.
 (mask_stats.py masks real sequences with these functions and reports what the settings produce.)
 """
-import functools
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ import numpy as np
 
 from argument import MaskingArgs
 from io_utils import SpanElectraError
+from tokenization import byte_level_bytes
 
 logger = logging.getLogger("span_electra")
 
@@ -82,19 +82,10 @@ def _first_char(token, prefix=None):
     return token.lstrip(SENTENCEPIECE_SPACE)[:1]
 
 
-@functools.lru_cache(maxsize=1)
-def _byte_level_bytes():
-    """Byte-level BPE's character -> byte map (GPT-2's bytes_to_unicode, inverted)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
-
-
 def _byte_level_first_char(token, prefix=None):
     """The first character a byte-level token spells ('' when it starts inside a character). A token
     holding only the first bytes of a character gives the lowest character those bytes can begin."""
-    to_byte = _byte_level_bytes()
+    to_byte = byte_level_bytes()
     data = bytes(to_byte.get(c, 0) for c in token[:4])
     if not data or data[0] == 0x20 or 0x80 <= data[0] < 0xC0:  # a leading space is not the character
         return ""

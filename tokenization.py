@@ -29,6 +29,15 @@ BYTE_ALPHABET = 256
 MODEL_INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]  # what a saved tokenizer returns
 
 
+@functools.lru_cache(maxsize=1)
+def byte_level_bytes():
+    """Byte-level BPE's character -> byte map (GPT-2's bytes_to_unicode, inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
 # ---------------------------------------------------------------- word segmentation
 def load_segmenter(name):
     """Return a function line -> segmented line, or None for 'none'."""

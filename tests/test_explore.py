@@ -1,5 +1,6 @@
 """explore_SE.py: generator fills and discriminator scores, in English and Vietnamese."""
 import os
+import re
 import unicodedata
 
 import pytest
@@ -277,6 +278,8 @@ def test_characters_split_over_byte_tokens_are_shown_whole(en_models):
     assert "".join(text for text, _ in pieces).replace("(space)", "") == "日本語🙂café"  # a lone space token: "(space)"
     assert not any("\ufffd" in text for text, _ in pieces) and len(pieces) < len(scored)
     assert max(p for _, p in pieces) == max(p for _, p in scored)
+    first_byte = next(t for t, _ in scored if explore_SE.partial_character(ex.tokenizer, t))
+    assert re.fullmatch(r"(<0x[0-9A-F]{2}>)+", explore_SE.show_token(ex.tokenizer, first_byte))  # a fill's bytes
 
 
 def test_plain_transformers_folders_are_explored(bpe_tok, tmp_path):
