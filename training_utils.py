@@ -755,7 +755,16 @@ def compile_model(model, runtime):
 def mark_step_begin(config):
     """Tell CUDA graphs a new step starts (the last step's outputs may be overwritten)."""
     if config.compile:
-        torch.compiler.cudagraph_mark_step_begin()
+        cudagraph_step_marker()()
+
+
+def cudagraph_step_marker():
+    """torch's call that marks a CUDA-graph step's start, wherever this torch keeps it."""
+    # torch 2.1 has it only as torch._inductor.cudagraph_trees.mark_step_begin; torch.compiler's name came in 2.2
+    marker = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if marker is None:
+        from torch._inductor.cudagraph_trees import mark_step_begin as marker
+    return marker
 
 
 def data_workers(num_workers, runtime):
