@@ -190,7 +190,8 @@ def test_out_of_memory_names_the_batch_and_the_fix(bpe_feat, tmp_path, capsys, m
     from modelling_span_electra import SpanElectraGenerator
 
     def no_memory(self, *args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise torch.cuda.OutOfMemoryError(  # torch 2.1 has no torch.OutOfMemoryError
+            "CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setattr(SpanElectraGenerator, "forward", no_memory)
     code, err = cli(capsys, bpe_feat[0], tmp_path / "oom")
     assert code == 2 and "Traceback" not in err
