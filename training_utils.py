@@ -56,6 +56,7 @@ class Runtime:
 def setup_runtime(device="auto"):
     """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group: gloo on CPU,
     nccl on GPU. Only rank 0 writes files and logs."""
+    check_numpy_bridge()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank, world_size)
@@ -67,6 +68,16 @@ def setup_runtime(device="auto"):
     if rank != 0:
         logging.getLogger("span_electra").setLevel(logging.WARNING)
     return Runtime(dev, rank, world_size, local_rank)
+
+
+def check_numpy_bridge():
+    """Refuse at the start, not at the first batch or checkpoint, a torch built against numpy 1 beside numpy 2
+    (torch < 2.3 with numpy >= 2), where torch.from_numpy raises 'Numpy is not available'."""
+    try:
+        torch.from_numpy(np.zeros(1))
+    except RuntimeError as e:
+        raise SpanElectraError(f"torch {torch.__version__} cannot read numpy {np.__version__}'s arrays ({first_line(e)}); "
+                               "install numpy 1 beside it (pip install 'numpy<2') or a torch >= 2.3") from None
 
 
 def resolve_device(device="auto", local_rank=0, world_size=1):

@@ -175,6 +175,8 @@ def attention_masks_seen_by_compile(fn, *args):
     return masks
 
 
+@pytest.mark.skipif(not getattr(mse.ElectraForPreTraining, "_supports_sdpa", False),
+                    reason="this transformers' ELECTRA has no SDPA attention (4.x): nothing to check")
 def test_compiled_pretraining_attention_gets_no_mask():
     """Packed rows carry no mask: a mask (ElectraModel builds an all-ones one under compile in
     transformers 5.17) sends compiled attention to SDPA's math path, 25% of the H100 step."""
