@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -272,6 +273,17 @@ class BatchStream:
             generator=torch.Generator(),  # its own seed source: the global RNG (dropout) is untouched
             worker_init_fn=leave_sigterm_to_the_main_process if self.num_workers else None)
         self._iter = iter(loader)
+        if self.num_workers:
+            LIVE_STREAMS.add(self)
+            # (again) the newest exit hook, so it runs first: before multiprocessing's, registered with the workers
+            atexit.unregister(close_live_streams)
+            atexit.register(close_live_streams)
+
+    def close(self):
+        """Stop this epoch's DataLoader workers now (the next batch starts them again)."""
+        it, self._iter = self._iter, None
+        if hasattr(it, "_shutdown_workers"):  # a traceback may still hold the iterator: stop them explicitly
+            it._shutdown_workers()
 
     def __next__(self):
         start = time.perf_counter()
@@ -299,6 +311,18 @@ class BatchStream:
 
     def state(self):
         return {"epoch": self.epoch, "index": self.index}
+
+
+# streams whose workers may be running. At exit, multiprocessing stops daemonic workers with SIGTERM, which ours
+# ignore (leave_sigterm_to_the_main_process), then joins them: a stream still referenced then (a crash's traceback
+# keeps the loop's frame in sys.last_traceback) would hang the exit for good, so its workers are stopped first
+LIVE_STREAMS = weakref.WeakSet()
+
+
+def close_live_streams():
+    """Stop the DataLoader workers of every batch stream still open at exit."""
+    for stream in list(LIVE_STREAMS):
+        stream.close()
 
 
 PREFETCH = 4  # batches each DataLoader worker has in flight

@@ -1,0 +1,56 @@
+"""What long runs showed: a run that ends in an unexpected error with DataLoader workers exits instead of
+hanging, and a batch stream's workers can be stopped and picked up again where they were."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+import training_utils as tu
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class EpochData:
+    """Three batches an epoch, each naming its epoch and index."""
+    epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return {"x": torch.tensor([10 * self.epoch + i])}
+
+
+def test_an_uncaught_error_with_live_workers_exits():
+    """The loop's frame (and its stream's workers) outlives an uncaught error in sys.last_traceback; at exit
+    multiprocessing SIGTERMs the workers, which ignore it, and joined them for good: the run hung after its
+    traceback instead of exiting (a crash on a GPU, where one worker is the default, never ended)."""
+    code = textwrap.dedent("""
+        import torch, training_utils as tu
+        from test_soak import EpochData
+        def loop():
+            stream = tu.BatchStream(EpochData(), num_workers=1)
+            next(stream)
+            raise ValueError("a bug in the loop")
+        loop()
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1 and "a bug in the loop" in result.stderr
+
+
+def test_closed_stream_stops_its_workers_and_goes_on_where_it_was():
+    stream = tu.BatchStream(EpochData(), num_workers=1)
+    assert [next(stream)["x"].item() for _ in range(2)] == [0, 1]
+    workers = stream._iter._workers
+    stream.close()
+    assert not any(w.is_alive() for w in workers)
+    assert [next(stream)["x"].item() for _ in range(3)] == [2, 10, 11]
+    tu.close_live_streams()
+    assert stream._iter is None
