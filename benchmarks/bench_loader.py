@@ -10,7 +10,9 @@ while the loop spends --step_ms of busy Python per step, as a loop that launches
   ours:  training_utils.BatchStream: the worker writes the batch into a shared slot made once and
          sends its number; the loop copies it into a pinned buffer of a small ring.
 Prints, per batch, the loop's wall time beyond its own step (what the GPU would wait for, were the
-step its only work) and the slowest hand-over, and the ratio as JSON on the last line.
+step its only work) and the slowest hand-over, and the ratio as JSON on the last line. Then the wait
+for each epoch's first batch (--epoch_batches per epoch): a plain DataLoader iterated once per epoch
+starts its worker again each time, ours keeps its worker from epoch to epoch.
 """
 import argparse
 import json
@@ -29,13 +31,14 @@ import training_utils as tu  # noqa: E402
 class Batches(torch.utils.data.Dataset):
     """SEDataset-shaped batches, cheap to make: the worker's own time is not what is measured."""
 
-    def __init__(self, batch_size=128, seq_len=128, slots=24):
+    def __init__(self, batch_size=128, seq_len=128, slots=24, batches=10 ** 6):
         self.shapes = {"input_ids": (batch_size, seq_len), "original_ids": (batch_size, seq_len),
                        **{name: (batch_size, slots) for name in ("positions", "labels", "weights", "span_position",
                                                                  "left", "right")}}
+        self.batches = batches
 
     def __len__(self):
-        return 10 ** 6
+        return self.batches
 
     def set_epoch(self, epoch):
         pass
@@ -67,11 +70,35 @@ def loop_overhead(next_batch, device, steps, step_ms):
     return (time.perf_counter() - start) / steps * 1e3 - step_ms, takes
 
 
+def epoch_start_waits(batches, device, epochs, step_ms):
+    """Milliseconds the loop waits for each epoch's first batch (after the first epoch): a plain
+    DataLoader, iterated once per epoch, against ours."""
+    def plain():
+        loader = torch.utils.data.DataLoader(Batches(batches=batches), batch_size=None, num_workers=1,
+                                             prefetch_factor=4, pin_memory=device.type == "cuda")
+        while True:
+            yield from loader
+    stream = tu.BatchStream(Batches(batches=batches), num_workers=1, pin_memory=device.type == "cuda")
+    waits = {}
+    for label, next_batch in (("plain", plain().__next__), ("ours", lambda: next(stream))):
+        firsts = []
+        for i in range(epochs * batches):
+            begin = time.perf_counter()
+            tu.to_device(next_batch(), device)
+            if i % batches == 0 and i:
+                firsts.append((time.perf_counter() - begin) * 1e3)
+            busy(step_ms / 1e3)
+        waits[label] = statistics.median(firsts)
+    return waits
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--step_ms", type=float, default=4.0, help="the loop's own busy time per step")
+    parser.add_argument("--epoch_batches", type=int, default=40, help="batches per epoch for the epoch-start wait")
+    parser.add_argument("--epochs", type=int, default=6)
     args = parser.parse_args()
     device = tu.resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -90,6 +117,10 @@ def main():
               f"p99 {p99:.3f} ms, max {max(takes):.2f} ms")
         result.update({f"{label}_ms_per_batch": round(overhead, 3), f"{label}_p99_ms": round(p99, 3)})
     result["plain_vs_ours"] = round(plain[0] / max(ours[0], 1e-3), 2)
+    starts = epoch_start_waits(args.epoch_batches, device, args.epochs, args.step_ms)
+    print(f"wait for an epoch's first batch ({args.epoch_batches} batches an epoch, median of {args.epochs - 1}): "
+          f"plain {starts['plain']:.2f} ms, ours {starts['ours']:.2f} ms")
+    result.update({"plain_epoch_start_ms": round(starts["plain"], 2), "ours_epoch_start_ms": round(starts["ours"], 2)})
     print(json.dumps(result))
     return result
 

@@ -245,14 +245,18 @@ def test_a_slot_rewritten_before_it_was_read_is_caught():
 
 def test_workers_hand_over_every_batch_across_epochs_and_slot_reuse(bpe_feat):
     """Two workers, four epochs of 3 batches: the slots (10) are reused many times over, and every batch
-    handed out stays what the dataset made, also once later batches have come through its slot."""
+    handed out stays what the dataset made, also once later batches have come through its slot. The
+    workers live on from epoch to epoch (starting them again stalled every epoch's first batch)."""
     rows = features.PretrainingFeatures(str(bpe_feat[0])).split("train").shape[0]
     dataset = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(bpe_feat[0])), rows // 3, seed=0)
     assert len(dataset) == 3
     in_process, from_workers = tu.BatchStream(dataset, num_workers=0), tu.BatchStream(dataset, num_workers=2)
     expected = [next(in_process) for _ in range(12)]
-    got = [next(from_workers) for _ in range(12)]
-    assert from_workers.state() == in_process.state() == {"epoch": 3, "index": 3}
+    got = [next(from_workers)]
+    workers = [w.pid for w in from_workers._iter._workers]
+    got += [next(from_workers) for _ in range(11)]
+    assert from_workers.state() == in_process.state() == {"epoch": 4, "index": 0}
+    assert [w.pid for w in from_workers._iter._workers] == workers  # the same workers through every epoch
     for a, b in zip(expected, got):
         for name in a:
             assert torch.equal(a[name], b[name]), name
