@@ -143,6 +143,7 @@ class MLMDataset:
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._order = (None, None)  # (epoch, its shuffled row order): made once an epoch, see order()
         # training: whole batches, as many on every rank; evaluation (in order): every row, ranks sharing the batches
         self.total_batches = len(self.data) // batch_size if shuffle else -(-len(self.data) // batch_size)
         self.num_batches = (self.total_batches // world_size if shuffle else
@@ -167,9 +168,15 @@ class MLMDataset:
         """Sequence indices of batch `index` of the current epoch on this rank."""
         g = self.global_index(index)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
-            return np.sort(order[g * self.batch_size:(g + 1) * self.batch_size])
+            return np.sort(self.order()[g * self.batch_size:(g + 1) * self.batch_size])
         return np.arange(g * self.batch_size, min((g + 1) * self.batch_size, len(self.data)))
+
+    def order(self):
+        """The current epoch's shuffled order of the split's rows, kept for the epoch's other batches (a
+        permutation of 10M rows takes 0.4 s, 25 H100 steps, where a batch's masking takes 1 ms)."""
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data)))
+        return self._order[1]
 
     def numpy_batch(self, index):
         rows = self.rows(index)

@@ -242,7 +242,7 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
     limit = budget if max_tokens is None else np.minimum(budget, max_tokens)
     # Where nothing is kept (a budget below one span's overshoot, in short rows or at small ratios, or
     # a first span longer than the slots), keep the first candidate, cut to the words that fit the
-    # budget (at least one, itself cut to the budget).
+    # budget (at least one, whole unless it is longer than the slots).
     small = np.flatnonzero(~keep.any(1) & (limit > 0) & valid[np.arange(B), order[:, 0]])
     if len(small):
         c0 = order[small, 0]
@@ -250,8 +250,11 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
         fit = np.maximum(1, _words_that_fit(words, f0, last[small, c0], limit[small], span_lengths.values[-1]))
         last[small, c0] = f0 + fit - 1
         tokens[small, c0] = words["end"][last[small, c0]] - words["start"][f0]
-        # a word longer than the budget (an unspaced Thai clause) is cut to it: none past the slots
-        tokens[small, c0] = np.minimum(tokens[small, c0], limit[small])
+        # a word too long for the slots (an unspaced Thai clause) is cut to the budget; a shorter one stays
+        # whole (an English word in a short row), as whole-word masking asks
+        if max_tokens is not None:
+            too_long = tokens[small, c0] > max_tokens
+            tokens[small[too_long], c0[too_long]] = limit[small[too_long]]
         keep[small, 0] = True
     r, k = np.nonzero(keep)
     c = order[r, k]

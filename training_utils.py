@@ -256,7 +256,8 @@ class BatchStream:
 
     def __init__(self, dataset, num_workers=0, pin_memory=False, epoch=0, index=0):
         self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
-        self.epoch, self.index = epoch, index
+        # (epoch, len) as older versions saved an epoch's end: the next epoch's start, so the epoch still turns
+        self.epoch, self.index = divmod(epoch * len(dataset) + index, len(dataset))
         self.wait_seconds, self.waits = 0.0, 0  # time the loop spent waiting here (logged as data_wait_ms)
         self._iter, self.slots = None, None
 
