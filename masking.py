@@ -64,9 +64,11 @@ def word_start_table(tokenizer):
 
 # Characters that are words by themselves in text written without spaces: BERT's tokenize_chinese_chars
 # ranges (CJK ideographs), plus kana and CJK punctuation. Byte-level BPE would otherwise make a whole
-# unspaced clause one 'word' (10-20 tokens, masked whole), and WordPiece a run of kana.
+# unspaced clause one 'word' (10-20 tokens, masked whole), and WordPiece a run of kana. The fullwidth
+# forms start at U+FF00, unassigned, so that a byte-level token holding only the bytes EF BC (the
+# first two of the fullwidth comma '，', Chinese's most frequent punctuation) counts as theirs.
 OWN_WORD_RANGES = ((0x3000, 0x30FF), (0x31F0, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
-                   (0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF9F), (0x20000, 0x2FA1F))
+                   (0xFF00, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF9F), (0x20000, 0x2FA1F))
 
 
 def starts_own_word(char):

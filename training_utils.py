@@ -268,7 +268,7 @@ class BatchStream:
                 self.slots = BatchSlots(PREFETCH * self.num_workers + 2, batch_layout(self.dataset[0])[1])
             source = SlotDataset(source, self.slots)  # the default collate passes its SlotRefs through
         # one endless loader for the whole run: its workers live on across epochs (starting them again
-        # at every epoch stalled the loop ~0.1 s on the CPU, while the new workers forked and filled up)
+        # at every epoch stalled the loop 40-120 ms on the 2-core CPU while they forked and filled up)
         loader = torch.utils.data.DataLoader(
             source, batch_size=None, sampler=itertools.count(self.epoch * len(self.dataset) + self.index),
             num_workers=self.num_workers, prefetch_factor=PREFETCH if self.num_workers else None,

@@ -79,6 +79,9 @@ def test_partial_character_tokens():
     assert masking.starts_own_word(masking._byte_level_first_char(lead))
     assert masking._byte_level_first_char(rest) == "" and not masking.starts_own_word("")
     assert not masking.starts_own_word("ไ") and not masking.starts_own_word("한") and not masking.starts_own_word("a")
+    to_char = {b: c for c, b in masking.byte_level_bytes().items()}
+    comma_head = "".join(to_char[b] for b in "，".encode()[:2])  # EF BC: the fullwidth comma cut after 2 bytes
+    assert masking.starts_own_word(masking._byte_level_first_char(comma_head))
 
 
 def thai_like_masker(row_words=1, length=64):
