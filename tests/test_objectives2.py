@@ -20,6 +20,7 @@ import features
 import io_utils
 import process
 import training_utils as tu
+from conftest import EpochData
 from io_utils import SpanElectraError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,22 +251,6 @@ def test_rng_state_round_trips_every_generator():
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     tu.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
-
-
-class EpochData(torch.utils.data.Dataset):
-    """Three 'batches' per epoch whose value says (epoch, index)."""
-
-    def __init__(self):
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return 3
-
-    def __getitem__(self, i):
-        return {"x": torch.tensor([10 * self.epoch + i])}
 
 
 def test_batch_stream_moves_to_the_next_epoch_and_resumes_at_its_position():

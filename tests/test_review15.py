@@ -5,7 +5,7 @@ import features
 import masking
 import training_utils as tu
 from argument import MaskingArgs
-from test_soak import EpochData
+from conftest import EpochData
 
 
 def test_a_word_that_fits_the_slots_stays_whole_when_the_budget_is_smaller():

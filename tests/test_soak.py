@@ -6,25 +6,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import torch
-
 import training_utils as tu
+from conftest import EpochData
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class EpochData:
-    """Three batches an epoch, each naming its epoch and index."""
-    epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return 3
-
-    def __getitem__(self, i):
-        return {"x": torch.tensor([10 * self.epoch + i])}
 
 
 def test_an_uncaught_error_with_live_workers_exits():
@@ -33,7 +18,7 @@ def test_an_uncaught_error_with_live_workers_exits():
     traceback instead of exiting (a crash on a GPU, where one worker is the default, never ended)."""
     code = textwrap.dedent("""
         import torch, training_utils as tu
-        from test_soak import EpochData
+        from conftest import EpochData
         def loop():
             stream = tu.BatchStream(EpochData(), num_workers=1)
             next(stream)
