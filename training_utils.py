@@ -262,6 +262,7 @@ class BatchStream:
         self._iter, self.slots = None, None
 
     def _start(self):
+        """The loader from the stream's position on: in-process, or through workers and their slots."""
         source = EpochBatches(self.dataset)
         if self.num_workers:
             if self.slots is None:  # sized by one batch: a dataset's batches all have the same shapes
@@ -272,7 +273,7 @@ class BatchStream:
         loader = torch.utils.data.DataLoader(
             source, batch_size=None, sampler=itertools.count(self.epoch * len(self.dataset) + self.index),
             num_workers=self.num_workers, prefetch_factor=PREFETCH if self.num_workers else None,
-            pin_memory=self.pin_memory and not self.num_workers, persistent_workers=False,
+            pin_memory=self.pin_memory and not self.num_workers,
             generator=torch.Generator(),  # its own seed source: the global RNG (dropout) is untouched
             worker_init_fn=leave_sigterm_to_the_main_process if self.num_workers else None)
         self._iter = iter(loader)
