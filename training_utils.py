@@ -265,6 +265,9 @@ class BatchStream:
         """The loader from the stream's position on: in-process, or through workers and their slots."""
         source = EpochBatches(self.dataset)
         if self.num_workers:
+            # one stream's workers at a time: a notebook's crashed run keeps its stream in the traceback, and
+            # its workers would live on beside each new run's (a stream stopped this way restarts if used)
+            close_live_streams()
             if self.slots is None:  # sized by one batch: a dataset's batches all have the same shapes
                 self.slots = BatchSlots(PREFETCH * self.num_workers + 2, batch_layout(self.dataset[0])[1])
             source = SlotDataset(source, self.slots)  # the default collate passes its SlotRefs through
@@ -321,7 +324,7 @@ LIVE_STREAMS = weakref.WeakSet()
 
 
 def close_live_streams():
-    """Stop the DataLoader workers of every batch stream still open at exit."""
+    """Stop the DataLoader workers of every batch stream still open (at exit, or before a new stream's)."""
     for stream in list(LIVE_STREAMS):
         stream.close()
 

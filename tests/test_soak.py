@@ -39,3 +39,16 @@ def test_closed_stream_stops_its_workers_and_goes_on_where_it_was():
     assert [next(stream)["x"].item() for _ in range(3)] == [2, 10, 11]
     tu.close_live_streams()
     assert stream._iter is None
+
+
+def test_a_new_stream_stops_the_workers_a_crashed_run_left():
+    """A notebook's crashed run keeps its stream alive in the traceback: the next run's stream stops its
+    workers; the old stream, were it used again, starts them again where it was."""
+    crashed = tu.BatchStream(EpochData(), num_workers=1)
+    assert next(crashed)["x"].item() == 0
+    left = crashed._iter._workers
+    new = tu.BatchStream(EpochData(), num_workers=1)
+    assert [next(new)["x"].item() for _ in range(4)] == [0, 1, 2, 10]
+    assert not any(w.is_alive() for w in left) and crashed._iter is None
+    assert next(crashed)["x"].item() == 1
+    tu.close_live_streams()
