@@ -279,9 +279,11 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         "inputs": {"train": train_files, "valid": valid_files, "valid_fraction": config.valid_fraction},
         "static_masking": False,
     }
-    _warn_long_words(config, meta, tmp)
+    features = PretrainingFeatures(tmp, meta=meta)
+    masker = features.masker(config)
+    _warn_long_words(features, masker)
     if config.save_static_masks:
-        _write_static_masks(config, meta, tmp)
+        _write_static_masks(config, features, masker)
         meta["static_masking"] = True
         meta["static_masking_config"] = {k: getattr(config, k) for k in _masking_fields()}
     save_config(config, tmp, "process")
@@ -308,23 +310,20 @@ def _masking_fields():
     return [f.name for f in dataclasses.fields(MaskingArgs)]
 
 
-def _warn_long_words(config, meta, folder, rows=1024):
+def _warn_long_words(features, masker, rows=1024):
     """Warn when the corpus's words are too long for whole-word span masking (measured on its first rows)."""
-    features = PretrainingFeatures(folder, meta=meta)
-    warning = long_words_warning(features.split("train")[:rows], features.masker(config))
+    warning = long_words_warning(features.split("train")[:rows], masker)
     if warning:
         logger.warning(warning)
 
 
-def _write_static_masks(config, meta, folder):
+def _write_static_masks(config, features, masker):
     """One fixed masking of every sequence, saved beside the ids (for exactly repeatable runs: --static_masking)."""
-    features = PretrainingFeatures(folder, meta=meta)
-    masker = features.masker(config)
     rng = np.random.default_rng(config.seed + 1)
-    for split in meta["splits"]:
+    for split in features.meta["splits"]:
         data = features.split(split)
-        with open(array_path(folder, split, ".masked"), "wb") as fm, \
-                open(array_path(folder, split, ".span_position"), "wb") as fp:
+        with open(array_path(features.dir, split, ".masked"), "wb") as fm, \
+                open(array_path(features.dir, split, ".span_position"), "wb") as fp:
             for i in tqdm(range(0, len(data), 1024), desc=f"static masks {split}"):
                 ids = np.asarray(data[i:i + 1024], dtype=np.int64)
                 batch = masker(ids, rng)

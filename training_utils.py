@@ -4,6 +4,7 @@ trainMLM_SpanElectra.py and trainSpanElectra.py, readable top to bottom."""
 import atexit
 import contextlib
 import dataclasses
+import functools
 import glob
 import itertools
 import json
@@ -256,8 +257,9 @@ class BatchStream:
 
     def __init__(self, dataset, num_workers=0, pin_memory=False, epoch=0, index=0):
         self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
-        # (epoch, len) as older versions saved an epoch's end: the next epoch's start, so the epoch still turns
-        self.epoch, self.index = divmod(epoch * len(dataset) + index, len(dataset))
+        # the run's count of batches taken: (epoch, index) derive from it; (epoch, len), as older versions saved
+        # an epoch's end, is the next epoch's start
+        self.taken = epoch * len(dataset) + index
         self.wait_seconds, self.waits = 0.0, 0  # time the loop spent waiting here (logged as data_wait_ms)
         self._iter, self.slots = None, None
 
@@ -274,7 +276,7 @@ class BatchStream:
         # one endless loader for the whole run: its workers live on across epochs (starting them again
         # at every epoch stalled the loop 40-120 ms on the 2-core CPU while they forked and filled up)
         loader = torch.utils.data.DataLoader(
-            source, batch_size=None, sampler=itertools.count(self.epoch * len(self.dataset) + self.index),
+            source, batch_size=None, sampler=itertools.count(self.taken),
             num_workers=self.num_workers, prefetch_factor=PREFETCH if self.num_workers else None,
             pin_memory=self.pin_memory and not self.num_workers,
             generator=torch.Generator(),  # its own seed source: the global RNG (dropout) is untouched
@@ -297,9 +299,7 @@ class BatchStream:
         if self._iter is None:
             self._start()
         batch = next(self._iter)
-        self.index += 1
-        if self.index == len(self.dataset):
-            self.epoch, self.index = self.epoch + 1, 0
+        self.taken += 1
         if isinstance(batch, SlotRef):
             batch = take_batch(self.slots, batch, self.pin_memory)
         elif isinstance(batch, PackedBatch):
@@ -314,7 +314,8 @@ class BatchStream:
         return wait
 
     def state(self):
-        return {"epoch": self.epoch, "index": self.index}
+        epoch, index = divmod(self.taken, len(self.dataset))
+        return {"epoch": epoch, "index": index}
 
 
 # streams whose workers may be running. At exit, multiprocessing stops daemonic workers with SIGTERM, which ours
@@ -807,6 +808,7 @@ def mark_step_begin(config):
         cudagraph_step_marker()()
 
 
+@functools.lru_cache(maxsize=1)
 def cudagraph_step_marker():
     """torch's call that marks a CUDA-graph step's start, wherever this torch keeps it."""
     # torch 2.1 has it only as torch._inductor.cudagraph_trees.mark_step_begin; torch.compiler's name came in 2.2
