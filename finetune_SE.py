@@ -785,7 +785,7 @@ def train_one_seed(seed, task, data, config, runtime, announce):
     return model, history[-1], history
 
 
-def fine_tune_seeds(seeds, task, data, tokenizer, config, runtime):
+def fine_tune_seeds(seeds, task, data, config, runtime):
     """One fine-tuning run per seed. Returns (a row per seed, the first seed's test predictions and
     saved model)."""
     per_seed, outputs = [], {}
@@ -900,7 +900,7 @@ def main(config: finetune_args = None):
                     "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs,
                     config.learning_rate, config.layerwise_lr_decay, config.train_batch_size,
                     ",".join(map(str, seeds)), runtime.device)
-        per_seed, outputs = fine_tune_seeds(seeds, task, data, tokenizer, config, runtime)
+        per_seed, outputs = fine_tune_seeds(seeds, task, data, config, runtime)
 
     metric_keys = [k for k in per_seed[0] if k.startswith("eval_")]
     baseline = majority_baseline(task)

@@ -24,7 +24,6 @@ from tokenization import byte_level_bytes
 logger = logging.getLogger("span_electra")
 
 IGNORE_INDEX = -100
-REPLACE_MASK, REPLACE_RANDOM, REPLACE_KEEP = 0, 1, 2
 BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': a leading space in byte-level BPE
 SENTENCEPIECE_SPACE = "\u2581"  # '▁'
 
@@ -182,7 +181,7 @@ def max_prediction_slots(config, seq_len):
     return budget if config.masking == "token" else budget + max(math.ceil(0.25 * budget), 5)
 
 
-def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, oversample=2.5, max_tokens=None):
+def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, max_tokens, oversample=2.5):
     """SpanBERT span masking of a batch, without a loop over sequences or tokens.
 
     Candidate spans are laid along each row as a renewal process: a gap of at least one word,
@@ -239,9 +238,8 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
     rows = np.arange(B)[:, None]
     tokens_sorted = tokens[rows, order]
     keep = (np.cumsum(tokens_sorted, axis=1) - tokens_sorted < threshold[:, None]) & valid[rows, order]
-    if max_tokens is not None:
-        keep = _fit_slots(keep, tokens_sorted, order, first, last, tokens, words, span_lengths, max_tokens)
-    limit = budget if max_tokens is None else np.minimum(budget, max_tokens)
+    keep = _fit_slots(keep, tokens_sorted, order, first, last, tokens, words, span_lengths, max_tokens)
+    limit = np.minimum(budget, max_tokens)
     # Where nothing is kept (a budget below one span's overshoot, in short rows or at small ratios, or
     # a first span longer than the slots), keep the first candidate, cut to the words that fit the
     # budget (at least one, whole unless it is longer than the slots).
@@ -254,9 +252,8 @@ def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, over
         tokens[small, c0] = words["end"][last[small, c0]] - words["start"][f0]
         # a word too long for the slots (an unspaced Thai clause) is cut to the budget; a shorter one stays
         # whole (an English word in a short row), as whole-word masking asks
-        if max_tokens is not None:
-            too_long = tokens[small, c0] > max_tokens
-            tokens[small[too_long], c0[too_long]] = limit[small[too_long]]
+        too_long = tokens[small, c0] > max_tokens
+        tokens[small[too_long], c0[too_long]] = limit[small[too_long]]
         keep[small, 0] = True
     r, k = np.nonzero(keep)
     c = order[r, k]
@@ -343,13 +340,11 @@ def _empty_spans():
 
 
 # ---------------------------------------------------------------- token masking (the baseline)
-def token_spans(eligible, mask_ratio, rng, max_tokens=None):
+def token_spans(eligible, mask_ratio, rng, max_tokens):
     """BERT/ELECTRA masking: exactly round(mask_ratio x non-special tokens) tokens per row (at most
     max_tokens), chosen uniformly; each masked token is a span of its own."""
     B, L = eligible.shape
-    budget = np.where(eligible.any(1), np.maximum(1, np.rint(mask_ratio * eligible.sum(1))), 0)
-    if max_tokens is not None:
-        budget = np.minimum(budget, max_tokens)
+    budget = np.minimum(np.where(eligible.any(1), np.maximum(1, np.rint(mask_ratio * eligible.sum(1))), 0), max_tokens)
     order = np.argsort(np.where(eligible, rng.random((B, L)), 2.0), axis=1)
     masked = np.empty((B, L), dtype=bool)
     masked[np.arange(B)[:, None], order] = np.arange(L) < budget[:, None]

@@ -148,14 +148,14 @@ def ranks_in_sync(model, runtime):
 
 
 # ---------------------------------------------------------------- optimization
-def build_optimizer(model, learning_rate, weight_decay, betas=(0.9, 0.999), eps=1e-6):
+def build_optimizer(model, learning_rate, weight_decay):
     """AdamW without weight decay on biases and LayerNorm weights (BERT/ELECTRA)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return adamw(groups, next(model.parameters()).device, lr=learning_rate, betas=betas, eps=eps)
+    return adamw(groups, next(model.parameters()).device, lr=learning_rate)
 
 
 def adamw(groups, device, lr=1e-3, betas=(0.9, 0.999), eps=1e-6):
