@@ -16,14 +16,14 @@ import threading
 import time
 import unicodedata
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from argument import checked_config, save_config, run_main, tok_args
 from io_utils import (COMPRESSED_SUFFIXES, BadByteCounter, SpanElectraError, atomic_write_json, find_text_files,
                       iter_lines, make_out_dir, move_files_into, new_build_dir)
 from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched,
-                          load_segmenter, save_transformers_tokenizer, segmented_batches)
+                          cls_sep_template, load_segmenter, save_transformers_tokenizer, segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
@@ -74,11 +74,8 @@ def build_trainer(tokenizer_type, vocab_size, min_fre):
 
 
 def add_post_processor(tok):
-    """[CLS] text [SEP] (and [CLS] a [SEP] b [SEP] for pairs) whenever special tokens are added."""
-    template = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
-    tok.post_processor = template
+    """[CLS] text [SEP] (and [CLS] a [SEP] b [SEP] for pairs) at our vocabularies' ids."""
+    tok.post_processor = cls_sep_template(CLS_ID, SEP_ID)
 
 
 def train_interruptibly(tok, lines, trainer):

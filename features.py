@@ -200,9 +200,7 @@ class SEDataset(MLMDataset):
     """Masked batches for the discriminator: the MLM batch plus the original ids, which tell the
     replaced-token-detection labels once the generator has filled the masks."""
 
-    def __getitem__(self, index):
-        if not 0 <= index < self.num_batches:
-            raise IndexError(index)
-        batch, ids = self.numpy_batch(index)
+    def numpy_batch(self, index):
+        batch, ids = super().numpy_batch(index)
         batch["original_ids"] = ids
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
+        return batch, ids

@@ -579,14 +579,14 @@ def layer_depth(name, num_layers):
 def layerwise_param_groups(model, learning_rate, layer_decay, weight_decay):
     """AdamW groups with ELECTRA's layer-wise decay: the head gets learning_rate, the top layer
     learning_rate * decay^2, ..., the embeddings learning_rate * decay^(num_layers + 2); no weight decay
-    on biases and LayerNorm weights (as training_utils.build_optimizer)."""
+    on biases and LayerNorm weights (training_utils.decays)."""
     num_layers = model.config.num_hidden_layers
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         depth = layer_depth(name, num_layers)
-        no_decay = p.ndim < 2 or "LayerNorm" in name
+        no_decay = not tu.decays(name, p)
         group = groups.setdefault((depth, no_decay), {
             "params": [], "depth": depth, "lr": learning_rate * layer_decay ** (num_layers + 2 - depth),
             "weight_decay": 0.0 if no_decay else weight_decay})

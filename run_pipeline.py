@@ -24,7 +24,7 @@ from argument import (DISCRIMINATOR_RUN, EXPLORE_TEXTS, GENERATOR_RUN, MLM_train
                       checked_config, feature_args, mask_stats_args, pipeline_args, run_main, save_config, saved_config,
                       tok_args)
 from io_utils import make_out_dir
-from training_utils import holds_a_run, read_metrics
+from training_utils import LEARNED_AUC, holds_a_run, read_metrics
 
 logger = logging.getLogger("span_electra")
 
@@ -142,7 +142,7 @@ def learning_lines(finals):
     disc = finals.get("discriminator")
     if disc:
         auc = disc["disc_auc"]
-        verdict = "tells replaced tokens from originals" if auc >= 0.55 else "near chance; train longer"
+        verdict = "tells replaced tokens from originals" if auc >= LEARNED_AUC else "near chance; train longer"
         lines.append(f"  discriminator valid: disc_auc {auc:.3f} (chance: 0.5) -> {verdict}; rtd_loss "
                      f"{disc['rtd_loss']:.4f} (always predicting the replaced share: {disc['rtd_base_loss']:.4f}), "
                      f"precision {disc['disc_precision']:.2f}, recall {disc['disc_recall']:.2f}")

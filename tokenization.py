@@ -197,13 +197,17 @@ def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file", strip_accent
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents,
                                                 handle_chinese_chars=chinese_chars)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.post_processor = cls_sep_template(vocab["[CLS]"], vocab["[SEP]"])
     tok.decoder = decoders.WordPiece()
     # typed in text they stay whole (a '[MASK]' to fill), as transformers' BertTokenizer keeps them
     tok.add_special_tokens(SPECIAL_TOKENS)
     return tok
+
+
+def cls_sep_template(cls_id, sep_id):
+    """[CLS] text [SEP] (and [CLS] a [SEP] b [SEP], the second segment type 1) whenever special tokens are added."""
+    return processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
 
 
 def save_transformers_tokenizer(tok, directory, model_max_length=512):

@@ -153,9 +153,14 @@ def build_optimizer(model, learning_rate, weight_decay):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+            (decay if decays(name, p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return adamw(groups, next(model.parameters()).device, lr=learning_rate)
+
+
+def decays(name, param):
+    """Whether AdamW's weight decay applies to a parameter: every weight but biases and LayerNorm weights."""
+    return param.ndim >= 2 and "LayerNorm" not in name
 
 
 def adamw(groups, device, lr=1e-3, betas=(0.9, 0.999), eps=1e-6):
@@ -1040,10 +1045,15 @@ def collapse_history(out_dir):
     and that last valid row, as a list (empty before the first evaluation)."""
     path = os.path.join(out_dir, "metrics.jsonl")
     rows = read_metrics(path) if os.path.isfile(path) else []
-    valid = [i for i, r in enumerate(rows) if r.get("split") == "valid" and "disc_auc" in r]
+    valid = valid_auc_rows(rows)
     before = rows[:valid[-1]] if valid else rows
     return (max(map(learned_auc, rows), default=0.0), max(map(learned_auc, before), default=0.0),
             [rows[i] for i in valid[-1:]])
+
+
+def valid_auc_rows(rows):
+    """The indices of a metrics.jsonl's valid rows that hold a disc_auc (a discriminator's evaluations)."""
+    return [i for i, r in enumerate(rows) if r.get("split") == "valid" and "disc_auc" in r]
 
 
 def fell_to_chance(best_auc, valid_rows):
@@ -1056,7 +1066,7 @@ def fell_to_chance(best_auc, valid_rows):
 
 def collapsed(rows):
     """fell_to_chance at a run's last two valid rows, against the rows logged before them."""
-    valid = [i for i, r in enumerate(rows) if r.get("split") == "valid" and "disc_auc" in r]
+    valid = valid_auc_rows(rows)
     return len(valid) >= 2 and fell_to_chance(max(map(learned_auc, rows[:valid[-2]]), default=0.0),
                                               [rows[i] for i in valid[-2:]])
 

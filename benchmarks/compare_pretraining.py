@@ -73,7 +73,7 @@ def measured_settings(config):
     return {"recipes": tuple(config.recipes.split(",")), "budget_steps": config.budget_steps or scale["budget_steps"],
             "budget_scale": config.budget_scale, "fractions": tuple(config.fraction_list()),
             "gen_fraction": config.gen_fraction, "seeds": tuple(config.ft_seed_list()),
-            "ft_max_train": scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples,
+            "ft_max_train": ft_max_train(config, scale),
             "pretrain_seeds": tuple(config.pretrain_seed_list()), "bf16": config.bf16, "compile": config.compile,
             "pack_across_documents": config.pack_across_documents}
 
@@ -305,7 +305,7 @@ def pretraining_record(out_dir, batch, seq_len=128):
             points = [[r["step"], r[key]] for r in rows if r.get("split") == "valid" and key in r]
             if points:
                 record["curves"][f"{folder}:{key}"] = points
-        if any(r.get("split") == "valid" and "disc_auc" in r for r in rows):  # the training script's own check
+        if tu.valid_auc_rows(rows):  # the training script's own check
             record["discriminator_at_chance"] = tu.collapsed(rows)
     return record
 
@@ -449,9 +449,13 @@ def merged_results(results):
 
 def finetune_settings(config, scale, tasks):
     """What a row's fine-tuning ran with: a cached row is fine-tuned again when these change."""
-    max_train = scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples
     return {"tasks": tasks, "epochs": scale["ft_epochs"], "learning_rate": scale["ft_lr"],
-            "max_train_examples": max_train, "seeds": config.seeds}
+            "max_train_examples": ft_max_train(config, scale), "seeds": config.seeds}
+
+
+def ft_max_train(config, scale):
+    """Fine-tuning examples per task: --ft_max_train_examples, or the scale's where it is -1 (0: all)."""
+    return scale["ft_max_train"] if config.ft_max_train_examples < 0 else config.ft_max_train_examples
 
 
 def headline_metric(results):
