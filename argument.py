@@ -517,7 +517,7 @@ EXPLORE_TEXTS = {  # run_pipeline.py's closing sentence by corpus language: two 
     "none": "The [[ game ]] was released in [[ January 2011 ]] in Japan .",
     "pyvi": "Hà Nội là [[ thủ đô ]] của [[ Việt Nam ]] .",
 }
-# name -> (label, how it trains); "gen_fraction": the share of a two-stage budget spent on the generator
+# name -> (label, how it pre-trains: the kind of step, the masking and the span heads; None: not pre-trained)
 COMPARE_RECIPES = {
     "random": ("random init", None),
     "mlm": ("MLM only (BERT-style)", dict(kind="mlm", masking="token", use_sbo=False)),

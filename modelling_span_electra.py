@@ -275,7 +275,7 @@ class SpanElectraJoint(nn.Module):
         """The inputs_embeds the discriminator reads: sg(shared word table) + its delta, plus sg(shared position
         table) + its delta. The embeddings module adds the live position table once more (positions 0..L-1, as for
         any inputs_embeds), so that term is taken out here: its value cancels and so does its gradient, and the
-        discriminator's loss reaches neither shared table (before, the position table still took it)."""
+        discriminator's loss reaches neither shared table."""
         shared = self.discriminator.core.electra.embeddings
         words = F.embedding(input_ids, shared.word_embeddings.weight.detach() + self.embedding_delta)
         length = input_ids.shape[1]

@@ -332,6 +332,5 @@ def _write_static_masks(config, features, masker):
                 span_pos.astype(np.uint16).tofile(fp)
 
 
-# ---------------------------------------------------------------- reading features
 if __name__ == "__main__":
     run_main(main, feature_args)

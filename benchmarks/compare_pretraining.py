@@ -12,8 +12,8 @@ several seeds) and the dev metric is reported as median [min, max].
 Recipes: random init; MLM only (BERT-style token masking, the discriminator's size); ELECTRA
 (token masking, replaced-token detection, joint); SpanElectra two-stage and joint, each with the
 span heads (SBO, span-boundary predictive head) on and off. Two budgets (half and full) give the
-points of the plot. Writes OUT/compare.json, OUT/compare.png and the section of
-benchmarks/RESULTS.md between its markers.
+points of the plot. Writes OUT/compare.json, OUT/compare.md, OUT/compare.png and, with --results_md
+(e.g. benchmarks/RESULTS.md), the scale's section of that file between its markers.
 
 With worker processes (--ft_workers, 8 on a GPU), each row is fine-tuned (a job per task and seed)
 while the next recipe pre-trains, and with --compile each recipe's step is compiled ahead while the
