@@ -44,7 +44,6 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     lock: object = None  # rank 0's OutDirLock once a training run has claimed its out_dir
 
     @property
@@ -70,7 +69,7 @@ def setup_runtime(device="auto"):
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if rank != 0:
         logging.getLogger("span_electra").setLevel(logging.WARNING)
-    return Runtime(dev, rank, world_size, local_rank)
+    return Runtime(dev, rank, world_size)
 
 
 def check_numpy_bridge():
