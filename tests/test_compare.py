@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import types
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 import features
 from conftest import REPO
+from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, corrupt, discriminator_inputs,
                                     electra_configs)
 
@@ -181,6 +183,24 @@ def test_features_of_another_corpus_are_not_reused(tmp_path):
         cp.check_data_identity(other, cp.SCALES["tiny"])
     with pytest.raises(cp.SpanElectraError, match="vocab_size 8000 -> 30522"):
         cp.check_data_identity(config, cp.SCALES["gpu"])
+
+
+def test_compare_out_dir_built_packed_refuses_an_unpacked_run(tmp_path):
+    """data.json recorded pack_across_documents only when set, and only the new run's keys were compared: a run
+    without the flag silently reused the packed features and every cached row."""
+    scale = {"vocab_size": 8000}
+    config = types.SimpleNamespace(out_dir=str(tmp_path), train_input="t.txt", valid_input="v.txt",
+                                   pack_across_documents=True)
+    cp.check_data_identity(config, scale)  # records it
+    cp.check_data_identity(config, scale)  # the same: fine
+    config.pack_across_documents = False
+    with pytest.raises(SpanElectraError, match="pack_across_documents True -> False"):
+        cp.check_data_identity(config, scale)
+    os.remove(tmp_path / cp.DATA_FILE)
+    cp.check_data_identity(config, scale)  # built unpacked (no key recorded), run unpacked: fine
+    config.pack_across_documents = True
+    with pytest.raises(SpanElectraError, match="pack_across_documents False -> True"):
+        cp.check_data_identity(config, scale)
 
 
 def test_pretraining_only_without_tasks(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """process.py: packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks and the Datasets."""
 import filecmp
+import logging
 import re
 import sys
 import types
@@ -488,6 +489,30 @@ def test_a_valid_file_that_is_also_training_text_is_warned_about(bpe_tok, tmp_pa
     with caplog.at_level("WARNING", logger="span_electra"):
         build_features(bpe_tok, tmp_path / "f", train_input=str(SAMPLE), valid_input=str(SAMPLE / "valid.tokens"))
     assert "valid.tokens also in train_input" in caplog.text
+
+
+def _write(path, text="a line of text\n"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_own_corpus_under_data_is_not_the_bundled_sample(tmp_path, monkeypatch, caplog):
+    """A corpus of the user's own placed under data/ (train and valid in sibling folders) was warned about as
+    'the bundled sample'; only data/sample and data/sample_vi are."""
+    data = tmp_path / "data"
+    monkeypatch.setattr(process, "BUNDLED_SAMPLES", (str(data / "sample"), str(data / "sample_vi")))
+    sample_valid = _write(data / "sample" / "valid.tokens")
+    own_train, own_valid = _write(data / "mycorp" / "train" / "a.txt"), _write(data / "mycorp" / "valid.txt")
+    outside_train = _write(tmp_path / "elsewhere" / "train.txt")
+    with caplog.at_level(logging.WARNING, logger="span_electra"):
+        process.warn_bundled_valid([own_train], [own_valid])
+        process.warn_bundled_valid([outside_train], [own_valid])
+        assert not [r for r in caplog.records if "bundled sample" in r.getMessage()]
+        process.warn_bundled_valid([own_train], [sample_valid])  # the default valid_input: still warned
+        process.warn_bundled_valid([_write(data / "sample" / "train.tokens")], [sample_valid])  # the sample itself
+    warned = [r.getMessage() for r in caplog.records if "bundled sample" in r.getMessage()]
+    assert len(warned) == 1 and own_train in warned[0]
 
 
 def test_features_of_a_pyvi_vocabulary_without_pyvi_name_the_tokenizer(vi_tok, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import trainMLM_SpanElectra
 import trainSpanElectra
 import training_utils as tu
 from conftest import assert_one_line_error
+from io_utils import SpanElectraError
 
 TINY = dict(model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=2, eval_batches=1,
             train_batch_size=8, num_hidden_layers=1, device="cpu")
@@ -559,6 +561,26 @@ def test_a_checkpoint_of_another_model_is_one_line(bpe_feat, finished_run, tmp_p
     assert "does not fit this model" in err.strip().splitlines()[-1]
 
 
+class _Joint(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+        self.position_delta = torch.nn.Parameter(torch.zeros(3))
+
+
+def test_resuming_a_disentangled_checkpoint_without_position_delta_says_why(tmp_path, monkeypatch):
+    model = _Joint()
+    optimizer = torch.optim.AdamW(model.parameters())
+    state = {"model": {"w": torch.ones(2)}, "optimizer": optimizer.state_dict(), "step": 5}
+    monkeypatch.setattr(tu, "load_checkpoint", lambda *a: state)
+    config = types.SimpleNamespace(resume_from="latest", out_dir=str(tmp_path), run_id="abc")
+    with pytest.raises(SpanElectraError, match="no position delta.*overwrite_output_dir"):
+        tu.resume_training_state(config, model, optimizer, None)
+    state["model"] = {"w": torch.ones(5), "position_delta": torch.zeros(3)}  # another mismatch: the reason named
+    with pytest.raises(SpanElectraError, match=r"does not fit this model \(size mismatch for w"):
+        tu.resume_training_state(config, model, optimizer, None)
+
+
 def test_resume_refuses_other_features_and_another_process_count(bpe_feat, bpe_tok, finished_run, tmp_path, capsys):
     """Features of the same tokenizer and length but another corpus, or another number of processes,
     would make a resumed run two runs: each is one line naming what changed."""
@@ -612,6 +634,23 @@ def test_resume_refuses_features_rebuilt_from_other_text_of_the_same_size(bpe_to
     build_features(bpe_tok, tmp_path / "feat", **build)
     trainMLM_SpanElectra.main(gen_config(feat, run, max_steps=4, save_every=2, train_batch_size=4, resume_from="latest"))
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+def _resume_config(tmp_path, fixed):
+    (tmp_path / "metrics.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / tu.RUN_FILE).write_text(json.dumps({"run_id": "abc", "fixed": fixed}), encoding="utf-8")
+    return types.SimpleNamespace(out_dir=str(tmp_path), resume_from="latest", overwrite_output_dir=False)
+
+
+def test_run_started_on_undigested_features_resumes_on_the_same_rows_rebuilt(tmp_path):
+    """A run started on features from before content_digest recorded train_sequences_digest null; rebuilding
+    the same corpus (now digested) refused the resume as 'rebuilt from other text'."""
+    base = {"script": "trainSpanElectra.py", "train_sequences": 10}
+    config = _resume_config(tmp_path, {**base, "train_sequences_digest": None})
+    assert tu.check_run(config, {**base, "train_sequences_digest": "f" * 32}) == "abc"
+    config = _resume_config(tmp_path, {**base, "train_sequences_digest": "e" * 32})  # recorded: still compared
+    with pytest.raises(SpanElectraError, match="training sequences"):
+        tu.check_run(config, {**base, "train_sequences_digest": "f" * 32})
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does(bpe_feat, tmp_path):
