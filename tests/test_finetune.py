@@ -490,6 +490,21 @@ def test_task_text_the_vocabulary_does_not_cover_is_warned_about(bert_tok, caplo
     assert int(vietnamese[0].split("%")[0]) >= 10
 
 
+def test_the_unk_share_of_a_task_counts_its_text_not_the_special_tokens(caplog):
+    """process.py's share excludes [CLS]/[SEP]; finetune's counted them, so a pair task of short sentences with 5.6%
+    of its text [UNK] (1 in 18) read as 1 in 21 (4.8%) and went unwarned."""
+    import numpy as np
+    import finetune_SE
+
+    class Tok:
+        unk_token_id, all_special_ids = 1, [0, 1, 2, 3, 4]
+    row = [2] + [1] + [9] * 8 + [3] + [9] * 9 + [3]  # [CLS] [UNK] 8 words [SEP] 9 words [SEP], then padding
+    encoded = {"input_ids": np.array([row + [0, 0]] * 4), "lengths": np.array([len(row)] * 4)}
+    with caplog.at_level("WARNING", logger="span_electra"):
+        finetune_SE.warn_unknown_share(encoded, Tok())
+    assert "6% of the task's train tokens are [UNK]" in caplog.text
+
+
 def test_linear_probe_learns_from_frozen_features(tiny_discriminator, tmp_path):
     """--linear_probe: logistic regression on the frozen encoder's mean-pooled outputs, deterministic."""
     task_dir = keyword_task(tmp_path / "task")

@@ -1,6 +1,7 @@
 """What a run killed at a bad moment (SIGKILL: no handler runs) leaves behind, and what the next run
 does with it. The kills are simulated: a write made to fail mid-way, or the leftovers laid out by hand."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import SAMPLE, build_features, train_vocab
 
 import io_utils
+import training_utils as tu
 
 
 def dead_pid():
@@ -98,6 +100,27 @@ def test_taking_over_a_dead_lock_spares_one_another_process_just_took(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps(dead))
     lock._take_over(dead)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_lock_temp_file_of_another_host_is_left_alone_and_a_vanished_one_does_not_crash(tmp_path, monkeypatch):
+    """out_dir on a file system two hosts share: a .lock.tmp file another host's starting run just wrote holds a
+    pid this host cannot see, so it must not be removed as a leftover; and where it vanished before the link,
+    the run still takes the lock (before: FileNotFoundError out of acquire, the lock left behind)."""
+    lock = tu.OutDirLock(str(tmp_path))
+    other = tmp_path / f".lock.tmp-another-host-{os.getpid()}9"  # the other host's pid is dead here
+    other.write_text('{"host": "another-host", "pid": 1}')
+    mine = tmp_path / f".lock.stale-{socket.gethostname()}-{os.getpid()}9"  # this host's, its process gone
+    mine.write_text("{}")
+    real_link = os.link
+    def link_after_cleanup(src, dst):  # what the other host's cleanup of our temp file did meanwhile
+        os.remove(src)
+        return real_link(src, dst)
+    monkeypatch.setattr(os, "link", link_after_cleanup)
+    lock.acquire()
+    assert other.exists()
+    assert lock.owner() == {"host": socket.gethostname(), "pid": os.getpid()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", other.name]
+    lock.release()
 
 
 # ---------------------------------------------------------------- metrics.jsonl on resume

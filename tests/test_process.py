@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (CLS, MASK, PAD, SAMPLE, SAMPLE_VI, SEP, SLOT_KEYS, build_features, count_tokens, dense_labels,
-                      read_json, text_lines)
+from conftest import (CLS, MASK, PAD, REPO, SAMPLE, SAMPLE_VI, SEP, SLOT_KEYS, build_features, count_tokens,
+                      dense_labels, read_json, text_lines)
 
 import argument
 import features
@@ -513,6 +513,21 @@ def test_own_corpus_under_data_is_not_the_bundled_sample(tmp_path, monkeypatch, 
         process.warn_bundled_valid([_write(data / "sample" / "train.tokens")], [sample_valid])  # the sample itself
     warned = [r.getMessage() for r in caplog.records if "bundled sample" in r.getMessage()]
     assert len(warned) == 1 and own_train in warned[0]
+
+
+def test_only_the_bundled_samples_count_as_the_bundled_sample(caplog):
+    """A corpus of one's own kept under data/ (train shards in one folder, held-out text beside them) was
+    warned about as 'the bundled sample (valid_input's default)'; the bundled samples themselves still are."""
+    data = REPO / "data"
+    with caplog.at_level("WARNING", logger="span_electra"):
+        process.warn_bundled_valid([str(data / "wiki" / "train" / "part1.txt")], [str(data / "wiki" / "valid.txt")])
+        process.warn_bundled_valid(["/corpora/wiki/train.txt"], [str(data / "my_valid.txt")])
+    assert "bundled sample" not in caplog.text
+    with caplog.at_level("WARNING", logger="span_electra"):
+        process.warn_bundled_valid([str(data / "wiki" / "train.txt")], [str(data / "sample" / "valid.tokens")])
+        process.warn_bundled_valid([str(data / "sample_vi" / "train.txt")], [str(data / "sample" / "valid.tokens")])
+        process.warn_bundled_valid([str(data / "sample" / "train.tokens")], [str(data / "sample" / "valid.tokens")])
+    assert caplog.text.count("bundled sample") == 2
 
 
 def test_features_of_a_pyvi_vocabulary_without_pyvi_name_the_tokenizer(vi_tok, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import trainMLM_SpanElectra
 import trainSpanElectra
 import training_utils as tu
 from conftest import assert_one_line_error
+from argument import SE_trainingConfig
 from io_utils import SpanElectraError
 
 TINY = dict(model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=2, eval_batches=1,
@@ -651,6 +652,27 @@ def test_run_started_on_undigested_features_resumes_on_the_same_rows_rebuilt(tmp
     config = _resume_config(tmp_path, {**base, "train_sequences_digest": "e" * 32})  # recorded: still compared
     with pytest.raises(SpanElectraError, match="training sequences"):
         tu.check_run(config, {**base, "train_sequences_digest": "f" * 32})
+
+
+def _started_run(out, digest):
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 5}\n')
+    fixed = {"script": "trainSpanElectra", "tokenizer_hash": "t", "train_sequences": 10,
+             "train_sequences_digest": digest}
+    (out / "run.json").write_text(json.dumps({"run_id": "abc", "fixed": fixed}))
+    return SE_trainingConfig(features_dir="f", out_dir=str(out), resume_from="latest"), fixed
+
+
+def test_a_run_started_on_features_without_a_digest_resumes_on_the_same_text_rebuilt(tmp_path):
+    """A run started (by this version) on features process.py built before content_digest recorded
+    train_sequences_digest None; the same text rebuilt now has a digest: nothing says the rows differ, and the
+    run resumed before this change, so it must not be refused as 'rebuilt from other text'."""
+    config, fixed = _started_run(tmp_path / "a", None)
+    assert tu.check_run(config, dict(fixed, train_sequences_digest="0123")) == "abc"
+    config, fixed = _started_run(tmp_path / "b", "0123")  # a digest on both sides still decides
+    assert tu.check_run(config, fixed) == "abc"
+    with pytest.raises(SpanElectraError, match="training sequences .rebuilt from other text"):
+        tu.check_run(config, dict(fixed, train_sequences_digest="4567"))
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does(bpe_feat, tmp_path):

@@ -17,6 +17,7 @@ import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
 import training_utils
+from argument import SE_trainingConfig
 from io_utils import SpanElectraError
 
 SMALLER = dict(num_hidden_layers=1, log_every=5, eval_every=1000, eval_batches=2, train_batch_size=16,
@@ -346,6 +347,31 @@ def test_a_discriminator_at_chance_is_named_once(bpe_feat, tmp_path, monkeypatch
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "metrics.jsonl").write_text("\n".join(map(json.dumps, [noisy, train, valid, train])) + "\n")
     assert tu.collapse_history(tmp_path / "log") == (0.78, 0.78, [valid])
+
+
+LOGGED_EVERY_STEP = dict(num_hidden_layers=1, log_every=1, eval_batches=2, train_batch_size=16, eval_batch_size=32,
+                         device="cpu")
+
+
+COLLAPSED = {"disc_auc": 0.5, "rtd_loss": 0.39, "rtd_base_loss": 0.39, "disc_loss": 0.4, "disc_accuracy": 0.87,
+             "disc_precision": 0.0, "disc_recall": 0.0}
+
+
+def test_training_warns_only_where_the_comparison_marks_a_collapse(bpe_feat, tmp_path, monkeypatch, caplog):
+    """At chance at step 2 (not learning yet), a train window that learned at step 3, at chance again at step 4:
+    one evaluation at chance after the learning, which training_utils.collapsed does not call a collapse; the run
+    did warn."""
+    valid = iter([dict(COLLAPSED) for _ in range(4)])
+    monkeypatch.setattr(trainSpanElectra, "evaluate", lambda *args: next(valid))
+    real = training_utils.learned_auc
+    monkeypatch.setattr(training_utils, "learned_auc",
+                        lambda row: 0.7 if row.get("split") != "valid" and row["step"] == 3 else real(row))
+    with caplog.at_level("WARNING", logger="span_electra"):
+        trainSpanElectra.main(SE_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "run"),
+                                                mode="joint", eval_every=2, max_steps=4, **LOGGED_EVERY_STEP))
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert not training_utils.collapsed([r for r in rows if "event" not in r])
+    assert [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()] == []
 
 
 def test_init_from_a_trained_generator_starts_where_it_stopped(trained_generator, bpe_feat, tmp_path):
