@@ -145,6 +145,12 @@ def dense_labels(batch):
     return dense_slots(batch, "masked_lm_ids", fill=-100)
 
 
+def se_batches(feat_dir, n, batch_size=8, seed=0):
+    """The first n batches of an SEDataset over the features (dynamic masking, shuffled with the seed)."""
+    ds = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size, seed=seed)
+    return [ds[i] for i in range(n)]
+
+
 SLOT_KEYS = {"masked_lm_positions", "masked_lm_ids", "masked_lm_weights", "span_position", "boundary_left",
              "boundary_right"}
 

@@ -547,6 +547,22 @@ def test_a_stale_row_leaves_compare_json_before_its_run_is_trained_again(tmp_pat
     assert json.loads((tmp_path / "compare.json").read_text()) == []
 
 
+def test_rows_cached_before_the_mlm_and_two_stage_changes_are_pre_trained_again():
+    """compare.json rows of the MLM baseline (started at the tiny generator's 0.05) and of two-stage (steps
+    from the undercounted FLOPs) matched the identity the current code asks for, so a rerun in the same
+    out_dir reused them; a joint row, pre-trained as before, is still reused."""
+    config = cp.compare_args(scale="tiny", tasks="").resolved()
+    scale = cp.SCALES["tiny"]
+    plan = [(f"{name}@1", cp.RECIPES[name][1], 1.0, config.seed) for name in ("mlm", "se_two_stage", "se_joint")]
+    now = {run: cp.row_identity(run.split("@")[0], 1.0, config, scale, 6e12) for run, *_ in plan}
+    before = [{"run": run, "identity": {k: v for k, v in identity.items() if k != "revision"}}
+              for run, identity in now.items()]
+    assert list(cp.runs_cached(plan, before, config, scale, 6e12)) == ["se_joint@1"]
+    assert now["mlm@1"]["revision"] == now["se_two_stage@1"]["revision"] == 2 and "revision" not in now["se_joint@1"]
+    current = [{"run": run, "identity": identity} for run, identity in now.items()]
+    assert list(cp.runs_cached(plan, current, config, scale, 6e12)) == [run for run, *_ in plan]
+
+
 def test_wrong_paths_fail_before_anything_is_built(tmp_path, monkeypatch):
     """A missing corpus or task folder is a one-line error before out_dir is made, not after the data
     is built; once the features are built, the corpus is not needed again."""

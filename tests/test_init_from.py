@@ -15,6 +15,7 @@ import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
 from conftest import ELECTRA_TF as FIXTURE, SAMPLE, assert_one_line_error, build_features, read_json, run_in_process
+from io_utils import SpanElectraError
 
 BERT_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
 TINY = dict(max_steps=2, log_every=1, eval_batches=1, train_batch_size=8, save_every=2, device="cpu")
@@ -100,6 +101,18 @@ def test_size_flags_beside_init_from_are_refused(converted, bert_id_features, tm
                                "--features_dir", bert_id_features[0], "--out_dir", tmp_path / "g", "--max_steps", "1",
                                "--num_hidden_layers", "6", "--device", "cpu")
     assert_one_line_error(code, err, "num_hidden_layers: 6, but the generator in", "has 2", "drop --num_hidden_layers")
+
+
+def test_gen_initializer_range_beside_init_from_is_refused(bpe_feat, tmp_path):
+    """--init_from starts the generator from its folder's weights: the initial std was silently ignored (its
+    sibling size flags are refused), and the run's identity recorded a setting that did nothing."""
+    for cls, extra in ((argument.MLM_trainingConfig, {}), (argument.SE_trainingConfig, {"mode": "joint"})):
+        config = cls(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "o"), init_from=str(tmp_path),
+                     gen_initializer_range=0.02, **extra)
+        with pytest.raises(SpanElectraError, match="gen_initializer_range: --init_from"):
+            config.validate()
+    cls = argument.MLM_trainingConfig  # from scratch it still sets the std
+    cls(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "o"), gen_initializer_range=0.02).validate()
 
 
 def test_generator_sizes_in_two_stage_are_refused(bert_id_features, tmp_path, capsys):

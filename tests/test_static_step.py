@@ -15,12 +15,7 @@ import modelling_span_electra as mse
 import training_utils as tu
 import trainMLM_SpanElectra
 import trainSpanElectra
-from conftest import dense_labels, dense_slots
-
-
-def se_batches(feat_dir, n, batch_size=8, seed=0):
-    ds = features.SEDataset(argument.SE_trainDataArgs(features_dir=str(feat_dir)), batch_size, seed=seed)
-    return [ds[i] for i in range(n)]
+from conftest import dense_labels, dense_slots, se_batches
 
 
 # ---------------------------------------------------------------- slots
@@ -160,6 +155,40 @@ def test_generator_step_is_one_graph_compiled_once(bpe_feat):
     row = sums.read(tu.Runtime(torch.device("cpu")))
     assert 0.12 < row["mask_ratio"] < 0.18 and 3 < row["mean_span_length"] < 8  # tokens (vocabulary of 2,000)
     assert 0 <= row["mlm_baseline_accuracy"] < 0.2
+
+
+def test_gradient_disentangled_joint_step_is_one_graph_compiled_once(bpe_feat):
+    """The position delta (a slice of the live position table taken out and put back detached) must keep the
+    joint step one graph that never recompiles, with the loss of the eager step."""
+    config = argument.SE_trainingConfig(features_dir=str(bpe_feat[0]), mode="joint", gradient_disentangled=True)
+    gen_cfg, disc_cfg = mse.electra_configs("tiny", bpe_feat[1]["vocab_size"], 128, num_hidden_layers=1,
+                                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = mse.SpanElectraJoint(gen_cfg, disc_cfg, gradient_disentangled=True)
+    with torch.no_grad():
+        model.position_delta.normal_(std=0.02)
+    step = tu.TrainStep(model, functools.partial(trainSpanElectra.loss_and_metrics, config=config))
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    temperature = torch.ones(())
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for batch in se_batches(bpe_feat[0], 4, batch_size=4, seed=1):
+            torch.manual_seed(1)
+            eager, _ = step(batch, temperature=temperature)
+            torch.manual_seed(1)
+            loss, _ = compiled(batch, temperature=temperature)
+            assert loss.item() == pytest.approx(eager.item(), rel=1e-5)
+            model.zero_grad()
+            loss.backward()
+            shared = model.discriminator.core.electra.embeddings.position_embeddings.weight
+            assert model.position_delta.grad[:128].abs().sum() > 0 and shared.grad is not None
+    # the discriminator's loss alone reaches the position delta, never the shared table
+    model.zero_grad()
+    batch = se_batches(bpe_feat[0], 1, batch_size=4, seed=1)[0]
+    _, disc_out, _ = model(batch)
+    disc_out["loss"].backward()
+    assert model.position_delta.grad.abs().sum() > 0
+    assert model.discriminator.core.electra.embeddings.position_embeddings.weight.grad.abs().sum() == 0
 
 
 def attention_masks_seen_by_compile(fn, *args):
