@@ -11,6 +11,7 @@ import argument
 import features
 import mask_stats
 import masking
+from argument import MaskingArgs
 
 IGNORE = -100
 SPECIAL = np.arange(5)
@@ -194,6 +195,20 @@ def test_segmented_words_are_masked_whole(vi_feat):
     """pyvi joins syllables with '_': a segmented word is one byte-level word, masked all or nothing."""
     feats, ids, batch = _mask(vi_feat[0], n=None)
     check_segmented_words_whole(feats, ids, batch)
+
+
+def test_a_word_that_fits_the_slots_stays_whole_when_the_budget_is_smaller():
+    """Short rows at a low ratio (budget 1 token) keep their one span a whole 3-token word, as before the
+    Thai cut; only a word longer than the slots is cut to the budget."""
+    starts = np.zeros(100, dtype=bool)
+    starts[:10] = True  # ids 5..9 start words; ids 10.. continue them
+    masker = masking.Masker(MaskingArgs(mask_ratio=0.05), starts, special_ids=range(5), mask_id=4, vocab_size=100)
+    ids = np.full((256, 16), 20)
+    ids[:, 0], ids[:, -1] = 2, 3
+    ids[:, 1:-1:3] = 7  # words of 3 tokens (the last one of 2)
+    masked = (masker(ids, np.random.default_rng(0))["labels"] != masking.IGNORE_INDEX)
+    assert masking.max_prediction_slots(masker.config, 16) >= 3
+    assert set(masked.sum(1)) <= {2, 3} and (masked.sum(1) == 3).mean() > 0.5  # whole words, never 1 token
 
 
 # ---------------------------------------------------------------- determinism and replacement

@@ -376,6 +376,20 @@ def test_dynamic_dataset_new_mask_each_epoch_same_rows(bpe_feat):
         np.testing.assert_array_equal(batch["input_ids"].numpy()[~m], rows[~m])
 
 
+def test_the_shuffle_is_made_once_an_epoch(monkeypatch):
+    dataset = object.__new__(features.MLMDataset)
+    dataset.data, dataset.seed, dataset.shuffle, dataset.batch_size = np.zeros((100, 4)), 7, True, 10
+    dataset.rank, dataset.world_size, dataset.epoch, dataset._order = 0, 1, 0, (None, None)
+    expected = {e: np.random.default_rng([7, e]).permutation(100) for e in (0, 1)}
+    made, rng = [], np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: made.append(seed) or rng(seed))
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        for i in range(10):
+            np.testing.assert_array_equal(dataset.rows(i), np.sort(expected[epoch][10 * i:10 * i + 10]))
+    assert made == [[7, 0], [7, 1]]
+
+
 def test_labels_and_ratio_of_dataset_batches(bpe_feat):
     feat_dir, _ = bpe_feat
     ds = features.MLMDataset(_data_args(feat_dir), batch_size=128, seed=0)
