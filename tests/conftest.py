@@ -22,6 +22,7 @@ SAMPLE_VI = REPO / "data" / "sample_vi"
 ELECTRA_TF = REPO / "tests" / "fixtures" / "electra_tf"  # a tiny ELECTRA that TensorFlow wrote (see its scripts)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, UNK, CLS, SEP, MASK = range(5)
+V = 60  # the vocabulary size of hand-made batches and maskers (ids 0-4 special, as above)
 
 import argument  # noqa: E402
 import create_vocab_SE  # noqa: E402

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from conftest import REPO, SHARED_DATA, assert_cli_error, run_cli
 
 import argument
 import finetune_SE as ft
+import training_utils as tu
 from io_utils import SpanElectraError
 from tokenization import folder_segmenter
 
@@ -200,6 +202,15 @@ def test_metrics_match_hand_computed_values():
     assert ft.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone: 1 though not linear
 
 
+def test_seed_summary_is_the_median_with_min_and_max():
+    """results.json's headline over seeds is the median (robust to one bad seed), with min and max beside it."""
+    per_seed = [{"eval_accuracy": .1, "eval_loss": 3.0}, {"eval_accuracy": .9, "eval_loss": 1.0},
+                {"eval_accuracy": .2, "eval_loss": 2.0}]
+    summary = ft.summarise(per_seed, ["eval_accuracy", "eval_loss"])
+    assert summary == {"eval_accuracy": pytest.approx(.2), "eval_accuracy_min": .1, "eval_accuracy_max": .9,
+                       "eval_loss": pytest.approx(2.0), "eval_loss_min": 1.0, "eval_loss_max": 3.0}
+
+
 # ---------------------------------------------------------------- tiny models
 def tiny_config(vocab_size, layers=2):
     from transformers import ElectraConfig
@@ -347,6 +358,98 @@ def test_pair_task_with_two_seeds(tiny_discriminator, tmp_path):
     assert 0 <= results["eval_accuracy"] <= 1 and 0 <= results["eval_f1"] <= 1
     assert not (out / "model").exists()
     assert len((out / "test_predictions.tsv").read_text().splitlines()) == 8
+
+
+LABELS = ("neg", "pos")
+
+
+@pytest.fixture(scope="module")
+def pair_run(bpe_tok, tmp_path_factory):
+    """One tiny 2-epoch fine-tuning run of a pair task labelled neg/pos, with spies on what finetune_SE passes on."""
+    from transformers import ElectraConfig, ElectraForPreTraining
+    root = tmp_path_factory.mktemp("ft")
+    model_dir = root / "model"
+    torch.manual_seed(0)
+    ElectraForPreTraining(ElectraConfig(vocab_size=2000, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                        type_vocab_size=2)).save_pretrained(model_dir)
+    for path in bpe_tok.iterdir():
+        if path.is_file() and not (model_dir / path.name).exists():
+            shutil.copy(path, model_dir / path.name)
+    rng = np.random.default_rng(0)
+    words = "the game was released in japan by a band".split()
+
+    def text(n):
+        return " ".join(rng.choice(words, size=n))
+    task = root / "task"
+    task.mkdir()
+    header = ["sentence1\tsentence2\tlabel"]
+    (task / "train.tsv").write_text("\n".join(header + [f"{text(4)}\t{text(3)}\t{LABELS[i % 2]}" for i in range(40)])
+                                    + "\n", encoding="utf-8")
+    (task / "dev.tsv").write_text("\n".join(header + [f"{text(4)}\t{text(3)}\t{LABELS[i % 2]}" for i in range(8)])
+                                  + "\n", encoding="utf-8")
+    (task / "test.tsv").write_text("\n".join(["index\tsentence1\tsentence2"] + [f"{i}\t{text(4)}\t{text(3)}"
+                                                                              for i in range(5)]) + "\n",
+                                   encoding="utf-8")
+    seen = {"encoded": [], "schedules": [], "grad_norms": []}
+    real_encode, real_schedule, real_step = ft.encode, tu.warmup_linear_schedule, tu.optimizer_step
+
+    def encode(tokenizer, examples, max_seq_length, token_types, pad_id, prepare=lambda t: t):
+        out = real_encode(tokenizer, examples, max_seq_length, token_types, pad_id, prepare)
+        seen["encoded"].append((out, tokenizer.sep_token_id))
+        return out
+
+    def schedule(optimizer, warmup_steps, total_steps):
+        seen["schedules"].append((warmup_steps, total_steps))
+        return real_schedule(optimizer, warmup_steps, total_steps)
+
+    def step(model, optimizer, scheduler, max_grad_norm):
+        seen["grad_norms"].append(max_grad_norm)
+        return real_step(model, optimizer, scheduler, max_grad_norm)
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft, "encode", encode)
+        mp.setattr(tu, "warmup_linear_schedule", schedule)
+        mp.setattr(tu, "optimizer_step", step)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            results = ft.main(argument.finetune_args(
+                task_dir=str(task), model_dir=str(model_dir), out_dir=str(out), num_train_epochs=2, warmup_ratio=0.5,
+                max_grad_norm=0.37, train_batch_size=16, eval_batch_size=16, max_seq_length=32, save_model=False,
+                device="cpu"))
+        finally:
+            torch.set_num_threads(threads)
+    return SimpleNamespace(results=results, out=out, **seen)
+
+
+def test_pair_tasks_get_segment_ids(pair_run):
+    """A pair task gives its second sentence token type 1 when the model has token types (ELECTRA, BERT)."""
+    assert len(pair_run.encoded) == 3  # train, dev, test
+    for encoded, sep in pair_run.encoded:
+        assert "token_type_ids" in encoded
+        for ids, types, n in zip(encoded["input_ids"], encoded["token_type_ids"], encoded["lengths"]):
+            first_sep = int(np.flatnonzero(ids == sep)[0])
+            assert not types[:first_sep + 1].any()
+            assert types[first_sep + 1:n].all() and n > first_sep + 1
+
+
+def test_fine_tuning_warms_up_over_warmup_ratio_of_all_steps(pair_run):
+    """warmup steps = int(warmup_ratio x total steps), total = epochs x batches per epoch (2 x ceil(40/16) = 6)."""
+    assert pair_run.schedules == [(3, 6)]
+
+
+def test_fine_tuning_clips_gradients_at_max_grad_norm(pair_run):
+    """--max_grad_norm is the clipping threshold of every optimizer step."""
+    assert pair_run.grad_norms == [0.37] * 6
+
+
+def test_test_predictions_are_label_names(pair_run):
+    """test_predictions.tsv holds train.tsv's label strings (GLUE submission style), not class numbers."""
+    lines = (pair_run.out / "test_predictions.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "index\tprediction" and [l.split("\t")[0] for l in lines[1:]] == [str(i) for i in range(5)]
+    assert {l.split("\t")[1] for l in lines[1:]} <= set(LABELS)
+    assert pair_run.results["labels"] == list(LABELS)
 
 
 def test_regression_task(tiny_discriminator, tmp_path):

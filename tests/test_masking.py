@@ -1,10 +1,11 @@
 """masking.py: SpanBERT span masking and BERT token masking on real sequences of the sample."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from conftest import MASK, check_segmented_words_whole, masked_rows, run_ok_in_process
+from conftest import MASK, V, check_segmented_words_whole, masked_rows, run_ok_in_process
 from conftest import token_strings as _token_strings
 
 import argument
@@ -12,6 +13,7 @@ import features
 import mask_stats
 import masking
 from argument import MaskingArgs
+from io_utils import SpanElectraError
 
 IGNORE = -100
 SPECIAL = np.arange(5)
@@ -127,6 +129,16 @@ def test_short_sequences_and_small_ratios_still_get_masked(bpe_feat):
         masked = batch["labels"] != IGNORE
         # the budget is max(1, round(ratio x tokens)): every row must have a masked token
         assert masked.any(1).all(), (seq_len, ratio, 1 - masked.any(1).mean())
+
+
+def test_token_masking_masks_at_least_one_token_of_a_short_row():
+    """A row whose 15% rounds to 0 tokens still gets exactly one masked token."""
+    masker = masking.Masker(argument.MaskingArgs(masking="token"), np.ones(V, dtype=bool), special_ids=range(5),
+                            mask_id=4, vocab_size=V)
+    ids = np.array([[2, 10, 11, 3, 0, 0], [2, 12, 13, 14, 15, 3]])
+    batch = masker(ids, np.random.default_rng(0))
+    assert (batch["labels"] != -100).sum(1).tolist() == [1, 1]
+    assert not np.isin(batch["labels"][batch["labels"] != -100], range(5)).any()
 
 
 # ---------------------------------------------------------------- whole words
@@ -268,6 +280,20 @@ def test_replacement_shares_85_15_0(bpe_feat):
     assert shares[1] == 0
 
 
+def test_random_replacements_draw_from_every_ordinary_token():
+    """Random replacement picks among all non-special ids (the last id included), never a special one."""
+    vocab = 12
+    masker = masking.Masker(argument.MaskingArgs(masking="token", mask_ratio=0.5, mask_replace_prob=0.0,
+                                                 random_replace_prob=1.0), np.ones(vocab, dtype=bool),
+                            special_ids=range(5), mask_id=4, vocab_size=vocab)
+    np.testing.assert_array_equal(masker.random_ids, np.arange(5, vocab))
+    ids = np.full((200, 20), 5)
+    ids[:, 0], ids[:, -1] = 2, 3
+    batch = masker(ids, np.random.default_rng(0))
+    drawn = batch["input_ids"][batch["labels"] != -100]
+    assert set(drawn.tolist()) == set(range(5, vocab))
+
+
 # ---------------------------------------------------------------- span boundaries
 def _check_boundaries(ids, batch):
     masked = batch["labels"] != IGNORE
@@ -331,6 +357,16 @@ def test_masker_validates_config(bpe_feat):
                          ("max_span_len", 0), ("masking", "word"), ("random_replace_prob", 0.3)]:
         with pytest.raises(SpanElectraError, match=f"^{field}:"):
             feats.masker(argument.MaskingArgs(**{field: value}))
+
+
+def test_prediction_slots_cannot_exceed_the_maskable_tokens():
+    """max_predictions_per_seq above seq_len - 2 is a one-line error naming the field; seq_len - 2 is accepted."""
+    config = argument.MaskingArgs(masking="token", max_predictions_per_seq=127)
+    with pytest.raises(SpanElectraError) as e:
+        masking.max_prediction_slots(config, 128)
+    message = str(e.value)
+    assert message.startswith("max_predictions_per_seq:") and "\n" not in message and "126" in message
+    assert masking.max_prediction_slots(dataclasses.replace(config, max_predictions_per_seq=126), 128) == 126
 
 
 # ---------------------------------------------------------------- the statistics command

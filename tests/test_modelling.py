@@ -1,9 +1,11 @@
 """modelling_span_electra.py on hand-made tensors: the generator's and discriminator's losses, the shared and
 tied embeddings, saving a discriminator, generator sampling and corruption, and the span-boundary head."""
+import pytest
 import torch
+import torch.nn.functional as F
 
 import modelling_span_electra as mse
-from conftest import se_batches
+from conftest import V, se_batches
 
 
 def test_two_stage_samples_from_the_forwards_own_logits(bpe_feat):
@@ -14,3 +16,105 @@ def test_two_stage_samples_from_the_forwards_own_logits(bpe_feat):
         full, sampling = generator(**batch)["logits"], generator.sampling_logits(**batch)
     assert sampling.dtype == torch.float32 and sampling.shape == full.shape
     assert torch.equal(sampling, full)
+
+
+L = 12  # the sequence length of the hand-made batches
+
+
+def tiny_configs(**kw):
+    """(generator, discriminator) ElectraConfigs of the tiny preset with one layer, dropout off."""
+    kw.setdefault("num_hidden_layers", 1)
+    return mse.electra_configs("tiny", V, L, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
+
+
+def slot_batch():
+    """A hand-made [2, L] batch with 4 prediction slots (row 0: 3 real slots, row 1: 2), one span each side."""
+    g = torch.Generator().manual_seed(0)
+    original = torch.randint(5, V, (2, L), generator=g)
+    original[:, 0], original[:, -1] = 2, 3
+    positions = torch.tensor([[2, 3, 7, 0], [4, 5, 0, 0]])
+    weights = torch.tensor([[1., 1., 1., 0.], [1., 1., 0., 0.]])
+    input_ids = original.clone()
+    input_ids.scatter_(1, positions, torch.where(weights > 0, 4, original.gather(1, positions)))
+    return {"input_ids": input_ids, "original_ids": original, "masked_lm_positions": positions,
+            "masked_lm_ids": original.gather(1, positions) * (weights > 0), "masked_lm_weights": weights,
+            "span_position": torch.tensor([[0, 1, 0, 0], [0, 1, 0, 0]]),
+            "boundary_left": torch.tensor([[1, 1, 6, 0], [3, 3, 0, 0]]),
+            "boundary_right": torch.tensor([[4, 4, 8, 0], [6, 6, 0, 0]])}
+
+
+def test_joint_generator_head_is_tied_to_the_shared_word_embeddings():
+    """Joint training decodes the generator with the one shared embedding table (ELECTRA), not a stale copy."""
+    gen_cfg, disc_cfg = tiny_configs()
+    model = mse.SpanElectraJoint(gen_cfg, disc_cfg)
+    shared = model.discriminator.core.electra.embeddings
+    assert model.generator.mlm.generator_lm_head.weight is shared.word_embeddings.weight
+    assert model.generator.mlm.electra.embeddings is shared
+
+
+@pytest.mark.parametrize("use_sbo", [True, False])
+def test_generator_loss_is_mlm_plus_sbo(use_sbo):
+    """The generator's loss is the masked-mean MLM loss plus, with use_sbo, the SBO loss (else MLM alone)."""
+    gen_cfg, _ = tiny_configs()
+    torch.manual_seed(0)
+    gen = mse.SpanElectraGenerator(gen_cfg, use_sbo=use_sbo)
+    batch = slot_batch()
+    out = gen(**batch)
+    w = batch["masked_lm_weights"]
+    ce = F.cross_entropy(out["logits"].flatten(0, 1), batch["masked_lm_ids"].flatten(), reduction="none")
+    expected_mlm = (ce * w.flatten()).sum() / w.sum()  # padding slots (weight 0) left out
+    torch.testing.assert_close(out["mlm_loss"], expected_mlm)
+    if use_sbo:
+        assert out["sbo_loss"] > 0
+        torch.testing.assert_close(out["loss"], out["mlm_loss"] + out["sbo_loss"])
+    else:
+        assert "sbo_loss" not in out
+        torch.testing.assert_close(out["loss"], out["mlm_loss"])
+
+
+@pytest.mark.parametrize("use_all_token,use_span_head,parts", [(True, True, ("rtd_loss", "span_loss")),
+                                                               (False, True, ("span_loss",)),
+                                                               (True, False, ("rtd_loss",))])
+def test_discriminator_loss_sums_the_chosen_objectives(use_all_token, use_span_head, parts):
+    """The discriminator's loss is the sum of the objectives switched on (use_all_token: RTD, use_span_head: span)."""
+    _, disc_cfg = tiny_configs()
+    torch.manual_seed(0)
+    disc = mse.SpanElectraDiscriminator(disc_cfg, use_all_token=use_all_token, use_span_head=use_span_head)
+    batch = slot_batch()
+    replaced = torch.zeros(2, L, dtype=torch.long)
+    replaced[0, [2, 7]] = 1
+    out = disc(**mse.discriminator_inputs(batch, batch["input_ids"], replaced))
+    assert out["rtd_loss"] > 0 and ("span_loss" in out) == use_span_head
+    torch.testing.assert_close(out["loss"], sum(out[p] for p in parts))
+
+
+def test_saved_discriminator_folds_in_the_embedding_delta_and_leaves_the_model_alone(tmp_path):
+    """A gradient-disentangled discriminator is saved with shared table + delta; the live shared table is untouched."""
+    gen_cfg, disc_cfg = tiny_configs()
+    model = mse.SpanElectraJoint(gen_cfg, disc_cfg, gradient_disentangled=True)
+    with torch.no_grad():
+        model.embedding_delta.normal_(0, 0.5)
+    shared = model.discriminator.core.electra.embeddings.word_embeddings.weight
+    before = shared.detach().clone()
+    mse.save_discriminator(model.discriminator, str(tmp_path / "disc"), embedding_delta=model.embedding_delta)
+    from transformers import ElectraForPreTraining
+    saved = ElectraForPreTraining.from_pretrained(tmp_path / "disc").electra.embeddings.word_embeddings.weight
+    torch.testing.assert_close(saved.detach(), before + model.embedding_delta.detach())
+    assert torch.equal(shared.detach(), before)  # the joint model trains on from the same shared table
+    assert model.generator.mlm.generator_lm_head.weight is shared
+
+
+def test_two_stage_discriminator_starts_from_the_whole_generator_encoder():
+    """init_discriminator_from_generator copies every same-shaped tensor (encoder layers too) and counts them."""
+    _, disc_cfg = tiny_configs(num_hidden_layers=2)
+    torch.manual_seed(0)
+    gen = mse.SpanElectraGenerator(disc_cfg)  # same sizes as the discriminator: everything fits
+    disc = mse.SpanElectraDiscriminator(disc_cfg)
+    name = "encoder.layer.1.attention.self.query.weight"
+    source = gen.mlm.electra.state_dict()
+    assert not torch.equal(disc.core.electra.state_dict()[name], source[name])
+    copied = mse.init_discriminator_from_generator(disc, gen)
+    assert copied == len(source)
+    target = disc.core.electra.state_dict()
+    for key, value in source.items():
+        assert torch.equal(target[key], value), key

@@ -4,6 +4,7 @@ import logging
 import re
 import sys
 import types
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import argument
 import features
 import process
 import tokenization
-import training_utils
+import training_utils as tu
 from io_utils import SpanElectraError
 
 TRAIN = SAMPLE / "train.tokens"
@@ -65,6 +66,22 @@ def test_meta_fields(bpe_feat, bpe_tok):
     assert meta["num_documents"]["valid"] == sum(1 for l in text_lines([VALID]) if TITLE.match(l))
     assert meta["undecodable_bytes"] == 0
     assert meta["static_masking"] is True
+
+
+def test_most_frequent_token_is_the_commonest_ordinary_token(bpe_feat):
+    """The MLM baseline token is the argmax over the rows' bodies and never a special token ([CLS], [SEP], ...)."""
+    feats = features.PretrainingFeatures(str(bpe_feat[0]))
+    ids = np.asarray(feats.split("train"), dtype=np.int64)
+    specials = sorted(feats.special_ids.values())
+    counts = np.bincount(ids[:, 1:-1].ravel(), minlength=feats.vocab_size)
+    counts[specials] = 0
+    token = feats.most_frequent_token()
+    assert token not in specials
+    assert token == int(counts.argmax())
+    # rows with much padding: [PAD], then [CLS]/[SEP], outnumber every ordinary token, which still wins
+    rows = np.array([[2, 7, 7, 3, 0, 0, 0, 0], [2, 7, 8, 3, 0, 0, 0, 0], [2, 9, 4, 4, 4, 4, 3, 0]])
+    stub = SimpleNamespace(vocab_size=20, special_ids=feats.special_ids, _most_frequent=None, split=lambda name: rows)
+    assert features.PretrainingFeatures.most_frequent_token(stub) == 7
 
 
 def test_tokens_are_conserved(bpe_feat, bpe_tok, bert_feat, bert_tok):
@@ -459,7 +476,7 @@ def test_evaluation_reads_the_same_batches_whatever_the_number_of_processes(bpe_
         for rank in range(world_size):
             ds = features.MLMDataset(_data_args(feat_dir), batch_size=8, seed=3, shuffle=False, rank=rank,
                                      world_size=world_size, split="valid")
-            for i in training_utils.eval_batch_indices(ds, eval_batches):
+            for i in tu.eval_batch_indices(ds, eval_batches):
                 batches[i * world_size + rank] = ds[i]
         return batches
     one = evaluated(1, 5)
@@ -478,7 +495,7 @@ def test_evaluation_reads_the_same_batches_whatever_the_number_of_processes(bpe_
 def test_metric_sums_reduce_counts_over_ranks_before_rates(monkeypatch):
     """Rates come from the sums of every rank (all-reduced with the batch counts), not from averaging
     each rank's rate: a rank that saw few tokens weighs what its tokens weigh."""
-    sums = training_utils.MetricSums()
+    sums = tu.MetricSums()
     sums.add({"loss": torch.tensor(2.0), "tokens": torch.tensor(10.0), "correct": torch.tensor(9.0),
               "replaced": torch.tensor(1.0), "predicted": torch.tensor(1.0), "true_positive": torch.tensor(1.0)})
     other_rank = torch.tensor([4.0, 90.0, 45.0, 9.0, 0.0, 0.0, 1.0], dtype=torch.float64)

@@ -1,11 +1,13 @@
 """Runs that never mix: a run resumes only itself, a used out_dir is never taken over silently, and
 every failure is one line (exit 2) with nothing half-written."""
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 import types
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +17,8 @@ import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
 import training_utils as tu
-from conftest import assert_one_line_error
 from argument import SE_trainingConfig
+from conftest import assert_one_line_error
 from io_utils import SpanElectraError
 
 TINY = dict(model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=2, eval_batches=1,
@@ -99,6 +101,33 @@ def test_resume_with_a_changed_fixed_setting_names_it_and_writes_nothing(bpe_fea
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, max_steps=6, resume_from="latest", log_every=3))
     steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl", encoding="utf-8")]
     assert steps[-1] == 6
+
+
+def test_mutable_settings_are_those_that_leave_the_trained_model_unchanged(tmp_path):
+    """A resume may change only bookkeeping: a changed mask_ratio, learning_rate or other setting is refused."""
+    # Why this set: max_steps only extends the run; log/eval/save/keep settings say how often and how much is
+    # written or evaluated; resume_from/overwrite_output_dir/out_dir/features_dir/tokenizer_dir/generator_dir say
+    # where files are (what they hold is pinned by digests in the identity); device/bf16/compile/num_workers change
+    # speed, not the recipe. Any other field changes what is trained, so a resume that changes it makes two runs.
+    assert tu.MUTABLE_SETTINGS == {
+        "max_steps", "log_every", "eval_every", "save_every", "eval_batches", "eval_batch_size", "keep_checkpoints",
+        "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device", "bf16", "compile", "features_dir",
+        "tokenizer_dir", "generator_dir"}
+    feats = SimpleNamespace(meta={"tokenizer_hash": "h", "num_sequences": {"train": 100}}, max_seq_len=128,
+                            vocab_size=2000)
+    first = argument.MLM_trainingConfig(features_dir="f", out_dir=str(tmp_path))
+    (tmp_path / "run.json").write_text(json.dumps(
+        {"run_id": "r1", "fixed": tu.run_identity(first, feats, "generator")}), encoding="utf-8")
+    (tmp_path / "metrics.jsonl").write_text("", encoding="utf-8")
+
+    def resume(**changes):
+        config = dataclasses.replace(first, resume_from="latest", **changes)
+        return tu.check_run(config, tu.run_identity(config, feats, "generator"))
+
+    assert resume(max_steps=5000, log_every=1, eval_batches=3) == "r1"
+    for field, value in (("mask_ratio", 0.3), ("learning_rate", 1e-3), ("masking", "token"), ("seed", 7)):
+        with pytest.raises(SpanElectraError, match=f"^{field}: the run in .* was started with"):
+            resume(**{field: value})
 
 
 def test_two_stage_resume_refuses_a_generator_retrained_in_place(bpe_feat, finished_run, tmp_path, capsys):

@@ -9,19 +9,25 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from conftest import REPO, assert_one_line_error, build_features, joint_batch, run_in_process
+from conftest import REPO, V, assert_one_line_error, build_features, joint_batch, run_in_process
 
 import argument
+import features
 import modelling_span_electra as mse
 import trainMLM_SpanElectra
 import trainSpanElectra
-import training_utils
+import training_utils as tu
 from argument import SE_trainingConfig
 from io_utils import SpanElectraError
 
 SMALLER = dict(num_hidden_layers=1, log_every=5, eval_every=1000, eval_batches=2, train_batch_size=16,
                eval_batch_size=32, device="cpu")
+
+
+SMALL = dict(num_hidden_layers=1, log_every=1, eval_every=1000, eval_batches=1, eval_batch_size=4, device="cpu",
+             num_workers=0)
 
 
 def rows(out_dir, split=None):
@@ -182,6 +188,22 @@ def test_temperature_curriculum_smooths_samples_then_falls_to_one():
     freq = torch.bincount(mse.sample_tokens(logits, temperature=3.0), minlength=3).float() / 4000
     np.testing.assert_allclose(freq.numpy(), torch.softmax(logits[0] / 3, 0).numpy(), atol=0.03)
 
+
+def test_joint_training_follows_the_temperature_curriculum(bpe_feat, tmp_path, monkeypatch):
+    """Generator samples are drawn at temperature_start, falling linearly to 1 over temperature_decay of the steps."""
+    seen, real = [], mse.sample_tokens
+
+    def spy(logits, rng=None, temperature=1.0):
+        if torch.is_tensor(temperature):  # the training step's (evaluation passes a plain 1.0)
+            seen.append(round(float(temperature), 6))
+        return real(logits, rng, temperature)
+    monkeypatch.setattr(mse, "sample_tokens", spy)
+    trainSpanElectra.main(argument.SE_trainingConfig(
+        features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "se"), mode="joint", max_steps=2, train_batch_size=4,
+        temperature_start=3.0, temperature_decay=1.0, **SMALL))
+    assert seen == [3.0, 2.0]  # step 0: 3; step 1: 3 + (1 - 3) x 1/2
+
+
 # ---------------------------------------------------------------- resume, processes, bad input
 def test_resumed_run_matches_uninterrupted(bpe_feat, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
@@ -206,7 +228,7 @@ def test_resume_latest_without_checkpoint_starts_fresh_and_bad_checkpoint_falls_
     for damaged in (b"not a checkpoint", b""):  # random bytes, and an empty file (torch: EOFError, no message)
         (out / "checkpoint-00000010.pt").write_bytes(damaged)
         caplog.clear()
-        state = training_utils.load_checkpoint("latest", str(out))
+        state = tu.load_checkpoint("latest", str(out))
         assert state["step"] == 5  # the unreadable newest one is skipped
         assert "cannot read checkpoint" in caplog.text and "weights_only=False" not in caplog.text
 
@@ -237,7 +259,7 @@ def test_bad_training_inputs(bpe_feat, bert_feat, trained_generator, tmp_path, c
         trainSpanElectra.main(se_config(bert_feat[0], tmp_path / "o2", generator_dir=str(trained_generator / "generator"),
                                         max_steps=1))
     with pytest.raises(SpanElectraError, match="non-finite"):
-        training_utils.check_finite(float("nan"), 7)
+        tu.check_finite(float("nan"), 7)
     code, err = run_in_process(capsys, trainMLM_SpanElectra, argument.MLM_trainingConfig, "--features_dir",
                                bpe_feat[0], "--out_dir", "/proc/forbidden", "--max_steps", 1)
     assert_one_line_error(code, err, "out_dir")
@@ -256,7 +278,7 @@ def test_disk_full_mid_run_is_one_line(bpe_feat, tmp_path, monkeypatch, capsys):
             raise OSError(errno.ENOSPC, "No space left on device", self.path)
         written.append(row)
 
-    monkeypatch.setattr(training_utils.MetricsLog, "write", write_until_full)
+    monkeypatch.setattr(tu.MetricsLog, "write", write_until_full)
     with pytest.raises(SystemExit) as exit_info:
         argument.run_main(trainMLM_SpanElectra.main, argument.MLM_trainingConfig, [
             "--features_dir", str(bpe_feat[0]), "--out_dir", str(tmp_path / "gen"), "--max_steps", "4",
@@ -359,18 +381,17 @@ COLLAPSED = {"disc_auc": 0.5, "rtd_loss": 0.39, "rtd_base_loss": 0.39, "disc_los
 
 def test_training_warns_only_where_the_comparison_marks_a_collapse(bpe_feat, tmp_path, monkeypatch, caplog):
     """At chance at step 2 (not learning yet), a train window that learned at step 3, at chance again at step 4:
-    one evaluation at chance after the learning, which training_utils.collapsed does not call a collapse; the run
-    did warn."""
+    one evaluation at chance after the learning, which tu.collapsed does not call a collapse; the run did warn."""
     valid = iter([dict(COLLAPSED) for _ in range(4)])
     monkeypatch.setattr(trainSpanElectra, "evaluate", lambda *args: next(valid))
-    real = training_utils.learned_auc
-    monkeypatch.setattr(training_utils, "learned_auc",
-                        lambda row: 0.7 if row.get("split") != "valid" and row["step"] == 3 else real(row))
+    real = tu.learned_auc
+    monkeypatch.setattr(tu, "learned_auc", lambda row: 0.7 if row.get("split") != "valid" and row["step"] == 3
+                        else real(row))
     with caplog.at_level("WARNING", logger="span_electra"):
         trainSpanElectra.main(SE_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "run"),
                                                 mode="joint", eval_every=2, max_steps=4, **LOGGED_EVERY_STEP))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert not training_utils.collapsed([r for r in rows if "event" not in r])
+    assert not tu.collapsed([r for r in rows if "event" not in r])
     assert [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()] == []
 
 
@@ -462,7 +483,7 @@ def test_validation_of_a_joint_run_does_not_depend_on_the_number_of_processes(bp
             dataset = feats.SEDataset(config, 8, seed=config.seed, shuffle=False, rank=rank, world_size=world_size,
                                       split="valid")
             seen.clear()
-            trainSpanElectra.evaluate(model, dataset, config, training_utils.Runtime(torch.device("cpu")))
+            trainSpanElectra.evaluate(model, dataset, config, tu.Runtime(torch.device("cpu")))
             for i, loss in enumerate(seen):
                 by_batch.setdefault(i * world_size + rank, []).append(loss)
     assert sorted(by_batch) == [0, 1, 2, 3]
@@ -473,8 +494,8 @@ def test_tokens_per_sec_leaves_out_evaluation_and_checkpoints(monkeypatch):
     """Throughput counts training time only: what runs inside paused() (evaluation, a checkpoint)
     does not lower the logged tokens/s, wherever in the window it falls."""
     now = [100.0]
-    monkeypatch.setattr(training_utils.time, "perf_counter", lambda: now[0])
-    speed = training_utils.Throughput()
+    monkeypatch.setattr(tu.time, "perf_counter", lambda: now[0])
+    speed = tu.Throughput()
     speed.add(1000)
     now[0] += 1.0  # one second of training
     with speed.paused():
@@ -495,3 +516,99 @@ def test_parameter_counts_read_for_tiny_models_too():
     frozen = torch.nn.Linear(1000, 1000)
     frozen.bias.requires_grad_(False)
     assert tu.parameter_count(frozen, trainable_only=True) == "1.0M" and tu.parameter_count(frozen) == "1.0M"
+
+
+# ---------------------------------------------------------------- gradient accumulation and the learning rate
+def test_gradient_accumulation_matches_one_large_batch(bpe_feat, tmp_path, monkeypatch):
+    """train_batch_size 16 x gradient_accumulation_steps 2 gives the gradients and weights of one batch of 32."""
+    data = argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]), masking="token")
+    real_getitem = features.MLMDataset.__getitem__
+    big = real_getitem(features.MLMDataset(data, 32), 0)
+    halves = [{k: v[i * 16:(i + 1) * 16] for k, v in big.items()} for i in range(2)]
+    # token masking of full rows: both halves have as many masked tokens, so their means average to the whole's
+    assert halves[0]["masked_lm_weights"].sum() == halves[1]["masked_lm_weights"].sum()
+
+    def fixed_batches(self, index):
+        if not self.shuffle:  # evaluation
+            return real_getitem(self, index)
+        return big if self.batch_size == 32 else halves[index]
+    monkeypatch.setattr(features.MLMDataset, "__getitem__", fixed_batches)
+    real_configs = trainMLM_SpanElectra.electra_configs
+    monkeypatch.setattr(trainMLM_SpanElectra, "electra_configs", lambda *a, **kw: real_configs(
+        *a, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw))
+    real_step, captured = tu.optimizer_step, []
+
+    def spy(model, optimizer, scheduler, max_grad_norm):
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        real_step(model, optimizer, scheduler, max_grad_norm)
+        captured.append((grads, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    monkeypatch.setattr(tu, "optimizer_step", spy)
+    for batch_size, accumulation in ((32, 1), (16, 2)):
+        trainMLM_SpanElectra.main(argument.MLM_trainingConfig(
+            features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / f"b{batch_size}"), masking="token", max_steps=1,
+            train_batch_size=batch_size, gradient_accumulation_steps=accumulation, **SMALL))
+    (grads_big, weights_big), (grads_acc, weights_acc) = captured
+    assert grads_big.keys() == grads_acc.keys() and len(grads_big) > 10
+    for name in grads_big:
+        torch.testing.assert_close(grads_acc[name], grads_big[name], rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(weights_acc[name], weights_big[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_warmup_then_linear_decay_learning_rates():
+    """The LR warms up linearly over warmup steps to the peak, then falls linearly to 0 at total steps (BERT)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = tu.warmup_linear_schedule(opt, 4, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([.25, .5, .75, 1, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_no_weight_decay_on_one_dimensional_parameters():
+    """AdamW decays matrices only: biases and norm weights (ndim < 2, whatever their name) get weight decay 0."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Embedding(5, 4))
+    opt = tu.build_optimizer(model, 1e-3, 0.01)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(decay) == len(named)
+    assert {n: decay[id(p)] for n, p in named.items()} == {
+        "0.weight": 0.01, "0.bias": 0.0, "1.weight": 0.0, "1.bias": 0.0, "2.weight": 0.01}
+
+
+# ---------------------------------------------------------------- metrics
+def test_precision_and_recall_of_replaced_token_detection():
+    """disc_precision = true positives / predicted replaced, disc_recall = true positives / actually replaced."""
+    out = tu.finish_metrics({"tokens": 100.0, "replaced": 10.0, "predicted": 4.0, "true_positive": 2.0,
+                             "correct": 90.0, "disc_loss": 0.8}, 2)
+    assert out["disc_precision"] == pytest.approx(0.5) and out["disc_recall"] == pytest.approx(0.2)
+    assert out["disc_accuracy"] == pytest.approx(0.9) and out["replaced_fraction"] == pytest.approx(0.1)
+    assert out["disc_loss"] == pytest.approx(0.4)
+
+
+def generator_out(weights, targets, predicted):
+    """A generator output whose argmax at each slot is `predicted`."""
+    logits = F.one_hot(torch.tensor(predicted), V).float()
+    return {"weights": torch.tensor(weights), "targets": torch.tensor(targets), "logits": logits,
+            "loss": torch.tensor(1.0), "mlm_loss": torch.tensor(1.0)}
+
+
+def test_mask_ratio_counts_only_tokens_that_can_be_masked():
+    """mask_ratio = masked slots / tokens other than each row's [CLS] and [SEP]."""
+    slots = [[7, 8, 9, 0], [7, 0, 0, 0]]
+    out = generator_out([[1., 1., 1., 0.], [1., 0., 0., 0.]], slots, slots)
+    batch = {"input_ids": torch.zeros(2, 10, dtype=torch.long), "span_position": torch.zeros(2, 4, dtype=torch.long)}
+    metrics = tu.generator_metrics(out, batch)
+    assert metrics["mask_ratio"].item() == pytest.approx(4 / 16)
+
+
+def test_mlm_accuracy_ignores_padding_slots():
+    """mlm_accuracy counts real slots only: padding slots (weight 0, target 0) never count as right answers."""
+    out = generator_out([[1., 1., 0., 0.]], [[7, 8, 0, 0]], [[7, 9, 0, 0]])
+    batch = {"input_ids": torch.zeros(1, 10, dtype=torch.long), "span_position": torch.zeros(1, 4, dtype=torch.long)}
+    metrics = tu.generator_metrics(out, batch, baseline_token=0)
+    assert metrics["mlm_accuracy"].item() == pytest.approx(0.5)
+    assert metrics["mlm_baseline_accuracy"].item() == 0.0  # the padding slots' target 0 is no hit either

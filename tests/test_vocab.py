@@ -258,6 +258,32 @@ def test_vocab_txt_hash_follows_the_normalizer_options(tmp_path):
         tokenization.load_tokenizer(str(vocab_txt_folder(tmp_path / "bad", strip_accents="no")), "model_dir")
 
 
+def write_vocab(folder, lowercase=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(tokenization.SPECIAL_TOKENS + ["a", "b", "c"]) + "\n", encoding="utf-8")
+    if lowercase is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lowercase}), encoding="utf-8")
+    return folder
+
+
+def test_wordpiece_pairs_give_the_second_segment_type_id_one(tmp_path):
+    """A BERT vocab.txt tokenizer encodes a pair as [CLS] A [SEP] B [SEP] with type ids 0.. then 1.. (BERT)."""
+    tok = tokenization.wordpiece_from_vocab(str(write_vocab(tmp_path) / "vocab.txt"), True)
+    enc = tok.encode("a b", "c")
+    assert enc.tokens == ["[CLS]", "a", "b", "[SEP]", "c", "[SEP]"]
+    assert enc.type_ids == [0, 0, 0, 0, 1, 1]
+
+
+def test_tokenizer_hash_of_a_vocab_txt_folder_follows_its_lowercasing(tmp_path):
+    """Two vocab.txt folders that lowercase differently are different tokenizers (features and models must not mix)."""
+    lower = tokenization.tokenizer_hash(str(write_vocab(tmp_path / "lower", True)))
+    cased = tokenization.tokenizer_hash(str(write_vocab(tmp_path / "cased", False)))
+    default = tokenization.tokenizer_hash(str(write_vocab(tmp_path / "default")))
+    assert lower != cased
+    assert lower == default  # do_lower_case defaults to True, as BERT's
+    assert tokenization.tokenizer_hash(str(write_vocab(tmp_path / "lower2", True))) == lower
+
+
 # ---------------------------------------------------------------- pyvi word segmentation
 def test_pyvi_vocab_records_segmenter(vi_tok):
     info = read_json(vi_tok / "se_tokenizer.json")
