@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import sys
-import types
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -46,6 +46,12 @@ def test_headline_metric_follows_glue():
     assert cp.headline_metric({"eval_accuracy": 1, "eval_matthews_corr": 1}) == "eval_matthews_corr"
     assert cp.headline_metric({"eval_pearson": 1, "eval_spearman": 1}) == "eval_spearman"
     assert cp.headline_metric({"eval_accuracy": 1, "eval_loss": 1}) == "eval_accuracy"
+
+
+def test_headline_metric_prefers_matthews_over_spearman_and_accuracy():
+    """CoLA-like results report Matthews, STS-B-like Spearman, each before accuracy."""
+    assert cp.headline_metric({"eval_accuracy": 1, "eval_matthews_corr": 1, "eval_spearman": 1}) == "eval_matthews_corr"
+    assert cp.headline_metric({"eval_accuracy": 1, "eval_spearman": 1}) == "eval_spearman"
 
 
 def test_table_and_results_section_are_rewritten_in_place(tmp_path):
@@ -189,7 +195,7 @@ def test_compare_out_dir_built_packed_refuses_an_unpacked_run(tmp_path):
     """data.json recorded pack_across_documents only when set, and only the new run's keys were compared: a run
     without the flag silently reused the packed features and every cached row."""
     scale = {"vocab_size": 8000}
-    config = types.SimpleNamespace(out_dir=str(tmp_path), train_input="t.txt", valid_input="v.txt",
+    config = SimpleNamespace(out_dir=str(tmp_path), train_input="t.txt", valid_input="v.txt",
                                    pack_across_documents=True)
     cp.check_data_identity(config, scale)  # records it
     cp.check_data_identity(config, scale)  # the same: fine
@@ -498,6 +504,25 @@ def test_pretraining_seeds_each_pretrain_once_and_the_table_pools_them(tmp_path,
     assert "3 pre-training seeds" in results_md.read_text(encoding="utf-8")
 
 
+def seed_row(seed, fraction, accuracies):
+    per_seed = [{"seed": s, "eval_accuracy": a} for s, a in enumerate(accuracies)]
+    results = {"per_seed": per_seed, **cp.finetune_SE.summarise(per_seed, ["eval_accuracy"])}
+    return {"run": f"mlm@{fraction:g}#s{seed}", "recipe": "mlm", "label": "MLM", "fraction": fraction,
+            "seconds": 10.0 * seed, "metrics": {"sst2": {"key": "eval_accuracy", "results": results}}}
+
+
+def test_pooled_seeds_give_median_min_and_max_of_every_fine_tuning_run():
+    """Rows of one recipe and budget pooled over pre-training seeds: the cell is the median [min, max] of all
+    their fine-tuning runs; other budgets stay apart."""
+    rows = [seed_row(1, 1.0, [0.6, 0.7]), seed_row(2, 1.0, [0.8, 0.9]), seed_row(3, 0.5, [0.5, 0.55])]
+    pooled = cp.pooled_rows(rows)
+    assert [(r["fraction"], len(r.get("seed_rows", [r]))) for r in pooled] == [(1.0, 2), (0.5, 1)]
+    results = pooled[0]["metrics"]["sst2"]["results"]
+    assert cp.summary_cell(results, "eval_accuracy") == "0.750 [0.600, 0.900]"
+    assert len(results["per_seed"]) == 4 and pooled[0]["seconds"] == 15.0
+    assert cp.summary_cell(pooled[1]["metrics"]["sst2"]["results"], "eval_accuracy") == "0.525 [0.500, 0.550]"
+
+
 def test_pretrain_seeds_must_be_distinct_integers():
     for bad in ("42,x", "42,42"):
         with pytest.raises(cp.SpanElectraError, match="pretrain_seeds"):
@@ -561,6 +586,21 @@ def test_rows_cached_before_the_mlm_and_two_stage_changes_are_pre_trained_again(
     assert now["mlm@1"]["revision"] == now["se_two_stage@1"]["revision"] == 2 and "revision" not in now["se_joint@1"]
     current = [{"run": run, "identity": identity} for run, identity in now.items()]
     assert list(cp.runs_cached(plan, current, config, scale, 6e12)) == [run for run, *_ in plan]
+
+
+def test_a_cached_row_is_reused_only_with_its_own_seed_and_gen_fraction():
+    """A row pre-trained with another seed or (two-stage) another gen_fraction is trained again, not reused."""
+    scale = {"model_size": "tiny", "batch": 4, "learning_rate": 1e-3}
+    config = SimpleNamespace(seed=1, bf16=False, gen_fraction=0.3)
+    ident = cp.row_identity("se_two_stage", 1.0, config, scale, 2e12)
+    assert ident["gen_fraction"] == 0.3 and ident["seed"] == 1 and ident["budget_tflops"] == 2.0
+    rows = [{"run": "se_two_stage@1", "identity": ident}, {"run": "mlm@1", "identity": {}}]
+    assert cp.cached_row(list(rows), "se_two_stage@1", ident) is rows[0]
+    for changed in (SimpleNamespace(seed=1, bf16=False, gen_fraction=0.5), SimpleNamespace(seed=2, bf16=False,
+                                                                                         gen_fraction=0.3)):
+        kept = list(rows)
+        assert cp.cached_row(kept, "se_two_stage@1", cp.row_identity("se_two_stage", 1.0, changed, scale, 2e12)) is None
+        assert kept == rows[1:]  # the stale row goes, the other run's stays
 
 
 def test_wrong_paths_fail_before_anything_is_built(tmp_path, monkeypatch):
@@ -730,3 +770,31 @@ def test_the_mlm_baseline_starts_as_the_discriminators_do(tmp_path, monkeypatch)
     assert gen_cfg.initializer_range == disc_cfg.initializer_range == 0.02
     assert (gen_cfg.hidden_size, gen_cfg.intermediate_size) == (disc_cfg.hidden_size, disc_cfg.intermediate_size)
     assert electra_configs("tiny", VOCAB, SEQ)[0].initializer_range == 0.05  # the preset's own generator keeps it
+
+
+FLOPS = {"generator": 10.0, "two_stage": 20.0, "joint": 25.0, "mlm": 40.0}
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """step_flops and the two training scripts replaced: records each run's max_steps."""
+    calls = []
+    monkeypatch.setattr(cp, "step_flops", lambda kind, recipe, sizes, batch: FLOPS[kind])
+    monkeypatch.setattr(cp.trainMLM_SpanElectra, "main", lambda c: calls.append(("mlm", c.max_steps)) or c.out_dir)
+    monkeypatch.setattr(cp.trainSpanElectra, "main", lambda c: calls.append((c.mode, c.max_steps)) or c.out_dir)
+    return calls
+
+
+@pytest.mark.parametrize("name,budget,steps,spent", [
+    ("se_two_stage", 1000.0, [("mlm", 30), ("two_stage", 35)], 1000.0),
+    ("se_joint", 1000.0, [("joint", 40)], 1000.0),
+    ("mlm", 1000.0, [("mlm", 25)], 1000.0),
+    ("se_two_stage", 10.0, [("mlm", 1), ("two_stage", 1)], 30.0)])  # at least one step of each
+def test_each_recipe_spends_the_budget_in_its_own_steps(name, budget, steps, spent, fake_training, tmp_path):
+    """Equal FLOPs: steps = budget / the recipe's step FLOPs; two-stage gives gen_fraction of it to the generator
+    and the rest to the discriminator."""
+    config = SimpleNamespace(seed=1, device="cpu", bf16=False, compile=False, gen_fraction=0.3)
+    scale = {"model_size": "tiny", "batch": 4, "learning_rate": 1e-3}
+    _, used, _ = cp.pretrain(cp.RECIPES[name][1], budget, config, {"features": "f", "vocab": 100}, scale,
+                             str(tmp_path / name))
+    assert fake_training == steps and used == spent

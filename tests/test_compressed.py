@@ -52,6 +52,15 @@ def test_vocabulary_from_a_compressed_corpus_equals_the_plain_one(tmp_path):
     assert read_json(a / "tokenizer.json")["model"]["vocab"] == read_json(b / "tokenizer.json")["model"]["vocab"]
 
 
+@pytest.mark.parametrize("suffix,opener", [(".gz", gzip.open), (".bz2", bz2.open), (".xz", lzma.open)])
+def test_compressed_lines_read_as_plain(suffix, opener, tmp_path):
+    """.gz, .bz2 and .xz corpora give the lines of the text they hold."""
+    path = tmp_path / f"c.txt{suffix}"
+    with opener(path, "wb") as f:
+        f.write("caf\u00e9 one\n\ntwo\n".encode())
+    assert list(io_utils.iter_lines(str(path), io_utils.BadByteCounter())) == ["caf\u00e9 one", "", "two"]
+
+
 def test_a_truncated_compressed_file_is_one_line(bpe_tok, tmp_path, capsys):
     path = compressed_copy(tmp_path / "corpus", ".xz")
     path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])

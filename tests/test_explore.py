@@ -3,12 +3,14 @@ import os
 import re
 import unicodedata
 
+import numpy as np
 import pytest
 import torch
 
 import explore_SE
 import argument
 from conftest import assert_one_line_error, run_in_process, run_ok_in_process
+from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, electra_configs, save_discriminator,
                                     save_generator)
 
@@ -71,6 +73,40 @@ def test_detect_scores_every_token_and_report_is_readable(en_models):
     assert lines[3].startswith("  span-boundary head") and " -> " in lines[4]
     assert lines[-2].startswith("discriminator P(replaced) for: The cat sat on the house .")
     assert "\u0120" not in "\n".join(lines)  # byte-level BPE markers are decoded
+
+
+@pytest.fixture(scope="module")
+def explorer(en_models):
+    """One Explorer of the English models, shared by the tests that only read its scores and fills."""
+    return explore_SE.Explorer(str(en_models))
+
+
+def test_detect_gives_each_token_its_own_score(explorer):
+    """Each token's P(replaced) is the discriminator's sigmoid at that token's position ([CLS], [SEP] left out)."""
+    text = "The cat sat on the mat ."
+    ids = explorer.tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        probs = explorer.discriminator(input_ids=torch.tensor([ids])).logits[0].sigmoid()
+    scored = explorer.detect(text)
+    assert [t for t, _ in scored] == explorer.tokenizer.convert_ids_to_tokens(ids)[1:-1]
+    np.testing.assert_allclose([p for _, p in scored], probs[1:-1].numpy(), rtol=1e-6)
+
+
+def test_fills_are_the_top_k_in_order_and_only_the_marked_tokens(explorer):
+    """fill lists, for each marked token only, the generator's k most probable tokens, most probable first."""
+    rows = explorer.fill("It was [[ released ]] in Japan .", top_k=4)
+    import explore_SE
+    assert "".join(explore_SE.show_token(explorer.tokenizer, t) for t, _ in rows) == "released"
+    ids, corrupted, masked = explorer._encode_marked("It was [[ released ]] in Japan .", 0)
+    with torch.no_grad():
+        probs = explorer.generator(input_ids=corrupted[None]).logits[0].softmax(-1)
+    for (orig, fills), pos in zip(rows, np.flatnonzero(masked)):
+        top = probs[pos].topk(4)
+        assert [q for _, q in fills] == pytest.approx(top.values.tolist())
+        assert [f for f, _ in fills] == explorer.tokenizer.convert_ids_to_tokens(top.indices.tolist())
+    assert masked.sum() == len(rows) and not masked[0] and not masked[-1]
+    with pytest.raises(SpanElectraError, match=r"\[\["):
+        explorer.fill("It was released ]] in Japan .")
 
 
 def test_vietnamese_is_segmented_like_the_corpus(vi_models):

@@ -1,5 +1,6 @@
 """What a run killed at a bad moment (SIGKILL: no handler runs) leaves behind, and what the next run
 does with it. The kills are simulated: a write made to fail mid-way, or the leftovers laid out by hand."""
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from conftest import SAMPLE, build_features, train_vocab
 
 import io_utils
 import training_utils as tu
+from io_utils import SpanElectraError
 
 
 def dead_pid():
@@ -80,6 +82,25 @@ def test_the_lock_file_never_appears_empty(tmp_path, monkeypatch):
     assert json.loads(lock_path.read_text()) == {"host": __import__("socket").gethostname(), "pid": os.getpid()}
     lock.release()
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_live_one_refuses(tmp_path):
+    """out_dir/.lock of a process that is gone does not block the next run; one of a running process does."""
+    import socket
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_path = tmp_path / ".lock"
+    lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    lock = tu.OutDirLock(str(tmp_path))
+    lock.acquire()
+    assert lock.owner() == {"host": socket.gethostname(), "pid": os.getpid()}
+    lock.release()
+    assert not lock_path.exists()
+    lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    with pytest.raises(SpanElectraError, match=f"in use by another training process .pid {os.getppid()}"):
+        tu.OutDirLock(str(tmp_path)).acquire()
+    tu.OutDirLock(str(tmp_path)).release()  # not ours: left in place
+    assert lock_path.exists()
 
 
 def test_taking_over_a_dead_lock_spares_one_another_process_just_took(tmp_path):

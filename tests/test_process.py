@@ -1,9 +1,9 @@
 """process.py: packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks and the Datasets."""
 import filecmp
+import json
 import logging
 import re
 import sys
-import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +15,7 @@ from conftest import (CLS, MASK, PAD, REPO, SAMPLE, SAMPLE_VI, SEP, SLOT_KEYS, b
 
 import argument
 import features
+import io_utils
 import process
 import tokenization
 import training_utils as tu
@@ -82,6 +83,32 @@ def test_most_frequent_token_is_the_commonest_ordinary_token(bpe_feat):
     rows = np.array([[2, 7, 7, 3, 0, 0, 0, 0], [2, 7, 8, 3, 0, 0, 0, 0], [2, 9, 4, 4, 4, 4, 3, 0]])
     stub = SimpleNamespace(vocab_size=20, special_ids=feats.special_ids, _most_frequent=None, split=lambda name: rows)
     assert features.PretrainingFeatures.most_frequent_token(stub) == 7
+
+
+def hand_made_features(folder, extra_bytes=0):
+    folder.mkdir()
+    meta = {"max_seq_len": 4, "vocab_size": 10, "splits": ["train"], "dtype": "uint16", "num_sequences": {"train": 3}}
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    (folder / "train.bin").write_bytes(np.arange(12, dtype=np.uint16).tobytes() + b"\0" * extra_bytes)
+    return folder
+
+
+def test_a_features_array_larger_than_meta_says_is_refused(tmp_path):
+    """A split array with more bytes than meta.json promises (another build's file) is refused, not half read."""
+    ok = features.PretrainingFeatures(str(hand_made_features(tmp_path / "ok")))
+    assert np.asarray(ok.split("train")).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    with pytest.raises(SpanElectraError, match="holds 32 bytes where meta.json promises 24"):
+        features.PretrainingFeatures(str(hand_made_features(tmp_path / "big", extra_bytes=8)))
+
+
+def test_meta_without_sequence_counts_is_one_line(tmp_path):
+    """A meta.json lacking num_sequences is reported as damaged (one line), not as a KeyError traceback."""
+    folder = hand_made_features(tmp_path / "f")
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["num_sequences"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SpanElectraError, match="damaged .no num_sequences"):
+        features.PretrainingFeatures(str(folder))
 
 
 def test_tokens_are_conserved(bpe_feat, bpe_tok, bert_feat, bert_tok):
@@ -236,6 +263,33 @@ def test_doc_boundary_modes(bpe_tok, tmp_path):
     assert blank["dropped_tail_tokens"]["train"] > whole["dropped_tail_tokens"]["train"]  # a tail per document
 
 
+def lines_of(files, rule):
+    return list(process.document_lines([str(f) for f in files], rule, io_utils.BadByteCounter(), 1 << 20, None))
+
+
+def test_wikitext_titles_are_found_past_the_first_lines(tmp_path):
+    """A WikiText file whose first title comes after some lines (a slice starting mid-article) still splits at titles."""
+    path = tmp_path / "slice.tokens"
+    path.write_text("".join(f" line {i} of an article .\n" for i in range(20)) + " = Next Article = \n text .\n",
+                    encoding="utf-8")
+    assert process.detect_doc_boundary(str(path)) == "title_line"
+    plain = tmp_path / "plain.txt"
+    plain.write_text("no title here\n\nnor here\n", encoding="utf-8")
+    assert process.detect_doc_boundary(str(plain)) == "blank_line"
+
+
+def test_every_file_starts_a_document_under_title_rules(tmp_path):
+    """With titles as boundaries, each file still starts its own document (also one starting with a blank line),
+    and a blank line inside an article does not end it."""
+    a, b = tmp_path / "a.tokens", tmp_path / "b.tokens"
+    a.write_text(" = A = \n first .\n\n second .\n", encoding="utf-8")
+    b.write_text(" \n third .\n\n fourth .\n", encoding="utf-8")
+    got = [(t.strip(), s) for t, s in lines_of([a, b], "title_line")]
+    assert got == [("= A =", True), ("first .", False), ("second .", False), ("third .", True), ("fourth .", False)]
+    blank = [(t.strip(), s) for t, s in lines_of([a, b], "blank_line")]
+    assert blank == [("= A =", True), ("first .", False), ("second .", True), ("third .", True), ("fourth .", True)]
+
+
 def test_packing_across_documents_keeps_every_tail_but_the_last(bpe_tok, tmp_path, caplog):
     """--pack_across_documents: a document's tail continues into the next document's first row after a
     [SEP], so the rows hold the documents' tokens in order with one [SEP] at each carried boundary;
@@ -267,6 +321,40 @@ def test_packing_across_documents_keeps_every_tail_but_the_last(bpe_tok, tmp_pat
     assert packed["num_tokens"]["train"] == len(body) - body.count(SEP)
     assert packed["num_tokens"]["train"] + packed["dropped_tail_tokens"]["train"] == text_tokens
     assert packed["num_tokens"]["train"] > dropped["num_tokens"]["train"]
+
+
+def written_rows(path, width):
+    return np.fromfile(path, dtype=np.uint16).reshape(-1, width).tolist()
+
+
+def test_sequence_writer_rows_and_counts_without_packing(tmp_path):
+    """Each document's tokens fill [CLS] body [SEP] rows; its short tail is dropped and counted, documents counted."""
+    w = process.SequenceWriter(tmp_path / "t.bin", 6, np.uint16)  # body of 4
+    w.add(np.array([10, 11, 12, 13, 14, 15, 16], dtype=np.uint16), starts_document=True)
+    w.add(np.array([17], dtype=np.uint16), starts_document=False)  # the same document goes on
+    w.add(np.array([20, 21, 22], dtype=np.uint16), starts_document=True)
+    w.close()
+    assert written_rows(tmp_path / "t.bin", 6) == [[CLS, 10, 11, 12, 13, SEP], [CLS, 14, 15, 16, 17, SEP]]
+    assert (w.num_sequences, w.num_tokens, w.dropped_tokens, w.num_documents) == (2, 8, 3, 2)
+
+
+def test_packing_across_documents_never_starts_a_row_with_a_separator(tmp_path):
+    """A document that ends exactly at a row's end needs no [SEP]: the next row starts with the next document."""
+    w = process.SequenceWriter(tmp_path / "t.bin", 6, np.uint16, across_documents=True)
+    w.add(np.array([10, 11, 12, 13], dtype=np.uint16), starts_document=True)
+    w.add(np.array([20, 21, 22, 23], dtype=np.uint16), starts_document=True)
+    w.close()
+    assert written_rows(tmp_path / "t.bin", 6) == [[CLS, 10, 11, 12, 13, SEP], [CLS, 20, 21, 22, 23, SEP]]
+    assert (w.num_tokens, w.dropped_tokens) == (8, 0)
+
+
+def test_a_dropped_packed_tail_counts_text_tokens_not_separators(tmp_path):
+    """The last tail of packed documents is dropped as its text tokens only: an inserted [SEP] is not text."""
+    w = process.SequenceWriter(tmp_path / "t.bin", 7, np.uint16, across_documents=True)  # body of 5
+    w.add(np.array([10, 11], dtype=np.uint16), starts_document=True)
+    w.add(np.array([20], dtype=np.uint16), starts_document=True)  # pending: 10 11 [SEP] 20
+    w.close()
+    assert (w.num_sequences, w.num_tokens, w.dropped_tokens, w.num_documents) == (0, 0, 3, 2)
 
 
 def test_segmented_features_match_segmented_text(vi_feat, vi_tok):
@@ -347,6 +435,20 @@ def test_static_dataset_same_masks_every_epoch(bpe_feat):
     rows0 = shuffled.rows(0)
     shuffled.set_epoch(1)
     assert not np.array_equal(rows0, shuffled.rows(0))
+
+
+def test_static_masks_refuse_fewer_slots_or_other_masking_than_they_were_saved_with():
+    """Static masks saved with 24 slots (span masking at 128) refuse 23 (masked tokens would be unmasked) and another
+    mask_ratio, and accept 24, more, or the default 0."""
+    import dataclasses
+    from argument import MaskingArgs
+    saved = SimpleNamespace(meta={"static_masking_config": dataclasses.asdict(MaskingArgs())}, max_seq_len=128, dir="f")
+    for slots in (0, 24, 30):
+        features.check_static_masks(saved, MaskingArgs(max_predictions_per_seq=slots))
+    with pytest.raises(SpanElectraError, match="23 prediction slots are fewer than the 24"):
+        features.check_static_masks(saved, MaskingArgs(max_predictions_per_seq=23))
+    with pytest.raises(SpanElectraError, match="mask_ratio 0.15 .this run: 0.2"):
+        features.check_static_masks(saved, MaskingArgs(mask_ratio=0.2))
 
 
 # ---------------------------------------------------------------- datasets
@@ -492,6 +594,15 @@ def test_evaluation_reads_the_same_batches_whatever_the_number_of_processes(bpe_
     assert sorted(evaluated(3, 1)) == [0, 1, 2]  # fewer batches than processes: one each
 
 
+@pytest.mark.parametrize("world_size,eval_batches,per_rank", [(1, 0, [5]), (2, 0, [3, 2]), (3, 4, [2, 1, 1]),
+                                                              (2, 3, [2, 1]), (3, 1, [1, 1, 1]), (1, 9, [5])])
+def test_eval_batch_indices_share_the_batches_among_ranks(world_size, eval_batches, per_rank):
+    """Each rank evaluates its share of the first eval_batches batches (all with 0, at least one per rank)."""
+    got = [len(tu.eval_batch_indices(SimpleNamespace(total_batches=5, world_size=world_size, rank=r), eval_batches))
+           for r in range(world_size)]
+    assert got == per_rank
+
+
 def test_metric_sums_reduce_counts_over_ranks_before_rates(monkeypatch):
     """Rates come from the sums of every rank (all-reduced with the batch counts), not from averaging
     each rank's rate: a rank that saw few tokens weighs what its tokens weigh."""
@@ -500,7 +611,7 @@ def test_metric_sums_reduce_counts_over_ranks_before_rates(monkeypatch):
               "replaced": torch.tensor(1.0), "predicted": torch.tensor(1.0), "true_positive": torch.tensor(1.0)})
     other_rank = torch.tensor([4.0, 90.0, 45.0, 9.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(other_rank))
-    runtime = types.SimpleNamespace(distributed=True)
+    runtime = SimpleNamespace(distributed=True)
     out = sums.read(runtime)
     assert out["loss"] == pytest.approx(3.0)  # mean over the 2 batches of both ranks
     assert out["disc_accuracy"] == pytest.approx(54 / 100) and out["disc_recall"] == pytest.approx(1 / 10)

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -603,7 +602,7 @@ def test_resuming_a_disentangled_checkpoint_without_position_delta_says_why(tmp_
     optimizer = torch.optim.AdamW(model.parameters())
     state = {"model": {"w": torch.ones(2)}, "optimizer": optimizer.state_dict(), "step": 5}
     monkeypatch.setattr(tu, "load_checkpoint", lambda *a: state)
-    config = types.SimpleNamespace(resume_from="latest", out_dir=str(tmp_path), run_id="abc")
+    config = SimpleNamespace(resume_from="latest", out_dir=str(tmp_path), run_id="abc")
     with pytest.raises(SpanElectraError, match="no position delta.*overwrite_output_dir"):
         tu.resume_training_state(config, model, optimizer, None)
     state["model"] = {"w": torch.ones(5), "position_delta": torch.zeros(3)}  # another mismatch: the reason named
@@ -669,7 +668,7 @@ def test_resume_refuses_features_rebuilt_from_other_text_of_the_same_size(bpe_to
 def _resume_config(tmp_path, fixed):
     (tmp_path / "metrics.jsonl").write_text("", encoding="utf-8")
     (tmp_path / tu.RUN_FILE).write_text(json.dumps({"run_id": "abc", "fixed": fixed}), encoding="utf-8")
-    return types.SimpleNamespace(out_dir=str(tmp_path), resume_from="latest", overwrite_output_dir=False)
+    return SimpleNamespace(out_dir=str(tmp_path), resume_from="latest", overwrite_output_dir=False)
 
 
 def test_run_started_on_undigested_features_resumes_on_the_same_rows_rebuilt(tmp_path):

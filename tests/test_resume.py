@@ -1,7 +1,43 @@
 """Resuming where a run stopped: the checkpoints kept and the one resumed, the random state, the batch stream's
 position (epoch and batch) and the metrics log cut back to the resumed step."""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
 import training_utils as tu
 from conftest import EpochData
+
+
+def test_keep_checkpoints_keeps_the_newest_and_latest_resumes_the_newest(tmp_path):
+    """keep_checkpoints N leaves the N newest checkpoints; resume_from latest takes the newest of them."""
+    for step in (5, 10, 100, 1000):
+        tu.save_checkpoint(str(tmp_path), step, {"step": step, "run_id": "r"}, keep=2)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000100.pt", "checkpoint-00001000.pt"]
+    assert tu.load_checkpoint("latest", str(tmp_path), "r")["step"] == 1000
+    tu.save_checkpoint(str(tmp_path), 1001, {"step": 1001, "run_id": "r"}, keep=1)
+    assert os.listdir(tmp_path) == ["checkpoint-00001001.pt"]
+
+
+def test_rng_state_round_trips_every_generator():
+    """A resumed run draws the same random numbers (python, numpy, torch) as the uninterrupted run."""
+    import random
+    state = tu.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    tu.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_batch_stream_moves_to_the_next_epoch_and_resumes_at_its_position():
+    """Batches run epoch after epoch (the next epoch's order), and a stream started at a saved position
+    continues with exactly the next batch."""
+    stream = tu.BatchStream(EpochData())
+    assert [next(stream)["x"].item() for _ in range(5)] == [0, 1, 2, 10, 11]
+    assert stream.state() == {"epoch": 1, "index": 2}
+    resumed = tu.BatchStream(EpochData(), **stream.state())
+    assert [next(resumed)["x"].item() for _ in range(3)] == [12, 20, 21]
 
 
 def test_an_epoch_end_saved_by_older_versions_turns_the_epoch():
@@ -11,3 +47,17 @@ def test_an_epoch_end_saved_by_older_versions_turns_the_epoch():
     assert stream.state() == {"epoch": 4, "index": 0}
     assert [next(stream)["x"].item() for _ in range(4)] == [40, 41, 42, 50]
     assert stream.state() == {"epoch": 5, "index": 1}
+
+
+def test_metrics_log_keeps_rows_up_to_the_resumed_step_and_a_fresh_run_starts_empty(tmp_path):
+    """Resuming from step 3 keeps the rows up to step 3 (that one included) and drops later rows and 'done';
+    a fresh run into the folder starts a new metrics.jsonl."""
+    main = SimpleNamespace(is_main=True)
+    log = tu.MetricsLog(str(tmp_path), main)
+    for step in range(1, 6):
+        log.write({"step": step, "loss": 1.0 / step})
+    log.write({"step": 5, "event": "done"})
+    resumed = tu.MetricsLog(str(tmp_path), main, resume_step=3)
+    assert [r["step"] for r in resumed.rows()] == [1, 2, 3] and "event" not in resumed.rows()[-1]
+    tu.MetricsLog(str(tmp_path), main)
+    assert not (tmp_path / "metrics.jsonl").exists()

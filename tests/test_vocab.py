@@ -207,6 +207,13 @@ def test_tokenizer_config_records_the_normalizer(accented_wordpiece, bpe_tok):
     assert "do_lower_case" not in read_json(bpe_tok / "tokenizer_config.json")  # no BertNormalizer to describe
 
 
+def test_composed_and_decomposed_accents_tokenize_alike(bpe_tok, bert_tok):
+    """Both vocabularies normalise to NFC: 'é' typed as one code point or as e + accent gives the same tokens."""
+    from tokenizers import Tokenizer
+    for tok_dir in (bpe_tok, bert_tok):
+        tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+        assert tok.encode("caf\u00e9 na\u00efve").ids == tok.encode("cafe\u0301 nai\u0308ve").ids
+
 
 def vocab_txt_folder(folder, **config):
     """A transformers folder with a vocab.txt and tokenizer_config.json alone (no tokenizer.json)."""

@@ -1,0 +1,88 @@
+"""io_utils.py: reading text (undecodable bytes counted, Windows line ends, long lines cut whole, folders and
+globs, text in another encoding skipped) and writing (atomic files, the full-disk message)."""
+import gzip
+import json
+import os
+
+import pytest
+
+import io_utils
+
+
+def test_undecodable_bytes_are_counted_one_by_one(tmp_path):
+    """The undecodable-byte count is of bytes, also where one replacement character stands for a cut sequence."""
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ab\xe2\x82 x\xff\xfe\nok\n")
+    bad = io_utils.BadByteCounter()
+    assert list(io_utils.iter_lines(str(path), bad)) == ["ab\ufffd x\ufffd\ufffd", "ok"]
+    assert bad.count == 4
+
+
+def test_windows_line_ends_are_not_part_of_the_text(tmp_path):
+    """CRLF files give the same lines as LF files: no '\\r' reaches the tokenizer."""
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"one two\r\nthree\r\n")
+    assert list(io_utils.iter_lines(str(path), io_utils.BadByteCounter())) == ["one two", "three"]
+
+
+@pytest.mark.parametrize("text", ["word " * 40, "\u00e9\u00e8\u4e2d" * 30])
+def test_long_lines_are_cut_without_losing_or_breaking_characters(text, tmp_path):
+    """A line over max_line_bytes comes in pieces that join back to it: cut before a space, never inside a
+    UTF-8 character (no replacement characters, none counted as undecodable)."""
+    path = tmp_path / "long.txt"
+    path.write_bytes(text.encode() + b"\nnext\n")
+    bad = io_utils.BadByteCounter()
+    cut = []
+    pieces = list(io_utils.iter_lines(str(path), bad, max_line_bytes=16, on_long_line=cut.append))
+    assert pieces[-1] == "next" and "".join(pieces[:-1]) == text and len(pieces) > 3
+    assert bad.count == 0 and cut == [1]
+    if " " in text:
+        assert all(p.startswith(" ") for p in pieces[1:-1])  # the next piece starts with the space, as the word did
+        assert all(len(p.encode()) <= 2 * 16 for p in pieces[:-1])  # memory stays bounded
+
+
+def test_folders_skip_hidden_and_non_text_files_and_globs_recurse(tmp_path):
+    """A folder gives its .txt/.tokens/.raw files (also compressed), sorted, without hidden files; '**' recurses."""
+    (tmp_path / "sub" / "deep").mkdir(parents=True)
+    for name in ("b.txt", ".b.txt.swp.txt", "notes.md", "sub/deep/a.tokens", "sub/c.txt.gz"):
+        data = gzip.compress(b"text\n") if name.endswith(".gz") else b"text\n"
+        (tmp_path / name).write_bytes(data)
+    found = [os.path.relpath(p, tmp_path) for p in io_utils.find_text_files(str(tmp_path), "data_dir")]
+    assert found == ["b.txt", "sub/c.txt.gz", "sub/deep/a.tokens"]
+    nested = io_utils.find_text_files(str(tmp_path / "**" / "*.tokens"), "data_dir")
+    assert [os.path.relpath(p, tmp_path) for p in nested] == ["sub/deep/a.tokens"]
+
+
+def test_text_in_another_encoding_is_skipped(tmp_path, caplog):
+    """A file that is largely not UTF-8 (a third of its bytes undecodable) is skipped with the iconv advice."""
+    (tmp_path / "latin.txt").write_bytes(b"\xe9t\xe9 " * 300)
+    (tmp_path / "ok.txt").write_bytes("\u00e9t\u00e9 ".encode() * 300)
+    assert [os.path.basename(p) for p in io_utils.find_text_files(str(tmp_path), "data_dir")] == ["ok.txt"]
+    assert "iconv" in caplog.text
+
+
+def test_atomic_write_gives_the_usual_permissions_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    """Files written atomically are readable as any file the user writes, and a failed write leaves the old
+    file whole and no temporary file behind."""
+    path = tmp_path / "meta.json"
+    io_utils.atomic_write_json(str(path), {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(io_utils.os, "replace", fail)
+    with pytest.raises(OSError):
+        io_utils.atomic_write_json(str(path), {"a": 2})
+    assert os.listdir(tmp_path) == ["meta.json"] and json.loads(path.read_text()) == {"a": 1}
+
+
+def test_a_full_disk_message_names_the_file_and_the_fix():
+    """A full disk is one line naming the file and saying to free space."""
+    msg = io_utils.write_failure_message(OSError(28, "No space left on device", "/x/model.safetensors"))
+    assert msg.startswith("'/x/model.safetensors': No space left on device") and "free some space" in msg
+    msg = io_utils.write_failure_message(RuntimeError("[enforce fail] unexpected pos: No space left on device"), "/o")
+    assert msg.startswith("out_dir: cannot write to '/o'") and "free some space" in msg
+    assert io_utils.write_failure_message(ValueError("shape mismatch")) is None
