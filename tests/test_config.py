@@ -1,6 +1,7 @@
 """argument.py: --config files, command-line overrides, validation and the saved resolved config."""
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -267,3 +268,53 @@ def test_seeds_outside_what_numpy_takes_are_one_line(config_cls, fields, needle)
             if hasattr(config, name):
                 getattr(config, name)()
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("fields, ok", [({"mask_ratio": 1.0}, False), ({"mask_ratio": 0.0}, False),
+                                        ({"mask_ratio": 0.999}, True), ({"span_p": 1.0}, True),
+                                        ({"span_p": 0.0}, False), ({"mask_replace_prob": 0.0}, True),
+                                        ({"mask_replace_prob": 1.0, "random_replace_prob": 0.0}, True),
+                                        ({"mask_ratio": float("nan")}, False)])
+def test_range_checks_respect_open_and_closed_ends(fields, ok):
+    """mask_ratio lies in (0, 1), span_p in (0, 1], replacement shares in [0, 1]; NaN is refused."""
+    config = argument.MaskingArgs(**fields)
+    if ok:
+        config.validate()
+    else:
+        with pytest.raises(SpanElectraError) as e:
+            config.validate()
+        assert str(e.value).startswith(f"{next(iter(fields))}:")
+
+
+def test_open_range_message_shows_its_brackets():
+    """An out-of-range value's message gives the interval with '(' / ']' for open / closed ends."""
+    with pytest.raises(SpanElectraError, match=r"use a value in \(0, 1\]"):
+        argument.check_range(SimpleNamespace(p=1.5), "p", 0, 1, low_open=True)
+    argument.check_range(SimpleNamespace(p=1), "p", 0, 1, low_open=True)
+    argument.check_range(SimpleNamespace(p=0), "p", 0, 1)
+    with pytest.raises(SpanElectraError, match=r"\[0, 1\)"):
+        argument.check_range(SimpleNamespace(p=1), "p", 0, 1, high_open=True)
+
+
+@pytest.mark.parametrize("field, value, expected", [("mask_ratio", 1, 1.0), ("max_span_len", 4.0, 4),
+                                                    ("max_span_len", 4.5, None), ("max_span_len", True, None),
+                                                    ("mask_ratio", True, None), ("masking", 3, None)])
+def test_values_given_to_main_are_coerced_to_the_field_type_or_refused(field, value, expected):
+    """main(config): an int for a float field becomes a float, a whole float an int; 4.5 or True for a number is an error."""
+    config = argument.MaskingArgs(**{field: value})
+    if expected is None:
+        with pytest.raises(SpanElectraError) as e:
+            argument.checked_config(config, argument.MaskingArgs)
+        assert str(e.value).startswith(f"{field}: {value!r}")
+    else:
+        out = argument.checked_config(config, argument.MaskingArgs)
+        assert getattr(out, field) == expected and type(getattr(out, field)) is type(expected)
+
+
+def test_seed_lists_refuse_repeats_and_accept_the_largest_seed():
+    """--seeds: each seed once, integers in [0, 2**32 - 1], the largest included."""
+    assert argument.seed_values(SimpleNamespace(s="0,4294967295"), "s") == [0, 4294967295]
+    with pytest.raises(SpanElectraError, match="twice"):
+        argument.seed_values(SimpleNamespace(s="1,2,1"), "s")
+    with pytest.raises(SpanElectraError, match="seeds are integers"):
+        argument.seed_values(SimpleNamespace(s="4294967296"), "s")

@@ -575,6 +575,20 @@ def test_batches_are_padded_to_a_few_bucket_widths(bpe_tok):
     assert widths <= {32, 64, 96, encoded["input_ids"].shape[1]} and len(widths) <= 4
 
 
+def test_batch_width_is_the_longest_rounded_up_to_32_and_the_mask_covers_each_length():
+    """A batch whose longest example is exactly 32 tokens is 32 wide (not 64); attention covers each example's tokens."""
+    ids = np.arange(2 * 70).reshape(2, 70)
+    encoded = {"lengths": np.array([32, 5]), "input_ids": ids, "token_type_ids": np.ones_like(ids)}
+    batch = ft.make_batch(encoded, [0, 1], torch.device("cpu"), np.array([7, 8]))
+    assert batch["input_ids"].shape == (2, 32) and batch["token_type_ids"].shape == (2, 32)
+    assert batch["attention_mask"].sum(1).tolist() == [32, 5] and batch["attention_mask"][1, :5].all()
+    assert batch["targets"].tolist() == [7, 8]
+    encoded["lengths"] = np.array([33, 1])
+    assert ft.make_batch(encoded, [0, 1], torch.device("cpu"))["input_ids"].shape == (2, 64)
+    encoded["lengths"] = np.array([65, 1])  # capped at the encoded width
+    assert ft.make_batch(encoded, [1, 0], torch.device("cpu"))["input_ids"].shape == (2, 70)
+
+
 def test_task_text_the_vocabulary_does_not_cover_is_warned_about(bert_tok, caplog):
     """process.py counts [UNK]s in the corpus; fine-tuning does so for the task's text: an English WordPiece
     vocabulary stores a large share of Vietnamese as [UNK] (35% in process.py), English text hardly any."""

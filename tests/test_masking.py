@@ -141,6 +141,25 @@ def test_token_masking_masks_at_least_one_token_of_a_short_row():
     assert not np.isin(batch["labels"][batch["labels"] != -100], range(5)).any()
 
 
+def span_masker(**kw):
+    """A Masker over a 60-id vocabulary where every token starts a word (ids 0-4 special, 4 = [MASK])."""
+    return masking.Masker(argument.MaskingArgs(**kw), np.ones(V, dtype=bool), special_ids=range(5), mask_id=4,
+                          vocab_size=V)
+
+
+def plain_rows(n, width, fill=7):
+    """n rows [CLS] fill ... fill [SEP] of `width` tokens."""
+    ids = np.full((n, width), fill)
+    ids[:, 0], ids[:, -1] = 2, 3
+    return ids
+
+
+def test_span_budget_rounds_to_the_nearest_token():
+    """With one-word spans, each 10-token row at mask_ratio 0.19 gets round(1.9) = 2 masked tokens, not 1."""
+    batch = span_masker(masking="span", mask_ratio=0.19, max_span_len=1)(plain_rows(200, 12), np.random.default_rng(0))
+    assert ((batch["labels"] != -100).sum(1) == 2).all()
+
+
 # ---------------------------------------------------------------- whole words
 def test_bpe_word_start_table(bpe_feat):
     feats = features.PretrainingFeatures(str(bpe_feat[0]))
@@ -323,6 +342,16 @@ def test_span_boundaries(which, bpe_feat, bert_feat):
     assert (batch["span_position"].max()) >= 9  # long spans occur
 
 
+def test_span_boundaries_are_clamped_inside_the_row_at_both_edges():
+    """A span touching the row's first or last column points its boundaries at valid columns (0 and L - 1)."""
+    ids = np.arange(10, 16)[None, :]  # a row without [CLS]/[SEP], as a stored mask may hold
+    spans = {"row": np.array([0, 0]), "start": np.array([0, 4]), "end": np.array([2, 6]), "words": np.array([2, 2])}
+    batch = masking.batch_from_spans(ids, ids, spans)
+    assert batch["boundary_left"][0].tolist() == [0, 0, 0, 0, 3, 3]
+    assert batch["boundary_right"][0].tolist() == [2, 2, 0, 0, 5, 5]
+    assert batch["span_position"][0].tolist() == [0, 1, 0, 0, 0, 1]
+
+
 def test_batch_from_masking_reproduces_dynamic_batch(bpe_feat, bert_feat):
     for feat_dir in (bpe_feat[0], bert_feat[0]):
         for kind in ("span", "token"):
@@ -367,6 +396,13 @@ def test_prediction_slots_cannot_exceed_the_maskable_tokens():
     message = str(e.value)
     assert message.startswith("max_predictions_per_seq:") and "\n" not in message and "126" in message
     assert masking.max_prediction_slots(dataclasses.replace(config, max_predictions_per_seq=126), 128) == 126
+
+
+@pytest.mark.parametrize("masking_kind, seq_len, slots", [("span", 128, 24), ("span", 64, 15), ("span", 16, 7),
+                                                           ("token", 128, 19), ("token", 64, 10)])
+def test_default_prediction_slots_per_sequence_length(masking_kind, seq_len, slots):
+    """The default slots are round(15% x L), plus a quarter (at least 5) for span masking: 24 at 128, 15 at 64."""
+    assert masking.max_prediction_slots(argument.MaskingArgs(masking=masking_kind), seq_len) == slots
 
 
 # ---------------------------------------------------------------- the statistics command

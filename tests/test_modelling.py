@@ -1,5 +1,7 @@
 """modelling_span_electra.py on hand-made tensors: the generator's and discriminator's losses, the shared and
 tied embeddings, saving a discriminator, generator sampling and corruption, and the span-boundary head."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +120,55 @@ def test_two_stage_discriminator_starts_from_the_whole_generator_encoder():
     target = disc.core.electra.state_dict()
     for key, value in source.items():
         assert torch.equal(target[key], value), key
+
+
+def corrupt_batch():
+    """Two rows of 8 tokens; row 0 has slots at 2 and 5, row 1 one slot at 3 and a padding slot (position 0)."""
+    original = torch.tensor([[2, 10, 11, 12, 13, 14, 15, 3], [2, 20, 21, 22, 23, 24, 25, 3]])
+    return {"original_ids": original, "masked_lm_positions": torch.tensor([[2, 5], [3, 0]]),
+            "masked_lm_weights": torch.tensor([[1.0, 1.0], [1.0, 0.0]])}
+
+
+def one_hot_logits(ids):
+    """Generator logits [B, P, V] that put all their mass on the given ids."""
+    logits = torch.full(tuple(ids.shape) + (V,), -1e4)
+    logits.scatter_(-1, ids.unsqueeze(-1), 0.0)
+    return logits
+
+
+def test_corruption_fills_only_real_slots_and_padding_slots_leave_cls_alone():
+    """Generator samples replace the real slots only; a padding slot (weight 0, position 0) keeps [CLS] unreplaced."""
+    batch = corrupt_batch()
+    corrupted, replaced = mse.corrupt(batch, {"logits": one_hot_logits(torch.tensor([[40, 41], [42, 43]]))})
+    assert corrupted.tolist() == [[2, 10, 40, 12, 13, 41, 15, 3], [2, 20, 21, 42, 23, 24, 25, 3]]
+    assert replaced.tolist() == [[0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0]]
+
+
+def test_a_sample_equal_to_the_original_counts_as_original():
+    """ELECTRA's labels: a slot whose sampled token is the original one is 'original' (0), not 'replaced'."""
+    batch = corrupt_batch()
+    corrupted, replaced = mse.corrupt(batch, {"logits": one_hot_logits(torch.tensor([[11, 41], [22, 22]]))})
+    assert corrupted.tolist() == [[2, 10, 11, 12, 13, 41, 15, 3], [2, 20, 21, 22, 23, 24, 25, 3]]
+    assert replaced.tolist() == [[0, 0, 0, 0, 0, 1, 0, 0], [0] * 8]
+
+
+def test_sampling_temperature_divides_the_logits():
+    """At temperature 2, logits [0, ln 9] (90% / 10%) sample token 1 three times in four (softmax of logits / 2)."""
+    logits = torch.tensor([0.0, math.log(9.0)]).expand(40000, 2)
+    rng = torch.Generator().manual_seed(0)
+    assert mse.sample_tokens(logits, rng, 1.0).float().mean().item() == pytest.approx(0.9, abs=0.01)
+    assert mse.sample_tokens(logits, rng, torch.tensor(2.0)).float().mean().item() == pytest.approx(0.75, abs=0.01)
+
+
+def test_span_boundary_head_reads_left_then_right_boundary_then_position():
+    """The head's MLP sees [h(start - 1); h(end + 1); p(position)] in that order, positions past the table clamped."""
+    torch.manual_seed(0)
+    head = mse.SpanBoundaryHead(8, 8).eval()
+    hidden = torch.randn(1, 6, 8)
+    left, right = torch.tensor([[1, 0]]), torch.tensor([[4, 5]])
+    position = torch.tensor([[2, 10_000]])
+    out = head(hidden, left, right, position)
+    table = head.position_embeddings.weight
+    expected = head.mlp(torch.cat([hidden[0, [1, 0]], hidden[0, [4, 5]],
+                                   table[[2, mse.MAX_SPAN_POSITIONS - 1]]], dim=-1))
+    torch.testing.assert_close(out[0], expected)

@@ -336,6 +336,15 @@ def test_pyvi_segmented_word_stays_one_token(vi_tok):
     assert tok.decode(tokens).strip() == segmented
 
 
+def test_segmenting_around_special_tokens_keeps_them_whole_and_space_separated():
+    """pyvi-style segmentation joins syllables inside the text but leaves '[MASK]' whole, with spaces around it."""
+    import tokenization
+    run = tokenization.keeping_special_tokens(lambda text: text.replace(" ", "_"))
+    assert run("xin chào [MASK] bạn học") == "xin_chào [MASK] bạn_học"
+    assert run("[CLS] một hai [SEP] ba bốn [SEP]") == "[CLS] một_hai [SEP] ba_bốn [SEP]"
+    assert run("không có gì") == "không_có_gì"
+
+
 def test_pyvi_bert_vocab(tmp_path):
     pytest.importorskip("pyvi")
     out = train_vocab(tmp_path / "vibert", tokenizer_type="BERT", data_dir=str(SAMPLE_VI), vocab_size=2500,
