@@ -1,4 +1,5 @@
-"""masking.py: SpanBERT span masking and BERT token masking on real sequences of the sample."""
+"""masking.py: SpanBERT span masking and BERT token masking, on real sequences of the sample and on hand-made rows
+(budgets, prediction slots, boundaries, replacements)."""
 import dataclasses
 import json
 

@@ -1,5 +1,5 @@
-"""modelling_span_electra.py on hand-made tensors: the generator's and discriminator's losses, the shared and
-tied embeddings, saving a discriminator, generator sampling and corruption, and the span-boundary head."""
+"""modelling_span_electra.py, mostly on hand-made tensors: the generator's and discriminator's losses, the shared
+and tied embeddings, saving a discriminator, generator sampling and corruption, and the span-boundary head."""
 import math
 
 import pytest

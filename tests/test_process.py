@@ -1,4 +1,5 @@
-"""process.py: packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks and the Datasets."""
+"""process.py and features.py: documents, packing text into [CLS] ... [SEP] rows, meta.json, splits, static masks
+and the Datasets."""
 import filecmp
 import json
 import logging

@@ -692,9 +692,9 @@ def _started_run(out, digest):
 
 
 def test_a_run_started_on_features_without_a_digest_resumes_on_the_same_text_rebuilt(tmp_path):
-    """A run started (by this version) on features process.py built before content_digest recorded
-    train_sequences_digest None; the same text rebuilt now has a digest: nothing says the rows differ, and the
-    run resumed before this change, so it must not be refused as 'rebuilt from other text'."""
+    """A run started on features process.py built before content_digest recorded train_sequences_digest None;
+    the same text rebuilt now has a digest: nothing says the rows differ, and such runs resumed before digests
+    were compared, so it must not be refused as 'rebuilt from other text'."""
     config, fixed = _started_run(tmp_path / "a", None)
     assert tu.check_run(config, dict(fixed, train_sequences_digest="0123")) == "abc"
     config, fixed = _started_run(tmp_path / "b", "0123")  # a digest on both sides still decides

@@ -1,4 +1,5 @@
-"""Models and both training scripts at a tiny size on the bundled sample."""
+"""Models and both training scripts at a tiny size on the bundled sample, and the loop's parts: the learning-rate
+schedule, weight decay, gradient accumulation, the temperature curriculum and the logged metrics."""
 import json
 import os
 import shutil

@@ -1,4 +1,5 @@
-"""create_vocab_SE.py: BPE and WordPiece vocabularies, the files they write, transformers loading."""
+"""create_vocab_SE.py and tokenization.py: BPE and WordPiece vocabularies, the files they write, transformers
+loading, a tokenizer's identity (hash) and word segmentation."""
 import json
 
 import pytest
