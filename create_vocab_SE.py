@@ -114,13 +114,39 @@ def train_interruptibly(tok, lines, trainer):
         raise failure[0]
 
 
-def corpus_lines(files, bad_bytes, progress, alphabet):
-    """The non-blank lines of the files; every character seen is added to `alphabet`."""
+class ReadCounter:
+    """Counts the on-disk bytes iter_lines reports as read (and passes them on to a progress bar)."""
+
+    def __init__(self, bar=None):
+        self.n, self.bar = 0, bar
+
+    def update(self, num_bytes):
+        self.n += num_bytes
+        if self.bar is not None:
+            self.bar.update(num_bytes)
+
+
+def corpus_lines(files, bad_bytes, progress, alphabet, max_chars=0, kept=None):
+    """The non-blank lines of the files; every character passed on is added to `alphabet`. With max_chars,
+    about that many characters of them, spread evenly over the corpus: a line is kept only while the text
+    kept lags max_chars x the share of the files' bytes on disk read before it, which needs no pass to count
+    the text first and holds for compressed files too (the share before the line, not after it: else a long
+    line would be likelier kept than a short one). kept (a list): [characters, lines] passed on."""
+    total = sum(os.path.getsize(p) for p in files)
+    read = ReadCounter(progress)
+    kept = kept if kept is not None else [0, 0]
+    kept[:] = [0, 0]
     for path in files:
-        for line in iter_lines(path, bad_bytes, progress=progress):
-            if line.strip():
-                alphabet.update(line)
-                yield line
+        before = read.n
+        for line in iter_lines(path, bad_bytes, progress=read):
+            lagging = not max_chars or kept[0] <= max_chars * before / total
+            before = read.n
+            if not line.strip() or not lagging:
+                continue
+            kept[0] += len(line) + 1
+            kept[1] += 1
+            alphabet.update(line)
+            yield line
 
 
 def save_tokenizer_files(tok, config, out_dir, stats):
@@ -167,8 +193,10 @@ def main(config: tok_args = None):
     bad_bytes = BadByteCounter()
     num_lines = 0
     alphabet = set()
+    sampled = [0, 0]
+    max_chars = int(config.max_text_mb * 1e6)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
-        corpus = corpus_lines(files, bad_bytes, progress, alphabet)
+        corpus = corpus_lines(files, bad_bytes, progress, alphabet, max_chars, sampled)
         batches = segmented_batches(((b, None) for b in batched(corpus, 2000)),
                                     config.word_segmenter, config.num_workers)
 
@@ -184,6 +212,9 @@ def main(config: tok_args = None):
         train_interruptibly(tok, lines(), trainer)
     if num_lines == 0:
         raise SpanElectraError(f"data_dir: '{config.data_dir}' holds only blank lines; it must hold some text")
+    if max_chars:
+        logger.info("trained on %.1f MB of text (%d lines) taken evenly across the corpus (--max_text_mb %g)",
+                    sampled[0] / 1e6, sampled[1], config.max_text_mb)
     if bad_bytes.count:
         logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
     alphabet = {c.lower() for c in alphabet} if config.lowercase else alphabet
@@ -200,7 +231,8 @@ def main(config: tok_args = None):
     add_post_processor(tok)
 
     stats = {"num_files": len(files), "num_bytes": total_bytes, "num_lines": num_lines,
-             "undecodable_bytes": bad_bytes.count}
+             "undecodable_bytes": bad_bytes.count, "max_text_mb": config.max_text_mb,
+             "trained_on_chars": sampled[0]}
     save_tokenizer_files(tok, config, config.out_dir, stats)
     elapsed = time.time() - start
     multi_word = sum(1 for t in tok.get_vocab() if "_" in t.strip("_"))

@@ -1,0 +1,71 @@
+"""Corpora of many GB: create_vocab_SE.py --max_text_mb trains on an even sample of the text, so a
+vocabulary's time stops growing with the corpus (tiny files here stand in for big ones)."""
+import gzip
+
+import numpy as np
+import pytest
+
+from argument import tok_args
+from conftest import SAMPLE, read_json, train_vocab
+from create_vocab_SE import corpus_lines
+from io_utils import BadByteCounter, SpanElectraError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """4,000 numbered lines of 10-400 characters (a blank line every 50), plain and gzip-compressed."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4000):
+        text = f"L{i} " + " ".join(f"w{w}" for w in rng.integers(0, 500, 100))
+        lines.append(text[:int(rng.integers(10, 400))])
+        if i % 50 == 49:
+            lines.append("")
+    folder = tmp_path_factory.mktemp("big_corpus")
+    plain, packed = folder / "corpus.txt", folder / "corpus.txt.gz"
+    plain.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    packed.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+    return plain, packed, [line for line in lines if line.strip()]
+
+
+def sample(path, max_chars):
+    kept = [0, 0]
+    lines = list(corpus_lines([str(path)], BadByteCounter(), None, set(), max_chars, kept))
+    return lines, kept
+
+
+def test_no_budget_passes_every_line_on(corpus):
+    plain, _, lines = corpus
+    kept_lines, kept = sample(plain, 0)
+    assert kept_lines == lines
+    assert kept == [sum(len(line) + 1 for line in lines), len(lines)]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_budget_takes_about_that_much_text_evenly_and_unbiased(corpus, compressed):
+    plain, packed, lines = corpus
+    budget = sum(len(line) + 1 for line in lines) // 10
+    kept_lines, kept = sample(packed if compressed else plain, budget)
+    assert abs(kept[0] - budget) < 0.05 * budget
+    assert kept[1] == len(kept_lines) and sum(len(line) + 1 for line in kept_lines) == kept[0]
+    numbers = np.array([int(line.split()[0][1:]) for line in kept_lines])
+    assert np.all(np.diff(numbers) > 0)  # in corpus order, each line at most once
+    quarters = np.bincount(numbers * 4 // 4000, minlength=4) / len(numbers)
+    assert quarters.min() > 0.18 and quarters.max() < 0.32  # spread over the whole corpus, not its start
+    mean_all = np.mean([len(line) for line in lines])
+    assert abs(np.mean([len(line) for line in kept_lines]) - mean_all) < 0.12 * mean_all  # long lines not favoured
+
+
+def test_vocabulary_trained_on_a_sample_records_it(tmp_path):
+    out = train_vocab(tmp_path / "tok", data_dir=str(SAMPLE / "train.tokens"), vocab_size=600, max_text_mb=0.1)
+    info = read_json(out / "se_tokenizer.json")
+    assert info["max_text_mb"] == 0.1
+    assert 90_000 < info["trained_on_chars"] < 110_000
+    full = sum(1 for line in (SAMPLE / "train.tokens").read_text(encoding="utf-8").splitlines() if line.strip())
+    assert 0.05 * full < info["num_lines"] < 0.2 * full
+
+
+def test_negative_budget_is_refused():
+    with pytest.raises(SpanElectraError, match="max_text_mb"):
+        tok_args(max_text_mb=-1).validate()
+
