@@ -17,11 +17,10 @@ import time
 import unicodedata
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from tqdm import tqdm
 
 from argument import checked_config, save_config, run_main, tok_args
 from io_utils import (COMPRESSED_SUFFIXES, BadByteCounter, SpanElectraError, atomic_write_json, find_text_files,
-                      iter_lines, make_out_dir, move_files_into, new_build_dir)
+                      iter_lines, make_out_dir, move_files_into, new_build_dir, progress_bar)
 from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched,
                           cls_sep_template, load_segmenter, save_transformers_tokenizer, segmented_batches)
 
@@ -195,7 +194,7 @@ def main(config: tok_args = None):
     alphabet = set()
     sampled = [0, 0]
     max_chars = int(config.max_text_mb * 1e6)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
+    with progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
         corpus = corpus_lines(files, bad_bytes, progress, alphabet, max_chars, sampled)
         batches = segmented_batches(((b, None) for b in batched(corpus, 2000)),
                                     config.word_segmenter, config.num_workers)

@@ -14,7 +14,10 @@ import lzma
 import os
 import shutil
 import socket
+import sys
 import tempfile
+
+from tqdm import tqdm
 
 logger = logging.getLogger("span_electra")
 
@@ -36,6 +39,36 @@ def setup_logging():
                             datefmt="%H:%M:%S")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+
+
+# ---------------------------------------------------------------- progress
+LOG_REFRESH_SECONDS = 30  # a bar written to a log file (nohup, a batch job) refreshes this often
+
+
+class LogLines:
+    """A progress bar's output for a log file: each refresh on a line of its own, where tqdm's carriage
+    returns would pile a whole run's refreshes (10 a second) onto one line that only a terminal reads."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_bar(stream=None, **kwargs):
+    """A tqdm bar on stderr (or `stream`); where that is no terminal, a line every LOG_REFRESH_SECONDS, so a
+    multi-hour build's log holds a readable history of its rate and ETA."""
+    stream = stream if stream is not None else sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        kwargs.setdefault("mininterval", LOG_REFRESH_SECONDS)
+        stream = LogLines(stream)
+    return tqdm(file=stream, **kwargs)
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -25,13 +25,12 @@ import shutil
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from argument import ROOT, MaskingArgs, checked_config, feature_args, run_main, save_config
 from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX, long_words_warning
 from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
-                      make_out_dir, move_files_into, new_build_dir, storage_reason)
+                      make_out_dir, move_files_into, new_build_dir, progress_bar, storage_reason)
 from tokenization import (CLS_ID, SEP_ID, UNKNOWN_WARNING, batched, copy_tokenizer, folder_segmenter,
                           load_tokenizer, segmented_batches)
 
@@ -241,7 +240,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     bad_bytes = BadByteCounter()
     split_rng = np.random.default_rng(config.seed)
     total = sum(os.path.getsize(p) for p in train_files + valid_files)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="features") as progress:
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="features") as progress:
         inputs = [(train_files, lambda: 1 if split_rng.random() < config.valid_fraction else 0)]
         if valid_files:
             inputs.append((valid_files, lambda: 1))
@@ -324,7 +323,7 @@ def _write_static_masks(config, features, masker):
         data = features.split(split)
         with open(array_path(features.dir, split, ".masked"), "wb") as fm, \
                 open(array_path(features.dir, split, ".span_position"), "wb") as fp:
-            for i in tqdm(range(0, len(data), 1024), desc=f"static masks {split}"):
+            for i in progress_bar(iterable=range(0, len(data), 1024), desc=f"static masks {split}"):
                 ids = np.asarray(data[i:i + 1024], dtype=np.int64)
                 batch = masker(ids, rng)
                 batch["input_ids"].astype(data.dtype).tofile(fm)

@@ -1,6 +1,8 @@
 """Corpora of many GB: create_vocab_SE.py --max_text_mb trains on an even sample of the text, so a
-vocabulary's time stops growing with the corpus (tiny files here stand in for big ones)."""
+vocabulary's time stops growing with the corpus, and the long builds' progress bars write a log of
+lines (tiny files here stand in for big ones)."""
 import gzip
+import io
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from argument import tok_args
 from conftest import SAMPLE, read_json, train_vocab
 from create_vocab_SE import corpus_lines
-from io_utils import BadByteCounter, SpanElectraError
+from io_utils import LOG_REFRESH_SECONDS, BadByteCounter, SpanElectraError, progress_bar
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +71,15 @@ def test_negative_budget_is_refused():
     with pytest.raises(SpanElectraError, match="max_text_mb"):
         tok_args(max_text_mb=-1).validate()
 
+
+def test_progress_in_a_log_file_is_one_line_per_refresh():
+    log = io.StringIO()  # no terminal, as under nohup or a batch system
+    bar = progress_bar(stream=log, total=3, desc="features", mininterval=0, miniters=1)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and all(line.startswith("features:") for line in lines)
+    assert [line.split("|")[-1].split()[0] for line in lines][-1] == "3/3"
+    assert len(lines) >= 4  # the start, each update, the close
+    assert progress_bar(stream=io.StringIO(), total=1).mininterval == LOG_REFRESH_SECONDS
