@@ -114,6 +114,15 @@ def check_static_masks(features, data_args):
                                f"dropped; pass at least {saved_slots} (or 0), or leave static_masking off")
 
 
+def shuffled_rows(num_rows, rng):
+    """rng.permutation(num_rows), shuffled in place in the smallest integer type that holds the row numbers: the
+    same order (the shuffle draws the same swaps whatever the type) in half the memory for under 2**31 rows, and
+    no int64 copy beside it (10.8M rows: 43 MB where permutation peaked at 174 MB with the last epoch's)."""
+    order = np.arange(num_rows, dtype=np.int32 if num_rows < 2**31 else np.int64)
+    rng.shuffle(order)
+    return order
+
+
 class MLMDataset:
     """Masked batches of one split for the generator: item i of an epoch is the i-th batch.
 
@@ -175,7 +184,8 @@ class MLMDataset:
         """The current epoch's shuffled order of the split's rows, kept for the epoch's other batches (a
         permutation of 10M rows takes 0.4 s, 25 H100 steps, where a batch's masking takes 1 ms)."""
         if self._order[0] != self.epoch:
-            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data)))
+            self._order = (None, None)  # the last epoch's order goes first: never two of them held at once
+            self._order = (self.epoch, shuffled_rows(len(self.data), np.random.default_rng([self.seed, self.epoch])))
         return self._order[1]
 
     def numpy_batch(self, index):

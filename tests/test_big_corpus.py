@@ -1,8 +1,10 @@
 """Corpora of many GB: create_vocab_SE.py --max_text_mb trains on an even sample of the text, so a
-vocabulary's time stops growing with the corpus, and the long builds' progress bars write a log of
-lines (tiny files here stand in for big ones)."""
+vocabulary's time stops growing with the corpus, the long builds' progress bars write a log of lines,
+and an epoch's shuffled order of tens of millions of rows is held once, in int32 (tiny files here stand in
+for big ones)."""
 import gzip
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from argument import tok_args
 from conftest import SAMPLE, read_json, train_vocab
 from create_vocab_SE import corpus_lines
+from features import MLMDataset, shuffled_rows
 from io_utils import LOG_REFRESH_SECONDS, BadByteCounter, SpanElectraError, progress_bar
 
 
@@ -83,3 +86,26 @@ def test_progress_in_a_log_file_is_one_line_per_refresh():
     assert [line.split("|")[-1].split()[0] for line in lines][-1] == "3/3"
     assert len(lines) >= 4  # the start, each update, the close
     assert progress_bar(stream=io.StringIO(), total=1).mininterval == LOG_REFRESH_SECONDS
+
+
+@pytest.mark.parametrize("num_rows", [1, 1000, 54321])
+def test_shuffled_rows_are_the_permutation_in_int32(num_rows):
+    order = shuffled_rows(num_rows, np.random.default_rng([42, 3]))
+    assert order.dtype == np.int32
+    assert np.array_equal(order, np.random.default_rng([42, 3]).permutation(num_rows))  # runs keep their rows
+
+
+def test_epoch_order_memory_is_4_bytes_a_row():
+    num_rows = 1_000_000  # a big corpus's split, without its file: only the order is made
+    dataset = MLMDataset.__new__(MLMDataset)
+    dataset.data = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint16), (num_rows, 1), (0, 0))
+    dataset.batch_size, dataset.seed, dataset.shuffle, dataset.rank, dataset.world_size = 2, 1, True, 0, 1
+    dataset.epoch, dataset._order = 0, (None, None)
+    dataset.order()
+    tracemalloc.start()
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        rows = dataset.rows(0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(rows) == 2 and peak < 4 * num_rows * 1.1  # one int32 order at a time: no int64, no two epochs
