@@ -139,6 +139,7 @@ class MLMDataset:
         self.features = PretrainingFeatures(data_args.features_dir)
         if data_args.tokenizer_dir:
             self.features.check_tokenizer(data_args.tokenizer_dir)
+        self.split_name = split
         self.data = self.features.split(split)
         self.static = None
         if data_args.static_masking:
@@ -146,7 +147,7 @@ class MLMDataset:
                 raise SpanElectraError(f"static_masking: '{data_args.features_dir}' has no static masks; "
                                        "rebuild it with process.py --save_static_masks")
             check_static_masks(self.features, data_args)
-            self.static = (self.features.split(split, ".masked"), self.features.split(split, ".span_position"))
+            self.static = self.static_masks()
         self.masker = self.features.masker(data_args)
         self.num_slots = max_prediction_slots(data_args, self.features.max_seq_len)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
@@ -162,6 +163,21 @@ class MLMDataset:
             raise SpanElectraError(f"{field}: {batch_size} x {world_size} process(es) is more than the "
                                    f"{len(self.data)} sequences of split '{split}'; use a smaller batch" +
                                    (", fewer processes or a larger split" if world_size > 1 else ""))
+
+    def static_masks(self):
+        return self.features.split(self.split_name, ".masked"), self.features.split(self.split_name, ".span_position")
+
+    def __getstate__(self):
+        """Pickled (for a DataLoader worker started by spawn or forkserver: macOS, Python 3.14's Linux default)
+        without the memmapped arrays, which reopen from their files: a pickled np.memmap carries its whole
+        content, a corpus's GBs into every worker. The epoch's order is made again where needed."""
+        state = dict(self.__dict__, data=None, static=self.static is not None, _order=(None, None))
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.data = self.features.split(self.split_name)
+        self.static = self.static_masks() if self.static else None
 
     def set_epoch(self, epoch):
         self.epoch = epoch

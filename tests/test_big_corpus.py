@@ -1,9 +1,10 @@
 """Corpora of many GB: create_vocab_SE.py --max_text_mb trains on an even sample of the text, so a
 vocabulary's time stops growing with the corpus, the long builds' progress bars write a log of lines,
-and an epoch's shuffled order of tens of millions of rows is held once, in int32 (tiny files here stand in
-for big ones)."""
+an epoch's shuffled order of tens of millions of rows is held once, in int32, and a dataset pickled for a
+spawned DataLoader worker reopens its memmaps instead of carrying the split (tiny files stand in for big ones)."""
 import gzip
 import io
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -109,3 +110,19 @@ def test_epoch_order_memory_is_4_bytes_a_row():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert len(rows) == 2 and peak < 4 * num_rows * 1.1  # one int32 order at a time: no int64, no two epochs
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_pickled_dataset_reopens_its_memmaps_and_gives_the_same_batches(bpe_feat, static):
+    from argument import MLM_trainDataArgs
+    dataset = MLMDataset(MLM_trainDataArgs(features_dir=str(bpe_feat[0]), static_masking=static), 4, seed=3)
+    dataset.set_epoch(2)
+    split_bytes = dataset.data.nbytes * (3 if static else 1)
+    state = pickle.dumps(dataset)
+    assert len(state) < split_bytes / 2  # the split's rows are not in it (the masker's tables are)
+    copy = pickle.loads(state)
+    assert isinstance(copy.data, np.memmap) and copy.data.filename == dataset.data.filename
+    assert (copy.static is not None) == static and copy.epoch == 2
+    for index in (0, 7):
+        for key, value in dataset[index].items():
+            assert np.array_equal(copy[index][key].numpy(), value.numpy()), key
