@@ -1,9 +1,11 @@
 """Corpora of many GB: create_vocab_SE.py --max_text_mb trains on an even sample of the text, so a
 vocabulary's time stops growing with the corpus, the long builds' progress bars write a log of lines,
 an epoch's shuffled order of tens of millions of rows is held once, in int32, and a dataset pickled for a
-spawned DataLoader worker reopens its memmaps instead of carrying the split (tiny files stand in for big ones)."""
+spawned DataLoader worker reopens its memmaps instead of carrying the split, which shuffled batches read
+without readahead (tiny files stand in for big ones)."""
 import gzip
 import io
+import os
 import pickle
 import tracemalloc
 
@@ -126,3 +128,27 @@ def test_a_pickled_dataset_reopens_its_memmaps_and_gives_the_same_batches(bpe_fe
     for index in (0, 7):
         for key, value in dataset[index].items():
             assert np.array_equal(copy[index][key].numpy(), value.numpy()), key
+
+
+def vm_flags(path):
+    """The kernel's VmFlags of this process's mappings of a file (Linux's /proc/self/smaps)."""
+    flags, current = [], None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                current = fields[-1] if len(fields) >= 6 else None
+            elif fields[0] == "VmFlags:" and current == os.path.realpath(path):
+                flags.append(fields[1:])
+    return flags
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux's /proc shows the mapping's advice")
+def test_shuffled_batches_read_the_split_without_readahead(bpe_feat):
+    from argument import MLM_trainDataArgs
+    args = MLM_trainDataArgs(features_dir=str(bpe_feat[0]))
+    shuffled = MLMDataset(args, 4, shuffle=True)
+    assert vm_flags(shuffled.data.filename) and all("rr" in flags for flags in vm_flags(shuffled.data.filename))
+    copy = pickle.loads(pickle.dumps(shuffled))  # a spawned worker's: advised again
+    assert all("rr" in flags for flags in vm_flags(copy.data.filename))
+    assert np.array_equal(copy[1]["input_ids"].numpy(), shuffled[1]["input_ids"].numpy())
