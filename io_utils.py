@@ -67,6 +67,7 @@ def progress_bar(stream=None, **kwargs):
     stream = stream if stream is not None else sys.stderr
     if not (hasattr(stream, "isatty") and stream.isatty()):
         kwargs.setdefault("mininterval", LOG_REFRESH_SECONDS)
+        kwargs.setdefault("maxinterval", LOG_REFRESH_SECONDS)  # tqdm's monitor would refresh every 10 s
         stream = LogLines(stream)
     return tqdm(file=stream, **kwargs)
 
