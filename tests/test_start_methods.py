@@ -1,0 +1,56 @@
+"""BatchStream's DataLoader workers under the "spawn" start method (the default on macOS and Windows; Python
+3.14's Linux default, "forkserver", hands a worker its dataset the same way): what a worker receives is
+pickled, so the memory-mapped splits must reach it as files to map again, not as copies of the arrays."""
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import argument
+import features
+import training_utils as tu
+
+
+@pytest.fixture
+def spawn_default():
+    """The default start method is "spawn" for the test (DataLoader workers use the default)."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    yield
+    multiprocessing.set_start_method(before, force=True)
+
+
+def static_dataset(folder):
+    """SE batches (the original ids too) of the static masks, which are saved with the generator's masking settings."""
+    return features.SEDataset(argument.MLM_trainDataArgs(features_dir=str(folder), static_masking=True), 8, seed=3)
+
+
+def test_a_pickled_dataset_maps_its_files_again(bpe_feat):
+    dataset = static_dataset(bpe_feat[0])
+    dataset.set_epoch(1)
+    expected = dataset[2]  # also makes the epoch's row order, which is not pickled either
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(pickle.dumps(dataset)) < dataset.data.nbytes / 4  # not the split's tokens
+    assert isinstance(copy.data, np.memmap) and copy.data.filename == dataset.data.filename
+    assert [a.filename for a in copy.static] == [a.filename for a in dataset.static]
+    for name, value in copy[2].items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_spawned_workers_yield_the_in_process_batches(bpe_feat, spawn_default):
+    dataset = static_dataset(bpe_feat[0])
+    per_epoch = len(dataset)
+    in_process = tu.BatchStream(dataset, num_workers=0, index=per_epoch - 2)
+    from_workers = tu.BatchStream(dataset, num_workers=1, index=per_epoch - 2)  # across an epoch's end
+    for _ in range(5):
+        a, b = next(in_process), next(from_workers)
+        assert list(a) == list(b)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    workers = from_workers._iter._workers
+    assert [w._popen.method for w in workers] == ["spawn"]
+    from_workers.close()
+    assert not any(w.is_alive() for w in workers)
+    assert from_workers.state() == in_process.state() == {"epoch": 1, "index": 3}
