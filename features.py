@@ -54,6 +54,10 @@ class PretrainingFeatures:
         for split in meta["splits"]:
             self.check_array(split)
 
+    def __getstate__(self):
+        # a DataLoader worker needs no tokenizer (the masker has its tables): it loads again where asked
+        return {**self.__dict__, "_tokenizer": None}
+
     def check_array(self, name, kind=""):
         """Fail with one line when a split's array is missing or not the size meta.json records."""
         path = array_path(self.dir, name, kind)
