@@ -26,13 +26,12 @@ from typing import List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
-                      lies_within, make_out_dir, remove_paths)
+                      lies_within, make_out_dir, progress_bar, remove_paths)
 from modelling_span_electra import load_tokenizer_of, quiet_transformers, warn_untrained_positions, weights_problem
 from tokenization import UNKNOWN_WARNING, check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
 
@@ -754,7 +753,7 @@ def train_one_seed(seed, task, data, config, runtime, announce):
     order_rng = torch.Generator().manual_seed(seed)
     history, step = [], 0
     model.train()
-    bar = tqdm(total=total, desc=f"fine-tune (seed {seed})")
+    bar = progress_bar(total=total, desc=f"fine-tune (seed {seed})")
     loop_seconds = 0.0  # training steps only: loading and evaluation excluded
     for epoch in range(1, config.num_train_epochs + 1):
         epoch_start = time.perf_counter()

@@ -65,11 +65,16 @@ def progress_bar(stream=None, **kwargs):
     """A tqdm bar on stderr (or `stream`); where that is no terminal, a line every LOG_REFRESH_SECONDS, so a
     multi-hour build's log holds a readable history of its rate and ETA."""
     stream = stream if stream is not None else sys.stderr
-    if not (hasattr(stream, "isatty") and stream.isatty()):
+    if not shows_carriage_returns(stream):
         kwargs.setdefault("mininterval", LOG_REFRESH_SECONDS)
         kwargs.setdefault("maxinterval", LOG_REFRESH_SECONDS)  # tqdm's monitor would refresh every 10 s
         stream = LogLines(stream)
     return tqdm(file=stream, **kwargs)
+
+
+def shows_carriage_returns(stream):
+    """A terminal, or a notebook's output (ipykernel's streams are no tty, yet redraw a line on '\\r')."""
+    return (hasattr(stream, "isatty") and stream.isatty()) or type(stream).__module__.startswith("ipykernel")
 
 
 # ---------------------------------------------------------------- atomic writes

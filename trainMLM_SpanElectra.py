@@ -10,12 +10,12 @@ import logging
 import os
 
 import torch
-from tqdm import tqdm
 
 import training_utils as tu
 from argument import GENERATOR_RUN, MLM_trainingConfig, checked_config, run_main
 from modelling_span_electra import SpanElectraGenerator, electra_configs, load_pretrained, save_generator, weights_digest
 from features import MLMDataset
+from io_utils import progress_bar
 
 logger = logging.getLogger("span_electra")
 
@@ -70,7 +70,7 @@ def main(config: MLM_trainingConfig = None):
 
     model.train()
     speed, sums = tu.Throughput(), tu.MetricSums()
-    bar = tqdm(total=config.max_steps, initial=step, desc="generator", disable=not runtime.is_main)
+    bar = progress_bar(total=config.max_steps, initial=step, desc="generator", disable=not runtime.is_main)
     while step < config.max_steps:
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)

@@ -15,10 +15,10 @@ import logging
 import os
 
 import torch
-from tqdm import tqdm
 
 import training_utils as tu
 from argument import DISCRIMINATOR_RUN, SE_trainingConfig, checked_config, run_main
+from io_utils import progress_bar
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraJoint, SpanElectraTwoStage, check_fits_features,
                                     electra_configs, init_discriminator_from_generator, load_generator,
                                     load_pretrained, save_discriminator, save_generator,
@@ -145,7 +145,7 @@ def main(config: SE_trainingConfig = None):
     # one's check compares with (learning seen only after the first of two evaluations at chance does not count)
     best_auc, learned_before, valid_rows = tu.collapse_history(config.out_dir) if step else (0.0, 0.0, [])
     warned_collapse = False
-    bar = tqdm(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
+    bar = progress_bar(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
     while step < config.max_steps:
         temperature.fill_(sampling_temperature(step, config))
         for micro in range(config.gradient_accumulation_steps):

@@ -92,6 +92,17 @@ def test_progress_in_a_log_file_is_one_line_per_refresh():
     assert quiet.mininterval == quiet.maxinterval == LOG_REFRESH_SECONDS
 
 
+def test_progress_in_a_notebook_redraws_its_line():
+    """ipykernel's output is no tty, yet redraws a line on '\\r': a notebook's main(config) keeps a live bar."""
+    NotebookStream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})
+    out = NotebookStream()
+    bar = progress_bar(stream=out, total=2, desc="generator", mininterval=0, miniters=1)
+    bar.update(2)
+    bar.close()
+    assert "\r" in out.getvalue() and bar.mininterval == 0 and "2/2" in out.getvalue()
+    assert progress_bar(stream=NotebookStream(), total=1).mininterval < LOG_REFRESH_SECONDS
+
+
 @pytest.mark.parametrize("num_rows", [1, 1000, 54321])
 def test_shuffled_rows_are_the_permutation_in_int32(num_rows):
     order = shuffled_rows(num_rows, np.random.default_rng([42, 3]))
