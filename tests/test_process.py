@@ -2,7 +2,6 @@
 and the Datasets."""
 import filecmp
 import json
-import logging
 import re
 import sys
 from types import SimpleNamespace
@@ -634,30 +633,6 @@ def test_a_valid_file_that_is_also_training_text_is_warned_about(bpe_tok, tmp_pa
     assert "valid.tokens also in train_input" in caplog.text
 
 
-def _write(path, text="a line of text\n"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def test_own_corpus_under_data_is_not_the_bundled_sample(tmp_path, monkeypatch, caplog):
-    """A corpus of the user's own placed under data/ (train and valid in sibling folders) was warned about as
-    'the bundled sample'; only data/sample and data/sample_vi are."""
-    data = tmp_path / "data"
-    monkeypatch.setattr(process, "BUNDLED_SAMPLES", (str(data / "sample"), str(data / "sample_vi")))
-    sample_valid = _write(data / "sample" / "valid.tokens")
-    own_train, own_valid = _write(data / "mycorp" / "train" / "a.txt"), _write(data / "mycorp" / "valid.txt")
-    outside_train = _write(tmp_path / "elsewhere" / "train.txt")
-    with caplog.at_level(logging.WARNING, logger="span_electra"):
-        process.warn_bundled_valid([own_train], [own_valid])
-        process.warn_bundled_valid([outside_train], [own_valid])
-        assert not [r for r in caplog.records if "bundled sample" in r.getMessage()]
-        process.warn_bundled_valid([own_train], [sample_valid])  # the default valid_input: still warned
-        process.warn_bundled_valid([_write(data / "sample" / "train.tokens")], [sample_valid])  # the sample itself
-    warned = [r.getMessage() for r in caplog.records if "bundled sample" in r.getMessage()]
-    assert len(warned) == 1 and own_train in warned[0]
-
-
 def test_only_the_bundled_samples_count_as_the_bundled_sample(caplog):
     """A corpus of one's own kept under data/ (train shards in one folder, held-out text beside them) was
     warned about as 'the bundled sample (valid_input's default)'; the bundled samples themselves still are."""
@@ -671,6 +646,7 @@ def test_only_the_bundled_samples_count_as_the_bundled_sample(caplog):
         process.warn_bundled_valid([str(data / "sample_vi" / "train.txt")], [str(data / "sample" / "valid.tokens")])
         process.warn_bundled_valid([str(data / "sample" / "train.tokens")], [str(data / "sample" / "valid.tokens")])
     assert caplog.text.count("bundled sample") == 2
+    assert "train_input's " + str(data / "wiki" / "train.txt") in caplog.text  # the warning names the corpus
 
 
 def test_features_of_a_pyvi_vocabulary_without_pyvi_name_the_tokenizer(vi_tok, tmp_path, monkeypatch):

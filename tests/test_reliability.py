@@ -665,23 +665,6 @@ def test_resume_refuses_features_rebuilt_from_other_text_of_the_same_size(bpe_to
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
 
 
-def _resume_config(tmp_path, fixed):
-    (tmp_path / "metrics.jsonl").write_text("", encoding="utf-8")
-    (tmp_path / tu.RUN_FILE).write_text(json.dumps({"run_id": "abc", "fixed": fixed}), encoding="utf-8")
-    return SimpleNamespace(out_dir=str(tmp_path), resume_from="latest", overwrite_output_dir=False)
-
-
-def test_run_started_on_undigested_features_resumes_on_the_same_rows_rebuilt(tmp_path):
-    """A run started on features from before content_digest recorded train_sequences_digest null; rebuilding
-    the same corpus (now digested) refused the resume as 'rebuilt from other text'."""
-    base = {"script": "trainSpanElectra.py", "train_sequences": 10}
-    config = _resume_config(tmp_path, {**base, "train_sequences_digest": None})
-    assert tu.check_run(config, {**base, "train_sequences_digest": "f" * 32}) == "abc"
-    config = _resume_config(tmp_path, {**base, "train_sequences_digest": "e" * 32})  # recorded: still compared
-    with pytest.raises(SpanElectraError, match="training sequences"):
-        tu.check_run(config, {**base, "train_sequences_digest": "f" * 32})
-
-
 def _started_run(out, digest):
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 5}\n')
