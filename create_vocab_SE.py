@@ -130,7 +130,9 @@ def corpus_lines(files, bad_bytes, progress, alphabet, max_chars=0, kept=None):
     about that many characters of them, spread evenly over the corpus: a line is kept only while the text
     kept lags max_chars x the share of the files' bytes on disk read before it, which needs no pass to count
     the text first and holds for compressed files too (the share before the line, not after it: else a long
-    line would be likelier kept than a short one). kept (a list): [characters, lines] passed on."""
+    line would be likelier kept than a short one). A compressed file's position moves a block at a time (128 KiB to
+    900 KB of text), so the sample is even over a corpus of many blocks, as one of several GB is.
+    kept (a list): [characters, lines] passed on."""
     total = sum(os.path.getsize(p) for p in files)
     read = ReadCounter(progress)
     kept = kept if kept is not None else [0, 0]
