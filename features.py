@@ -154,15 +154,13 @@ class MLMDataset:
         self.features = PretrainingFeatures(data_args.features_dir)
         if data_args.tokenizer_dir:
             self.features.check_tokenizer(data_args.tokenizer_dir)
-        self.split_name, self.shuffle = split, shuffle
-        self.data = self.open_split()
-        self.static = None
         if data_args.static_masking:
             if not self.features.meta.get("static_masking"):
                 raise SpanElectraError(f"static_masking: '{data_args.features_dir}' has no static masks; "
                                        "rebuild it with process.py --save_static_masks")
             check_static_masks(self.features, data_args)
-            self.static = self.static_masks()
+        self.split_name, self.shuffle, self.static_masking = split, shuffle, data_args.static_masking
+        self.open_arrays()
         self.masker = self.features.masker(data_args)
         self.num_slots = max_prediction_slots(data_args, self.features.max_seq_len)
         self.batch_size, self.seed = batch_size, seed
@@ -179,26 +177,24 @@ class MLMDataset:
                                    f"{len(self.data)} sequences of split '{split}'; use a smaller batch" +
                                    (", fewer processes or a larger split" if world_size > 1 else ""))
 
-    def open_split(self):
-        """The split's memmap; read in shuffled order, without readahead (see random_access)."""
-        data = self.features.split(self.split_name)
-        return random_access(data) if self.shuffle else data
-
-    def static_masks(self):
-        masks = self.features.split(self.split_name, ".masked"), self.features.split(self.split_name, ".span_position")
-        return tuple(map(random_access, masks)) if self.shuffle else masks
+    def open_arrays(self):
+        """Memory-map the split's ids (self.data) and, for --static_masking, its saved masks (self.static);
+        shuffled reads go without readahead (see random_access)."""
+        def mapped(kind=""):
+            array = self.features.split(self.split_name, kind)
+            return random_access(array) if self.shuffle else array
+        self.data = mapped()
+        self.static = (mapped(".masked"), mapped(".span_position")) if self.static_masking else None
 
     def __getstate__(self):
         """Pickled (for a DataLoader worker started by spawn or forkserver: macOS, Python 3.14's Linux default)
         without the memmapped arrays, which reopen from their files: a pickled np.memmap carries its whole
         content, a corpus's GBs into every worker. The epoch's order is made again where needed."""
-        state = dict(self.__dict__, data=None, static=self.static is not None, _order=(None, None))
-        return state
+        return dict(self.__dict__, data=None, static=None, _order=(None, None))
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.data = self.open_split()
-        self.static = self.static_masks() if self.static else None
+        self.open_arrays()
 
     def set_epoch(self, epoch):
         self.epoch = epoch
