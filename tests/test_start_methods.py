@@ -1,10 +1,9 @@
 """BatchStream's DataLoader workers under the "spawn" start method (the default on macOS and Windows; Python
 3.14's Linux default, "forkserver", hands a worker its dataset the same way): what a worker receives is
-pickled, so the memory-mapped splits must reach it as files to map again, not as copies of the arrays."""
+pickled, so the memory-mapped splits must reach it as files to map again, not as copies of the arrays (a pickled
+dataset itself: test_big_corpus.py)."""
 import multiprocessing
-import pickle
 
-import numpy as np
 import pytest
 import torch
 
@@ -25,18 +24,6 @@ def spawn_default():
 def static_dataset(folder):
     """SE batches (the original ids too) of the static masks, which are saved with the generator's masking settings."""
     return features.SEDataset(argument.MLM_trainDataArgs(features_dir=str(folder), static_masking=True), 8, seed=3)
-
-
-def test_a_pickled_dataset_maps_its_files_again(bpe_feat):
-    dataset = static_dataset(bpe_feat[0])
-    dataset.set_epoch(1)
-    expected = dataset[2]  # also makes the epoch's row order, which is not pickled either
-    copy = pickle.loads(pickle.dumps(dataset))
-    assert len(pickle.dumps(dataset)) < dataset.data.nbytes / 4  # not the split's tokens
-    assert isinstance(copy.data, np.memmap) and copy.data.filename == dataset.data.filename
-    assert [a.filename for a in copy.static] == [a.filename for a in dataset.static]
-    for name, value in copy[2].items():
-        assert torch.equal(value, expected[name]), name
 
 
 def test_spawned_workers_yield_the_in_process_batches(bpe_feat, spawn_default):
