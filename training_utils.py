@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import socket
 import time
@@ -561,7 +562,7 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
         # would fill dynamo's cache of it up to its recompile limit, past which a step runs eagerly; the on-disk
         # caches keep a new run's compile fast, and the earlier runs' CUDA graph pools are freed
         torch._dynamo.reset()
-    train_step = wrap_ddp(compile_model(train_step, runtime) if config.compile else train_step, runtime)
+    train_step = wrap_ddp(CompiledStep(train_step, runtime) if config.compile else train_step, runtime)
     stream = BatchStream(train_set, data_workers(config.num_workers, runtime), runtime.device.type == "cuda",
                          **position)
     return train_step, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
@@ -804,6 +805,39 @@ def compile_model(model, runtime):
     one GPU with CUDA graphs ('reduce-overhead'), which replay the whole step in one launch."""
     mode = "reduce-overhead" if runtime.device.type == "cuda" and not runtime.distributed else None
     return torch.compile(model, mode=mode)
+
+
+class CompiledStep(torch.nn.Module):
+    """--compile's training step, with the uncompiled step behind it: where torch.compile cannot build
+    the step on this machine (a compiler bug: Triton 3.6 failed one of the two-stage step's kernels on
+    an H100 with torch 2.11; or no C++ compiler for a CPU build), the run warns once and trains on
+    uncompiled, where it would otherwise stop at its first step with a traceback."""
+
+    def __init__(self, step, runtime):
+        super().__init__()
+        self.step = step
+        self.compiled = [compile_model(step, runtime)]  # in a list: not a second module with the same parameters
+
+    def forward(self, *args, **kwargs):
+        if self.compiled:
+            try:
+                return self.compiled[0](*args, **kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as e:  # raised before any of the step ran
+                logger.warning("--compile: torch.compile could not build the training step on this machine (%s); "
+                               "training goes on uncompiled, slower. --compile false skips the attempt; another "
+                               "torch or Triton version may compile it", compile_failure(e))
+                self.compiled.clear()
+        return self.step(*args, **kwargs)
+
+
+def compile_failure(error):
+    """The line of a torch.compile failure that says what broke, and the kernel it broke in, if any."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Set TORCHDYNAMO_VERBOSE", "You can suppress"))]
+    errors = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b", line)]
+    reason = (errors or lines or [type(error).__name__])[-1][:200]
+    kernel = re.search(r"Name=(\w+)", str(error))
+    return f"{reason}, in {kernel.group(1)[:80]}" if kernel else reason
 
 
 def mark_step_begin(config):

@@ -322,3 +322,28 @@ def test_profile_loop_accounts_for_the_loop_step(bpe_feat):
     assert {"forward+metrics", "backward", "optimizer step", "sum metrics", "wait for batch"} <= set(phases)
     timed = float(re.search(r"phases above\s+([\d.]+) ms/step", out).group(1))
     assert 0.5 * wall < timed <= wall * 1.01  # on the CPU the host does all the work
+
+
+def test_a_step_torch_compile_cannot_build_trains_on_uncompiled(bpe_feat, tmp_path, monkeypatch, caplog):
+    """Where torch.compile fails to build the step (as Triton did on one of the two-stage step's kernels on an
+    H100), the run warns once, naming the failure, and trains on uncompiled: the same losses as a run without
+    --compile, where it used to stop at its first step with a traceback."""
+    def triton_fails(gm, example_inputs):
+        raise RuntimeError("SubprocException: An exception occurred in a subprocess:\n\nName=triton_red_fused_sum_33"
+                           "\nTraceback (most recent call last):\n  File \"compiler.py\", line 316\n"
+                           "RuntimeError: PassManager::run failed\n")
+    monkeypatch.setattr(tu, "compile_model", lambda step, runtime: torch.compile(step, backend=triton_fails))
+    caplog.set_level("WARNING", logger=tu.logger.name)
+    settings = dict(features_dir=str(bpe_feat[0]), mode="joint", model_size="tiny", max_steps=4, log_every=2,
+                    eval_every=4, save_every=4, eval_batches=1, train_batch_size=8, device="cpu")
+    losses = {}
+    for compile_step in (False, True):
+        out = tmp_path / f"compile_{compile_step}"
+        torch._dynamo.reset()
+        trainSpanElectra.main(argument.SE_trainingConfig(out_dir=str(out), compile=compile_step, **settings))
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"disc_loss"' in line]
+        losses[compile_step] = [(r["step"], r.get("split"), r["disc_loss"], r["mlm_loss"]) for r in rows]
+    assert len(losses[True]) == 3 and losses[True] == losses[False]
+    warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "PassManager::run failed, in triton_red_fused_sum_33" in warnings[0] and "uncompiled" in warnings[0]
