@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -286,7 +287,8 @@ class BatchStream:
             pin_memory=self.pin_memory and not self.num_workers,
             generator=torch.Generator(),  # its own seed source: the global RNG (dropout) is untouched
             worker_init_fn=leave_sigterm_to_the_main_process if self.num_workers else None)
-        self._iter = iter(loader)
+        with ctrl_c_held_back(self.num_workers):
+            self._iter = iter(loader)  # starts the workers
         if self.num_workers:
             LIVE_STREAMS.add(self)
             # (again) the newest exit hook, so it runs first: before multiprocessing's, registered with the workers
@@ -337,6 +339,24 @@ def close_live_streams():
 
 PREFETCH = 4  # batches each DataLoader worker has in flight
 PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtype's alignment
+
+
+@contextlib.contextmanager
+def ctrl_c_held_back(starting_workers):
+    """Ctrl-C (SIGINT) blocked while DataLoader workers start, so they start with it blocked for good: a
+    spawned worker (macOS, Windows, forkserver) spends seconds importing torch, and a Ctrl-C then ended it in
+    a traceback of its own beside the run's one line. The main process gets a Ctrl-C pressed meanwhile as
+    soon as they have started (blocked, not ignored: it waits), and stops the run and its workers. Forked
+    workers start at once, and forkserver's inherit the server's mask, which must stay its own."""
+    if not (starting_workers and hasattr(signal, "pthread_sigmask")  # Windows has no masks (nor Ctrl-C signals)
+            and multiprocessing.get_start_method() == "spawn"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def leave_sigterm_to_the_main_process(worker_id):

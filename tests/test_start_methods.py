@@ -3,6 +3,8 @@
 pickled, so the memory-mapped splits must reach it as files to map again, not as copies of the arrays (a pickled
 dataset itself: test_big_corpus.py)."""
 import multiprocessing
+import os
+import signal
 
 import pytest
 import torch
@@ -41,3 +43,22 @@ def test_spawned_workers_yield_the_in_process_batches(bpe_feat, spawn_default):
     from_workers.close()
     assert not any(w.is_alive() for w in workers)
     assert from_workers.state() == in_process.state() == {"epoch": 1, "index": 3}
+
+
+def blocked_signals(pid):
+    """The signal numbers blocked in a process (Linux's /proc/PID/status SigBlk mask)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="reads Linux's /proc")
+def test_a_spawned_worker_starts_with_ctrl_c_blocked(bpe_feat, spawn_default):
+    """A Ctrl-C while a spawned worker imports torch (seconds) ended it in a traceback of its own beside the
+    run's one line: the worker starts with SIGINT blocked, and the main process's mask is as it was."""
+    stream = tu.BatchStream(static_dataset(bpe_feat[0]), num_workers=1)
+    next(stream)
+    (worker,) = stream._iter._workers
+    assert signal.SIGINT in blocked_signals(worker.pid)
+    assert signal.SIGINT not in blocked_signals(os.getpid())
+    stream.close()
