@@ -13,7 +13,9 @@
 #   4. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
 # Usage: FEATURES=outputs/gpu/features bash benchmarks/long_run_check.sh   (logs under $OUT)
 #   QUICK=1: only the 1,500-step run and bench_train.py --quick (ours compiled: the reference), about
-#   3.5 minutes, to leave a 15-minute device session room for the comparison; TESTS=1 adds tests/test_gpu.py
+#   3.5 minutes, to leave a 15-minute device session room for the comparison; TESTS=1 adds tests/test_gpu.py;
+#   MIXCHECK=1 the two-stage compiled step with TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 (Triton 3.6 failed one of
+#   its fused reductions on an H100, session 17: is inductor's mix-order fusion the cause?)
 #   Where FEATURES holds no features yet, they are built first from WT2 (a copy of ../shared/data's
 #   wikitext-2 folder, carried: 12 MB) as the earlier measurements' were: WordPiece 30,522, 128 tokens
 #   (about 30 s on the GPU machine's 16 cores)
@@ -52,6 +54,11 @@ if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: t
     if [ "${TESTS:-0}" = 1 ]; then
         timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py --durations=5 > "$OUT/test_gpu.log" 2>&1
         tail -8 "$OUT/test_gpu.log"
+    fi
+    if [ "${MIXCHECK:-0}" = 1 ]; then  # does the two-stage step compile without inductor's mix-order reductions?
+        TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:logging \
+            "tests/test_gpu.py::test_compiled_steps_replay_as_cuda_graphs[two_stage]" --tb=line 2>&1 | tail -4 \
+            | tee "$OUT/mix_order_check.log"
     fi
     cat "$OUT/walls.txt"; cat "$OUT/speed_se.txt"; tail -3 "$OUT/bench.log"
     exit 0
