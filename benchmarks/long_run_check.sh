@@ -56,7 +56,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: t
         tail -8 "$OUT/test_gpu.log"
     fi
     if [ "${MIXCHECK:-0}" = 1 ]; then  # does the two-stage step compile without inductor's mix-order reductions?
-        TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:logging \
+        TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 timeout 150 python3 -m pytest -q -p no:cacheprovider --show-capture=no \
             "tests/test_gpu.py::test_compiled_steps_replay_as_cuda_graphs[two_stage]" --tb=line 2>&1 | tail -4 \
             | tee "$OUT/mix_order_check.log"
     fi
