@@ -344,10 +344,11 @@ PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtyp
 @contextlib.contextmanager
 def ctrl_c_held_back(starting_workers):
     """Ctrl-C (SIGINT) blocked while DataLoader workers start, so they start with it blocked for good: a
-    spawned worker (spawn: the macOS and Windows default) spends seconds importing torch, and a Ctrl-C then ended it in
-    a traceback of its own beside the run's one line. The main process gets a Ctrl-C pressed meanwhile as
-    soon as they have started (blocked, not ignored: it waits), and stops the run and its workers. Forked
-    workers start at once, and forkserver's inherit the server's mask, which must stay its own."""
+    spawned worker (spawn: the macOS and Windows default) spends seconds importing torch, and a Ctrl-C
+    then ended it in a traceback of its own beside the run's one line. The main process gets a Ctrl-C
+    pressed meanwhile as soon as they have started (blocked, not ignored: it waits), and stops the run and
+    its workers. Forked workers start at once, and forkserver's inherit the server's mask, which must stay
+    its own."""
     if not (starting_workers and hasattr(signal, "pthread_sigmask")  # Windows has no masks (nor Ctrl-C signals)
             and multiprocessing.get_start_method() == "spawn"):
         yield
