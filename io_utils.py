@@ -13,6 +13,7 @@ import logging
 import lzma
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -75,6 +76,29 @@ def progress_bar(stream=None, **kwargs):
 def shows_carriage_returns(stream):
     """A terminal, or a notebook's output (ipykernel's streams are no tty, yet redraw a line on '\\r')."""
     return (hasattr(stream, "isatty") and stream.isatty()) or type(stream).__module__.startswith("ipykernel")
+
+
+# ---------------------------------------------------------------- worker processes
+@contextlib.contextmanager
+def ctrl_c_held_back(start_method):
+    """Ctrl-C (SIGINT) blocked while worker processes start by start_method, so that spawned ones start
+    with it blocked for good: a spawned worker (DataLoader workers on macOS and Windows; the segmenting
+    pool everywhere) spends seconds importing torch or pyvi, and a Ctrl-C then ended it in a traceback of
+    its own beside the run's one line. The main process gets a Ctrl-C pressed meanwhile as soon as they
+    have started (blocked, not ignored: it waits), and stops the run and its workers. Forked workers start
+    at once, and forkserver's inherit the server's mask, which must stay its own."""
+    if start_method != "spawn" or not hasattr(signal, "pthread_sigmask"):  # Windows has no masks
+        yield
+        return
+    # multiprocessing starts its resource tracker with the first worker and then unblocks SIGINT, whatever the
+    # mask was: started first, it leaves the mask alone
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, first_line, lies_within, list_checkpoints,
-                      left_by_ended_process, make_out_dir, pid_alive, process_tag, read_json, remove_paths,
-                      storage_reason)
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back, first_line,
+                      lies_within, list_checkpoints, left_by_ended_process, make_out_dir, pid_alive, process_tag,
+                      read_json, remove_paths, storage_reason)
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -287,8 +287,8 @@ class BatchStream:
             pin_memory=self.pin_memory and not self.num_workers,
             generator=torch.Generator(),  # its own seed source: the global RNG (dropout) is untouched
             worker_init_fn=leave_sigterm_to_the_main_process if self.num_workers else None)
-        with ctrl_c_held_back(self.num_workers):
-            self._iter = iter(loader)  # starts the workers
+        with ctrl_c_held_back(multiprocessing.get_start_method() if self.num_workers else None):
+            self._iter = iter(loader)  # starts the workers (by the default start method, as DataLoader does)
         if self.num_workers:
             LIVE_STREAMS.add(self)
             # (again) the newest exit hook, so it runs first: before multiprocessing's, registered with the workers
@@ -339,25 +339,6 @@ def close_live_streams():
 
 PREFETCH = 4  # batches each DataLoader worker has in flight
 PACK_ALIGN = 64  # bytes: every field starts aligned, so its view keeps its dtype's alignment
-
-
-@contextlib.contextmanager
-def ctrl_c_held_back(starting_workers):
-    """Ctrl-C (SIGINT) blocked while DataLoader workers start, so they start with it blocked for good: a
-    spawned worker (spawn: the macOS and Windows default) spends seconds importing torch, and a Ctrl-C
-    then ended it in a traceback of its own beside the run's one line. The main process gets a Ctrl-C
-    pressed meanwhile as soon as they have started (blocked, not ignored: it waits), and stops the run and
-    its workers. Forked workers start at once, and forkserver's inherit the server's mask, which must stay
-    its own."""
-    if not (starting_workers and hasattr(signal, "pthread_sigmask")  # Windows has no masks (nor Ctrl-C signals)
-            and multiprocessing.get_start_method() == "spawn"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def leave_sigterm_to_the_main_process(worker_id):

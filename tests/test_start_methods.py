@@ -5,6 +5,8 @@ dataset itself: test_big_corpus.py)."""
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torch
 import argument
 import features
 import training_utils as tu
+from conftest import REPO
 
 
 @pytest.fixture
@@ -62,3 +65,27 @@ def test_a_spawned_worker_starts_with_ctrl_c_blocked(bpe_feat, spawn_default):
     assert signal.SIGINT in blocked_signals(worker.pid)
     assert signal.SIGINT not in blocked_signals(os.getpid())
     stream.close()
+
+
+FRESH_SEGMENTING = """
+import multiprocessing, os, signal, sys
+import tokenization
+from test_start_methods import blocked_signals
+batches = tokenization.segmented_batches(iter([(["Hà Nội là thủ đô"], None)] * 4), "pyvi", 2)
+assert next(batches)[0] == ["Hà_Nội là thủ_đô"]
+print(sorted(signal.SIGINT in blocked_signals(w.pid) for w in multiprocessing.active_children()),
+      signal.SIGINT in blocked_signals(os.getpid()))
+"""
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="reads Linux's /proc")
+def test_segmenting_workers_start_with_ctrl_c_blocked():
+    """The segmenting pool (always spawned) starts its workers with SIGINT blocked too: each spends seconds
+    importing pyvi, where a Ctrl-C ended it in a traceback of its own. In a fresh interpreter, as a user's run:
+    there multiprocessing starts its resource tracker with the first workers, and unblocks SIGINT after it."""
+    pytest.importorskip("pyvi")
+    result = subprocess.run([sys.executable, "-c", FRESH_SEGMENTING], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
+    assert result.returncode == 0, result.stderr[-2000:]
+    # both workers start with Ctrl-C blocked; the main process not
+    assert result.stdout.split() == ["[True,", "True]", "False"]
