@@ -802,33 +802,54 @@ class OutDirLock:
             os.remove(self.path)
 
 
-def compile_model(model, runtime):
+def compile_model(model, runtime, mix_order_reductions=True):
     """torch.compile for the training step: every batch has the same shapes, so it compiles once; on
-    one GPU with CUDA graphs ('reduce-overhead'), which replay the whole step in one launch."""
-    mode = "reduce-overhead" if runtime.device.type == "cuda" and not runtime.distributed else None
-    return torch.compile(model, mode=mode)
+    one GPU with CUDA graphs (mode 'reduce-overhead', whose options these are), which replay the whole
+    step in one launch. mix_order_reductions=False turns off the Inductor fusion (on by default since
+    torch 2.10) that several projects turn off for Triton kernels that fail to build."""
+    options = {"triton.cudagraphs": True} if runtime.device.type == "cuda" and not runtime.distributed else {}
+    if not mix_order_reductions:
+        options["triton.mix_order_reduction"] = False
+    return torch.compile(model, options=options or None)
+
+
+def mix_order_reductions_on(runtime):
+    """Whether Inductor will fuse reductions of different orders into one Triton kernel here (a GPU, a torch
+    that has the fusion, not turned off by TORCHINDUCTOR_MIX_ORDER_REDUCTION=0)."""
+    triton_config = getattr(torch._inductor.config, "triton", None)
+    return runtime.device.type == "cuda" and bool(getattr(triton_config, "mix_order_reduction", False))
 
 
 class CompiledStep(torch.nn.Module):
-    """--compile's training step, with the uncompiled step behind it: where torch.compile cannot build
-    the step on this machine (a compiler bug: Triton 3.6 failed one of the two-stage step's kernels on
-    an H100 with torch 2.11; or no C++ compiler for a CPU build), the run warns once and trains on
-    uncompiled, where it would otherwise stop at its first step with a traceback."""
+    """--compile's training step, with fallbacks behind it. Where torch.compile cannot build the step on
+    this machine (a compiler bug: Triton 3.6 failed a fused reduction kernel of the two-stage step on
+    an H100 with torch 2.11; or no C++ compiler for a CPU build), it is compiled again without Inductor's
+    mix-order reductions where those were on, and failing that the run trains on uncompiled, with one
+    warning each time, where it would otherwise stop at its first step with a traceback."""
 
     def __init__(self, step, runtime):
         super().__init__()
         self.step = step
-        self.compiled = [compile_model(step, runtime)]  # in a list: not a second module with the same parameters
+        # in a list: not a second module with the same parameters. Built lazily: each attempt compiles at its first call
+        self.attempts = [functools.partial(compile_model, step, runtime)]
+        if mix_order_reductions_on(runtime):
+            self.attempts.append(functools.partial(compile_model, step, runtime, mix_order_reductions=False))
+        self.compiled = [self.attempts.pop(0)()]
 
     def forward(self, *args, **kwargs):
-        if self.compiled:
+        while self.compiled:
             try:
                 return self.compiled[0](*args, **kwargs)
             except torch._dynamo.exc.BackendCompilerFailed as e:  # raised before any of the step ran
-                logger.warning("--compile: torch.compile could not build the training step on this machine (%s); "
-                               "training goes on uncompiled, slower. --compile false skips the attempt; another "
-                               "torch or Triton version may compile it", compile_failure(e))
                 self.compiled.clear()
+                if self.attempts:
+                    logger.warning("--compile: torch.compile could not build the training step with Inductor's "
+                                   "mix-order reductions (%s); compiling it again without them", compile_failure(e))
+                    self.compiled.append(self.attempts.pop(0)())
+                else:
+                    logger.warning("--compile: torch.compile could not build the training step on this machine (%s); "
+                                   "training goes on uncompiled, slower. --compile false skips the attempt; another "
+                                   "torch or Triton version may compile it", compile_failure(e))
         return self.step(*args, **kwargs)
 
 

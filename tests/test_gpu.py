@@ -104,7 +104,8 @@ def test_compiled_steps_replay_as_cuda_graphs(bpe_feat, gpu_generator, tmp_path,
     """--compile on one GPU must run the step as CUDA graphs: Inductor skips them (with a warning) for a
     CPU tensor, a mutated input or a dynamic shape in the step, and the step is then launched kernel by
     kernel from Python, several times slower at ELECTRA-Small sizes. Nor may the step have fallen back to
-    running uncompiled (training_utils.CompiledStep: Triton 3.6 failed the two-stage step on an H100)."""
+    running uncompiled (training_utils.CompiledStep: Triton 3.6 failed the two-stage step on an H100; it is
+    compiled again without Inductor's mix-order reductions before that)."""
     from torch._dynamo.utils import counters
     counters["inductor"].clear()
     caplog.set_level("WARNING", logger=tu.logger.name)
@@ -116,7 +117,7 @@ def test_compiled_steps_replay_as_cuda_graphs(bpe_feat, gpu_generator, tmp_path,
     else:
         trainSpanElectra.main(argument.SE_trainingConfig(mode=script, generator_dir=gpu_generator[1], **settings))
     assert counters["inductor"]["cudagraph_skips"] == 0
-    assert not [r.getMessage() for r in caplog.records if "could not build the training step" in r.getMessage()]
+    assert not [r.getMessage() for r in caplog.records if "training goes on uncompiled" in r.getMessage()]
 
 
 def test_notebook_cells_run_on_cuda(tmp_path, monkeypatch):

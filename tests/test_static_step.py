@@ -324,26 +324,69 @@ def test_profile_loop_accounts_for_the_loop_step(bpe_feat):
     assert 0.5 * wall < timed <= wall * 1.01  # on the CPU the host does all the work
 
 
+TRITON_FAILURE = ("SubprocException: An exception occurred in a subprocess:\n\nName=triton_red_fused_sum_33\n"
+                  "Traceback (most recent call last):\n  File \"compiler.py\", line 316\n"
+                  "RuntimeError: PassManager::run failed\n")
+
+
+def losses_with_and_without_compile(feat_dir, out_root):
+    """(step, split, disc_loss, mlm_loss) rows of a 4-step joint run, uncompiled and with --compile."""
+    settings = dict(features_dir=feat_dir, mode="joint", model_size="tiny", max_steps=4, log_every=2,
+                    eval_every=4, save_every=4, eval_batches=1, train_batch_size=8, device="cpu")
+    losses = {}
+    for compile_step in (False, True):
+        out = out_root / f"compile_{compile_step}"
+        torch._dynamo.reset()
+        trainSpanElectra.main(argument.SE_trainingConfig(out_dir=str(out), compile=compile_step, **settings))
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"disc_loss"' in line]
+        losses[compile_step] = [(r["step"], r.get("split"), r["disc_loss"], r["mlm_loss"]) for r in rows]
+    return losses
+
+
 def test_a_step_torch_compile_cannot_build_trains_on_uncompiled(bpe_feat, tmp_path, monkeypatch, caplog):
     """Where torch.compile fails to build the step (as Triton did on one of the two-stage step's kernels on an
     H100), the run warns once, naming the failure, and trains on uncompiled: the same losses as a run without
     --compile, where it used to stop at its first step with a traceback."""
     def triton_fails(gm, example_inputs):
-        raise RuntimeError("SubprocException: An exception occurred in a subprocess:\n\nName=triton_red_fused_sum_33"
-                           "\nTraceback (most recent call last):\n  File \"compiler.py\", line 316\n"
-                           "RuntimeError: PassManager::run failed\n")
+        raise RuntimeError(TRITON_FAILURE)
     monkeypatch.setattr(tu, "compile_model", lambda step, runtime: torch.compile(step, backend=triton_fails))
     caplog.set_level("WARNING", logger=tu.logger.name)
-    settings = dict(features_dir=str(bpe_feat[0]), mode="joint", model_size="tiny", max_steps=4, log_every=2,
-                    eval_every=4, save_every=4, eval_batches=1, train_batch_size=8, device="cpu")
-    losses = {}
-    for compile_step in (False, True):
-        out = tmp_path / f"compile_{compile_step}"
-        torch._dynamo.reset()
-        trainSpanElectra.main(argument.SE_trainingConfig(out_dir=str(out), compile=compile_step, **settings))
-        rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"disc_loss"' in line]
-        losses[compile_step] = [(r["step"], r.get("split"), r["disc_loss"], r["mlm_loss"]) for r in rows]
+    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
     assert len(losses[True]) == 3 and losses[True] == losses[False]
     warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
     assert len(warnings) == 1
     assert "PassManager::run failed, in triton_red_fused_sum_33" in warnings[0] and "uncompiled" in warnings[0]
+
+
+def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_feat, tmp_path, monkeypatch, caplog):
+    """On a GPU whose Triton fails a kernel of Inductor's mix-order reductions, the step is compiled again
+    without them (a second torch.compile of the same step in the same process) and trains compiled, with the
+    losses of an uncompiled run and one warning; the uncompiled fallback is not reached."""
+    built = []
+
+    def compile_model(step, runtime, mix_order_reductions=True):
+        def backend(gm, example_inputs):
+            if mix_order_reductions:
+                raise RuntimeError(TRITON_FAILURE)
+            built.append(len(gm.graph.nodes))
+            return gm.forward
+        return torch.compile(step, backend=backend)
+    monkeypatch.setattr(tu, "compile_model", compile_model)
+    monkeypatch.setattr(tu, "mix_order_reductions_on", lambda runtime: True)  # as on a GPU with torch >= 2.10
+    caplog.set_level("WARNING", logger=tu.logger.name)
+    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
+    assert len(losses[True]) == 3 and losses[True] == losses[False]
+    assert len(built) >= 1 and built[0] > 50  # the second attempt built the whole step's graph
+    warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "PassManager::run failed, in triton_red_fused_sum_33" in warnings[0]
+    assert "compiling it again without them" in warnings[0]
+
+
+def test_the_retry_options_are_inductor_settings():
+    """The retry's option names exist in this torch's Inductor: torch.compile checks them as it wraps the
+    model (an unknown one raises there), where a GPU would otherwise find out only after a failed attempt."""
+    runtime = tu.Runtime(torch.device("cpu"))
+    compiled = tu.compile_model(torch.nn.Linear(4, 2), runtime, mix_order_reductions=False)
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    assert not tu.mix_order_reductions_on(runtime)  # no Triton on a CPU: nothing to retry
