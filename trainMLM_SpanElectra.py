@@ -69,9 +69,10 @@ def main(config: MLM_trainingConfig = None):
                 features.max_seq_len, runtime.world_size)
 
     model.train()
-    speed, sums = tu.Throughput(), tu.MetricSums()
+    speed, sums = tu.Throughput(runtime.device), tu.MetricSums()
     bar = progress_bar(total=config.max_steps, initial=step, desc="generator", disable=not runtime.is_main)
     while step < config.max_steps:
+        speed.step_begins()
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
             tu.mark_step_begin(config)
@@ -81,12 +82,13 @@ def main(config: MLM_trainingConfig = None):
             sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)
         tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
+        speed.step_ends()
         step += 1
         bar.update(1)
 
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
-                   "data_wait_ms": stream.take_wait_ms()}
+                   "data_wait_ms": stream.take_wait_ms(), **speed.host_lead()}
             tu.check_finite(row["loss"], step)
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")

@@ -139,7 +139,7 @@ def main(config: SE_trainingConfig = None):
                 len(train_set.data), runtime.world_size)
 
     model.train()
-    speed, sums = tu.Throughput(), tu.MetricSums()
+    speed, sums = tu.Throughput(runtime.device), tu.MetricSums()
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
     # best_auc: the best learned_auc so far; learned_before: the best before the last evaluation, what the next
     # one's check compares with (learning seen only after the first of two evaluations at chance does not count)
@@ -147,6 +147,7 @@ def main(config: SE_trainingConfig = None):
     warned_collapse = False
     bar = progress_bar(total=config.max_steps, initial=step, desc=f"discriminator ({config.mode})", disable=not runtime.is_main)
     while step < config.max_steps:
+        speed.step_begins()
         temperature.fill_(sampling_temperature(step, config))
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
@@ -157,12 +158,13 @@ def main(config: SE_trainingConfig = None):
             sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)
         tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
+        speed.step_ends()
         step += 1
         bar.update(1)
 
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
-                   "data_wait_ms": stream.take_wait_ms()}
+                   "data_wait_ms": stream.take_wait_ms(), **speed.host_lead()}
             row.setdefault("loss", row["disc_loss"])
             tu.check_finite(row["loss"], step)
             log.write(row)

@@ -2,6 +2,7 @@
 position, checkpoints and resume, metrics logging. The loops themselves stay in
 trainMLM_SpanElectra.py and trainSpanElectra.py, readable top to bottom."""
 import atexit
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -996,13 +997,26 @@ class MetricsLog:
 
 
 class Throughput:
-    """Tokens per second of training between two logging points (time spent paused() not counted)."""
+    """Tokens per second of training between two logging points (time spent paused() not counted) and, on
+    a GPU, how far the host runs ahead of it (host_lead)."""
 
-    def __init__(self):
+    def __init__(self, device=None, new_event=None):
         self.start, self.tokens = time.perf_counter(), 0
+        on_gpu = device is not None and torch.device(device).type == "cuda"
+        self.queue = GpuQueue(new_event) if on_gpu or new_event else None
 
     def add(self, tokens):
         self.tokens += tokens
+
+    def step_begins(self):
+        """Call as each optimizer step begins (before its first batch is copied)."""
+        if self.queue:
+            self.queue.step_begins()
+
+    def step_ends(self):
+        """Call once the optimizer step has been launched."""
+        if self.queue:
+            self.queue.step_ends()
 
     @contextlib.contextmanager
     def paused(self):
@@ -1020,6 +1034,42 @@ class Throughput:
         rate = self.tokens / max(now - self.start, 1e-9)
         self.start, self.tokens = now, 0
         return rate
+
+    def host_lead(self):
+        """{'gpu_queued_steps': mean over the window} on a GPU (see GpuQueue), {} elsewhere."""
+        return {"gpu_queued_steps": self.queue.read()} if self.queue else {}
+
+
+class GpuQueue:
+    """How far the host runs ahead of the GPU: as each step begins, how many earlier steps the GPU has not
+    finished (a CUDA event recorded at each step's end, queried without waiting). Its mean over a log window
+    (gpu_queued_steps) says who sets the pace: at most 1 (the step launched last) when the GPU waits for the
+    host (Python, batches, launches); well above 1 when the host runs ahead and the GPU's own speed decides
+    (each log's read empties the queue: a window starts at 0). torch's profiler tells the same for a window
+    of steps; this tells it for every log row of a long run."""
+    CAP = 32  # steps: a host further ahead counts as this many (and keeps no more events)
+
+    def __init__(self, new_event=None):
+        self.new_event = new_event or torch.cuda.Event  # no timing: the cheapest kind to record and query
+        self.pending = collections.deque()  # end events of the steps launched, oldest first (one stream)
+        self.queued, self.steps = 0, 0
+
+    def step_begins(self):
+        while self.pending and self.pending[0].query():  # the GPU finishes them in order
+            self.pending.popleft()
+        self.queued, self.steps = self.queued + len(self.pending), self.steps + 1
+
+    def step_ends(self):
+        event = self.new_event()
+        event.record()
+        self.pending.append(event)
+        if len(self.pending) > self.CAP:
+            self.pending.popleft()
+
+    def read(self):
+        """The mean count since the last read (resets)."""
+        mean, self.queued, self.steps = self.queued / max(self.steps, 1), 0, 0
+        return mean
 
 
 # ---------------------------------------------------------------- metrics

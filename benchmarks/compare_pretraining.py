@@ -291,13 +291,13 @@ def training_logs(run_dir):
 
 
 def pretraining_record(out_dir, batch, seq_len=128):
-    """Tokens seen, the median logged tokens/s and data wait per batch, the valid curves (MLM accuracy,
-    disc_auc by step) and whether the discriminator ended at chance, of the runs under out_dir."""
+    """Tokens seen, the median logged tokens/s, data wait per batch and (on a GPU) gpu_queued_steps, the valid
+    curves (MLM accuracy, disc_auc by step) and whether the discriminator ended at chance, of the runs under out_dir."""
     record = {"tokens": 0, "curves": {}}
     for folder, rows in training_logs(out_dir):
         train_steps = [r["step"] for r in rows if "step" in r and "split" not in r and "event" not in r]
         record["tokens"] += max(train_steps, default=0) * batch * seq_len
-        for key in ("tokens_per_sec", "data_wait_ms"):  # medians: the first window holds the compilation
+        for key in ("tokens_per_sec", "data_wait_ms", "gpu_queued_steps"):  # medians: the first window compiles
             values = [r[key] for r in rows if key in r and "split" not in r]
             if values:
                 record.setdefault(key, {})[folder] = statistics.median_high(values)
@@ -755,8 +755,10 @@ def note_rates_alone(config, rows):
         rates = rates_alone(os.path.join(config.out_dir, "runs", row["run"]), busy) if "tokens_per_sec" in row else {}
         if rates:
             row["tokens_per_sec_alone"] = rates
-            logger.info("%s: median tokens/s %s over the run, %s with nothing beside it", row["run"],
-                        {k: round(v) for k, v in row["tokens_per_sec"].items()}, {k: round(v) for k, v in rates.items()})
+            queued = row.get("gpu_queued_steps")  # at most 1: the GPU waited for the host
+            logger.info("%s: median tokens/s %s over the run, %s with nothing beside it%s", row["run"],
+                        {k: round(v) for k, v in row["tokens_per_sec"].items()}, {k: round(v) for k, v in rates.items()},
+                        f"; GPU steps queued as a step began (median) {queued}" if queued else "")
 
 
 # ---------------------------------------------------------------- main

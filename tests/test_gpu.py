@@ -47,6 +47,10 @@ def test_generator_compiled_on_cuda(bpe_feat, tmp_path, compile_step):
     trainMLM_SpanElectra.main(argument.MLM_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path),
                                                           **{**FEW_STEPS, "compile": compile_step}))
     assert valid_rows(tmp_path)[-1]["mlm_loss"] > 0
+    with open(os.path.join(tmp_path, "metrics.jsonl"), encoding="utf-8") as f:
+        train_rows = [json.loads(line) for line in f if '"tokens_per_sec"' in line]
+    # CUDA events at each step's end, queried as the next begins: 0 up to the 3 steps of a log window
+    assert len(train_rows) == 2 and all(0 <= r["gpu_queued_steps"] <= 3 for r in train_rows)
 
 
 @pytest.mark.parametrize("mode, compile_step", [("two_stage", False), ("two_stage", True), ("joint", False),

@@ -509,6 +509,56 @@ def test_tokens_per_sec_leaves_out_evaluation_and_checkpoints(monkeypatch):
     assert speed.rate() == pytest.approx(2000.0)
 
 
+class SimulatedGpu:
+    """A host and a GPU stream in milliseconds: work launched runs once the GPU is free, and an event
+    completes when the GPU reaches it."""
+
+    def __init__(self):
+        self.host, self.free = 0.0, 0.0
+
+    def step(self, host_ms, gpu_ms, launched_after=0.0):
+        """The host spends host_ms on a step whose gpu_ms of GPU work it launches launched_after ms in."""
+        self.free = max(self.free, self.host + launched_after) + gpu_ms
+        self.host += host_ms
+
+    def event(self):
+        gpu = self
+
+        class Event:
+            def record(self):
+                self.at = max(gpu.free, gpu.host)
+
+            def query(self):
+                return self.at <= gpu.host
+        return Event()
+
+
+@pytest.mark.parametrize("host_ms, gpu_ms, launched_after, expected", [
+    (20.0, 16.0, 0.0, 0.0),  # host-bound: the GPU is done before the host begins the next step
+    (20.0, 16.0, 10.0, 1.0),  # host-bound: the step's last kernels still run as the next begins
+    (5.0, 16.0, 0.0, tu.GpuQueue.CAP)])  # GPU-bound: the host runs ahead until the cap
+def test_gpu_queued_steps_tell_a_host_bound_loop_from_a_gpu_bound_one(host_ms, gpu_ms, launched_after, expected):
+    """gpu_queued_steps (logged on a GPU): a host slower than the GPU finds at most the step it launched last
+    still running as it begins the next; a faster one runs ahead, steps queue up. host_lead() averages over
+    the window and resets."""
+    gpu = SimulatedGpu()
+    speed = tu.Throughput(new_event=gpu.event)
+    windows = []
+    for steps in (200, 10):
+        for _ in range(steps):
+            speed.step_begins()
+            gpu.step(host_ms, gpu_ms, launched_after)
+            speed.step_ends()
+        windows.append(speed.host_lead()["gpu_queued_steps"])
+    assert windows[1] == pytest.approx(expected)
+    assert expected / 2 < windows[0] <= expected or windows[0] == expected == 0  # the host's lead built up in the first
+
+
+def test_gpu_queued_steps_only_on_a_gpu():
+    assert tu.Throughput(torch.device("cpu")).host_lead() == {}
+    assert tu.Throughput().host_lead() == {}
+
+
 def test_parameter_counts_read_for_tiny_models_too():
     """The log's parameter count: millions for real models, thousands (not '0.0M') for a converted tiny one."""
     import training_utils as tu
