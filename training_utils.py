@@ -836,11 +836,17 @@ class CompiledStep(torch.nn.Module):
         if mix_order_reductions_on(runtime):
             self.attempts.append(functools.partial(compile_model, step, runtime, mix_order_reductions=False))
         self.compiled = [self.attempts.pop(0)()]
+        self.built = False  # whether the compiled step has run once (and so was built whole)
 
     def forward(self, *args, **kwargs):
         while self.compiled:
             try:
-                return self.compiled[0](*args, **kwargs)
+                if self.built:
+                    return self.compiled[0](*args, **kwargs)
+                with backward_built_with_forward():
+                    out = self.compiled[0](*args, **kwargs)
+                self.built = True
+                return out
             except torch._dynamo.exc.BackendCompilerFailed as e:  # raised before any of the step ran
                 self.compiled.clear()
                 if self.attempts:
@@ -852,6 +858,17 @@ class CompiledStep(torch.nn.Module):
                                    "training goes on uncompiled, slower. --compile false skips the attempt; another "
                                    "torch or Triton version may compile it", compile_failure(e))
         return self.step(*args, **kwargs)
+
+
+def backward_built_with_forward():
+    """Compile the step's backward with its forward, at the step's first call: torch builds it lazily by
+    default, at the first backward(), where a kernel Triton cannot build (the failing two-stage kernel was
+    a reduction over the discriminator's loss, maybe its backward) would stop the run past CompiledStep's
+    fallbacks. A no-op on a torch without the setting."""
+    import torch._functorch.config as functorch_config
+    if hasattr(functorch_config, "force_non_lazy_backward_lowering"):
+        return functorch_config.patch(force_non_lazy_backward_lowering=True)
+    return contextlib.nullcontext()
 
 
 def compile_failure(error):

@@ -157,6 +157,34 @@ def test_generator_step_is_one_graph_compiled_once(bpe_feat):
     assert 0 <= row["mlm_baseline_accuracy"] < 0.2
 
 
+def test_compiled_step_builds_its_backward_at_its_first_call_and_never_recompiles(bpe_feat, monkeypatch):
+    """training_utils.CompiledStep: the backward is built inside the first call (so a failure there meets the
+    fallbacks), once; the steps after it, called outside that setting, do not recompile."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    built = []
+
+    def compiler(kind):
+        def build(gm, example_inputs):
+            built.append(kind)
+            return make_boxed_func(gm.forward)
+        return build
+    monkeypatch.setattr(tu, "compile_model", lambda step, runtime: torch.compile(
+        step, fullgraph=True, backend=aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"))))
+    gen_cfg, _ = mse.electra_configs("tiny", 2000, 128, num_hidden_layers=1)
+    model = mse.SpanElectraGenerator(gen_cfg)
+    ds = features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0])), 8, seed=2)
+    torch._dynamo.reset()
+    step = tu.CompiledStep(tu.TrainStep(model, trainMLM_SpanElectra.loss_and_metrics), tu.Runtime(torch.device("cpu")))
+    with no_recompiles():
+        for i in range(5):
+            loss, _ = step(ds[i])
+            if i == 0:
+                assert built == ["forward", "backward"]  # before any backward() ran
+            loss.backward()
+    assert built == ["forward", "backward"] and step.built
+
+
 def test_gradient_disentangled_joint_step_is_one_graph_compiled_once(bpe_feat):
     """The position delta (a slice of the live position table taken out and put back detached) must keep the
     joint step one graph that never recompiles, with the loss of the eager step."""
@@ -381,6 +409,33 @@ def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_f
     assert len(warnings) == 1
     assert "PassManager::run failed, in triton_red_fused_sum_33" in warnings[0]
     assert "compiling it again without them" in warnings[0]
+
+
+def test_a_backward_that_fails_to_build_is_caught_at_the_step_like_a_forward(bpe_feat, tmp_path, monkeypatch, caplog):
+    """torch builds a compiled step's backward lazily, at the first backward() outside the step; the failing
+    kernel may well be a backward one (a reduction over the discriminator's loss). CompiledStep has the
+    backward built with the forward, so its failure reaches the same fallbacks: compiled again without
+    mix-order reductions, with an uncompiled run's losses, and no traceback from backward()."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    built = []
+
+    def compile_model(step, runtime, mix_order_reductions=True):
+        def backward_compiler(gm, example_inputs):
+            if mix_order_reductions:
+                raise RuntimeError(TRITON_FAILURE)
+            built.append("backward")
+            return make_boxed_func(gm.forward)
+        return torch.compile(step, backend=aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward),
+                                                        bw_compiler=backward_compiler))
+    monkeypatch.setattr(tu, "compile_model", compile_model)
+    monkeypatch.setattr(tu, "mix_order_reductions_on", lambda runtime: True)
+    caplog.set_level("WARNING", logger=tu.logger.name)
+    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
+    assert len(losses[True]) == 3 and losses[True] == losses[False]
+    assert built == ["backward"]  # built once, by the second attempt, and never again (no recompile)
+    warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
+    assert len(warnings) == 1 and "compiling it again without them" in warnings[0]
 
 
 def test_the_retry_options_are_inductor_settings():
