@@ -88,7 +88,7 @@ def main(config: MLM_trainingConfig = None):
 
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
-                   "data_wait_ms": stream.take_wait_ms(), **speed.host_lead()}
+                   "data_wait_ms": stream.take_wait_ms(), **speed.pace()}
             tu.check_finite(row["loss"], step)
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")

@@ -164,7 +164,7 @@ def main(config: SE_trainingConfig = None):
 
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
-                   "data_wait_ms": stream.take_wait_ms(), **speed.host_lead()}
+                   "data_wait_ms": stream.take_wait_ms(), **speed.pace()}
             row.setdefault("loss", row["disc_loss"])
             tu.check_finite(row["loss"], step)
             log.write(row)

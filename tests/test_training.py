@@ -539,7 +539,7 @@ class SimulatedGpu:
     (5.0, 16.0, 0.0, tu.GpuQueue.CAP)])  # GPU-bound: the host runs ahead until the cap
 def test_gpu_queued_steps_tell_a_host_bound_loop_from_a_gpu_bound_one(host_ms, gpu_ms, launched_after, expected):
     """gpu_queued_steps (logged on a GPU): a host slower than the GPU finds at most the step it launched last
-    still running as it begins the next; a faster one runs ahead, steps queue up. host_lead() averages over
+    still running as it begins the next; a faster one runs ahead, steps queue up. pace() averages over
     the window and resets."""
     gpu = SimulatedGpu()
     speed = tu.Throughput(new_event=gpu.event)
@@ -549,14 +549,40 @@ def test_gpu_queued_steps_tell_a_host_bound_loop_from_a_gpu_bound_one(host_ms, g
             speed.step_begins()
             gpu.step(host_ms, gpu_ms, launched_after)
             speed.step_ends()
-        windows.append(speed.host_lead()["gpu_queued_steps"])
+        windows.append(speed.pace()["gpu_queued_steps"])
     assert windows[1] == pytest.approx(expected)
     assert expected / 2 < windows[0] <= expected or windows[0] == expected == 0  # the host's lead built up in the first
 
 
 def test_gpu_queued_steps_only_on_a_gpu():
-    assert tu.Throughput(torch.device("cpu")).host_lead() == {}
-    assert tu.Throughput().host_lead() == {}
+    assert set(tu.Throughput(torch.device("cpu")).pace()) == {"gc_ms"}
+    assert set(tu.Throughput().pace()) == {"gc_ms"}
+
+
+def test_gc_ms_counts_the_collector_in_training_time_only():
+    """gc_ms: the window's time in Python's garbage collector (a full collection stalls the loop), outside
+    paused() (an evaluation's collections are not the training loop's)."""
+    import gc
+    speed = tu.Throughput()
+    gc.disable()  # only the collections below
+    try:
+        garbage = []
+        for _ in range(200_000):  # cycles only the collector frees, so the collection takes a while
+            node = {}
+            node["self"] = node
+            garbage.append(node)
+        del garbage, node
+    finally:
+        gc.enable()
+    begin = time.perf_counter()
+    gc.collect()
+    spent = 1000 * (time.perf_counter() - begin)
+    with speed.paused():
+        gc.collect()
+        gc.collect()
+    gc_ms = speed.pace()["gc_ms"]
+    assert 0.5 * spent <= gc_ms <= spent * 1.05 + 1
+    assert speed.pace()["gc_ms"] < 0.5 * gc_ms  # reset by the read
 
 
 def test_parameter_counts_read_for_tiny_models_too():
