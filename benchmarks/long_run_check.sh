@@ -35,8 +35,8 @@ if [ ! -f "$FEATURES/meta.json" ]; then
         { tail -3 "$OUT/features.log"; exit 2; }
     echo "features: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
 fi
-speeds() {  # metrics.jsonl -> step, tokens/s, data_wait_ms, gpu_queued_steps per logged row
-    python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms'), r.get('gpu_queued_steps')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" "$1"
+speeds() {  # metrics.jsonl -> step, tokens/s, data_wait_ms, gc_ms, gpu_queued_steps per logged row
+    python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms'), r.get('gc_ms'), r.get('gpu_queued_steps')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" "$1"
 }
 run() {  # name, then extra flags
     local start=$SECONDS
