@@ -101,6 +101,13 @@ def ctrl_c_held_back(start_method):
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def ignore_ctrl_c():
+    """A worker's initializer: Ctrl-C is left to the main process, which stops the workers (a worker that
+    died of it would leave its pool waiting for its job, or print a traceback of its own while idle).
+    Started under ctrl_c_held_back, a Ctrl-C pressed while it started is dropped here, pending."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ---------------------------------------------------------------- atomic writes
 def atomic_write_text(path, text):
     """Write text to path via a temporary file and a rename, so a crash never leaves half a file."""

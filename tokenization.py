@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import shutil
 from multiprocessing import get_context
 
@@ -14,7 +13,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from transformers import PreTrainedTokenizerFast
 
-from io_utils import SpanElectraError, atomic_write_json, ctrl_c_held_back, first_line, read_json, sha256_file
+from io_utils import (SpanElectraError, atomic_write_json, ctrl_c_held_back, first_line, ignore_ctrl_c, read_json,
+                      sha256_file)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
@@ -101,16 +101,10 @@ def segmented_batches(batches, name, num_workers):
             yield _segment_batch(name, batch)
         return
     with ctrl_c_held_back("spawn"):
-        pool = get_context("spawn").Pool(workers, initializer=_ignore_ctrl_c)
+        # the pool is terminated when the main process stops (a worker that died of Ctrl-C would leave imap waiting)
+        pool = get_context("spawn").Pool(workers, initializer=ignore_ctrl_c)
     with pool:
         yield from pool.imap(functools.partial(_segment_batch, name), batches, chunksize=1)
-
-
-def _ignore_ctrl_c():
-    """A segmenting worker leaves Ctrl-C to the main process: a worker that died of it would leave
-    imap waiting for its batch forever (the pool is terminated when the main process stops). Where
-    signal masks exist, it started with Ctrl-C blocked already (ctrl_c_held_back)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def batched(iterable, size):

@@ -49,8 +49,8 @@ import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, SHARED,  # noqa: E402
                       MaskingArgs, MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig,
                       checked_config, compare_args, feature_args, finetune_args, run_main, tok_args)
-from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, find_text_files,  # noqa: E402
-                      make_out_dir, read_json, remove_paths)
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back,  # noqa: E402
+                      find_text_files, ignore_ctrl_c, make_out_dir, read_json, remove_paths)
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
@@ -878,12 +878,46 @@ def finetune_pool(config):
         yield None
         return
     os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it when imported: the workers' bars go, this process's stay
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = WorkerPool(workers)
     try:
         yield pool
+    except BaseException:
+        pool.stop_workers()  # Ctrl-C or an error: the jobs still running are not waited for
+        raise
     finally:
         pool.shutdown(cancel_futures=True)
         os.environ.pop("TQDM_DISABLE", None)
+
+
+class WorkerPool(ProcessPoolExecutor):
+    """Spawned workers that leave Ctrl-C to this process, which stops them: each starts with it blocked
+    (a worker spends seconds importing torch, where a Ctrl-C ended it in a traceback of its own, two of
+    them at 7.5 s into a --scale tiny run) and then ignores it."""
+
+    def __init__(self, workers):
+        super().__init__(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)
+
+    def submit(self, fn, /, *args, **kwargs):
+        with ctrl_c_held_back("spawn"):  # workers start on demand, inside submit
+            return super().submit(fn, *args, **kwargs)
+
+    def stop_workers(self):
+        """Terminate the workers now, whatever they are running."""
+        if hasattr(self, "terminate_workers"):  # Python 3.14
+            self.terminate_workers()
+            return
+        for worker in list((self._processes or {}).values()):
+            worker.terminate()
+
+
+def start_worker():
+    """A WorkerPool worker's set-up: Ctrl-C ignored, and tqdm's lock a thread lock, not the semaphore tqdm
+    makes by default, which a worker stopped by stop_workers never releases (multiprocessing then warns of
+    a leaked semaphore at exit)."""
+    ignore_ctrl_c()
+    import threading
+    from tqdm import tqdm
+    tqdm.set_lock(threading.RLock())
 
 
 def ft_workers(config, device_type):

@@ -48,11 +48,15 @@ def test_spawned_workers_yield_the_in_process_batches(bpe_feat, spawn_default):
     assert from_workers.state() == in_process.state() == {"epoch": 1, "index": 3}
 
 
-def blocked_signals(pid):
-    """The signal numbers blocked in a process (Linux's /proc/PID/status SigBlk mask)."""
+def blocked_signals(pid, field="SigBlk"):
+    """The signal numbers blocked in a process (Linux's /proc/PID/status SigBlk mask; SigIgn: ignored)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        mask = int(next(line for line in f if line.startswith(field + ":")).split()[1], 16)
     return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def ignored_signals(pid):
+    return blocked_signals(pid, "SigIgn")
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="reads Linux's /proc")
@@ -89,3 +93,36 @@ def test_segmenting_workers_start_with_ctrl_c_blocked():
     assert result.returncode == 0, result.stderr[-2000:]
     # both workers start with Ctrl-C blocked; the main process not
     assert result.stdout.split() == ["[True,", "True]", "False"]
+
+
+FRESH_FINETUNE_POOL = """
+import os, signal, sys, time
+import compare_pretraining as cp
+from test_start_methods import blocked_signals, ignored_signals
+pool = cp.WorkerPool(2)
+jobs = [pool.submit(time.sleep, 60) for _ in range(2)]  # each starts a worker, which imports torch for seconds
+pids = list(pool._processes)
+print(len(pids), all(signal.SIGINT in blocked_signals(p) for p in pids))
+for _ in range(600):  # until their initializer has run
+    if all(signal.SIGINT in ignored_signals(p) for p in pids):
+        break
+    time.sleep(0.1)
+print(all(signal.SIGINT in ignored_signals(p) for p in pids))
+begin = time.time()
+pool.stop_workers()
+pool.shutdown(cancel_futures=True)
+print(time.time() - begin < 10, all(job.done() for job in jobs))
+"""
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="reads Linux's /proc")
+def test_fine_tuning_workers_leave_ctrl_c_to_the_comparison_which_stops_them():
+    """compare_pretraining's fine-tuning pool (always spawned) starts each worker with Ctrl-C blocked, as it
+    imports torch (a Ctrl-C there printed a traceback per worker), then ignored; on Ctrl-C the comparison
+    stops them, running jobs too, at once and without multiprocessing's leaked-semaphore warning (tqdm's lock)."""
+    result = subprocess.run([sys.executable, "-c", FRESH_FINETUNE_POOL], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")])})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2", "True", "True", "True", "True"]
+    assert "leaked" not in result.stderr and "Traceback" not in result.stderr
