@@ -767,7 +767,7 @@ def train_one_seed(seed, task, data, config, runtime, announce):
                 logits = model(**batch).logits
             loss = task_loss(task, logits, targets)
             loss.backward()
-            tu.optimizer_step(optimizer, scheduler, config.max_grad_norm)
+            tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
             step += 1
             loss_sum, batches = loss_sum + loss.detach(), batches + 1
             bar.update(1)

@@ -81,7 +81,7 @@ def main(config: MLM_trainingConfig = None):
             (loss / config.gradient_accumulation_steps).backward()
             sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)
-        tu.optimizer_step(optimizer, scheduler, config.max_grad_norm)
+        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
         speed.step_ends()
         step += 1
         bar.update(1)

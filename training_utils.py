@@ -189,13 +189,11 @@ def build_optimization(model, config):
     return optimizer, scheduler
 
 
-def optimizer_step(optimizer, scheduler, max_grad_norm):
-    """Clip the optimizer's parameters' gradients (the model's trainable ones), step, advance the schedule
-    and clear the gradients."""
+def optimizer_step(model, optimizer, scheduler, max_grad_norm):
+    """Clip, step, advance the schedule and clear the gradients."""
     if max_grad_norm:  # foreach: the norm stays on the device, no host sync
-        # the optimizer's lists, not model.parameters(): a walk of every module, 0.6 ms of host time a step
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm,
+                                       foreach=True)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -127,7 +127,7 @@ class MaskedBatches(torch.utils.data.Dataset):
         return masked_batch(np.random.default_rng(index), self.batch_size, self.seq_len)
 
 
-def ours_step(train_step, optimizer, batch, device, bf16, compiled, sums):
+def ours_step(model, train_step, optimizer, batch, device, bf16, compiled, sums):
     batch = tu.to_device(batch, device)
     if compiled:
         torch.compiler.cudagraph_mark_step_begin()
@@ -135,7 +135,7 @@ def ours_step(train_step, optimizer, batch, device, bf16, compiled, sums):
         loss, metrics = train_step(batch)
     loss.backward()
     sums.add(metrics)
-    tu.optimizer_step(optimizer, _NoSchedule(), 1.0)
+    tu.optimizer_step(model, optimizer, _NoSchedule(), 1.0)
 
 
 class _NoSchedule:
@@ -225,7 +225,7 @@ def run_fp32_pair(device, batches, ids, steps):
         fp32_precision(device, False)
         t_base = timed(lambda: baseline_step(models, base_opt, ids[i % len(ids)], device, False), device)
         fp32_precision(device, True)
-        t_ours = timed(lambda: ours_step(step, optimizer, batches[i % len(batches)], device, False, False,
+        t_ours = timed(lambda: ours_step(model, step, optimizer, batches[i % len(batches)], device, False, False,
                                          sums), device)
         if i:  # the first round warms up
             times["baseline"].append(t_base)
@@ -239,7 +239,7 @@ def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
     fp32_precision(device, True)
     model, train_step, optimizer = ours_setup(device, compiled)
     sums = tu.MetricSums()
-    t = time_steps(lambda i: ours_step(train_step, optimizer, batches[i % len(batches)], device, bf16,
+    t = time_steps(lambda i: ours_step(model, train_step, optimizer, batches[i % len(batches)], device, bf16,
                                        compiled, sums), steps, device, warmup=3 if compiled else 1)
     row = sums.read(tu.Runtime(device))  # the metrics were summed on the device all along
     assert np.isfinite(row["loss"]), row
@@ -248,7 +248,7 @@ def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
     batch = batches[0]
     stream = tu.BatchStream(MaskedBatches(batch["input_ids"].shape[0], batch["input_ids"].shape[1]), num_workers=1,
                             pin_memory=device.type == "cuda")
-    t_loader = time_steps(lambda i: ours_step(train_step, optimizer, next(stream), device, bf16, compiled, sums),
+    t_loader = time_steps(lambda i: ours_step(model, train_step, optimizer, next(stream), device, bf16, compiled, sums),
                           steps, device, warmup=5)  # the worker starts and fills its queue
     return t, t_loader
 

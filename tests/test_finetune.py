@@ -403,9 +403,9 @@ def pair_run(bpe_tok, tmp_path_factory):
         seen["schedules"].append((warmup_steps, total_steps))
         return real_schedule(optimizer, warmup_steps, total_steps)
 
-    def step(optimizer, scheduler, max_grad_norm):
+    def step(model, optimizer, scheduler, max_grad_norm):
         seen["grad_norms"].append(max_grad_norm)
-        return real_step(optimizer, scheduler, max_grad_norm)
+        return real_step(model, optimizer, scheduler, max_grad_norm)
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ft, "encode", encode)

@@ -134,7 +134,7 @@ def test_discriminator_step_is_one_graph_compiled_once(bpe_feat, mode):
             temperature.fill_(2.0 - i / 20)  # the curriculum changes the value, never the graph
             loss, metrics = compiled(batch, temperature=temperature)
             loss.backward()
-            tu.optimizer_step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 1.0)
+            tu.optimizer_step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), 1.0)
             sums.add(metrics)
     row = sums.read(tu.Runtime(torch.device("cpu")))
     assert np.isfinite(row["disc_loss"]) and 0 < row["disc_auc"] < 1

@@ -615,11 +615,10 @@ def test_gradient_accumulation_matches_one_large_batch(bpe_feat, tmp_path, monke
         *a, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw))
     real_step, captured = tu.optimizer_step, []
 
-    def spy(optimizer, scheduler, max_grad_norm):
-        params = [p for group in optimizer.param_groups for p in group["params"]]  # in the model's order
-        grads = {i: p.grad.clone() for i, p in enumerate(params) if p.grad is not None}
-        real_step(optimizer, scheduler, max_grad_norm)
-        captured.append((grads, {i: p.detach().clone() for i, p in enumerate(params)}))
+    def spy(model, optimizer, scheduler, max_grad_norm):
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        real_step(model, optimizer, scheduler, max_grad_norm)
+        captured.append((grads, {n: p.detach().clone() for n, p in model.named_parameters()}))
     monkeypatch.setattr(tu, "optimizer_step", spy)
     for batch_size, accumulation in ((32, 1), (16, 2)):
         trainMLM_SpanElectra.main(argument.MLM_trainingConfig(
@@ -628,8 +627,8 @@ def test_gradient_accumulation_matches_one_large_batch(bpe_feat, tmp_path, monke
     (grads_big, weights_big), (grads_acc, weights_acc) = captured
     assert grads_big.keys() == grads_acc.keys() and len(grads_big) > 10
     for name in grads_big:
-        torch.testing.assert_close(grads_acc[name], grads_big[name], rtol=1e-4, atol=1e-7, msg=str(name))
-        torch.testing.assert_close(weights_acc[name], weights_big[name], rtol=0, atol=1e-5, msg=str(name))
+        torch.testing.assert_close(grads_acc[name], grads_big[name], rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(weights_acc[name], weights_big[name], rtol=0, atol=1e-5, msg=name)
 
 
 def test_warmup_then_linear_decay_learning_rates():
