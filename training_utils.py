@@ -808,8 +808,8 @@ class OutDirLock:
 def compile_model(model, runtime, mix_order_reductions=True):
     """torch.compile for the training step: every batch has the same shapes, so it compiles once; on
     one GPU with CUDA graphs (mode 'reduce-overhead', whose options these are), which replay the whole
-    step in one launch. mix_order_reductions=False turns off the Inductor fusion (on by default since
-    torch 2.10) that several projects turn off for Triton kernels that fail to build."""
+    step in one launch. mix_order_reductions=False turns off the Inductor fusion (on by default in
+    recent torch: 2.13 has it on) that several projects turn off for Triton kernels that fail to build."""
     options = {"triton.cudagraphs": True} if runtime.device.type == "cuda" and not runtime.distributed else {}
     if not mix_order_reductions:
         options["triton.mix_order_reduction"] = False

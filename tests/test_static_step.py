@@ -414,7 +414,7 @@ def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_f
             return gm.forward
         return torch.compile(step, backend=backend)
     monkeypatch.setattr(tu, "compile_model", compile_model)
-    monkeypatch.setattr(tu, "mix_order_reductions_on", lambda runtime: True)  # as on a GPU with torch >= 2.10
+    monkeypatch.setattr(tu, "mix_order_reductions_on", lambda runtime: True)  # a GPU, the fusion on
     caplog.set_level("WARNING", logger=tu.logger.name)
     losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
     assert len(losses[True]) == 3 and losses[True] == losses[False]
