@@ -613,7 +613,8 @@ class compare_args:
                                   "the scale's)", default="")
     gen_fraction: float = _help("two-stage: share of the budget spent on the generator", default=0.3)
     seeds: str = _help("fine-tuning seeds", default="1,2,3")
-    ft_workers: int = _help("fine-tuning processes at once (0: 8 on a GPU, 1 on the CPU)", default=0)
+    ft_workers: int = _help("fine-tuning processes at once (0: 8 on a GPU, 1 on the CPU); on the CPU they and "
+                            "the pre-training split its cores", default=0)
     ft_max_train_examples: int = _help("fine-tuning examples per task (-1: the scale's, 0: all)", default=-1)
     out_dir: str = _help("where everything goes", default="outputs/compare")
     results_md: str = _help("markdown file whose section for this scale is rewritten with the table, e.g. "

@@ -330,12 +330,46 @@ def test_estimates_overlap_fine_tuning_with_the_next_pre_training(tmp_path):
     stages = cp.estimate_seconds(plan, {}, settings, config, "cuda", 9e15)
     assert [(name, beside) for name, _, beside in stages] == [
         ("fine-tune random@0", True), ("pre-train mlm@1", False), ("fine-tune mlm@1", True),
-        ("pre-train se_joint@1", False), ("fine-tune se_joint@1", False)]
+        ("pre-train se_joint@1", False), ("fine-tune se_joint@1", True)]
     seconds = dict((name, s) for name, s, _ in stages)
+    # the pool takes each row when it is pre-trained and the pool is free; the last one ends the run
+    ft, mlm, se = seconds["fine-tune mlm@1"], seconds["pre-train mlm@1"], seconds["pre-train se_joint@1"]
+    assert cp.wall_seconds(stages) == pytest.approx(max(max(ft, mlm) + ft, mlm + se) + ft)
     # a job per seed (and one per probe): one seed's time, its dev evaluations and loading
     assert seconds["fine-tune mlm@1"] == pytest.approx(2 * (32 / 22 + 408 / 4000) + 14)
     assert seconds["pre-train mlm@1"] == pytest.approx(9e15 / 96e12 + 55)  # the first recipe compiles its step
     assert seconds["pre-train se_joint@1"] == pytest.approx(9e15 / 45e12 + 10)  # compiled ahead: loaded
+
+
+def test_wall_time_waits_for_a_pool_that_fine_tunes_longer_than_the_next_pre_training():
+    """Fine-tuning longer than the next pre-training queues in the pool: the rows' fine-tunings add."""
+    stages = [("fine-tune random@0", 200.0, True), ("pre-train mlm@0.5", 10.0, False),
+              ("fine-tune mlm@0.5", 200.0, True), ("pre-train mlm@1", 20.0, False), ("fine-tune mlm@1", 200.0, True)]
+    assert cp.wall_seconds(stages) == 600.0
+    assert cp.wall_seconds([(name, s, False) for name, s, _ in stages]) == 630.0
+
+
+def test_on_the_cpu_fine_tuning_workers_share_the_cores_so_every_stage_adds(tmp_path):
+    """With workers on the CPU, fine-tuning and pre-training share its cores: the estimate adds them, each
+    row's fine-tuning at one process's pace (the session 18 run took 48 min against the 3.9 min of an
+    estimate that ran fine-tuning beside for free)."""
+    config = cp.compare_args(scale="tiny", tasks=str(REPO / "data/glue/MRPC"), seeds="1,2", ft_workers=2).resolved()
+    settings = cp.finetune_settings(config, cp.SCALES["tiny"], [config.tasks])
+    plan = [("random@0", None, 0.0), ("mlm@1", cp.RECIPES["mlm"][1], 1.0)]
+    stages = cp.estimate_seconds(plan, {}, settings, config, "cpu", 6e12)
+    assert [beside for *_, beside in stages] == [False, False, False]
+    assert stages[0][1] == cp.finetune_seconds(settings, cp.DEVICE_SPEEDS["cpu"], 1)
+    assert cp.wall_seconds(stages) == pytest.approx(sum(s for _, s, _ in stages))
+
+
+def test_fine_tuning_workers_and_the_pre_training_share_the_cpu_threads():
+    """torch's threads per process: the workers and (on the CPU) the pre-training split the cores, at
+    least one each; on a GPU the comparison's own process keeps its threads (None)."""
+    assert cp.cpu_threads(2, cores=2, on_cpu=True) == (1, 1)
+    assert cp.cpu_threads(2, cores=16, on_cpu=True) == (5, 6)
+    assert cp.cpu_threads(8, cores=16, on_cpu=False) == (2, None)
+    assert cp.cpu_threads(8, cores=4, on_cpu=False) == (1, None)
+    assert 1 <= cp.available_cores() <= (os.cpu_count() or 1)
 
 
 def test_estimate_pre_trains_again_a_row_cached_with_other_settings():
@@ -455,14 +489,20 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
         config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1,2", ft_max_train_examples=16,
                                  device="cpu", ft_workers=workers).resolved()
         rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
+        threads_before = torch.get_num_threads()
         with cp.finetune_pool(config) as pool:
             assert (pool is None) == (workers == 1)
+            if pool is not None:  # the processes share the cores instead of each taking all of them
+                per_worker, own = cp.cpu_threads(workers, cp.available_cores(), on_cpu=True)
+                assert pool.submit(torch.get_num_threads).result() == per_worker
+                assert torch.get_num_threads() == own
             for started in [cp.start_finetuning(pool, row, [task], config, scale) for row in rows]:
                 cp.finish_finetuning(started, settings)
         figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"],
                          [(run["seed"], run["eval_f1"], run["train_loss"]) for run in r["metrics"]["MRPC"]["results"]["per_seed"]])
                         for r in rows])
         assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
+        assert torch.get_num_threads() == threads_before
     assert figures[0] == figures[1] and [seed for seed, _, _ in figures[0][0][2]] == [1, 2]
     assert (tmp_path / "w2" / "runs" / "r1@0" / "probe_MRPC" / "results.json").is_file()
     assert (tmp_path / "w2" / "runs" / "r1@0" / "ft_MRPC" / "seed_2" / "results.json").is_file()

@@ -99,7 +99,7 @@ FRESH_FINETUNE_POOL = """
 import os, signal, sys, time
 import compare_pretraining as cp
 from test_start_methods import blocked_signals, ignored_signals
-pool = cp.WorkerPool(2)
+pool = cp.WorkerPool(2, threads=1)
 jobs = [pool.submit(time.sleep, 60) for _ in range(2)]  # each starts a worker, which imports torch for seconds
 pids = list(pool._processes)
 print(len(pids), all(signal.SIGINT in blocked_signals(p) for p in pids))
