@@ -301,6 +301,34 @@ def new_build_dir(directory):
     return tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=f".{os.path.basename(directory)}.tmp-{os.getpid()}-")
 
 
+def adopt_stopped_build(directory, marker, accept):
+    """A temporary folder a stopped build of `directory` left (.NAME.tmp-PID-* of an ended process, or of this one:
+    a notebook cell stopped and run again) holding a JSON file `marker` that accept(its content) takes: renamed
+    as this process's own, the other leftovers removed (this process's own too, where not taken). Returns
+    (folder, content), or (None, None)."""
+    directory = os.path.abspath(directory)
+    parent, base = os.path.dirname(directory), os.path.basename(directory)
+    for stopped in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.tmp-*"))):
+        pid = stopped.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid != str(os.getpid()) and not left_by_ended_process(pid):
+            continue  # a build that still runs
+        try:
+            with open(os.path.join(stopped, marker), encoding="utf-8") as f:
+                content = json.load(f)
+            if not accept(content):
+                if pid == str(os.getpid()):  # this process's own stopped build of other inputs or settings
+                    shutil.rmtree(stopped, ignore_errors=True)
+                continue
+            mine = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
+            os.rmdir(mine)
+            os.rename(stopped, mine)
+        except (OSError, ValueError):  # no marker, a damaged one, or another build took the folder first
+            continue
+        remove_stale_builds(directory)
+        return mine, content
+    return None, None
+
+
 def remove_paths(paths):
     """Delete each path that exists, file or folder."""
     for path in paths:
@@ -450,26 +478,31 @@ def _utf8_safe_cut(chunk):
     return cut or len(chunk)
 
 
-def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progress=None):
+def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progress=None, start=None, where=None):
     """Yield the decoded lines of a file (plain, or .gz/.bz2/.xz/.zst, decompressed as it streams)
     with bounded memory.
 
     A line longer than max_line_bytes is yielded in pieces cut at spaces (on_long_line(line_no) is
     called once per such line), so one giant line cannot exhaust memory. Undecodable bytes become
     U+FFFD and are counted in bad_bytes. progress (a tqdm) is advanced by the bytes read from disk.
+    where (a dict), if given, says before each yield where reading can start again after it:
+    where["next"] = (offset in the decompressed content, lines read), or None after a piece of a long
+    line; where["raw"] = the bytes read from disk. start: such a (offset, lines read) to begin at.
     """
     carry = b""
-    line_no = 0
+    offset, line_no = start or (0, 0)
     reported = -1
-    read = 0
     with open(path, "rb") as raw, open_binary(path, raw) as f:
+        skip_to(f, raw, offset, path)
+        read = raw.tell()
         while True:
             chunk = _read_compressed(f.readline, max_line_bytes, path)
             if not chunk:
                 break
             if progress is not None:
                 progress.update(raw.tell() - read)
-                read = raw.tell()
+            read = raw.tell()
+            offset += len(chunk)
             chunk = carry + chunk
             carry = b""
             if not chunk.endswith(b"\n") and len(chunk) >= max_line_bytes:
@@ -478,9 +511,30 @@ def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progr
                 if on_long_line is not None and reported != line_no:
                     on_long_line(line_no + 1)
                     reported = line_no
+                if where is not None:
+                    where.update(next=None, raw=read)
                 yield chunk.decode("utf-8", errors=bad_bytes.name)
                 continue
             line_no += 1
+            if where is not None:
+                where.update(next=(offset, line_no), raw=read)
             yield chunk.rstrip(b"\r\n").decode("utf-8", errors=bad_bytes.name)
     if carry:
+        if where is not None:
+            where.update(next=(offset, line_no + 1), raw=read)
         yield carry.decode("utf-8", errors=bad_bytes.name)
+
+
+def skip_to(stream, raw, offset, path):
+    """Move a stream (raw: its file on disk) to an offset of its content: a seek for a plain file, reading
+    the content up to it for a compressed one."""
+    if not offset:
+        return
+    if stream is raw:
+        raw.seek(offset)
+        return
+    while offset:
+        got = len(_read_compressed(stream.read, min(offset, 1 << 24), path))
+        if not got:
+            break
+        offset -= got

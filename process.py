@@ -13,6 +13,8 @@ example). The tail of a document shorter than a sequence is dropped, or with
   FEAT/tokenizer/                  a copy of the tokenizer the features were built with
   FEAT/meta.json                   shapes, token counts, the tokenizer hash (written last)
   FEAT/{split}.masked.bin, FEAT/{split}.span_position.bin   with --save_static_masks
+The build happens in a temporary folder beside FEAT with a restart point saved about once a minute: a
+stopped build (Ctrl-C, SIGTERM, a lost machine) goes on from there when the same command runs again.
 features.py reads the result (PretrainingFeatures) and serves masked batches of it to the training
 scripts (MLMDataset, SEDataset).
 """
@@ -29,8 +31,8 @@ import numpy as np
 from argument import ROOT, MaskingArgs, checked_config, feature_args, run_main, save_config
 from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX, long_words_warning
-from io_utils import (BadByteCounter, SpanElectraError, atomic_write_json, find_text_files, iter_lines,
-                      make_out_dir, move_files_into, new_build_dir, progress_bar, storage_reason)
+from io_utils import (BadByteCounter, SpanElectraError, adopt_stopped_build, atomic_write_json, find_text_files,
+                      iter_lines, make_out_dir, move_files_into, new_build_dir, progress_bar, storage_reason)
 from tokenization import (CLS_ID, SEP_ID, UNKNOWN_WARNING, batched, copy_tokenizer, folder_segmenter,
                           load_tokenizer, segmented_batches)
 
@@ -52,34 +54,49 @@ def detect_doc_boundary(path):
     return "blank_line"
 
 
-def document_lines(files, doc_boundary, bad_bytes, max_line_bytes, progress):
-    """Yield (text, starts_document) for every non-blank line of the files, in order."""
+def document_lines(files, doc_boundary, bad_bytes, max_line_bytes, progress, start=None, bytes_before=0):
+    """Yield (text, starts_document, restart) for every non-blank line of the files, in order. restart: where
+    reading can start again past this line (None inside a long line): (file index, offset, lines read,
+    undecodable bytes so far, on-disk bytes read of all inputs); start: a dict of such fields to begin at;
+    bytes_before: the on-disk bytes of the inputs before these files."""
     seen_rules = set()
-    for path in files:
+    first = start["file"] if start else 0
+    bytes_before += sum(os.path.getsize(p) for p in files[:first])
+    for index in range(first, len(files)):
+        path = files[index]
         rule = detect_doc_boundary(path) if doc_boundary == "auto" else doc_boundary
         if rule not in seen_rules:
             logger.info("documents in '%s' end at: %s", path, rule.replace("_", " "))
             seen_rules.add(rule)
-        new_doc = True  # a file always starts a document
+        at = (start["offset"], start["line_no"]) if start and index == first else None
+        new_doc = not (at and at[0])  # a file always starts a document; a restart point is past a line of one
 
         def long_line(line_no, path=path):
             logger.warning("%s line %d is longer than %d bytes: tokenized in pieces", path, line_no, max_line_bytes)
 
-        for line in iter_lines(path, bad_bytes, max_line_bytes, long_line, progress):
+        where = {}
+        for line in iter_lines(path, bad_bytes, max_line_bytes, long_line, progress, at, where):
             if not line.strip():
                 new_doc = new_doc or rule == "blank_line"
                 continue
             if rule == "title_line" and WIKITEXT_TITLE.match(line):
                 new_doc = True
-            yield line, new_doc
+            yield line, new_doc, where["next"] and (index, *where["next"], bad_bytes.count, bytes_before + where["raw"])
             new_doc = False
+        bytes_before += os.path.getsize(path)
 
 
 def _split_pairs(batch):
-    texts, starts = zip(*batch)
-    return list(texts), np.fromiter(starts, dtype=bool, count=len(starts))
+    """(texts, (starts_document, restart point past the batch's last line that has one)) of a batch."""
+    texts, starts, restarts = zip(*batch)
+    restart = next((r for r in reversed(restarts) if r is not None), None)
+    return list(texts), (np.fromiter(starts, dtype=bool, count=len(starts)), restart)
 
 
+RESTART_FILE = "restart.json"  # in a build's temporary folder: where a stopped build goes on from
+RESTART_EVERY_SECONDS = 60
+# fields that name where things are, or how the work is split, but not what is built (the files are in the identity)
+NOT_IN_THE_OUTPUT = ("tokenizer_dir", "train_input", "valid_input", "out_dir", "batch_lines", "num_workers")
 TAIL_WARNING = 0.05  # dropped document tails above this share of the text are worth a warning
 
 
@@ -89,8 +106,10 @@ class SequenceWriter:
     A document's tail shorter than a row is dropped, or with across_documents carried into the next
     document's first row after a [SEP] (RoBERTa's FULL-SENTENCES)."""
 
-    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID, across_documents=False, unk_id=None):
-        self.file = open(path, "wb")
+    COUNTS = ("num_sequences", "num_tokens", "num_documents", "dropped_tokens", "unknown_tokens")
+
+    def __init__(self, path, max_seq_len, dtype, cls_id=CLS_ID, sep_id=SEP_ID, across_documents=False, unk_id=None,
+                 state=None):
         self.cls_id, self.sep_id, self.across_documents, self.unk_id = cls_id, sep_id, across_documents, unk_id
         self.body = max_seq_len - 2
         self.dtype = dtype
@@ -102,6 +121,27 @@ class SequenceWriter:
         self.dropped_tokens = 0
         self.unknown_tokens = 0  # [UNK]s stored: many mean a vocabulary of another language or script
         self.digest = hashlib.blake2b(digest_size=16)  # of the rows written: a resumed run knows its features
+        if state is None:
+            self.file = open(path, "wb")
+        else:
+            self.reopen(path, state)
+
+    def state(self):
+        """What reopen needs to go on from here (the rows written are flushed to disk first)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return {**{k: getattr(self, k) for k in self.COUNTS}, "pending": self.pending.tolist(),
+                "separators": list(self.separators)}
+
+    def reopen(self, path, state):
+        """Continue a file from a state: the rows past it are cut off, the digest taken again over the rest."""
+        for key in self.COUNTS:
+            setattr(self, key, state[key])
+        self.pending, self.separators = np.array(state["pending"], dtype=self.dtype), list(state["separators"])
+        self.file = open(path, "r+b")
+        self.file.truncate(self.num_sequences * (self.body + 2) * np.dtype(self.dtype).itemsize)
+        for block in iter(lambda: self.file.read(1 << 24), b""):
+            self.digest.update(block)
 
     def add(self, tokens, starts_document):
         """Append tokens to the current document (ending the previous one first if asked)."""
@@ -141,12 +181,13 @@ class SequenceWriter:
         self.file.close()
 
 
-def write_split(batches, tokenizer, segmenter, writers, route, num_workers, progress):
-    """Tokenize batches of (text, starts_document) and pack them; route(n) picks each new document's
-    writer (train or valid)."""
-    current = None
+def write_split(batches, tokenizer, segmenter, writers, route, num_workers, progress, current=None, written=None):
+    """Tokenize batches of (text, starts_document, restart) and pack them; route() picks each new document's
+    writer (train or valid); current: the writer the first line's document goes to, when it continues one.
+    written(restart, current), if given, is called after each batch."""
+    current = None if current is None else writers[current]
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast: tokenizers >= 0.21
-    for texts, starts in segmented_batches((_split_pairs(b) for b in batches), segmenter, num_workers):
+    for texts, (starts, restart) in segmented_batches((_split_pairs(b) for b in batches), segmenter, num_workers):
         encodings = encode(texts, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         flat = np.fromiter((i for e in encodings for i in e.ids), dtype=writers[0].dtype, count=int(lengths.sum()))
@@ -160,6 +201,8 @@ def write_split(batches, tokenizer, segmenter, writers, route, num_workers, prog
             else:
                 current.add(flat[offsets[a]:offsets[b]], starts_document=False)
         progress.set_postfix(seqs=sum(w.num_sequences for w in writers), refresh=False)
+        if written is not None:
+            written(restart, writers.index(current))
 
 
 # ---------------------------------------------------------------- main
@@ -201,9 +244,16 @@ def main(config: feature_args = None):
     make_out_dir(os.path.dirname(out_dir), "out_dir")
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     segmenter = folder_segmenter(config.tokenizer_dir, "tokenizer_dir")[0]  # a missing pyvi: said before any work
-    tmp = new_build_dir(out_dir)
+    identity = build_identity(config, info, train_files, valid_files)
+    tmp, restart = adopt_stopped_build(out_dir, RESTART_FILE, lambda point: point.get("identity") == identity)
+    if restart:
+        logger.info("continuing the build of %s that stopped at %.0f of %.0f MB read (%d sequences written), from "
+                    "its restart point", out_dir, restart["bytes_read"] / 1e6,
+                    sum(map(os.path.getsize, train_files + valid_files)) / 1e6,
+                    sum(w["num_sequences"] for w in restart["writers"].values()))
+    tmp = tmp or new_build_dir(out_dir)  # and a stopped build of other inputs or settings is removed
     try:
-        meta = _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp)
+        meta = _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp, identity, restart)
         make_out_dir(out_dir)
         if os.path.exists(os.path.join(out_dir, META_FILE)):
             os.remove(os.path.join(out_dir, META_FILE))  # the old features stop looking complete first
@@ -213,12 +263,28 @@ def main(config: feature_args = None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise SpanElectraError(f"out_dir: cannot write the features to '{out_dir}' ({storage_reason(e, out_dir)}); "
                                "free some space or choose another --out_dir") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a build past its first restart point is kept to go on from
+        if os.path.isfile(os.path.join(tmp, RESTART_FILE)):
+            logger.info("the build stopped; run the same command again to continue it from its last restart point "
+                        "(kept in %s)", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("features: %s -> %s", ", ".join(f"{s}: {meta['num_sequences'][s]} sequences, "
                                                f"{meta['num_tokens'][s]} tokens" for s in meta["splits"]), out_dir)
     return meta
+
+
+def build_identity(config, info, train_files, valid_files):
+    """What a build's output depends on: its settings, the tokenizer, and each input file's path, size and
+    modification time. A stopped build's restart point serves only a build with the same identity."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IN_THE_OUTPUT}
+    files = {split: [[os.path.realpath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in paths]
+             for split, paths in (("train", train_files), ("valid", valid_files))}
+    return {"settings": settings, "tokenizer_hash": info["tokenizer_hash"], "files": files}
 
 
 def remove_earlier_build(out_dir, keep):
@@ -231,25 +297,61 @@ def remove_earlier_build(out_dir, keep):
                 os.remove(path)
 
 
-def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp):
+class RestartPoints:
+    """Where a build stands, saved in its folder about once a minute (RESTART_FILE): the input read so far, each
+    writer's state and the valid split's random state. A build stopped by Ctrl-C, SIGTERM or a lost machine
+    then goes on from there when the same command runs again (build_identity must match)."""
+
+    def __init__(self, folder, identity, writers, split_rng, every=None):
+        self.path, self.identity, self.writers, self.split_rng = os.path.join(folder, RESTART_FILE), identity, writers, split_rng
+        self.every = RESTART_EVERY_SECONDS if every is None else every
+        self.last = time.monotonic()
+        self.pass_index = 0
+
+    def written(self, restart, current):
+        """After a batch is packed: save a restart point past it when it is time to (and it has one)."""
+        if restart is None or time.monotonic() - self.last < self.every:
+            return
+        file, offset, line_no, bad_bytes, bytes_read = restart
+        atomic_write_json(self.path, {
+            "identity": self.identity, "pass": self.pass_index, "file": file, "offset": offset, "line_no": line_no,
+            "bad_bytes": bad_bytes, "bytes_read": bytes_read, "current": current,
+            "split_rng": self.split_rng.bit_generator.state,
+            "writers": {name: w.state() for name, w in self.writers.items()}})
+        self.last = time.monotonic()
+
+
+def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, tmp, identity, restart=None):
     start = time.time()
     max_line_bytes = LONG_LINE_FACTOR * config.max_seq_len * 8
     ids = info["special_token_ids"]
     writers = {s: SequenceWriter(array_path(tmp, s), config.max_seq_len, dtype, ids["[CLS]"], ids["[SEP]"],
-                                 config.pack_across_documents, ids["[UNK]"]) for s in ("train", "valid")}
+                                 config.pack_across_documents, ids["[UNK]"], restart and restart["writers"][s])
+               for s in ("train", "valid")}
     bad_bytes = BadByteCounter()
     split_rng = np.random.default_rng(config.seed)
+    if restart:
+        bad_bytes.count, split_rng.bit_generator.state = restart["bad_bytes"], restart["split_rng"]
+    points = RestartPoints(tmp, identity, writers, split_rng)
     total = sum(os.path.getsize(p) for p in train_files + valid_files)
-    with progress_bar(total=total, unit="B", unit_scale=True, desc="features") as progress:
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="features",
+                      initial=restart["bytes_read"] if restart else 0) as progress:
         inputs = [(train_files, lambda: 1 if split_rng.random() < config.valid_fraction else 0)]
         if valid_files:
             inputs.append((valid_files, lambda: 1))
-        for files, route in inputs:
-            lines = document_lines(files, config.doc_boundary, bad_bytes, max_line_bytes, progress)
-            write_split(batched(lines, config.batch_lines), tokenizer, segmenter,
-                        [writers["train"], writers["valid"]], route, config.num_workers, progress)
+        for pass_index, (files, route) in enumerate(inputs):
+            if restart and pass_index < restart["pass"]:
+                continue
+            points.pass_index, resuming = pass_index, restart and pass_index == restart["pass"]
+            lines = document_lines(files, config.doc_boundary, bad_bytes, max_line_bytes, progress,
+                                   start=restart if resuming else None,
+                                   bytes_before=sum(os.path.getsize(p) for f, _ in inputs[:pass_index] for p in f))
+            write_split(batched(lines, config.batch_lines), tokenizer, segmenter, [writers["train"], writers["valid"]],
+                        route, config.num_workers, progress, restart["current"] if resuming else None, points.written)
     for w in writers.values():
         w.close()
+    if os.path.exists(points.path):
+        os.remove(points.path)  # the build is whole: what follows takes seconds, and the folder is not published
     if bad_bytes.count:
         logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
     if writers["train"].num_sequences == 0:

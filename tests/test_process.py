@@ -264,7 +264,8 @@ def test_doc_boundary_modes(bpe_tok, tmp_path):
 
 
 def lines_of(files, rule):
-    return list(process.document_lines([str(f) for f in files], rule, io_utils.BadByteCounter(), 1 << 20, None))
+    return [(text, starts) for text, starts, _ in
+            process.document_lines([str(f) for f in files], rule, io_utils.BadByteCounter(), 1 << 20, None)]
 
 
 def test_wikitext_titles_are_found_past_the_first_lines(tmp_path):
