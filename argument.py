@@ -124,7 +124,7 @@ class tok_args:
     lowercase: bool = _help("lowercase text before tokenizing", default=False)
     word_segmenter: str = _help("'pyvi' segments Vietnamese words first (syllables joined by '_')",
                                 default="none", meta={"choices": WORD_SEGMENTERS})
-    num_workers: int = _help("processes for word segmentation (0: one per CPU)", default=0)
+    num_workers: int = _help("processes for word segmentation (0: one per CPU core this process may use)", default=0)
     max_text_mb: float = _help("train on about this many MB of the text, lines taken evenly across the whole "
                                "corpus (0: all of it): a vocabulary changes little past a few hundred MB, while "
                                "training time grows with the text (about 3 min a GB on 2 cores)", default=0)
@@ -191,7 +191,7 @@ class feature_args(MaskingArgs):
                                         "document's first sequence after a [SEP] (RoBERTa's FULL-SENTENCES) instead "
                                         "of dropping it (17% of English Wikipedia's tokens at 128)", default=False)
     batch_lines: int = _help("lines tokenized per batch", default=2000)
-    num_workers: int = _help("processes for word segmentation (0: one per CPU)", default=0)
+    num_workers: int = _help("processes for word segmentation (0: one per CPU core this process may use)", default=0)
     save_static_masks: bool = _help("also save one fixed masking of every sequence, for training with "
                                     "--static_masking (exactly repeatable runs)", default=False)
     seed: int = _help("seed for the valid split and static masks", default=42)

@@ -79,6 +79,13 @@ def shows_carriage_returns(stream):
 
 
 # ---------------------------------------------------------------- worker processes
+def available_cores():
+    """CPU cores this process may run on: its affinity (taskset, a container's cpuset), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def ctrl_c_held_back(start_method):
     """Ctrl-C (SIGINT) blocked while worker processes start by start_method, so that spawned ones start

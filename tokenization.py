@@ -13,8 +13,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from transformers import PreTrainedTokenizerFast
 
-from io_utils import (SpanElectraError, atomic_write_json, ctrl_c_held_back, first_line, ignore_ctrl_c, read_json,
-                      sha256_file)
+from io_utils import (SpanElectraError, atomic_write_json, available_cores, ctrl_c_held_back, first_line, ignore_ctrl_c,
+                      read_json, sha256_file)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
@@ -95,7 +95,7 @@ def segmented_batches(batches, name, num_workers):
         yield from batches
         return
     load_segmenter(name)  # fail early, in this process, if it is missing
-    workers = num_workers or os.cpu_count() or 1
+    workers = num_workers or available_cores()
     if workers == 1:
         for batch in batches:
             yield _segment_batch(name, batch)

@@ -49,8 +49,8 @@ import training_utils as tu  # noqa: E402
 from argument import (COMPARE_RECIPES as RECIPES, COMPARE_SCALES as SCALES, DEVICE_SPEEDS, SHARED,  # noqa: E402
                       MaskingArgs, MLM_trainDataArgs, MLM_trainingConfig, SE_trainDataArgs, SE_trainingConfig,
                       checked_config, compare_args, feature_args, finetune_args, run_main, tok_args)
-from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back,  # noqa: E402
-                      find_text_files, ignore_ctrl_c, make_out_dir, read_json, remove_paths)
+from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, available_cores,  # noqa: E402
+                      ctrl_c_held_back, find_text_files, ignore_ctrl_c, make_out_dir, read_json, remove_paths)
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, SpanElectraJoint,  # noqa: E402
                                     SpanElectraTwoStage, electra_configs, save_discriminator)
 from masking import Masker, max_prediction_slots, prediction_slots  # noqa: E402
@@ -905,13 +905,6 @@ def finetune_pool(config):
         pool.shutdown(cancel_futures=True)
         torch.set_num_threads(threads_before)
         os.environ.pop("TQDM_DISABLE", None)
-
-
-def available_cores():
-    """CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def cpu_threads(workers, cores, on_cpu):
