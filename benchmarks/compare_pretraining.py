@@ -18,6 +18,9 @@ points of the plot. Writes OUT/compare.json, OUT/compare.md, OUT/compare.png and
 With worker processes (--ft_workers, 8 on a GPU), each row is fine-tuned (a job per task and seed)
 while the next recipe pre-trains, and with --compile each recipe's step is compiled ahead while the
 one before it pre-trains (warm_compile).
+
+A stopped call keeps its finished rows (OUT/compare.json) and the checkpoints of the run it was in (one every
+quarter of a run): called again with the same settings, it goes on from there.
 """
 import contextlib
 import dataclasses
@@ -180,8 +183,7 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
     common = dict(features_dir=paths["features"], model_size=scale["model_size"], train_batch_size=scale["batch"],
                   learning_rate=scale["learning_rate"], seed=config.seed, masking=recipe["masking"],
                   use_sbo=recipe["use_sbo"], log_every=50, eval_batches=4, device=config.device, bf16=config.bf16,
-                  compile=config.compile,
-                  overwrite_output_dir=True)  # only reached when the cached run no longer fits: train it again
+                  compile=config.compile)
     start, spent = time.time(), 0.0
     if recipe["kind"] == "mlm":  # BERT: a masked LM as large as the discriminator
         _, disc = electra_configs(scale["model_size"], paths["vocab"], 128)
@@ -190,25 +192,59 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
                                   gen_initializer_range=disc.initializer_range)  # the discriminators' init too
         flops = step_flops("mlm", recipe, sizes, scale["batch"])
         steps = max(1, round(budget / flops))
-        model_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
-            out_dir=out_dir, max_steps=steps, eval_every=curve_every(steps), save_every=steps, **sizes["overrides"],
-            **common))
+        model_dir, _ = train_resuming(trainMLM_SpanElectra, MLM_trainingConfig, out_dir=out_dir, max_steps=steps,
+                                      eval_every=curve_every(steps), save_every=checkpoint_every(steps),
+                                      **sizes["overrides"], **common)
         return model_dir, steps * flops, time.time() - start
-    gen_dir = None
+    gen_dir, gen_continued = None, True
     if recipe["kind"] == "two_stage":
         gen_flops = step_flops("generator", recipe, sizes, scale["batch"])
         gen_steps = max(1, round(config.gen_fraction * budget / gen_flops))
-        gen_dir = trainMLM_SpanElectra.main(MLM_trainingConfig(
-            out_dir=os.path.join(out_dir, "gen"), max_steps=gen_steps, eval_every=curve_every(gen_steps),
-            save_every=gen_steps,
-            **common))
+        gen_dir, gen_continued = train_resuming(
+            trainMLM_SpanElectra, MLM_trainingConfig, out_dir=os.path.join(out_dir, "gen"), max_steps=gen_steps,
+            eval_every=curve_every(gen_steps), save_every=checkpoint_every(gen_steps), **common)
         spent = gen_steps * gen_flops
     flops = step_flops(recipe["kind"], recipe, sizes, scale["batch"])
     steps = max(1, round((budget - spent) / flops))
-    model_dir = trainSpanElectra.main(SE_trainingConfig(
-        out_dir=out_dir, mode=recipe["kind"], generator_dir=gen_dir, use_span_head=recipe["use_span_head"],
-        max_steps=steps, eval_every=curve_every(steps), save_every=steps, **common))
+    model_dir, _ = train_resuming(  # against a generator trained again, the discriminator starts over too
+        trainSpanElectra, SE_trainingConfig, may_continue=gen_continued, out_dir=out_dir, mode=recipe["kind"],
+        generator_dir=gen_dir, use_span_head=recipe["use_span_head"], max_steps=steps, eval_every=curve_every(steps),
+        save_every=checkpoint_every(steps), **common)
     return model_dir, spent + steps * flops, time.time() - start
+
+
+RUN_SETTINGS_FILE = "compare_run.json"  # in a run's folder: the settings it was started with
+
+
+def checkpoint_every(steps, checkpoints=4):
+    """Steps between a pre-training run's checkpoints: a stopped comparison loses at most a quarter of a run."""
+    return max(1, -(-steps // checkpoints))
+
+
+def started_with(marker):
+    """The settings a run's marker holds (None where there is none, or it is damaged: the run starts over)."""
+    try:
+        return read_json(marker) if os.path.isfile(marker) else None
+    except SpanElectraError:
+        return None
+
+
+def train_resuming(script, config_cls, may_continue=True, **settings):
+    """Run a training script in settings['out_dir']. A run a stopped comparison left there, started with the very
+    same settings, goes on from its last checkpoint; anything else there is trained again from the start.
+    Returns (the script's model folder, whether it continued a stopped run)."""
+    out_dir, asked = settings["out_dir"], json.loads(json.dumps(settings))
+    marker = os.path.join(out_dir, RUN_SETTINGS_FILE)
+    checkpoints = tu.list_checkpoints(out_dir) if os.path.isdir(out_dir) else []
+    same = may_continue and bool(checkpoints) and started_with(marker) == asked
+    if same:
+        logger.info("%s: continuing the stopped run from %s", out_dir, os.path.basename(checkpoints[-1]))
+    else:
+        make_out_dir(out_dir)
+        atomic_write_json(marker, asked)
+    model_dir = script.main(config_cls(**settings, resume_from="latest" if same else None,
+                                       overwrite_output_dir=not same))
+    return model_dir, same
 
 
 # ---------------------------------------------------------------- compiling ahead

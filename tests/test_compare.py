@@ -838,3 +838,54 @@ def test_each_recipe_spends_the_budget_in_its_own_steps(name, budget, steps, spe
     _, used, _ = cp.pretrain(cp.RECIPES[name][1], budget, config, {"features": "f", "vocab": 100}, scale,
                              str(tmp_path / name))
     assert fake_training == steps and used == spent
+
+
+def saved_weights(model_dir):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(model_dir, "model.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["mlm", "se_two_stage"])
+def test_a_run_a_stopped_comparison_left_goes_on_from_its_checkpoint(name, bpe_feat, tmp_path, monkeypatch, caplog):
+    """A comparison stopped inside a pre-training run (past one of its checkpoints, a quarter of the run
+    apart) continues that run when called again: the same valid curve and weights as a run never stopped
+    (two-stage: stopped in the discriminator, the generator's finished run is taken as it is). With
+    another budget the folder's run is trained again from the start."""
+    scale = dict(cp.SCALES["tiny"], batch=4)
+    config = cp.compare_args(tasks="", out_dir=str(tmp_path), device="cpu", seed=3).resolved()
+    paths = {"features": str(bpe_feat[0]), "vocab": bpe_feat[1]["vocab_size"]}
+    recipe = cp.RECIPES[name][1]
+    monkeypatch.setattr(cp, "step_flops", lambda kind, recipe, sizes, batch: 1.0)
+    budget = 8.0  # 8 steps (two-stage: 2 of the generator, then 6), a checkpoint every 2
+
+    def run(folder):
+        model_dir, _, _ = cp.pretrain(recipe, budget, config, paths, scale, str(tmp_path / folder))
+        curve = [(r["step"], r.get("mlm_accuracy"), r.get("disc_auc")) for r in
+                 cp.tu.read_metrics(os.path.join(tmp_path / folder, "metrics.jsonl")) if r.get("split") == "valid"]
+        return curve, saved_weights(model_dir)
+    whole = run("whole")
+    saved = cp.tu.save_checkpoint
+    saves = []
+
+    def stop_at_second(out_dir, step, state, keep=2):  # the stopped run's (discriminator's) 2nd checkpoint
+        path = saved(out_dir, step, state, keep)
+        if out_dir == str(tmp_path / "stopped"):
+            saves.append(step)
+            if len(saves) == 2:
+                raise KeyboardInterrupt
+        return path
+    monkeypatch.setattr(cp.tu, "save_checkpoint", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped")
+    caplog.set_level("INFO", logger="span_electra")
+    again = run("stopped")
+    assert f"{tmp_path / 'stopped'}: continuing the stopped run from checkpoint-{saves[1]:08d}.pt" in caplog.text
+    assert saves[2] > saves[1]  # the steps before the checkpoint were not trained again
+    assert again[0] == whole[0] and again[0]
+    assert all(torch.equal(again[1][k], whole[1][k]) for k in whole[1])
+    trainings = []
+    monkeypatch.setattr(cp.trainSpanElectra, "main", lambda c: trainings.append(c.resume_from) or c.out_dir)
+    monkeypatch.setattr(cp.trainMLM_SpanElectra, "main", lambda c: trainings.append(c.resume_from) or c.out_dir)
+    budget *= 2
+    cp.pretrain(recipe, budget, config, paths, scale, str(tmp_path / "stopped"))
+    assert trainings and set(trainings) == {None}  # another budget: trained again from the start
