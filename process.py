@@ -246,6 +246,11 @@ def main(config: feature_args = None):
     segmenter = folder_segmenter(config.tokenizer_dir, "tokenizer_dir")[0]  # a missing pyvi: said before any work
     identity = build_identity(config, info, train_files, valid_files)
     tmp, restart = adopt_stopped_build(out_dir, RESTART_FILE, lambda point: point.get("identity") == identity)
+    if restart and not rows_on_disk(tmp, restart, config.max_seq_len * np.dtype(dtype).itemsize):
+        logger.warning("the stopped build of %s in %s lacks rows its restart point counts (files cut short or "
+                       "removed): building from the start", out_dir, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp, restart = None, None
     if restart:
         logger.info("continuing the build of %s that stopped at %.0f of %.0f MB read (%d sequences written), from "
                     "its restart point", out_dir, restart["bytes_read"] / 1e6,
@@ -276,6 +281,13 @@ def main(config: feature_args = None):
     logger.info("features: %s -> %s", ", ".join(f"{s}: {meta['num_sequences'][s]} sequences, "
                                                f"{meta['num_tokens'][s]} tokens" for s in meta["splits"]), out_dir)
     return meta
+
+
+def rows_on_disk(folder, restart, row_bytes):
+    """True when each split file of a stopped build holds at least the rows its restart point counts."""
+    return all(os.path.isfile(array_path(folder, split)) and
+               os.path.getsize(array_path(folder, split)) >= state["num_sequences"] * row_bytes
+               for split, state in restart["writers"].items())
 
 
 def build_identity(config, info, train_files, valid_files):

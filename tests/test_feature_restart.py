@@ -95,6 +95,25 @@ def test_a_stopped_build_of_other_settings_is_started_over(bpe_tok, tmp_path, mo
     assert meta["content_digest"] == expected["content_digest"] and not left_builds(out_dir)
 
 
+def test_a_stopped_build_whose_rows_were_cut_short_starts_over(bpe_tok, tmp_path, monkeypatch, caplog):
+    """A stopped build whose train.bin holds fewer rows than its restart point counts (a file cut short) is
+    not continued, which would pad it with zeros: the build starts over, with a warning."""
+    kw = dict(train_input=str(SAMPLE / "train.tokens"), batch_lines=200)
+    out_dir = tmp_path / "feat"
+    stop_after(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        build_features(bpe_tok, out_dir, **kw)
+    [kept] = left_builds(out_dir)
+    with open(kept / "train.bin", "r+b") as f:
+        f.truncate(128 * 2)  # one row of uint16
+    monkeypatch.undo()
+    caplog.set_level("INFO", logger="span_electra")
+    _, meta = build_features(bpe_tok, out_dir, **kw)
+    _, expected = build_features(bpe_tok, tmp_path / "fresh", **kw)
+    assert "lacks rows its restart point counts" in caplog.text and "continuing the build" not in caplog.text
+    assert meta["content_digest"] == expected["content_digest"] and not left_builds(out_dir)
+
+
 def test_a_build_stopped_before_its_first_restart_point_leaves_nothing(bpe_tok, tmp_path, monkeypatch):
     """Stopped within its first minute (no restart point yet), a build removes its folder, as before."""
     calls = []
@@ -115,6 +134,11 @@ def test_a_build_folder_another_running_process_holds_is_not_taken(tmp_path):
     running.mkdir()
     (running / "restart.json").write_text("{}", encoding="utf-8")
     assert io_utils.adopt_stopped_build(str(out_dir), "restart.json", lambda point: True) == (None, None)
+    damaged = tmp_path / ".feat.tmp-999999998-dmg"  # an ended build whose restart point is not JSON
+    damaged.mkdir()
+    (damaged / "restart.json").write_text('{"identity": ', encoding="utf-8")
+    assert io_utils.adopt_stopped_build(str(out_dir), "restart.json", lambda point: True) == (None, None)
+    shutil.rmtree(damaged)
     ended = tmp_path / ".feat.tmp-999999999-xyz"
     shutil.copytree(running, ended)
     folder, point = io_utils.adopt_stopped_build(str(out_dir), "restart.json", lambda point: True)

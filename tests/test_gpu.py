@@ -66,6 +66,21 @@ def test_discriminator_trains_on_cuda(bpe_feat, gpu_generator, tmp_path, mode, c
     assert os.path.isfile(os.path.join(disc_dir, "config.json"))
 
 
+def test_a_compiled_run_saves_mid_run_and_resumes_on_cuda(bpe_feat, tmp_path):
+    """A checkpoint between compiled steps replayed as CUDA graphs (compare_pretraining saves one every quarter
+    of a run), then the run resumed from it in a new compiled step: it goes on to its new max_steps."""
+    settings = dict(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode="joint",
+                    **{**FEW_STEPS, "compile": True, "save_every": 3})
+    trainSpanElectra.main(argument.SE_trainingConfig(**settings))
+    assert [os.path.basename(p) for p in tu.list_checkpoints(str(tmp_path))] == ["checkpoint-00000003.pt",
+                                                                                  "checkpoint-00000006.pt"]
+    torch._dynamo.reset()
+    trainSpanElectra.main(argument.SE_trainingConfig(**{**settings, "max_steps": 9, "eval_every": 9,
+                                                        "resume_from": "latest"}))
+    rows = valid_rows(tmp_path)
+    assert [r["step"] for r in rows] == [6, 9] and 0 <= rows[-1]["disc_auc"] <= 1 and rows[-1]["rtd_loss"] > 0
+
+
 def test_finetune_epoch_and_explorer_on_cuda(bpe_feat, gpu_generator, tmp_path):
     disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
         features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "se"), generator_dir=gpu_generator[1], **FEW_STEPS))
