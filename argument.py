@@ -541,10 +541,12 @@ COMPARE_RECIPES = {
 # pre-training FLOP/s by kind of step, the compiled step's first call, fine-tuning steps/s per process,
 # vocabulary + features in bytes of plain text per second (with pyvi segmenting, and without)
 CPU_SPEEDS = dict(  # 2 CPU cores: the tiny comparison's 5.8 TFLOPs in 1.6 min (ELECTRA-Small's fp32 step:
-    # ~800 tokens/s, the same 60 GFLOP/s), ~12 fine-tuning steps/s; with --compile true (off at tiny scale)
-    # the tiny step's first call took ~35 s cold, ~10 s compiled ahead
+    # ~800 tokens/s, the same 60 GFLOP/s); with --compile true (off at tiny scale) the tiny step's first call
+    # took ~35 s cold, ~10 s compiled ahead
     flops_per_second={"mlm": 60e9, "joint": 60e9, "two_stage": 60e9}, compile_seconds=35, warm_compile_seconds=10,
-    ft_steps_per_second=12,
+    # fine-tuning the tiny model pads each batch to its longest example: its steps take time in proportion
+    # (SST-2 15.2 steps/s at a mean width of 67 tokens, MRPC 8.2 at 122, batch 32; 2026-11-28)
+    ft_padded_tokens_per_second=32000,
     # a fine-tuning job's loading (model, tokenizer, task) and dev evaluation, and the linear probe's pass
     # (the tiny model on SST-2, finetune_SE.py in one process, 2026-11-27): 1.7 s, ~2,000 examples/s
     ft_job_seconds=2, ft_eval_examples_per_second=2000,

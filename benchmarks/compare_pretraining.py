@@ -24,6 +24,7 @@ quarter of a run): called again with the same settings, it goes on from there.
 """
 import contextlib
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -406,15 +407,34 @@ def log_estimates(config, scale, plan, cached, settings, budget):
                     "RESULTS.md)", minutes, DEVICE_NAMES[device])
 
 
+FT_BATCH = 32  # finetune_SE.py's train_batch_size, which the comparison keeps
+CHARS_PER_TOKEN = 3.6  # English in the tiny comparison's BPE 8,000: SST-2 3.5, MRPC 3.7 (special tokens aside)
+
+
+@functools.lru_cache(maxsize=None)
+def padded_width(task_dir, max_train_examples, max_seq_length=128):
+    """The mean width of a task's training batches, which finetune_SE.py pads to their longest example rounded
+    up to a multiple of 32 tokens, estimated from the characters of train.tsv's texts (SST-2: 67, MRPC: 122;
+    measured with the tokenizer, 67 and 122)."""
+    task = finetune_SE.load_task(finetune_args(task_dir=task_dir, max_train_examples=max_train_examples))
+    texts = task.train.texts
+    tokens = np.array([sum(len(t) for t in text) / CHARS_PER_TOKEN + 1 + len(text) for text in texts])
+    order = np.random.default_rng(0).permutation(len(tokens))
+    longest = [tokens[order[i:i + FT_BATCH]].max() for i in range(0, len(order), FT_BATCH)]
+    return float(np.mean(np.minimum(np.ceil(np.array(longest) / 32) * 32, max_seq_length)))
+
+
 def finetune_seconds(settings, speeds, workers):
-    """One row's fine-tuning and linear probes. Per task and seed, the training steps and a dev evaluation per
-    epoch; per task, the probe's pass over its examples; each job also loads the model and the task. With
+    """One row's fine-tuning and linear probes. Per task and seed, the training steps (on a GPU at the host's
+    pace, on the CPU in proportion to the task's padded width) and a dev evaluation per epoch; per task, the probe's pass over its examples; each job also loads the model and the task. With
     workers, a job per seed and one per probe, `workers` at once (the longest sets each round's pace); in
     one process, a job per task (every seed) and one per probe, one after another."""
     jobs, load, seeds = [], speeds["ft_job_seconds"], len(settings["seeds"].split(","))
     for task in settings["tasks"]:
         train, dev = task_size(task, settings["max_train_examples"]), tsv_rows(os.path.join(task, "dev.tsv"))
-        one_seed = settings["epochs"] * (-(-train // 32) / speeds["ft_steps_per_second"] +
+        steps_per_second = speeds.get("ft_steps_per_second") or speeds["ft_padded_tokens_per_second"] / (
+            FT_BATCH * padded_width(task, settings["max_train_examples"]))
+        one_seed = settings["epochs"] * (-(-train // FT_BATCH) / steps_per_second +
                                          dev / speeds["ft_eval_examples_per_second"])
         probe = (train + dev) / speeds["ft_eval_examples_per_second"] + load
         jobs += ([one_seed + load] * seeds if workers > 1 else [seeds * one_seed + load]) + [probe]

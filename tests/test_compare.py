@@ -294,9 +294,11 @@ def test_gpu_scale_defaults_budget_scale_and_time_estimates(monkeypatch, tmp_pat
     estimates = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
     # on the CPU it runs on: budget / the 2-core CPU's 60 GFLOP/s, plus the step's compilation
     assert any("pre-train electra@1" in m and m.split()[-2] == f"{11e12 / 60e9 + 35:.0f}" for m in estimates)
-    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs of 32 steps at 12 steps/s and of
-    # the 408 dev examples at 2,000/s, 2 s of loading; the probe's pass over all 1,408 examples, loaded too
-    ft_cpu = 2 * (32 / 12 + 408 / 2000) + 2 + 1408 / 2000 + 2
+    # fine-tuning MRPC's 1,000 bundled examples in one process: 2 epochs of 32 steps at 32,000 padded tokens/s
+    # (batches of 32 pairs, 125 tokens wide on average) and of the 408 dev examples at 2,000/s, 2 s of loading;
+    # the probe's pass over all 1,408 examples, loaded too
+    assert cp.padded_width(str(REPO / "data/glue/MRPC"), 4000) == 125.0
+    ft_cpu = 2 * (32 / (32000 / (32 * 125)) + 408 / 2000) + 2 + 1408 / 2000 + 2
     assert any("fine-tune random@0" in m and m.split()[-2] == f"{ft_cpu:.0f}" for m in estimates)
     assert "everything still to run" in estimates[-2] and "2 CPU cores" in estimates[-2]
     # and on the H100 the scale is sized for: the joint step's 45 TFLOP/s, 22 fine-tuning steps/s (and
@@ -360,6 +362,22 @@ def test_on_the_cpu_fine_tuning_workers_share_the_cores_so_every_stage_adds(tmp_
     assert [beside for *_, beside in stages] == [False, False, False]
     assert stages[0][1] == cp.finetune_seconds(settings, cp.DEVICE_SPEEDS["cpu"], 1)
     assert cp.wall_seconds(stages) == pytest.approx(sum(s for _, s, _ in stages))
+
+
+def test_the_cpu_fine_tuning_estimate_follows_the_padded_width(tmp_path):
+    """On the CPU a fine-tuning step takes time in proportion to its batch's width: the longest example,
+    rounded up to 32 tokens, 128 at most; the width is estimated from the text's characters."""
+    task = tmp_path / "task"
+    task.mkdir()
+    for split in ("train", "dev"):
+        rows = [f"{'word ' * (4 if i % 2 else 40)}\t{i % 2}" for i in range(64)]  # 21 or 201 characters
+        (task / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    # every batch of 32 holds a long example: 200 / 3.6 + 2 = 57.6 tokens, padded to 64
+    assert cp.padded_width(str(task), 0) == 64.0
+    settings = {"tasks": [str(task)], "seeds": "1", "epochs": 1, "max_train_examples": 0}
+    speeds = dict(cp.DEVICE_SPEEDS["cpu"], ft_job_seconds=0, ft_eval_examples_per_second=float("inf"))
+    one = cp.finetune_seconds(settings, speeds, 1)  # 2 steps of 32 x 64 padded tokens (the probe: no time here)
+    assert one == pytest.approx(2 * 32 * 64 / 32000)
 
 
 def test_fine_tuning_workers_and_the_pre_training_share_the_cpu_threads():
