@@ -54,7 +54,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: t
     timeout 150 python3 benchmarks/bench_train.py --device cuda --quick 2>&1 | grep -v -i warn > "$OUT/bench.log"
     if [ "${TESTS:-0}" = 1 ]; then  # -rA keeps each passed test's log: the --compile lines say which attempt
         # built each compiled step, so MIXCHECK needs no run of its own here
-        timeout 330 python3 -m pytest -q -rA -p no:cacheprovider --tb=short tests/test_gpu.py --durations=5 \
+        timeout 300 python3 -m pytest -q -rA -p no:cacheprovider --tb=short tests/test_gpu.py --durations=5 \
             > "$OUT/test_gpu.log" 2>&1
         grep -e "--compile:" "$OUT/test_gpu.log" | sort | uniq -c | cut -c1-400
         grep -e "^PASSED" -e "^FAILED" -e "^ERROR" -e " passed" -e " failed" "$OUT/test_gpu.log" | tail -30
