@@ -414,8 +414,8 @@ CHARS_PER_TOKEN = 3.6  # English in the tiny comparison's BPE 8,000: SST-2 3.5, 
 @functools.lru_cache(maxsize=None)
 def padded_width(task_dir, max_train_examples, max_seq_length=128):
     """The mean width of a task's training batches, which finetune_SE.py pads to their longest example rounded
-    up to a multiple of 32 tokens, estimated from the characters of train.tsv's texts (SST-2: 67, MRPC: 122;
-    measured with the tokenizer, 67 and 122)."""
+    up to a multiple of 32 tokens, estimated from the characters of train.tsv's texts (SST-2 66.6, MRPC 126;
+    with the tiny comparison's tokenizer, 67.2 and 121.6)."""
     task = finetune_SE.load_task(finetune_args(task_dir=task_dir, max_train_examples=max_train_examples))
     texts = task.train.texts
     tokens = np.array([sum(len(t) for t in text) / CHARS_PER_TOKEN + 1 + len(text) for text in texts])
@@ -426,7 +426,8 @@ def padded_width(task_dir, max_train_examples, max_seq_length=128):
 
 def finetune_seconds(settings, speeds, workers):
     """One row's fine-tuning and linear probes. Per task and seed, the training steps (on a GPU at the host's
-    pace, on the CPU in proportion to the task's padded width) and a dev evaluation per epoch; per task, the probe's pass over its examples; each job also loads the model and the task. With
+    pace, on the CPU in proportion to the task's padded width) and a dev evaluation per epoch; per task, the
+    probe's pass over its examples; each job also loads the model and the task. With
     workers, a job per seed and one per probe, `workers` at once (the longest sets each round's pace); in
     one process, a job per task (every seed) and one per probe, one after another."""
     jobs, load, seeds = [], speeds["ft_job_seconds"], len(settings["seeds"].split(","))
