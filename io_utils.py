@@ -289,23 +289,33 @@ def remove_stale_builds(directory):
     """Remove the temporary folders (.NAME.tmp-PID-*, .NAME.old-PID) that builds of `directory` killed
     before they could clean up (SIGKILL, a lost machine) left beside it: a whole corpus's features can
     sit there. A build whose process still runs keeps its own (see left_by_ended_process)."""
-    directory = os.path.abspath(directory)
-    parent, base = os.path.dirname(directory), os.path.basename(directory)
     for kind in ("tmp", "old"):
-        for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.{kind}-*")):
-            tag = stale.rsplit(f".{kind}-", 1)[1]
-            if kind == "tmp":
-                tag = tag.split("-")[0]  # the PID, before mkdtemp's random suffix
+        for stale, tag in leftover_builds(directory, kind):
             if left_by_ended_process(tag):
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def leftover_builds(directory, kind):
+    """(folder, process tag) of each .NAME.{kind}-* folder beside `directory`, sorted; a tmp folder's tag is its
+    PID, before mkdtemp's random suffix."""
+    directory = os.path.abspath(directory)
+    parent, base = os.path.dirname(directory), os.path.basename(directory)
+    for folder in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.{kind}-*"))):
+        tag = folder.rsplit(f".{kind}-", 1)[1]
+        yield folder, tag.split("-")[0] if kind == "tmp" else tag
+
+
+def own_build_dir(directory):
+    """A new empty folder beside `directory` named as this process's build of it (.NAME.tmp-PID-XXXX)."""
+    directory = os.path.abspath(directory)
+    return tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=f".{os.path.basename(directory)}.tmp-{os.getpid()}-")
 
 
 def new_build_dir(directory):
     """A new temporary folder beside `directory` (.NAME.tmp-PID-XXXX) to build it in, once the ones that
     killed builds left are removed."""
-    directory = os.path.abspath(directory)
     remove_stale_builds(directory)
-    return tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=f".{os.path.basename(directory)}.tmp-{os.getpid()}-")
+    return own_build_dir(directory)
 
 
 def adopt_stopped_build(directory, marker, accept):
@@ -313,10 +323,7 @@ def adopt_stopped_build(directory, marker, accept):
     a notebook cell stopped and run again) holding a JSON file `marker` that accept(its content) takes: renamed
     as this process's own, the other leftovers removed (this process's own too, where not taken). Returns
     (folder, content), or (None, None)."""
-    directory = os.path.abspath(directory)
-    parent, base = os.path.dirname(directory), os.path.basename(directory)
-    for stopped in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.tmp-*"))):
-        pid = stopped.rsplit(".tmp-", 1)[1].split("-")[0]
+    for stopped, pid in leftover_builds(directory, "tmp"):
         if pid != str(os.getpid()) and not left_by_ended_process(pid):
             continue  # a build that still runs
         try:
@@ -326,8 +333,8 @@ def adopt_stopped_build(directory, marker, accept):
                 if pid == str(os.getpid()):  # this process's own stopped build of other inputs or settings
                     shutil.rmtree(stopped, ignore_errors=True)
                 continue
-            mine = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
-            os.rmdir(mine)
+            mine = own_build_dir(directory)
+            os.rmdir(mine)  # its name, for the stopped folder
             os.rename(stopped, mine)
         except (OSError, ValueError):  # no marker, a damaged one, or another build took the folder first
             continue

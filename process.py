@@ -314,15 +314,14 @@ class RestartPoints:
     writer's state and the valid split's random state. A build stopped by Ctrl-C, SIGTERM or a lost machine
     then goes on from there when the same command runs again (build_identity must match)."""
 
-    def __init__(self, folder, identity, writers, split_rng, every=None):
+    def __init__(self, folder, identity, writers, split_rng):
         self.path, self.identity, self.writers, self.split_rng = os.path.join(folder, RESTART_FILE), identity, writers, split_rng
-        self.every = RESTART_EVERY_SECONDS if every is None else every
         self.last = time.monotonic()
         self.pass_index = 0
 
     def written(self, restart, current):
         """After a batch is packed: save a restart point past it when it is time to (and it has one)."""
-        if restart is None or time.monotonic() - self.last < self.every:
+        if restart is None or time.monotonic() - self.last < RESTART_EVERY_SECONDS:
             return
         file, offset, line_no, bad_bytes, bytes_read = restart
         atomic_write_json(self.path, {
@@ -363,7 +362,7 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
     for w in writers.values():
         w.close()
     if os.path.exists(points.path):
-        os.remove(points.path)  # the build is whole: what follows takes seconds, and the folder is not published
+        os.remove(points.path)  # the text is all packed (what follows takes seconds), and out_dir gets no restart file
     if bad_bytes.count:
         logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
     if writers["train"].num_sequences == 0:

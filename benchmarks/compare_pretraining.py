@@ -236,7 +236,7 @@ def train_resuming(script, config_cls, may_continue=True, **settings):
     Returns (the script's model folder, whether it continued a stopped run)."""
     out_dir, asked = settings["out_dir"], json.loads(json.dumps(settings))
     marker = os.path.join(out_dir, RUN_SETTINGS_FILE)
-    checkpoints = tu.list_checkpoints(out_dir) if os.path.isdir(out_dir) else []
+    checkpoints = tu.list_checkpoints(out_dir)
     same = may_continue and bool(checkpoints) and started_with(marker) == asked
     if same:
         logger.info("%s: continuing the stopped run from %s", out_dir, os.path.basename(checkpoints[-1]))
