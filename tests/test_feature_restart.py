@@ -1,6 +1,7 @@
 """A features build stopped part-way (Ctrl-C, SIGTERM, a lost machine) goes on from its last restart point when
 the same command runs again, and ends with the very features of a build that never stopped."""
 import lzma
+import os
 import shutil
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_a_stopped_build_goes_on_from_its_restart_point_to_the_same_features(bpe
     _, meta = build_features(bpe_tok, out_dir, **kw)
     assert "continuing the build" in caplog.text and len(calls) > 2
     assert arrays(out_dir) == arrays(whole_dir)
-    assert {k: v for k, v in meta.items()} == whole
+    assert meta == whole
     assert not left_builds(out_dir) and not (out_dir / process.RESTART_FILE).exists()
 
 
@@ -142,7 +143,7 @@ def test_a_build_folder_another_running_process_holds_is_not_taken(tmp_path):
     ended = tmp_path / ".feat.tmp-999999999-xyz"
     shutil.copytree(running, ended)
     folder, point = io_utils.adopt_stopped_build(str(out_dir), "restart.json", lambda point: True)
-    assert point == {} and not ended.exists() and f".feat.tmp-{__import__('os').getpid()}-" in folder
+    assert point == {} and not ended.exists() and f".feat.tmp-{os.getpid()}-" in folder
     assert running.exists()
 
 
