@@ -189,7 +189,7 @@ def main(config: SE_trainingConfig = None):
             best_auc = max(best_auc, tu.learned_auc(row))
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             with speed.paused():
-                tu.save_training_state(config, step, model, optimizer, scheduler, stream)
+                tu.save_training_state(config, step, model, optimizer, scheduler, stream, log)
     bar.close()
     log.write_done(step, model, runtime)
 

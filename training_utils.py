@@ -516,19 +516,22 @@ def save_checkpoint(out_dir, step, state, keep=2):
     return path
 
 
-def save_training_state(config, step, model, optimizer, scheduler, stream):
-    """A resumable checkpoint of the whole run: model, optimizer, schedule, RNGs, data position."""
+def save_training_state(config, step, model, optimizer, scheduler, stream, log):
+    """A resumable checkpoint of the whole run: model, optimizer, schedule, RNGs, data position, and the
+    run's wall seconds so far (log.run_seconds)."""
     check_finite_weights(model, step)
     return save_checkpoint(config.out_dir, step, {
         "step": step, "run_id": config.run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": rng_state(), "data": stream.state()}, keep=config.keep_checkpoints)
+        "scheduler": scheduler.state_dict(), "rng": rng_state(), "data": stream.state(),
+        "run_seconds": log.run_seconds()}, keep=config.keep_checkpoints)
 
 
 def resume_training_state(config, model, optimizer, scheduler):
-    """Load config.resume_from into the run; returns (step, data position), (0, start) when fresh."""
+    """Load config.resume_from into the run; returns (step, data position, run seconds up to the checkpoint),
+    (0, start, 0.0) when fresh; the seconds are None from a checkpoint of a version that did not count them."""
     state = load_checkpoint(config.resume_from, config.out_dir, config.run_id)
     if state is None:
-        return 0, {"epoch": 0, "index": 0}
+        return 0, {"epoch": 0, "index": 0}, 0.0
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -545,7 +548,7 @@ def resume_training_state(config, model, optimizer, scheduler):
                                "resume with the settings and features it was trained with") from None
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    return state["step"], state["data"]
+    return state["step"], state["data"], state.get("run_seconds")
 
 
 def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, runtime, script_name, inputs=None):
@@ -557,7 +560,7 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
     claim_out_dir(config, train_set.features, script_name, runtime, inputs)
     if runtime.is_main:
         save_config(config, config.out_dir, script_name)
-    step, position = resume_training_state(config, model, optimizer, scheduler)
+    step, position, run_seconds = resume_training_state(config, model, optimizer, scheduler)
     if step >= config.max_steps:
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
                     "to train it further", config.out_dir, step, config.max_steps)
@@ -570,7 +573,7 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
     train_step = wrap_ddp(CompiledStep(train_step, runtime) if config.compile else train_step, runtime)
     stream = BatchStream(train_set, data_workers(config.num_workers, runtime), runtime.device.type == "cuda",
                          **position)
-    return train_step, stream, MetricsLog(config.out_dir, runtime, resume_step=step), step
+    return train_step, stream, MetricsLog(config.out_dir, runtime, resume_step=step, run_seconds=run_seconds), step
 
 
 class TrainStep(torch.nn.Module):
@@ -978,11 +981,14 @@ def read_metrics(path):
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to out_dir/metrics.jsonl (rank 0 only)."""
+    """Appends one JSON object per logged step to out_dir/metrics.jsonl (rank 0 only), and keeps the run's
+    clock: run_seconds, the wall seconds since it started, over every resume (the work a stop lost after
+    the last checkpoint is not counted: it is done again)."""
 
-    def __init__(self, out_dir, runtime, resume_step=0):
+    def __init__(self, out_dir, runtime, resume_step=0, run_seconds=0.0):
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.enabled = runtime.is_main
+        self.seconds_before, self.started = run_seconds, time.perf_counter()
         if self.enabled:
             make_out_dir(out_dir)
             if resume_step == 0 and os.path.exists(self.path):
@@ -1003,14 +1009,23 @@ class MetricsLog:
         """The rows logged so far ([] before the first)."""
         return read_metrics(self.path) if os.path.exists(self.path) else []
 
+    def run_seconds(self):
+        """Wall seconds of the run so far, over its resumes (None when resumed from a checkpoint that did not
+        count them)."""
+        if self.seconds_before is None:
+            return None
+        return self.seconds_before + time.perf_counter() - self.started
+
     def write_done(self, step, model, runtime):
-        """The closing row: how many processes ran and whether they ended with equal weights (once:
-        a resumed run that was already finished adds none)."""
+        """The closing row: how many processes ran, whether they ended with equal weights and the run's
+        run_seconds (once: a resumed run that was already finished adds none)."""
         in_sync = ranks_in_sync(model, runtime)  # every rank takes part, whether or not a row is written
         last = self.last_row() if self.enabled else {}
         if last.get("event") == "done" and last.get("step") == step:
             return
-        self.write({"step": step, "event": "done", "processes": runtime.world_size, "ranks_in_sync": in_sync})
+        seconds = self.run_seconds()
+        self.write({"step": step, "event": "done", "processes": runtime.world_size, "ranks_in_sync": in_sync,
+                    **({"run_seconds": seconds} if seconds is not None else {})})
 
     def last_row(self):
         rows = self.rows()

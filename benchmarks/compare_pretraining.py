@@ -329,9 +329,11 @@ def training_logs(run_dir):
 
 def pretraining_record(out_dir, batch, seq_len=128):
     """Tokens seen, the median logged tokens/s, data wait per batch and (on a GPU) gpu_queued_steps, the valid
-    curves (MLM accuracy, disc_auc by step) and whether the discriminator ended at chance, of the runs under out_dir."""
-    record = {"tokens": 0, "curves": {}}
+    curves (MLM accuracy, disc_auc by step), whether the discriminator ended at chance and the runs' seconds
+    (their closing rows' run_seconds, which a stopped and continued run counts in full), of the runs under out_dir."""
+    record, run_seconds = {"tokens": 0, "curves": {}}, []
     for folder, rows in training_logs(out_dir):
+        run_seconds.append(next((r.get("run_seconds") for r in rows if r.get("event") == "done"), None))
         train_steps = [r["step"] for r in rows if "step" in r and "split" not in r and "event" not in r]
         record["tokens"] += max(train_steps, default=0) * batch * seq_len
         for key in ("tokens_per_sec", "data_wait_ms", "gpu_queued_steps"):  # medians: the first window compiles
@@ -344,6 +346,8 @@ def pretraining_record(out_dir, batch, seq_len=128):
                 record["curves"][f"{folder}:{key}"] = points
         if tu.valid_auc_rows(rows):  # the training script's own check
             record["discriminator_at_chance"] = tu.collapsed(rows)
+    if run_seconds and None not in run_seconds:
+        record["seconds"] = sum(run_seconds)
     return record
 
 
@@ -884,8 +888,8 @@ def pretrain_row(run, fraction, config, paths, scale, full_budget):
         model_dir, spent, seconds = pretrain(recipe, fraction * full_budget, config, paths, scale, out_dir)
     return {"run": run, "recipe": name, "label": label, "fraction": fraction, "tflops": spent / 1e12,
             "seconds": seconds, "model_dir": os.path.relpath(model_dir, config.out_dir),  # see row_model_dir
-            **({"seed": config.seed} if recipe is not None else {}),
-            **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}
+            **({"seed": config.seed} if recipe is not None else {}),  # the record's seconds replace this call's:
+            **(pretraining_record(out_dir, scale["batch"]) if recipe is not None else {})}  # they count a stop's part
 
 
 def row_model_dir(config, row):

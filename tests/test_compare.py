@@ -461,6 +461,12 @@ def test_pretraining_record_reads_tokens_and_curves(tmp_path):
     assert record["curves"] == {"gen:mlm_accuracy": [[150, 0.1]], ".:disc_auc": [[30, 0.6]]}
     assert record["tokens_per_sec"] == {"gen": 20.0}
     assert record["discriminator_at_chance"] is False  # AUC 0.6: learning, whatever its loss
+    assert "seconds" not in record  # closing rows without run_seconds (a run of an earlier version): the clock's
+    rows[-1]["run_seconds"] = 12.5  # the generator's and the discriminator's runs add
+    (tmp_path / "gen" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"event": "done", "step": 30, "run_seconds": 30.0}))
+    assert cp.pretraining_record(str(tmp_path), batch=4)["seconds"] == 42.5
 
 
 def test_the_rate_alone_leaves_out_windows_shared_with_fine_tuning(tmp_path):

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -384,6 +385,30 @@ def test_a_run_killed_at_any_step_resumes_to_the_same_losses(bpe_feat, finished_
     assert [r[0] for r in train_rows(run)] == [2, 4]
     for got, want in zip(train_rows(run), expected):
         assert got[1] == pytest.approx(want[1], rel=1e-5) and got[2] == pytest.approx(want[2], abs=1e-6)
+
+
+def test_a_stopped_and_resumed_run_counts_its_seconds_before_the_stop(bpe_feat, tmp_path, monkeypatch):
+    """run_seconds (each checkpoint's, and the closing row's) goes on over a resume: the steps before the
+    stop are counted, and its steps after the last checkpoint, which are done again, are not."""
+    run, real_step, calls = tmp_path / "run", tu.optimizer_step, []
+
+    def slow_then_killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(5.0)  # work the stop loses: after checkpoint 2, never counted
+            raise KeyboardInterrupt
+        time.sleep(0.4)  # steps 1 and 2: counted
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(tu, "optimizer_step", slow_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run))
+    saved = torch.load(run / "checkpoint-00000002.pt", weights_only=True)["run_seconds"]
+    assert 0.8 <= saved < 5.0
+    monkeypatch.setattr(tu, "optimizer_step", real_step)
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, resume_from="latest"))
+    done = [json.loads(line) for line in open(run / "metrics.jsonl", encoding="utf-8")][-1]
+    final = torch.load(run / "checkpoint-00000004.pt", weights_only=True)["run_seconds"]
+    assert done["event"] == "done" and saved < final <= done["run_seconds"] < saved + 5.0
 
 
 def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one_when_saves_fall_between_logs(bpe_feat, tmp_path,
