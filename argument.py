@@ -133,9 +133,9 @@ class tok_args:
         check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)
         check_range(self, "min_fre", low=1)
-        check_range(self, "vocab_size", low=6, high=2**32 - 1)
+        check_range(self, "vocab_size", low=6, high=2**24)  # past that the trainer's tables outgrow memory
         check_range(self, "num_workers", low=0)
-        check_range(self, "max_text_mb", low=0)
+        check_range(self, "max_text_mb", low=0, high=1e9)  # a petabyte
         if not self.out_dir:
             _fail("out_dir", "no folder given")
 
@@ -836,7 +836,15 @@ def saved_config(out_dir, script_name):
 # a disk that fills up or turns read-only mid-run: the user's to fix, not a bug to trace
 def print_error(message):
     """The one error line, on a line of its own even when a progress bar was mid-line."""
-    print_own_line(f"error: {message}")
+    print_own_line(f"error: {without_worker_traceback(str(message))}")
+
+
+def without_worker_traceback(message):
+    """Our message alone, out of the 'Caught SpanElectraError in DataLoader worker process 0. Original
+    Traceback ...' that torch re-raises a data worker's error with."""
+    if message.startswith("Caught SpanElectraError in DataLoader worker"):
+        return message.rsplit("SpanElectraError: ", 1)[-1].strip()
+    return message
 
 
 def print_own_line(text):

@@ -32,6 +32,24 @@ def random_access(array):
     return array
 
 
+def check_meta(meta, path, field="features_dir"):
+    """Stop in one line when a meta.json's values have the wrong types (a bad hand edit), not later."""
+    def problem():
+        if not all(type(meta[k]) is int for k in ("max_seq_len", "vocab_size")):
+            return "max_seq_len and vocab_size must be integers"
+        if meta["dtype"] not in ("uint16", "uint32"):
+            return f"dtype {meta['dtype']!r} is not uint16 or uint32"
+        counts = meta["num_sequences"]
+        if not isinstance(counts, dict) or not all(type(n) is int and n >= 0 for n in counts.values()):
+            return "num_sequences must map each split to a count"
+        if not isinstance(meta["splits"], list) or not all(split in counts for split in meta["splits"]):
+            return "splits must list the splits num_sequences counts"
+        return None
+    reason = problem()
+    if reason:
+        raise SpanElectraError(f"{field}: '{path}' is damaged ({reason}); rebuild the features with process.py")
+
+
 class PretrainingFeatures:
     """A features folder: its meta.json, memmapped splits and the tokenizer it was built with."""
 
@@ -44,6 +62,7 @@ class PretrainingFeatures:
                                        "run process.py to build the features")
             meta = read_json(path, "rebuild the features with process.py", field,
                              keys=("max_seq_len", "vocab_size", "splits", "dtype", "num_sequences"))
+            check_meta(meta, path, field)
         self.meta = meta
         self.max_seq_len = meta["max_seq_len"]
         self.vocab_size = meta["vocab_size"]
@@ -81,8 +100,15 @@ class PretrainingFeatures:
 
     @property
     def tokenizer(self):
+        """The tokenizer folder the features keep, checked to be the one they were built with."""
         if self._tokenizer is None:
-            self._tokenizer, _ = load_tokenizer(os.path.join(self.dir, "tokenizer"), "features_dir")
+            folder = os.path.join(self.dir, "tokenizer")
+            tokenizer, info = load_tokenizer(folder, "features_dir")
+            if info["tokenizer_hash"] != self.meta.get("tokenizer_hash", info["tokenizer_hash"]):
+                raise SpanElectraError(f"features_dir: '{folder}' holds another tokenizer than the one the "
+                                       f"features were built with ({META_FILE}'s tokenizer_hash); rebuild the "
+                                       "features with process.py")
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     def check_tokenizer(self, tokenizer_dir, field="tokenizer_dir"):
@@ -224,6 +250,10 @@ class MLMDataset:
     def numpy_batch(self, index):
         rows = self.rows(index)
         ids = np.asarray(self.data[rows], dtype=np.int64)
+        if ids.max(initial=0) >= self.features.vocab_size:  # a damaged file: never an index error in masking
+            raise SpanElectraError(f"features_dir: '{array_path(self.features.dir, self.split_name)}' holds token "
+                                   f"id {ids.max()}, past the vocabulary of {self.features.vocab_size} (damaged or "
+                                   "replaced); rebuild the features with process.py")
         if self.static is not None:
             batch = batch_from_masking(ids, np.asarray(self.static[0][rows], dtype=np.int64),
                                        np.asarray(self.static[1][rows], dtype=np.int64))

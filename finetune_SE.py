@@ -51,8 +51,11 @@ SENTENCE_PAIR_TASKS = {"gold_label": "MNLI", "score": "STS-B", "label": "RTE/WNL
 def read_tsv(path):
     """The non-blank lines of a TSV as (line number, fields). Quotes are plain characters: GLUE files
     hold unbalanced '"', which csv's default quoting would swallow across lines."""
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:  # a folder named dev.tsv, no permission
+        raise SpanElectraError(f"task_dir: {path} cannot be read ({e.strerror}); it must be a TSV file") from None
     try:
         text = data.decode("utf-8-sig")  # MRPC starts with a byte-order mark
     except UnicodeDecodeError as e:
@@ -391,7 +394,7 @@ def load_task(config, seed=None):
     layout = detect_layout(train_rows, paths["train"], config)
     train = read_examples(train_rows, paths["train"], layout)
     dev = read_examples(read_tsv(paths["dev"]), paths["dev"], layout)
-    test = read_test(read_tsv(paths["test"]), paths["test"], layout) if os.path.isfile(paths["test"]) else None
+    test = read_test(read_tsv(paths["test"]), paths["test"], layout) if os.path.exists(paths["test"]) else None
     if test is not None and not len(test):
         logger.warning("%s has a header but no examples; no test predictions", paths["test"])
         test = None

@@ -23,6 +23,7 @@ from tqdm import tqdm
 logger = logging.getLogger("span_electra")
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
+OUTPUT_MARKERS = {"tokenizer.json", "se_tokenizer.json", "config.json", "meta.json", "run.json"}  # a stage's out_dir
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")  # streamed as they are read, never unpacked to disk
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -132,7 +133,13 @@ def atomic_write_text(path, text):
 
 
 def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a path with bytes that are not UTF-8: \u escapes read back as the same name
+            text = json.dumps(obj, indent=2)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path, fix="restore it, or build it again", field=None, keys=(), ours=True):
@@ -171,8 +178,20 @@ def first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
+def check_utf8_name(path, field):
+    """A path whose name holds bytes that are not UTF-8 is refused in one line: the tokenizers library
+    (Rust) reads and writes only UTF-8 paths, and transformers' loaders go through it."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpanElectraError(f"{field}: '{path}' is not a UTF-8 name (the tokenizers library cannot read or write "
+                               "there); rename the folder or choose another") from None
+    return path
+
+
 def make_out_dir(path, field="out_dir"):
     """Create an output folder (and parents), turning permission problems into one-line errors."""
+    check_utf8_name(path, field)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -408,8 +427,50 @@ def open_binary(path, raw=None):
         except ImportError:
             raise SpanElectraError(f"'{path}' is zstd-compressed and the zstandard package is missing; run "
                                    "`pip install zstandard`, or decompress it with `zstd -d`") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
+        return io.BufferedReader(ZstdStream(raw, zstandard), buffer_size=1 << 20)
     return raw
+
+
+class ZstdStream(io.RawIOBase):
+    """The decompressed content of a .zst file, frame after frame, that fails as gzip/xz/bz2 do on a damaged
+    (ValueError) or cut-short (EOFError) file, where zstandard's stream_reader ends a cut-short one silently."""
+
+    def __init__(self, raw, zstandard):
+        self.raw, self.zstandard = raw, zstandard
+        self.decompressor = zstandard.ZstdDecompressor().decompressobj()
+        self.pending = b""
+        self.in_frame = False  # bytes of a frame were read and its end is not reached yet
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self.pending:
+            block = self.raw.read(1 << 20)
+            if not block:
+                if self.in_frame:
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                return 0
+            self.pending = self._decompress(block)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def _decompress(self, block):
+        """Decompress a block read from disk, starting a new decompressor at each frame's end."""
+        out = []
+        while block:
+            self.in_frame = True
+            try:
+                out.append(self.decompressor.decompress(block))
+            except self.zstandard.ZstdError as e:
+                raise ValueError(str(e)) from None
+            block = b""
+            if self.decompressor.eof:
+                block, self.in_frame = self.decompressor.unused_data, False
+                self.decompressor = self.zstandard.ZstdDecompressor().decompressobj()
+        return b"".join(out)
 
 
 def _read_compressed(read, limit, path, field=None):
@@ -433,12 +494,7 @@ def find_text_files(spec, field):
         if not candidates:
             raise SpanElectraError(f"{field}: the pattern '{spec}' matches no file")
     elif os.path.isdir(spec):
-        candidates = sorted(
-            os.path.join(root, name)
-            for root, dirs, names in os.walk(spec)
-            for name in names
-            if is_text_name(name) and not name.startswith(".")
-        )
+        candidates = corpus_files_under(spec)
         if not candidates:
             raise SpanElectraError(
                 f"{field}: the folder '{spec}' holds no text file ({', '.join(TEXT_SUFFIXES)}, also compressed: "
@@ -446,6 +502,9 @@ def find_text_files(spec, field):
                 "point it at your corpus")
     elif os.path.isfile(spec):
         candidates = [spec]
+    elif os.path.exists(spec):
+        raise SpanElectraError(f"{field}: '{spec}' is not a regular file (a pipe or a device); save the text to a "
+                               "file and pass that")
     else:
         raise SpanElectraError(f"{field}: '{spec}' does not exist; pass a text file, a folder or a glob")
 
@@ -462,6 +521,28 @@ def find_text_files(spec, field):
     if sum(os.path.getsize(p) for p in files) == 0:
         raise SpanElectraError(f"{field}: '{spec}' is empty; it must hold some text")
     return files
+
+
+def corpus_files_under(folder):
+    """The text files under a folder, recursively, sorted. Left out: hidden names, what is not a regular
+    file (a broken link, a pipe: said), and folders a stage wrote (a tokenizer or model holds a
+    vocab.txt or merges.txt that is no corpus text, e.g. when an out_dir lies inside the corpus folder)."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        if root != folder and OUTPUT_MARKERS & set(names):
+            logger.warning("skipping folder '%s': it holds a tokenizer, model or features, not corpus text", root)
+            dirs.clear()
+            continue
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if not is_text_name(name) or name.startswith("."):
+                continue
+            if os.path.isfile(path):
+                found.append(path)
+            else:
+                logger.warning("skipping '%s': not a regular file (a broken link or a pipe)", path)
+    return sorted(found)
 
 
 # ---------------------------------------------------------------- streaming text

@@ -31,8 +31,8 @@ import numpy as np
 from argument import ROOT, MaskingArgs, checked_config, feature_args, run_main, save_config
 from features import ARRAY_KINDS, META_FILE, PretrainingFeatures, array_path
 from masking import IGNORE_INDEX, long_words_warning
-from io_utils import (BadByteCounter, SpanElectraError, adopt_stopped_build, atomic_write_json, find_text_files,
-                      iter_lines, make_out_dir, move_files_into, new_build_dir, progress_bar, storage_reason)
+from io_utils import (BadByteCounter, SpanElectraError, adopt_stopped_build, atomic_write_json, check_utf8_name,
+                      find_text_files, iter_lines, make_out_dir, move_files_into, new_build_dir, progress_bar, storage_reason)
 from tokenization import (CLS_ID, SEP_ID, UNKNOWN_WARNING, batched, copy_tokenizer, folder_segmenter,
                           load_tokenizer, segmented_batches)
 
@@ -240,7 +240,7 @@ def main(config: feature_args = None):
     if not valid_files and config.valid_fraction == 0:
         logger.warning("no valid_input and valid_fraction 0: the features have no validation split")
     warn_bundled_valid(train_files, valid_files)
-    out_dir = os.path.abspath(config.out_dir)
+    out_dir = check_utf8_name(os.path.abspath(config.out_dir), "out_dir")
     make_out_dir(os.path.dirname(out_dir), "out_dir")
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     segmenter = folder_segmenter(config.tokenizer_dir, "tokenizer_dir")[0]  # a missing pyvi: said before any work

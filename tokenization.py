@@ -13,8 +13,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from transformers import PreTrainedTokenizerFast
 
-from io_utils import (SpanElectraError, atomic_write_json, available_cores, ctrl_c_held_back, first_line, ignore_ctrl_c,
-                      read_json, sha256_file)
+from io_utils import (SpanElectraError, atomic_write_json, available_cores, check_utf8_name, ctrl_c_held_back,
+                      first_line, ignore_ctrl_c, read_json, sha256_file)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in our vocabularies, in this order
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)  # ours; an existing vocabulary (BERT's: 0, 100-103) keeps its own
@@ -140,6 +140,7 @@ def load_tokenizer(tokenizer_dir, field="tokenizer_dir"):
     Besides create_vocab_SE.py's folders this reads transformers model folders (tokenizer.json, or a
     BERT/ELECTRA vocab.txt alone), whose special tokens keep their own ids."""
     path = os.path.join(tokenizer_dir or "", "tokenizer.json")
+    check_utf8_name(tokenizer_dir or "", field)
     if not has_tokenizer(tokenizer_dir):
         raise SpanElectraError(f"{field}: {no_tokenizer_message(tokenizer_dir)}")
     info = read_tokenizer_info(tokenizer_dir)
@@ -180,9 +181,13 @@ def vocab_options(tokenizer_dir, field="tokenizer_dir"):
 def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file", strip_accents=None, chinese_chars=True):
     """BERT's WordPiece tokenizer (BertNormalizer, BertPreTokenizer, [CLS] A [SEP]) from a vocab.txt."""
     vocab = {}
-    with open(vocab_file, encoding="utf-8") as f:
+    with open(vocab_file, "rb") as f:
         for i, line in enumerate(f):
-            token = line.rstrip("\n")
+            try:
+                token = line.decode("utf-8").rstrip("\n")
+            except UnicodeDecodeError:
+                raise SpanElectraError(f"{field}: '{vocab_file}' is not UTF-8 text (line {i + 1}); pass the "
+                                       "vocab.txt the model was released with, or convert it to UTF-8") from None
             if token in vocab:  # its rows would not match the model's embedding rows
                 raise SpanElectraError(f"{field}: '{vocab_file}' lists '{token}' twice (lines {vocab[token] + 1} and "
                                        f"{i + 1}); a vocabulary lists each token once")

@@ -949,21 +949,40 @@ def load_checkpoint(resume_from, out_dir, run_id=None):
             raise SpanElectraError(f"resume_from: '{resume_from}' is not a checkpoint file; use 'latest' or a "
                                    "checkpoint-*.pt path")
         candidates = [resume_from]
+    problems = []
     for path in candidates:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or corrupted file: fall back to the one before
-            logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, checkpoint_problem(e))
-            continue
-        if run_id and state.get("run_id", run_id) != run_id:  # a checkpoint from before run ids is taken as is
-            home = os.path.dirname(path) or "."
-            raise SpanElectraError(f"resume_from: '{path}' belongs to another run than the one '{out_dir}' holds "
-                                   f"({RUN_FILE}); resume that run from its own out_dir ('{home}') with "
-                                   "--resume_from latest")
-        logger.info("resuming from %s (step %d)", path, state["step"])
-        return state
-    raise SpanElectraError(f"resume_from: no readable checkpoint among {', '.join(candidates)}; delete them to "
-                           "start from scratch")
+            problems.append(checkpoint_problem(e))
+        else:
+            if is_training_state(state):
+                break
+            problems.append("not a checkpoint written by this project: it holds no training state")  # a state_dict..
+        if resume_from == "latest":
+            logger.warning("cannot resume from %s (%s); trying the previous one", path, problems[-1])
+    else:
+        if resume_from != "latest":
+            raise SpanElectraError(f"resume_from: cannot resume from '{resume_from}' ({problems[0]}); pass a "
+                                   "checkpoint-*.pt that training wrote, or 'latest'")
+        raise SpanElectraError(f"resume_from: no readable checkpoint among {', '.join(candidates)} "
+                               f"({problems[0]}); delete them to start from scratch")
+    if run_id and state.get("run_id", run_id) != run_id:  # a checkpoint from before run ids is taken as is
+        home = os.path.dirname(path) or "."
+        raise SpanElectraError(f"resume_from: '{path}' belongs to another run than the one '{out_dir}' holds "
+                               f"({RUN_FILE}); resume that run from its own out_dir ('{home}') with "
+                               "--resume_from latest")
+    logger.info("resuming from %s (step %d)", path, state["step"])
+    return state
+
+
+TRAINING_STATE_KEYS = ("step", "model", "optimizer", "scheduler", "rng", "data")
+
+
+def is_training_state(state):
+    """Whether a loaded .pt is a checkpoint of save_training_state (a dict with the run's whole state)."""
+    return (isinstance(state, dict) and all(key in state for key in TRAINING_STATE_KEYS)
+            and isinstance(state["step"], int) and isinstance(state["model"], dict))
 
 
 # ---------------------------------------------------------------- logging

@@ -2,16 +2,20 @@
 file (no traceback), and leaves nothing that looks complete behind."""
 import json
 import logging
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import (SAMPLE, assert_cli_error, build_features, count_tokens, read_json, run_cli, text_lines,
                       train_vocab)
 
 import argument
 import features
+import training_utils
 from io_utils import SpanElectraError
 
 SOME_TEXT = (SAMPLE / "valid.tokens").read_bytes()[:30000].rsplit(b"\n", 1)[0] + b"\n"
@@ -378,3 +382,66 @@ def test_corrupt_tokenizer_json(tmp_path, bpe_tok):
     with pytest.raises(SpanElectraError, match="^tokenizer_dir:"):
         build_features(broken, tmp_path / "feat", train_input=str(SAMPLE / "valid.tokens"), valid_input="")
     assert not (tmp_path / "feat").exists()
+
+
+@pytest.mark.parametrize("content", [{"a": torch.zeros(2)}, [1, 2], {"step": "5", "model": {}}])
+def test_resume_from_a_file_that_is_no_training_checkpoint(tmp_path, content):
+    """A state_dict, a list or a half-shaped dict given as --resume_from, or found as the only
+    checkpoint-*.pt under 'latest', stops with one line that names the file (no KeyError)."""
+    path = tmp_path / training_utils.CHECKPOINT_PATTERN.format(3)
+    torch.save(content, path)
+    with pytest.raises(SpanElectraError, match=f"^resume_from: cannot resume from '{path}' "
+                                               r"\(not a checkpoint written by this project"):
+        training_utils.load_checkpoint(str(path), str(tmp_path))
+    with pytest.raises(SpanElectraError, match="^resume_from: no readable checkpoint among .*checkpoint-00000003.pt"
+                                               r" \(not a checkpoint written by this project"):
+        training_utils.load_checkpoint("latest", str(tmp_path))
+
+
+def damaged_copy(feat, tmp_path):
+    folder = tmp_path / "feat"
+    shutil.copytree(feat, folder)
+    return folder, read_json(folder / "meta.json")
+
+
+@pytest.mark.parametrize("edit, reason", [
+    ({"splits": "train"}, "splits must list the splits num_sequences counts"),
+    ({"max_seq_len": "128"}, "max_seq_len and vocab_size must be integers"),
+    ({"dtype": "float32"}, "dtype 'float32' is not uint16 or uint32"),
+    ({"num_sequences": {"train": -1, "valid": 3}}, "num_sequences must map each split to a count")])
+def test_a_hand_edited_meta_json_is_one_line(edit, reason, bpe_feat, tmp_path):
+    folder, meta = damaged_copy(bpe_feat[0], tmp_path)
+    (folder / "meta.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(SpanElectraError, match=f"^features_dir: '.*meta.json' is damaged \\({reason}\\)"):
+        features.PretrainingFeatures(str(folder))
+
+
+def test_token_ids_past_the_vocabulary_are_one_line(bpe_feat, tmp_path):
+    """A damaged train.bin (an id no embedding row has) stops the batch that reads it, naming the file."""
+    folder, meta = damaged_copy(bpe_feat[0], tmp_path)
+    data = np.memmap(folder / "train.bin", dtype=meta["dtype"], mode="r+")
+    data[5] = meta["vocab_size"] + 7
+    data.flush()
+    dataset = features.MLMDataset(argument.MLM_trainDataArgs(features_dir=str(folder)), batch_size=8, shuffle=False)
+    with pytest.raises(SpanElectraError, match=f"train.bin' holds token id {meta['vocab_size'] + 7}, past the "
+                                               f"vocabulary of {meta['vocab_size']}"):
+        dataset[0]
+    dataset[1]  # other batches read on
+
+
+def test_a_features_folder_with_another_tokenizer_is_refused(bpe_feat, bert_tok, tmp_path):
+    """features_dir/tokenizer swapped for another vocabulary (its meta.json's tokenizer_hash tells)."""
+    folder, _ = damaged_copy(bpe_feat[0], tmp_path)
+    shutil.rmtree(folder / "tokenizer")
+    shutil.copytree(bert_tok, folder / "tokenizer")
+    with pytest.raises(SpanElectraError, match="^features_dir: '.*tokenizer' holds another tokenizer than the one "
+                                               "the features were built with"):
+        features.PretrainingFeatures(str(folder)).tokenizer
+
+
+def test_a_data_workers_error_prints_as_its_one_line():
+    """torch re-raises a worker's SpanElectraError with the worker's traceback: the error line keeps ours."""
+    wrapped = ("Caught SpanElectraError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "features.py", line 254\nio_utils.SpanElectraError: features_dir: bad ids; rebuild\n')
+    assert argument.without_worker_traceback(wrapped) == "features_dir: bad ids; rebuild"
+    assert argument.without_worker_traceback("split: no such split") == "split: no such split"

@@ -509,24 +509,30 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
     task = str(task)
     settings = {}
     figures = []
-    for workers in (1, 2):
-        config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1,2", ft_max_train_examples=16,
-                                 device="cpu", ft_workers=workers).resolved()
-        rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
-        threads_before = torch.get_num_threads()
-        with cp.finetune_pool(config) as pool:
-            assert (pool is None) == (workers == 1)
-            if pool is not None:  # the processes share the cores instead of each taking all of them
-                per_worker, own = cp.cpu_threads(workers, cp.available_cores(), on_cpu=True)
-                assert pool.submit(torch.get_num_threads).result() == per_worker
-                assert torch.get_num_threads() == own
-            for started in [cp.start_finetuning(pool, row, [task], config, scale) for row in rows]:
-                cp.finish_finetuning(started, settings)
-        figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"],
-                         [(run["seed"], run["eval_f1"], run["train_loss"]) for run in r["metrics"]["MRPC"]["results"]["per_seed"]])
-                        for r in rows])
-        assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
-        assert torch.get_num_threads() == threads_before
+    threads = torch.get_num_threads()
+    # the serial path on a worker's one thread: 2 threads sum in another order on some CPUs (losses 1e-7 apart)
+    torch.set_num_threads(1)
+    try:
+        for workers in (1, 2):
+            config = cp.compare_args(out_dir=str(tmp_path / f"w{workers}"), seeds="1,2", ft_max_train_examples=16,
+                                     device="cpu", ft_workers=workers).resolved()
+            rows = [{"run": f"r{i}@0", "model_dir": model_dir} for i in range(2)]
+            threads_before = torch.get_num_threads()
+            with cp.finetune_pool(config) as pool:
+                assert (pool is None) == (workers == 1)
+                if pool is not None:  # the processes share the cores instead of each taking all of them
+                    per_worker, own = cp.cpu_threads(workers, cp.available_cores(), on_cpu=True)
+                    assert pool.submit(torch.get_num_threads).result() == per_worker
+                    assert torch.get_num_threads() == own
+                for started in [cp.start_finetuning(pool, row, [task], config, scale) for row in rows]:
+                    cp.finish_finetuning(started, settings)
+            figures.append([(r["metrics"]["MRPC"]["results"]["eval_f1"], r["probe"]["MRPC"]["results"]["eval_f1"],
+                             [(run["seed"], run["eval_f1"], run["train_loss"]) for run in r["metrics"]["MRPC"]["results"]["per_seed"]])
+                            for r in rows])
+            assert all(r["finetune"] is settings and r["ft_seconds"] > 0 for r in rows)
+            assert torch.get_num_threads() == threads_before
+    finally:
+        torch.set_num_threads(threads)
     assert figures[0] == figures[1] and [seed for seed, _, _ in figures[0][0][2]] == [1, 2]
     assert (tmp_path / "w2" / "runs" / "r1@0" / "probe_MRPC" / "results.json").is_file()
     assert (tmp_path / "w2" / "runs" / "r1@0" / "ft_MRPC" / "seed_2" / "results.json").is_file()

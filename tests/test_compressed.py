@@ -61,9 +61,22 @@ def test_compressed_lines_read_as_plain(suffix, opener, tmp_path):
     assert list(io_utils.iter_lines(str(path), io_utils.BadByteCounter())) == ["caf\u00e9 one", "", "two"]
 
 
-def test_a_truncated_compressed_file_is_one_line(bpe_tok, tmp_path, capsys):
-    path = compressed_copy(tmp_path / "corpus", ".xz")
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+def cut_short(data):
+    return data[:len(data) // 2]
+
+
+def damaged(data):
+    """The compressed bytes with a run in the middle overwritten."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(64) + data[middle + 64:]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+@pytest.mark.parametrize("harm", [cut_short, damaged])
+def test_a_truncated_or_damaged_compressed_file_is_one_line(suffix, harm, bpe_tok, tmp_path, capsys):
+    """Never a traceback, and never a cut-short file read as if it ended there (zstandard's own reader does)."""
+    path = compressed_copy(tmp_path / "corpus", suffix)
+    path.write_bytes(harm(path.read_bytes()))
     code, err = run_in_process(capsys, process, argument.feature_args, "--tokenizer_dir", bpe_tok, "--train_input",
                                path, "--valid_input", "", "--out_dir", tmp_path / "feat", "--num_workers", "1")
     assert_one_line_error(code, err, str(path), "damaged or truncated")

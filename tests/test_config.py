@@ -107,6 +107,8 @@ def test_unknown_command_line_field():
     (argument.MaskingArgs, "max_span_len", 0),
     (argument.mask_stats_args, "num_sequences", 0),
     (argument.tok_args, "vocab_size", 5),
+    (argument.tok_args, "vocab_size", 10**9),  # tokenizers' trainer would abort the process
+    (argument.tok_args, "max_text_mb", 1e308),  # its bytes overflow an int
 ])
 def test_validation_names_the_field(cls, field, value, bpe_tok, bpe_feat):
     extra = {}

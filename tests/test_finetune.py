@@ -530,6 +530,11 @@ def test_bad_input_cli(tiny_discriminator, tmp_path, capsys):
     unknown = write_task(tmp_path / "unknown", ["w\tx\ty\tz\tq", "a b\tc d\te f\tg h\ti j"])
     no_dev = write_task(tmp_path / "nodev", ["a b\t0"])
     (no_dev / "dev.tsv").unlink()
+    dev_folder = write_task(tmp_path / "dev_folder", ["a b\t0"])
+    (dev_folder / "dev.tsv").unlink()
+    (dev_folder / "dev.tsv").mkdir()
+    test_folder = write_task(tmp_path / "test_folder", ["sentence\tlabel", "a b\t0", "c d\t1"])
+    (test_folder / "test.tsv").mkdir()
     no_model = tmp_path / "no_model"
     no_model.mkdir()
     no_tokenizer = tmp_path / "no_tokenizer"
@@ -542,6 +547,8 @@ def test_bad_input_cli(tiny_discriminator, tmp_path, capsys):
         (["--task_dir", empty], ["train.tsv", "empty"]),
         (["--task_dir", unknown], ["unknown/train.tsv", "--task_type", "--text_columns"]),
         (["--task_dir", no_dev], ["task_dir", "dev.tsv"]),
+        (["--task_dir", dev_folder], ["dev_folder/dev.tsv cannot be read", "a TSV file"]),
+        (["--task_dir", test_folder], ["test_folder/test.tsv cannot be read", "a TSV file"]),
         (["--task_dir", good, "--layerwise_lr_decay", 1.5], ["layerwise_lr_decay", "1.5"]),
         (["--task_dir", good, "--num_train_epochs", -1], ["num_train_epochs", "-1"]),
         (["--task_dir", good, "--learning_rate", 0], ["learning_rate"]),

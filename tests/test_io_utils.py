@@ -53,6 +53,21 @@ def test_folders_skip_hidden_and_non_text_files_and_globs_recurse(tmp_path):
     assert [os.path.relpath(p, tmp_path) for p in nested] == ["sub/deep/a.tokens"]
 
 
+def test_folders_skip_broken_links_pipes_and_the_stages_own_outputs(tmp_path, caplog):
+    """A broken link or a pipe in a corpus folder is skipped with a warning (never a traceback or a hang),
+    and so is an out_dir placed inside it: a tokenizer's vocab.txt is no corpus text."""
+    (tmp_path / "tok").mkdir()
+    for name in ("a.txt", "tok/vocab.txt", "tok/se_tokenizer.json"):
+        (tmp_path / name).write_bytes(b"text\n")
+    (tmp_path / "broken.txt").symlink_to(tmp_path / "gone.txt")
+    os.mkfifo(tmp_path / "pipe.txt")
+    assert io_utils.find_text_files(str(tmp_path), "data_dir") == [str(tmp_path / "a.txt")]
+    for skipped in ("broken.txt", "pipe.txt", "tok"):
+        assert f"skipping {'folder ' if skipped == 'tok' else ''}'{tmp_path / skipped}'" in caplog.text
+    with pytest.raises(io_utils.SpanElectraError, match="^data_dir: '.*pipe.txt' is not a regular file"):
+        io_utils.find_text_files(str(tmp_path / "pipe.txt"), "data_dir")
+
+
 def test_text_in_another_encoding_is_skipped(tmp_path, caplog):
     """A file that is largely not UTF-8 (a third of its bytes undecodable) is skipped with the iconv advice."""
     (tmp_path / "latin.txt").write_bytes(b"\xe9t\xe9 " * 300)

@@ -9,6 +9,7 @@ from conftest import SAMPLE, SAMPLE_VI, SPECIAL_TOKENS, read_json, train_vocab
 import argument
 import create_vocab_SE
 import tokenization
+from io_utils import SpanElectraError
 
 SENTENCE = "The game was released in Japan and it was a success"
 
@@ -248,6 +249,14 @@ def test_vocab_txt_folder_keeps_typed_special_tokens_whole(tmp_path):
     text = "the [UNK] [CLS] [MASK] c"
     assert tok.encode(text).ids == [2, 5, 1, 2, 4, 6, 3]
     assert AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"] == [2, 5, 1, 2, 4, 6, 3]
+
+
+def test_vocab_txt_that_is_not_utf8_is_one_line(tmp_path):
+    """A Latin-1 vocab.txt stops with the file and the line it fails at, never a UnicodeDecodeError."""
+    folder = vocab_txt_folder(tmp_path / "bert", do_lower_case=True)
+    (folder / "vocab.txt").write_bytes((folder / "vocab.txt").read_text().encode("latin-1", "replace"))
+    with pytest.raises(SpanElectraError, match=r"^tokenizer_dir: '.*vocab.txt' is not UTF-8 text \(line 10\)"):
+        tokenization.load_tokenizer(str(folder), "tokenizer_dir")
 
 
 def test_vocab_txt_hash_follows_the_normalizer_options(tmp_path):
