@@ -93,6 +93,16 @@ def check_device(config, name="device"):
         _fail(name, f"'{getattr(config, name)}' is not one of auto, cpu, cuda, cuda:N (N: a GPU index)")
 
 
+def check_marks(config, name):
+    """The explorer's [[ span ]] marks in config.<name>: each opened and closed, each around some words."""
+    text = getattr(config, name)
+    if re.search(r"\[\[\s*\]\]", text):
+        _fail(name, "'[[ ]]' marks no word; put the words to mask inside it, e.g. [[ mat ]]")
+    unmarked = re.sub(r"\[\[(.+?)\]\]", "", text)
+    if "[[" in unmarked or "]]" in unmarked:
+        _fail(name, f"a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as [[ words ]]")
+
+
 def check_dir(config, name, what, must_contain=None):
     """The folder config.<name> must exist (and hold must_contain, if given)."""
     path = getattr(config, name)
@@ -460,6 +470,13 @@ class pipeline_args:
         check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)
         check_range(self, "valid_fraction", 0, 1, high_open=True)
+        # what the later stages would refuse, now rather than after the vocabulary and the features are built
+        check_range(self, "vocab_size", low=6, high=2**24)
+        check_range(self, "min_fre", low=1)
+        check_range(self, "max_seq_len", low=MIN_SEQ_LEN)
+        check_range(self, "train_batch_size", low=1)
+        check_range(self, "learning_rate", 0, 1, low_open=True)
+        check_marks(self, "explore_text")
         if not self.out_dir:
             _fail("out_dir", "no folder given")
         # the corpus paths now, not after the vocabulary is built
@@ -510,8 +527,7 @@ class explore_args:
     def validate(self):
         if not self.text.strip():
             _fail("text", "give a sentence, e.g. --text \"The cat sat on the [[ mat ]] .\"")
-        if re.search(r"\[\[\s*\]\]", self.text):
-            _fail("text", "'[[ ]]' marks no word; put the words to mask inside it, e.g. [[ mat ]]")
+        check_marks(self, "text")
         check_range(self, "top_k", low=1)
         if not os.path.isdir(self.model_dir):
             _fail("model_dir", f"'{self.model_dir}' is not a folder; point it at a training out_dir")
@@ -850,7 +866,8 @@ def without_worker_traceback(message):
 def print_own_line(text):
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
-    print(text, file=sys.stderr)
+    # a path's bytes that are not UTF-8 (surrogates) as \udcXX: never a UnicodeEncodeError in place of the line
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
 def is_out_of_memory(error):

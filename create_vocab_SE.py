@@ -20,9 +20,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from argument import checked_config, save_config, run_main, tok_args
 from io_utils import (COMPRESSED_SUFFIXES, BadByteCounter, SpanElectraError, atomic_write_json, find_text_files,
-                      iter_lines, make_out_dir, move_files_into, new_build_dir, progress_bar)
-from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, batched,
-                          cls_sep_template, load_segmenter, save_transformers_tokenizer, segmented_batches)
+                      iter_lines, make_out_dir, move_files_into, new_build_dir, progress_bar, remove_paths)
+from tokenization import (BYTE_ALPHABET, CLS_ID, MASK_ID, SE_TOKENIZER_FILE, SEP_ID, SPECIAL_TOKENS, TOKENIZER_FILES,
+                          batched, cls_sep_template, load_segmenter, save_transformers_tokenizer, segmented_batches)
 
 logger = logging.getLogger("span_electra")
 
@@ -163,6 +163,8 @@ def save_tokenizer_files(tok, config, out_dir, stats):
         marker = os.path.join(out_dir, "tokenizer.json")
         if os.path.exists(marker):
             os.remove(marker)  # the old tokenizer stops looking complete before its files are replaced
+        # and a tokenizer of the other type leaves no vocabulary file (a BPE's merges.txt beside a WordPiece)
+        remove_paths([os.path.join(out_dir, name) for name in TOKENIZER_FILES if name not in os.listdir(tmp)])
         move_files_into(tmp, out_dir, last=("tokenizer.json",))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -192,7 +192,7 @@ class Explorer:
         and the original ids."""
         self.notes = []
         words, marks = self._segmented_marks(text)
-        enc = self.tokenizer(words, return_offsets_mapping=True)
+        enc = self.tokenizer(words, return_offsets_mapping=True, verbose=False)  # _check_length says it in one line
         self._check_length(enc["input_ids"])
         ids = np.array(enc["input_ids"])
         typed = ids == self.tokenizer.mask_token_id  # a [MASK] in the text is filled too, as fill-mask does
@@ -250,7 +250,7 @@ class Explorer:
         """[(token, probability it was replaced), ...] for the text as given."""
         if self.discriminator is None:
             raise SpanElectraError("model_dir: no discriminator saved there")
-        enc = self.tokenizer(self.segment(text))
+        enc = self.tokenizer(self.segment(text), verbose=False)
         self._check_length(enc["input_ids"])
         logits = self.discriminator(input_ids=torch.tensor([enc["input_ids"]])).logits[0]
         tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"])
@@ -273,6 +273,8 @@ def show_token(tokenizer, token):
         return "(space)"  # byte-level BPE's lone 'Ġ' (or a newline token) decodes to blank text
     if partial_character(tokenizer, token):  # its bytes, as '<0xE6><0x97>', not a '\ufffd' per token
         return "".join(f"<0x{byte_level_bytes()[c]:02X}>" for c in token)
+    # a control character (ESC, BEL) as its code: printed raw it would act on the terminal
+    text = "".join(f"<0x{ord(c):02X}>" if unicodedata.category(c) == "Cc" else c for c in text)
     return text or token
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 logger = logging.getLogger("span_electra")
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
+UTF8_BOM = b"\xef\xbb\xbf"
 OUTPUT_MARKERS = {"tokenizer.json", "se_tokenizer.json", "config.json", "meta.json", "run.json"}  # a stage's out_dir
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")  # streamed as they are read, never unpacked to disk
 _UMASK = os.umask(0)
@@ -427,7 +428,7 @@ def open_binary(path, raw=None):
         except ImportError:
             raise SpanElectraError(f"'{path}' is zstd-compressed and the zstandard package is missing; run "
                                    "`pip install zstandard`, or decompress it with `zstd -d`") from None
-        return io.BufferedReader(ZstdStream(raw, zstandard), buffer_size=1 << 20)
+        return io.BufferedReader(ZstdStream(raw, zstandard))
     return raw
 
 
@@ -446,7 +447,7 @@ class ZstdStream(io.RawIOBase):
 
     def readinto(self, buffer):
         while not self.pending:
-            block = self.raw.read(1 << 20)
+            block = self.raw.read(1 << 17)  # zstd's own input size: the file's position (progress) moves finely
             if not block:
                 if self.in_frame:
                     raise EOFError("compressed file ended before the end-of-stream marker was reached")
@@ -597,7 +598,10 @@ def iter_lines(path, bad_bytes, max_line_bytes=1 << 20, on_long_line=None, progr
             if progress is not None:
                 progress.update(raw.tell() - read)
             read = raw.tell()
-            offset += len(chunk)
+            size = len(chunk)
+            if offset == 0:
+                chunk = chunk.removeprefix(UTF8_BOM)  # the byte-order mark some editors write first is no text
+            offset += size
             chunk = carry + chunk
             carry = b""
             if not chunk.endswith(b"\n") and len(chunk) >= max_line_bytes:

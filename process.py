@@ -365,11 +365,20 @@ def _build(config, tokenizer, info, segmenter, train_files, valid_files, dtype, 
         os.remove(points.path)  # the text is all packed (what follows takes seconds), and out_dir gets no restart file
     if bad_bytes.count:
         logger.warning("%d undecodable byte(s) were replaced by U+FFFD", bad_bytes.count)
+    if writers["train"].num_sequences == 0 and writers["valid"].num_sequences and not valid_files:
+        raise SpanElectraError(f"valid_fraction: {config.valid_fraction} held out every document of train_input, "
+                               "leaving no training text; use a smaller share, e.g. 0.01")
     if writers["train"].num_sequences == 0:
         raise SpanElectraError(
             f"train_input: '{config.train_input}' gave no sequence of {config.max_seq_len} tokens (documents are "
             f"shorter than that); use more text or a smaller max_seq_len")
     splits = [s for s in ("train", "valid") if writers[s].num_sequences]
+    if "valid" not in splits and (valid_files or config.valid_fraction):
+        source = ("valid_input: it gave no full sequence" if valid_files else
+                  f"the share valid_fraction {config.valid_fraction} held out of "
+                  f"{writers['train'].num_documents} documents gave no full sequence")
+        logger.warning("the features have no validation split (%s); give more validation text or a larger "
+                       "valid_fraction", source)
     for s in ("train", "valid"):
         if s not in splits:
             os.remove(array_path(tmp, s))

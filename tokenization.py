@@ -59,6 +59,10 @@ def folder_segmenter(tokenizer_dir, field):
     tokenizing; special tokens in the text ([MASK], [SEP]) pass whole. A segmenter missing here is a
     one-line error naming `field`."""
     name = read_tokenizer_info(tokenizer_dir)["word_segmenter"]
+    if name not in (None, "", "none", "pyvi"):  # a hand-edited se_tokenizer.json: no install would help
+        raise SpanElectraError(f"{field}: '{os.path.join(tokenizer_dir, SE_TOKENIZER_FILE)}' names the word "
+                               f"segmenter {name!r}, which SpanElectra does not know (it knows pyvi and none); "
+                               "rebuild the vocabulary with create_vocab_SE.py")
     try:
         segment = load_segmenter(name)
     except SpanElectraError:

@@ -665,7 +665,8 @@ def check_run(config, identity):
         if saved["fixed"].get("script") != identity.get("script"):
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds a {saved['fixed'].get('script')} run, not a "
                                    f"{identity.get('script')} one; give this run its own --out_dir")
-        for key in sorted(set(identity) | set(saved["fixed"])):
+        # settings first: a changed --mode also changes which inputs there are, and the setting is the cause
+        for key in sorted(set(identity) | set(saved["fixed"]), key=lambda k: (k in DIGESTS, k)):
             old, new = saved["fixed"].get(key), identity.get(key)
             if key in LATER_KEYS and old is None:  # not recorded (an earlier version's run, or features built
                 continue                           # before the key existed): nothing to compare it with
@@ -960,7 +961,7 @@ def load_checkpoint(resume_from, out_dir, run_id=None):
                 break
             problems.append("not a checkpoint written by this project: it holds no training state")  # a state_dict..
         if resume_from == "latest":
-            logger.warning("cannot resume from %s (%s); trying the previous one", path, problems[-1])
+            logger.warning("cannot read checkpoint %s (%s); trying the previous one", path, problems[-1])
     else:
         if resume_from != "latest":
             raise SpanElectraError(f"resume_from: cannot resume from '{resume_from}' ({problems[0]}); pass a "

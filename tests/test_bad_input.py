@@ -106,6 +106,27 @@ def case_pipeline_missing_valid_input(d, tok, feat):
             ["valid_input", "no_valid.txt"], ["out"])
 
 
+def case_pipeline_zero_learning_rate(d, tok, feat):
+    """A training setting is checked before the vocabulary and features are built, too."""
+    return (["run_pipeline.py", "--out_dir", d / "out", "--learning_rate", 0], ["learning_rate", "0"], ["out"])
+
+
+def case_pipeline_unclosed_explore_mark(d, tok, feat):
+    return (["run_pipeline.py", "--out_dir", d / "out", "--explore_text", "The [[ cat sat ."],
+            ["explore_text", "a [[ without its ]]"], ["out"])
+
+
+def case_vocab_out_dir_not_utf8(d, tok, feat):
+    """A folder name in another encoding (tokenizers writes only UTF-8 paths)."""
+    return (["create_vocab_SE.py", "--data_dir", SAMPLE / "valid.tokens", "--out_dir", d / "caf\udce9"],
+            ["out_dir", "caf\\udce9", "not a UTF-8 name"], ["caf\udce9"])
+
+
+def case_process_out_dir_not_utf8(d, tok, feat):
+    return (_process(d, tok, "--train_input", SAMPLE / "valid.tokens")[:-4] + ["--out_dir", d / "f\udce9"],
+            ["out_dir", "not a UTF-8 name"], ["f\udce9"])
+
+
 def case_documents_too_short(d, tok, feat):
     (d / "short.txt").write_text("a few words\n\nand another short document\n")
     return _process(d, tok, "--train_input", d / "short.txt", "--max_seq_len", 128), \

@@ -51,6 +51,8 @@ def test_show_token_reads_byte_level_tokens(en_models):
     assert explore_SE.show_token(ex.tokenizer, "\u0120the") == "the"  # 'Ġthe': the space dropped
     assert explore_SE.show_token(ex.tokenizer, "\u0120") == "(space)"  # a lone space token, not a bare 'Ġ'
     assert explore_SE.show_token(ex.tokenizer, "[MASK]") == "[MASK]"
+    assert explore_SE.show_token(ex.tokenizer, "\u011b") == "<0x1B>"  # byte ESC: its code, never a raw escape
+    assert explore_SE.show_token(ex.tokenizer, "a\u0107") == "a<0x07>"  # 'a' + BEL
 
 
 def test_random_spans_when_nothing_is_marked(en_models):

@@ -25,6 +25,14 @@ def test_windows_line_ends_are_not_part_of_the_text(tmp_path):
     assert list(io_utils.iter_lines(str(path), io_utils.BadByteCounter())) == ["one two", "three"]
 
 
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    """Notepad's UTF-8 BOM at a file's start is dropped (it would become tokens of its own); elsewhere it stays."""
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfone two\n\xef\xbb\xbfthree\n")
+    assert list(io_utils.iter_lines(str(path), io_utils.BadByteCounter())) == ["one two", "\ufeffthree"]
+    assert list(io_utils.iter_lines(str(path), io_utils.BadByteCounter(), start=(11, 1))) == ["\ufeffthree"]
+
+
 @pytest.mark.parametrize("text", ["word " * 40, "\u00e9\u00e8\u4e2d" * 30])
 def test_long_lines_are_cut_without_losing_or_breaking_characters(text, tmp_path):
     """A line over max_line_bytes comes in pieces that join back to it: cut before a space, never inside a

@@ -3,6 +3,7 @@ and the Datasets."""
 import filecmp
 import json
 import re
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -231,6 +232,17 @@ def test_no_valid_split(bpe_tok, tmp_path, caplog):
     assert "no validation split" in caplog.text
     with pytest.raises(SpanElectraError, match="split"):
         features.PretrainingFeatures(str(feat_dir)).split("valid")
+
+
+def test_a_valid_fraction_too_small_or_too_large_says_so(bpe_tok, tmp_path, caplog):
+    """A share that holds out no whole sequence warns that there is no validation split; one that holds out
+    every document names valid_fraction, not the documents' length."""
+    _, meta = build_features(bpe_tok, tmp_path / "small", valid_input="", valid_fraction=1e-9)
+    assert meta["splits"] == ["train"]
+    assert "no validation split (the share valid_fraction 1e-09 held out of" in caplog.text
+    with pytest.raises(SpanElectraError, match="^valid_fraction: 0.999999 held out every document"):
+        build_features(bpe_tok, tmp_path / "large", valid_input="", valid_fraction=0.999999)
+    assert not (tmp_path / "large").exists()
 
 
 @pytest.mark.parametrize("spec", ["folder", "glob"])
@@ -658,6 +670,17 @@ def test_features_of_a_pyvi_vocabulary_without_pyvi_name_the_tokenizer(vi_tok, t
         process.main(argument.feature_args(tokenizer_dir=str(vi_tok), train_input=str(SAMPLE_VI / "train.txt"),
                                            valid_input="", out_dir=str(tmp_path / "f")))
     assert not (tmp_path / "f").exists()
+
+
+def test_a_segmenter_no_install_gives_is_named_as_such(bpe_tok, tmp_path):
+    """se_tokenizer.json edited to name 'jieba': no `pip install jieba` advice (it would not help), a rebuild."""
+    tok = tmp_path / "tok"
+    shutil.copytree(bpe_tok, tok)
+    info = json.loads((tok / "se_tokenizer.json").read_text())
+    (tok / "se_tokenizer.json").write_text(json.dumps({**info, "word_segmenter": "jieba"}))
+    with pytest.raises(SpanElectraError, match=r"^tokenizer_dir: .*se_tokenizer.json' names the word segmenter "
+                                               r"'jieba', which SpanElectra does not know .* create_vocab_SE.py$"):
+        tokenization.folder_segmenter(str(tok), "tokenizer_dir")
 
 
 def test_a_rebuild_into_the_same_folder_leaves_no_file_of_the_earlier_build(bpe_tok, tmp_path):

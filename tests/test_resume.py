@@ -12,11 +12,13 @@ from conftest import EpochData
 
 def test_keep_checkpoints_keeps_the_newest_and_latest_resumes_the_newest(tmp_path):
     """keep_checkpoints N leaves the N newest checkpoints; resume_from latest takes the newest of them."""
+    def state(step):  # what save_training_state writes, emptied
+        return {"step": step, "run_id": "r", **{key: {} for key in tu.TRAINING_STATE_KEYS if key != "step"}}
     for step in (5, 10, 100, 1000):
-        tu.save_checkpoint(str(tmp_path), step, {"step": step, "run_id": "r"}, keep=2)
+        tu.save_checkpoint(str(tmp_path), step, state(step), keep=2)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000100.pt", "checkpoint-00001000.pt"]
     assert tu.load_checkpoint("latest", str(tmp_path), "r")["step"] == 1000
-    tu.save_checkpoint(str(tmp_path), 1001, {"step": 1001, "run_id": "r"}, keep=1)
+    tu.save_checkpoint(str(tmp_path), 1001, state(1001), keep=1)
     assert os.listdir(tmp_path) == ["checkpoint-00001001.pt"]
 
 

@@ -55,6 +55,19 @@ def test_classic_vocab_files_agree(bpe_tok, bert_tok):
     assert any(t.startswith("##") for t in vocab_txt)
 
 
+def test_a_vocabulary_rebuilt_as_the_other_type_leaves_no_file_of_the_first(tmp_path):
+    """BPE then WordPiece into one out_dir: no merges.txt/vocab.json of the BPE beside the new vocab.txt
+    (transformers' loaders would pick the wrong files), and back again."""
+    out = tmp_path / "tok"
+    small = dict(data_dir=str(SAMPLE / "valid.tokens"), vocab_size=400)
+    train_vocab(out, tokenizer_type="BPE", **small)
+    assert (out / "merges.txt").is_file() and not (out / "vocab.txt").exists()
+    train_vocab(out, tokenizer_type="BERT", **small)
+    assert (out / "vocab.txt").is_file() and not (out / "merges.txt").exists() and not (out / "vocab.json").exists()
+    train_vocab(out, tokenizer_type="BPE", **small)
+    assert (out / "merges.txt").is_file() and not (out / "vocab.txt").exists()
+
+
 @pytest.mark.parametrize("kind", ["BPE", "BERT"])
 def test_vocab_size_is_the_requested_size(kind, bpe_tok, bert_tok):
     tok_dir = {"BPE": bpe_tok, "BERT": bert_tok}[kind]
