@@ -71,16 +71,23 @@ def damaged(data):
     return data[:middle] + bytes(64) + data[middle + 64:]
 
 
-@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
-@pytest.mark.parametrize("harm", [cut_short, damaged])
-def test_a_truncated_or_damaged_compressed_file_is_one_line(suffix, harm, bpe_tok, tmp_path, capsys):
-    """Never a traceback, and never a cut-short file read as if it ended there (zstandard's own reader does)."""
-    path = compressed_copy(tmp_path / "corpus", suffix)
-    path.write_bytes(harm(path.read_bytes()))
+def test_a_truncated_compressed_file_is_one_line(bpe_tok, tmp_path, capsys):
+    path = compressed_copy(tmp_path / "corpus", ".zst")
+    path.write_bytes(cut_short(path.read_bytes()))
     code, err = run_in_process(capsys, process, argument.feature_args, "--tokenizer_dir", bpe_tok, "--train_input",
                                path, "--valid_input", "", "--out_dir", tmp_path / "feat", "--num_workers", "1")
     assert_one_line_error(code, err, str(path), "damaged or truncated")
     assert not (tmp_path / "feat" / "meta.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+@pytest.mark.parametrize("harm", [cut_short, damaged])
+def test_a_truncated_or_damaged_compressed_file_stops_its_reading(suffix, harm, tmp_path):
+    """Never a traceback, and never a cut-short file read as if it ended there (zstandard's own reader does)."""
+    path = compressed_copy(tmp_path / "corpus", suffix, "valid.tokens")
+    path.write_bytes(harm(path.read_bytes()))
+    with pytest.raises(io_utils.SpanElectraError, match=f"^'{path}' cannot be decompressed .* damaged or truncated"):
+        list(io_utils.iter_lines(str(path), io_utils.BadByteCounter()))
 
 
 def test_zst_without_zstandard_says_how_to_install_it(tmp_path, monkeypatch):
