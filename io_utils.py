@@ -512,8 +512,8 @@ def find_text_files(spec, field):
     files = []
     for path in candidates:
         if _is_binary(path, field):
-            logger.warning("skipping '%s': it is not UTF-8 text (a binary file, or text in another encoding: convert "
-                           "that with iconv -f ENCODING -t UTF-8)", path)
+            warn_skip("skipping '%s': it is not UTF-8 text (a binary file, or text in another encoding: convert "
+                      "that with iconv -f ENCODING -t UTF-8)", path)
         else:
             files.append(path)
     if not files:
@@ -524,6 +524,16 @@ def find_text_files(spec, field):
     return files
 
 
+SKIPS_SAID = set()
+
+
+def warn_skip(message, path):
+    """Say once per process that a corpus path is skipped (run_pipeline's stages each look at the corpus)."""
+    if (message, path) not in SKIPS_SAID:
+        SKIPS_SAID.add((message, path))
+        logger.warning(message, path)
+
+
 def corpus_files_under(folder):
     """The text files under a folder, recursively, sorted. Left out: hidden names, what is not a regular
     file (a broken link, a pipe: said), and folders a stage wrote (a tokenizer or model holds a
@@ -532,7 +542,7 @@ def corpus_files_under(folder):
     for root, dirs, names in os.walk(folder):
         dirs.sort()
         if root != folder and OUTPUT_MARKERS & set(names):
-            logger.warning("skipping folder '%s': it holds a tokenizer, model or features, not corpus text", root)
+            warn_skip("skipping folder '%s': it holds a tokenizer, model or features, not corpus text", root)
             dirs.clear()
             continue
         for name in sorted(names):
@@ -542,7 +552,7 @@ def corpus_files_under(folder):
             if os.path.isfile(path):
                 found.append(path)
             else:
-                logger.warning("skipping '%s': not a regular file (a broken link or a pipe)", path)
+                warn_skip("skipping '%s': not a regular file (a broken link or a pipe)", path)
     return sorted(found)
 
 
