@@ -98,6 +98,16 @@ class PretrainingFeatures:
             self.check_array(name, kind)
         return np.memmap(array_path(self.dir, name, kind), dtype=dtype, mode="r", shape=shape)
 
+    def checked_ids(self, rows, split):
+        """Rows of a split as int64 ids, a damaged file (an id no embedding row has) a one-line error, never
+        an index error in masking or the model; a max over a batch, microseconds."""
+        ids = np.asarray(rows, dtype=np.int64)
+        if ids.max(initial=0) >= self.vocab_size:
+            raise SpanElectraError(f"features_dir: '{array_path(self.dir, split)}' holds token id {ids.max()}, past "
+                                   f"the vocabulary of {self.vocab_size} (damaged or replaced); rebuild the features "
+                                   "with process.py")
+        return ids
+
     @property
     def tokenizer(self):
         """The tokenizer folder the features keep, checked to be the one they were built with."""
@@ -249,11 +259,7 @@ class MLMDataset:
 
     def numpy_batch(self, index):
         rows = self.rows(index)
-        ids = np.asarray(self.data[rows], dtype=np.int64)
-        if ids.max(initial=0) >= self.features.vocab_size:  # a damaged file: never an index error in masking
-            raise SpanElectraError(f"features_dir: '{array_path(self.features.dir, self.split_name)}' holds token "
-                                   f"id {ids.max()}, past the vocabulary of {self.features.vocab_size} (damaged or "
-                                   "replaced); rebuild the features with process.py")
+        ids = self.features.checked_ids(self.data[rows], self.split_name)
         if self.static is not None:
             batch = batch_from_masking(ids, np.asarray(self.static[0][rows], dtype=np.int64),
                                        np.asarray(self.static[1][rows], dtype=np.int64))

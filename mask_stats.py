@@ -26,7 +26,7 @@ def main(config: mask_stats_args = None):
     rows = np.sort(rng.choice(len(data), n, replace=False))
     batches, eligible = [], 0
     for i in range(0, n, config.batch_size):
-        ids = np.asarray(data[rows[i:i + config.batch_size]], dtype=np.int64)
+        ids = features.checked_ids(data[rows[i:i + config.batch_size]], config.split)
         eligible += int((~np.isin(ids, masker.special_ids)).sum())
         batches.append(masker(ids, rng))
     stats = {"features_dir": config.features_dir, "split": config.split, "num_sequences": n,

@@ -15,6 +15,7 @@ from conftest import (SAMPLE, assert_cli_error, build_features, count_tokens, re
 
 import argument
 import features
+import mask_stats
 import training_utils
 from io_utils import SpanElectraError
 
@@ -448,6 +449,8 @@ def test_token_ids_past_the_vocabulary_are_one_line(bpe_feat, tmp_path):
                                                f"vocabulary of {meta['vocab_size']}"):
         dataset[0]
     dataset[1]  # other batches read on
+    with pytest.raises(SpanElectraError, match="train.bin' holds token id"):  # the masking check reads it too
+        mask_stats.main(argument.mask_stats_args(features_dir=str(folder), num_sequences=len(data) // 128))
 
 
 def test_a_features_folder_with_another_tokenizer_is_refused(bpe_feat, bert_tok, tmp_path):
