@@ -675,9 +675,15 @@ class compare_args:
         folder = os.path.dirname(os.path.abspath(self.results_md)) if self.results_md else ""
         if folder and not os.path.isdir(folder):  # else it fails only after the whole run, in the last write
             _fail("results_md", f"its folder '{folder}' does not exist; create it, or name a file in an existing one")
-        for name in (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(","):
+        if self.results_md and os.path.isdir(self.results_md):
+            _fail("results_md", f"'{self.results_md}' is a folder; give a markdown file's path, e.g. "
+                  "benchmarks/RESULTS.md")
+        names = (self.recipes or COMPARE_SCALES[self.scale]["recipes"]).split(",")
+        for name in names:
             if name not in COMPARE_RECIPES:
                 _fail("recipes", f"'{name}' is not one of {', '.join(COMPARE_RECIPES)}")
+        if len(set(names)) < len(names):
+            _fail("recipes", f"'{self.recipes}' names a recipe twice; give each once")
 
     def fraction_list(self):
         """The budget fractions pre-trained, each in (0, 1]: --budget_fractions, else the scale's."""

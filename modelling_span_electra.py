@@ -325,7 +325,11 @@ def _load_heads(modules, directory):
     path = os.path.join(directory, HEAD_FILE)
     if not os.path.isfile(path):
         return
-    state = load_file(path)
+    try:
+        state = load_file(path)
+    except Exception:  # safetensors' own error types: a cut-short save, another format
+        raise SpanElectraError(f"model_dir: '{path}' is not a readable safetensors file (truncated or another "
+                               "format); save or export the model again, or point at another folder") from None
     for name, m in modules.items():
         if m is not None:
             m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})

@@ -469,3 +469,11 @@ def test_a_data_workers_error_prints_as_its_one_line():
                '  File "features.py", line 254\nio_utils.SpanElectraError: features_dir: bad ids; rebuild\n')
     assert argument.without_worker_traceback(wrapped) == "features_dir: bad ids; rebuild"
     assert argument.without_worker_traceback("split: no such split") == "split: no such split"
+
+
+def test_a_cut_short_span_head_file_is_one_line(tmp_path):
+    """span_heads.safetensors cut short (a save interrupted, a partial copy): one line, not safetensors' error."""
+    import modelling_span_electra as mse
+    (tmp_path / mse.HEAD_FILE).write_bytes(b"\x10\x00\x00")
+    with pytest.raises(SpanElectraError, match=f"^model_dir: '.*{mse.HEAD_FILE}' is not a readable safetensors file"):
+        mse._load_heads({"sbo": None}, str(tmp_path))

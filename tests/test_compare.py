@@ -133,6 +133,14 @@ def test_unknown_recipe_is_refused():
     from io_utils import SpanElectraError
     with pytest.raises(SpanElectraError, match="recipes: 'bert'"):
         cp.compare_args(recipes="mlm,bert").validate()
+    with pytest.raises(SpanElectraError, match="recipes: 'mlm,mlm' names a recipe twice"):
+        cp.compare_args(recipes="mlm,mlm").validate()
+
+
+def test_a_results_md_that_is_a_folder_is_refused_before_any_run(tmp_path):
+    from io_utils import SpanElectraError
+    with pytest.raises(SpanElectraError, match=f"^results_md: '{tmp_path}' is a folder"):
+        cp.compare_args(results_md=str(tmp_path)).validate()
 
 
 def test_cached_runs_are_reused_and_refinetuned_when_the_settings_change(tmp_path, monkeypatch):
