@@ -16,7 +16,7 @@ import lzma
 import os
 import sys
 import tempfile
-import time
+import timeit
 
 import zstandard
 
@@ -56,12 +56,7 @@ def baseline_lines(path):
 
 
 def best_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def main():
