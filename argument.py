@@ -93,14 +93,24 @@ def check_device(config, name="device"):
         _fail(name, f"'{getattr(config, name)}' is not one of auto, cpu, cuda, cuda:N (N: a GPU index)")
 
 
-def check_marks(config, name):
-    """The explorer's [[ span ]] marks in config.<name>: each opened and closed, each around some words."""
-    text = getattr(config, name)
+MARK = re.compile(r"\[\[(.+?)\]\]")  # the explorer's [[ span ]] marks
+
+
+def marks_problem(text):
+    """What is wrong with the [[ span ]] marks of an explorer text, None when each is opened, closed and
+    around some words."""
     if re.search(r"\[\[\s*\]\]", text):
-        _fail(name, "'[[ ]]' marks no word; put the words to mask inside it, e.g. [[ mat ]]")
-    unmarked = re.sub(r"\[\[(.+?)\]\]", "", text)
+        return "'[[ ]]' marks no word; put the words to mask inside it, e.g. [[ mat ]]"
+    unmarked = MARK.sub("", text)
     if "[[" in unmarked or "]]" in unmarked:
-        _fail(name, f"a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as [[ words ]]")
+        return f"a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as [[ words ]]"
+    return None
+
+
+def check_marks(config, name):
+    problem = marks_problem(getattr(config, name))
+    if problem:
+        _fail(name, problem)
 
 
 def check_dir(config, name, what, must_contain=None):
@@ -143,7 +153,7 @@ class tok_args:
         check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)
         check_range(self, "min_fre", low=1)
-        check_range(self, "vocab_size", low=6, high=2**24)  # past that the trainer's tables outgrow memory
+        check_range(self, "vocab_size", low=6, high=MAX_VOCAB_SIZE)
         check_range(self, "num_workers", low=0)
         check_range(self, "max_text_mb", low=0, high=1e9)  # a petabyte
         if not self.out_dir:
@@ -181,6 +191,7 @@ class MaskingArgs(Config):
 
 
 MIN_SEQ_LEN = 16
+MAX_VOCAB_SIZE = 2**24  # past that the tokenizers trainer's tables outgrow memory (1e9 aborted the process)
 
 
 @dataclass
@@ -471,7 +482,7 @@ class pipeline_args:
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)
         check_range(self, "valid_fraction", 0, 1, high_open=True)
         # what the later stages would refuse, now rather than after the vocabulary and the features are built
-        check_range(self, "vocab_size", low=6, high=2**24)
+        check_range(self, "vocab_size", low=6, high=MAX_VOCAB_SIZE)
         check_range(self, "min_fre", low=1)
         check_range(self, "max_seq_len", low=MIN_SEQ_LEN)
         check_range(self, "train_batch_size", low=1)

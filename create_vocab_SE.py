@@ -164,7 +164,8 @@ def save_tokenizer_files(tok, config, out_dir, stats):
         if os.path.exists(marker):
             os.remove(marker)  # the old tokenizer stops looking complete before its files are replaced
         # and a tokenizer of the other type leaves no vocabulary file (a BPE's merges.txt beside a WordPiece)
-        remove_paths([os.path.join(out_dir, name) for name in TOKENIZER_FILES if name not in os.listdir(tmp)])
+        written = os.listdir(tmp)
+        remove_paths([os.path.join(out_dir, name) for name in TOKENIZER_FILES if name not in written])
         move_files_into(tmp, out_dir, last=("tokenizer.json",))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,21 +15,20 @@ From a notebook: `ex = Explorer("OUT"); ex.fill(text); ex.fill_from_boundaries(t
 """
 import logging
 import os
-import re
 import unicodedata
 
 import numpy as np
 import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-from argument import DISCRIMINATOR_RUN, MaskingArgs, checked_config, explore_args, run_main, saved_config
+from argument import (DISCRIMINATOR_RUN, MARK, MaskingArgs, checked_config, explore_args, marks_problem, run_main,
+                      saved_config)
 from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, word_start_table
 from tokenization import (SPECIAL_TOKENS, byte_level_bytes, check_tokenizer_fits, folder_segmenter,
                           read_tokenizer_info, tokenizer_hash)
 from io_utils import SpanElectraError
 from modelling_span_electra import find_pretrained, load_generator, load_tokenizer_of, load_weights, saved_heads
 
-MARK = re.compile(r"\[\[(.+?)\]\]")
 logger = logging.getLogger("span_electra")
 
 
@@ -165,10 +164,9 @@ class Explorer:
         """(the text as the model reads it, segmented whole as the corpus was, and the character ranges
         of its marked spans in it). A mark inside a segmented word (pyvi's 'Hồ_Chí_Minh') covers the
         whole word, as training's whole-word masking would, and says so in self.notes."""
-        unmarked = MARK.sub("", text)
-        if "[[" in unmarked or "]]" in unmarked:
-            raise SpanElectraError(f"text: a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as "
-                                   "[[ words ]]")
+        problem = marks_problem(text)
+        if problem:
+            raise SpanElectraError(f"text: {problem}")
         if self.segmenter == "none":
             return joined_pieces(text, lambda piece: piece)
         # NFC first, as pyvi does, so that the marks' offsets hold in the text it segments

@@ -439,7 +439,7 @@ class ZstdStream(io.RawIOBase):
     def __init__(self, raw, zstandard):
         self.raw, self.zstandard = raw, zstandard
         self.decompressor = zstandard.ZstdDecompressor().decompressobj()
-        self.pending = b""
+        self.pending = memoryview(b"")  # decompressed bytes not handed out yet (a view: slicing copies nothing)
         self.in_frame = False  # bytes of a frame were read and its end is not reached yet
 
     def readable(self):
@@ -452,7 +452,7 @@ class ZstdStream(io.RawIOBase):
                 if self.in_frame:
                     raise EOFError("compressed file ended before the end-of-stream marker was reached")
                 return 0
-            self.pending = self._decompress(block)
+            self.pending = memoryview(self._decompress(block))
         n = min(len(buffer), len(self.pending))
         buffer[:n] = self.pending[:n]
         self.pending = self.pending[n:]
@@ -540,12 +540,11 @@ def corpus_files_under(folder):
     vocab.txt or merges.txt that is no corpus text, e.g. when an out_dir lies inside the corpus folder)."""
     found = []
     for root, dirs, names in os.walk(folder):
-        dirs.sort()
         if root != folder and OUTPUT_MARKERS & set(names):
             warn_skip("skipping folder '%s': it holds a tokenizer, model or features, not corpus text", root)
             dirs.clear()
             continue
-        for name in sorted(names):
+        for name in names:
             path = os.path.join(root, name)
             if not is_text_name(name) or name.startswith("."):
                 continue
