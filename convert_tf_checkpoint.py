@@ -77,6 +77,36 @@ def read_hparams(config_file):
     return hparams
 
 
+MODEL_SIZES = {"small": (256, 12), "base": (768, 12), "large": (1024, 24)}  # get_bert_config's (hidden, layers)
+
+
+def check_hparams(hparams, sizes):
+    """Refuse hparams whose values cannot be this checkpoint's (sizes: the shapes' hidden_size,
+    num_hidden_layers, intermediate_size, vocab_size, embedding_size); their head count would be a guess.
+    A model_size whose default sizes differ is only said: model_hparam_overrides may have been lost."""
+    lowercase = hparams.get("do_lower_case", True)
+    if not isinstance(lowercase, bool):
+        raise SpanElectraError(f"config_file: do_lower_case {lowercase!r} must be true or false")
+    model_size = hparams.get("model_size", "small")
+    if model_size not in MODEL_SIZES:
+        raise SpanElectraError(f"config_file: model_size {model_size!r} is not one of google-research/electra's "
+                               f"{', '.join(MODEL_SIZES)}")
+    overrides = hparams.get("model_hparam_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise SpanElectraError("config_file: model_hparam_overrides must be a JSON object (name: value)")
+    given = {**{k: hparams[k] for k in ("vocab_size", "embedding_size") if k in hparams}, **overrides}
+    for name, actual in sizes.items():
+        if name in given and given[name] != actual:
+            raise SpanElectraError(f"config_file: {name} {given[name]!r} contradicts the checkpoint's {actual}; these "
+                                   "hparams are not this model's: pass the hparams JSON it was trained with")
+    implied = dict(zip(("hidden_size", "num_hidden_layers"), MODEL_SIZES[model_size]))
+    for name, value in implied.items():
+        if name not in overrides and value != sizes[name]:
+            logger.warning("config_file: model_size %s means %s %d, the checkpoint's is %d; its shapes are used",
+                           model_size, name, value, sizes[name])
+    return overrides
+
+
 def encoder_sizes(ckpt, scope):
     """(hidden, layers, intermediate) of the encoder under scope, from the tensor shapes (None: none)."""
     layers = {int(m.group(1)) for n in ckpt.names() if (m := re.match(rf"{scope}/encoder/layer_(\d+)/", n))}
@@ -104,9 +134,8 @@ def electra_configs(ckpt, hparams):
                   max_position_embeddings=ckpt.shape("electra/embeddings/position_embeddings")[0],
                   type_vocab_size=ckpt.shape("electra/embeddings/token_type_embeddings")[0])
     hidden, layers, intermediate = encoder_sizes(ckpt, "electra")
-    overrides = hparams.get("model_hparam_overrides") or {}
-    if not isinstance(overrides, dict):
-        raise SpanElectraError("config_file: model_hparam_overrides must be a JSON object (name: value)")
+    overrides = check_hparams(hparams, dict(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
+                                            vocab_size=vocab, embedding_size=embedding))
     # google-research/electra's get_bert_config: width / 64 heads (4 for small, 12 base, 16 large) whatever
     # model_size says, unless model_hparam_overrides names them
     heads = overrides.get("num_attention_heads") or max(1, hidden // 64)
@@ -118,14 +147,15 @@ def electra_configs(ckpt, hparams):
             f"as --config_file with model_hparam_overrides.num_attention_heads")
     disc = ElectraConfig(**common, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
                          num_attention_heads=heads)
+    heads_from = ("from the hparams" if "num_attention_heads" in overrides
+                  else "its width / 64: pass the hparams JSON as --config_file if it had others")
     gen_sizes = encoder_sizes(ckpt, "generator")
     if gen_sizes is None:
+        logger.info("attention heads: %d (discriminator, %s)", heads, heads_from)
         return disc, None
     gen_hidden, gen_layers, gen_intermediate = gen_sizes
     gen_heads = max(1, gen_hidden // 64)  # google-research/electra's get_generator_config
-    logger.info("attention heads: %d (discriminator, %s), %d (generator, its width / 64)", heads,
-                "from the hparams" if "num_attention_heads" in overrides
-                else "its width / 64: pass the hparams JSON as --config_file if it had others", gen_heads)
+    logger.info("attention heads: %d (discriminator, %s), %d (generator, its width / 64)", heads, heads_from, gen_heads)
     gen = ElectraConfig(**common, hidden_size=gen_hidden, num_hidden_layers=gen_layers,
                         intermediate_size=gen_intermediate, num_attention_heads=gen_heads)
     return disc, gen
@@ -192,9 +222,9 @@ def main(config: convert_args = None):
         raise SpanElectraError(f"vocab_file: '{vocab_file}' does not exist; pass the model's vocab.txt")
     config_file = config.config_file or beside_checkpoint(ckpt, "hparams.json")
     hparams = read_hparams(config_file)
+    disc_config, gen_config = electra_configs(ckpt, hparams)  # checks the hparams, do_lower_case too
     lowercase = config.do_lower_case if config.do_lower_case is not None else hparams.get("do_lower_case", True)
     tok = wordpiece_from_vocab(vocab_file, lowercase)
-    disc_config, gen_config = electra_configs(ckpt, hparams)
     if tok.get_vocab_size() > disc_config.vocab_size:  # its last ids would index past the embeddings
         raise SpanElectraError(f"vocab_file: '{vocab_file}' has {tok.get_vocab_size()} entries, more than the "
                                f"checkpoint's {disc_config.vocab_size} embedding rows; pass the vocab.txt the model "

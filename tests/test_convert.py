@@ -208,6 +208,35 @@ def test_heads_follow_the_width_whatever_model_size_says(tmp_path):
     assert read_json(out / "discriminator" / "config.json")["num_attention_heads"] == 1  # max(1, 32 // 64)
 
 
+@pytest.mark.parametrize("hparams, needle", [
+    ({"do_lower_case": "yes"}, "config_file: do_lower_case 'yes' must be true or false"),
+    ({"model_size": "tiny"}, "config_file: model_size 'tiny' is not one of google-research/electra's small, base, large"),
+    ({"model_hparam_overrides": {"hidden_size": 256}}, "config_file: hidden_size 256 contradicts the checkpoint's 32"),
+    ({"model_hparam_overrides": {"num_hidden_layers": 12}}, "config_file: num_hidden_layers 12 contradicts the checkpoint's 2"),
+    ({"vocab_size": 30522}, "config_file: vocab_size 30522 contradicts the checkpoint's 182"),
+    ({"model_hparam_overrides": [1]}, "config_file: model_hparam_overrides must be a JSON object"),
+])
+def test_hparams_that_cannot_be_this_checkpoints_are_one_line(tmp_path, capsys, hparams, needle):
+    """hparams naming sizes the shapes contradict are another model's (their head count would be a guess);
+    a do_lower_case that is no boolean or a model_size ELECTRA never had is refused before anything is written."""
+    path = tmp_path / "hp.json"
+    path.write_text(json.dumps(hparams))
+    code, err = run_in_process(capsys, convert, argument.convert_args, "--checkpoint", FIXTURE, "--out_dir",
+                               tmp_path / "out", "--config_file", path)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_size_whose_sizes_differ_is_said(tmp_path, caplog):
+    """model_size 'small' with no overrides means 256 wide and 12 layers; the fixture is 32 and 2: the shapes
+    win, and the difference is said."""
+    hparams = tmp_path / "hp.json"
+    hparams.write_text(json.dumps({"model_size": "small"}))
+    convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(tmp_path / "e"), config_file=str(hparams)))
+    assert "model_size small means hidden_size 256, the checkpoint's is 32" in caplog.text
+    assert "model_size small means num_hidden_layers 12, the checkpoint's is 2" in caplog.text
+
+
 def damaged_copy(tmp_path, damage):
     folder = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, folder)
