@@ -169,6 +169,14 @@ def unknown_header(rows, layout):
             and not any(c.isspace() for i in layout.text_cols for c in rows[0][1][i]))
 
 
+def column_of(names, name, path):
+    """The index of a header name (lower-cased) that must occur once: a repeated one is ambiguous."""
+    if names.count(name) > 1:
+        raise SpanElectraError(f"task_dir: the header of {path} names '{name}' {names.count(name)} times; rename the "
+                               "columns so each name occurs once, or pass --text_columns/--label_column as numbers")
+    return names.index(name)
+
+
 def header_layout(header, path):
     """Text and label columns found by GLUE's header names."""
     lower = [h.lower() for h in header]
@@ -186,7 +194,7 @@ def header_layout(header, path):
         name = SENTENCE_PAIR_TASKS.get(label, "sentence-pair")
     elif name == "SST-2" and label != "label":
         name = "single-sentence"
-    return Layout(name, header, len(header), [lower.index(n) for n in names], lower.index(label))
+    return Layout(name, header, len(header), [column_of(lower, n, path) for n in names], column_of(lower, label, path))
 
 
 def headerless_layout(rows, path, config):
@@ -226,7 +234,7 @@ def custom_layout(rows, path, config):
             raise SpanElectraError(f"{name}: '{spec}' is not in the header of {path} ({', '.join(first)}); use one of "
                                    "its names or a column number from 1")
         by_name = True
-        return lower.index(spec.lower())
+        return column_of(lower, spec.lower(), path)
 
     if not (config.text_columns and config.label_column):
         missing, given = ("label_column", "text_columns") if config.text_columns else ("text_columns", "label_column")
@@ -282,7 +290,7 @@ def read_examples(rows, path, layout):
         if not all(w in names for w in wanted):
             raise SpanElectraError(f"task_dir: the header of {path} ({', '.join(rows[0][1])}) lacks "
                                    f"{', '.join(w for w in wanted if w not in names)}; give it train.tsv's column names")
-        cols = [names.index(w) for w in wanted]
+        cols = [column_of(names, w, path) for w in wanted]
         rows = rows[1:]
     else:
         if len(rows[0][1]) <= max(layout.text_cols + [layout.label_col]):
@@ -309,7 +317,7 @@ def read_test(rows, path, layout):
         if found is None:
             raise SpanElectraError(f"task_dir: cannot find the text columns in the header of {path} "
                                    f"({', '.join(first)}); give it train.tsv's column names, or remove it")
-        text_cols = [names.index(n) for n in found]
+        text_cols = [column_of(names, n, path) for n in found]
         index_col = next((names.index(n) for n in INDEX_HEADERS if n in names), None)
         rows = rows[1:]
     elif len(first) == n_text:
@@ -387,6 +395,16 @@ def choose_metrics(layout, labels, config):
     return ["accuracy"] + ([extra] if extra != "accuracy" else [])
 
 
+def warn_empty_texts(examples):
+    """Say how many rows have an empty text column (kept, as GLUE's QQP keeps its few: the model sees only
+    [CLS] [SEP] there), so a wrong --text_columns or a broken file does not pass unnoticed."""
+    empty = [no for no, texts in zip(examples.lines, examples.texts) if not all(t.strip() for t in texts)]
+    if empty:
+        logger.warning("task_dir: %s: %d of %d rows have an empty text (first: line %d); they are kept; check the "
+                       "file or --text_columns if that is more than a few", examples.path, len(empty), len(examples),
+                       empty[0])
+
+
 def load_task(config, seed=None):
     """Read train.tsv, dev.tsv and test.tsv of config.task_dir, subsample train, choose the metrics."""
     paths = {name: os.path.join(config.task_dir, f"{name}.tsv") for name in ("train", "dev", "test")}
@@ -398,6 +416,9 @@ def load_task(config, seed=None):
     if test is not None and not len(test):
         logger.warning("%s has a header but no examples; no test predictions", paths["test"])
         test = None
+    for examples in (train, dev, test):
+        if examples is not None:
+            warn_empty_texts(examples)
     if not layout.regression and any(not v for v in train.labels):
         no = train.lines[train.labels.index("")]
         raise SpanElectraError(f"task_dir: {paths['train']} line {no}: the label is empty; fill it in or drop the line")
@@ -539,8 +560,9 @@ def announce_masked_lm(model_dir):
         logger.info("model_dir: %s holds a masked LM (ElectraForMaskedLM): fine-tuned BERT-style", model_dir)
 
 
-def load_model(config, task, announce=True):
-    """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head."""
+def load_model(config, task, announce=False):
+    """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head (announce: log
+    what was loaded and what starts new)."""
     kwargs = {"num_labels": 1} if task.regression else {
         "num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
         "label2id": {label: i for i, label in enumerate(task.labels)}}
@@ -552,10 +574,17 @@ def load_model(config, task, announce=True):
         problem = weights_problem(config.model_dir) or first_line(e)
         raise SpanElectraError(f"model_dir: cannot load a model from '{config.model_dir}' ({problem}); point it "
                                "at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
+    layers = model.config.num_hidden_layers
+    reshaped = sorted((k, tuple(saved), tuple(made)) for k, saved, made in info.get("mismatched_keys", ())
+                      if layer_depth(k, layers) <= layers)
+    if reshaped:  # ignore_mismatched_sizes is there for a new head, never for a body config.json contradicts
+        key, saved, made = reshaped[0]
+        raise SpanElectraError(f"model_dir: config.json in '{config.model_dir}' does not describe its weights ({key}: "
+                               f"{saved} in the weights, {made} by config.json; {len(reshaped)} tensors differ); put "
+                               "back the config.json saved with them")
     if announce and "ElectraForMaskedLM" in (getattr(model.config, "architectures", None) or []):
         announce_masked_lm(config.model_dir)
     if announce:
-        layers = model.config.num_hidden_layers
         new = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})
         random_body = [k for k in new if layer_depth(k, layers) <= layers]
         logger.info("model: %s from %s, %s parameters, %d layers; new classifier head (%d tensors), pre-training "
@@ -743,7 +772,7 @@ def linear_probe(task, data, config, runtime):
 def train_one_seed(seed, task, data, config, runtime, announce):
     """Fine-tune a fresh copy of the model with one seed; returns (model, final dev metrics, per-epoch rows)."""
     tu.seed_everything(seed)  # before loading: the new classifier head's initialisation depends on it
-    model = load_model(config, task, announce).to(runtime.device)
+    model = load_model(config, task).to(runtime.device)
     if announce and token_similarity(model, data, runtime) > 0.99:
         logger.warning("model: %s gives (almost) the same vector to every token: its pre-training collapsed, and "
                        "fine-tuning will likely not get past the majority class; check its pre-training",
@@ -874,6 +903,7 @@ def main(config: finetune_args = None):
     segmenter, prepare = (read_tokenizer_info(config.model_dir)["word_segmenter"], lambda text: text) \
         if config.pre_segmented else folder_segmenter(config.model_dir, "model_dir")
     runtime = tu.setup_runtime(config.device)
+    load_model(config, task, announce=True)  # a model that will not load stops before out_dir is touched
     make_out_dir(config.out_dir)
     clear_outputs(config.out_dir)
     save_config(config, config.out_dir, "finetune")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, assert_cli_error, run_cli
+from conftest import REPO, SHARED_DATA, assert_cli_error, read_json, run_cli
 
 import argument
 import finetune_SE as ft
@@ -137,6 +137,20 @@ def test_a_test_file_with_the_users_own_header_is_not_an_example(tmp_path):
     folder = write_task(tmp_path / "t", ["review\tsentiment"] + rows, test=["review", "a fine film", "a dull film"])
     task = ft.load_task(task_config(folder, text_columns="review", label_column="sentiment"))
     assert task.test.texts == [("a fine film",), ("a dull film",)] and task.test.index == ["0", "1"]
+
+
+def test_a_column_name_given_twice_is_refused_and_empty_texts_are_said(tmp_path, caplog):
+    """A header naming 'sentence' twice is ambiguous (which column is the text?): refused, whether the name
+    is found as GLUE's or given by --text_columns. Rows with an empty text are kept and counted in a warning."""
+    folder = write_task(tmp_path / "twice", ["sentence\tsentence\tlabel", "a b\tc d\t0", "e f\tg h\t1"])
+    for kw in ({}, {"text_columns": "sentence", "label_column": "label"}):
+        with pytest.raises(SpanElectraError, match=r"^task_dir: the header of .*train.tsv names 'sentence' 2 times"):
+            ft.load_task(task_config(folder, **kw))
+    folder = write_task(tmp_path / "empty", ["sentence\tlabel", "a b\t0", "\t1", "c d\t1", " \t0"])
+    task = ft.load_task(task_config(folder))
+    assert task.train.texts == [("a b",), ("",), ("c d",), ("",)]
+    assert "train.tsv: 2 of 4 rows have an empty text (first: line 3)" in caplog.text
+    assert "dev.tsv: 2 of 4 rows have an empty text (first: line 3)" in caplog.text
 
 
 def test_detected_metrics_and_label_order(tmp_path):
@@ -541,8 +555,14 @@ def test_bad_input_cli(tiny_discriminator, tmp_path, capsys):
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_discriminator / name, no_tokenizer / name)
+    reshaped = tmp_path / "reshaped"
+    shutil.copytree(tiny_discriminator, reshaped)
+    model_config = read_json(reshaped / "config.json")
+    (reshaped / "config.json").write_text(json.dumps({**model_config, "intermediate_size": 2 * model_config["intermediate_size"]}))
     cases = [
         (["--task_dir", bad_bytes], ["train.tsv line 3", "UTF-8"]),
+        (["--task_dir", good, "--model_dir", reshaped, "--max_seq_length", 64], ["config.json in", "does not describe its weights",
+                                                          "intermediate.dense", "put back the config.json"]),
         (["--task_dir", ragged], ["train.tsv line 3", "3 tab-separated columns", "line 1 has 2"]),
         (["--task_dir", empty], ["train.tsv", "empty"]),
         (["--task_dir", unknown], ["unknown/train.tsv", "--task_type", "--text_columns"]),
