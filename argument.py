@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import signal
@@ -526,6 +527,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the team's corpora beside the checkout
 
 
+MAX_TOP_K = 100  # fills the explorer prints per masked token
+
+
 @dataclass
 class explore_args:
     """explore_SE.py: generator fills and discriminator scores for a sentence."""
@@ -539,7 +543,7 @@ class explore_args:
         if not self.text.strip():
             _fail("text", "give a sentence, e.g. --text \"The cat sat on the [[ mat ]] .\"")
         check_marks(self, "text")
-        check_range(self, "top_k", low=1)
+        check_range(self, "top_k", low=1, high=MAX_TOP_K)  # more is a vocabulary dump, not a report
         if not os.path.isdir(self.model_dir):
             _fail("model_dir", f"'{self.model_dir}' is not a folder; point it at a training out_dir")
 
@@ -754,11 +758,26 @@ def parse_config(config_cls, argv=None):
             raise SpanElectraError("--config: give the path of a JSON config file")
         parser.set_defaults(**_read_config_file(argv[i + 1], config_cls))
         del argv[i:i + 2]
+    check_given_once(parser, argv)
     try:
         config, _ = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as e:  # HfArgumentParser reports leftover arguments this way
         raise SpanElectraError(f"{e}; run with --help for the fields") from None
     return config
+
+
+def check_given_once(parser, argv):
+    """A field named twice on the command line (--save_model true --no_save_model, or --lr twice) is a
+    contradiction argparse would settle silently by the last one: refused, naming both."""
+    dests = {s: a.dest for a in parser._actions for s in a.option_strings}
+    seen = {}
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in dests:
+            seen.setdefault(dests[flag], []).append(flag)
+    for dest, flags in seen.items():
+        if len(flags) > 1:
+            raise SpanElectraError(f"{dest}: given {len(flags)} times ({', '.join(flags)}); give it once")
 
 
 def _read_config_file(path, config_cls):
@@ -833,10 +852,14 @@ def _coerce(value, name, hint, where):
     kind = args[0] if args else hint
     if value is None and type(None) in typing.get_args(hint):
         return None
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    # numbers as numpy gives them (a notebook's np.int64 from a sweep) count as the Python numbers they are
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
+    if kind is int and not isinstance(value, bool) and (isinstance(value, numbers.Integral) or (
+            isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer())):
         return int(value)
+    if kind is bool and type(value).__name__ == "bool_":  # numpy's
+        return bool(value)
     if kind is str and isinstance(value, os.PathLike):  # a notebook's pathlib.Path
         return os.fspath(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):

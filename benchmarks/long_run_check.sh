@@ -38,17 +38,17 @@ fi
 speeds() {  # metrics.jsonl -> step, tokens/s, data_wait_ms, gc_ms, gpu_queued_steps per logged row
     python3 -c "import json,sys; [print(r['step'], round(r['tokens_per_sec']), r.get('data_wait_ms'), r.get('gc_ms'), r.get('gpu_queued_steps')) for r in map(json.loads, open(sys.argv[1])) if 'tokens_per_sec' in r]" "$1"
 }
-run() {  # name, then extra flags
+run() {  # name, steps, then extra flags
     local start=$SECONDS
     timeout 110 python3 trainSpanElectra.py --mode joint --model_size small --bf16 true --compile true \
         --features_dir "$FEATURES" --out_dir "/tmp/long_$1" --overwrite_output_dir true --train_batch_size 128 \
-        --max_steps 1500 --log_every 100 --save_every 100000 --eval_every 100000 "${@:2}" > "$OUT/train_$1.log" 2>&1
+        --max_steps "$2" --log_every 100 --save_every 100000 --eval_every 100000 "${@:3}" > "$OUT/train_$1.log" 2>&1
     speeds "/tmp/long_$1/metrics.jsonl" > "$OUT/speed_$1.txt" 2>&1
     echo "$1: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
 }
 nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw --format=csv -l 2 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
-run se
+run se 1500
 if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: the run above against the benchmark
     kill $SMI
     timeout 150 python3 benchmarks/bench_train.py --device cuda --quick 2>&1 | grep -v -i warn > "$OUT/bench.log"
@@ -66,8 +66,8 @@ if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: t
     cat "$OUT/walls.txt"; cat "$OUT/speed_se.txt"; tail -3 "$OUT/bench.log"
     exit 0
 fi
-run se_cached --max_steps 300
-run electra --masking token --use_sbo false --use_span_head false
+run se_cached 300
+run electra 1500 --masking token --use_sbo false --use_span_head false
 kill $SMI
 timeout 220 python3 benchmarks/bench_train.py --device cuda 2>&1 | grep -v -i warn > "$OUT/bench.log"
 timeout 90 python3 benchmarks/profile_loop.py --features_dir "$FEATURES" > "$OUT/profile_loop.log" 2>&1

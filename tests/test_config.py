@@ -3,6 +3,7 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import SAMPLE, read_json, run_cli
@@ -85,6 +86,16 @@ def test_unknown_command_line_field():
         argument.parse_config(argument.feature_args, ["--no_such_field", "3"])
     with pytest.raises(SpanElectraError, match="max_seq_len"):
         argument.parse_config(argument.feature_args, ["--max_seq_len", "many"])
+
+
+
+def test_a_field_given_twice_is_refused():
+    """--save_model true --no_save_model contradicts itself; argparse would keep the last silently."""
+    with pytest.raises(SpanElectraError, match=r"^save_model: given 2 times \(--save_model, --no_save_model\); give it once"):
+        argument.parse_config(argument.finetune_args, ["--save_model", "true", "--no_save_model"])
+    with pytest.raises(SpanElectraError, match=r"^max_seq_len: given 2 times \(--max_seq_len, --max_seq_len\)"):
+        argument.parse_config(argument.feature_args, ["--max_seq_len", "64", "--max_seq_len=32"])
+    assert argument.parse_config(argument.feature_args, ["--max_seq_len=32"]).max_seq_len == 32
 
 
 @pytest.mark.parametrize("cls, field, value", [
@@ -300,9 +311,12 @@ def test_open_range_message_shows_its_brackets():
 
 @pytest.mark.parametrize("field, value, expected", [("mask_ratio", 1, 1.0), ("max_span_len", 4.0, 4),
                                                     ("max_span_len", 4.5, None), ("max_span_len", True, None),
-                                                    ("mask_ratio", True, None), ("masking", 3, None)])
+                                                    ("mask_ratio", True, None), ("masking", 3, None),
+                                                    ("max_span_len", np.int64(4), 4), ("mask_ratio", np.float32(0.5), 0.5),
+                                                    ("max_span_len", np.float64(4.5), None)])
 def test_values_given_to_main_are_coerced_to_the_field_type_or_refused(field, value, expected):
-    """main(config): an int for a float field becomes a float, a whole float an int; 4.5 or True for a number is an error."""
+    """main(config): an int for a float field becomes a float, a whole float an int (numpy's numbers alike, as a
+    notebook's sweep gives them); 4.5 or True for a number is an error."""
     config = argument.MaskingArgs(**{field: value})
     if expected is None:
         with pytest.raises(SpanElectraError) as e:
@@ -320,3 +334,12 @@ def test_seed_lists_refuse_repeats_and_accept_the_largest_seed():
         argument.seed_values(SimpleNamespace(s="1,2,1"), "s")
     with pytest.raises(SpanElectraError, match="seeds are integers"):
         argument.seed_values(SimpleNamespace(s="4294967296"), "s")
+
+
+def test_the_explorers_top_k_is_a_report_not_a_vocabulary_dump(tmp_path):
+    """--top_k 100000 would print every token of the vocabulary per masked word: refused past 100."""
+    config = argument.explore_args(model_dir=str(tmp_path), text="The [[ cat ]] sat .", top_k=101)
+    with pytest.raises(SpanElectraError, match=r"^top_k: 101 is out of range; use a value in \[1, 100\]"):
+        config.validate()
+    config.top_k = 100
+    config.validate()
