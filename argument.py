@@ -758,7 +758,7 @@ def parse_config(config_cls, argv=None):
             raise SpanElectraError("--config: give the path of a JSON config file")
         parser.set_defaults(**_read_config_file(argv[i + 1], config_cls))
         del argv[i:i + 2]
-    check_given_once(parser, argv)
+    check_one_form(parser, argv)
     try:
         config, _ = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as e:  # HfArgumentParser reports leftover arguments this way
@@ -766,18 +766,19 @@ def parse_config(config_cls, argv=None):
     return config
 
 
-def check_given_once(parser, argv):
-    """A field named twice on the command line (--save_model true --no_save_model, or --lr twice) is a
-    contradiction argparse would settle silently by the last one: refused, naming both."""
+def check_one_form(parser, argv):
+    """A boolean field given both as --X and as --no_X (--save_model true --no_save_model) contradicts
+    itself: refused, where argparse would keep the last silently. A field repeated in one form is an
+    override appended to a command, as argparse has always taken it: the last one counts."""
     dests = {s: a.dest for a in parser._actions for s in a.option_strings}
-    seen = {}
+    forms = {}
     for arg in argv:
         flag = arg.split("=", 1)[0]
         if flag in dests:
-            seen.setdefault(dests[flag], []).append(flag)
-    for dest, flags in seen.items():
+            forms.setdefault(dests[flag], set()).add(flag)
+    for dest, flags in forms.items():
         if len(flags) > 1:
-            raise SpanElectraError(f"{dest}: given {len(flags)} times ({', '.join(flags)}); give it once")
+            raise SpanElectraError(f"{dest}: given as both {' and '.join(sorted(flags, key=len))}; give one")
 
 
 def _read_config_file(path, config_cls):
