@@ -183,8 +183,8 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
     sizes = dict(model_size=scale["model_size"], vocab=paths["vocab"], seq=128)
     common = dict(features_dir=paths["features"], model_size=scale["model_size"], train_batch_size=scale["batch"],
                   learning_rate=scale["learning_rate"], seed=config.seed, masking=recipe["masking"],
-                  use_sbo=recipe["use_sbo"], log_every=50, eval_batches=4, device=config.device, bf16=config.bf16,
-                  compile=config.compile)
+                  use_sbo=recipe["use_sbo"], log_every=50, eval_batches=scale.get("eval_batches", 4),  # per curve point
+                  device=config.device, bf16=config.bf16, compile=config.compile)
     start, spent = time.time(), 0.0
     if recipe["kind"] == "mlm":  # BERT: a masked LM as large as the discriminator
         _, disc = electra_configs(scale["model_size"], paths["vocab"], 128)

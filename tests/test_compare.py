@@ -502,6 +502,16 @@ def test_vietnamese_gpu_scale_segments_its_corpus():
     assert cp.compare_args(scale="gpu_vi", tasks="vi_task").resolved().tasks == "vi_task"
 
 
+def task_slice(name, tmp_path, rows):
+    """The first rows of each split of a bundled GLUE task (header kept), as a task folder in tmp_path."""
+    task = tmp_path / name
+    task.mkdir()
+    for split in ("train", "dev"):
+        lines = (REPO / "data/glue" / name / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[:rows + 1]
+        (task / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(task)
+
+
 def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
     """ft_workers > 1 runs the fine-tuning jobs in spawned processes, a job per seed; each row gets the
     same dev figures (every seed's fine-tuning, their median, and the linear probe) as the one-process
@@ -509,12 +519,7 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
     scale = cp.SCALES["tiny"]
     paths = {"features": str(bpe_feat[0]), "vocab": bpe_feat[1]["vocab_size"]}
     model_dir = cp.random_model(paths, scale, str(tmp_path / "random"))
-    task = tmp_path / "MRPC"  # a slice of the bundled task: this test is about the processes
-    task.mkdir()
-    for split in ("train", "dev"):
-        lines = (REPO / "data/glue/MRPC" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[:33]
-        (task / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    task = str(task)
+    task = task_slice("MRPC", tmp_path, 32)  # this test is about the processes
     settings = {}
     figures = []
     threads = torch.get_num_threads()
@@ -730,13 +735,15 @@ def test_a_corpus_smaller_than_one_batch_stops_at_the_data_stage(bpe_tok, bpe_fe
     assert cp.prepare_data(config, dict(cp.SCALES["gpu_vi"], batch=32))["vocab"] == bpe_feat[1]["vocab_size"]
 
 
-def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path):
+def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path, monkeypatch):
     """Nothing stubbed: vocabulary, features, FLOP counting, pre-training each kind of recipe at a few
     steps' budget, fine-tuning and linear probes, the table, the JSON and RESULTS.md's section."""
+    monkeypatch.setitem(cp.SCALES["tiny"], "eval_batches", 1)  # a valid point per step here: keep each one short
     md = tmp_path / "RESULTS.md"
+    sst2 = task_slice("SST-2", tmp_path, 160)  # real sentences; the dev set cut to keep the test short
     rows = cp.main(cp.compare_args(
         train_input=str(REPO / "data/sample/train.tokens"), valid_input=str(REPO / "data/sample/valid.tokens"),
-        tasks=SST2, recipes="random,mlm,se_two_stage,se_joint", budget_steps=4, budget_fractions="1", seeds="1",
+        tasks=sst2, recipes="random,mlm,se_two_stage,se_joint", budget_steps=4, budget_fractions="1", seeds="1",
         ft_max_train_examples=64, out_dir=str(tmp_path / "c"), results_md=str(md), ft_workers=1, device="cpu"))
     assert [r["run"] for r in rows] == ["random@0", "mlm@1", "se_two_stage@1", "se_joint@1"]
     budget = rows[1]["identity"]["budget_tflops"]
@@ -889,7 +896,7 @@ def test_a_run_a_stopped_comparison_left_goes_on_from_its_checkpoint(name, bpe_f
     apart) continues that run when called again: the same valid curve and weights as a run never stopped
     (two-stage: stopped in the discriminator, the generator's finished run is taken as it is). With
     another budget the folder's run is trained again from the start."""
-    scale = dict(cp.SCALES["tiny"], batch=4)
+    scale = dict(cp.SCALES["tiny"], batch=4, eval_batches=1)
     config = cp.compare_args(tasks="", out_dir=str(tmp_path), device="cpu", seed=3).resolved()
     paths = {"features": str(bpe_feat[0]), "vocab": bpe_feat[1]["vocab_size"]}
     recipe = cp.RECIPES[name][1]

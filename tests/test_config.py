@@ -234,7 +234,7 @@ def test_main_checks_the_config_a_notebook_gives_it(tmp_path, capsys):
 
 
 def test_help_of_a_no_flag_says_what_it_does():
-    parser_help = run_cli("trainMLM_SpanElectra.py", "--help").stdout
+    parser_help = argument.config_parser(argument.MLM_trainingConfig).format_help()
     no_flag = parser_help[parser_help.index("  --no_use_sbo"):].split("\n  --")[0]
     assert "the same as --use_sbo false" in no_flag and "default" not in no_flag
 

@@ -24,7 +24,7 @@ def test_notebook_cells_compile_outside_a_kernel():
 def test_notebook_runs_top_to_bottom(tmp_path):
     nb = nbformat.read(REPO / "SpanElectra.ipynb", as_version=4)
     knobs = next(c for c in nb.cells if c.cell_type == "code" and "GENERATOR_STEPS =" in c.source)
-    knobs.source += (f"\nOUT = {str(tmp_path / 'nb')!r}\nGENERATOR_STEPS = 20\nDISCRIMINATOR_STEPS = 10\n"
+    knobs.source += (f"\nOUT = {str(tmp_path / 'nb')!r}\nGENERATOR_STEPS = 6\nDISCRIMINATOR_STEPS = 4\n"
                      "FINETUNE_EXAMPLES = 64\ntry:\n    import matplotlib\n    matplotlib.use('Agg')  # no window\n"
                      "except ImportError:\n    pass")
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()

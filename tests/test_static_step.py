@@ -371,21 +371,31 @@ TRITON_FAILURE = ("SubprocException: An exception occurred in a subprocess:\n\nN
                   "RuntimeError: PassManager::run failed\n")
 
 
-def losses_with_and_without_compile(feat_dir, out_root):
-    """(step, split, disc_loss, mlm_loss) rows of a 4-step joint run, uncompiled and with --compile."""
-    settings = dict(features_dir=feat_dir, mode="joint", model_size="tiny", max_steps=4, log_every=2,
-                    eval_every=4, save_every=4, eval_batches=1, train_batch_size=8, device="cpu")
-    losses = {}
-    for compile_step in (False, True):
-        out = out_root / f"compile_{compile_step}"
-        torch._dynamo.reset()
-        trainSpanElectra.main(argument.SE_trainingConfig(out_dir=str(out), compile=compile_step, **settings))
-        rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"disc_loss"' in line]
-        losses[compile_step] = [(r["step"], r.get("split"), r["disc_loss"], r["mlm_loss"]) for r in rows]
-    return losses
+JOINT_4_STEPS = dict(mode="joint", model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=4,
+                     eval_batches=1, train_batch_size=8, device="cpu")
 
 
-def test_a_step_torch_compile_cannot_build_trains_on_uncompiled(bpe_feat, tmp_path, monkeypatch, caplog):
+def joint_losses(feat_dir, out, compile_step):
+    """(step, split, disc_loss, mlm_loss) rows of a 4-step joint run."""
+    torch._dynamo.reset()
+    trainSpanElectra.main(argument.SE_trainingConfig(features_dir=feat_dir, out_dir=str(out), compile=compile_step,
+                                                     **JOINT_4_STEPS))
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"disc_loss"' in line]
+    return [(r["step"], r.get("split"), r["disc_loss"], r["mlm_loss"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def uncompiled_losses(bpe_feat, tmp_path_factory):
+    """The 4-step joint run's losses without --compile, that each fallback below must reproduce."""
+    return joint_losses(str(bpe_feat[0]), tmp_path_factory.mktemp("uncompiled"), False)
+
+
+def losses_with_and_without_compile(feat_dir, out_root, uncompiled):
+    """{False: the uncompiled run's rows, True: the same run's with --compile}."""
+    return {False: uncompiled, True: joint_losses(feat_dir, out_root / "compiled", True)}
+
+
+def test_a_step_torch_compile_cannot_build_trains_on_uncompiled(bpe_feat, uncompiled_losses, tmp_path, monkeypatch, caplog):
     """Where torch.compile fails to build the step (as Triton did on one of the two-stage step's kernels on an
     H100), the run warns once, naming the failure, and trains on uncompiled: the same losses as a run without
     --compile, where it used to stop at its first step with a traceback."""
@@ -393,14 +403,14 @@ def test_a_step_torch_compile_cannot_build_trains_on_uncompiled(bpe_feat, tmp_pa
         raise RuntimeError(TRITON_FAILURE)
     monkeypatch.setattr(tu, "compile_model", lambda step, runtime: torch.compile(step, backend=triton_fails))
     caplog.set_level("WARNING", logger=tu.logger.name)
-    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
+    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path, uncompiled_losses)
     assert len(losses[True]) == 3 and losses[True] == losses[False]
     warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
     assert len(warnings) == 1
     assert "PassManager::run failed, in triton_red_fused_sum_33" in warnings[0] and "uncompiled" in warnings[0]
 
 
-def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_feat, tmp_path, monkeypatch, caplog):
+def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_feat, uncompiled_losses, tmp_path, monkeypatch, caplog):
     """On a GPU whose Triton fails a kernel of Inductor's mix-order reductions, the step is compiled again
     without them (a second torch.compile of the same step in the same process) and trains compiled, with the
     losses of an uncompiled run and one warning; the uncompiled fallback is not reached."""
@@ -416,7 +426,7 @@ def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_f
     monkeypatch.setattr(tu, "compile_model", compile_model)
     monkeypatch.setattr(tu, "mix_order_reductions_on", lambda runtime: True)  # a GPU, the fusion on
     caplog.set_level("WARNING", logger=tu.logger.name)
-    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
+    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path, uncompiled_losses)
     assert len(losses[True]) == 3 and losses[True] == losses[False]
     assert len(built) >= 1 and built[0] > 50  # the second attempt built the whole step's graph
     warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
@@ -425,7 +435,7 @@ def test_a_step_that_fails_with_mix_order_reductions_compiles_without_them(bpe_f
     assert "compiling it again without them" in warnings[0]
 
 
-def test_a_backward_that_fails_to_build_is_caught_at_the_step_like_a_forward(bpe_feat, tmp_path, monkeypatch, caplog):
+def test_a_backward_that_fails_to_build_is_caught_at_the_step_like_a_forward(bpe_feat, uncompiled_losses, tmp_path, monkeypatch, caplog):
     """torch builds a compiled step's backward lazily, at the first backward() outside the step; the failing
     kernel may well be a backward one (a reduction over the discriminator's loss). CompiledStep has the
     backward built with the forward, so its failure reaches the same fallbacks: compiled again without
@@ -445,7 +455,7 @@ def test_a_backward_that_fails_to_build_is_caught_at_the_step_like_a_forward(bpe
     monkeypatch.setattr(tu, "compile_model", compile_model)
     monkeypatch.setattr(tu, "mix_order_reductions_on", lambda runtime: True)
     caplog.set_level("WARNING", logger=tu.logger.name)
-    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path)
+    losses = losses_with_and_without_compile(str(bpe_feat[0]), tmp_path, uncompiled_losses)
     assert len(losses[True]) == 3 and losses[True] == losses[False]
     assert built == ["backward"]  # built once, by the second attempt, and never again (no recompile)
     warnings = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]

@@ -47,10 +47,10 @@ def se_config(feat, out, **kw):
 
 @pytest.fixture(scope="session")
 def trained_generator(bpe_feat, tmp_path_factory):
-    """A tiny generator trained for 300 steps; returns its out_dir."""
+    """A tiny generator trained for 240 steps; returns its out_dir."""
     out = tmp_path_factory.mktemp("gen") / "run"
-    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=300, learning_rate=2e-3, eval_every=300,
-                                         log_every=50, eval_batches=0, train_batch_size=32, num_hidden_layers=2,
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=240, learning_rate=3e-3, eval_every=240,
+                                         log_every=40, eval_batches=0, train_batch_size=24, num_hidden_layers=2,
                                          seed=1))
     return out
 
@@ -78,7 +78,7 @@ def test_generator_learns_and_beats_unigram(trained_generator, bpe_feat):
     assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.4
     assert train[-1]["mlm_loss"] < np.log(2000) - 1.0  # well below a uniform guess
     valid = rows(trained_generator, "valid")[-1]
-    assert valid["mlm_accuracy"] > unigram_accuracy(bpe_feat[0]) * 1.25, valid  # 5.2% against 3.3%
+    assert valid["mlm_accuracy"] > unigram_accuracy(bpe_feat[0]) * 1.25, valid  # 5.5% against 3.3%
     for r in train:
         assert abs(r["mask_ratio"] - 0.15) < 0.02 and r["tokens_per_sec"] > 0 and r["lr"] >= 0
         assert {"step", "loss", "mlm_accuracy", "sbo_loss", "mean_span_length"} <= set(r)
@@ -115,9 +115,9 @@ def test_generator_logits_only_at_masked_positions(bpe_feat):
 # ---------------------------------------------------------------- discriminator
 def test_two_stage_discriminator_beats_all_original(weak_generator, bpe_feat, tmp_path):
     out = tmp_path / "se"
-    trainSpanElectra.main(se_config(bpe_feat[0], out, mode="two_stage", max_steps=150, learning_rate=1e-3,
-                                    train_batch_size=32, generator_dir=str(weak_generator), eval_every=150,
-                                    eval_batches=4, log_every=25))
+    trainSpanElectra.main(se_config(bpe_feat[0], out, mode="two_stage", max_steps=100, learning_rate=2e-3,
+                                    train_batch_size=24, generator_dir=str(weak_generator), eval_every=100,
+                                    eval_batches=4, log_every=20))
     valid = rows(out, "valid")[-1]
     assert valid["disc_accuracy"] > 1 - valid["replaced_fraction"] + 0.004, valid
     assert valid["disc_precision"] > 0.3 and valid["rtd_loss"] < valid["rtd_base_loss"] - 0.05
