@@ -96,7 +96,7 @@ def check_hparams(hparams, sizes):
         raise SpanElectraError("config_file: model_hparam_overrides must be a JSON object (name: value)")
     given = {**{k: hparams[k] for k in ("vocab_size", "embedding_size") if k in hparams}, **overrides}
     for name, actual in sizes.items():
-        if name in given and given[name] != actual:
+        if given.get(name) is not None and given[name] != actual:  # null: the default, e.g. embedding_size
             raise SpanElectraError(f"config_file: {name} {given[name]!r} contradicts the checkpoint's {actual}; these "
                                    "hparams are not this model's: pass the hparams JSON it was trained with")
     implied = dict(zip(("hidden_size", "num_hidden_layers"), MODEL_SIZES[model_size]))

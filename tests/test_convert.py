@@ -227,6 +227,15 @@ def test_hparams_that_cannot_be_this_checkpoints_are_one_line(tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
+def test_null_sizes_in_the_hparams_are_defaults_not_contradictions(tmp_path):
+    """google-research/electra writes its config's None (embedding_size: null, the hidden size) into
+    hparams.json: such a value contradicts nothing."""
+    hparams = tmp_path / "hp.json"
+    hparams.write_text(json.dumps({**json.loads((FIXTURE / "hparams.json").read_text()), "embedding_size": None}))
+    convert.main(argument.convert_args(checkpoint=str(FIXTURE), out_dir=str(tmp_path / "e"), config_file=str(hparams)))
+    assert read_json(tmp_path / "e" / "discriminator" / "config.json")["embedding_size"] == 16
+
+
 def test_a_model_size_whose_sizes_differ_is_said(tmp_path, caplog):
     """model_size 'small' with no overrides means 256 wide and 12 layers; the fixture is 32 and 2: the shapes
     win, and the difference is said."""
