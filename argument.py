@@ -482,6 +482,9 @@ class pipeline_args:
         check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)
         check_range(self, "valid_fraction", 0, 1, high_open=True)
+        if not self.valid_input and self.valid_fraction == 0:  # its report is the validation figures
+            _fail("valid_fraction", "0 with no --valid_input leaves no validation text, and the pipeline reports "
+                  "on it; give --valid_input or a share such as --valid_fraction 0.05")
         # what the later stages would refuse, now rather than after the vocabulary and the features are built
         check_range(self, "vocab_size", low=6, high=MAX_VOCAB_SIZE)
         check_range(self, "min_fre", low=1)

@@ -23,7 +23,7 @@ import trainSpanElectra
 from argument import (DISCRIMINATOR_RUN, EXPLORE_TEXTS, GENERATOR_RUN, MLM_trainingConfig, SE_trainingConfig,
                       checked_config, feature_args, mask_stats_args, pipeline_args, run_main, save_config, saved_config,
                       tok_args)
-from io_utils import make_out_dir
+from io_utils import SpanElectraError, make_out_dir
 from training_utils import LEARNED_AUC, holds_a_run, read_metrics
 
 logger = logging.getLogger("span_electra")
@@ -57,6 +57,10 @@ def main(config: pipeline_args = None):
         valid_fraction=0.0 if config.valid_input else config.valid_fraction, out_dir=feat_dir,
         max_seq_len=config.max_seq_len, seed=config.seed))
     timings["features"] = time.time() - start
+    if "valid" not in meta["splits"]:  # before any training: the report is the validation figures
+        raise SpanElectraError(f"valid_fraction: {config.valid_fraction} held out none of the "
+                               f"{meta['num_documents']['train']} documents of '{config.train_input}'; give "
+                               "--valid_input, or a larger --valid_fraction")
 
     start = time.time()
     stats = mask_stats.main(mask_stats_args(features_dir=feat_dir, num_sequences=2048, seed=config.seed))

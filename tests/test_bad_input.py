@@ -112,6 +112,20 @@ def case_pipeline_zero_learning_rate(d, tok, feat):
     return (["run_pipeline.py", "--out_dir", d / "out", "--learning_rate", 0], ["learning_rate", "0"], ["out"])
 
 
+def case_pipeline_no_validation_text(d, tok, feat):
+    """Its report is the validation figures: no valid text is refused up front."""
+    return (["run_pipeline.py", "--out_dir", d / "out", "--valid_input", "", "--valid_fraction", 0],
+            ["valid_fraction", "no validation text", "--valid_input"], ["out"])
+
+
+def case_pipeline_valid_fraction_holds_out_nothing(d, tok, feat):
+    """1% of the sample's 6 documents is none: found once the features are built, before any training
+    (was: an IndexError after both models had trained)."""
+    return (["run_pipeline.py", "--out_dir", d / "out", "--train_input", SAMPLE / "valid.tokens", "--valid_input", "",
+             "--valid_fraction", 0.01, "--vocab_size", 500],
+            ["valid_fraction: 0.01 held out none of the 6 documents", "larger --valid_fraction"], ["out/generator"])
+
+
 def case_pipeline_unclosed_explore_mark(d, tok, feat):
     return (["run_pipeline.py", "--out_dir", d / "out", "--explore_text", "The [[ cat sat ."],
             ["explore_text", "a [[ without its ]]"], ["out"])
