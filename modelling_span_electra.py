@@ -322,17 +322,26 @@ def _save_heads(modules, directory, config):
 
 
 def _load_heads(modules, directory):
+    """Load the span heads span_electra.json says the model has (modules: name -> head, None where it has
+    none) from span_heads.safetensors; a missing file or head is an error, never a head left untrained."""
+    modules = {name: m for name, m in modules.items() if m is not None}
+    if not modules:
+        return
     path = os.path.join(directory, HEAD_FILE)
     if not os.path.isfile(path):
-        return
+        raise SpanElectraError(f"model_dir: '{path}' is missing, and {HEAD_CONFIG} says the model has its "
+                               f"{', '.join(modules)} head; copy the whole model folder, or export it again")
     try:
         state = load_file(path)
     except Exception:  # safetensors' own error types: a cut-short save, another format
         raise SpanElectraError(f"model_dir: '{path}' is not a readable safetensors file (truncated or another "
                                "format); save or export the model again, or point at another folder") from None
     for name, m in modules.items():
-        if m is not None:
+        try:
             m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+        except RuntimeError as e:  # missing or reshaped tensors: torch's message runs to many lines
+            raise SpanElectraError(f"model_dir: '{path}' does not hold the {name} head {HEAD_CONFIG} describes "
+                                   f"({first_line(e)}); save or export the model again") from None
 
 
 @contextlib.contextmanager

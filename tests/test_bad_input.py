@@ -483,9 +483,23 @@ def test_a_data_workers_error_prints_as_its_one_line():
     assert argument.without_worker_traceback("split: no such split") == "split: no such split"
 
 
-def test_a_cut_short_span_head_file_is_one_line(tmp_path):
-    """span_heads.safetensors cut short (a save interrupted, a partial copy): one line, not safetensors' error."""
+def test_a_cut_short_missing_or_other_span_head_file_is_one_line(tmp_path):
+    """span_heads.safetensors cut short (a save interrupted, a partial copy), missing where span_electra.json
+    says there is a head (explore_SE used an untrained SBO head), or holding another head: one line each."""
+    import torch
+    from safetensors.torch import save_file
     import modelling_span_electra as mse
+    head = torch.nn.Linear(2, 2)
+    mse._load_heads({"sbo": None}, str(tmp_path))  # no head: no file needed
+    with pytest.raises(SpanElectraError, match=f"^model_dir: '.*{mse.HEAD_FILE}' is missing, and span_electra.json "
+                                               "says the model has its sbo head"):
+        mse._load_heads({"sbo": head, "span_head": None}, str(tmp_path))
     (tmp_path / mse.HEAD_FILE).write_bytes(b"\x10\x00\x00")
     with pytest.raises(SpanElectraError, match=f"^model_dir: '.*{mse.HEAD_FILE}' is not a readable safetensors file"):
-        mse._load_heads({"sbo": None}, str(tmp_path))
+        mse._load_heads({"sbo": head}, str(tmp_path))
+    save_file({"sbo.weight": torch.zeros(3, 2), "sbo.bias": torch.zeros(3)}, str(tmp_path / mse.HEAD_FILE))
+    with pytest.raises(SpanElectraError, match="^model_dir: .* does not hold the sbo head span_electra.json describes"):
+        mse._load_heads({"sbo": head}, str(tmp_path))
+    save_file({"sbo.weight": torch.ones(2, 2), "sbo.bias": torch.ones(2)}, str(tmp_path / mse.HEAD_FILE))
+    mse._load_heads({"sbo": head}, str(tmp_path))
+    assert torch.equal(head.weight, torch.ones(2, 2))
