@@ -32,7 +32,8 @@ import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, progress_bar, remove_paths)
-from modelling_span_electra import load_tokenizer_of, quiet_transformers, warn_untrained_positions, weights_problem
+from modelling_span_electra import (check_not_reshaped, load_tokenizer_of, quiet_transformers, warn_untrained_positions,
+                                   weights_problem)
 from tokenization import UNKNOWN_WARNING, check_tokenizer_fits, copy_tokenizer, folder_segmenter, read_tokenizer_info
 
 logger = logging.getLogger("span_electra")
@@ -575,13 +576,8 @@ def load_model(config, task, announce=False):
         raise SpanElectraError(f"model_dir: cannot load a model from '{config.model_dir}' ({problem}); point it "
                                "at OUT/discriminator of trainSpanElectra.py or an ELECTRA/BERT folder") from None
     layers = model.config.num_hidden_layers
-    reshaped = sorted((k, tuple(saved), tuple(made)) for k, saved, made in info.get("mismatched_keys", ())
-                      if layer_depth(k, layers) <= layers)
-    if reshaped:  # ignore_mismatched_sizes is there for a new head, never for a body config.json contradicts
-        key, saved, made = reshaped[0]
-        raise SpanElectraError(f"model_dir: config.json in '{config.model_dir}' does not describe its weights ({key}: "
-                               f"{saved} in the weights, {made} by config.json; {len(reshaped)} tensors differ); put "
-                               "back the config.json saved with them")
+    # ignore_mismatched_sizes is there for a new task head, never for a body config.json contradicts
+    check_not_reshaped(info, config.model_dir, "model_dir", counts=lambda key: layer_depth(key, layers) <= layers)
     if announce and "ElectraForMaskedLM" in (getattr(model.config, "architectures", None) or []):
         announce_masked_lm(config.model_dir)
     if announce:

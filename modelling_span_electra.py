@@ -455,14 +455,32 @@ def load_tokenizer_of(directory, field="model_dir"):
 
 
 def load_weights(cls, directory, field):
-    """cls.from_pretrained(directory), with a one-line error naming the weight file's problem."""
+    """cls.from_pretrained(directory), with a one-line error naming the weight file's problem (transformers'
+    load report table kept out of the log) and one warning for tensors that start random."""
     try:
-        with quiet_transformers(errors_only=False):
-            return cls.from_pretrained(directory)
+        with quiet_transformers():
+            model, info = cls.from_pretrained(directory, output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:
         problem = weights_problem(directory) or first_line(e)[:160]
         raise SpanElectraError(f"{field}: cannot load the model in '{directory}': {problem}; save or export it again, "
                                "or point at another folder") from None
+    check_not_reshaped(info, directory, field)
+    missing = sorted(info["missing_keys"])
+    if missing:
+        logger.warning("%s: %d tensors of %s were not in '%s' and start random (e.g. %s)", field, len(missing),
+                       cls.__name__, directory, ", ".join(missing[:3]))
+    return model
+
+
+def check_not_reshaped(info, directory, field, counts=lambda key: True):
+    """A from_pretrained(..., output_loading_info=True) whose config.json gave tensors (those `counts`
+    keeps) other shapes than the weights hold: one line, where transformers would start them random."""
+    reshaped = sorted((k, tuple(saved), tuple(made)) for k, saved, made in info.get("mismatched_keys", ()) if counts(k))
+    if reshaped:
+        key, saved, made = reshaped[0]
+        raise SpanElectraError(f"{field}: config.json in '{directory}' does not describe its weights ({key}: {saved} "
+                               f"in the weights, {made} by config.json; {len(reshaped)} tensors differ); put back the "
+                               "config.json saved with them")
 
 
 def load_generator(directory, field="generator_dir"):

@@ -503,3 +503,19 @@ def test_a_cut_short_missing_or_other_span_head_file_is_one_line(tmp_path):
     save_file({"sbo.weight": torch.ones(2, 2), "sbo.bias": torch.ones(2)}, str(tmp_path / mse.HEAD_FILE))
     mse._load_heads({"sbo": head}, str(tmp_path))
     assert torch.equal(head.weight, torch.ones(2, 2))
+
+
+def test_a_generator_whose_config_does_not_match_its_weights_is_one_line(tmp_path, caplog):
+    """config.json edited or swapped beside the weights: one line naming a tensor and both shapes, not
+    transformers' load report table and its 'look at the above report'."""
+    import modelling_span_electra as mse
+    gen_config, _ = mse.electra_configs("tiny", 300, 32, num_hidden_layers=1)
+    folder = tmp_path / "generator"
+    mse.save_generator(mse.SpanElectraGenerator(gen_config, use_sbo=True), str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 2 * config["intermediate_size"]}))
+    with pytest.raises(SpanElectraError, match=r"^generator_dir: config.json in '.*generator' does not describe its "
+                                               r"weights \(electra.encoder.layer.0.intermediate.dense.bias: \(\d+,\) in "
+                                               r"the weights, \(\d+,\) by config.json; 3 tensors differ\)"):
+        mse.load_generator(str(folder))
+    assert "LOAD REPORT" not in caplog.text
