@@ -426,12 +426,18 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
             self.generator_dir = self.generator_beside_init_from() or self.generator_dir
             check_dir(self, "generator_dir", "train one with trainMLM_SpanElectra.py (it is OUT/generator) or use "
                       "--mode joint", must_contain="config.json")
+            if self.gradient_disentangled:  # it would be silently ignored
+                _fail("gradient_disentangled", "shares embeddings between a generator and a discriminator trained "
+                      "together: it needs --mode joint (two-stage's generator is frozen)")
+        elif self.generator_dir and self.generator_dir != field_default(type(self), "generator_dir"):
+            _fail("generator_dir", f"'{self.generator_dir}' with --mode joint, which trains its own generator; drop "
+                  "--generator_dir, or use --mode two_stage to train against it")
 
     def generator_beside_init_from(self):
         """Two-stage from a folder holding both models (a converted ELECTRA, a joint run's out_dir) with
         --generator_dir left at its default: its generator/, the pair ELECTRA trained together (not whatever
         generator an earlier run left at the default place)."""
-        default = next(f.default for f in dataclasses.fields(self) if f.name == "generator_dir")
+        default = field_default(type(self), "generator_dir")
         if not self.init_from or self.generator_dir != default:
             return None
         folder = os.path.normpath(self.init_from)  # OUT, or OUT/discriminator (both name the same pair)
@@ -833,6 +839,11 @@ def find_bundled_data(config):
 
 
 MAX_SEED = 2**32 - 1
+
+
+def field_default(config_cls, name):
+    """The default a config class declares for one of its fields."""
+    return next(f.default for f in dataclasses.fields(config_cls) if f.name == name)
 
 
 def seed_values(config, name):

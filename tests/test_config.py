@@ -343,3 +343,19 @@ def test_the_explorers_top_k_is_a_report_not_a_vocabulary_dump(tmp_path):
         config.validate()
     config.top_k = 100
     config.validate()
+
+
+def test_flags_the_other_mode_would_ignore_are_refused(bpe_feat, tmp_path):
+    """--mode joint trains its own generator: a --generator_dir given with it would be ignored; two-stage's
+    generator is frozen: --gradient_disentangled would be ignored. Each is one line; the default
+    generator_dir (and None, as run_pipeline.py passes) is no contradiction."""
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    (generator / "config.json").write_text("{}")
+    features = str(bpe_feat[0])
+    with pytest.raises(SpanElectraError, match=r"^generator_dir: '.*generator' with --mode joint, which trains its own"):
+        argument.SE_trainingConfig(features_dir=features, mode="joint", generator_dir=str(generator)).validate()
+    with pytest.raises(SpanElectraError, match="^gradient_disentangled: .* it needs --mode joint"):
+        argument.SE_trainingConfig(features_dir=features, generator_dir=str(generator), gradient_disentangled=True).validate()
+    argument.SE_trainingConfig(features_dir=features, mode="joint").validate()
+    argument.SE_trainingConfig(features_dir=features, mode="joint", generator_dir=None).validate()

@@ -59,7 +59,7 @@ def test_discriminator_trains_on_cuda(bpe_feat, gpu_generator, tmp_path, mode, c
     disentangled = mode == "joint_disentangled"  # DeBERTaV3's sharing: word and position deltas in the step
     disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
         features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode="joint" if disentangled else mode,
-        generator_dir=None if disentangled else gpu_generator[1], gradient_disentangled=disentangled,
+        generator_dir=gpu_generator[1] if mode == "two_stage" else None, gradient_disentangled=disentangled,
         **{**FEW_STEPS, "compile": compile_step}))
     row = valid_rows(tmp_path)[-1]
     assert 0 <= row["disc_auc"] <= 1 and row["rtd_loss"] > 0
@@ -134,7 +134,8 @@ def test_compiled_steps_replay_as_cuda_graphs(bpe_feat, gpu_generator, tmp_path,
     elif script == "joint_disentangled":  # the position delta's slice of the live table must not skip them
         trainSpanElectra.main(argument.SE_trainingConfig(mode="joint", gradient_disentangled=True, **settings))
     else:
-        trainSpanElectra.main(argument.SE_trainingConfig(mode=script, generator_dir=gpu_generator[1], **settings))
+        trainSpanElectra.main(argument.SE_trainingConfig(
+            mode=script, generator_dir=gpu_generator[1] if script == "two_stage" else None, **settings))
     assert counters["inductor"]["cudagraph_skips"] == 0
     assert not [r.getMessage() for r in caplog.records if "training goes on uncompiled" in r.getMessage()]
 
