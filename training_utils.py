@@ -651,9 +651,24 @@ def changed_input_message(key, old, new, out_dir):
             "start over with --overwrite_output_dir")
 
 
+# what another stage's folder holds at its top: a run's out_dir keeps its models in generator/, discriminator/
+OTHER_OUTPUTS = {"meta.json": "features", "tokenizer.json": "a tokenizer", "se_tokenizer.json": "a tokenizer",
+                 "config.json": "a model"}
+
+
+def check_not_another_output(out_dir):
+    """A run's files never go into a features, tokenizer or model folder (they would mix with it, and a
+    model folder would end up holding a run)."""
+    for name, what in OTHER_OUTPUTS.items():
+        if os.path.isfile(os.path.join(out_dir, name)):
+            raise SpanElectraError(f"out_dir: '{out_dir}' holds {what} ({name}), not a training run; give the run a "
+                                   "folder of its own")
+
+
 def check_run(config, identity):
-    """The run id to continue or start; raises a one-line error when out_dir belongs to another run.
-    Reads only: nothing is written before every check has passed."""
+    """The run id to continue or start; raises a one-line error when out_dir belongs to another run or
+    holds another stage's output. Reads only: nothing is written before every check has passed."""
+    check_not_another_output(config.out_dir)
     path = os.path.join(config.out_dir, RUN_FILE)
     saved = None
     if os.path.exists(path) and holds_a_run(config.out_dir):

@@ -175,6 +175,24 @@ def test_a_discriminator_into_its_generators_out_dir_never_deletes_the_generator
     assert "--overwrite_output_dir deletes" in last and snapshot(run) == before
 
 
+@pytest.mark.parametrize("target, what", [("features", "features (meta.json)"),
+                                          ("generator", "a tokenizer (tokenizer.json)")])
+def test_a_run_into_a_features_or_model_folder_is_refused(bpe_feat, finished_run, tmp_path, capsys, target, what):
+    """--out_dir at the features folder or at a saved model (a run's own generator/): the run's checkpoints,
+    metrics and models would mix with them; refused before anything is written, with --overwrite_output_dir too."""
+    folder = tmp_path / target
+    shutil.copytree(bpe_feat[0] if target == "features" else finished_run / "generator", folder)
+    before = snapshot(folder)
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(trainMLM_SpanElectra.main, argument.MLM_trainingConfig, [
+            "--features_dir", str(bpe_feat[0]), "--out_dir", str(folder), "--model_size", "tiny", "--max_steps", "2",
+            "--overwrite_output_dir", "true", "--device", "cpu"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and last == (f"error: out_dir: '{folder}' holds {what}, not a training run; give the "
+                                             "run a folder of its own")
+    assert snapshot(folder) == before
+
+
 def test_resume_latest_ignores_another_runs_checkpoint(bpe_feat, finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
