@@ -9,7 +9,7 @@ import numpy as np
 
 from argument import checked_config, mask_stats_args, run_main
 from features import PretrainingFeatures
-from masking import long_words_warning, masking_stats, max_prediction_slots
+from masking import long_words_warning, masking_stats, max_prediction_slots, short_masking_message
 
 
 def main(config: mask_stats_args = None):
@@ -39,11 +39,9 @@ def main(config: mask_stats_args = None):
         print(f"{length:>19}  {share:.4f}  {'#' * int(round(share * 60))}")
     print(f"mask ratio {stats['mask_ratio']:.4f} (target {config.mask_ratio}), mean span "
           f"{stats['mean_span_length_words']:.2f} words / {stats['mean_span_length_tokens']:.2f} tokens")
-    if stats["mask_ratio"] < 0.8 * config.mask_ratio:  # the slots cut spans, or words are too few to place them
-        print(f"warning: the realised mask ratio is {stats['mask_ratio'] / config.mask_ratio:.0%} of the target: "
-              f"spans are cut at the {stats['prediction_slots']} prediction slots per sequence "
-              "(--max_predictions_per_seq) or the sequences hold too few words for the spans; raise "
-              "--max_predictions_per_seq, or lower --max_span_len")
+    short = short_masking_message(stats["mask_ratio"], config.mask_ratio, stats["prediction_slots"])
+    if short:  # the slots cut spans, or words are too few to place them
+        print(f"warning: {short}")
     long_words = long_words_warning(data[rows[:1024]], masker)
     if long_words:
         print(f"warning: {long_words}")

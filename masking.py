@@ -164,6 +164,15 @@ class SpanLengths:
 
 
 # ---------------------------------------------------------------- span masking
+def short_masking_message(realised, target, slots):
+    """What to say when the realised mask ratio falls well short of the target (None when it does not)."""
+    if realised >= 0.8 * target:
+        return None
+    return (f"the realised mask ratio is {realised / target:.0%} of the target: spans are cut at the {slots} prediction "
+            "slots per sequence (--max_predictions_per_seq) or the sequences hold too few words for the spans; raise "
+            "--max_predictions_per_seq, or lower --max_span_len")
+
+
 def max_prediction_slots(config, seq_len):
     """Prediction slots per sequence: config.max_predictions_per_seq, or by default ELECTRA's
     round(mask_ratio x seq_len) for token masking and, for span masking, a quarter more (at least 5 more):

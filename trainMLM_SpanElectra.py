@@ -90,6 +90,7 @@ def main(config: MLM_trainingConfig = None):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
                    "data_wait_ms": stream.take_wait_ms(), **speed.pace()}
             tu.check_finite(row["loss"], step)
+            tu.warn_short_masking(row, config, train_set)
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")
         if valid_set is not None and tu.is_due(step, config.eval_every, config.max_steps):

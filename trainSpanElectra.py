@@ -167,6 +167,7 @@ def main(config: SE_trainingConfig = None):
                    "data_wait_ms": stream.take_wait_ms(), **speed.pace()}
             row.setdefault("loss", row["disc_loss"])
             tu.check_finite(row["loss"], step)
+            tu.warn_short_masking(row, config, train_set)
             log.write(row)
             best_auc = max(best_auc, tu.learned_auc(row))
             bar.set_postfix(disc_loss=f"{row['disc_loss']:.3f}", disc_auc=f"{row['disc_auc']:.3f}")

@@ -31,6 +31,7 @@ from argument import save_config
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back, first_line,
                       lies_within, list_checkpoints, left_by_ended_process, make_out_dir, pid_alive, process_tag,
                       read_json, remove_paths, storage_reason)
+from masking import short_masking_message
 
 logger = logging.getLogger("span_electra")
 CHECKPOINT_PATTERN = "checkpoint-{:08d}.pt"
@@ -206,6 +207,15 @@ def check_finite(loss, step, hint=NAN_HINT):
     """Stop with the step and what to do when the (logged) loss is NaN or infinite."""
     if not math.isfinite(loss):
         raise SpanElectraError(f"loss: non-finite loss ({loss}) by step {step}; {hint}")
+
+
+def warn_short_masking(row, config, dataset):
+    """The first logged row's realised mask ratio against --mask_ratio: said once, as mask_stats.py says it,
+    where spans cut at the prediction slots leave the generator far fewer targets than asked for."""
+    if "mask_ratio" in row and row["step"] <= config.log_every:
+        short = short_masking_message(row["mask_ratio"], config.mask_ratio, dataset.num_slots)
+        if short:
+            logger.warning("mask_ratio: %s", short)
 
 
 def check_finite_weights(model, step):

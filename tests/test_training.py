@@ -689,3 +689,17 @@ def test_mlm_accuracy_ignores_padding_slots():
     metrics = tu.generator_metrics(out, batch, baseline_token=0)
     assert metrics["mlm_accuracy"].item() == pytest.approx(0.5)
     assert metrics["mlm_baseline_accuracy"].item() == 0.0  # the padding slots' target 0 is no hit either
+
+
+def test_masking_far_short_of_its_ratio_is_said_at_the_first_log(bpe_feat, tmp_path, caplog):
+    """Two prediction slots in 128-token rows hold a fraction of the 15% asked for: the first logged row says
+    so, with mask_stats.py's advice, once."""
+    caplog.set_level("WARNING", logger="span_electra")
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "short", max_steps=4, log_every=2,
+                                         max_predictions_per_seq=2))
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mask_ratio:")]
+    assert len(warnings) == 1 and "spans are cut at the 2 prediction slots" in warnings[0]
+    assert rows(tmp_path / "short")[0]["mask_ratio"] < 0.8 * 0.15
+    caplog.clear()
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "full", max_steps=2, log_every=2))
+    assert not [r for r in caplog.records if r.getMessage().startswith("mask_ratio:")]
