@@ -27,7 +27,8 @@ from masking import IGNORE_INDEX, Masker, batch_from_spans, prediction_slots, wo
 from tokenization import (SPECIAL_TOKENS, byte_level_bytes, check_tokenizer_fits, folder_segmenter,
                           read_tokenizer_info, tokenizer_hash)
 from io_utils import SpanElectraError
-from modelling_span_electra import find_pretrained, load_generator, load_tokenizer_of, load_weights, saved_heads
+from modelling_span_electra import (find_pretrained, load_generator, load_tokenizer_of, load_weights, saved_heads,
+                                   warn_untrained_positions)
 
 logger = logging.getLogger("span_electra")
 
@@ -153,12 +154,17 @@ class Explorer:
         self.max_tokens = min(m.config.max_position_embeddings for m in models)
         check_tokenizer_fits(self.tokenizer, min(m.config.vocab_size for m in models), tok_dir)
         self.notes = []  # what the last marked text needed said (a mark inside a segmented word)
+        self.longest_warned = 0  # the longest text a pass checked against the trained length
 
     def _check_length(self, ids):
         """A text longer than the models' positions is a one-line error, not an index error inside them."""
         if len(ids) > self.max_tokens:
             raise SpanElectraError(f"text: {len(ids)} tokens, more than the model's {self.max_tokens} positions; "
                                    "give a shorter text (a sentence or two)")
+        if len(ids) > self.longest_warned:  # once per text, not per model pass over it
+            self.longest_warned = len(ids)
+            warn_untrained_positions(self.gen_dir or self.disc_dir, "generator" if self.gen_dir else "discriminator",
+                                     len(ids), "text", "this text has", "give a text of at most {trained} tokens")
 
     def _segmented_marks(self, text):
         """(the text as the model reads it, segmented whole as the corpus was, and the character ranges

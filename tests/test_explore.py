@@ -350,3 +350,20 @@ def test_a_lone_discriminator_is_not_paired_with_a_neighbours_generator(en_model
     gen, disc = explore_SE.find_models(str(tmp_path / "outputs" / "other_run"))
     assert (gen, disc) == (str(tmp_path / "outputs" / "other_run" / "generator"),
                            str(tmp_path / "outputs" / "other_run" / "discriminator"))
+
+
+def test_a_text_longer_than_the_models_training_rows_is_warned_about_once(bpe_tok, tmp_path, caplog):
+    """A model trained on 16-token rows never trained its later positions: a longer text is said once per
+    report (not per pass of each model), a short one not at all."""
+    import json
+    vocab = json.load(open(bpe_tok / "tokenizer.json", encoding="utf-8"))["model"]["vocab"]
+    gen_cfg, _ = electra_configs("tiny", len(vocab), 128)
+    save_generator(SpanElectraGenerator(gen_cfg, use_sbo=True), str(tmp_path / "m" / "generator"), str(bpe_tok),
+                   trained_seq_len=16)
+    ex = explore_SE.Explorer(str(tmp_path / "m"))
+    caplog.set_level("WARNING", logger="span_electra")
+    explore_SE.report(ex, "The cat sat on the [[ mat ]] .", top_k=1)
+    assert "never trained" not in caplog.text
+    explore_SE.report(ex, " ".join(["The cat sat on the mat ."] * 5) + " [[ cat ]]", top_k=1)
+    warnings = [r.getMessage() for r in caplog.records if "never trained" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("text: the generator was trained on 16-token sequences")
