@@ -685,6 +685,10 @@ def check_run(config, identity):
         saved = read_json(path, "its run can no longer be checked: start over with --overwrite_output_dir", "out_dir",
                           keys=("run_id", "fixed"))
     if config.resume_from:
+        if saved is None and checkpoints_run_id(config.out_dir):  # its checkpoints name a run run.json no longer does
+            raise SpanElectraError(f"out_dir: '{config.out_dir}' holds checkpoints but no readable {RUN_FILE} (it records "
+                                   "the settings a resumed run must keep), so they cannot be resumed as this run; put "
+                                   f"{RUN_FILE} back, or start over with --overwrite_output_dir")
         if saved is None:  # a run from before run.json, or nothing yet: its checkpoints are its own
             return uuid.uuid4().hex
         if saved["fixed"].get("script") != identity.get("script"):
@@ -702,6 +706,19 @@ def check_run(config, identity):
         raise SpanElectraError(f"out_dir: '{config.out_dir}' holds another run (checkpoints, metrics or models); use "
                                "--resume_from latest to continue it, or --overwrite_output_dir to start over")
     return uuid.uuid4().hex
+
+
+def checkpoints_run_id(out_dir):
+    """The run id the latest checkpoint in out_dir carries (None: none, a checkpoint from before run ids,
+    or one that cannot be read, which resuming itself then reports)."""
+    checkpoints = list_checkpoints(out_dir)
+    if not checkpoints:
+        return None
+    try:  # mmap: the tensors are not read
+        state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return state.get("run_id") if isinstance(state, dict) else None
 
 
 def run_outputs(out_dir):

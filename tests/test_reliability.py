@@ -193,6 +193,19 @@ def test_a_run_into_a_features_or_model_folder_is_refused(bpe_feat, finished_run
     assert snapshot(folder) == before
 
 
+def test_resuming_checkpoints_whose_run_json_is_gone_says_so(bpe_feat, finished_run, tmp_path):
+    """run.json deleted beside checkpoints that carry a run id: the settings cannot be compared, and the error
+    says that (it used to send the user to the out_dir they had given), writing nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "run.json").unlink()
+    before = snapshot(run)
+    with pytest.raises(SpanElectraError, match=r"^out_dir: '.*run' holds checkpoints but no readable run.json .* put "
+                                               "run.json back, or start over with --overwrite_output_dir"):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], run, resume_from="latest", max_steps=12))
+    assert snapshot(run) == before
+
+
 def test_resume_latest_ignores_another_runs_checkpoint(bpe_feat, finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
