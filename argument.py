@@ -114,12 +114,16 @@ def check_marks(config, name):
         _fail(name, problem)
 
 
-def check_dir(config, name, what, must_contain=None):
-    """The folder config.<name> must exist (and hold must_contain, if given)."""
+def check_dir(config, name, what, must_contain=None, inner=None):
+    """The folder config.<name> must exist (and hold must_contain, if given); where only its subfolder
+    `inner` holds it (a training out_dir given for its generator/), the error names that subfolder."""
     path = getattr(config, name)
     if not path or not os.path.isdir(path):
         _fail(name, f"'{path}' is not a folder; {what}")
     if must_contain and not os.path.exists(os.path.join(path, must_contain)):
+        nested = inner and os.path.join(path, inner)
+        if nested and os.path.exists(os.path.join(nested, must_contain)):
+            _fail(name, f"'{path}' has no {must_contain}; did you mean '{nested}'?")
         _fail(name, f"'{path}' has no {must_contain}; {what}")
 
 
@@ -425,7 +429,7 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
                           f"drop --{name} (it sizes the generator of --mode joint and of trainMLM_SpanElectra.py)")
             self.generator_dir = self.generator_beside_init_from() or self.generator_dir
             check_dir(self, "generator_dir", "train one with trainMLM_SpanElectra.py (it is OUT/generator) or use "
-                      "--mode joint", must_contain="config.json")
+                      "--mode joint", must_contain="config.json", inner="generator")
             if self.gradient_disentangled:  # it would be silently ignored
                 _fail("gradient_disentangled", "shares embeddings between a generator and a discriminator trained "
                       "together: it needs --mode joint (two-stage's generator is frozen)")

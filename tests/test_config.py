@@ -359,3 +359,7 @@ def test_flags_the_other_mode_would_ignore_are_refused(bpe_feat, tmp_path):
         argument.SE_trainingConfig(features_dir=features, generator_dir=str(generator), gradient_disentangled=True).validate()
     argument.SE_trainingConfig(features_dir=features, mode="joint").validate()
     argument.SE_trainingConfig(features_dir=features, mode="joint", generator_dir=None).validate()
+    # the generator run's out_dir given for the generator it saved: the error names the folder meant
+    with pytest.raises(SpanElectraError, match=f"^generator_dir: '{tmp_path}' has no config.json; did you mean "
+                                               f"'{generator}'"):
+        argument.SE_trainingConfig(features_dir=features, generator_dir=str(tmp_path)).validate()
