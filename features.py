@@ -91,7 +91,9 @@ class PretrainingFeatures:
     def split(self, name, kind=""):
         """The [num_sequences, max_seq_len] memmap of a split ('train' or 'valid')."""
         if name not in self.meta["splits"]:
-            raise SpanElectraError(f"split: '{self.dir}' has no '{name}' split (it has {', '.join(self.meta['splits'])})")
+            raise SpanElectraError(f"split: '{self.dir}' has no '{name}' split (it has {', '.join(self.meta['splits'])}); "
+                                   f"use --split {self.meta['splits'][0]}, or build the features with --valid_input or "
+                                   "--valid_fraction")
         dtype = np.uint16 if kind == ".span_position" else np.dtype(self.meta["dtype"])
         shape = (self.meta["num_sequences"][name], self.max_seq_len)
         if kind:

@@ -519,3 +519,18 @@ def test_a_generator_whose_config_does_not_match_its_weights_is_one_line(tmp_pat
                                                r"the weights, \(\d+,\) by config.json; 3 tensors differ\)"):
         mse.load_generator(str(folder))
     assert "LOAD REPORT" not in caplog.text
+
+
+def test_a_split_the_features_lack_names_the_fix(bpe_feat, tmp_path, capsys):
+    """mask_stats.py --split valid on features built without a validation split: the line says what to do."""
+    feat = tmp_path / "feat"
+    shutil.copytree(bpe_feat[0], feat)
+    meta = json.loads((feat / "meta.json").read_text())
+    meta["splits"] = ["train"]
+    (feat / "meta.json").write_text(json.dumps(meta))
+    import mask_stats
+    with pytest.raises(SystemExit) as stop:
+        argument.run_main(mask_stats.main, argument.mask_stats_args, ["--features_dir", str(feat), "--split", "valid"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1] == (f"error: split: '{feat}' has no 'valid' split (it has train); use --split "
+                                                "train, or build the features with --valid_input or --valid_fraction")
