@@ -105,6 +105,10 @@ def marks_problem(text):
     unmarked = MARK.sub("", text)
     if "[[" in unmarked or "]]" in unmarked:
         return f"a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as [[ words ]]"
+    added = sorted(set(re.findall(r"\[(?:CLS|SEP|PAD)\]", text)))
+    if added:  # the model would read them as its own markers mid-sentence
+        return (f"{', '.join(added)} in the text: the tokenizer adds [CLS] and [SEP] itself and [PAD] is never read; "
+                "remove them (of the special tokens only [MASK] may be typed)")
     return None
 
 
@@ -487,7 +491,8 @@ class pipeline_args:
     def validate(self):
         check_choice(self, "model_size", MODEL_SIZES)
         check_choice(self, "mode", TRAIN_MODES)
-        check_range(self, "generator_steps", low=1)
+        if self.mode == "two_stage":  # joint trains its generator within the discriminator's steps
+            check_range(self, "generator_steps", low=1)
         check_range(self, "discriminator_steps", low=1)
         check_choice(self, "tokenizer_type", TOKENIZER_TYPES)
         check_choice(self, "word_segmenter", WORD_SEGMENTERS)

@@ -363,3 +363,12 @@ def test_flags_the_other_mode_would_ignore_are_refused(bpe_feat, tmp_path):
     with pytest.raises(SpanElectraError, match=f"^generator_dir: '{tmp_path}' has no config.json; did you mean "
                                                f"'{generator}'"):
         argument.SE_trainingConfig(features_dir=features, generator_dir=str(tmp_path)).validate()
+
+
+def test_typed_cls_sep_or_pad_in_an_explorer_text_is_refused():
+    """The tokenizer adds [CLS] and [SEP] itself: typed mid-sentence (or [PAD]) they would be read as its markers
+    and masked or scored as words; [MASK] and [UNK] may be typed."""
+    with pytest.raises(SpanElectraError, match=r"^text: \[CLS\], \[SEP\] in the text: the tokenizer adds"):
+        argument.explore_args(text="[CLS] the [[ cat ]] [SEP]").validate()
+    assert argument.marks_problem("The [[ cat ]] sat on the [MASK] [UNK] .") is None
+    argument.pipeline_args(mode="joint", generator_steps=0).validate()  # joint has no generator stage to size
