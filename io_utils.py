@@ -24,7 +24,9 @@ logger = logging.getLogger("span_electra")
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
 UTF8_BOM = b"\xef\xbb\xbf"
-OUTPUT_MARKERS = {"tokenizer.json", "se_tokenizer.json", "config.json", "meta.json", "run.json"}  # a stage's out_dir
+# the file that makes a folder a stage's out_dir, and what it then holds
+OUTPUT_MARKERS = {"meta.json": "features", "tokenizer.json": "a tokenizer", "se_tokenizer.json": "a tokenizer",
+                  "config.json": "a model", "run.json": "a training run"}
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")  # streamed as they are read, never unpacked to disk
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -540,7 +542,7 @@ def corpus_files_under(folder):
     vocab.txt or merges.txt that is no corpus text, e.g. when an out_dir lies inside the corpus folder)."""
     found = []
     for root, dirs, names in os.walk(folder):
-        if root != folder and OUTPUT_MARKERS & set(names):
+        if root != folder and OUTPUT_MARKERS.keys() & set(names):
             warn_skip("skipping folder '%s': it holds a tokenizer, model or features, not corpus text", root)
             dirs.clear()
             continue

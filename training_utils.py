@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back, first_line,
-                      lies_within, list_checkpoints, left_by_ended_process, make_out_dir, pid_alive, process_tag,
-                      read_json, remove_paths, storage_reason)
+from io_utils import (OUTPUT_MARKERS, SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back,
+                      first_line, lies_within, list_checkpoints, left_by_ended_process, make_out_dir, pid_alive,
+                      process_tag, read_json, remove_paths, storage_reason)
 from masking import short_masking_message
 
 logger = logging.getLogger("span_electra")
@@ -661,16 +661,11 @@ def changed_input_message(key, old, new, out_dir):
             "start over with --overwrite_output_dir")
 
 
-# what another stage's folder holds at its top: a run's out_dir keeps its models in generator/, discriminator/
-OTHER_OUTPUTS = {"meta.json": "features", "tokenizer.json": "a tokenizer", "se_tokenizer.json": "a tokenizer",
-                 "config.json": "a model"}
-
-
 def check_not_another_output(out_dir):
     """A run's files never go into a features, tokenizer or model folder (they would mix with it, and a
-    model folder would end up holding a run)."""
-    for name, what in OTHER_OUTPUTS.items():
-        if os.path.isfile(os.path.join(out_dir, name)):
+    model folder would end up holding a run); a run's out_dir keeps its models in generator/, discriminator/."""
+    for name, what in OUTPUT_MARKERS.items():
+        if name != RUN_FILE and os.path.isfile(os.path.join(out_dir, name)):
             raise SpanElectraError(f"out_dir: '{out_dir}' holds {what} ({name}), not a training run; give the run a "
                                    "folder of its own")
 
