@@ -36,7 +36,7 @@ from transformers import HfArgumentParser
 
 from io_utils import (SpanElectraError, atomic_write_json, find_text_files, list_checkpoints, read_json,
                       setup_logging, write_failure_message)
-from tokenization import has_tokenizer, no_tokenizer_message
+from tokenization import has_tokenizer, keeping_special_tokens, load_segmenter, no_tokenizer_message
 
 TOKENIZER_TYPES = ("BPE", "BERT")
 WORD_SEGMENTERS = ("none", "pyvi")
@@ -116,6 +116,17 @@ def check_marks(config, name):
     problem = marks_problem(getattr(config, name))
     if problem:
         _fail(name, problem)
+
+
+def check_text_fits(config, name, segmenter, positions):
+    """A text with more words than the models' positions (less [CLS] and [SEP]) can never fit them: every
+    tokenizer here splits at least at whitespace (after segmentation), so each word is a token or more."""
+    segment = load_segmenter(segmenter)
+    words = MARK.sub(r" \1 ", getattr(config, name))
+    count = len((keeping_special_tokens(segment)(words) if segment else words).split()) + 2
+    if count > positions:
+        _fail(name, f"{count - 2} words, so at least {count} tokens with [CLS] and [SEP], more than the models' "
+              f"{positions} positions; give a shorter text (a sentence or two)")
 
 
 def check_dir(config, name, what, must_contain=None, inner=None):
@@ -200,6 +211,7 @@ class MaskingArgs(Config):
 
 
 MIN_SEQ_LEN = 16
+MIN_POSITIONS = 512  # positions of every model trained here (BERT's and ELECTRA's), more for longer features
 MAX_VOCAB_SIZE = 2**24  # past that the tokenizers trainer's tables outgrow memory (1e9 aborted the process)
 
 
@@ -507,6 +519,8 @@ class pipeline_args:
         check_range(self, "train_batch_size", low=1)
         check_range(self, "learning_rate", 0, 1, low_open=True)
         check_marks(self, "explore_text")
+        # now, not after both models have trained (the explorer runs last)
+        check_text_fits(self, "explore_text", self.word_segmenter, max(MIN_POSITIONS, self.max_seq_len))
         if not self.out_dir:
             _fail("out_dir", "no folder given")
         # the corpus paths now, not after the vocabulary is built

@@ -131,6 +131,12 @@ def case_pipeline_unclosed_explore_mark(d, tok, feat):
             ["explore_text", "a [[ without its ]]"], ["out"])
 
 
+def case_pipeline_explore_text_too_long(d, tok, feat):
+    """More words than the models' positions: refused before the vocabulary is built (was: after training)."""
+    return (["run_pipeline.py", "--out_dir", d / "out", "--explore_text", "word " * 600],
+            ["explore_text: 600 words", "512 positions", "shorter text"], ["out"])
+
+
 def case_vocab_out_dir_not_utf8(d, tok, feat):
     """A folder name in another encoding (tokenizers writes only UTF-8 paths)."""
     return (["create_vocab_SE.py", "--data_dir", SAMPLE / "valid.tokens", "--out_dir", d / "caf\udce9"],

@@ -372,3 +372,18 @@ def test_typed_cls_sep_or_pad_in_an_explorer_text_is_refused():
         argument.explore_args(text="[CLS] the [[ cat ]] [SEP]").validate()
     assert argument.marks_problem("The [[ cat ]] sat on the [MASK] [UNK] .") is None
     argument.pipeline_args(mode="joint", generator_steps=0).validate()  # joint has no generator stage to size
+
+
+def test_an_explorer_text_longer_than_the_models_positions_is_refused_up_front():
+    """run_pipeline.py's explorer runs last: a text that cannot fit the models' 512 positions (each word is a token
+    or more) is refused by validate(), before the vocabulary is built (was: after both models had trained)."""
+    with pytest.raises(SpanElectraError, match=r"^explore_text: 600 words, so at least 602 tokens .* 512 positions"):
+        argument.pipeline_args(explore_text="The [[ cat ]] " + "word " * 598).validate()
+    argument.pipeline_args(explore_text="The [[ cat ]] " + "word " * 508).validate()  # 510 words + [CLS], [SEP] fit
+    # longer features give the models more positions
+    argument.pipeline_args(explore_text="word " * 600, max_seq_len=1024).validate()
+    # Vietnamese is counted as segmented: pyvi's Hà_Nội is one word, 8 syllables make 5
+    sentence = "Hà Nội là thủ đô của Việt Nam "
+    argument.pipeline_args(word_segmenter="pyvi", explore_text=sentence * 80).validate()  # 640 syllables, 400 words
+    with pytest.raises(SpanElectraError, match=r"^explore_text: 520 words"):
+        argument.pipeline_args(word_segmenter="pyvi", explore_text=sentence * 104).validate()
