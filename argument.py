@@ -348,7 +348,8 @@ class TrainingConfig(Config):
     use_sbo: bool = _help("train the generator's span-boundary objective", default=True)
     init_from: Optional[str] = _help("start from pre-trained weights: a training out_dir, convert_tf_checkpoint.py's "
                                      "out_dir, or transformers ELECTRA folders (generator/ and discriminator/, or "
-                                     "one model's folder); its architecture replaces model_size", default=None)
+                                     "one model's folder); its architecture replaces model_size (another preset given is refused)",
+                                     default=None)
     max_steps: int = _help("optimizer steps", default=1000)
     train_batch_size: int = _help("sequences per step and process", default=32)
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step", default=1)
@@ -392,6 +393,10 @@ class TrainingConfig(Config):
         check_device(self)
         if not self.out_dir:
             _fail("out_dir", "no folder given")
+
+    def given_model_size(self):
+        """model_size when set to other than its default, else None (whether the default was typed is unknown)."""
+        return None if self.model_size == field_default(type(self), "model_size") else self.model_size
 
     def model_overrides(self):
         names = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

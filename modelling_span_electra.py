@@ -558,10 +558,32 @@ def check_sizes_match(sizes, model_config, kind, path):
                                    f"and --init_from takes its architecture; drop --{flag}, or train from scratch")
 
 
-def load_pretrained(init_from, kind, features, heads, use_all_token=True, field="init_from", sizes=None):
+def check_model_size(model_size, sizes, model_config, kind, path):
+    """A --model_size given beside --init_from (None: left at its default) must be the loaded model's: the
+    architecture comes from the folder, so another preset would be silently ignored."""
+    if model_size is None:
+        return
+    preset = {**MODEL_PRESETS[model_size][0], **{k: v for k, v in sizes.items() if not k.startswith("gen_")}}
+    differ = [f"{name} {getattr(model_config, name)} (the preset's: {preset[name]})" for name in PRESET_SIZES[kind]
+              if getattr(model_config, name) != preset[name]]
+    if differ:
+        raise SpanElectraError(f"model_size: '{model_size}', but the {kind} in '{path}' has {', '.join(differ)} and "
+                               "--init_from takes its architecture; drop --model_size, or train from scratch")
+
+
+# the preset sizes a loaded model is compared with: a generator's width differs between releases (ELECTRA-Small's
+# is 256 wide, the small preset's 64), its embeddings and depth do not
+PRESET_SIZES = {"generator": ("embedding_size", "num_hidden_layers"),
+                "discriminator": ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                  "intermediate_size")}
+
+
+def load_pretrained(init_from, kind, features, heads, use_all_token=True, field="init_from", sizes=None,
+                    model_size=None):
     """The pre-trained `kind` ('generator' or 'discriminator') in init_from (see find_pretrained), its
     span heads loaded when the folder has them, checked against the features' vocabulary, positions
-    and tokenizer, and against the size flags given (sizes). Returns (model, its folder, what was loaded, in words)."""
+    and tokenizer, and against the size flags given (sizes, and model_size: None when not given).
+    Returns (model, its folder, what was loaded, in words)."""
     if not os.path.exists(init_from):
         raise SpanElectraError(f"{field}: '{init_from}' does not exist; point it at a pre-trained out_dir or model folder")
     path = find_pretrained(init_from, kind)
@@ -573,6 +595,7 @@ def load_pretrained(init_from, kind, features, heads, use_all_token=True, field=
     else:
         model, loaded = load_pretrained_discriminator(path, use_all_token, heads, field)
     check_sizes_match(sizes or {}, model.config, kind, path)
+    check_model_size(model_size, sizes or {}, model.config, kind, path)
     own_tokenizer = has_tokenizer(path)
     check_fits_features(model.config, features, field, same_tokenizer=own_tokenizer)
     if own_tokenizer:

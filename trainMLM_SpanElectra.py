@@ -48,7 +48,7 @@ def build_model(config, features):
                                         pad_token_id=features.special_ids["[PAD]"], **config.model_overrides())
         return SpanElectraGenerator(gen_config, use_sbo=config.use_sbo), None
     model, path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo,
-                                          sizes=config.model_overrides())
+                                          sizes=config.model_overrides(), model_size=config.given_model_size())
     logger.info("init_from: %s from %s (its architecture: hidden %d, %d layers)", loaded, path,
                 model.config.hidden_size, model.config.num_hidden_layers)
     return model, {"init_generator_weights": weights_digest(path)}

@@ -54,13 +54,13 @@ def loss_and_metrics(model, batch, config, sample_rng=None, temperature=1.0, bas
 def pretrained_parts(config, features):
     """The pre-trained discriminator (and, in joint mode, generator) in config.init_from, checked
     against the features. Returns (generator or None, discriminator, weight digests)."""
+    sizes = dict(sizes=config.model_overrides(), model_size=config.given_model_size())  # the size flags given
     discriminator, disc_path, loaded = load_pretrained(config.init_from, "discriminator", features, config.use_span_head,
-                                                       config.use_all_token, sizes=config.model_overrides())
+                                                       config.use_all_token, **sizes)
     parts, digests = [f"{loaded} from {disc_path}"], {"init_discriminator_weights": weights_digest(disc_path)}
     generator = None
     if config.mode == "joint":  # ELECTRA's joint training starts both models from it
-        generator, gen_path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo,
-                                                      sizes=config.model_overrides())
+        generator, gen_path, loaded = load_pretrained(config.init_from, "generator", features, config.use_sbo, **sizes)
         parts.append(f"{loaded} from {gen_path}")
         digests["init_generator_weights"] = weights_digest(gen_path)
     logger.info("init_from: %s", "; ".join(parts))

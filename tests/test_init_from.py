@@ -269,3 +269,28 @@ def test_a_generator_trained_apart_is_told_its_embeddings_give_way(caplog):
         mse.SpanElectraJoint(gen_config, disc_config, generator=joint.generator, discriminator=joint.discriminator)
     assert "give way" not in caplog.text
     assert joint.generator.mlm.generator_lm_head.weight is joint.discriminator.core.electra.embeddings.word_embeddings.weight
+
+
+def test_a_model_size_that_contradicts_the_init_from_model_is_refused(converted, bert_id_features):
+    """--init_from takes the folder's architecture: a --model_size whose preset differs would be silently ignored
+    (was: --model_size small trained the converted 32-wide model without a word), so it is refused, naming the sizes."""
+    feat = str(bert_id_features[0])
+    joint = argument.SE_trainingConfig(features_dir=feat, mode="joint", init_from=str(converted), model_size="small",
+                                       **TINY)
+    with pytest.raises(SpanElectraError, match=r"^model_size: 'small', but the discriminator in '.*discriminator' has "
+                                               r"embedding_size 16 \(the preset's: 128\), hidden_size 32 .*drop --model_size"):
+        trainSpanElectra.build_model(joint, features.PretrainingFeatures(feat))
+    generator = argument.MLM_trainingConfig(features_dir=feat, init_from=str(converted), model_size="base", **TINY)
+    with pytest.raises(SpanElectraError, match=r"^model_size: 'base', but the generator in .* num_hidden_layers 2 "
+                                               r"\(the preset's: 12\)"):
+        trainMLM_SpanElectra.build_model(generator, features.PretrainingFeatures(feat))
+    assert joint.given_model_size() == "small" and argument.SE_trainingConfig().given_model_size() is None
+    # a preset the loaded model matches is fine: ELECTRA-Small's discriminator, and its generator, 256 wide where the
+    # small preset's is 64 (generators' widths differ between releases; their embeddings and depth are compared)
+    from transformers import ElectraConfig
+    small = ElectraConfig(**argument.MODEL_PRESETS["small"][0])
+    mse.check_model_size("small", {}, small, "discriminator", "electra-small")
+    mse.check_model_size("small", {}, small, "generator", "electra-small-generator")  # its sizes are the discriminator's
+    # size flags beside it are part of what it names
+    mse.check_model_size("base", dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+                         small, "discriminator", "electra-small")
