@@ -200,6 +200,20 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm):
     optimizer.zero_grad(set_to_none=True)
 
 
+# 20x ELECTRA-Small's 5e-4 (Base and Large: 2e-4): from here the tiny generator collapsed to one prediction and
+# tiny joint runs' discriminators to chance (benchmarks/RESULTS.md, session 14); AdamW's step is about lr per weight
+HIGH_LEARNING_RATE = 1e-2
+
+
+def warn_high_learning_rate(learning_rate):
+    """One line when the peak learning rate is far above pre-training's: such runs diverge or collapse quietly,
+    the loss staying finite (clipped gradients), so nothing else would say it."""
+    if learning_rate >= HIGH_LEARNING_RATE:
+        logger.warning("learning_rate: %g is far above pre-training's usual 2e-4 to 5e-4 (ELECTRA; 3e-3 for the tiny "
+                       "preset): from %g the models here collapse or diverge; use e.g. --learning_rate 5e-4",
+                       learning_rate, HIGH_LEARNING_RATE)
+
+
 NAN_HINT = "lower --learning_rate, keep gradient clipping on (--max_grad_norm 1.0), or resume from an earlier checkpoint"
 
 
@@ -570,6 +584,7 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
     claim_out_dir(config, train_set.features, script_name, runtime, inputs)
     if runtime.is_main:
         save_config(config, config.out_dir, script_name)
+        warn_high_learning_rate(config.learning_rate)
     step, position, run_seconds = resume_training_state(config, model, optimizer, scheduler)
     if step >= config.max_steps:
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "

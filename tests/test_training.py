@@ -703,3 +703,34 @@ def test_masking_far_short_of_its_ratio_is_said_at_the_first_log(bpe_feat, tmp_p
     caplog.clear()
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "full", max_steps=2, log_every=2))
     assert not [r for r in caplog.records if r.getMessage().startswith("mask_ratio:")]
+
+
+def test_a_far_too_high_learning_rate_is_warned_and_a_non_finite_loss_names_it(bpe_feat, tmp_path, capsys, caplog,
+                                                                                monkeypatch):
+    """--learning_rate 1 diverged without a word (its clipped loss stays finite): one warning line up front. A loss
+    that does turn non-finite (weights poisoned after the first step, as a diverged step leaves them) stops the run
+    at the next logged row with one error line naming --learning_rate, in both scripts (joint: the generator samples
+    from NaN logits first)."""
+    with caplog.at_level("WARNING", logger="span_electra"):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "high", max_steps=1, learning_rate=0.5))
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("learning_rate:")] == [
+        "learning_rate: 0.5 is far above pre-training's usual 2e-4 to 5e-4 (ELECTRA; 3e-3 for the tiny preset): from "
+        "0.01 the models here collapse or diverge; use e.g. --learning_rate 5e-4"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="span_electra"):
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "usual", max_steps=1, learning_rate=3e-3))
+    assert "learning_rate" not in caplog.text
+
+    def diverged_step(model, *args):  # what a far too large step leaves: non-finite weights
+        step(model, *args)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+
+    step = tu.optimizer_step
+    monkeypatch.setattr(tu, "optimizer_step", diverged_step)
+    for script, config_cls, extra in ((trainMLM_SpanElectra, argument.MLM_trainingConfig, []),
+                                      (trainSpanElectra, argument.SE_trainingConfig, ["--mode", "joint"])):
+        code, err = run_in_process(capsys, script, config_cls, "--features_dir", bpe_feat[0], "--out_dir",
+                                   tmp_path / script.__name__, "--max_steps", 4, "--log_every", 2, "--num_hidden_layers",
+                                   1, "--train_batch_size", 8, "--device", "cpu", *extra)
+        assert_one_line_error(code, err, "loss: non-finite loss (nan) by step 2", "lower --learning_rate")
