@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from argument import save_config
-from io_utils import (OUTPUT_MARKERS, SpanElectraError, atomic_write_json, atomic_write_text, ctrl_c_held_back,
-                      first_line, lies_within, list_checkpoints, left_by_ended_process, make_out_dir, pid_alive,
+from io_utils import (OUTPUT_MARKERS, SpanElectraError, atomic_write_json, atomic_write_text, available_cores,
+                      ctrl_c_held_back, first_line, lies_within, list_checkpoints, left_by_ended_process, make_out_dir, pid_alive,
                       process_tag, read_json, remove_paths, storage_reason)
 from masking import short_masking_message
 
@@ -966,13 +966,19 @@ def cudagraph_step_marker():
 
 
 def data_workers(num_workers, runtime):
-    """DataLoader workers: num_workers, or by default (-1) one on a GPU, where masking must keep up with
-    the step (a 128 x 128 batch masks in ~1 ms against a ~16 ms H100 step), and none on the CPU, where
-    workers would take cores from the step. More workers slowed the compiled H100 step: 1,200 steps
+    """DataLoader workers: num_workers (at most one per available core), or by default (-1) one on a GPU, where
+    masking must keep up with the step (a 128 x 128 batch masks in ~1 ms against a ~16 ms H100 step), and none on
+    the CPU, where workers would take cores from the step. More workers slowed the compiled H100 step: 1,200 steps
     logged 660-795k tokens/s with one, 560-710k with eight (2026-11-26)."""
-    if num_workers >= 0:
-        return num_workers
-    return 1 if runtime.device.type == "cuda" else 0
+    if num_workers < 0:
+        return 1 if runtime.device.type == "cuda" else 0
+    cores = available_cores()
+    if num_workers > cores:  # more only contend for the cores (and torch would warn in several lines)
+        if runtime.is_main:
+            logger.warning("num_workers: %d is more than the %d CPU core(s) this process may use; starting %d",
+                           num_workers, cores, cores)
+        return cores
+    return num_workers
 
 
 def checkpoint_problem(error):

@@ -734,3 +734,17 @@ def test_a_far_too_high_learning_rate_is_warned_and_a_non_finite_loss_names_it(b
                                    tmp_path / script.__name__, "--max_steps", 4, "--log_every", 2, "--num_hidden_layers",
                                    1, "--train_batch_size", 8, "--device", "cpu", *extra)
         assert_one_line_error(code, err, "loss: non-finite loss (nan) by step 2", "lower --learning_rate")
+
+
+def test_more_data_workers_than_cores_are_capped_with_one_warning(bpe_feat, tmp_path, caplog, recwarn):
+    """--num_workers 64 on a 2-core machine: torch warned in several lines per DataLoader and the workers only
+    contended for the cores; now they are capped at the cores this process may use, said in one line."""
+    cores = tu.available_cores()
+    runtime = tu.Runtime(torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="span_electra"):
+        assert tu.data_workers(64, runtime) == cores
+        assert (tu.data_workers(cores, runtime), tu.data_workers(-1, runtime)) == (cores, 0)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"num_workers: 64 is more than the {cores} CPU core(s) this process may use; starting {cores}"]
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "out", max_steps=1, num_workers=cores + 1))
+    assert not [w for w in recwarn if "worker" in str(w.message)], [str(w.message) for w in recwarn]
