@@ -261,6 +261,8 @@ def make_datasets(config, dataset_cls, runtime):
     both read and masked as the config's data fields say."""
     train_set = dataset_cls(config, config.train_batch_size, seed=config.seed, rank=runtime.rank,
                             world_size=runtime.world_size)
+    if runtime.is_main:
+        warn_step_beyond_epoch(config, train_set)
     valid_set = None
     if "valid" in train_set.features.meta["splits"]:
         valid_set = dataset_cls(config, config.eval_batch_size, seed=config.seed, shuffle=False, rank=runtime.rank,
@@ -269,6 +271,17 @@ def make_datasets(config, dataset_cls, runtime):
         logger.warning("features_dir: '%s' has no valid split, so this run is never evaluated; build the features "
                        "with process.py --valid_input (or --valid_fraction above 0) for validation", config.features_dir)
     return train_set, valid_set
+
+
+def warn_step_beyond_epoch(config, train_set):
+    """One optimizer step's micro-batches outnumbering an epoch's batches: the stream runs into the next epoch, so
+    the step reads some sequences twice (masked anew), a larger batch only in name."""
+    if config.gradient_accumulation_steps > len(train_set):
+        per_step = config.gradient_accumulation_steps * config.train_batch_size * train_set.world_size
+        logger.warning("gradient_accumulation_steps: %d x %d sequences (x %d process(es)) = %d per optimizer step, more "
+                       "than the %d of the train split, so a step reads some twice; use at most "
+                       "--gradient_accumulation_steps %d", config.gradient_accumulation_steps, config.train_batch_size,
+                       train_set.world_size, per_step, len(train_set.data), len(train_set))
 
 
 def is_due(step, every, max_steps):

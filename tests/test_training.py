@@ -748,3 +748,24 @@ def test_more_data_workers_than_cores_are_capped_with_one_warning(bpe_feat, tmp_
         f"num_workers: 64 is more than the {cores} CPU core(s) this process may use; starting {cores}"]
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], tmp_path / "out", max_steps=1, num_workers=cores + 1))
     assert not [w for w in recwarn if "worker" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+def test_an_optimizer_step_longer_than_the_train_split_is_warned(bpe_feat, caplog):
+    """gradient_accumulation_steps x train_batch_size past the train split's sequences: the batch stream runs into
+    the next epoch within one step, so the step reads sequences twice (was silent). The valid split is evaluated
+    whole however large --eval_batch_size is (one batch of all its rows): nothing to say there."""
+    runtime = tu.Runtime(torch.device("cpu"))
+    config = gen_config(bpe_feat[0], "unused", train_batch_size=64, eval_batch_size=10**6)
+    train_set, valid_set = tu.make_datasets(config, features.MLMDataset, runtime)
+    assert len(valid_set) == 1 and len(valid_set.rows(0)) == len(valid_set.data)
+    batches, sequences = len(train_set), len(train_set.data)
+    with caplog.at_level("WARNING", logger="span_electra"):
+        tu.make_datasets(gen_config(bpe_feat[0], "unused", train_batch_size=64, gradient_accumulation_steps=batches),
+                         features.MLMDataset, runtime)
+        assert not caplog.records
+        tu.make_datasets(gen_config(bpe_feat[0], "unused", train_batch_size=64, gradient_accumulation_steps=batches + 1),
+                         features.MLMDataset, runtime)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"gradient_accumulation_steps: {batches + 1} x 64 sequences (x 1 process(es)) = {64 * (batches + 1)} per "
+        f"optimizer step, more than the {sequences} of the train split, so a step reads some twice; use at most "
+        f"--gradient_accumulation_steps {batches}"]
