@@ -209,6 +209,11 @@ class MaskingArgs(Config):
             _fail("random_replace_prob", f"mask_replace_prob + random_replace_prob = "
                   f"{self.mask_replace_prob + self.random_replace_prob:g} exceeds 1")
 
+    def unused_span_fields(self):
+        """The span-length fields set to other than their defaults with --masking token, which never reads them."""
+        return [name for name in ("span_p", "max_span_len") if self.masking == "token" and
+                getattr(self, name) != field_default(type(self), name)]
+
 
 MIN_SEQ_LEN = 16
 MIN_POSITIONS = 512  # positions of every model trained here (BERT's and ELECTRA's), more for longer features

@@ -63,7 +63,8 @@ def main(config: pipeline_args = None):
                                "--valid_input, or a larger --valid_fraction")
 
     start = time.time()
-    stats = mask_stats.main(mask_stats_args(features_dir=feat_dir, num_sequences=2048, seed=config.seed))
+    sample = min(2048, meta["num_sequences"]["train"])  # a smaller corpus whole (more would be warned about)
+    stats = mask_stats.main(mask_stats_args(features_dir=feat_dir, num_sequences=sample, seed=config.seed))
     timings["masking_check"] = time.time() - start
 
     common = dict(features_dir=feat_dir, model_size=config.model_size, train_batch_size=config.train_batch_size,

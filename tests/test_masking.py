@@ -435,3 +435,19 @@ def test_stats_cli(bpe_feat, capsys):
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["split"] == "valid" and stats["mean_span_length_words"] == 1.0
     assert abs(stats["mask_ratio"] - 0.15) < 0.002
+
+
+def test_stats_say_what_they_did_not_do(bpe_feat, capsys):
+    """--num_sequences past the split was capped silently, and span settings with --masking token had no effect
+    without a word: each is one warning line now (a default num_sequences capped is no mistake: no line)."""
+    valid = features.PretrainingFeatures(str(bpe_feat[0])).split("valid")
+    stats = mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), split="valid", num_sequences=10**6,
+                                                     masking="token", span_p=0.5, max_span_len=3))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert stats["num_sequences"] == len(valid) and warnings == [
+        f"warning: num_sequences: 1000000, but the valid split holds {len(valid)} sequences; masking all {len(valid)}",
+        "warning: --span_p, --max_span_len: span settings, which --masking token does not use; they have no effect "
+        "(use --masking span)"]
+    mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), split="valid", masking="token"))
+    mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), split="valid", span_p=0.5, num_sequences=50))
+    assert "warning" not in capsys.readouterr().out
