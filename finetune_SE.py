@@ -754,9 +754,9 @@ def fit_linear_probe(task, train_x, train_y, l2=1e-3, iterations=200):
     return lambda features: head((features - mean) / std).detach()
 
 
-def linear_probe(task, data, config, runtime):
-    """Dev metrics of a linear probe on the frozen encoder's mean-pooled outputs."""
-    encoder = load_model(config, task).base_model.to(runtime.device)
+def linear_probe(task, data, config, runtime, model):
+    """Dev metrics of a linear probe on the frozen encoder's mean-pooled outputs (model: main's, loaded)."""
+    encoder = model.base_model.to(runtime.device)
     train_x = pooled_features(encoder, data["train"], config, runtime)
     dev_x = pooled_features(encoder, data["dev"], config, runtime)
     probe = fit_linear_probe(task, train_x, torch.as_tensor(task.train.targets, device=runtime.device))
@@ -765,10 +765,13 @@ def linear_probe(task, data, config, runtime):
     return {**compute_metrics(task, outputs.numpy(), task.dev.targets), "eval_loss": loss}
 
 
-def train_one_seed(seed, task, data, config, runtime, announce):
-    """Fine-tune a fresh copy of the model with one seed; returns (model, final dev metrics, per-epoch rows)."""
-    tu.seed_everything(seed)  # before loading: the new classifier head's initialisation depends on it
-    model = load_model(config, task).to(runtime.device)
+def train_one_seed(seed, task, data, config, runtime, announce, model=None):
+    """Fine-tune a fresh copy of the model with one seed (model: one load_model gave just after seeding with
+    it); returns (model, final dev metrics, per-epoch rows)."""
+    if model is None:
+        tu.seed_everything(seed)  # before loading: the new classifier head's initialisation depends on it
+        model = load_model(config, task)
+    model = model.to(runtime.device)
     if announce and token_similarity(model, data, runtime) > 0.99:
         logger.warning("model: %s gives (almost) the same vector to every token: its pre-training collapsed, and "
                        "fine-tuning will likely not get past the majority class; check its pre-training",
@@ -812,13 +815,14 @@ def train_one_seed(seed, task, data, config, runtime, announce):
     return model, history[-1], history
 
 
-def fine_tune_seeds(seeds, task, data, config, runtime):
-    """One fine-tuning run per seed. Returns (a row per seed, the first seed's test predictions and
-    saved model)."""
+def fine_tune_seeds(seeds, task, data, config, runtime, first):
+    """One fine-tuning run per seed, the first from the model in the list first (taken out, so that it is freed
+    after that run). Returns (a row per seed, the first seed's test predictions and saved model)."""
     per_seed, outputs = [], {}
     for i, seed in enumerate(seeds):
         start = time.time()
-        model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0)
+        model, final, history = train_one_seed(seed, task, data, config, runtime, announce=i == 0,
+                                               model=first.pop() if i == 0 else None)
         if final.get("predicted_classes") == 1 and len(task.labels) > 1:
             logger.warning("seed %d predicts one label for every dev example: it learned no more than the majority "
                            "class; try more epochs, another --learning_rate, or a longer pre-trained model", seed)
@@ -899,7 +903,11 @@ def main(config: finetune_args = None):
     segmenter, prepare = (read_tokenizer_info(config.model_dir)["word_segmenter"], lambda text: text) \
         if config.pre_segmented else folder_segmenter(config.model_dir, "model_dir")
     runtime = tu.setup_runtime(config.device)
-    load_model(config, task, announce=True)  # a model that will not load stops before out_dir is touched
+    # a model that will not load stops before out_dir is touched; loaded as train_one_seed loads one, just after
+    # seeding with the first seed (its new head is initialised from that state), so the first seed's run takes it
+    # (in a list it leaves, so that it is freed after that run); nothing between draws random numbers
+    tu.seed_everything(seeds[0])
+    first = [load_model(config, task, announce=True)]
     make_out_dir(config.out_dir)
     clear_outputs(config.out_dir)
     save_config(config, config.out_dir, "finetune")
@@ -921,14 +929,14 @@ def main(config: finetune_args = None):
                     "on %s", len(task.train), task.num_train_total, runtime.device)
         start = time.time()
         seeds, outputs = seeds[:1], {"linear_probe": True}
-        per_seed = [{"seed": seeds[0], **linear_probe(task, data, config, runtime),
+        per_seed = [{"seed": seeds[0], **linear_probe(task, data, config, runtime, first.pop()),
                      "train_seconds": round(time.time() - start, 1)}]
     else:
         logger.info("fine-tuning on %d of %d training examples, %d epoch(s), lr %g (layer-wise decay %g), batch %d, "
                     "seeds %s, on %s", len(task.train), task.num_train_total, config.num_train_epochs,
                     config.learning_rate, config.layerwise_lr_decay, config.train_batch_size,
                     ",".join(map(str, seeds)), runtime.device)
-        per_seed, outputs = fine_tune_seeds(seeds, task, data, config, runtime)
+        per_seed, outputs = fine_tune_seeds(seeds, task, data, config, runtime, first)
 
     metric_keys = [k for k in per_seed[0] if k.startswith("eval_")]
     baseline = majority_baseline(task)

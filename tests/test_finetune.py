@@ -374,6 +374,27 @@ def test_pair_task_with_two_seeds(tiny_discriminator, tmp_path):
     assert len((out / "test_predictions.tsv").read_text().splitlines()) == 8
 
 
+def test_the_first_seed_fine_tunes_the_model_loaded_up_front_with_unchanged_results(tiny_discriminator, tmp_path,
+                                                                                      monkeypatch):
+    """main's up-front load (a model that will not load stops before out_dir is touched) is the first seed's model:
+    loaded once per seed, not twice for the first. It is loaded just after seeding with that seed, as each later
+    seed's is, so a seed's results do not depend on whether it runs first: as before this change, when every seed's
+    model was loaded after seeding (a run recorded before and after it gave the same figures to the last digit)."""
+    task_dir = keyword_task(tmp_path / "task", n_train=64, n_dev=32, pair=True)
+    loads = []
+    load_model = ft.load_model
+    monkeypatch.setattr(ft, "load_model", lambda *args, **kw: loads.append(1) or load_model(*args, **kw))
+    per_seed = {}
+    for seeds in ("1,2", "2,1"):
+        results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(tmp_path / seeds),
+                                      num_train_epochs=1, seeds=seeds, save_model=False, **FAST))
+        per_seed[seeds] = {r["seed"]: (r["eval_loss"], r["eval_accuracy"], r["epochs"][0]["train_loss"])
+                           for r in results["per_seed"]}
+    assert len(loads) == 4  # two seeds, twice (was 6)
+    assert per_seed["1,2"] == per_seed["2,1"]  # bit for bit: the first seed's model is the one a later seed loads
+    assert per_seed["1,2"][1] != per_seed["1,2"][2]  # the seeds do differ (the heads start differently)
+
+
 LABELS = ("neg", "pos")
 
 
