@@ -321,7 +321,7 @@ class SE_validDataArgs(ValidDataArgs):
 class mask_stats_args(FeaturesArgs, MaskingArgs):
     """mask_stats.py: mask real sequences and report what the settings produce."""
     split: str = _help("'train' or 'valid'", default="train", meta={"choices": SPLITS})
-    num_sequences: int = _help("how many sequences to mask", default=4096)
+    num_sequences: int = _help("how many sequences to mask (at most the split's)", default=4096)
     batch_size: int = _help("sequences masked per batch", default=256)
     seed: int = _help("random seed", default=0)
 
@@ -374,7 +374,7 @@ class TrainingConfig(Config):
     bf16: bool = _help("bf16 autocast (CUDA, or CPUs with fast bf16)", default=False)
     compile: bool = _help("torch.compile the model", default=False)
     num_workers: int = _help("DataLoader worker processes that mask batches ahead of the step (-1: 1 on a GPU, "
-                             "0 on the CPU)", default=-1)
+                             "0 on the CPU; at most one per CPU core)", default=-1)
 
     def validate(self):
         super().validate()
