@@ -353,8 +353,8 @@ class TrainingConfig(Config):
     use_sbo: bool = _help("train the generator's span-boundary objective", default=True)
     init_from: Optional[str] = _help("start from pre-trained weights: a training out_dir, convert_tf_checkpoint.py's "
                                      "out_dir, or transformers ELECTRA folders (generator/ and discriminator/, or "
-                                     "one model's folder); its architecture replaces model_size (another preset given is refused)",
-                                     default=None)
+                                     "one model's folder); its architecture replaces model_size (a contradicting "
+                                     "preset given is refused)", default=None)
     max_steps: int = _help("optimizer steps", default=1000)
     train_batch_size: int = _help("sequences per step and process", default=32)
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step", default=1)
