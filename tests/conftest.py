@@ -24,6 +24,22 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, UNK, CLS, SEP, MASK = range(5)
 V = 60  # the vocabulary size of hand-made batches and maskers (ids 0-4 special, as above)
 
+
+def share_cores_between_workers():
+    """Under pytest-xdist (the README's `-n 2`), each worker's torch takes its share of the cores, and so do the
+    scripts it starts (OMP_NUM_THREADS): two workers each running torch on every core made the suite slower
+    than one process (busy-waiting threads; 11 min against 8 on 2 cores), one thread each made it faster."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+        from io_utils import available_cores
+        share = max(1, available_cores() // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+
+
+share_cores_between_workers()
+
 import argument  # noqa: E402
 import create_vocab_SE  # noqa: E402
 import features  # noqa: E402
