@@ -371,7 +371,7 @@ TRITON_FAILURE = ("SubprocException: An exception occurred in a subprocess:\n\nN
                   "RuntimeError: PassManager::run failed\n")
 
 
-JOINT_4_STEPS = dict(mode="joint", model_size="tiny", max_steps=4, log_every=2, eval_every=4, save_every=4,
+JOINT_4_STEPS = dict(mode="joint", model_size="tiny", num_hidden_layers=1, max_steps=4, log_every=2, eval_every=4, save_every=4,
                      eval_batches=1, train_batch_size=8, device="cpu")
 
 
