@@ -18,6 +18,7 @@ import random
 import re
 import signal
 import socket
+import sys
 import time
 import uuid
 import weakref
@@ -64,6 +65,7 @@ def setup_runtime(device="auto"):
     """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group: gloo on CPU,
     nccl on GPU. Only rank 0 writes files and logs."""
     check_numpy_bridge()
+    STOP_KEPT_IN_GC.clear()  # a Ctrl-C an earlier run in this process (a notebook's) never reached is not this run's
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank, world_size)
@@ -191,7 +193,8 @@ def build_optimization(model, config):
 
 
 def optimizer_step(model, optimizer, scheduler, max_grad_norm):
-    """Clip, step, advance the schedule and clear the gradients."""
+    """Clip, step, advance the schedule and clear the gradients (and stop, at a Ctrl-C the collector's hook kept)."""
+    raise_stop_kept_in_gc()
     if max_grad_norm:  # foreach: the norm stays on the device, no host sync
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm,
                                        foreach=True)
@@ -1185,6 +1188,9 @@ def gc_seconds():
     """Seconds this process has spent in Python's garbage collector since the first call."""
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)
+    if sys.unraisablehook is not _stop_signal_in_gc_hook:
+        _stop_signal_in_gc_hook.previous = sys.unraisablehook
+        sys.unraisablehook = _stop_signal_in_gc_hook
     return GC_CLOCK["seconds"]
 
 
@@ -1197,6 +1203,28 @@ def _time_gc(phase, info):
         GC_CLOCK["began"] = time.perf_counter()
     else:
         GC_CLOCK["seconds"] += time.perf_counter() - GC_CLOCK["began"]
+
+
+def _stop_signal_in_gc_hook(unraisable):
+    """sys.unraisablehook: a Ctrl-C or SIGTERM that comes during a collection is raised in _time_gc (at its first
+    bytecode, where no try can catch it), and Python drops what a gc callback raises ("Exception ignored"): the run
+    went on. It is kept for raise_stop_kept_in_gc; anything else goes to the hook before this one."""
+    if unraisable.object is _time_gc and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        STOP_KEPT_IN_GC.append(unraisable.exc_type)
+    else:
+        _stop_signal_in_gc_hook.previous(unraisable)
+
+
+STOP_KEPT_IN_GC = []
+
+
+def raise_stop_kept_in_gc():
+    """Raise the Ctrl-C or SIGTERM the collector's hook kept, now that no collection is running (delivering it again
+    from the hook itself would only raise it there once more)."""
+    if STOP_KEPT_IN_GC:
+        kind = STOP_KEPT_IN_GC.pop()
+        STOP_KEPT_IN_GC.clear()
+        raise kind()
 
 
 class GpuQueue:

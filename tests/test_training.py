@@ -585,6 +585,39 @@ def test_gc_ms_counts_the_collector_in_training_time_only():
     assert speed.pace()["gc_ms"] < 0.5 * gc_ms  # reset by the read
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, argument.Terminated], ids=["ctrl_c", "sigterm"])
+def test_a_stop_that_comes_during_a_collection_still_stops_the_run(stop, monkeypatch):
+    """A Ctrl-C or SIGTERM handled while the gc_ms hook runs is raised inside it, and Python drops what a gc callback
+    raises: the run went on (seen in a test run). The hook keeps it, and the next optimizer step raises it, as the
+    same kind of stop."""
+    import gc
+    import signal
+
+    class StopInside(dict):
+        def __getitem__(self, key):  # the signal's handler, run at the hook's first bytecode
+            monkeypatch.setattr(tu, "GC_CLOCK", {"seconds": 0.0, "began": 0.0})  # once
+            raise stop()
+
+    before = signal.signal(signal.SIGTERM, argument.raise_terminated)  # as run_main handles SIGTERM
+    try:
+        tu.gc_seconds()  # the hooks are in place
+        monkeypatch.setattr(tu, "GC_CLOCK", StopInside(seconds=0.0, began=0.0))
+        gc.collect()  # the signal comes, and is dropped by Python
+        model = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        with pytest.raises(KeyboardInterrupt) as caught:  # the loop's next optimizer step stops the run
+            tu.optimizer_step(model, optimizer, scheduler, 1.0)
+        assert type(caught.value) is stop and scheduler.last_epoch == 0  # before the step
+        tu.optimizer_step(model, optimizer, scheduler, 1.0)  # once
+        monkeypatch.setattr(tu, "GC_CLOCK", StopInside(seconds=0.0, began=0.0))
+        gc.collect()
+        tu.setup_runtime("cpu")  # a stop the last run in this process never reached is not the next run's
+        tu.optimizer_step(model, optimizer, scheduler, 1.0)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_parameter_counts_read_for_tiny_models_too():
     """The log's parameter count: millions for real models, thousands (not '0.0M') for a converted tiny one."""
     import training_utils as tu
