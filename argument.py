@@ -94,22 +94,41 @@ def check_device(config, name="device"):
         _fail(name, f"'{getattr(config, name)}' is not one of auto, cpu, cuda, cuda:N (N: a GPU index)")
 
 
-MARK = re.compile(r"\[\[(.+?)\]\]")  # the explorer's [[ span ]] marks
+MARK = re.compile(r"\[\[(.+?)\]\]", re.S)  # the explorer's [[ span ]] marks (one may span a line break)
 
 
 def marks_problem(text):
-    """What is wrong with the [[ span ]] marks of an explorer text, None when each is opened, closed and
-    around some words."""
-    if re.search(r"\[\[\s*\]\]", text):
-        return "'[[ ]]' marks no word; put the words to mask inside it, e.g. [[ mat ]]"
-    unmarked = MARK.sub("", text)
-    if "[[" in unmarked or "]]" in unmarked:
-        return f"a [[ without its ]] (or the reverse) in {text[:80]!r}; mark each span as [[ words ]]"
+    """What is wrong with the [[ span ]] marks of an explorer text, and where (characters counted from 1),
+    None when each is opened, closed and around some words."""
+    opened = None  # where the mark now open starts, as an index
+    for m in re.finditer(r"\[\[|\]\]", text):
+        if m.group() == "[[":
+            if opened is not None:
+                return (f"a mark opened at character {opened + 1} ({_excerpt(text, opened, opened + 20)}) is opened "
+                        f"again at character {m.start() + 1} before it closes; marks can't nest: close each span "
+                        "with ]] before the next [[")
+            opened = m.start()
+        elif opened is None:
+            return (f"a closing ]] at character {m.start() + 1} ({_excerpt(text, m.end() - 20, m.end())}) has no "
+                    "opening [[; mark each span as [[ words ]]")
+        elif not text[opened + 2:m.start()].strip():
+            return f"'[[ ]]' at character {opened + 1} marks no word; put the words to mask inside it, e.g. [[ mat ]]"
+        else:
+            opened = None
+    if opened is not None:
+        return (f"a mark opened at character {opened + 1} ({_excerpt(text, opened, opened + 20)}) never closes; "
+                "add ]] after the words to mask")
     added = sorted(set(re.findall(r"\[(?:CLS|SEP|PAD)\]", text)))
     if added:  # the model would read them as its own markers mid-sentence
         return (f"{', '.join(added)} in the text: the tokenizer adds [CLS] and [SEP] itself and [PAD] is never read; "
                 "remove them (of the special tokens only [MASK] may be typed)")
     return None
+
+
+def _excerpt(text, start, end):
+    """text[start:end] quoted, '...' where it is cut: where a mark problem is, as the user typed it."""
+    start, end = max(0, start), min(len(text), end)
+    return repr(("..." if start else "") + text[start:end] + ("..." if end < len(text) else ""))
 
 
 def check_marks(config, name):

@@ -128,7 +128,7 @@ def case_pipeline_valid_fraction_holds_out_nothing(d, tok, feat):
 
 def case_pipeline_unclosed_explore_mark(d, tok, feat):
     return (["run_pipeline.py", "--out_dir", d / "out", "--explore_text", "The [[ cat sat ."],
-            ["explore_text", "a [[ without its ]]"], ["out"])
+            ["explore_text: a mark opened at character 5", "never closes"], ["out"])
 
 
 def case_pipeline_explore_text_too_long(d, tok, feat):

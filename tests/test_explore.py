@@ -138,10 +138,29 @@ def test_a_text_longer_than_the_models_positions_is_one_line(en_models, capsys):
 
 
 def test_an_unclosed_mark_and_small_probabilities(en_models):
-    with pytest.raises(explore_SE.SpanElectraError, match=r"^text: a \[\[ without its \]\]"):
+    with pytest.raises(explore_SE.SpanElectraError, match=r"^text: a mark opened at character 3 .* never closes"):
         explore_SE.Explorer(en_models).fill("a [[ b c")
     # a young model's fills are all near 0.001: two decimals would print 0.00 for every one
     assert [explore_SE.probability(p) for p in (0.23, 0.0093, 0.0012, 4e-5)] == ["0.23", "0.009", "0.001", "4e-05"]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("The [[ cat sat .", "a mark opened at character 5 ('...[[ cat sat .') never closes; add ]] after the words"),
+    ("The [[ cat [[ sat ]] on ]] .", "a mark opened at character 5 ('...[[ cat [[ sat ]] on ...') is opened again at "
+                                     "character 12 before it closes; marks can't nest"),
+    ("The cat ]] sat [[ on ]] .", "a closing ]] at character 9 ('The cat ]]...') has no opening [["),
+    ("The [[ cat ]] sat ]] .", "a closing ]] at character 19 ('The [[ cat ]] sat ]]...') has no opening [["),
+    ("The [[ cat ]] sat [[  ]] .", "'[[ ]]' at character 19 marks no word"),
+])
+def test_each_mark_problem_says_what_and_where(text, problem):
+    """A nested, unclosed, unopened or empty mark is named with the character (counted from 1) where it is, and
+    the text there, as one line naming the field (was: 'a [[ without its ]] (or the reverse)' for all of them)."""
+    assert argument.marks_problem(text).startswith(problem)
+    with pytest.raises(explore_SE.SpanElectraError) as refused:
+        argument.explore_args(text=text).validate()
+    assert str(refused.value) == f"text: {argument.marks_problem(text)}"
+    assert argument.marks_problem("The [[ cat ]] sat on [[ the\nmat ]] .") is None  # a span may cross a line break
+    assert explore_SE.MARK.findall("The [[ cat ]] sat on [[ the\nmat ]] .") == [" cat ", " the\nmat "]
 
 
 def test_frequency_level_fills_are_called_so():
