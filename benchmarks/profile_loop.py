@@ -4,18 +4,20 @@ stays below bench_train.py's step).
     python benchmarks/profile_loop.py --features_dir FEAT                      # joint small, bf16 + compile on CUDA
     python benchmarks/profile_loop.py --features_dir FEAT --model_size tiny --steps 40   # a quick CPU look
 
-Runs the real script (main(config)) and times, on the host, each phase of its loop over a window of
-steps after compilation: waiting for the batch, copying it, the step's forward pass (the model, its
-loss and metrics: training_utils.TrainStep), backward, summing metrics, the optimizer step, and the
-rest (schedule, bar, logging). torch's profiler over the
-same window gives the GPU's kernel time and the host calls that wait for the GPU. A step is
+Runs the real script (main(config), in a temporary folder of its own removed at the end) and times, on
+the host, each phase of its loop over a window of steps after compilation: waiting for the batch,
+copying it, the step's forward pass (the model, its loss and metrics: training_utils.TrainStep),
+backward, summing metrics, the optimizer step, and the rest (schedule, bar, logging). torch's profiler
+over the same window gives the GPU's kernel time and the host calls that wait for the GPU. A step is
 host-bound when its host phases add up to its wall time while the GPU idles.
 """
 import argparse
 import collections
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import torch
@@ -133,13 +135,18 @@ def main():
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     profiler = torch.profiler.profile(activities=activities)
     instrument(clock, profiler)
+    # a folder of its own per run: a fixed one was shared by two runs at once, and a stale run there resumed
+    out_dir = tempfile.mkdtemp(prefix="profile_loop-")
     config = SE_trainingConfig(
-        mode="joint", features_dir=args.features_dir, out_dir=os.path.join("/tmp", "profile_loop"),
-        overwrite_output_dir=True, model_size=args.model_size, train_batch_size=args.batch_size, bf16=cuda,
-        compile=not args.no_compile, device=args.device, max_steps=args.start + args.steps + 1,
-        log_every=args.start + args.steps + 1, eval_every=10 ** 9, save_every=10 ** 9)
-    with contextlib.redirect_stderr(open(os.devnull, "w")):  # the bar would interleave with the report
-        trainSpanElectra.main(config)
+        mode="joint", features_dir=args.features_dir, out_dir=out_dir, model_size=args.model_size,
+        train_batch_size=args.batch_size, bf16=cuda, compile=not args.no_compile, device=args.device,
+        max_steps=args.start + args.steps + 1, log_every=args.start + args.steps + 1, eval_every=10 ** 9,
+        save_every=10 ** 9)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # the bar would interleave
+            trainSpanElectra.main(config)                                            # with the report
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)  # only the timings are wanted, not the run's model
     report(clock, profiler, cuda)
 
 

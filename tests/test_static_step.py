@@ -2,6 +2,8 @@
 indexing, the same losses as indexing the masked tokens, one compilation for a whole run."""
 import functools
 import json
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -363,7 +365,11 @@ def test_profile_loop_accounts_for_the_loop_step(bpe_feat, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["profile_loop.py", "--features_dir", str(bpe_feat[0]), "--model_size", "tiny",
                                       "--batch_size", "8", "--start", "3", "--steps", "4", "--no_compile",
                                       "--device", "cpu"])
+    folders, mkdtemp = [], tempfile.mkdtemp  # each run trains in a fresh folder (was: /tmp/profile_loop, shared
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: folders.append(mkdtemp(**kw)) or folders[-1])  # by runs)
     profile_loop.main()
+    runs = [f for f in folders if os.path.basename(f).startswith("profile_loop-")]  # torch makes its own too
+    assert len(runs) == 1 and not os.path.exists(runs[0])  # removed at the end
     out = capsys.readouterr().out
     wall = float(re.search(r"window: steps 3-7, ([\d.]+) ms/step wall", out).group(1))
     phases = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"host (\D+?)\s+([\d.]+) ms/step", out)}
