@@ -674,10 +674,24 @@ def holds_a_run(out_dir):
     return any(os.path.exists(p) for p in run_outputs(out_dir) if os.path.basename(p) != RUN_FILE)
 
 
-def changed_input_message(key, old, new, out_dir):
-    """The one-line refusal for an identity key that changed since the run in out_dir started."""
+def input_folders(config, identity):
+    """{field: folder} of the inputs whose digests identity holds (the two-stage generator_dir, features_dir),
+    resolved, recorded beside the run's identity: a digest that changes with the folder is another folder
+    named, not the same one rewritten."""
+    fields = {DIGESTS[key][0] for key in identity if key in DIGESTS and getattr(config, DIGESTS[key][0], None)}
+    return {field: os.path.realpath(getattr(config, field)) for field in sorted(fields)}
+
+
+def changed_input_message(key, old, new, out_dir, folders=({}, {})):
+    """The one-line refusal for an identity key that changed since the run in out_dir started; folders: the
+    input folders the run recorded and this command's (input_folders)."""
     if key in DIGESTS:
         field, what = DIGESTS[key]
+        then, now = folders[0].get(field), folders[1].get(field)
+        if then and now and then != now:
+            return (f"{field}: the run in '{out_dir}' was started with --{field} '{then}', and this command names "
+                    f"'{now}' ({what}: another digest); resume with --{field} '{then}', or give a new --out_dir "
+                    "to start a new run")
         return (f"{field}: {what} changed since the run in '{out_dir}' started (another digest), so resuming would "
                 "make it two runs; put back what it started from, or start over with --overwrite_output_dir")
     if key == "train_sequences":
@@ -726,7 +740,9 @@ def check_run(config, identity):
             if key in LATER_KEYS and old is None:  # not recorded (an earlier version's run, or features built
                 continue                           # before the key existed): nothing to compare it with
             if old != new:
-                raise SpanElectraError(changed_input_message(key, old, new, config.out_dir))
+                recorded = saved.get("folders")  # none in a run of an earlier version
+                folders = (recorded if isinstance(recorded, dict) else {}, input_folders(config, identity))
+                raise SpanElectraError(changed_input_message(key, old, new, config.out_dir, folders))
         return saved["run_id"]
     if holds_a_run(config.out_dir) and not config.overwrite_output_dir:
         raise SpanElectraError(f"out_dir: '{config.out_dir}' holds another run (checkpoints, metrics or models); use "
@@ -781,7 +797,8 @@ def claim_out_dir(config, features, script_name, runtime, inputs=None):
                 clear_run(config)
             for stale in glob.glob(os.path.join(glob.escape(config.out_dir), "checkpoint-*.pt.tmp")):
                 os.remove(stale)  # a checkpoint a killed run did not finish
-            atomic_write_json(os.path.join(config.out_dir, RUN_FILE), {"run_id": run_id, "fixed": identity})
+            atomic_write_json(os.path.join(config.out_dir, RUN_FILE),
+                              {"run_id": run_id, "fixed": identity, "folders": input_folders(config, identity)})
         except SpanElectraError as e:
             error = str(e)
             if runtime.lock is not None:  # a refused run leaves out_dir as it found it

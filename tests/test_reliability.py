@@ -130,18 +130,36 @@ def test_mutable_settings_are_those_that_leave_the_trained_model_unchanged(tmp_p
             resume(**{field: value})
 
 
-def test_two_stage_resume_refuses_a_generator_retrained_in_place(bpe_feat, finished_run, tmp_path, capsys):
+def test_two_stage_resume_refuses_another_generator_or_one_retrained_in_place(bpe_feat, finished_run, tmp_path,
+                                                                            capsys):
+    """A resume naming another generator folder says which folder the run started with; the same folder
+    holding other weights says they changed."""
     gen_dir, run = tmp_path / "generator", tmp_path / "se"
     shutil.copytree(finished_run / "generator", gen_dir)
     flags = ["--mode", "two_stage", "--generator_dir", str(gen_dir), "--features_dir", str(bpe_feat[0]), "--out_dir",
              str(run), "--model_size", "tiny", "--num_hidden_layers", "1", "--max_steps", "2", "--save_every", "2",
              "--train_batch_size", "8", "--eval_batches", "1", "--device", "cpu"]
     argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig, flags)
+    saved = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert saved["folders"] == {"features_dir": os.path.realpath(bpe_feat[0]),
+                                "generator_dir": os.path.realpath(gen_dir)}
     generator = mse.load_generator(str(gen_dir))
     with torch.no_grad():
         next(generator.parameters()).add_(0.01)
-    mse.save_generator(generator, str(gen_dir), str(finished_run / "generator"))  # same path, another generator
+    other = tmp_path / "other_generator"
+    mse.save_generator(generator, str(other), str(finished_run / "generator"))  # another folder, another generator
     before = snapshot(run)
+    at_other = flags[:]
+    at_other[at_other.index("--generator_dir") + 1] = str(other)
+    with pytest.raises(SystemExit) as stop:  # said as the other folder it is, not as weights that changed
+        argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig, at_other + ["--resume_from", "latest"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and "weights changed" not in err
+    assert (f"generator_dir: the run in '{run}' was started with --generator_dir '{os.path.realpath(gen_dir)}', and "
+            f"this command names '{os.path.realpath(other)}'") in err
+    assert f"resume with --generator_dir '{os.path.realpath(gen_dir)}', or give a new --out_dir" in err
+    assert snapshot(run) == before
+    mse.save_generator(generator, str(gen_dir), str(finished_run / "generator"))  # same path, another generator
     with pytest.raises(SystemExit) as stop:
         argument.run_main(trainSpanElectra.main, argument.SE_trainingConfig,
                           flags + ["--resume_from", "latest", "--max_steps", "4"])
