@@ -17,6 +17,7 @@ fields twice, for the train and the valid split; here the valid split is masked 
 The class names are those of SpanElectra's first release (tok_args, MLM_trainDataArgs, ...), which
 its users know.
 """
+import argparse
 import dataclasses
 import json
 import logging
@@ -419,8 +420,8 @@ class TrainingConfig(Config):
             _fail("out_dir", "no folder given")
 
     def given_model_size(self):
-        """model_size when set to other than its default, else None (whether the default was typed is unknown)."""
-        return None if self.model_size == field_default(type(self), "model_size") else self.model_size
+        """model_size when given (see is_given), else None: a preset to check a loaded model against."""
+        return self.model_size if is_given(self, "model_size") else None
 
     def model_overrides(self):
         names = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -824,7 +825,18 @@ def parse_config(config_cls, argv=None):
         config, _ = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as e:  # HfArgumentParser reports leftover arguments this way
         raise SpanElectraError(f"{e}; run with --help for the fields") from None
+    setattr(config, TYPED_FIELDS, typed_fields(config_cls, argv))
     return config
+
+
+def typed_fields(config_cls, argv):
+    """The names of the fields argv gives, whatever their values, as argparse reads them (--no_X, --X=v, an
+    abbreviated --X): a parser whose every default is 'absent' keeps only what was typed."""
+    probe = config_parser(config_cls)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    typed, _ = probe.parse_known_args(argv)
+    return frozenset(vars(typed)) - {"config"}
 
 
 def check_one_form(parser, argv):
@@ -896,6 +908,16 @@ MAX_SEED = 2**32 - 1
 def field_default(config_cls, name):
     """The default a config class declares for one of its fields."""
     return next(f.default for f in dataclasses.fields(config_cls) if f.name == name)
+
+
+TYPED_FIELDS = "_typed_fields"  # the attribute parse_config records the command line's fields in (not a field)
+
+
+def is_given(config, name):
+    """True when config.<name> was given: typed on the command line (even at its default value), or set to
+    other than its default. A config built in code (a notebook's main(config), or --config's file) records no
+    typing, so there a field set to its default value can't be told apart from one left alone."""
+    return name in getattr(config, TYPED_FIELDS, ()) or getattr(config, name) != field_default(type(config), name)
 
 
 def seed_values(config, name):

@@ -294,3 +294,24 @@ def test_a_model_size_that_contradicts_the_init_from_model_is_refused(converted,
     # size flags beside it are part of what it names
     mse.check_model_size("base", dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
                          small, "discriminator", "electra-small")
+
+
+def test_a_typed_default_model_size_that_contradicts_the_init_from_model_is_refused(converted, bert_id_features,
+                                                                                    tmp_path, capsys):
+    """--model_size tiny typed on the command line is given, though it is the default (was: taken as left alone,
+    and the 16-wide converted model trained without a word); left out, or at its default in a notebook's config
+    (where a typed default can't be told apart), it is not."""
+    feat = str(bert_id_features[0])
+    flags = ["--features_dir", feat, "--mode", "joint", "--init_from", str(converted), "--device", "cpu",
+             "--out_dir", str(tmp_path / "se")]
+    for typed in (["--model_size", "tiny"], ["--model_s=tiny"]):  # as argparse reads it, abbreviated too
+        assert argument.parse_config(argument.SE_trainingConfig, flags + typed).given_model_size() == "tiny"
+    assert argument.parse_config(argument.SE_trainingConfig, flags).given_model_size() is None
+    assert argument.SE_trainingConfig(init_from=str(converted), model_size="tiny").given_model_size() is None
+    code, err = run_in_process(capsys, trainSpanElectra, argument.SE_trainingConfig, *flags, "--model_size", "tiny")
+    assert_one_line_error(code, err, "model_size: 'tiny', but the discriminator in",
+                          "embedding_size 16 (the preset's: 64)", "drop --model_size")
+    generator = argument.parse_config(argument.MLM_trainingConfig, ["--features_dir", feat, "--init_from",
+                                                                    str(converted), "--model_size", "tiny"])
+    with pytest.raises(SpanElectraError, match=r"^model_size: 'tiny', but the generator in"):
+        trainMLM_SpanElectra.build_model(generator, features.PretrainingFeatures(feat))
