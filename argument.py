@@ -237,6 +237,11 @@ class MaskingArgs(Config):
 
 MIN_SEQ_LEN = 16
 MIN_POSITIONS = 512  # positions of every model trained here (BERT's and ELECTRA's), more for longer features
+
+
+def model_positions(max_seq_len):
+    """The positions of a model trained here on features of max_seq_len tokens a row."""
+    return max(MIN_POSITIONS, max_seq_len)
 MAX_VOCAB_SIZE = 2**24  # past that the tokenizers trainer's tables outgrow memory (1e9 aborted the process)
 
 
@@ -549,8 +554,9 @@ class pipeline_args:
         check_range(self, "train_batch_size", low=1)
         check_range(self, "learning_rate", 0, 1, low_open=True)
         check_marks(self, "explore_text")
-        # now, not after both models have trained (the explorer runs last)
-        check_text_fits(self, "explore_text", self.word_segmenter, max(MIN_POSITIONS, self.max_seq_len))
+        # now, not after both models have trained (the explorer runs last); its tokens are counted once the
+        # vocabulary exists (run_pipeline.check_explore_text_fits)
+        check_text_fits(self, "explore_text", self.word_segmenter, model_positions(self.max_seq_len))
         if not self.out_dir:
             _fail("out_dir", "no folder given")
         # the corpus paths now, not after the vocabulary is built

@@ -129,42 +129,19 @@ def whole_words(text, start, end):
     return start, end
 
 
-class Explorer:
-    """The saved generator and discriminator of a run, loaded through plain transformers."""
+def plain_text(text):
+    """The text with its [[ ]] marks taken away (the words kept), its spaces single: what the discriminator reads."""
+    return " ".join(MARK.sub(lambda m: m.group(1), text).split())
 
-    def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
-        found = find_models(model_dir) if model_dir else (None, None)  # what is not given comes from model_dir
-        self.gen_dir, self.disc_dir = generator_dir or found[0], discriminator_dir or found[1]
-        if not (self.gen_dir or self.disc_dir):
-            raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
-        if self.gen_dir and self.disc_dir:
-            same_tokenizer(self.gen_dir, self.disc_dir)
-        tok_dir = self.gen_dir or self.disc_dir
-        self.tokenizer = load_tokenizer_of(tok_dir)
-        self.segmenter, self.segment = folder_segmenter(tok_dir, "model_dir")
-        self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
-        if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
-            self.span_generator = load_generator(self.gen_dir, "model_dir").eval()
-            self.generator = self.span_generator.mlm
-        elif self.gen_dir:
-            self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval()
-        self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
-            if self.disc_dir else None
-        models = [m for m in (self.generator, self.discriminator) if m]
-        self.max_tokens = min(m.config.max_position_embeddings for m in models)
-        check_tokenizer_fits(self.tokenizer, min(m.config.vocab_size for m in models), tok_dir)
+
+class TextEncoder:
+    """A tokenizer folder's tokenizer and word segmenter: how the explorer turns a text into token ids, for
+    the explorer and for run_pipeline.py's check, before training, that its text will fit the models."""
+
+    def __init__(self, tok_dir, field="model_dir"):
+        self.tokenizer = load_tokenizer_of(tok_dir, field)
+        self.segmenter, self.segment = folder_segmenter(tok_dir, field)
         self.notes = []  # what the last marked text needed said (a mark inside a segmented word)
-        self.longest_warned = 0  # the longest text a pass checked against the trained length
-
-    def _check_length(self, ids):
-        """A text longer than the models' positions is a one-line error, not an index error inside them."""
-        if len(ids) > self.max_tokens:
-            raise SpanElectraError(f"text: {len(ids)} tokens, more than the model's {self.max_tokens} positions; "
-                                   "give a shorter text (a sentence or two)")
-        if len(ids) > self.longest_warned:  # once per text, not per model pass over it
-            self.longest_warned = len(ids)
-            warn_untrained_positions(self.gen_dir or self.disc_dir, "generator" if self.gen_dir else "discriminator",
-                                     len(ids), "text", "this text has", "give a text of at most {trained} tokens")
 
     def _segmented_marks(self, text):
         """(the text as the model reads it, segmented whole as the corpus was, and the character ranges
@@ -191,12 +168,62 @@ class Explorer:
             spans.append(wide)
         return segmented, spans
 
+    def encode_marked(self, text):
+        """The tokenizer's encoding (ids and character offsets) of a marked text as the generator reads it, and
+        the character ranges of its marked spans."""
+        self.notes = []
+        words, marks = self._segmented_marks(text)
+        # verbose=False: a text past the positions is said in one line (Explorer._check_length, run_pipeline.py)
+        return self.tokenizer(words, return_offsets_mapping=True, verbose=False), marks
+
+    def encode_plain(self, text):
+        """The token ids of an unmarked text as the discriminator reads it, segmented as the corpus was."""
+        return self.tokenizer(self.segment(text), verbose=False)["input_ids"]
+
+    def longest_encoding(self, text):
+        """The most tokens ([CLS] and [SEP] included) that a report on the marked text has a model read."""
+        return max(len(self.encode_marked(text)[0]["input_ids"]), len(self.encode_plain(plain_text(text))))
+
+
+class Explorer(TextEncoder):
+    """The saved generator and discriminator of a run, loaded through plain transformers."""
+
+    def __init__(self, model_dir=None, generator_dir=None, discriminator_dir=None):
+        found = find_models(model_dir) if model_dir else (None, None)  # what is not given comes from model_dir
+        self.gen_dir, self.disc_dir = generator_dir or found[0], discriminator_dir or found[1]
+        if not (self.gen_dir or self.disc_dir):
+            raise SpanElectraError(f"model_dir: '{model_dir}' holds no saved generator or discriminator")
+        if self.gen_dir and self.disc_dir:
+            same_tokenizer(self.gen_dir, self.disc_dir)
+        tok_dir = self.gen_dir or self.disc_dir
+        super().__init__(tok_dir)
+        self.generator, self.span_generator = None, None  # span_generator: with its span-boundary head
+        if self.gen_dir and saved_heads(self.gen_dir, "generator", "use_sbo"):
+            self.span_generator = load_generator(self.gen_dir, "model_dir").eval()
+            self.generator = self.span_generator.mlm
+        elif self.gen_dir:
+            self.generator = load_weights(ElectraForMaskedLM, self.gen_dir, "model_dir").eval()
+        self.discriminator = load_weights(ElectraForPreTraining, self.disc_dir, "model_dir").eval() \
+            if self.disc_dir else None
+        models = [m for m in (self.generator, self.discriminator) if m]
+        self.max_tokens = min(m.config.max_position_embeddings for m in models)
+        check_tokenizer_fits(self.tokenizer, min(m.config.vocab_size for m in models), tok_dir)
+        self.longest_warned = 0  # the longest text a pass checked against the trained length
+
+    def _check_length(self, ids):
+        """A text longer than the models' positions is a one-line error, not an index error inside them."""
+        if len(ids) > self.max_tokens:
+            raise SpanElectraError(f"text: {len(ids)} tokens, more than the model's {self.max_tokens} positions; "
+                                   "give a shorter text (a sentence or two)")
+        if len(ids) > self.longest_warned:  # once per text, not per model pass over it
+            self.longest_warned = len(ids)
+            warn_untrained_positions(self.gen_dir or self.disc_dir, "generator" if self.gen_dir else "discriminator",
+                                     len(ids), "text", "this text has", "give a text of at most {trained} tokens")
+
     def _encode_marked(self, text, seed):
         """Token ids with the marked (or random) spans, and any [MASK] typed in the text, replaced by [MASK],
         and the original ids."""
-        self.notes = []
-        words, marks = self._segmented_marks(text)
-        enc = self.tokenizer(words, return_offsets_mapping=True, verbose=False)  # _check_length says it in one line
+        enc, marks = self.encode_marked(text)
         self._check_length(enc["input_ids"])
         ids = np.array(enc["input_ids"])
         typed = ids == self.tokenizer.mask_token_id  # a [MASK] in the text is filled too, as fill-mask does
@@ -254,10 +281,10 @@ class Explorer:
         """[(token, probability it was replaced), ...] for the text as given."""
         if self.discriminator is None:
             raise SpanElectraError("model_dir: no discriminator saved there")
-        enc = self.tokenizer(self.segment(text), verbose=False)
-        self._check_length(enc["input_ids"])
-        logits = self.discriminator(input_ids=torch.tensor([enc["input_ids"]])).logits[0]
-        tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"])
+        ids = self.encode_plain(text)
+        self._check_length(ids)
+        logits = self.discriminator(input_ids=torch.tensor([ids])).logits[0]
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
         return [(t, float(p)) for t, p in zip(tokens, logits.sigmoid())][1:-1]
 
 
@@ -331,7 +358,7 @@ def fill_lines(tokenizer, rows):
 def report(explorer, text, top_k=5, seed=0):
     """The explorer's readable tables, as a list of lines."""
     lines = []
-    plain = " ".join(MARK.sub(lambda m: m.group(1), text).split())
+    plain = plain_text(text)
     if explorer.generator is not None:
         rows = explorer.fill(text, top_k, seed)
         notes = explorer.notes

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 from transformers.utils import logging as hf_logging
 
-from argument import MIN_POSITIONS, MODEL_PRESETS
+from argument import MODEL_PRESETS, model_positions
 from io_utils import SpanElectraError, atomic_write_json, building_folder, first_line, read_json, sha256_file
 from tokenization import copy_tokenizer, has_tokenizer
 
@@ -53,7 +53,8 @@ def electra_configs(model_size, vocab_size, max_seq_len, pad_token_id=0, **overr
     disc = {**disc, **{k: v for k, v in overrides.items() if not k.startswith("gen_") and v is not None}}
     gen = {**disc, **gen, **{k[4:]: v for k, v in overrides.items() if k.startswith("gen_") and v is not None}}
     gen["embedding_size"] = disc["embedding_size"]  # shared embeddings
-    common = dict(vocab_size=vocab_size, max_position_embeddings=max(MIN_POSITIONS, max_seq_len), pad_token_id=pad_token_id)
+    common = dict(vocab_size=vocab_size, max_position_embeddings=model_positions(max_seq_len),
+                  pad_token_id=pad_token_id)
     for cfg, prefix in ((disc, ""), (gen, "gen_")):
         if cfg["hidden_size"] % cfg["num_attention_heads"]:
             raise SpanElectraError(f"{prefix}num_attention_heads: {cfg['num_attention_heads']} heads do not divide "

@@ -21,8 +21,8 @@ import process
 import trainMLM_SpanElectra
 import trainSpanElectra
 from argument import (DISCRIMINATOR_RUN, EXPLORE_TEXTS, GENERATOR_RUN, MLM_trainingConfig, SE_trainingConfig,
-                      checked_config, feature_args, mask_stats_args, pipeline_args, run_main, save_config, saved_config,
-                      tok_args)
+                      checked_config, feature_args, mask_stats_args, model_positions, pipeline_args, run_main,
+                      save_config, saved_config, tok_args)
 from io_utils import SpanElectraError, make_out_dir
 from training_utils import LEARNED_AUC, holds_a_run, read_metrics
 
@@ -50,6 +50,8 @@ def main(config: pipeline_args = None):
         min_fre=config.min_fre, lowercase=config.lowercase, word_segmenter=config.word_segmenter,
         model_name=os.path.basename(os.path.abspath(config.out_dir)), out_dir=tok_dir))
     timings["vocabulary"] = time.time() - start
+    text = config.explore_text or EXPLORE_TEXTS[config.word_segmenter]
+    check_explore_text_fits(text, tok_dir, config.max_seq_len)
 
     start = time.time()
     meta = process.main(feature_args(
@@ -88,7 +90,6 @@ def main(config: pipeline_args = None):
     finals = {name: final_valid_metrics(run_dir) for name, run_dir in (
         ("generator", gen_dir and os.path.dirname(gen_dir)), ("discriminator", se_out)) if run_dir}
     explorer = explore_SE.Explorer(generator_dir=gen_dir or os.path.join(se_out, "generator"), discriminator_dir=disc_dir)
-    text = config.explore_text or EXPLORE_TEXTS[config.word_segmenter]
     explorer_lines = explore_SE.report(explorer, text, top_k=3)
 
     summary = {
@@ -111,6 +112,17 @@ def main(config: pipeline_args = None):
     print("\n".join(explorer_lines))
     print(json.dumps(summary))
     return summary
+
+
+def check_explore_text_fits(text, tok_dir, max_seq_len):
+    """The explorer's text, in tokens of the new vocabulary as the explorer will encode it, fits the models'
+    positions: checked once the vocabulary exists, before any training (the explorer runs last; a text of
+    few words can still make too many tokens, e.g. rare words cut into pieces)."""
+    count, positions = explore_SE.TextEncoder(tok_dir).longest_encoding(text), model_positions(max_seq_len)
+    if count > positions:
+        raise SpanElectraError(f"explore_text: {count} tokens with [CLS] and [SEP] in the vocabulary built in "
+                               f"'{tok_dir}', more than the models' {positions} positions; give a shorter text (a "
+                               "sentence or two)")
 
 
 def remove_other_mode(out_dir, mode):

@@ -137,6 +137,16 @@ def case_pipeline_explore_text_too_long(d, tok, feat):
             ["explore_text: 600 words", "512 positions", "shorter text"], ["out"])
 
 
+def case_pipeline_explore_text_too_many_tokens(d, tok, feat):
+    """Fewer words than positions, but more tokens once the vocabulary is built (rare words cut into pieces):
+    refused then, before the features are built and any model trains (was: after both models had trained)."""
+    text = "The [[ cat ]] " + " ".join(f"zq{i}xj" for i in range(200))
+    return (["run_pipeline.py", "--out_dir", d / "out", "--train_input", SAMPLE / "valid.tokens", "--vocab_size", 500,
+             "--explore_text", text],
+            ["explore_text: 1494 tokens with [CLS] and [SEP]", "more than the models' 512 positions", "shorter text"],
+            ["out/features", "out/generator"])
+
+
 def case_vocab_out_dir_not_utf8(d, tok, feat):
     """A folder name in another encoding (tokenizers writes only UTF-8 paths)."""
     return (["create_vocab_SE.py", "--data_dir", SAMPLE / "valid.tokens", "--out_dir", d / "caf\udce9"],

@@ -163,6 +163,32 @@ def test_each_mark_problem_says_what_and_where(text, problem):
     assert explore_SE.MARK.findall("The [[ cat ]] sat on [[ the\nmat ]] .") == [" cat ", " the\nmat "]
 
 
+@pytest.mark.parametrize("language, text", [("en", "It was [[ released ]] in Japan ."),
+                                            ("vi", "Hà Nội là [[ thủ đô ]] của Việt Nam .")])
+def test_the_pipelines_token_count_is_the_explorers(language, text, request):
+    """run_pipeline.py counts its explore_text with the tokenizer folder alone (before any model exists), and
+    counts what the explorer will read: the marked text for the fills, the plain one for the discriminator,
+    Vietnamese segmented as the corpus was."""
+    tok = request.getfixturevalue(f"{language}_models") / "generator"
+    explorer = explore_SE.Explorer(str(tok.parent))
+    ids, _, _ = explorer._encode_marked(text, 0)
+    assert explore_SE.TextEncoder(str(tok)).longest_encoding(text) == len(ids)
+    assert len(explorer.detect(explore_SE.plain_text(text))) == len(ids) - 2  # [CLS] and [SEP] not scored
+
+
+def test_the_pipeline_refuses_an_explore_text_of_more_tokens_than_positions(bpe_tok):
+    """At the models' positions it fits; a token more is refused with the count and the positions, and longer
+    features give the models more positions."""
+    import run_pipeline
+    fits = "the " * 510
+    assert explore_SE.TextEncoder(str(bpe_tok)).longest_encoding(fits) == 512
+    run_pipeline.check_explore_text_fits(fits, str(bpe_tok), max_seq_len=64)
+    with pytest.raises(SpanElectraError, match=r"^explore_text: 513 tokens with \[CLS\] and \[SEP\] .* more than "
+                                               r"the models' 512 positions; give a shorter text"):
+        run_pipeline.check_explore_text_fits(fits + "the", str(bpe_tok), max_seq_len=64)
+    run_pipeline.check_explore_text_fits(fits + "the", str(bpe_tok), max_seq_len=1024)
+
+
 def test_frequency_level_fills_are_called_so():
     """The same first guess everywhere is read out as a generator that fills from word frequencies."""
     class Tok:
