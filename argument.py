@@ -239,10 +239,12 @@ MIN_SEQ_LEN = 16
 MIN_POSITIONS = 512  # positions of every model trained here (BERT's and ELECTRA's), more for longer features
 
 
+MAX_VOCAB_SIZE = 2**24  # past that the tokenizers trainer's tables outgrow memory (1e9 aborted the process)
+
+
 def model_positions(max_seq_len):
     """The positions of a model trained here on features of max_seq_len tokens a row."""
     return max(MIN_POSITIONS, max_seq_len)
-MAX_VOCAB_SIZE = 2**24  # past that the tokenizers trainer's tables outgrow memory (1e9 aborted the process)
 
 
 @dataclass
