@@ -46,6 +46,23 @@ import features  # noqa: E402
 import process  # noqa: E402
 
 
+# The slowest files, slowest first (from a run's --durations). Under `--dist loadfile` the workers take files in
+# collection order as they free up; starting the long ones first keeps one worker from running a long file alone
+# at the end while the other idles (xdist's own reordering sorts by the number of tests, not by their time).
+SLOWEST_FILES = ("test_training.py", "test_static_step.py", "test_compare.py", "test_start_methods.py",
+                 "test_readme.py", "test_reliability.py", "test_finetune.py", "test_notebook.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist 3.7+: keep the order set below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+
+
 # ---------------------------------------------------------------- helpers
 def notebook_code_cells():
     """SpanElectra.ipynb's code cells as plain Python: IPython's '!cmd' and '%magic' lines (the Colab
