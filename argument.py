@@ -230,9 +230,8 @@ class MaskingArgs(Config):
                   f"{self.mask_replace_prob + self.random_replace_prob:g} exceeds 1")
 
     def unused_span_fields(self):
-        """The span-length fields set to other than their defaults with --masking token, which never reads them."""
-        return [name for name in ("span_p", "max_span_len") if self.masking == "token" and
-                getattr(self, name) != field_default(type(self), name)]
+        """The span-length fields given (is_given) with --masking token, which never reads them."""
+        return [name for name in ("span_p", "max_span_len") if self.masking == "token" and is_given(self, name)]
 
 
 MIN_SEQ_LEN = 16
@@ -486,16 +485,15 @@ class SE_trainingConfig(TrainingConfig, SE_validDataArgs, SE_trainDataArgs):
             if self.gradient_disentangled:  # it would be silently ignored
                 _fail("gradient_disentangled", "shares embeddings between a generator and a discriminator trained "
                       "together: it needs --mode joint (two-stage's generator is frozen)")
-        elif self.generator_dir and self.generator_dir != field_default(type(self), "generator_dir"):
+        elif self.generator_dir and is_given(self, "generator_dir"):
             _fail("generator_dir", f"'{self.generator_dir}' with --mode joint, which trains its own generator; drop "
                   "--generator_dir, or use --mode two_stage to train against it")
 
     def generator_beside_init_from(self):
         """Two-stage from a folder holding both models (a converted ELECTRA, a joint run's out_dir) with
-        --generator_dir left at its default: its generator/, the pair ELECTRA trained together (not whatever
+        --generator_dir not given (is_given): its generator/, the pair ELECTRA trained together (not whatever
         generator an earlier run left at the default place)."""
-        default = field_default(type(self), "generator_dir")
-        if not self.init_from or self.generator_dir != default:
+        if not self.init_from or is_given(self, "generator_dir"):
             return None
         folder = os.path.normpath(self.init_from)  # OUT, or OUT/discriminator (both name the same pair)
         places = [os.path.join(folder, "generator")] + \

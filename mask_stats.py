@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from argument import checked_config, field_default, mask_stats_args, run_main
+from argument import checked_config, is_given, mask_stats_args, run_main
 from features import PretrainingFeatures
 from masking import long_words_warning, masking_stats, max_prediction_slots, short_masking_message
 
@@ -23,7 +23,7 @@ def main(config: mask_stats_args = None):
     masker = features.masker(config)
     rng = np.random.default_rng(config.seed)
     n = min(config.num_sequences, len(data))
-    if n < config.num_sequences and config.num_sequences != field_default(mask_stats_args, "num_sequences"):
+    if n < config.num_sequences and is_given(config, "num_sequences"):
         print(f"warning: num_sequences: {config.num_sequences}, but the {config.split} split holds {n} sequences; "
               f"masking all {n}")
     unused = config.unused_span_fields()

@@ -359,6 +359,11 @@ def test_flags_the_other_mode_would_ignore_are_refused(bpe_feat, tmp_path):
         argument.SE_trainingConfig(features_dir=features, generator_dir=str(generator), gradient_disentangled=True).validate()
     argument.SE_trainingConfig(features_dir=features, mode="joint").validate()
     argument.SE_trainingConfig(features_dir=features, mode="joint", generator_dir=None).validate()
+    # typed on the command line, even at its default value, it was meant: refused too
+    typed = argument.parse_config(argument.SE_trainingConfig, ["--features_dir", features, "--mode", "joint",
+                                                               "--generator_dir", argument.SE_trainingConfig.generator_dir])
+    with pytest.raises(SpanElectraError, match=r"^generator_dir: .* with --mode joint, which trains its own"):
+        typed.validate()
     # the generator run's out_dir given for the generator it saved: the error names the folder meant
     with pytest.raises(SpanElectraError, match=f"^generator_dir: '{tmp_path}' has no config.json; did you mean "
                                                f"'{generator}'"):

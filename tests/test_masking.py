@@ -451,3 +451,8 @@ def test_stats_say_what_they_did_not_do(bpe_feat, capsys):
     mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), split="valid", masking="token"))
     mask_stats.main(argument.mask_stats_args(features_dir=str(bpe_feat[0]), split="valid", span_p=0.5, num_sequences=50))
     assert "warning" not in capsys.readouterr().out
+    # typed, even at their default values, they were meant: each is said
+    out = run_ok_in_process(capsys, mask_stats, argument.mask_stats_args, "--features_dir", bpe_feat[0], "--split",
+                            "train", "--masking", "token", "--span_p", argument.mask_stats_args.span_p)
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [
+        "warning: --span_p: span settings, which --masking token does not use; they have no effect (use --masking span)"]
