@@ -50,7 +50,7 @@ def trained_generator(bpe_feat, tmp_path_factory):
     """A tiny generator trained for 240 steps; returns its out_dir."""
     out = tmp_path_factory.mktemp("gen") / "run"
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], out, max_steps=240, learning_rate=3e-3, eval_every=240,
-                                         log_every=40, eval_batches=0, train_batch_size=24, num_hidden_layers=2,
+                                         log_every=40, eval_batches=0, train_batch_size=16, num_hidden_layers=2,
                                          seed=1))
     return out
 
@@ -78,7 +78,7 @@ def test_generator_learns_and_beats_unigram(trained_generator, bpe_feat):
     assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.4
     assert train[-1]["mlm_loss"] < np.log(2000) - 1.0  # well below a uniform guess
     valid = rows(trained_generator, "valid")[-1]
-    assert valid["mlm_accuracy"] > unigram_accuracy(bpe_feat[0]) * 1.25, valid  # 5.5% against 3.3%
+    assert valid["mlm_accuracy"] > unigram_accuracy(bpe_feat[0]) * 1.25, valid  # 5.6% against 3.3%
     for r in train:
         assert abs(r["mask_ratio"] - 0.15) < 0.02 and r["tokens_per_sec"] > 0 and r["lr"] >= 0
         assert {"step", "loss", "mlm_accuracy", "sbo_loss", "mean_span_length"} <= set(r)
