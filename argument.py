@@ -1141,7 +1141,7 @@ class finetune_args:
     linear_probe: bool = _help("instead of fine-tuning: a linear probe (the encoder frozen, logistic regression on "
                                "its mean-pooled outputs), cheap and sensitive to what pre-training learned",
                                default=False)
-    device: str = _help("'auto' (CUDA when available, with bf16 autocast), 'cpu', 'cuda' or 'cuda:N'",
+    device: str = _help("'auto' (CUDA when available, with bf16 autocast where the GPU has native bf16), 'cpu', 'cuda' or 'cuda:N'",
                         default="auto")
 
     def validate(self):

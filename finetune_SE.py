@@ -694,7 +694,7 @@ def predict(model, encoded, config, runtime):
     n = len(encoded["lengths"])
     for start in range(0, n, config.eval_batch_size):
         batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), runtime.device)
-        with tu.autocast(runtime, runtime.device.type == "cuda"):
+        with tu.autocast(runtime, tu.native_bf16_gpu(runtime)):
             outputs.append(model(**batch).logits.float())
     model.train()
     return torch.cat(outputs).cpu().numpy()  # one copy back for the whole split
@@ -728,7 +728,7 @@ def pooled_features(encoder, encoded, config, runtime):
     features, n = [], len(encoded["lengths"])
     for start in range(0, n, config.eval_batch_size):
         batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), runtime.device)
-        with tu.autocast(runtime, runtime.device.type == "cuda"):
+        with tu.autocast(runtime, tu.native_bf16_gpu(runtime)):
             hidden = encoder(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).float()
         features.append((hidden * mask).sum(1) / mask.sum(1))
@@ -794,7 +794,7 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
             batch = make_batch(data["train"], order[start:start + config.train_batch_size], runtime.device,
                                task.train.targets)
             targets = batch.pop("targets")
-            with tu.autocast(runtime, runtime.device.type == "cuda"):
+            with tu.autocast(runtime, tu.native_bf16_gpu(runtime)):
                 logits = model(**batch).logits
             loss = task_loss(task, logits, targets)
             loss.backward()

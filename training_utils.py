@@ -129,6 +129,21 @@ def autocast(runtime, bf16):
     return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
 
 
+def native_bf16_gpu(runtime):
+    """A GPU that computes in bf16 natively (compute capability 8.0 and up: A100, L4, H100, ...); older ones (T4,
+    V100, P100) emulate it, slower than fp32."""
+    return runtime.device.type == "cuda" and torch.cuda.get_device_capability(runtime.device)[0] >= 8
+
+
+def warn_emulated_bf16(runtime, bf16):
+    """One line where --bf16 asks a GPU that only emulates bf16 (Colab's and Kaggle's T4): the run would be slower."""
+    if bf16 and runtime.device.type == "cuda" and not native_bf16_gpu(runtime):
+        major, minor = torch.cuda.get_device_capability(runtime.device)
+        logger.warning("bf16: %s (compute capability %d.%d) has no native bf16 and emulates it, slower than fp32; "
+                       "drop --bf16 on this GPU (native from capability 8.0: A100, L4, H100)",
+                       torch.cuda.get_device_name(runtime.device), major, minor)
+
+
 def wrap_ddp(model, runtime):
     if not runtime.distributed:
         return model
@@ -200,7 +215,21 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm):
                                        foreach=True)
     optimizer.step()
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not getattr(optimizer, GRADS_KEPT, False))
+
+
+GRADS_KEPT = "span_electra_grads_kept"  # set on an optimizer whose gradients are zeroed in place (keep_gradients)
+
+
+def keep_gradients(model, optimizer):
+    """Gradients allocated once and zeroed in place, for micro-batches accumulated under CUDA graphs: a gradient
+    left to the first micro-batch's backward is the graph's own output, in the graphs' memory pool, which the next
+    micro-batch's replay reuses (torch then raises 'accessing tensor output of CUDAGraphs that has been overwritten'
+    or sums into overwritten memory; pytorch#169545); each backward adds into these instead."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    setattr(optimizer, GRADS_KEPT, True)
 
 
 # 20x ELECTRA-Small's 5e-4 (Base and Large: 2e-4): from here the tiny generator collapsed to one prediction and
@@ -519,23 +548,27 @@ def to_device(batch, device):
 
 
 # ---------------------------------------------------------------- checkpoints
-def rng_state():
-    """Every global RNG, in types torch.load(weights_only=True) accepts."""
+def rng_state(device=None):
+    """Every global RNG the run uses, in types torch.load(weights_only=True) accepts: CUDA's of the run's own
+    GPU only (a CPU run on a GPU machine leaves CUDA alone; a resume may see fewer GPUs)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device=None):
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if isinstance(saved, (list, tuple)):  # an earlier version's checkpoint: one state per GPU it saw
+        saved = saved[device.index] if device is not None and device.type == "cuda" and device.index < len(saved) else None
+    if saved is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved, device)
 
 
 def save_checkpoint(out_dir, step, state, keep=2):
@@ -562,7 +595,7 @@ def save_training_state(config, step, model, optimizer, scheduler, stream, log):
     check_finite_weights(model, step)
     return save_checkpoint(config.out_dir, step, {
         "step": step, "run_id": config.run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": rng_state(), "data": stream.state(),
+        "scheduler": scheduler.state_dict(), "rng": rng_state(model_device(model)), "data": stream.state(),
         "run_seconds": log.run_seconds()}, keep=config.keep_checkpoints)
 
 
@@ -572,6 +605,7 @@ def resume_training_state(config, model, optimizer, scheduler):
     state = load_checkpoint(config.resume_from, config.out_dir, config.run_id)
     if state is None:
         return 0, {"epoch": 0, "index": 0}, 0.0
+    built_kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -586,9 +620,26 @@ def resume_training_state(config, model, optimizer, scheduler):
         reason = lines[1].strip() if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise SpanElectraError(f"resume_from: '{config.resume_from}' does not fit this model ({reason[:160]}); "
                                "resume with the settings and features it was trained with") from None
+    keep_built_kernels(optimizer, built_kernels)
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], model_device(model))
     return state["step"], state["data"], state.get("run_seconds")
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def keep_built_kernels(optimizer, built):
+    """After load_state_dict, AdamW's kernels are this device's again (fused on CUDA, foreach on CPU): it takes the
+    saved groups' flags, so a CPU checkpoint resumed on a GPU would step with foreach, a GPU one on a CPU fused; a
+    fused step wants its step counts on the parameters' device, the others on the CPU."""
+    for group, flags in zip(optimizer.param_groups, built):
+        group.update(flags)
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[p]["step"] = step.to(p.device if group.get("fused") else "cpu", torch.float32)
 
 
 def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, runtime, script_name, inputs=None):
@@ -601,11 +652,14 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
     if runtime.is_main:
         save_config(config, config.out_dir, script_name)
         warn_high_learning_rate(config.learning_rate)
+        warn_emulated_bf16(runtime, config.bf16)
     step, position, run_seconds = resume_training_state(config, model, optimizer, scheduler)
     if step >= config.max_steps:
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
                     "to train it further", config.out_dir, step, config.max_steps)
     train_step = TrainStep(model, loss_and_metrics)
+    if config.compile and replays_cuda_graphs(runtime) and config.gradient_accumulation_steps > 1:
+        keep_gradients(model, optimizer)
     if config.compile:
         # every run compiles TrainStep.forward: runs of other recipes in one process (a notebook, the comparison)
         # would fill dynamo's cache of it up to its recompile limit, past which a step runs eagerly; the on-disk
@@ -899,10 +953,15 @@ def compile_model(model, runtime, mix_order_reductions=True):
     one GPU with CUDA graphs (mode 'reduce-overhead', whose options these are), which replay the whole
     step in one launch. mix_order_reductions=False turns off the Inductor fusion (on by default in
     recent torch: 2.13 has it on) that several projects turn off for Triton kernels that fail to build."""
-    options = {"triton.cudagraphs": True} if runtime.device.type == "cuda" and not runtime.distributed else {}
+    options = {"triton.cudagraphs": True} if replays_cuda_graphs(runtime) else {}
     if not mix_order_reductions:
         options["triton.mix_order_reduction"] = False
     return torch.compile(model, options=options or None)
+
+
+def replays_cuda_graphs(runtime):
+    """Whether a compiled step replays as CUDA graphs here: one GPU (DDP's hooks would not be captured)."""
+    return runtime.device.type == "cuda" and not runtime.distributed
 
 
 def mix_order_reductions_on(runtime):
@@ -1226,10 +1285,19 @@ def _stop_signal_in_gc_hook(unraisable):
     """sys.unraisablehook: a Ctrl-C or SIGTERM that comes during a collection is raised in _time_gc (at its first
     bytecode, where no try can catch it), and Python drops what a gc callback raises ("Exception ignored"): the run
     went on. It is kept for raise_stop_kept_in_gc; anything else goes to the hook before this one."""
-    if unraisable.object is _time_gc and issubclass(unraisable.exc_type, KeyboardInterrupt):
+    if is_time_gc_failure(unraisable) and issubclass(unraisable.exc_type, KeyboardInterrupt):
         STOP_KEPT_IN_GC.append(unraisable.exc_type)
     else:
         _stop_signal_in_gc_hook.previous(unraisable)
+
+
+def is_time_gc_failure(unraisable):
+    """Whether the unraisable came from _time_gc: Python 3.11-3.13 hand the hook the callback itself; newer ones
+    may hand it none, naming the callback in the message ('Exception ignored while calling GC callback <...>')."""
+    if unraisable.object is _time_gc:
+        return True
+    return unraisable.object is None and "GC callback" in (unraisable.err_msg or "") and \
+        _time_gc.__name__ in (unraisable.err_msg or "")
 
 
 STOP_KEPT_IN_GC = []

@@ -64,3 +64,21 @@ def test_device_field_accepts_cuda_index(cls, value, ok):
     else:
         with pytest.raises(SpanElectraError, match="device: .* is not one of auto, cpu, cuda, cuda:N"):
             argument.check_device(config)
+
+
+@pytest.mark.parametrize("capability, native", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_on_a_gpu_that_only_emulates_it_is_said_once_and_fine_tuning_skips_it(monkeypatch, caplog, capability,
+                                                                                     native):
+    """A T4 or V100 (compute capability under 8.0) emulates bf16, slower than fp32: --bf16 there is one warning
+    naming the GPU, and fine-tuning's automatic bf16 on CUDA is used only where it is native."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    runtime = tu.Runtime(torch.device("cuda", 0))
+    caplog.set_level("WARNING", logger=tu.logger.name)
+    assert tu.native_bf16_gpu(runtime) is native and not tu.native_bf16_gpu(tu.Runtime(torch.device("cpu")))
+    tu.warn_emulated_bf16(runtime, True)
+    tu.warn_emulated_bf16(runtime, False)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ([] if native else [f"bf16: Tesla T4 (compute capability {capability[0]}.{capability[1]}) has "
+                                          "no native bf16 and emulates it, slower than fp32; drop --bf16 on this GPU "
+                                          "(native from capability 8.0: A100, L4, H100)"])

@@ -81,6 +81,38 @@ def test_a_compiled_run_saves_mid_run_and_resumes_on_cuda(bpe_feat, tmp_path):
     assert [r["step"] for r in rows] == [6, 9] and 0 <= rows[-1]["disc_auc"] <= 1 and rows[-1]["rtd_loss"] > 0
 
 
+def test_compiled_micro_batches_accumulate_under_cuda_graphs(bpe_feat, gpu_generator, tmp_path):
+    """--gradient_accumulation_steps 2 with --compile on one GPU: each micro-batch's replay reuses the graphs'
+    memory, so the gradients live outside it (training_utils.keep_gradients); torch raised 'accessing tensor
+    output of CUDAGraphs that has been overwritten' (or summed overwritten memory) when the first micro-batch's
+    backward handed them over. The run finishes with the losses of the same run uncompiled, near enough for bf16."""
+    losses = {}
+    for compile_step in (False, True):
+        out = tmp_path / f"c{compile_step}"
+        trainSpanElectra.main(argument.SE_trainingConfig(
+            features_dir=str(bpe_feat[0]), out_dir=str(out), mode="two_stage", generator_dir=gpu_generator[1],
+            gradient_accumulation_steps=2, **{**FEW_STEPS, "log_every": 1, "bf16": False, "compile": compile_step}))
+        with open(out / "metrics.jsonl", encoding="utf-8") as f:
+            losses[compile_step] = [r["disc_loss"] for r in map(json.loads, f) if "disc_loss" in r and "split" not in r]
+    assert len(losses[True]) == 6 and losses[True] == pytest.approx(losses[False], rel=2e-2)
+
+
+def test_a_checkpoint_from_a_machine_with_more_gpus_resumes(bpe_feat, tmp_path):
+    """Checkpoints keep the CUDA random state of the run's own GPU; one of an earlier version kept one per GPU the
+    machine had, and resuming it where fewer are visible raised IndexError with a traceback: now its entry for
+    this GPU is taken, and past the GPUs it saved none."""
+    settings = dict(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode="joint", **FEW_STEPS)
+    trainSpanElectra.main(argument.SE_trainingConfig(**settings))
+    path = tu.list_checkpoints(str(tmp_path))[-1]
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.is_tensor(state["rng"]["cuda"])
+    state["rng"]["cuda"] = [state["rng"]["cuda"]] * (torch.cuda.device_count() + 3)  # as from a bigger machine
+    torch.save(state, path)
+    trainSpanElectra.main(argument.SE_trainingConfig(**{**settings, "max_steps": 9, "eval_every": 9,
+                                                        "resume_from": "latest"}))
+    assert [r["step"] for r in valid_rows(tmp_path)] == [6, 9]
+
+
 def test_finetune_epoch_and_explorer_on_cuda(bpe_feat, gpu_generator, tmp_path):
     disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
         features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "se"), generator_dir=gpu_generator[1], **FEW_STEPS))

@@ -1,5 +1,6 @@
 """Resuming where a run stopped: the checkpoints kept and the one resumed, the random state, the batch stream's
 position (epoch and batch) and the metrics log cut back to the resumed step."""
+import copy
 import os
 from types import SimpleNamespace
 
@@ -30,6 +31,46 @@ def test_rng_state_round_trips_every_generator():
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     tu.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_a_cpu_run_keeps_no_cuda_state_and_reads_an_older_one_without_it():
+    """The CUDA random state is the run's own GPU's: a CPU run keeps none (nor touches CUDA on a GPU machine),
+    and an earlier version's list of every GPU's state is passed over on the CPU."""
+    cpu = torch.device("cpu")
+    state = tu.rng_state(cpu)
+    assert "cuda" not in state
+    first = torch.rand(3)
+    tu.set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}, cpu)
+    assert torch.equal(torch.rand(3), first)
+
+
+def test_a_resumed_optimizer_keeps_this_devices_kernels():
+    """load_state_dict takes the saved groups' flags: a checkpoint of a GPU run (fused AdamW, its step counts on
+    the GPU) resumed on a CPU would step fused, one of a CPU run on a GPU with foreach. The built flags come back,
+    with the step counts where those kernels want them, and the resumed steps equal the uninterrupted ones."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = tu.build_optimizer(model, 1e-2, 0.01)
+    built = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    saved = copy.deepcopy(optimizer.state_dict())  # as read from a file: no tensor shared with optimizer's
+    for group in saved["param_groups"]:  # as a GPU run's optimizer saved it
+        group.update(fused=True, foreach=None)
+    twin = torch.nn.Linear(4, 3)
+    twin.load_state_dict(model.state_dict())
+    resumed = tu.build_optimizer(twin, 1e-2, 0.01)
+    resumed.load_state_dict(saved)
+    assert all(g["fused"] for g in resumed.param_groups)
+    tu.keep_built_kernels(resumed, built)
+    assert [{k: g[k] for k in ("fused", "foreach") if k in g} for g in resumed.param_groups] == built
+    assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32 for s in resumed.state.values())
+    for m, opt in ((model, optimizer), (twin, resumed)):
+        torch.manual_seed(1)
+        m(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    assert torch.equal(model.weight, twin.weight)
 
 
 def test_batch_stream_moves_to_the_next_epoch_and_resumes_at_its_position():

@@ -481,3 +481,45 @@ def test_the_retry_options_are_inductor_settings():
     compiled = tu.compile_model(torch.nn.Linear(4, 2), runtime, mix_order_reductions=False)
     assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
     assert not tu.mix_order_reductions_on(runtime)  # no Triton on a CPU: nothing to retry
+
+
+# ---------------------------------------------------------------- micro-batches under CUDA graphs
+def test_kept_gradients_sum_micro_batches_as_autograd_does():
+    """keep_gradients (micro-batches accumulated under CUDA graphs): each backward adds into gradients allocated
+    once and zeroed in place, never the graphs' own outputs; two steps of two micro-batches each end at exactly
+    the weights of torch's own accumulation into fresh gradients."""
+    weights = []
+    for kept in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 2)
+        optimizer = tu.build_optimizer(model, 1e-2, 0.01)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        if kept:
+            tu.keep_gradients(model, optimizer)
+        grads = [p.grad for p in model.parameters()]
+        for _ in range(2):
+            for _ in range(2):
+                model(torch.randn(3, 6)).pow(2).sum().backward()
+            tu.optimizer_step(model, optimizer, scheduler, 1.0)
+        if kept:  # the same tensors throughout, zeroed after each step
+            assert all(p.grad is g and not g.any() for p, g in zip(model.parameters(), grads))
+        else:
+            assert all(p.grad is None for p in model.parameters())
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_only_micro_batches_under_cuda_graphs_keep_their_gradients(bpe_feat, tmp_path, monkeypatch):
+    """start_run keeps the gradients where a compiled step replays as CUDA graphs (one GPU; faked here, the step
+    left uncompiled) and micro-batches accumulate; a single batch per step, or no --compile, lets backward hand
+    its gradients over as before."""
+    kept = []
+    keep = tu.keep_gradients
+    monkeypatch.setattr(tu, "replays_cuda_graphs", lambda runtime: True)
+    monkeypatch.setattr(tu, "compile_model", lambda step, runtime, mix_order_reductions=True: step)
+    monkeypatch.setattr(tu, "keep_gradients", lambda model, optimizer: kept.append(keep(model, optimizer)))
+    for accumulation, compile_step in ((1, True), (2, False), (2, True)):
+        trainSpanElectra.main(argument.SE_trainingConfig(
+            features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / f"a{accumulation}{compile_step}"),
+            compile=compile_step, gradient_accumulation_steps=accumulation, **{**JOINT_4_STEPS, "max_steps": 2}))
+        assert len(kept) == (accumulation == 2 and compile_step)

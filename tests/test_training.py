@@ -802,3 +802,20 @@ def test_an_optimizer_step_longer_than_the_train_split_is_warned(bpe_feat, caplo
         f"gradient_accumulation_steps: {batches + 1} x 64 sequences (x 1 process(es)) = {64 * (batches + 1)} per "
         f"optimizer step, more than the {sequences} of the train split, so a step reads some twice; use at most "
         f"--gradient_accumulation_steps {batches}"]
+
+
+def test_a_stop_in_the_gc_hook_is_kept_where_python_names_the_callback_only_in_the_message(monkeypatch):
+    """Pythons that report a gc callback's error without the callback object (err_msg 'Exception ignored while
+    calling GC callback <function _time_gc ...>', object None) still have the stop kept; other unraisables
+    go to the hook before."""
+    import types
+    passed_on = []
+    monkeypatch.setattr(tu._stop_signal_in_gc_hook, "previous", passed_on.append, raising=False)
+    monkeypatch.setattr(tu, "STOP_KEPT_IN_GC", [])
+    for exc_type, obj, message in (
+            (KeyboardInterrupt, None, f"Exception ignored while calling GC callback {tu._time_gc!r}"),
+            (KeyboardInterrupt, None, "Exception ignored while calling GC callback <function other>"),
+            (ValueError, tu._time_gc, None)):
+        tu._stop_signal_in_gc_hook(types.SimpleNamespace(exc_type=exc_type, exc_value=exc_type(), exc_traceback=None,
+                                                         err_msg=message, object=obj))
+    assert tu.STOP_KEPT_IN_GC == [KeyboardInterrupt] and len(passed_on) == 2
