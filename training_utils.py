@@ -66,6 +66,7 @@ def setup_runtime(device="auto"):
     nccl on GPU. Only rank 0 writes files and logs."""
     check_numpy_bridge()
     STOP_KEPT_IN_GC.clear()  # a Ctrl-C an earlier run in this process (a notebook's) never reached is not this run's
+    gc.unfreeze()  # nor the heap an earlier run froze and, stopped by an error, never handed back (its model with it)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank, world_size)

@@ -819,3 +819,17 @@ def test_a_stop_in_the_gc_hook_is_kept_where_python_names_the_callback_only_in_t
         tu._stop_signal_in_gc_hook(types.SimpleNamespace(exc_type=exc_type, exc_value=exc_type(), exc_traceback=None,
                                                          err_msg=message, object=obj))
     assert tu.STOP_KEPT_IN_GC == [KeyboardInterrupt] and len(passed_on) == 2
+
+
+def test_a_new_run_hands_back_the_heap_a_failed_run_left_frozen():
+    """The compiled step freezes the heap after its first call and teardown hands it back; a run stopped by an
+    error never tears down, so in a notebook its model (and on a GPU its memory) stayed out of every collection.
+    The next run's setup unfreezes it."""
+    import gc
+    gc.freeze()
+    try:
+        assert gc.get_freeze_count() > 0
+        tu.setup_runtime("cpu")
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
