@@ -236,8 +236,6 @@ class MaskingArgs(Config):
 
 MIN_SEQ_LEN = 16
 MIN_POSITIONS = 512  # positions of every model trained here (BERT's and ELECTRA's), more for longer features
-
-
 MAX_VOCAB_SIZE = 2**24  # past that the tokenizers trainer's tables outgrow memory (1e9 aborted the process)
 
 

@@ -565,10 +565,12 @@ def set_rng_state(state, device=None):
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
+    if device is None or device.type != "cuda":
+        return
     saved = state.get("cuda")
     if isinstance(saved, (list, tuple)):  # an earlier version's checkpoint: one state per GPU it saw
-        saved = saved[device.index] if device is not None and device.type == "cuda" and device.index < len(saved) else None
-    if saved is not None and device is not None and device.type == "cuda":
+        saved = saved[device.index] if device.index < len(saved) else None
+    if saved is not None:
         torch.cuda.set_rng_state(saved, device)
 
 
@@ -1297,8 +1299,8 @@ def is_time_gc_failure(unraisable):
     may hand it none, naming the callback in the message ('Exception ignored while calling GC callback <...>')."""
     if unraisable.object is _time_gc:
         return True
-    return unraisable.object is None and "GC callback" in (unraisable.err_msg or "") and \
-        _time_gc.__name__ in (unraisable.err_msg or "")
+    message = unraisable.err_msg or ""
+    return unraisable.object is None and "GC callback" in message and _time_gc.__name__ in message
 
 
 STOP_KEPT_IN_GC = []
