@@ -387,7 +387,11 @@ def test_an_explorer_text_longer_than_the_models_positions_is_refused_up_front()
     argument.pipeline_args(explore_text="The [[ cat ]] " + "word " * 508).validate()  # 510 words + [CLS], [SEP] fit
     # longer features give the models more positions
     argument.pipeline_args(explore_text="word " * 600, max_seq_len=1024).validate()
-    # Vietnamese is counted as segmented: pyvi's Hà_Nội is one word, 8 syllables make 5
+
+
+def test_a_vietnamese_explorer_text_is_counted_in_segmented_words():
+    """Vietnamese is counted as segmented: pyvi's Hà_Nội is one word, 8 syllables make 5."""
+    pytest.importorskip("pyvi")
     sentence = "Hà Nội là thủ đô của Việt Nam "
     argument.pipeline_args(word_segmenter="pyvi", explore_text=sentence * 80).validate()  # 640 syllables, 400 words
     with pytest.raises(SpanElectraError, match=r"^explore_text: 520 words"):
