@@ -13,8 +13,9 @@
 #   4. bench_loader.py --device cuda: what handing a batch to the loop costs it (plain DataLoader vs slots)
 # Usage: FEATURES=outputs/gpu/features bash benchmarks/long_run_check.sh   (logs under $OUT)
 #   QUICK=1: only the 1,500-step run and bench_train.py --quick (ours compiled: the reference), about
-#   3.5 minutes, to leave a 15-minute device session room for the comparison; TESTS=1 adds tests/test_gpu.py
-#   (with each compiled step's --compile warnings); MIXCHECK=1 without it the two-stage compiled step alone (Triton 3.6 failed one of its
+#   3.5 minutes, to leave a 15-minute device session room for the comparison; TESTS=1 first runs tests/test_gpu.py
+#   in 4 pytest-xdist workers (about 1-2 minutes: mostly compiling, on the CPU cores; done before the timed runs,
+#   which then have the machine alone), with each compiled step's --compile warnings; MIXCHECK=1 without it the two-stage compiled step alone (Triton 3.6 failed one of its
 #   fused reductions on an H100, session 17; training_utils.CompiledStep now compiles it again without
 #   Inductor's mix-order reductions: does that build it, and does it then replay as CUDA graphs?)
 #   Where FEATURES holds no features yet, they are built first from WT2 (a copy of ../shared/data's
@@ -46,19 +47,22 @@ run() {  # name, steps, then extra flags
     speeds "/tmp/long_$1/metrics.jsonl" > "$OUT/speed_$1.txt" 2>&1
     echo "$1: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
 }
+if [ "${QUICK:-0}" = 1 ] && [ "${TESTS:-0}" = 1 ]; then  # -rA keeps each passed test's log: the --compile lines
+    # say which attempt built each compiled step, so MIXCHECK needs no run of its own here
+    start=$SECONDS
+    timeout 240 python3 -m pytest -q -rA -p no:cacheprovider --tb=short -n 4 --dist load tests/test_gpu.py \
+        --durations=5 > "$OUT/test_gpu.log" 2>&1
+    echo "test_gpu: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
+    grep -e "--compile:" "$OUT/test_gpu.log" | sort | uniq -c | cut -c1-400
+    grep -e "^PASSED" -e "^FAILED" -e "^ERROR" -e " passed" -e " failed" "$OUT/test_gpu.log" | tail -30
+fi
 nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu,power.draw --format=csv -l 2 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
 run se 1500
 if [ "${QUICK:-0}" = 1 ]; then  # the issue-9 figure alone, about 3.5 minutes: the run above against the benchmark
     kill $SMI
     timeout 150 python3 benchmarks/bench_train.py --device cuda --quick 2>&1 | grep -v -i warn > "$OUT/bench.log"
-    if [ "${TESTS:-0}" = 1 ]; then  # -rA keeps each passed test's log: the --compile lines say which attempt
-        # built each compiled step, so MIXCHECK needs no run of its own here
-        timeout 300 python3 -m pytest -q -rA -p no:cacheprovider --tb=short tests/test_gpu.py --durations=5 \
-            > "$OUT/test_gpu.log" 2>&1
-        grep -e "--compile:" "$OUT/test_gpu.log" | sort | uniq -c | cut -c1-400
-        grep -e "^PASSED" -e "^FAILED" -e "^ERROR" -e " passed" -e " failed" "$OUT/test_gpu.log" | tail -30
-    elif [ "${MIXCHECK:-0}" = 1 ]; then  # the two-stage step: which attempt built it (-rA shows a pass's log)
+    if [ "${MIXCHECK:-0}" = 1 ] && [ "${TESTS:-0}" != 1 ]; then  # the two-stage step: which attempt built it (-rA shows a pass's log)
         timeout 200 python3 -m pytest -q -rA -p no:cacheprovider --tb=line \
             "tests/test_gpu.py::test_compiled_steps_replay_as_cuda_graphs[two_stage]" > "$OUT/mix_order_check.log" 2>&1
         grep -e "--compile:" -e "passed" -e "failed" "$OUT/mix_order_check.log" | cut -c1-400
