@@ -50,7 +50,9 @@ run() {  # name, steps, then extra flags
 if [ "${QUICK:-0}" = 1 ] && [ "${TESTS:-0}" = 1 ]; then  # -rA keeps each passed test's log: the --compile lines
     # say which attempt built each compiled step, so MIXCHECK needs no run of its own here
     start=$SECONDS
-    timeout 240 python3 -m pytest -q -rA -p no:cacheprovider --tb=short -n 4 --dist load tests/test_gpu.py \
+    # each worker's Inductor gets a quarter of the cores for its compile pool (by default each takes them all)
+    TORCHINDUCTOR_COMPILE_THREADS=4 timeout 240 python3 -m pytest -q -rA -p no:cacheprovider --tb=short -n 4 \
+        --dist load tests/test_gpu.py \
         --durations=5 > "$OUT/test_gpu.log" 2>&1
     echo "test_gpu: $((SECONDS - start)) s wall" | tee -a "$OUT/walls.txt"
     grep -e "--compile:" "$OUT/test_gpu.log" | sort | uniq -c | cut -c1-400
