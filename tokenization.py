@@ -3,6 +3,7 @@ folder written by create_vocab_SE.py (with its identity hash), and word segmenta
 with pyvi) applied to text before the tokenizer sees it."""
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -94,21 +95,24 @@ def _segment_batch(name, batch):
 def segmented_batches(batches, name, num_workers):
     """Segment (lines, extra) batches in parallel processes, keeping their order ('none': as they are).
 
-    Workers are spawned, not forked, so they never inherit the tokenizer's thread pool."""
+    Workers are spawned, not forked, so they never inherit the tokenizer's thread pool. Text of one batch is
+    segmented here: each spawned worker spends seconds importing pyvi, which a small corpus never earns back."""
     if name in (None, "", "none"):
         yield from batches
         return
     load_segmenter(name)  # fail early, in this process, if it is missing
+    batches = iter(batches)
+    ahead = list(itertools.islice(batches, 2))
     workers = num_workers or available_cores()
-    if workers == 1:
-        for batch in batches:
+    if workers == 1 or len(ahead) < 2:
+        for batch in itertools.chain(ahead, batches):
             yield _segment_batch(name, batch)
         return
     with ctrl_c_held_back("spawn"):
         # the pool is terminated when the main process stops (a worker that died of Ctrl-C would leave imap waiting)
         pool = get_context("spawn").Pool(workers, initializer=ignore_ctrl_c)
     with pool:
-        yield from pool.imap(functools.partial(_segment_batch, name), batches, chunksize=1)
+        yield from pool.imap(functools.partial(_segment_batch, name), itertools.chain(ahead, batches), chunksize=1)
 
 
 def batched(iterable, size):

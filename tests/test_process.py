@@ -392,6 +392,19 @@ def test_segmentation_in_worker_processes_gives_same_features(vi_feat, vi_tok, t
     assert (other_dir / "train.bin").read_bytes() == (feat_dir / "train.bin").read_bytes()
 
 
+def test_one_batch_of_text_is_segmented_without_starting_workers(monkeypatch):
+    """A corpus of one batch is segmented in this process (spawned workers each import pyvi for seconds); from two
+    batches on, the workers take them, in order."""
+    pytest.importorskip("pyvi")
+    started = []
+    real_context = tokenization.get_context
+    monkeypatch.setattr(tokenization, "get_context", lambda method: started.append(method) or real_context(method))
+    one = list(tokenization.segmented_batches(iter([(["Hà Nội là thủ đô"], 7)]), "pyvi", 2))
+    assert one == [(["Hà_Nội là thủ_đô"], 7)] and started == []
+    two = list(tokenization.segmented_batches(iter([(["Hà Nội"], 1), (["thủ đô"], 2)]), "pyvi", 2))
+    assert two == [(["Hà_Nội"], 1), (["thủ_đô"], 2)] and started == ["spawn"]
+
+
 # ---------------------------------------------------------------- static masks
 def test_static_mask_files(bpe_feat):
     feat_dir, meta = bpe_feat
