@@ -178,7 +178,7 @@ def build_optimizer(model, learning_rate, weight_decay):
         if p.requires_grad:
             (decay if decays(name, p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return adamw(groups, next(model.parameters()).device, lr=learning_rate)
+    return adamw(groups, model_device(model), lr=learning_rate)
 
 
 def decays(name, param):
@@ -608,7 +608,7 @@ def resume_training_state(config, model, optimizer, scheduler):
     state = load_checkpoint(config.resume_from, config.out_dir, config.run_id)
     if state is None:
         return 0, {"epoch": 0, "index": 0}, 0.0
-    built_kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    built_kernels = kernel_flags(optimizer)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -630,7 +630,13 @@ def resume_training_state(config, model, optimizer, scheduler):
 
 
 def model_device(model):
+    """The device of the model's parameters."""
     return next(model.parameters()).device
+
+
+def kernel_flags(optimizer):
+    """Each param group's AdamW kernel flags (fused, foreach), as build_optimizer chose them for this device."""
+    return [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
 
 
 def keep_built_kernels(optimizer, built):

@@ -51,7 +51,7 @@ def test_a_resumed_optimizer_keeps_this_devices_kernels():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     optimizer = tu.build_optimizer(model, 1e-2, 0.01)
-    built = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    built = tu.kernel_flags(optimizer)
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     optimizer.zero_grad()
@@ -64,7 +64,7 @@ def test_a_resumed_optimizer_keeps_this_devices_kernels():
     resumed.load_state_dict(saved)
     assert all(g["fused"] for g in resumed.param_groups)
     tu.keep_built_kernels(resumed, built)
-    assert [{k: g[k] for k in ("fused", "foreach") if k in g} for g in resumed.param_groups] == built
+    assert tu.kernel_flags(resumed) == built
     assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32 for s in resumed.state.values())
     for m, opt in ((model, optimizer), (twin, resumed)):
         torch.manual_seed(1)
