@@ -153,8 +153,10 @@ def sample_tokens(logits, rng=None, temperature=1.0):
     cdf = probs.cumsum(dim=-1)
     # (generator=None must not be passed explicitly: torch.compile rejects it with dynamic shapes)
     u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device, **({"generator": rng} if rng else {}))
-    # u scaled by the CDF's own total: rounding in the sum never points past the last token
-    return (cdf < u * cdf[..., -1:]).sum(dim=-1).clamp_(max=cdf.shape[-1] - 1)
+    # the first token whose CDF reaches u, found by binary search (counting the entries below u costs a pass over
+    # the whole vocabulary and, on a CPU, a copy of it as integers); u is scaled by the CDF's own total, so
+    # rounding in the sum never points past the last token
+    return torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def corrupt(batch, gen_out, rng=None, temperature=1.0, vocab_size=None):

@@ -160,6 +160,21 @@ def test_sampling_temperature_divides_the_logits():
     assert mse.sample_tokens(logits, rng, torch.tensor(2.0)).float().mean().item() == pytest.approx(0.75, abs=0.01)
 
 
+def test_sampling_picks_the_first_token_whose_cdf_reaches_the_uniform_draw():
+    """The binary search returns what counting the CDF entries below u returns, for the same draws; tokens of zero
+    probability (a run of them inside the vocabulary, and the last one) are never drawn."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 24, 500) * 4
+    logits[..., 100:300] = -1e4  # probabilities that underflow to 0: a flat run in the CDF
+    logits[..., -1] = -1e4
+    sampled = mse.sample_tokens(logits, torch.Generator().manual_seed(7))
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    u = torch.rand(6, 24, 1, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(sampled, (cdf < u * cdf[..., -1:]).sum(-1))
+    assert not ((sampled >= 100) & (sampled < 300)).any() and (sampled < 499).all()
+    assert sampled.shape == (6, 24) and sampled.dtype == torch.int64
+
+
 def test_span_boundary_head_reads_left_then_right_boundary_then_position():
     """The head's MLP sees [h(start - 1); h(end + 1); p(position)] in that order, positions past the table clamped."""
     torch.manual_seed(0)
