@@ -689,6 +689,28 @@ def test_no_weight_decay_on_one_dimensional_parameters():
         "0.weight": 0.01, "0.bias": 0.0, "1.weight": 0.0, "1.bias": 0.0, "2.weight": 0.01}
 
 
+def test_adamw_is_fused_on_a_cpu_where_torch_has_the_kernel(monkeypatch):
+    """On a CPU, AdamW takes torch's fused kernel where it exists (torch 2.4 on) and foreach before; both step the
+    same weights to float rounding."""
+    def trained(kernel_on_cpu):
+        monkeypatch.setattr(tu, "fused_adamw_on_cpu", lambda: kernel_on_cpu)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+        weights = lambda: torch.cat([p.detach().flatten() for p in model.parameters()])  # noqa: E731
+        start, opt = weights(), tu.build_optimizer(model, 1e-2, 0.01)
+        for _ in range(5):
+            model(torch.randn(4, 8)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        assert (weights() - start).abs().max() > 1e-2  # the steps moved the weights
+        return tu.kernel_flags(opt)[0], weights()
+    (foreach_flags, foreach), (fused_flags, fused) = trained(False), trained(True)
+    assert foreach_flags["foreach"] and not foreach_flags.get("fused") and fused_flags["fused"]
+    torch.testing.assert_close(fused, foreach, rtol=1e-5, atol=1e-6)
+    monkeypatch.undo()
+    assert tu.fused_adamw_on_cpu() == (torch.__version__ >= "2.4")
+
+
 # ---------------------------------------------------------------- metrics
 def test_precision_and_recall_of_replaced_token_detection():
     """disc_precision = true positives / predicted replaced, disc_recall = true positives / actually replaced."""
