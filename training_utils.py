@@ -195,7 +195,7 @@ def adamw(groups, device, lr=1e-3, betas=(0.9, 0.999), eps=1e-6):
 
 @functools.lru_cache(maxsize=1)
 def fused_adamw_on_cpu():
-    """Whether this torch has fused AdamW for the CPU (from 2.4): ELECTRA-Small's step of it takes 26-30 ms on 2
+    """Whether this torch has fused AdamW for the CPU (from 2.4): ELECTRA-Small's step of it takes 25-30 ms on 2
     cores, foreach's 92-108 ms."""
     try:
         torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
