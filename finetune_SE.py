@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import training_utils as tu
 from argument import checked_config, finetune_args, run_main, save_config
+from cpu_dropout import use_cpu_dropout
 from io_utils import (SpanElectraError, atomic_write_json, atomic_write_text, building_folder, first_line,
                       lies_within, make_out_dir, progress_bar, remove_paths)
 from modelling_span_electra import (check_not_reshaped, load_tokenizer_of, quiet_transformers, warn_untrained_positions,
@@ -563,7 +564,7 @@ def announce_masked_lm(model_dir):
 
 def load_model(config, task, announce=False):
     """AutoModelForSequenceClassification on model_dir: its encoder, a new classifier head (announce: log
-    what was loaded and what starts new)."""
+    what was loaded and what starts new); on a CPU its dropout masks come from cpu_dropout."""
     kwargs = {"num_labels": 1} if task.regression else {
         "num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
         "label2id": {label: i for i, label in enumerate(task.labels)}}
@@ -589,7 +590,7 @@ def load_model(config, task, announce=False):
         if random_body:
             logger.warning("%d encoder tensors were not in %s and start random (e.g. %s): is it the right model?",
                            len(random_body), config.model_dir, ", ".join(random_body[:3]))
-    return model
+    return use_cpu_dropout(model)
 
 
 def layer_depth(name, num_layers):

@@ -33,6 +33,7 @@ from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, Elect
 from transformers.utils import logging as hf_logging
 
 from argument import MODEL_PRESETS, model_positions
+from cpu_dropout import use_cpu_dropout
 from io_utils import SpanElectraError, atomic_write_json, building_folder, first_line, read_json, sha256_file
 from tokenization import copy_tokenizer, has_tokenizer
 
@@ -108,7 +109,7 @@ class SpanElectraGenerator(nn.Module):
 
     def __init__(self, config: ElectraConfig, use_sbo=True, mlm=None):
         super().__init__()
-        self.mlm = mlm if mlm is not None else ElectraForMaskedLM(config)  # mlm: a loaded one
+        self.mlm = use_cpu_dropout(mlm if mlm is not None else ElectraForMaskedLM(config))  # mlm: a loaded one
         config = self.mlm.config
         self.sbo = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) if use_sbo else None
 
@@ -187,7 +188,7 @@ class SpanElectraDiscriminator(nn.Module):
         super().__init__()
         if not (use_all_token or use_span_head):
             raise SpanElectraError("use_all_token / use_span_head: the discriminator needs at least one objective")
-        self.core = core if core is not None else ElectraForPreTraining(config)  # core: a loaded one
+        self.core = use_cpu_dropout(core if core is not None else ElectraForPreTraining(config))  # core: a loaded one
         self.use_all_token = use_all_token
         self.span_head = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) \
             if use_span_head else None

@@ -8,7 +8,7 @@ from conftest import REPO
 STAGE_SCRIPTS = {"create_vocab_SE", "process", "mask_stats", "trainMLM_SpanElectra", "trainSpanElectra",
                  "finetune_SE", "explore_SE", "convert_tf_checkpoint", "run_pipeline"}
 LIBRARIES = {"argument", "io_utils", "tokenization", "features", "masking", "modelling_span_electra",
-             "training_utils", "tf_checkpoint"}
+             "cpu_dropout", "training_utils", "tf_checkpoint"}
 
 
 def repo_imports():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import argument
+import cpu_dropout
 import features
 import masking
 import modelling_span_electra as mse
@@ -388,10 +389,13 @@ JOINT_4_STEPS = dict(mode="joint", model_size="tiny", num_hidden_layers=1, max_s
 
 
 def joint_losses(feat_dir, out, compile_step):
-    """(step, split, disc_loss, mlm_loss) rows of a 4-step joint run."""
+    """(step, split, disc_loss, mlm_loss) rows of a 4-step joint run. Both runs use torch's dropout: the pass-through
+    backends below run the traced graph, and cpu_dropout's CPU masks stay out of torch.compile's graphs."""
     torch._dynamo.reset()
-    trainSpanElectra.main(argument.SE_trainingConfig(features_dir=feat_dir, out_dir=str(out), compile=compile_step,
-                                                     **JOINT_4_STEPS))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_dropout, "uses_fast_path", lambda x, p, training: False)
+        trainSpanElectra.main(argument.SE_trainingConfig(features_dir=feat_dir, out_dir=str(out), compile=compile_step,
+                                                         **JOINT_4_STEPS))
     rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"disc_loss"' in line]
     return [(r["step"], r.get("split"), r["disc_loss"], r["mlm_loss"]) for r in rows]
 
