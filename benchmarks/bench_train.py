@@ -12,7 +12,8 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              each model (the best a user gets from transformers alone).
   ours:      trainSpanElectra.py's joint step: SpanElectraJoint on batches masked ahead of time (as
              the DataLoader workers do), pinned and copied without waiting, fixed prediction slots,
-             metrics computed in the step (compiled with it) and summed on the device, fused AdamW, TF32;
+             metrics computed in the step (compiled with it) and summed on the device, fused AdamW, TF32,
+             dropout masks from cpu_dropout on a CPU (torch's with --torch_dropout);
              in fp32, bf16 autocast, and bf16 under torch.compile (CUDA graphs on a GPU), as --bf16
              --compile runs it.
 The fp32 pair alternates its steps (median per step); every other variant warms up, then runs
@@ -36,6 +37,7 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import cpu_dropout  # noqa: E402
 import training_utils as tu  # noqa: E402
 from argument import MaskingArgs, SE_trainingConfig  # noqa: E402
 from masking import IGNORE_INDEX, Masker, max_prediction_slots, prediction_slots  # noqa: E402
@@ -269,7 +271,11 @@ def main():
     parser.add_argument("--compile", action="store_true", help="CPU: also time the compiled variants (always on CUDA)")
     parser.add_argument("--quick", action="store_true", help="time only ours, compiled (bf16 where it pays), and the "
                         "same fed by a DataLoader worker: the figure trainSpanElectra.py's logged tokens/s is held to")
+    parser.add_argument("--torch_dropout", action="store_true", help="CPU: ours with torch's dropout, not cpu_dropout's "
+                        "masks: what the rest of our step gains alone")
     args = parser.parse_args()
+    if args.torch_dropout:
+        cpu_dropout.uses_fast_path = lambda x, p, training: False  # dropout() and the attention then call torch's
     device = tu.resolve_device(args.device)
     cuda = device.type == "cuda"
     steps = args.steps or (30 if cuda else 3)
