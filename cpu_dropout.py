@@ -83,7 +83,8 @@ def sdpa_with_cpu_dropout(module, query, key, value, attention_mask, dropout=0.0
     back to its math path with torch's dropout, so the same math runs here with the mask drawn above."""
     causal = kwargs.get("is_causal") or getattr(module, "is_causal", False)
     other_terms = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-    if causal or other_terms or key.shape[1] != query.shape[1] or not uses_fast_path(query, dropout, True):
+    grouped_heads = key.shape[1] != query.shape[1]  # fewer key/value heads than query heads: SDPA's to handle
+    if causal or other_terms or grouped_heads or not uses_fast_path(query, dropout, True):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
