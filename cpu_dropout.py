@@ -97,13 +97,13 @@ def sdpa_with_cpu_dropout(module, query, key, value, attention_mask, dropout=0.0
 
 
 def register_attention():
-    """Registers sdpa_with_cpu_dropout, and SDPA's masks for it, with transformers (once per process);
-    False on a transformers without the attention interface (there ELECTRA's attention calls its nn.Dropout)."""
+    """Registers sdpa_with_cpu_dropout, and SDPA's masks for it, with transformers (a dict update: registering
+    again changes nothing); False on a transformers without the attention interface (there ELECTRA's attention
+    calls its nn.Dropout)."""
     if AttentionInterface is None:
         return False
-    if ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionInterface.register(ATTENTION, sdpa_with_cpu_dropout)
-        AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    AttentionInterface.register(ATTENTION, sdpa_with_cpu_dropout)
+    AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     return True
 
 

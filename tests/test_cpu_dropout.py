@@ -116,12 +116,12 @@ def test_span_electra_models_use_it_and_save_plain_transformers_folders(tmp_path
     disc = mse.SpanElectraDiscriminator(tiny_config(0.1))
     dropouts = [m for m in disc.modules() if isinstance(m, nn.Dropout)]
     assert dropouts and all(type(m) is cpu_dropout.Dropout and m.p == 0.1 for m in dropouts)
-    loaded_fresh = ElectraForPreTraining(tiny_config(0.1))
-    assert disc.config._attn_implementation == attention_of(loaded_fresh)
+    stock = ElectraForPreTraining(tiny_config(0.1))
+    assert disc.config._attn_implementation == attention_of(stock)
     disc.core.save_pretrained(tmp_path)
     assert cpu_dropout.ATTENTION not in (tmp_path / "config.json").read_text()
     loaded = ElectraForPreTraining.from_pretrained(tmp_path)
-    assert loaded.config._attn_implementation == loaded_fresh.config._attn_implementation
+    assert loaded.config._attn_implementation == stock.config._attn_implementation
     assert all(type(m) is nn.Dropout for m in loaded.modules() if isinstance(m, nn.Dropout))
     state = disc.core.state_dict()
     assert all(torch.equal(t, state[k]) for k, t in loaded.state_dict().items())
