@@ -132,6 +132,13 @@ def _excerpt(text, start, end):
     return repr(("..." if start else "") + text[start:end] + ("..." if end < len(text) else ""))
 
 
+def check_one_precision(config):
+    """--bf16 and --fp16 are two kinds of autocast: a run takes one."""
+    if config.bf16 and config.fp16:
+        _fail("fp16", "--bf16 and --fp16 both ask for autocast; choose one: bf16 on GPUs from Ampere (A100, L4, "
+              "H100), fp16 on older ones (T4, V100, P100)")
+
+
 def check_marks(config, name):
     problem = marks_problem(getattr(config, name))
     if problem:
@@ -395,7 +402,9 @@ class TrainingConfig(Config):
                                        "metrics and models are deleted)", default=False)
     seed: int = _help("random seed", default=42)
     device: str = _help("'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", default="auto")
-    bf16: bool = _help("bf16 autocast (CUDA, or CPUs with fast bf16)", default=False)
+    bf16: bool = _help("bf16 autocast (GPUs from Ampere: A100, L4, H100; CPUs with fast bf16)", default=False)
+    fp16: bool = _help("float16 autocast with dynamic loss scaling, for GPUs without native bf16 (T4, V100, P100)",
+                       default=False)
     compile: bool = _help("torch.compile the model", default=False)
     num_workers: int = _help("DataLoader worker processes that mask batches ahead of the step (-1: 1 on a GPU, "
                              "0 on the CPU; at most one per CPU core)", default=-1)
@@ -420,6 +429,7 @@ class TrainingConfig(Config):
                 _fail("gen_initializer_range", "--init_from starts the generator from trained weights, so an initial "
                       "weight std does nothing; drop --gen_initializer_range, or train from scratch")
         check_device(self)
+        check_one_precision(self)
         if not self.out_dir:
             _fail("out_dir", "no folder given")
 
@@ -723,7 +733,9 @@ class compare_args:
     pretrain_seeds: str = _help("comma-separated pre-training seeds, e.g. 42,43,44: each recipe pre-trained once per "
                                 "seed, the table pooling their fine-tuning runs (empty: --seed alone)", default="")
     device: str = _help("'auto', 'cpu' or 'cuda'", default="auto")
-    bf16: Optional[bool] = _help("bf16 autocast in pre-training (unset: the scale's)", default=None)
+    bf16: Optional[bool] = _help("bf16 autocast in pre-training (unset: the scale's, off with --fp16)", default=None)
+    fp16: bool = _help("float16 autocast with loss scaling in pre-training, for GPUs without native bf16 (T4, "
+                       "V100)", default=False)
     compile: Optional[bool] = _help("torch.compile the pre-training step (unset: the scale's)", default=None)
 
     def resolved(self):
@@ -733,7 +745,7 @@ class compare_args:
             self, train_input=self.train_input or scale["corpus"][0], valid_input=self.valid_input or scale["corpus"][1],
             recipes=self.recipes or scale["recipes"], budget_fractions=self.budget_fractions or scale["fractions"],
             tasks=self.tasks if self.tasks is not None else scale.get("tasks", GLUE_TASKS),
-            bf16=scale["bf16"] if self.bf16 is None else self.bf16,
+            bf16=(scale["bf16"] and not self.fp16) if self.bf16 is None else self.bf16,
             compile=scale["compile"] if self.compile is None else self.compile)
 
     def validate(self):
@@ -745,6 +757,7 @@ class compare_args:
                   f"text; give both --train_input and --valid_input (held-out text of the same corpus, e.g. "
                   "the last few percent of its lines in a file of their own)")
         check_device(self)
+        check_one_precision(self)
         check_range(self, "budget_steps", low=0)
         check_range(self, "budget_scale", 0, low_open=True)
         check_range(self, "gen_fraction", 0, 1, low_open=True, high_open=True)
@@ -1139,7 +1152,8 @@ class finetune_args:
     linear_probe: bool = _help("instead of fine-tuning: a linear probe (the encoder frozen, logistic regression on "
                                "its mean-pooled outputs), cheap and sensitive to what pre-training learned",
                                default=False)
-    device: str = _help("'auto' (CUDA when available, with bf16 autocast where the GPU has native bf16), 'cpu', 'cuda' or 'cuda:N'",
+    device: str = _help("'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; on a GPU autocast is bf16 where it is "
+                        "native (A100, L4, H100), else fp16 with loss scaling (T4, V100)",
                         default="auto")
 
     def validate(self):

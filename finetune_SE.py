@@ -695,7 +695,7 @@ def predict(model, encoded, config, runtime):
     n = len(encoded["lengths"])
     for start in range(0, n, config.eval_batch_size):
         batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), runtime.device)
-        with tu.autocast(runtime, tu.native_bf16_gpu(runtime)):
+        with tu.autocast(runtime, tu.gpu_amp_dtype(runtime)):
             outputs.append(model(**batch).logits.float())
     model.train()
     return torch.cat(outputs).cpu().numpy()  # one copy back for the whole split
@@ -729,7 +729,7 @@ def pooled_features(encoder, encoded, config, runtime):
     features, n = [], len(encoded["lengths"])
     for start in range(0, n, config.eval_batch_size):
         batch = make_batch(encoded, range(start, min(start + config.eval_batch_size, n)), runtime.device)
-        with tu.autocast(runtime, tu.native_bf16_gpu(runtime)):
+        with tu.autocast(runtime, tu.gpu_amp_dtype(runtime)):
             hidden = encoder(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).float()
         features.append((hidden * mask).sum(1) / mask.sum(1))
@@ -782,6 +782,8 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
     n = len(task.train)
     total = config.num_train_epochs * math.ceil(n / config.train_batch_size)
     scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_ratio * total), total)
+    amp_dtype = tu.gpu_amp_dtype(runtime)
+    scaler = tu.loss_scaler(runtime.device, amp_dtype == torch.float16)  # fp16 on GPUs without native bf16
     order_rng = torch.Generator().manual_seed(seed)
     history, step = [], 0
     model.train()
@@ -795,11 +797,11 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
             batch = make_batch(data["train"], order[start:start + config.train_batch_size], runtime.device,
                                task.train.targets)
             targets = batch.pop("targets")
-            with tu.autocast(runtime, tu.native_bf16_gpu(runtime)):
+            with tu.autocast(runtime, amp_dtype):
                 logits = model(**batch).logits
             loss = task_loss(task, logits, targets)
-            loss.backward()
-            tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
+            scaler.scale(loss).backward()
+            tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm, scaler)
             step += 1
             loss_sum, batches = loss_sum + loss.detach(), batches + 1
             bar.update(1)

@@ -34,7 +34,7 @@ def evaluate(model, dataset, config, runtime):
     baseline_token = dataset.features.most_frequent_token()
     for i in tu.eval_batch_indices(dataset, config.eval_batches):
         batch = tu.to_device(dataset[i], runtime.device)
-        with tu.autocast(runtime, config.bf16):
+        with tu.autocast(runtime, tu.amp_dtype(config)):
             sums.add(loss_and_metrics(model, batch, baseline_token)[1])
     model.train()
     return sums.read(runtime)
@@ -60,35 +60,36 @@ def main(config: MLM_trainingConfig = None):
     features = train_set.features
     model, inputs = build_model(config, features)
     model = model.to(runtime.device)
-    optimizer, scheduler = tu.build_optimization(model, config)
+    optimizer, scheduler, scaler = tu.build_optimization(model, config)
 
     train_step, stream, log, step = tu.start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set,
-                                                 runtime, GENERATOR_RUN, inputs)
+                                                 runtime, GENERATOR_RUN, inputs, scaler)
     logger.info("generator: %s, %s parameters, %d train sequences of %d tokens, %d process(es)",
                 tu.size_label(config), tu.parameter_count(model), len(train_set.data),
                 features.max_seq_len, runtime.world_size)
 
     model.train()
     speed, sums = tu.Throughput(runtime.device), tu.MetricSums()
+    precision = tu.amp_dtype(config)  # bf16, fp16 or None (fp32)
     bar = progress_bar(total=config.max_steps, initial=step, desc="generator", disable=not runtime.is_main)
     while step < config.max_steps:
         speed.step_begins()
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
             tu.mark_step_begin(config)
-            with tu.no_sync(train_step, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
+            with tu.no_sync(train_step, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, precision):
                 loss, metrics = train_step(batch)
-            (loss / config.gradient_accumulation_steps).backward()
+            scaler.scale(loss / config.gradient_accumulation_steps).backward()
             sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)
-        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
+        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm, scaler)
         speed.step_ends()
         step += 1
         bar.update(1)
 
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
-                   "data_wait_ms": stream.take_wait_ms(), **speed.pace()}
+                   "data_wait_ms": stream.take_wait_ms(), **speed.pace(), **tu.loss_scale_row(scaler)}
             tu.check_finite(row["loss"], step)
             tu.warn_short_masking(row, config, train_set)
             log.write(row)
@@ -103,7 +104,7 @@ def main(config: MLM_trainingConfig = None):
                         row["mlm_baseline_accuracy"])
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             with speed.paused():
-                tu.save_training_state(config, step, model, optimizer, scheduler, stream, log)
+                tu.save_training_state(config, step, model, optimizer, scheduler, stream, log, scaler)
     bar.close()
     log.write_done(step, model, runtime)
 

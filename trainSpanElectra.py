@@ -118,7 +118,7 @@ def evaluate(model, dataset, config, runtime):
         # the same samples for a batch at every evaluation and whatever the number of processes
         sample_rng.manual_seed(config.seed * 1_000_003 + dataset.global_index(i))
         batch = tu.to_device(dataset[i], runtime.device)
-        with tu.autocast(runtime, config.bf16):
+        with tu.autocast(runtime, tu.amp_dtype(config)):
             sums.add(loss_and_metrics(model, batch, config, sample_rng, baseline_token=baseline_token)[1])
     model.train()
     return sums.read(runtime)
@@ -130,16 +130,18 @@ def main(config: SE_trainingConfig = None):
     features = train_set.features
     model, inputs = build_model(config, features)
     model = model.to(runtime.device)
-    optimizer, scheduler = tu.build_optimization(model, config)
+    optimizer, scheduler, scaler = tu.build_optimization(model, config)
 
     train_step, stream, log, step = tu.start_run(config, model, functools.partial(loss_and_metrics, config=config),
-                                                 optimizer, scheduler, train_set, runtime, DISCRIMINATOR_RUN, inputs)
+                                                 optimizer, scheduler, train_set, runtime, DISCRIMINATOR_RUN, inputs,
+                                                 scaler)
     logger.info("discriminator (%s): %s, %s trainable parameters, %d train sequences, %d process(es)", config.mode,
                 tu.size_label(config), tu.parameter_count(model, trainable_only=True),
                 len(train_set.data), runtime.world_size)
 
     model.train()
     speed, sums = tu.Throughput(runtime.device), tu.MetricSums()
+    precision = tu.amp_dtype(config)  # bf16, fp16 or None (fp32)
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
     # best_auc: the best learned_auc so far; learned_before: the best before the last evaluation, what the next
     # one's check compares with (learning seen only after the first of two evaluations at chance does not count)
@@ -152,19 +154,19 @@ def main(config: SE_trainingConfig = None):
         for micro in range(config.gradient_accumulation_steps):
             batch = tu.to_device(next(stream), runtime.device)
             tu.mark_step_begin(config)
-            with tu.no_sync(train_step, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, config.bf16):
+            with tu.no_sync(train_step, micro < config.gradient_accumulation_steps - 1), tu.autocast(runtime, precision):
                 loss, metrics = train_step(batch, temperature=temperature)
-            (loss / config.gradient_accumulation_steps).backward()
+            scaler.scale(loss / config.gradient_accumulation_steps).backward()
             sums.add(metrics)
             speed.add(batch["input_ids"].numel() * runtime.world_size)
-        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
+        tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm, scaler)
         speed.step_ends()
         step += 1
         bar.update(1)
 
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
-                   "data_wait_ms": stream.take_wait_ms(), **speed.pace()}
+                   "data_wait_ms": stream.take_wait_ms(), **speed.pace(), **tu.loss_scale_row(scaler)}
             row.setdefault("loss", row["disc_loss"])
             tu.check_finite(row["loss"], step)
             tu.warn_short_masking(row, config, train_set)
@@ -190,7 +192,7 @@ def main(config: SE_trainingConfig = None):
             best_auc = max(best_auc, tu.learned_auc(row))
         if runtime.is_main and tu.is_due(step, config.save_every, config.max_steps):
             with speed.paused():
-                tu.save_training_state(config, step, model, optimizer, scheduler, stream, log)
+                tu.save_training_state(config, step, model, optimizer, scheduler, stream, log, scaler)
     bar.close()
     log.write_done(step, model, runtime)
 

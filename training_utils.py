@@ -41,7 +41,7 @@ RUN_OUTPUTS = ("generator", "discriminator", "metrics.jsonl", RUN_FILE)  # what 
 # settings a resumed run may change; every other field of the config is fixed for the life of a run
 MUTABLE_SETTINGS = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "eval_batch_size",
                     "keep_checkpoints", "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device",
-                    "bf16", "compile", "features_dir", "tokenizer_dir", "generator_dir"}
+                    "bf16", "fp16", "compile", "features_dir", "tokenizer_dir", "generator_dir"}
 
 
 # ---------------------------------------------------------------- devices and processes
@@ -123,11 +123,43 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def autocast(runtime, bf16):
-    """bf16 autocast on CUDA or CPU when asked; a no-op otherwise."""
-    if not bf16:
+def amp_dtype(config):
+    """The autocast dtype a training config asks for: torch.bfloat16 (--bf16), torch.float16 (--fp16) or None
+    (fp32)."""
+    return torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+
+
+def gpu_amp_dtype(runtime):
+    """Fine-tuning's autocast dtype: bf16 on a GPU with native bf16, fp16 (with loss scaling) on an older GPU, none
+    (fp32) on the CPU."""
+    if runtime.device.type != "cuda":
+        return None
+    return torch.bfloat16 if native_bf16_gpu(runtime) else torch.float16
+
+
+def autocast(runtime, dtype):
+    """Autocast to dtype (torch.bfloat16 or torch.float16) on the run's device; a no-op for None."""
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=runtime.device.type, dtype=dtype)
+
+
+def loss_scaler(device, fp16):
+    """fp16's dynamic loss scaling (torch's GradScaler, as in nanoGPT and transformers' Trainer): float16
+    gradients underflow to zero unscaled. A pass-through when fp16 is off. With fused AdamW it reads nothing back
+    to the host: a step whose gradients overflowed is skipped inside the optimizer's kernel."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=fp16)
+    if fp16 and device.type != "cuda":  # torch < 2.3: CUDA's GradScaler only
+        raise SpanElectraError(f"fp16: torch {torch.__version__} scales losses on CUDA only; train on a GPU, "
+                               "leave --fp16 off on the CPU, or install torch >= 2.3")
+    return torch.cuda.amp.GradScaler(enabled=fp16)
+
+
+def loss_scale_row(scaler):
+    """fp16's current loss scale for a metrics row ({} where fp16 is off): a scale that keeps falling means
+    gradients that keep overflowing, and steps skipped."""
+    return {"loss_scale": scaler.get_scale()} if scaler.is_enabled() else {}
 
 
 def native_bf16_gpu(runtime):
@@ -136,13 +168,17 @@ def native_bf16_gpu(runtime):
     return runtime.device.type == "cuda" and torch.cuda.get_device_capability(runtime.device)[0] >= 8
 
 
-def warn_emulated_bf16(runtime, bf16):
-    """One line where --bf16 asks a GPU that only emulates bf16 (Colab's and Kaggle's T4): the run would be slower."""
-    if bf16 and runtime.device.type == "cuda" and not native_bf16_gpu(runtime):
+def warn_slow_precision(runtime, config):
+    """One line where the asked autocast is slower than fp32 on this device: --bf16 on a GPU that only emulates
+    bf16 (Colab's and Kaggle's T4), or --fp16 on a CPU."""
+    if config.bf16 and runtime.device.type == "cuda" and not native_bf16_gpu(runtime):
         major, minor = torch.cuda.get_device_capability(runtime.device)
         logger.warning("bf16: %s (compute capability %d.%d) has no native bf16 and emulates it, slower than fp32; "
-                       "drop --bf16 on this GPU (native from capability 8.0: A100, L4, H100)",
-                       torch.cuda.get_device_name(runtime.device), major, minor)
+                       "use --fp16 on this GPU instead (float16 with loss scaling; bf16 is native from capability "
+                       "8.0: A100, L4, H100)", torch.cuda.get_device_name(runtime.device), major, minor)
+    if config.fp16 and runtime.device.type == "cpu":
+        logger.warning("fp16: float16 autocast is for GPUs (T4, V100, P100); most CPUs emulate float16 matmuls, "
+                       "slower than fp32, so leave --fp16 off on the CPU (or use --bf16 on one with native bf16)")
 
 
 def wrap_ddp(model, runtime):
@@ -214,19 +250,28 @@ def warmup_linear_schedule(optimizer, warmup_steps, total_steps):
 
 
 def build_optimization(model, config):
-    """AdamW and the warmup-then-linear-decay schedule of a training config."""
+    """AdamW, the warmup-then-linear-decay schedule and the loss scaler (fp16's; a pass-through otherwise) of a
+    training config."""
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = warmup_linear_schedule(optimizer, int(config.warmup_fraction * config.max_steps), config.max_steps)
-    return optimizer, scheduler
+    return optimizer, scheduler, loss_scaler(model_device(model), config.fp16)
 
 
-def optimizer_step(model, optimizer, scheduler, max_grad_norm):
-    """Clip, step, advance the schedule and clear the gradients (and stop, at a Ctrl-C the collector's hook kept)."""
+def optimizer_step(model, optimizer, scheduler, max_grad_norm, scaler=None):
+    """Clip, step, advance the schedule and clear the gradients (and stop, at a Ctrl-C the collector's hook kept).
+    scaler: fp16's loss_scaler, whose scaled gradients are unscaled before clipping; a step whose gradients
+    overflowed leaves the weights as they were and lowers the scale."""
     raise_stop_kept_in_gc()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # a no-op where fp16 is off
     if max_grad_norm:  # foreach: the norm stays on the device, no host sync
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm,
                                        foreach=True)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=not getattr(optimizer, GRADS_KEPT, False))
 
@@ -604,19 +649,22 @@ def save_checkpoint(out_dir, step, state, keep=2):
     return path
 
 
-def save_training_state(config, step, model, optimizer, scheduler, stream, log):
-    """A resumable checkpoint of the whole run: model, optimizer, schedule, RNGs, data position, and the
-    run's wall seconds so far (log.run_seconds)."""
+def save_training_state(config, step, model, optimizer, scheduler, stream, log, scaler=None):
+    """A resumable checkpoint of the whole run: model, optimizer, schedule, fp16's loss scale, RNGs, data
+    position, and the run's wall seconds so far (log.run_seconds)."""
     check_finite_weights(model, step)
-    return save_checkpoint(config.out_dir, step, {
-        "step": step, "run_id": config.run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": rng_state(model_device(model)), "data": stream.state(),
-        "run_seconds": log.run_seconds()}, keep=config.keep_checkpoints)
+    state = {"step": step, "run_id": config.run_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng_state(model_device(model)), "data": stream.state(),
+             "run_seconds": log.run_seconds()}
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return save_checkpoint(config.out_dir, step, state, keep=config.keep_checkpoints)
 
 
-def resume_training_state(config, model, optimizer, scheduler):
+def resume_training_state(config, model, optimizer, scheduler, scaler=None):
     """Load config.resume_from into the run; returns (step, data position, run seconds up to the checkpoint),
-    (0, start, 0.0) when fresh; the seconds are None from a checkpoint of a version that did not count them."""
+    (0, start, 0.0) when fresh; the seconds are None from a checkpoint of a version that did not count them.
+    fp16's loss scale resumes where it was; a run that turns --fp16 on at a resume starts at the initial scale."""
     state = load_checkpoint(config.resume_from, config.out_dir, config.run_id)
     if state is None:
         return 0, {"epoch": 0, "index": 0}, 0.0
@@ -637,6 +685,8 @@ def resume_training_state(config, model, optimizer, scheduler):
                                "resume with the settings and features it was trained with") from None
     keep_built_kernels(optimizer, built_kernels)
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and scaler.is_enabled() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], model_device(model))
     return state["step"], state["data"], state.get("run_seconds")
 
@@ -664,7 +714,8 @@ def keep_built_kernels(optimizer, built):
                 optimizer.state[p]["step"] = step.to(p.device if group.get("fused") else "cpu", torch.float32)
 
 
-def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, runtime, script_name, inputs=None):
+def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, runtime, script_name, inputs=None,
+              scaler=None):
     """Everything between building the model and the first step: the out_dir and its config (rank 0),
     resuming, torch.compile and DDP, the batch stream and the metrics log. loss_and_metrics(model,
     batch, **kwargs) -> (loss, metrics) is the step's forward pass (see TrainStep); inputs: digests of
@@ -674,8 +725,8 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
     if runtime.is_main:
         save_config(config, config.out_dir, script_name)
         warn_high_learning_rate(config.learning_rate)
-        warn_emulated_bf16(runtime, config.bf16)
-    step, position, run_seconds = resume_training_state(config, model, optimizer, scheduler)
+        warn_slow_precision(runtime, config)
+    step, position, run_seconds = resume_training_state(config, model, optimizer, scheduler, scaler)
     if step >= config.max_steps:
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
                     "to train it further", config.out_dir, step, config.max_steps)

@@ -79,7 +79,13 @@ def measured_settings(config):
             "gen_fraction": config.gen_fraction, "seeds": tuple(config.ft_seed_list()),
             "ft_max_train": ft_max_train(config, scale),
             "pretrain_seeds": tuple(config.pretrain_seed_list()), "bf16": config.bf16, "compile": config.compile,
-            "pack_across_documents": config.pack_across_documents}
+            "pack_across_documents": config.pack_across_documents, **fp16_setting(config)}
+
+
+def fp16_setting(config):
+    """{"fp16": True} for a comparison pre-trained in fp16, else {}: tables and rows from before the flag keep
+    their identity."""
+    return {"fp16": True} if config.fp16 else {}
 
 
 def data_signature(path, inside=""):
@@ -184,7 +190,7 @@ def pretrain(recipe, budget, config, paths, scale, out_dir):
     common = dict(features_dir=paths["features"], model_size=scale["model_size"], train_batch_size=scale["batch"],
                   learning_rate=scale["learning_rate"], seed=config.seed, masking=recipe["masking"],
                   use_sbo=recipe["use_sbo"], log_every=50, eval_batches=scale.get("eval_batches", 4),  # per curve point
-                  device=config.device, bf16=config.bf16, compile=config.compile)
+                  device=config.device, bf16=config.bf16, fp16=config.fp16, compile=config.compile)
     start, spent = time.time(), 0.0
     if recipe["kind"] == "mlm":  # BERT: a masked LM as large as the discriminator
         _, disc = electra_configs(scale["model_size"], paths["vocab"], 128)
@@ -841,7 +847,8 @@ def row_identity(name, fraction, config, scale, full_budget):
     if recipe is None:
         return {"model_size": scale["model_size"]}
     identity = {"model_size": scale["model_size"], "budget_tflops": round(fraction * full_budget / 1e12, 3),
-                "batch": scale["batch"], "learning_rate": scale["learning_rate"], "seed": config.seed, "bf16": config.bf16}
+                "batch": scale["batch"], "learning_rate": scale["learning_rate"], "seed": config.seed, "bf16": config.bf16,
+                **fp16_setting(config)}
     if recipe["kind"] == "two_stage":
         identity["gen_fraction"] = config.gen_fraction
     if RECIPE_REVISIONS.get(recipe["kind"]):  # pre-trained otherwise since (rows cached before are not reused)

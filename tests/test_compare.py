@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import features
 from conftest import REPO
+import io_utils
 from io_utils import SpanElectraError
 from modelling_span_electra import (SpanElectraDiscriminator, SpanElectraGenerator, corrupt, discriminator_inputs,
                                     electra_configs)
@@ -445,6 +446,7 @@ def test_each_recipe_compiles_while_the_one_before_it_pre_trains(tmp_path, monke
     def run(recipes):
         cp.main(cp.compare_args(recipes=recipes, tasks="", budget_fractions="0.5,1", out_dir=str(tmp_path),
                                 results_md="", compile=True))
+    io_utils.setup_logging()  # as main does first (run alone, the test saw the level main itself set)
     level = cp.logger.level
     run("random,mlm,electra")
     assert cp.logger.level == level  # a warm-up quietens its process's log only while it runs
@@ -671,16 +673,19 @@ def test_rows_cached_before_the_mlm_and_two_stage_changes_are_pre_trained_again(
     assert list(cp.runs_cached(plan, current, config, scale, 6e12)) == [run for run, *_ in plan]
 
 
-def test_a_cached_row_is_reused_only_with_its_own_seed_and_gen_fraction():
-    """A row pre-trained with another seed or (two-stage) another gen_fraction is trained again, not reused."""
+def test_a_cached_row_is_reused_only_with_its_own_seed_gen_fraction_and_precision():
+    """A row pre-trained with another seed, (two-stage) another gen_fraction or in fp16 is trained again, not
+    reused."""
     scale = {"model_size": "tiny", "batch": 4, "learning_rate": 1e-3}
-    config = SimpleNamespace(seed=1, bf16=False, gen_fraction=0.3)
+    config = SimpleNamespace(seed=1, bf16=False, fp16=False, gen_fraction=0.3)
     ident = cp.row_identity("se_two_stage", 1.0, config, scale, 2e12)
     assert ident["gen_fraction"] == 0.3 and ident["seed"] == 1 and ident["budget_tflops"] == 2.0
     rows = [{"run": "se_two_stage@1", "identity": ident}, {"run": "mlm@1", "identity": {}}]
     assert cp.cached_row(list(rows), "se_two_stage@1", ident) is rows[0]
-    for changed in (SimpleNamespace(seed=1, bf16=False, gen_fraction=0.5), SimpleNamespace(seed=2, bf16=False,
-                                                                                         gen_fraction=0.3)):
+    assert "fp16" not in ident  # rows cached before the flag keep their identity
+    for changed in (SimpleNamespace(seed=1, bf16=False, fp16=False, gen_fraction=0.5),
+                    SimpleNamespace(seed=2, bf16=False, fp16=False, gen_fraction=0.3),
+                    SimpleNamespace(seed=1, bf16=False, fp16=True, gen_fraction=0.3)):
         kept = list(rows)
         assert cp.cached_row(kept, "se_two_stage@1", cp.row_identity("se_two_stage", 1.0, changed, scale, 2e12)) is None
         assert kept == rows[1:]  # the stale row goes, the other run's stays
@@ -878,7 +883,7 @@ def fake_training(monkeypatch):
 def test_each_recipe_spends_the_budget_in_its_own_steps(name, budget, steps, spent, fake_training, tmp_path):
     """Equal FLOPs: steps = budget / the recipe's step FLOPs; two-stage gives gen_fraction of it to the generator
     and the rest to the discriminator."""
-    config = SimpleNamespace(seed=1, device="cpu", bf16=False, compile=False, gen_fraction=0.3)
+    config = SimpleNamespace(seed=1, device="cpu", bf16=False, fp16=False, compile=False, gen_fraction=0.3)
     scale = {"model_size": "tiny", "batch": 4, "learning_rate": 1e-3}
     _, used, _ = cp.pretrain(cp.RECIPES[name][1], budget, config, {"features": "f", "vocab": 100}, scale,
                              str(tmp_path / name))

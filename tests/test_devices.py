@@ -67,18 +67,23 @@ def test_device_field_accepts_cuda_index(cls, value, ok):
 
 
 @pytest.mark.parametrize("capability, native", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
-def test_bf16_on_a_gpu_that_only_emulates_it_is_said_once_and_fine_tuning_skips_it(monkeypatch, caplog, capability,
-                                                                                     native):
+def test_bf16_on_a_gpu_that_only_emulates_it_is_said_once_and_fine_tuning_takes_fp16_there(monkeypatch, caplog,
+                                                                                             capability, native):
     """A T4 or V100 (compute capability under 8.0) emulates bf16, slower than fp32: --bf16 there is one warning
-    naming the GPU, and fine-tuning's automatic bf16 on CUDA is used only where it is native."""
+    naming the GPU and pointing to --fp16, and fine-tuning's automatic autocast on CUDA is bf16 only where it is
+    native, fp16 elsewhere (none on the CPU)."""
+    from types import SimpleNamespace
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    runtime = tu.Runtime(torch.device("cuda", 0))
+    runtime, cpu = tu.Runtime(torch.device("cuda", 0)), tu.Runtime(torch.device("cpu"))
     caplog.set_level("WARNING", logger=tu.logger.name)
-    assert tu.native_bf16_gpu(runtime) is native and not tu.native_bf16_gpu(tu.Runtime(torch.device("cpu")))
-    tu.warn_emulated_bf16(runtime, True)
-    tu.warn_emulated_bf16(runtime, False)
+    assert tu.native_bf16_gpu(runtime) is native and not tu.native_bf16_gpu(cpu)
+    assert tu.gpu_amp_dtype(runtime) == (torch.bfloat16 if native else torch.float16) and tu.gpu_amp_dtype(cpu) is None
+    tu.warn_slow_precision(runtime, SimpleNamespace(bf16=True, fp16=False))
+    tu.warn_slow_precision(runtime, SimpleNamespace(bf16=False, fp16=True))  # float16 is native on all of them
+    tu.warn_slow_precision(runtime, SimpleNamespace(bf16=False, fp16=False))
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == ([] if native else [f"bf16: Tesla T4 (compute capability {capability[0]}.{capability[1]}) has "
-                                          "no native bf16 and emulates it, slower than fp32; drop --bf16 on this GPU "
-                                          "(native from capability 8.0: A100, L4, H100)"])
+                                          "no native bf16 and emulates it, slower than fp32; use --fp16 on this GPU "
+                                          "instead (float16 with loss scaling; bf16 is native from capability 8.0: "
+                                          "A100, L4, H100)"])

@@ -320,6 +320,25 @@ def read_results(out):
         return json.load(f)
 
 
+def test_fine_tuning_on_a_gpu_without_native_bf16_learns_in_fp16_with_a_loss_scale(tiny_discriminator, tmp_path,
+                                                                                  monkeypatch):
+    """On a T4 or V100 finetune_SE.py autocasts to fp16 and scales the loss (faked on the CPU here): every step
+    goes through the enabled scaler, and the keyword task is learned as in fp32."""
+    scales, real_step = [], tu.optimizer_step
+
+    def spy(model, optimizer, scheduler, max_grad_norm, scaler=None):
+        scales.append(scaler.get_scale() if scaler is not None and scaler.is_enabled() else None)
+        return real_step(model, optimizer, scheduler, max_grad_norm, scaler)
+    monkeypatch.setattr(tu, "gpu_amp_dtype", lambda runtime: torch.float16)
+    monkeypatch.setattr(tu, "optimizer_step", spy)
+    task_dir = keyword_task(tmp_path / "task")
+    results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(tmp_path / "ft"),
+                                  num_train_epochs=1, learning_rate=5e-3, layerwise_lr_decay=1.0, save_model=False,
+                                  **FAST))
+    assert scales and scales[0] == 65536.0 and None not in scales
+    assert results["eval_accuracy"] > 0.8, results["per_seed"][0]["epochs"]  # chance: 0.5
+
+
 def test_single_sentence_task_learns_and_writes_predictions(tiny_discriminator, tmp_path):
     task_dir, out = keyword_task(tmp_path / "task"), tmp_path / "ft"
     # a random encoder has nothing to protect from the head's updates: no layer-wise decay, a high rate
@@ -438,9 +457,9 @@ def pair_run(bpe_tok, tmp_path_factory):
         seen["schedules"].append((warmup_steps, total_steps))
         return real_schedule(optimizer, warmup_steps, total_steps)
 
-    def step(model, optimizer, scheduler, max_grad_norm):
+    def step(model, optimizer, scheduler, max_grad_norm, scaler=None):
         seen["grad_norms"].append(max_grad_norm)
-        return real_step(model, optimizer, scheduler, max_grad_norm)
+        return real_step(model, optimizer, scheduler, max_grad_norm, scaler)
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ft, "encode", encode)

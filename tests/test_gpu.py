@@ -113,6 +113,36 @@ def test_a_checkpoint_from_a_machine_with_more_gpus_resumes(bpe_feat, tmp_path):
     assert [r["step"] for r in valid_rows(tmp_path)] == [6, 9]
 
 
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_fp16_trains_on_cuda_with_a_loss_scale(bpe_feat, tmp_path, compile_step, caplog):
+    """--fp16 (a T4's or V100's autocast) on CUDA, joint (the discriminator's loss weighted 50: the first steps
+    overflow at the initial scale of 2^16 and are skipped): the logged scale falls and stays finite, the losses
+    stay finite, and compiled it still replays as CUDA graphs."""
+    from torch._dynamo.utils import counters
+    counters["inductor"].clear()
+    caplog.set_level("WARNING", logger=tu.logger.name)
+    trainSpanElectra.main(argument.SE_trainingConfig(
+        features_dir=str(bpe_feat[0]), out_dir=str(tmp_path), mode="joint",
+        **{**FEW_STEPS, "bf16": False, "fp16": True, "log_every": 2, "compile": compile_step}))
+    with open(os.path.join(tmp_path, "metrics.jsonl"), encoding="utf-8") as f:
+        train_rows = [json.loads(line) for line in f if '"loss_scale"' in line]
+    assert len(train_rows) == 3 and all(1 <= r["loss_scale"] <= 65536 for r in train_rows)
+    assert all(0 < r["disc_loss"] < 1 for r in train_rows)
+    assert 0 <= valid_rows(tmp_path)[-1]["disc_auc"] <= 1
+    if compile_step:
+        assert counters["inductor"]["cudagraph_skips"] == 0
+    assert not [r.getMessage() for r in caplog.records if "training goes on uncompiled" in r.getMessage()]
+
+
+def test_fine_tuning_in_fp16_on_cuda(bpe_feat, gpu_generator, tmp_path, monkeypatch):
+    """finetune_SE.py as on a T4 or V100 (fp16 autocast and the loss scaler; faked on this GPU)."""
+    monkeypatch.setattr(tu, "gpu_amp_dtype", lambda runtime: torch.float16)
+    results = finetune_SE.main(argument.finetune_args(
+        model_dir=gpu_generator[1], task_dir=str(REPO / "data" / "glue" / "SST-2"), out_dir=str(tmp_path / "ft"),
+        num_train_epochs=1, max_train_examples=256, device="cuda", save_model=False))
+    assert 0 <= results["eval_accuracy"] <= 1 and results["eval_loss"] < 10
+
+
 def test_finetune_epoch_and_explorer_on_cuda(bpe_feat, gpu_generator, tmp_path):
     disc_dir = trainSpanElectra.main(argument.SE_trainingConfig(
         features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "se"), generator_dir=gpu_generator[1], **FEW_STEPS))
@@ -138,14 +168,15 @@ def count_syncs(run):
     return sum("synchronizing" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("compile_step", [False, True])
-def test_training_steps_never_wait_for_the_gpu(bpe_feat, tmp_path, compile_step):
-    """Twice the steps, the same host syncs: only logging, evaluation and saving read values back."""
+@pytest.mark.parametrize("compile_step, precision", [(False, "bf16"), (True, "bf16"), (True, "fp16")])
+def test_training_steps_never_wait_for_the_gpu(bpe_feat, tmp_path, compile_step, precision):
+    """Twice the steps, the same host syncs: only logging, evaluation and saving read values back (in fp16 the
+    loss scaler hands its overflow check to fused AdamW's kernel)."""
     def run(steps):
         return count_syncs(lambda: trainSpanElectra.main(argument.SE_trainingConfig(
             features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / f"s{steps}"), mode="joint",
             **{**FEW_STEPS, "max_steps": steps, "log_every": steps, "eval_every": steps, "save_every": steps,
-               "compile": compile_step})))
+               "compile": compile_step, "bf16": precision == "bf16", "fp16": precision == "fp16"})))
     run(4)  # warm-up: the first run pays for compilation and CUDA initialisation
     assert run(8) == run(16)
 

@@ -90,10 +90,23 @@ def python_calls():
     calls = []
     for body in blocks("python"):
         tree = ast.parse("\n".join(line for line in body.splitlines() if not line.lstrip().startswith(("!", "%"))))
+        unpacked = dict_keywords(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names:
-                calls.append((node.func.id, [k.arg for k in node.keywords]))
+                calls.append((node.func.id, [name for k in node.keywords
+                                             for name in ([k.arg] if k.arg else unpacked[k.value.id])]))
     return calls
+
+
+def dict_keywords(tree):
+    """{variable: keyword names of the dict(...) calls assigned to it} (a cell's **amp: bf16=True or fp16=True)."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = [k.arg for call in ast.walk(node.value) if isinstance(call, ast.Call)
+                                         and isinstance(call.func, ast.Name) and call.func.id == "dict"
+                                         for k in call.keywords]
+    return found
 
 
 def test_readme_python_configs_name_real_fields():

@@ -107,12 +107,12 @@ def test_mutable_settings_are_those_that_leave_the_trained_model_unchanged(tmp_p
     """A resume may change only bookkeeping: a changed mask_ratio, learning_rate or other setting is refused."""
     # Why this set: max_steps only extends the run; log/eval/save/keep settings say how often and how much is
     # written or evaluated; resume_from/overwrite_output_dir/out_dir/features_dir/tokenizer_dir/generator_dir say
-    # where files are (what they hold is pinned by digests in the identity); device/bf16/compile/num_workers change
+    # where files are (what they hold is pinned by digests in the identity); device/bf16/fp16/compile/num_workers change
     # speed, not the recipe. Any other field changes what is trained, so a resume that changes it makes two runs.
     assert tu.MUTABLE_SETTINGS == {
         "max_steps", "log_every", "eval_every", "save_every", "eval_batches", "eval_batch_size", "keep_checkpoints",
-        "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device", "bf16", "compile", "features_dir",
-        "tokenizer_dir", "generator_dir"}
+        "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device", "bf16", "fp16", "compile",
+        "features_dir", "tokenizer_dir", "generator_dir"}
     feats = SimpleNamespace(meta={"tokenizer_hash": "h", "num_sequences": {"train": 100}}, max_seq_len=128,
                             vocab_size=2000)
     first = argument.MLM_trainingConfig(features_dir="f", out_dir=str(tmp_path))

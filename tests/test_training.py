@@ -648,9 +648,9 @@ def test_gradient_accumulation_matches_one_large_batch(bpe_feat, tmp_path, monke
         *a, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw))
     real_step, captured = tu.optimizer_step, []
 
-    def spy(model, optimizer, scheduler, max_grad_norm):
+    def spy(model, optimizer, scheduler, max_grad_norm, scaler=None):
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        real_step(model, optimizer, scheduler, max_grad_norm)
+        real_step(model, optimizer, scheduler, max_grad_norm, scaler)
         captured.append((grads, {n: p.detach().clone() for n, p in model.named_parameters()}))
     monkeypatch.setattr(tu, "optimizer_step", spy)
     for batch_size, accumulation in ((32, 1), (16, 2)):
