@@ -1,6 +1,7 @@
 """Joint training step speed at ELECTRA-Small size: ours against the plain transformers baseline.
 
     python benchmarks/bench_train.py                      # CPU: batch 32, fp32 (+ bf16 where the CPU has it)
+    python benchmarks/bench_train.py --device cuda --half fp16   # GPU in fp16 (a T4's or V100's: the default there)
     python benchmarks/bench_train.py --device cuda         # GPU: batch 128, every variant below
     python benchmarks/bench_train.py --compile             # CPU: also the compiled variants
 
@@ -16,6 +17,8 @@ generator MLM loss, sample replacements, discriminator loss x 50, backward, clip
              dropout masks from cpu_dropout on a CPU (torch's with --torch_dropout);
              in fp32, bf16 autocast, and bf16 under torch.compile (CUDA graphs on a GPU), as --bf16
              --compile runs it.
+The 16-bit variants are bf16 where the machine multiplies bf16 faster than fp32, else fp16 with a loss scaler
+(torch's GradScaler, for both) on a GPU that multiplies fp16 faster (T4, V100), else none; --half picks one.
 The fp32 pair alternates its steps (median per step); every other variant warms up, then runs
 --steps steps with one synchronisation at the end. The compiled step is also timed on batches masked
 by a DataLoader worker and pinned (training_utils.BatchStream, as the training scripts feed it). Prints tokens/s,
@@ -129,15 +132,15 @@ class MaskedBatches(torch.utils.data.Dataset):
         return masked_batch(np.random.default_rng(index), self.batch_size, self.seq_len)
 
 
-def ours_step(model, train_step, optimizer, batch, device, bf16, compiled, sums):
+def ours_step(model, train_step, optimizer, scaler, batch, device, dtype, compiled, sums):
     batch = tu.to_device(batch, device)
     if compiled:
         torch.compiler.cudagraph_mark_step_begin()
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+    with tu.autocast(tu.Runtime(device), dtype):
         loss, metrics = train_step(batch)
-    loss.backward()
+    scaler.scale(loss).backward()
     sums.add(metrics)
-    tu.optimizer_step(model, optimizer, _NoSchedule(), 1.0)
+    tu.optimizer_step(model, optimizer, _NoSchedule(), 1.0, scaler)
 
 
 class _NoSchedule:
@@ -169,14 +172,14 @@ def baseline_setup(device, compile_models):
     return (gen, disc), optimizer
 
 
-def baseline_step(models, optimizer, ids, device, bf16):
+def baseline_step(models, optimizer, scaler, ids, device, dtype):
     gen, disc = models
     ids = ids.to(device)
     special = ids < 5
     masked = torch.bernoulli(torch.full(ids.shape, 0.15, device=device)).bool() & ~special
     labels = ids.masked_fill(~masked, IGNORE_INDEX)
     inputs = ids.masked_fill(masked & torch.bernoulli(torch.full(ids.shape, 0.85, device=device)).bool(), MASK_ID)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         gen_out = gen(input_ids=inputs, labels=labels)
         with torch.no_grad():
             sampled = torch.multinomial(gen_out.logits[masked].float().softmax(-1), 1).squeeze(-1)
@@ -184,9 +187,11 @@ def baseline_step(models, optimizer, ids, device, bf16):
         corrupted[masked] = sampled
         disc_out = disc(input_ids=corrupted, labels=(corrupted != ids).long())
         loss = gen_out.loss + 50 * disc_out.loss
-    loss.backward()
+    scaler.scale(loss).backward()  # fp16's GradScaler, as transformers' docs use it; a pass-through otherwise
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
 
@@ -221,27 +226,28 @@ def run_fp32_pair(device, batches, ids, steps):
     fp32_precision(device, False)
     models, base_opt = baseline_setup(device, False)
     model, step, optimizer = ours_setup(device, False)
-    sums = tu.MetricSums()
+    sums, no_scaling = tu.MetricSums(), tu.loss_scaler(device, False)
     times = {"baseline": [], "ours": []}
     for i in range(steps + 1):
         fp32_precision(device, False)
-        t_base = timed(lambda: baseline_step(models, base_opt, ids[i % len(ids)], device, False), device)
+        t_base = timed(lambda: baseline_step(models, base_opt, no_scaling, ids[i % len(ids)], device, None), device)
         fp32_precision(device, True)
-        t_ours = timed(lambda: ours_step(model, step, optimizer, batches[i % len(batches)], device, False, False,
-                                         sums), device)
+        t_ours = timed(lambda: ours_step(model, step, optimizer, no_scaling, batches[i % len(batches)], device, None,
+                                         False, sums), device)
         if i:  # the first round warms up
             times["baseline"].append(t_base)
             times["ours"].append(t_ours)
     return statistics.median(times["baseline"]), statistics.median(times["ours"])
 
 
-def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
-    """Seconds per step of our step on the in-memory batches; with loader_too, also (same model, no
-    recompile) on batches masked by a DataLoader worker and pinned, as the training scripts get them."""
+def run_ours(device, batches, steps, dtype, compiled, loader_too=False):
+    """Seconds per step of our step on the in-memory batches, autocast to dtype (None: fp32); with loader_too,
+    also (same model, no recompile) on batches masked by a DataLoader worker and pinned, as the training scripts
+    get them."""
     fp32_precision(device, True)
     model, train_step, optimizer = ours_setup(device, compiled)
-    sums = tu.MetricSums()
-    t = time_steps(lambda i: ours_step(model, train_step, optimizer, batches[i % len(batches)], device, bf16,
+    sums, scaler = tu.MetricSums(), tu.loss_scaler(device, dtype == torch.float16)
+    t = time_steps(lambda i: ours_step(model, train_step, optimizer, scaler, batches[i % len(batches)], device, dtype,
                                        compiled, sums), steps, device, warmup=3 if compiled else 1)
     row = sums.read(tu.Runtime(device))  # the metrics were summed on the device all along
     assert np.isfinite(row["loss"]), row
@@ -250,16 +256,35 @@ def run_ours(device, batches, steps, bf16, compiled, loader_too=False):
     batch = batches[0]
     stream = tu.BatchStream(MaskedBatches(batch["input_ids"].shape[0], batch["input_ids"].shape[1]), num_workers=1,
                             pin_memory=device.type == "cuda")
-    t_loader = time_steps(lambda i: ours_step(model, train_step, optimizer, next(stream), device, bf16, compiled, sums),
-                          steps, device, warmup=5)  # the worker starts and fills its queue
+    t_loader = time_steps(lambda i: ours_step(model, train_step, optimizer, scaler, next(stream), device, dtype,
+                                              compiled, sums), steps, device, warmup=5)  # the worker fills its queue
     return t, t_loader
 
 
-def run_baseline(device, ids, steps, bf16, compiled):
+def run_baseline(device, ids, steps, dtype, compiled):
     fp32_precision(device, False)
     models, optimizer = baseline_setup(device, compiled)
-    return time_steps(lambda i: baseline_step(models, optimizer, ids[i % len(ids)], device, bf16), steps, device,
-                      warmup=3 if compiled else 1)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return time_steps(lambda i: baseline_step(models, optimizer, scaler, ids[i % len(ids)], device, dtype), steps,
+                      device, warmup=3 if compiled else 1)
+
+
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_half(choice, device, peak32, peak_bf16):
+    """The 16-bit autocast to time ('bf16', 'fp16' or None) and its matmul peak: --half's, else bf16 where it
+    multiplies faster than fp32, else fp16 on a GPU where that does (a T4 or V100: bf16 emulated)."""
+    if choice == "none":
+        return None, None
+    if choice == "bf16" or (choice == "auto" and peak_bf16 > peak32):
+        return "bf16", peak_bf16
+    if choice == "fp16" or device.type == "cuda":
+        peak_fp16 = matmul_peak(torch.float16, 8192 if device.type == "cuda" else 256, device)
+        print(f"matmul peak fp16 {peak_fp16:.0f} GFLOP/s")
+        if choice == "fp16" or peak_fp16 > peak32:
+            return "fp16", peak_fp16
+    return None, None
 
 
 def main():
@@ -271,6 +296,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="CPU: also time the compiled variants (always on CUDA)")
     parser.add_argument("--quick", action="store_true", help="time only ours, compiled (bf16 where it pays), and the "
                         "same fed by a DataLoader worker: the figure trainSpanElectra.py's logged tokens/s is held to")
+    parser.add_argument("--half", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                        help="the 16-bit autocast timed (auto: bf16 where it is faster than fp32, else fp16 on a GPU "
+                        "where that is)")
     parser.add_argument("--torch_dropout", action="store_true", help="CPU: ours with torch's dropout, not cpu_dropout's "
                         "masks: what the rest of our step gains alone")
     args = parser.parse_args()
@@ -287,9 +315,10 @@ def main():
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
 
     peak32 = matmul_peak(torch.float32, 4096 if cuda else 1024, device)
-    peak16 = matmul_peak(torch.bfloat16, 8192 if cuda else 256, device)
-    print(f"{name}: matmul peak fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; batch {batch_size} x {args.seq_len}")
-    bf16 = peak16 > peak32  # bf16 autocast only pays where the hardware multiplies bf16 fast
+    peak_bf16 = matmul_peak(torch.bfloat16, 8192 if cuda else 256, device)
+    print(f"{name}: matmul peak fp32 {peak32:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s; batch {batch_size} x {args.seq_len}")
+    half, peak16 = pick_half(args.half, device, peak32, peak_bf16)  # 16-bit autocast only pays where it multiplies fast
+    dtype = HALF.get(half)
     compiled = cuda or args.compile or args.quick
 
     batches = ours_batches(rng, batch_size, args.seq_len, 8, pin=cuda)
@@ -301,39 +330,47 @@ def main():
     t = {}
     if not args.quick:  # the baselines and our uncompiled steps
         t.update(zip(("baseline", "ours"), run_fp32_pair(device, batches, ids, steps)))
-        if bf16:
-            t["ours_bf16"] = run_ours(device, batches, steps, True, False)
-        if bf16 and compiled:
-            t["baseline_bf16_compiled"] = run_baseline(device, ids, steps, True, True)
+        if half:
+            t[f"ours_{half}"] = run_ours(device, batches, steps, dtype, False)
+        if half and compiled:
+            t[f"baseline_{half}_compiled"] = run_baseline(device, ids, steps, dtype, True)
     if compiled:
-        key = "ours_bf16_compiled" if bf16 else "ours_compiled"
-        t[key], t[key + "_loader"] = run_ours(device, batches, steps, bf16, True, True)
+        key = f"ours_{half}_compiled" if half else "ours_compiled"
+        t[key], t[key + "_loader"] = run_ours(device, batches, steps, dtype, True, True)
 
-    labels = {"baseline": "baseline (transformers, fp32)", "baseline_bf16_compiled": "baseline (bf16 + compile)",
-              "ours": "ours (fp32, TF32 on CUDA)", "ours_bf16": "ours (bf16)", "ours_bf16_compiled": "ours (bf16 + compile)",
-              "ours_compiled": "ours (fp32 + compile)",
-              "ours_bf16_compiled_loader": "  the same, batches from a worker", "ours_compiled_loader": "  the same, batches from a worker"}
+    labels = {"baseline": "baseline (transformers, fp32)", f"baseline_{half}_compiled": f"baseline ({half} + compile)",
+              "ours": "ours (fp32, TF32 on CUDA)", f"ours_{half}": f"ours ({half})",
+              f"ours_{half}_compiled": f"ours ({half} + compile)", "ours_compiled": "ours (fp32 + compile)",
+              f"ours_{half}_compiled_loader": "  the same, batches from a worker",
+              "ours_compiled_loader": "  the same, batches from a worker"}
     for key, seconds in t.items():
-        peak = peak16 if "bf16" in key else peak32
+        peak = peak16 if half and half in key else peak32
         mfu = f", MFU {flops / seconds / 1e9 / peak:.1%}" if key.startswith("ours") else ""
         print(f"{labels[key]:<32} {tokens / seconds:>12,.0f} tokens/s ({seconds * 1e3:.1f} ms/step){mfu}")
-    if not bf16:
-        print("bf16 skipped: bf16 matmuls are slower than fp32 on this machine (no AVX512-BF16/AMX)")
+    if not half:
+        print("16-bit autocast skipped: bf16 (and, on a GPU, fp16) matmuls are slower than fp32 on this machine (no "
+              "AVX512-BF16/AMX)")
 
     def ratio(a, b):
         return round(t[b] / t[a], 3) if a in t and b in t else None
+
+    def half_figures(tag):
+        """The 16-bit figures under tag's names (None where that autocast was not timed)."""
+        compiled_key = f"ours_{tag}_compiled"
+        return {f"speedup_{tag}_vs_transformers_baseline": ratio(f"ours_{tag}", "baseline"),
+                f"speedup_{tag}_compiled_vs_transformers_baseline": ratio(compiled_key, "baseline"),
+                f"speedup_vs_transformers_{tag}_compiled": ratio(compiled_key, f"baseline_{tag}_compiled"),
+                f"mfu_{tag}": round(flops / t[compiled_key] / 1e9 / peak16, 4) if compiled_key in t else None}
     result = {
         "device": name, "batch_size": batch_size, "seq_len": args.seq_len, "gflop_per_step": round(flops / 1e9),
-        "matmul_peak_gflops_fp32": round(peak32), "matmul_peak_gflops_bf16": round(peak16),
+        "matmul_peak_gflops_fp32": round(peak32), "matmul_peak_gflops_bf16": round(peak_bf16),
+        **({"matmul_peak_gflops_fp16": round(peak16)} if half == "fp16" else {}),
         **{f"tokens_per_sec_{k}": round(tokens / v) for k, v in t.items()},
         "speedup_vs_transformers_baseline": ratio("ours", "baseline"),
-        "speedup_bf16_vs_transformers_baseline": ratio("ours_bf16", "baseline"),
-        "speedup_bf16_compiled_vs_transformers_baseline": ratio("ours_bf16_compiled", "baseline"),
-        "speedup_vs_transformers_bf16_compiled": ratio("ours_bf16_compiled", "baseline_bf16_compiled"),
-        "loader_vs_in_memory": ratio("ours_bf16_compiled_loader", "ours_bf16_compiled") or ratio(
+        **half_figures("bf16"), **(half_figures("fp16") if half == "fp16" else {}),
+        "loader_vs_in_memory": ratio(f"ours_{half}_compiled_loader", f"ours_{half}_compiled") or ratio(
             "ours_compiled_loader", "ours_compiled"),  # 1.0: the data path costs the step nothing
         "mfu": round(flops / t["ours"] / 1e9 / peak32, 4) if "ours" in t else None,
-        "mfu_bf16": round(flops / t["ours_bf16_compiled"] / 1e9 / peak16, 4) if "ours_bf16_compiled" in t else None,
     }
     print(json.dumps(result))
     return result
