@@ -791,7 +791,7 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
     loop_seconds = 0.0  # training steps only: loading and evaluation excluded
     for epoch in range(1, config.num_train_epochs + 1):
         epoch_start = time.perf_counter()
-        loss_sum, batches = torch.zeros((), device=runtime.device), 0  # summed on the device, read per epoch
+        losses = tu.MetricSums(skip_nonfinite=scaler.is_enabled())  # on the device, read per epoch
         order = torch.randperm(n, generator=order_rng).numpy()
         for start in range(0, n, config.train_batch_size):
             batch = make_batch(data["train"], order[start:start + config.train_batch_size], runtime.device,
@@ -803,11 +803,12 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
             scaler.scale(loss).backward()
             tu.optimizer_step(model, optimizer, scheduler, config.max_grad_norm, scaler)
             step += 1
-            loss_sum, batches = loss_sum + loss.detach(), batches + 1
+            losses.add({"loss": loss})
             bar.update(1)
-        train_loss = loss_sum.item() / max(batches, 1)  # the epoch's one sync
+        train_loss = losses.read(runtime)["loss"]  # the epoch's one sync (fp16: overflowed batches left out)
         loop_seconds += time.perf_counter() - epoch_start
-        tu.check_finite(train_loss, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})")
+        tu.check_finite(train_loss, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})"
+                        + (" or fine-tune on a GPU with native bf16, or in fp32 (--device cpu)" if scaler.is_enabled() else ""))
         bar.set_postfix(train_loss=f"{train_loss:.4f}")
         row = {"epoch": epoch, "train_loss": train_loss, "train_steps_per_sec": round(step / loop_seconds, 2),
                **evaluate(model, task, data["dev"], config, runtime)}

@@ -69,7 +69,7 @@ def main(config: MLM_trainingConfig = None):
                 features.max_seq_len, runtime.world_size)
 
     model.train()
-    speed, sums = tu.Throughput(runtime.device), tu.MetricSums()
+    speed, sums = tu.Throughput(runtime.device), tu.MetricSums(skip_nonfinite=config.fp16)
     precision = tu.amp_dtype(config)  # bf16, fp16 or None (fp32)
     bar = progress_bar(total=config.max_steps, initial=step, desc="generator", disable=not runtime.is_main)
     while step < config.max_steps:
@@ -90,7 +90,7 @@ def main(config: MLM_trainingConfig = None):
         if tu.log_due(step, config):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
                    "data_wait_ms": stream.take_wait_ms(), **speed.pace(), **tu.loss_scale_row(scaler)}
-            tu.check_finite(row["loss"], step)
+            tu.check_finite(row["loss"], step, tu.nan_hint(config))
             tu.warn_short_masking(row, config, train_set)
             log.write(row)
             bar.set_postfix(mlm_loss=f"{row['mlm_loss']:.3f}", mlm_acc=f"{row['mlm_accuracy']:.3f}")

@@ -140,7 +140,7 @@ def main(config: SE_trainingConfig = None):
                 len(train_set.data), runtime.world_size)
 
     model.train()
-    speed, sums = tu.Throughput(runtime.device), tu.MetricSums()
+    speed, sums = tu.Throughput(runtime.device), tu.MetricSums(skip_nonfinite=config.fp16)
     precision = tu.amp_dtype(config)  # bf16, fp16 or None (fp32)
     temperature = torch.ones((), device=runtime.device)  # a tensor: a changing float would recompile the step
     # best_auc: the best learned_auc so far; learned_before: the best before the last evaluation, what the next
@@ -168,7 +168,7 @@ def main(config: SE_trainingConfig = None):
             row = {"step": step, **sums.read(runtime), "lr": scheduler.get_last_lr()[0], "tokens_per_sec": speed.rate(),
                    "data_wait_ms": stream.take_wait_ms(), **speed.pace(), **tu.loss_scale_row(scaler)}
             row.setdefault("loss", row["disc_loss"])
-            tu.check_finite(row["loss"], step)
+            tu.check_finite(row["loss"], step, tu.nan_hint(config))
             tu.warn_short_masking(row, config, train_set)
             log.write(row)
             best_auc = max(best_auc, tu.learned_auc(row))

@@ -305,6 +305,13 @@ def warn_high_learning_rate(learning_rate):
 
 
 NAN_HINT = "lower --learning_rate, keep gradient clipping on (--max_grad_norm 1.0), or resume from an earlier checkpoint"
+FP16_NAN_HINT = ("float16 overflowed in every batch since the last log, so no step was taken; train with --bf16 "
+                 "(GPUs from Ampere: A100, L4, H100) or in fp32, or " + NAN_HINT)
+
+
+def nan_hint(config):
+    """What to do about a non-finite logged loss: in fp16 only a window of overflowed batches reaches it."""
+    return FP16_NAN_HINT if config.fp16 else NAN_HINT
 
 
 def check_finite(loss, step, hint=NAN_HINT):
@@ -1545,9 +1552,13 @@ def finish_metrics(sums, n):
 
 class MetricSums:
     """Per-batch metric tensors summed on the device, as one vector (a few kernel launches per step
-    instead of two per metric); read() copies them to the host once."""
+    instead of two per metric); read() copies them to the host once.
+    skip_nonfinite (fp16): a batch whose metrics overflowed, a step the loss scaler skips, is left out of the
+    means and counted as nonfinite_batches, as transformers' Trainer leaves such losses out of its logs; only a
+    window where every batch overflowed reads as NaN."""
 
-    def __init__(self):
+    def __init__(self, skip_nonfinite=False):
+        self.skip_nonfinite = skip_nonfinite
         self.keys, self.total, self.n = None, None, 0
 
     def add(self, metrics):
@@ -1555,6 +1566,9 @@ class MetricSums:
         if self.keys not in (None, keys):
             raise ValueError(f"MetricSums: metrics {keys} after {self.keys}; read() before changing them")
         values = torch.stack([v.detach() for v in metrics.values()]).double()
+        if self.skip_nonfinite:  # on the device: the batch's values, or zeros and a count of one overflowed batch
+            finite = values.isfinite().all()
+            values = torch.cat([torch.where(finite, values, 0.0), (~finite).double().reshape(1)])
         self.keys, self.total, self.n = keys, values if self.total is None else self.total + values, self.n + 1
 
     def read(self, runtime):
@@ -1565,6 +1579,11 @@ class MetricSums:
         if runtime.distributed:  # the sums and counts of all ranks: rates over all of their tokens
             torch.distributed.all_reduce(total)
         *values, n = total.tolist()  # the one host sync
-        out = finish_metrics(dict(zip(self.keys, values)), max(n, 1))
+        skipped = values.pop() if self.skip_nonfinite else 0
+        out = finish_metrics(dict(zip(self.keys, values)), max(n - skipped, 1))
+        if self.skip_nonfinite:
+            if skipped == n:  # nothing finite to report: the caller's check_finite stops the run
+                out = dict.fromkeys(out, math.nan)
+            out["nonfinite_batches"] = int(skipped)
         self.keys, self.total, self.n = None, None, 0
         return out

@@ -323,20 +323,31 @@ def read_results(out):
 def test_fine_tuning_on_a_gpu_without_native_bf16_learns_in_fp16_with_a_loss_scale(tiny_discriminator, tmp_path,
                                                                                   monkeypatch):
     """On a T4 or V100 finetune_SE.py autocasts to fp16 and scales the loss (faked on the CPU here): every step
-    goes through the enabled scaler, and the keyword task is learned as in fp32."""
-    scales, real_step = [], tu.optimizer_step
+    goes through the enabled scaler, and the keyword task is learned as in fp32. A batch whose loss overflows
+    (the third here) is a skipped step and left out of the epoch's train_loss, not the end of the run."""
+    scales, losses, real_step, real_loss = [], [], tu.optimizer_step, ft.task_loss
 
     def spy(model, optimizer, scheduler, max_grad_norm, scaler=None):
         scales.append(scaler.get_scale() if scaler is not None and scaler.is_enabled() else None)
         return real_step(model, optimizer, scheduler, max_grad_norm, scaler)
+
+    def overflowing_third(*args):
+        losses.append(real_loss(*args))
+        return losses[-1] * float("inf") if len(losses) == 3 else losses[-1]
     monkeypatch.setattr(tu, "gpu_amp_dtype", lambda runtime: torch.float16)
     monkeypatch.setattr(tu, "optimizer_step", spy)
+    monkeypatch.setattr(ft, "task_loss", overflowing_third)
     task_dir = keyword_task(tmp_path / "task")
     results = ft.main(task_config(task_dir, model_dir=str(tiny_discriminator), out_dir=str(tmp_path / "ft"),
                                   num_train_epochs=1, learning_rate=5e-3, layerwise_lr_decay=1.0, save_model=False,
                                   **FAST))
     assert scales and scales[0] == 65536.0 and None not in scales
+    assert scales[3] == scales[2] / 2  # the third step overflowed: skipped, the scale halved
     assert results["eval_accuracy"] > 0.8, results["per_seed"][0]["epochs"]  # chance: 0.5
+    train_loss = results["per_seed"][0]["epochs"][0]["train_loss"]
+    kept = [x.item() for x in losses[:len(scales)]]  # the training steps' (evaluation's come after)
+    kept = kept[:2] + kept[3:]
+    assert train_loss == pytest.approx(sum(kept) / len(kept), rel=1e-5)  # the other batches' mean
 
 
 def test_single_sentence_task_learns_and_writes_predictions(tiny_discriminator, tmp_path):

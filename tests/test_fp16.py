@@ -151,3 +151,57 @@ def test_the_comparison_in_fp16_pre_trains_without_its_scales_bf16():
     with pytest.raises(SpanElectraError, match="fp16: --bf16 and --fp16 both"):
         argument.compare_args(scale="gpu", fp16=True, bf16=True).validate()
 
+
+
+def test_fp16_metric_sums_leave_overflowed_batches_out_and_count_them():
+    runtime = tu.Runtime(CPU, 0, 1)
+    sums = tu.MetricSums(skip_nonfinite=True)
+    for loss in (1.0, float("inf"), 3.0, float("nan")):
+        sums.add({"loss": torch.tensor(loss), "mlm_loss": torch.tensor(loss / 2)})
+    assert sums.read(runtime) == {"loss": 2.0, "mlm_loss": 1.0, "nonfinite_batches": 2}
+    sums.add({"loss": torch.tensor(float("inf"))})
+    row = sums.read(runtime)
+    assert row["nonfinite_batches"] == 1 and row["loss"] != row["loss"]  # NaN: nothing finite, check_finite stops
+    plain = tu.MetricSums()  # bf16 and fp32: an overflow is in the weights already, and the loss shows it
+    plain.add({"loss": torch.tensor(1.0)})
+    plain.add({"loss": torch.tensor(float("inf"))})
+    assert plain.read(runtime) == {"loss": float("inf")}
+
+
+def overflowing(at_calls):
+    """trainSpanElectra's loss_and_metrics with the loss and its logged parts infinite at the given calls, as a
+    float16 forward pass that overflows gives them."""
+    calls = []
+
+    def loss_and_metrics(*args, **kwargs):
+        loss, metrics = trainSpanElectra_loss_and_metrics(*args, **kwargs)
+        calls.append(1)
+        if len(calls) in at_calls:
+            inf = torch.tensor(float("inf"))
+            loss, metrics = loss * inf, {k: v * inf if k.endswith("loss") else v for k, v in metrics.items()}
+        return loss, metrics
+    return loss_and_metrics
+
+
+trainSpanElectra_loss_and_metrics = trainSpanElectra.loss_and_metrics
+
+
+def test_an_fp16_batch_that_overflows_is_skipped_and_the_run_goes_on(bpe_feat, tmp_path, monkeypatch):
+    """As transformers' Trainer does in fp16: the step is skipped (the weights stay finite), the logged loss is
+    the window's other batches', and the row counts the overflowed one."""
+    monkeypatch.setattr(trainSpanElectra, "loss_and_metrics", overflowing({5}))
+    trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(tmp_path / "run"),
+                                                    **FP16_RUN))
+    rows = metric_rows(tmp_path / "run")
+    assert [r["nonfinite_batches"] for r in rows] == [0, 0, 0, 1]  # steps 2, 3 (the save's row), 4, 6 (5 and 6)
+    assert all(0 < r["disc_loss"] < 1 for r in rows)
+    assert rows[-1]["loss_scale"] == rows[-2]["loss_scale"] / 2  # step 5's inf gradients: skipped, scale halved
+    assert (tmp_path / "run" / "discriminator").is_dir()
+
+
+def test_fp16_overflowing_in_every_batch_of_a_window_stops_with_what_to_do(bpe_feat, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainSpanElectra, "loss_and_metrics", overflowing({1, 2}))
+    with pytest.raises(SpanElectraError, match=r"loss: non-finite loss \(nan\) by step 2; float16 overflowed in "
+                                               r"every batch since the last log.*--bf16"):
+        trainSpanElectra.main(argument.SE_trainingConfig(features_dir=str(bpe_feat[0]),
+                                                        out_dir=str(tmp_path / "run"), **FP16_RUN))
