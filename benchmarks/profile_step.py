@@ -50,14 +50,15 @@ def main():
     model = SpanElectraJoint(gen_cfg, disc_cfg, use_sbo=not args.no_sbo).to(device)
     train_step = bench.ours_train_step(model, device, compiled)
     optimizer, sums = tu.build_optimizer(model, 5e-4, 0.01), tu.MetricSums()
+    scaler, dtype = tu.loss_scaler(device, False), torch.bfloat16 if bf16 else None
 
     def step(i):
-        bench.ours_step(model, train_step, optimizer, batches[i % len(batches)], device, bf16, compiled, sums)
+        bench.ours_step(model, train_step, optimizer, scaler, batches[i % len(batches)], device, dtype, compiled, sums)
 
     start = time.perf_counter()
     for i in range(3):
         step(i)
-    print(f"warm-up ({'compile, CUDA graph capture' if device.type == 'cuda' else 'compile'}): "
+    print(f"warm-up ({('compile, CUDA graph capture' if device.type == 'cuda' else 'compile') if compiled else 'eager'}): "
           f"{time.perf_counter() - start:.1f} s")
     seconds = bench.time_steps(step, args.steps, device, warmup=0)
     print(f"{seconds * 1e3:.2f} ms/step wall, {args.batch_size * 128 / seconds:,.0f} tokens/s "

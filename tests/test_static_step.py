@@ -379,6 +379,24 @@ def test_profile_loop_accounts_for_the_loop_step(bpe_feat, monkeypatch, capsys):
     assert 0.5 * wall < timed <= wall * 1.01  # on the CPU the host does all the work
 
 
+
+def test_profile_step_profiles_the_benchmarks_step(monkeypatch, capsys):
+    """benchmarks/profile_step.py drives bench_train.py's step (ours_step): a change to that step's arguments
+    must not leave it behind (the scaler's once did)."""
+    import re
+    import sys
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import profile_step
+    monkeypatch.setattr(sys, "argv", ["profile_step.py", "--device", "cpu", "--batch_size", "1", "--steps", "1",
+                                      "--no_compile", "--fp32", "--top", "3"])
+    profile_step.main()
+    out = capsys.readouterr().out
+    assert "warm-up (eager)" in out
+    assert float(re.search(r"([\d.]+) ms/step wall, ([\d,]+) tokens/s", out).group(1)) > 0
+    assert len(re.findall(r"^\s+[\d.]+ ms\s+\d+x  aten::", out, re.M)) == 3  # the top kernels, by time
+
+
 TRITON_FAILURE = ("SubprocException: An exception occurred in a subprocess:\n\nName=triton_red_fused_sum_33\n"
                   "Traceback (most recent call last):\n  File \"compiler.py\", line 316\n"
                   "RuntimeError: PassManager::run failed\n")
