@@ -190,6 +190,9 @@ class SpanElectraDiscriminator(nn.Module):
             raise SpanElectraError("use_all_token / use_span_head: the discriminator needs at least one objective")
         self.core = use_cpu_dropout(core if core is not None else ElectraForPreTraining(config))  # core: a loaded one
         self.use_all_token = use_all_token
+        if not use_all_token:  # no objective trains the all-token head (its logits are still reported): frozen,
+            # so that DDP does not wait for gradients it never gets and AdamW's weight decay leaves it alone
+            self.core.discriminator_predictions.requires_grad_(False)
         self.span_head = SpanBoundaryHead(config.hidden_size, config.hidden_size, config.layer_norm_eps) \
             if use_span_head else None
         self.span_classifier = nn.Linear(config.hidden_size, 1) if use_span_head else None

@@ -90,6 +90,20 @@ def test_discriminator_loss_sums_the_chosen_objectives(use_all_token, use_span_h
     torch.testing.assert_close(out["loss"], sum(out[p] for p in parts))
 
 
+@pytest.mark.parametrize("use_sbo,use_all_token,use_span_head,disentangled", [
+    (True, True, True, False), (False, False, True, False), (True, True, False, True), (False, True, True, True)])
+def test_every_trainable_parameter_gets_a_gradient(use_sbo, use_all_token, use_span_head, disentangled):
+    """What DDP (torchrun) needs of every recipe: a parameter left out of the loss is an error at the second step.
+    With use_all_token off the all-token head still gives the logged logits but no loss: it is frozen."""
+    gen_cfg, disc_cfg = tiny_configs()
+    model = mse.SpanElectraJoint(gen_cfg, disc_cfg, use_sbo, use_all_token, use_span_head, disentangled)
+    gen_out, disc_out, _ = model(slot_batch(), torch.Generator().manual_seed(0))
+    (gen_out["loss"] + 50 * disc_out["loss"]).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    head = model.discriminator.core.discriminator_predictions
+    assert all(p.requires_grad == use_all_token for p in head.parameters())
+
+
 def test_saved_discriminator_folds_in_the_embedding_delta_and_leaves_the_model_alone(tmp_path):
     """A gradient-disentangled discriminator is saved with shared table + delta; the live shared table is untouched."""
     gen_cfg, disc_cfg = tiny_configs()
