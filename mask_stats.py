@@ -46,7 +46,8 @@ def main(config: mask_stats_args = None):
         print(f"{length:>19}  {share:.4f}  {'#' * int(round(share * 60))}")
     print(f"mask ratio {stats['mask_ratio']:.4f} (target {config.mask_ratio}), mean span "
           f"{stats['mean_span_length_words']:.2f} words / {stats['mean_span_length_tokens']:.2f} tokens")
-    short = short_masking_message(stats["mask_ratio"], config.mask_ratio, stats["prediction_slots"])
+    short = short_masking_message(stats["mask_ratio"], config.mask_ratio, stats["prediction_slots"],
+                                  features.max_seq_len)
     if short:  # the slots cut spans, or words are too few to place them
         print(f"warning: {short}")
     long_words = long_words_warning(data[rows[:1024]], masker)

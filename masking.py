@@ -164,10 +164,14 @@ class SpanLengths:
 
 
 # ---------------------------------------------------------------- span masking
-def short_masking_message(realised, target, slots):
+def short_masking_message(realised, target, slots, seq_len=None):
     """What to say when the realised mask ratio falls well short of the target (None when it does not)."""
     if realised >= 0.8 * target:
         return None
+    if seq_len is not None and slots >= seq_len - 2:  # a slot for every maskable token: the slots are not the cause
+        return (f"the realised mask ratio is {realised / target:.0%} of the target: span masking leaves a word between "
+                f"spans, so it cannot mask that much of a sequence; lower --mask_ratio (SpanBERT, ELECTRA: 0.15) or "
+                "use --masking token")
     return (f"the realised mask ratio is {realised / target:.0%} of the target: spans are cut at the {slots} prediction "
             "slots per sequence (--max_predictions_per_seq) or the sequences hold too few words for the spans; raise "
             "--max_predictions_per_seq, or lower --max_span_len")
@@ -187,7 +191,8 @@ def max_prediction_slots(config, seq_len):
     if config.max_predictions_per_seq:
         return config.max_predictions_per_seq
     budget = max(1, round(config.mask_ratio * seq_len))
-    return budget if config.masking == "token" else budget + max(math.ceil(0.25 * budget), 5)
+    slots = budget if config.masking == "token" else budget + max(math.ceil(0.25 * budget), 5)
+    return min(slots, seq_len - 2)  # a very high --mask_ratio: no more slots than maskable tokens
 
 
 def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, max_tokens, oversample=2.5):

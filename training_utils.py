@@ -324,7 +324,8 @@ def warn_short_masking(row, config, dataset):
     """The first logged row's realised mask ratio against --mask_ratio: said once, as mask_stats.py says it,
     where spans cut at the prediction slots leave the generator far fewer targets than asked for."""
     if "mask_ratio" in row and row["step"] <= config.log_every:
-        short = short_masking_message(row["mask_ratio"], config.mask_ratio, dataset.num_slots)
+        short = short_masking_message(row["mask_ratio"], config.mask_ratio, dataset.num_slots,
+                                      dataset.features.max_seq_len)
         if short:
             logger.warning("mask_ratio: %s", short)
 

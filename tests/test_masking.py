@@ -397,6 +397,17 @@ def test_prediction_slots_cannot_exceed_the_maskable_tokens():
     message = str(e.value)
     assert message.startswith("max_predictions_per_seq:") and "\n" not in message and "126" in message
     assert masking.max_prediction_slots(dataclasses.replace(config, max_predictions_per_seq=126), 128) == 126
+    # nor does the default: --mask_ratio 0.99 with spans asked for 159 slots, more than the 126 tokens
+    assert masking.max_prediction_slots(argument.MaskingArgs(mask_ratio=0.99), 128) == 126
+    assert masking.max_prediction_slots(argument.MaskingArgs(), 6) == 4  # 1 + 5 spare at 6 tokens
+
+
+def test_masking_short_of_its_ratio_names_the_cause():
+    """Too few slots: raise them. A slot for every maskable token already: the gaps spans keep are the cause."""
+    assert masking.short_masking_message(0.14, 0.15, 24, 128) is None
+    assert "spans are cut at the 2 prediction slots" in masking.short_masking_message(0.05, 0.15, 2, 128)
+    high = masking.short_masking_message(0.76, 0.99, 126, 128)
+    assert "cannot mask that much" in high and "lower --mask_ratio" in high and "max_predictions" not in high
 
 
 @pytest.mark.parametrize("masking_kind, seq_len, slots", [("span", 128, 24), ("span", 64, 15), ("span", 16, 7),
