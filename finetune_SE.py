@@ -807,8 +807,8 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
             bar.update(1)
         train_loss = losses.read(runtime)["loss"]  # the epoch's one sync (fp16: overflowed batches left out)
         loop_seconds += time.perf_counter() - epoch_start
-        tu.check_finite(train_loss, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g})"
-                        + (" or fine-tune on a GPU with native bf16, or in fp32 (--device cpu)" if scaler.is_enabled() else ""))
+        overflowed = " (float16 overflowed in every batch of the epoch)" if scaler.is_enabled() else ""
+        tu.check_finite(train_loss, step, f"seed {seed}: lower --learning_rate (now {config.learning_rate:g}){overflowed}")
         bar.set_postfix(train_loss=f"{train_loss:.4f}")
         row = {"epoch": epoch, "train_loss": train_loss, "train_steps_per_sec": round(step / loop_seconds, 2),
                **evaluate(model, task, data["dev"], config, runtime)}
