@@ -164,17 +164,16 @@ class SpanLengths:
 
 
 # ---------------------------------------------------------------- span masking
-def short_masking_message(realised, target, slots, seq_len=None):
+def short_masking_message(realised, target, slots, seq_len):
     """What to say when the realised mask ratio falls well short of the target (None when it does not)."""
     if realised >= 0.8 * target:
         return None
-    if seq_len is not None and slots >= seq_len - 2:  # a slot for every maskable token: the slots are not the cause
-        return (f"the realised mask ratio is {realised / target:.0%} of the target: span masking leaves a word between "
-                f"spans, so it cannot mask that much of a sequence; lower --mask_ratio (SpanBERT, ELECTRA: 0.15) or "
-                "use --masking token")
-    return (f"the realised mask ratio is {realised / target:.0%} of the target: spans are cut at the {slots} prediction "
-            "slots per sequence (--max_predictions_per_seq) or the sequences hold too few words for the spans; raise "
-            "--max_predictions_per_seq, or lower --max_span_len")
+    shortfall = f"the realised mask ratio is {realised / target:.0%} of the target"
+    if slots >= seq_len - 2:  # a slot for every maskable token: the slots are not the cause
+        return (f"{shortfall}: span masking leaves a word between spans, so it cannot mask that much of a sequence; "
+                "lower --mask_ratio (SpanBERT, ELECTRA: 0.15) or use --masking token")
+    return (f"{shortfall}: spans are cut at the {slots} prediction slots per sequence (--max_predictions_per_seq) or "
+            "the sequences hold too few words for the spans; raise --max_predictions_per_seq, or lower --max_span_len")
 
 
 def max_prediction_slots(config, seq_len):

@@ -264,7 +264,7 @@ def run_ours(device, batches, steps, dtype, compiled, loader_too=False):
 def run_baseline(device, ids, steps, dtype, compiled):
     fp32_precision(device, False)
     models, optimizer = baseline_setup(device, compiled)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = tu.loss_scaler(device, dtype == torch.float16)  # torch's GradScaler, as run_fp32_pair's and ours
     return time_steps(lambda i: baseline_step(models, optimizer, scaler, ids[i % len(ids)], device, dtype), steps,
                       device, warmup=3 if compiled else 1)
 

@@ -168,22 +168,22 @@ def test_fp16_metric_sums_leave_overflowed_batches_out_and_count_them():
     assert plain.read(runtime) == {"loss": float("inf")}
 
 
+REAL_LOSS_AND_METRICS = trainSpanElectra.loss_and_metrics
+
+
 def overflowing(at_calls):
     """trainSpanElectra's loss_and_metrics with the loss and its logged parts infinite at the given calls, as a
     float16 forward pass that overflows gives them."""
     calls = []
 
     def loss_and_metrics(*args, **kwargs):
-        loss, metrics = trainSpanElectra_loss_and_metrics(*args, **kwargs)
+        loss, metrics = REAL_LOSS_AND_METRICS(*args, **kwargs)
         calls.append(1)
         if len(calls) in at_calls:
             inf = torch.tensor(float("inf"))
             loss, metrics = loss * inf, {k: v * inf if k.endswith("loss") else v for k, v in metrics.items()}
         return loss, metrics
     return loss_and_metrics
-
-
-trainSpanElectra_loss_and_metrics = trainSpanElectra.loss_and_metrics
 
 
 def test_an_fp16_batch_that_overflows_is_skipped_and_the_run_goes_on(bpe_feat, tmp_path, monkeypatch):
