@@ -120,8 +120,47 @@ def count_tokens(tok_dir, lines, segment=None):
 def run_cli(script, *args, cwd=None, timeout=120):
     """Run `python script.py args...` from the repository; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return run_or_show_where_it_hung([sys.executable, str(REPO / script), *map(str, args)], timeout, env, cwd or REPO)
+
+
+def descendants(pid):
+    """The pids of every process below pid (torchrun starts its workers in sessions of their own)."""
+    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children = {}
+    for child, parent in zip(map(int, table[::2]), map(int, table[1::2])):
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def run_or_show_where_it_hung(argv, timeout, env, cwd=REPO):
+    """subprocess.run(argv) with its output captured; where it is still running at the timeout, every Python
+    process it started dumps its threads' stacks (faulthandler, on SIGABRT) and the test fails with them,
+    where a bare TimeoutExpired said only that something hung (a 2-process torchrun run once, in ~50 runs)."""
+    import signal
+    proc = subprocess.Popen(argv, cwd=cwd, env=dict(env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        pids = descendants(proc.pid) + [proc.pid]
+    for sig in (signal.SIGABRT, signal.SIGKILL):  # the stacks, then whatever did not end on them
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            out, err = proc.communicate(timeout=10 if sig == signal.SIGABRT else None)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    pytest.fail(f"still running after {timeout} s: {' '.join(map(str, argv))}\nwhere each process was:\n{err[-12000:]}")
 
 
 def run_in_process(capsys, script, config_cls, *args):

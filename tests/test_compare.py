@@ -518,10 +518,10 @@ def test_parallel_fine_tuning_gives_the_serial_results(bpe_feat, tmp_path):
     """ft_workers > 1 runs the fine-tuning jobs in spawned processes, a job per seed; each row gets the
     same dev figures (every seed's fine-tuning, their median, and the linear probe) as the one-process
     path, which runs the seeds one after another on the same training subset."""
-    scale = cp.SCALES["tiny"]
+    scale = dict(cp.SCALES["tiny"], ft_epochs=1)  # this test is about the processes
     paths = {"features": str(bpe_feat[0]), "vocab": bpe_feat[1]["vocab_size"]}
     model_dir = cp.random_model(paths, scale, str(tmp_path / "random"))
-    task = task_slice("MRPC", tmp_path, 32)  # this test is about the processes
+    task = task_slice("MRPC", tmp_path, 32)
     settings = {}
     figures = []
     threads = torch.get_num_threads()
@@ -744,6 +744,8 @@ def test_the_whole_comparison_runs_for_real_on_the_bundled_sample(tmp_path, monk
     """Nothing stubbed: vocabulary, features, FLOP counting, pre-training each kind of recipe at a few
     steps' budget, fine-tuning and linear probes, the table, the JSON and RESULTS.md's section."""
     monkeypatch.setitem(cp.SCALES["tiny"], "eval_batches", 1)  # a valid point per step here: keep each one short
+    monkeypatch.setitem(cp.SCALES["tiny"], "batch", 8)  # the pipeline is under test here, not the learning
+    monkeypatch.setitem(cp.SCALES["tiny"], "ft_epochs", 1)
     md = tmp_path / "RESULTS.md"
     sst2 = task_slice("SST-2", tmp_path, 160)  # real sentences; the dev set cut to keep the test short
     rows = cp.main(cp.compare_args(

@@ -1,13 +1,12 @@
 """What long runs showed: a run that ends in an unexpected error with DataLoader workers exits instead of
 hanging, and a batch stream's workers can be stopped and picked up again where they were."""
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import training_utils as tu
-from conftest import EpochData
+from conftest import EpochData, run_or_show_where_it_hung
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +25,7 @@ def test_an_uncaught_error_with_live_workers_exits():
         loop()
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    result = run_or_show_where_it_hung([sys.executable, "-c", code], 60, env)
     assert result.returncode == 1 and "a bug in the loop" in result.stderr
 
 

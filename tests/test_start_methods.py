@@ -5,7 +5,6 @@ dataset itself: test_big_corpus.py)."""
 import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import argument
 import features
 import training_utils as tu
-from conftest import REPO
+from conftest import REPO, run_or_show_where_it_hung
 
 
 @pytest.fixture
@@ -32,6 +31,9 @@ def static_dataset(folder):
 
 
 def test_spawned_workers_yield_the_in_process_batches(bpe_feat, spawn_default):
+    """A spawned worker gives the in-process batches, across an epoch's end. A Ctrl-C while it imports torch
+    (seconds) ended it in a traceback of its own beside the run's one line: it starts with SIGINT blocked,
+    and the main process's mask is as it was."""
     dataset = static_dataset(bpe_feat[0])
     per_epoch = len(dataset)
     in_process = tu.BatchStream(dataset, num_workers=0, index=per_epoch - 2)
@@ -43,6 +45,9 @@ def test_spawned_workers_yield_the_in_process_batches(bpe_feat, spawn_default):
             assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
     workers = from_workers._iter._workers
     assert [w._popen.method for w in workers] == ["spawn"]
+    if os.path.isfile("/proc/self/status"):  # Linux's /proc tells the signal masks
+        assert signal.SIGINT in blocked_signals(workers[0].pid)
+        assert signal.SIGINT not in blocked_signals(os.getpid())
     from_workers.close()
     assert not any(w.is_alive() for w in workers)
     assert from_workers.state() == in_process.state() == {"epoch": 1, "index": 3}
@@ -57,18 +62,6 @@ def blocked_signals(pid, field="SigBlk"):
 
 def ignored_signals(pid):
     return blocked_signals(pid, "SigIgn")
-
-
-@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="reads Linux's /proc")
-def test_a_spawned_worker_starts_with_ctrl_c_blocked(bpe_feat, spawn_default):
-    """A Ctrl-C while a spawned worker imports torch (seconds) ended it in a traceback of its own beside the
-    run's one line: the worker starts with SIGINT blocked, and the main process's mask is as it was."""
-    stream = tu.BatchStream(static_dataset(bpe_feat[0]), num_workers=1)
-    next(stream)
-    (worker,) = stream._iter._workers
-    assert signal.SIGINT in blocked_signals(worker.pid)
-    assert signal.SIGINT not in blocked_signals(os.getpid())
-    stream.close()
 
 
 FRESH_SEGMENTING = """
@@ -88,8 +81,8 @@ def test_segmenting_workers_start_with_ctrl_c_blocked():
     importing pyvi, where a Ctrl-C ended it in a traceback of its own. In a fresh interpreter, as a user's run:
     there multiprocessing starts its resource tracker with the first workers, and unblocks SIGINT after it."""
     pytest.importorskip("pyvi")
-    result = subprocess.run([sys.executable, "-c", FRESH_SEGMENTING], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
+    result = run_or_show_where_it_hung([sys.executable, "-c", FRESH_SEGMENTING], 120,
+                                       {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
     assert result.returncode == 0, result.stderr[-2000:]
     # both workers start with Ctrl-C blocked; the main process not
     assert result.stdout.split() == ["[True,", "True]", "False"]
@@ -120,9 +113,8 @@ def test_fine_tuning_workers_leave_ctrl_c_to_the_comparison_which_stops_them():
     """compare_pretraining's fine-tuning pool (always spawned) starts each worker with Ctrl-C blocked, as it
     imports torch (a Ctrl-C there printed a traceback per worker), then ignored; on Ctrl-C the comparison
     stops them, running jobs too, at once and without multiprocessing's leaked-semaphore warning (tqdm's lock)."""
-    result = subprocess.run([sys.executable, "-c", FRESH_FINETUNE_POOL], capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")])})
+    result = run_or_show_where_it_hung([sys.executable, "-c", FRESH_FINETUNE_POOL], 180, {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")])})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["2", "True", "True", "True", "True"]
     assert "leaked" not in result.stderr and "Traceback" not in result.stderr
