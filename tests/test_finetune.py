@@ -4,7 +4,6 @@ import math
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -581,11 +580,9 @@ def test_bad_input_cli(tiny_discriminator, tmp_path, capsys):
     base = ["--model_dir", tiny_discriminator, "--out_dir", tmp_path / "out"]
     unseen = write_task(tmp_path / "unseen", ["sentence\tlabel", "a b\t0", "c d\t1"],
                         ["sentence\tlabel", "a b\t0", "e f\tmaybe"])
-    with ThreadPoolExecutor(max_workers=2) as pool:  # real subprocesses for two cases
-        missing = pool.submit(run_cli, "finetune_SE.py", *base, "--task_dir", tmp_path / "nothing")
-        unseen_label = pool.submit(run_cli, "finetune_SE.py", *base, "--task_dir", unseen)
-        assert_cli_error(missing.result(), "task_dir", "nothing")
-        assert_cli_error(unseen_label.result(), "dev.tsv line 3", "maybe", "train labels: 0, 1")
+    # one case as a real subprocess (`python finetune_SE.py ...`), the others through the same entry point here
+    assert_cli_error(run_cli("finetune_SE.py", *base, "--task_dir", tmp_path / "nothing"), "task_dir", "nothing")
+    assert_cli_error(_run_in_process(base + ["--task_dir", unseen], capsys), "dev.tsv line 3", "maybe", "train labels: 0, 1")
 
     bad_bytes = write_task(tmp_path / "bytes", ["sentence\tlabel", "a b\t0", "c d\t1"])
     (bad_bytes / "train.tsv").write_bytes(b"sentence\tlabel\na b\t0\nc d\xff\xfe\t1\n")
