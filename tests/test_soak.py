@@ -51,3 +51,31 @@ def test_a_new_stream_stops_the_workers_a_crashed_run_left():
     assert not any(w.is_alive() for w in left) and crashed._iter is None
     assert next(crashed)["x"].item() == 1
     tu.close_live_streams()
+
+
+def test_a_run_still_going_at_its_timeout_fails_with_each_processs_stack(tmp_path):
+    """The tests' subprocess helper: a command still running at its timeout (here one that started a process
+    in a session of its own, as torchrun starts its workers) fails the test with every Python process's
+    stack, and leaves none of them running."""
+    import pytest
+    pid_file = tmp_path / "grandchild.pid"
+    code = textwrap.dedent(f"""
+        import subprocess, sys, time
+        def parent_waits():
+            time.sleep(60)
+        child = subprocess.Popen([sys.executable, "-c", "import time\\ndef child_waits():\\n    time.sleep(60)\\nchild_waits()"],
+                                 start_new_session=True)
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        parent_waits()
+    """)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        run_or_show_where_it_hung([sys.executable, "-c", code], 3, dict(os.environ))
+    message = str(failed.value)
+    assert message.startswith("still running after 3 s:")
+    assert "in parent_waits" in message and "in child_waits" in message
+    grandchild = int(pid_file.read_text())
+    try:
+        with open(f"/proc/{grandchild}/status", encoding="ascii") as f:
+            assert "zombie" in f.read()  # ended, not yet reaped by its new parent
+    except FileNotFoundError:
+        pass
