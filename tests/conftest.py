@@ -5,6 +5,7 @@ called in-process (only the CLI checks start a subprocess, via `run_cli`).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,6 @@ def run_or_show_where_it_hung(argv, timeout, env, cwd=REPO):
     """subprocess.run(argv) with its output captured; where it is still running at the timeout, every Python
     process it started dumps its threads' stacks (faulthandler, on SIGABRT) and the test fails with them,
     where a bare TimeoutExpired said only that something hung (a 2-process torchrun run once, in ~50 runs)."""
-    import signal
     proc = subprocess.Popen(argv, cwd=cwd, env=dict(env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -152,7 +152,6 @@ def test_the_comparison_in_fp16_pre_trains_without_its_scales_bf16():
         argument.compare_args(scale="gpu", fp16=True, bf16=True).validate()
 
 
-
 def test_fp16_metric_sums_leave_overflowed_batches_out_and_count_them():
     runtime = tu.Runtime(CPU, 0, 1)
     sums = tu.MetricSums(skip_nonfinite=True)

@@ -3,12 +3,11 @@ hanging, and a batch stream's workers can be stopped and picked up again where t
 import os
 import sys
 import textwrap
-from pathlib import Path
+
+import pytest
 
 import training_utils as tu
-from conftest import EpochData, run_or_show_where_it_hung
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, EpochData, run_or_show_where_it_hung
 
 
 def test_an_uncaught_error_with_live_workers_exits():
@@ -57,7 +56,6 @@ def test_a_run_still_going_at_its_timeout_fails_with_each_processs_stack(tmp_pat
     """The tests' subprocess helper: a command still running at its timeout (here one that started a process
     in a session of its own, as torchrun starts its workers) fails the test with every Python process's
     stack, and leaves none of them running."""
-    import pytest
     pid_file = tmp_path / "grandchild.pid"
     code = textwrap.dedent(f"""
         import subprocess, sys, time

@@ -1,8 +1,11 @@
 """The training step works on fixed shapes without host syncs: prediction slots instead of boolean
 indexing, the same losses as indexing the masked tokens, one compilation for a whole run."""
 import functools
+import importlib
 import json
 import os
+import re
+import sys
 import tempfile
 import time
 
@@ -19,7 +22,7 @@ import modelling_span_electra as mse
 import training_utils as tu
 import trainMLM_SpanElectra
 import trainSpanElectra
-from conftest import dense_labels, dense_slots, se_batches
+from conftest import REPO, dense_labels, dense_slots, se_batches
 
 
 # ---------------------------------------------------------------- slots
@@ -351,21 +354,21 @@ def test_workers_hand_over_the_same_batches_in_order(bpe_feat):
     assert from_worker.take_wait_ms() > 0 and from_worker.take_wait_ms() == 0  # read and reset
 
 
+def benchmark_script(name, monkeypatch, *argv):
+    """A benchmarks/ script's module, with sys.argv set to its command line: run it with .main()."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, argv)])
+    return importlib.import_module(name)
+
+
 def test_profile_loop_accounts_for_the_loop_step(bpe_feat, monkeypatch, capsys):
     """benchmarks/profile_loop.py times every phase of trainSpanElectra.py's step; together they make up the
     step's wall time. It patches the loop's functions: run here, each is put back after the test."""
-    import re
-    import sys
-    from pathlib import Path
-    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    import profile_loop
+    profile_loop = benchmark_script("profile_loop", monkeypatch, "--features_dir", bpe_feat[0], "--model_size", "tiny",
+                                    "--batch_size", 8, "--start", 3, "--steps", 4, "--no_compile", "--device", "cpu")
     for owner, name in ((tu.BatchStream, "__next__"), (tu, "to_device"), (tu.MetricSums, "add"),
                         (torch.Tensor, "backward"), (tu, "optimizer_step"), (tu, "wrap_ddp")):
         monkeypatch.setattr(owner, name, getattr(owner, name))  # restored at teardown, whatever the script set
-    monkeypatch.setattr(sys, "argv", ["profile_loop.py", "--features_dir", str(bpe_feat[0]), "--model_size", "tiny",
-                                      "--batch_size", "8", "--start", "3", "--steps", "4", "--no_compile",
-                                      "--device", "cpu"])
     folders, mkdtemp = [], tempfile.mkdtemp  # each run trains in a fresh folder (was: /tmp/profile_loop, shared
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: folders.append(mkdtemp(**kw)) or folders[-1])  # by runs)
     profile_loop.main()
@@ -379,17 +382,11 @@ def test_profile_loop_accounts_for_the_loop_step(bpe_feat, monkeypatch, capsys):
     assert 0.5 * wall < timed <= wall * 1.01  # on the CPU the host does all the work
 
 
-
 def test_profile_step_profiles_the_benchmarks_step(monkeypatch, capsys):
     """benchmarks/profile_step.py drives bench_train.py's step (ours_step): a change to that step's arguments
     must not leave it behind (the scaler's once did)."""
-    import re
-    import sys
-    from pathlib import Path
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import profile_step
-    monkeypatch.setattr(sys, "argv", ["profile_step.py", "--device", "cpu", "--batch_size", "1", "--steps", "1",
-                                      "--no_compile", "--fp32", "--top", "3"])
+    profile_step = benchmark_script("profile_step", monkeypatch, "--device", "cpu", "--batch_size", 1, "--steps", 1,
+                                    "--no_compile", "--fp32", "--top", 3)
     profile_step.main()
     out = capsys.readouterr().out
     assert "warm-up (eager)" in out
