@@ -39,7 +39,15 @@ def share_cores_between_workers():
         os.environ["OMP_NUM_THREADS"] = str(share)
 
 
+def handle_ctrl_c_as_from_a_terminal():
+    """A suite started in the background (`cmd &` in a script, whose shell then ignores SIGINT for it) inherits
+    Ctrl-C ignored, as would every process it starts: the Ctrl-C test then waited forever for an interrupt that
+    `_thread.interrupt_main` drops, and the checks that workers ignore it held whatever the code did."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 share_cores_between_workers()
+handle_ctrl_c_as_from_a_terminal()
 
 import argument  # noqa: E402
 import create_vocab_SE  # noqa: E402

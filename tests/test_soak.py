@@ -1,13 +1,16 @@
 """What long runs showed: a run that ends in an unexpected error with DataLoader workers exits instead of
 hanging, and a batch stream's workers can be stopped and picked up again where they were."""
+import _thread
 import os
+import signal
 import sys
 import textwrap
+import time
 
 import pytest
 
 import training_utils as tu
-from conftest import REPO, EpochData, run_or_show_where_it_hung
+from conftest import REPO, EpochData, handle_ctrl_c_as_from_a_terminal, run_or_show_where_it_hung
 
 
 def test_an_uncaught_error_with_live_workers_exits():
@@ -77,3 +80,17 @@ def test_a_run_still_going_at_its_timeout_fails_with_each_processs_stack(tmp_pat
             assert "zombie" in f.read()  # ended, not yet reaped by its new parent
     except FileNotFoundError:
         pass
+
+
+def test_the_suite_gets_ctrl_c_even_when_started_in_the_background():
+    """A shell starts `cmd &` with SIGINT ignored, and the suite's processes inherited that: the Ctrl-C test
+    waited forever for the interrupt `_thread.interrupt_main` drops then. conftest handles it as a terminal would."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        handle_ctrl_c_as_from_a_terminal()
+        with pytest.raises(KeyboardInterrupt):
+            _thread.interrupt_main()
+            time.sleep(5)  # the handler runs at the next bytecode
+    finally:
+        signal.signal(signal.SIGINT, previous)
