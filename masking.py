@@ -164,12 +164,17 @@ class SpanLengths:
 
 
 # ---------------------------------------------------------------- span masking
+def maskable_tokens(seq_len):
+    """The tokens of a seq_len-token row that masking may pick: all but [CLS] and [SEP]."""
+    return seq_len - 2
+
+
 def short_masking_message(realised, target, slots, seq_len):
     """What to say when the realised mask ratio falls well short of the target (None when it does not)."""
     if realised >= 0.8 * target:
         return None
     shortfall = f"the realised mask ratio is {realised / target:.0%} of the target"
-    if slots >= seq_len - 2:  # a slot for every maskable token: the slots are not the cause
+    if slots >= maskable_tokens(seq_len):  # a slot for every maskable token: the slots are not the cause
         return (f"{shortfall}: span masking leaves a word between spans, so it cannot mask that much of a sequence; "
                 "lower --mask_ratio (SpanBERT, ELECTRA: 0.15) or use --masking token")
     return (f"{shortfall}: spans are cut at the {slots} prediction slots per sequence (--max_predictions_per_seq) or "
@@ -183,15 +188,16 @@ def max_prediction_slots(config, seq_len):
     whose last span would not fit in 24 slots (7%) get it cut, which keeps the realised mask ratio and span
     lengths within 1% of unlimited masking. At 64 tokens a span is a larger share of the row: 15 slots,
     not 13, keep the ratio within 2% (13 lost 2-5% on the English and Vietnamese samples)."""
-    if config.max_predictions_per_seq > seq_len - 2:  # [CLS] and [SEP] are never masked
+    maskable = maskable_tokens(seq_len)
+    if config.max_predictions_per_seq > maskable:
         raise SpanElectraError(f"max_predictions_per_seq: {config.max_predictions_per_seq} is more than the "
-                               f"{seq_len - 2} tokens a {seq_len}-token sequence can mask; use at most {seq_len - 2} "
+                               f"{maskable} tokens a {seq_len}-token sequence can mask; use at most {maskable} "
                                "(ELECTRA: int((0.15 + 0.005) x 128) = 19 at 128), or 0 for the default")
     if config.max_predictions_per_seq:
         return config.max_predictions_per_seq
     budget = max(1, round(config.mask_ratio * seq_len))
     slots = budget if config.masking == "token" else budget + max(math.ceil(0.25 * budget), 5)
-    return min(slots, seq_len - 2)  # a very high --mask_ratio: no more slots than maskable tokens
+    return min(slots, maskable)  # a very high --mask_ratio: no more slots than maskable tokens
 
 
 def sample_spans(ids, eligible, word_starts, mask_ratio, span_lengths, rng, max_tokens, oversample=2.5):

@@ -132,6 +132,12 @@ def run_cli(script, *args, cwd=None, timeout=120):
     return run_or_show_where_it_hung([sys.executable, str(REPO / script), *map(str, args)], timeout, env, cwd or REPO)
 
 
+def env_importing(*folders):
+    """os.environ with PYTHONPATH set to the repository and the given folders of it (a `python -c` of the tests'
+    own code imports the scripts, and conftest's helpers)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / folder) for folder in ("", *folders))}
+
+
 def descendants(pid):
     """The pids of every process below pid (torchrun starts its workers in sessions of their own)."""
     table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()

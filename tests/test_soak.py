@@ -10,7 +10,7 @@ import time
 import pytest
 
 import training_utils as tu
-from conftest import REPO, EpochData, handle_ctrl_c_as_from_a_terminal, run_or_show_where_it_hung
+from conftest import EpochData, env_importing, handle_ctrl_c_as_from_a_terminal, run_or_show_where_it_hung
 
 
 def test_an_uncaught_error_with_live_workers_exits():
@@ -26,8 +26,7 @@ def test_an_uncaught_error_with_live_workers_exits():
             raise ValueError("a bug in the loop")
         loop()
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    result = run_or_show_where_it_hung([sys.executable, "-c", code], 60, env)
+    result = run_or_show_where_it_hung([sys.executable, "-c", code], 60, env_importing("tests"))
     assert result.returncode == 1 and "a bug in the loop" in result.stderr
 
 

@@ -13,7 +13,7 @@ import torch
 import argument
 import features
 import training_utils as tu
-from conftest import REPO, run_or_show_where_it_hung
+from conftest import env_importing, run_or_show_where_it_hung
 
 
 @pytest.fixture
@@ -81,8 +81,7 @@ def test_segmenting_workers_start_with_ctrl_c_blocked():
     importing pyvi, where a Ctrl-C ended it in a traceback of its own. In a fresh interpreter, as a user's run:
     there multiprocessing starts its resource tracker with the first workers, and unblocks SIGINT after it."""
     pytest.importorskip("pyvi")
-    result = run_or_show_where_it_hung([sys.executable, "-c", FRESH_SEGMENTING], 120,
-                                       {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
+    result = run_or_show_where_it_hung([sys.executable, "-c", FRESH_SEGMENTING], 120, env_importing("tests"))
     assert result.returncode == 0, result.stderr[-2000:]
     # both workers start with Ctrl-C blocked; the main process not
     assert result.stdout.split() == ["[True,", "True]", "False"]
@@ -113,8 +112,8 @@ def test_fine_tuning_workers_leave_ctrl_c_to_the_comparison_which_stops_them():
     """compare_pretraining's fine-tuning pool (always spawned) starts each worker with Ctrl-C blocked, as it
     imports torch (a Ctrl-C there printed a traceback per worker), then ignored; on Ctrl-C the comparison
     stops them, running jobs too, at once and without multiprocessing's leaked-semaphore warning (tqdm's lock)."""
-    result = run_or_show_where_it_hung([sys.executable, "-c", FRESH_FINETUNE_POOL], 180, {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")])})
+    result = run_or_show_where_it_hung([sys.executable, "-c", FRESH_FINETUNE_POOL], 180,
+                                       env_importing("benchmarks", "tests"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["2", "True", "True", "True", "True"]
     assert "leaked" not in result.stderr and "Traceback" not in result.stderr
