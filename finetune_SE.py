@@ -245,8 +245,12 @@ def custom_layout(rows, path, config):
     label = resolve(config.label_column.strip(), "label_column")
     if not 1 <= len(texts) <= 2 or label in texts:
         raise SpanElectraError(f"text_columns: give one or two text columns, not the label column ('{config.text_columns}')")
-    header = first if by_name or is_header(first) else None
-    return Layout("custom", header, len(first), texts, label)
+    layout = Layout("custom", None, len(first), texts, label)
+    # columns given by number on a file headed with other names ('review<TAB>sentiment'): still its header, as
+    # auto-detection reads it, not an example with a label of its own
+    if by_name or is_header(first) or unknown_header(rows, layout):
+        layout.header = first
+    return layout
 
 
 # ---------------------------------------------------------------- examples
@@ -324,7 +328,7 @@ def read_test(rows, path, layout):
         rows = rows[1:]
     elif len(first) == n_text:
         text_cols, index_col = list(range(n_text)), None
-    elif len(first) == n_text + 1 and all(f[0].isdigit() for _, f in rows):
+    elif len(first) == n_text + 1 and is_index([f[0] for _, f in rows]):
         text_cols, index_col = list(range(1, n_text + 1)), 0  # GLUE's index column, without the header
     elif len(first) == layout.width:
         text_cols, index_col = layout.text_cols, None  # train.tsv's columns (the label, if any, is ignored)
@@ -334,6 +338,12 @@ def read_test(rows, path, layout):
     texts = [tuple(fields[c] for c in text_cols) for _, fields in rows]
     index = [fields[index_col] if index_col is not None else str(i) for i, (_, fields) in enumerate(rows)]
     return Examples(path, texts, [""] * len(texts), [no for no, _ in rows], index)
+
+
+def is_index(values):
+    """GLUE's index column: whole numbers, rising. Not a label column in train.tsv's `label text` layout, whose
+    numbers repeat."""
+    return all(v.isdigit() for v in values) and all(int(a) < int(b) for a, b in zip(values, values[1:]))
 
 
 def shown(labels, limit=20):

@@ -119,8 +119,12 @@ def test_a_header_of_unknown_names_is_not_read_as_an_example(tmp_path):
     folder = write_task(tmp_path / "unknown", ["review\tsentiment"] + rows)
     with pytest.raises(SpanElectraError, match=r"first line of .* \(review \| sentiment\) looks like a header"):
         ft.load_task(task_config(folder))
-    task = ft.load_task(task_config(folder, text_columns="review", label_column="sentiment"))
-    assert task.labels == ["neg", "pos"] and len(task.train.texts) == 20
+    for columns in (("review", "sentiment"), ("1", "2")):  # by name or by number: the header is no example
+        task = ft.load_task(task_config(folder, text_columns=columns[0], label_column=columns[1]))
+        assert task.labels == ["neg", "pos"] and len(task.train.texts) == 20 and len(task.dev.texts) == 20
+    numbers = write_task(tmp_path / "numbers", ["review\tsentiment"] + [f"film {i} was ok\t{i % 2}" for i in range(6)])
+    task = ft.load_task(task_config(numbers, text_columns="1", label_column="2"))
+    assert task.labels == ["0", "1"] and task.train.texts[0] == ("film 0 was ok",) and len(task.train.texts) == 6
     task = ft.load_task(task_config(write_task(tmp_path / "text", ["text\tlabel"] + rows)))
     assert (task.layout.kind, task.labels, len(task.train.texts)) == ("single", ["neg", "pos"], 20)
     # a small file of number labels (or scores) under a word: a header, however few its rows
@@ -136,6 +140,18 @@ def test_a_test_file_with_the_users_own_header_is_not_an_example(tmp_path):
     folder = write_task(tmp_path / "t", ["review\tsentiment"] + rows, test=["review", "a fine film", "a dull film"])
     task = ft.load_task(task_config(folder, text_columns="review", label_column="sentiment"))
     assert task.test.texts == [("a fine film",), ("a dull film",)] and task.test.index == ["0", "1"]
+
+
+def test_a_test_file_with_train_files_label_first_columns_is_indexed_by_position(tmp_path):
+    """`label<TAB>text` in test.tsv too: its labels (numbers that repeat) are not GLUE's index column, which rises."""
+    rows = [f"{i % 2}\tfilm number {i} was {'good' if i % 2 else 'bad'}" for i in range(12)]
+    folder = write_task(tmp_path / "t", rows, test=["1\ta fine film", "1\tanother fine film", "0\ta dull film"])
+    task = ft.load_task(task_config(folder))
+    assert task.test.index == ["0", "1", "2"] and task.test.texts[2] == ("a dull film",)
+    indexed = write_task(tmp_path / "i", rows, test=["0\ta fine film", "1\tanother fine film", "2\ta dull film"])
+    task = ft.load_task(task_config(indexed))
+    assert task.test.index == ["0", "1", "2"] and task.test.texts[0] == ("a fine film",)
+    assert ft.is_index(["3", "7", "12"]) and not ft.is_index(["1", "1", "0"]) and not ft.is_index(["0", "x"])
 
 
 def test_a_column_name_given_twice_is_refused_and_empty_texts_are_said(tmp_path, caplog):
