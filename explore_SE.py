@@ -106,17 +106,20 @@ def char_positions(plain, segmented):
 
 
 def joined_pieces(text, prepare):
-    """The marked and unmarked pieces of text, each through prepare, joined by single spaces, and the
-    character ranges of the marked ones in the result."""
-    out, marks = "", []
+    """The marked and unmarked pieces of text, each through prepare, joined as in the text (one space where it
+    has whitespace between them, none where a mark touches a word: 're[[leas]]ed' is 'released', as
+    plain_text reads it), and the character ranges of the marked ones in the result."""
+    out, marks, gap = "", [], False
     for i, piece in enumerate(MARK.split(text)):
-        piece = " ".join(piece.split())
-        piece = prepare(piece) if piece else ""
-        if piece:
-            out += " " if out else ""
+        gap = gap or piece[:1].isspace()
+        words = " ".join(piece.split())
+        words = prepare(words) if words else ""
+        if words:
+            out += " " if out and gap else ""
             if i % 2 == 1:
-                marks.append((len(out), len(out) + len(piece)))
-            out += piece
+                marks.append((len(out), len(out) + len(words)))
+            out += words
+        gap = (gap and not words) or piece[-1:].isspace()
     return out, marks
 
 

@@ -294,6 +294,28 @@ def test_the_marked_occurrence_is_masked_not_an_earlier_one(en_models):
         assert [t for t, _ in masked_tokens(ex, text)] == wanted, text
 
 
+def test_a_mark_touching_a_word_leaves_the_text_as_the_discriminator_reads_it(en_models):
+    """'in [[Japan]].' and 're[[leas]]ed': the generator reads the text as written (no space put in beside the
+    mark), the tokens the mark touches masked."""
+    ex = explore_SE.Explorer(str(en_models))
+    for text, shown in (("It came out in [[Japan]].", "Japan"), ('She said "[[hello]]" twice .', "hello"),
+                        ("It was re[[leas]]ed in May .", "released"), ("in [[ Japan ]] .", "Japan")):
+        ids, _, masked = ex._encode_marked(text, 0)
+        assert ids.tolist() == ex.encode_plain(explore_SE.plain_text(text)), text
+        assert "".join(token for _, token in masked_tokens(ex, text)) == shown, text
+
+
+def test_a_model_folder_without_tokenizer_files_is_one_line(en_models, tmp_path, capsys):
+    """transformers would build an empty tokenizer there (every word [UNK], at ids that are not the model's)."""
+    import shutil
+    bare = tmp_path / "bare" / "discriminator"
+    bare.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(en_models / "discriminator" / name, bare / name)
+    code, err = run_in_process(capsys, explore_SE, argument.explore_args, "--model_dir", str(bare), "--text", "A b .")
+    assert_one_line_error(code, err, "model_dir:", str(bare), "holds no tokenizer", "tokenizer.json")
+
+
 def test_a_typed_mask_is_filled_and_nothing_to_fill_is_said(en_models):
     ex = explore_SE.Explorer(str(en_models))
     rows = ex.fill("The cat sat on the [MASK] .", top_k=2)
