@@ -45,7 +45,6 @@ TEXT_HEADERS = [(("#1 string", "#2 string"), "MRPC"), (("question1", "question2"
                 (("text_a", "text_b"), "sentence-pair"), (("sentence",), "SST-2"), (("text",), "single-sentence")]
 LABEL_HEADERS = ("quality", "gold_label", "is_duplicate", "label", "score")  # MNLI's gold_label before label1..5
 INDEX_HEADERS = ("index", "id")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 SENTENCE_PAIR_TASKS = {"gold_label": "MNLI", "score": "STS-B", "label": "RTE/WNLI"}
 
 
@@ -546,10 +545,6 @@ def load_model_config(model_dir):
 
 def load_model_tokenizer(model_dir, model_config, max_seq_length):
     """The model's tokenizer, checked against its vocabulary and positions."""
-    # without vocabulary files transformers quietly builds a tokenizer that knows only [CLS], [SEP], [UNK], ...
-    if not any(os.path.exists(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
-        raise SpanElectraError(f"model_dir: '{model_dir}' holds no tokenizer ({', '.join(TOKENIZER_FILES)}); copy "
-                               "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json")
     tokenizer = load_tokenizer_of(model_dir)
     check_tokenizer_fits(tokenizer, model_config.vocab_size, model_dir)
     positions = getattr(model_config, "max_position_embeddings", max_seq_length)

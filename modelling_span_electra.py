@@ -445,6 +445,10 @@ def weights_problem(directory):
     return None
 
 
+# a model folder's tokenizer needs one of these (ours and BERT's, RoBERTa's, SentencePiece models')
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
 def weights_digest(directory):
     """sha256 of a saved model's weights and span heads: which model a folder holds, whatever its path."""
     names = [n for n in WEIGHT_FILES + (HEAD_FILE,) if os.path.isfile(os.path.join(directory, n))]
@@ -453,6 +457,10 @@ def weights_digest(directory):
 
 def load_tokenizer_of(directory, field="model_dir"):
     """The transformers tokenizer saved in a model folder; none usable is a one-line error."""
+    # without vocabulary files transformers quietly builds a tokenizer that knows only [CLS], [SEP], [UNK], ...
+    if not any(os.path.exists(os.path.join(directory, name)) for name in VOCABULARY_FILES):
+        raise SpanElectraError(f"{field}: '{directory}' holds no tokenizer ({', '.join(VOCABULARY_FILES)}); copy "
+                               "tokenizer.json and tokenizer_config.json of the model's tokenizer beside config.json")
     try:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(directory)
