@@ -192,7 +192,7 @@ def wordpiece_from_vocab(vocab_file, lowercase, field="vocab_file", strip_accent
     with open(vocab_file, "rb") as f:
         for i, line in enumerate(f):
             try:
-                token = line.decode("utf-8").rstrip("\n")
+                token = line.decode("utf-8").rstrip("\n").removesuffix("\r")  # a vocab.txt saved on Windows too
             except UnicodeDecodeError:
                 raise SpanElectraError(f"{field}: '{vocab_file}' is not UTF-8 text (line {i + 1}); pass the "
                                        "vocab.txt the model was released with, or convert it to UTF-8") from None

@@ -264,6 +264,17 @@ def test_vocab_txt_folder_keeps_typed_special_tokens_whole(tmp_path):
     assert AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"] == [2, 5, 1, 2, 4, 6, 3]
 
 
+def test_a_vocab_txt_saved_with_windows_line_endings_reads_alike(tmp_path):
+    """CRLF lines are the same tokens (transformers' BertTokenizer reads them so), not '[PAD]\\r'."""
+    from transformers import AutoTokenizer
+    folder = vocab_txt_folder(tmp_path / "crlf", do_lower_case=True)
+    lf_ids = tokenization.load_tokenizer(str(folder))[0].encode("The Café [MASK]").ids
+    (folder / "vocab.txt").write_bytes((folder / "vocab.txt").read_bytes().replace(b"\n", b"\r\n"))
+    tok, _ = tokenization.load_tokenizer(str(folder))
+    assert tok.encode("The Café [MASK]").ids == lf_ids == [2, 5, 6, 7, 8, 4, 3]
+    assert AutoTokenizer.from_pretrained(str(folder))("The Café [MASK]")["input_ids"] == lf_ids
+
+
 def test_vocab_txt_that_is_not_utf8_is_one_line(tmp_path):
     """A Latin-1 vocab.txt stops with the file and the line it fails at, never a UnicodeDecodeError."""
     folder = vocab_txt_folder(tmp_path / "bert", do_lower_case=True)
