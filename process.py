@@ -87,10 +87,10 @@ def document_lines(files, doc_boundary, bad_bytes, max_line_bytes, progress, sta
 
 
 def _split_pairs(batch):
-    """(texts, (starts_document, restart point past the batch's last line that has one)) of a batch."""
+    """(texts, (starts_document, restart point past the batch's last line)) of a batch. A batch that ends in a
+    piece of a long line has none: an earlier line's point would read again the pieces it packed."""
     texts, starts, restarts = zip(*batch)
-    restart = next((r for r in reversed(restarts) if r is not None), None)
-    return list(texts), (np.fromiter(starts, dtype=bool, count=len(starts)), restart)
+    return list(texts), (np.fromiter(starts, dtype=bool, count=len(starts)), restarts[-1])
 
 
 RESTART_FILE = "restart.json"  # in a build's temporary folder: where a stopped build goes on from

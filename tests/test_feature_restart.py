@@ -79,6 +79,31 @@ def test_a_stopped_build_goes_on_from_its_restart_point_to_the_same_features(bpe
     assert not left_builds(out_dir) and not (out_dir / process.RESTART_FILE).exists()
 
 
+def test_a_build_stopped_inside_a_long_line_reads_none_of_it_twice(bpe_tok, tmp_path, monkeypatch, caplog):
+    """Lines past the long-line limit are tokenized in pieces. A batch that ends in such a piece has no restart
+    point of its own (an earlier line's would read its packed pieces again): the build stopped after it goes on
+    from the last batch that ended at a line's end, to the features of an unstopped build."""
+    words = (SAMPLE / "train.tokens").read_text(encoding="utf-8").split()
+    line = " ".join(words[:3000])  # about 1.3 x the limit at max_seq_len 16 (100 x 16 x 8 bytes): two pieces
+    assert 100 * 16 * 8 < len(line.encode()) < 2 * 100 * 16 * 8
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("A short first paragraph .\n\n" + "\n\n".join(f"{i} {line}" for i in range(4)) + "\n",
+                      encoding="utf-8")
+    kw = dict(train_input=str(corpus), valid_input="", max_seq_len=16, batch_lines=3, doc_boundary="blank_line")
+    whole_dir, whole = build_features(bpe_tok, tmp_path / "whole", **kw)
+    out_dir = tmp_path / "feat"
+    # batches: [short, 0a, 0b] ends a line; [1a, 1b, 2a] ends in a piece; stopped as the third is packed
+    calls = stop_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        build_features(bpe_tok, out_dir, **kw)
+    monkeypatch.undo()
+    caplog.set_level("INFO", logger="span_electra")
+    _, meta = build_features(bpe_tok, out_dir, **kw)
+    assert "continuing the build" in caplog.text
+    assert meta == whole and arrays(out_dir) == arrays(whole_dir)
+    assert calls[0] is not None and calls[1] is None
+
+
 def test_a_stopped_build_of_other_settings_is_started_over(bpe_tok, tmp_path, monkeypatch, caplog):
     """The restart point serves only the same inputs and settings: with another max_seq_len, the build starts
     from the beginning and the stopped folder goes."""
