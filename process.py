@@ -230,6 +230,9 @@ def main(config: feature_args = None):
     config = checked_config(config, feature_args)
     config.validate()
     tokenizer, info = load_tokenizer(config.tokenizer_dir)
+    # corpus text is text: a '[MASK]' or '[SEP]' written in it is not that token (BERT's create_pretraining_data
+    # reads it as '[', 'mask', ']'), so row bodies never hold a special token but [UNK]
+    tokenizer.encode_special_tokens = True
     vocab_size = info["vocab_size"]
     train_files = find_text_files(config.train_input, "train_input")
     valid_files = find_text_files(config.valid_input, "valid_input") if config.valid_input else []

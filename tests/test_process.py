@@ -86,6 +86,23 @@ def test_most_frequent_token_is_the_commonest_ordinary_token(bpe_feat):
     assert features.PretrainingFeatures.most_frequent_token(stub) == 7
 
 
+@pytest.mark.parametrize("tok", ["bpe_tok", "bert_tok"])
+def test_special_tokens_written_in_the_corpus_are_text(tok, tmp_path, request):
+    """'[MASK]', '[SEP]', '[CLS]' and '[PAD]' in a text (one about NLP) are its characters, as BERT's own data
+    builder reads them: no row body holds a special token's id but [UNK]'s."""
+    corpus = tmp_path / "nlp.txt"
+    corpus.write_text("\n\n".join(f"Line {i}: the [MASK] token, then [SEP] and [CLS] or [PAD] [UNK] here ." * 3
+                                  for i in range(30)) + "\n", encoding="utf-8")
+    feat_dir, _ = build_features(request.getfixturevalue(tok), tmp_path / "feat", train_input=str(corpus),
+                                 valid_input="", max_seq_len=32)
+    feats = features.PretrainingFeatures(str(feat_dir))
+    rows = np.asarray(feats.split("train"), dtype=np.int64)
+    ids = feats.special_ids
+    assert len(rows) > 10 and (rows[:, 0] == ids["[CLS]"]).all() and (rows[:, -1] == ids["[SEP]"]).all()
+    bodies = set(rows[:, 1:-1].ravel().tolist())
+    assert not bodies & {ids[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}
+
+
 def hand_made_features(folder, extra_bytes=0):
     folder.mkdir()
     meta = {"max_seq_len": 4, "vocab_size": 10, "splits": ["train"], "dtype": "uint16", "num_sequences": {"train": 3}}
