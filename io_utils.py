@@ -27,6 +27,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # the file that makes a folder a stage's out_dir, and what it then holds
 OUTPUT_MARKERS = {"meta.json": "features", "tokenizer.json": "a tokenizer", "se_tokenizer.json": "a tokenizer",
                   "config.json": "a model", "run.json": "a training run"}
+VOCABULARY_TEXT_FILES = ("vocab.txt", "merges.txt")  # a tokenizer's files that a corpus search would take for text
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")  # streamed as they are read, never unpacked to disk
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -537,18 +538,24 @@ def warn_skip(message, path):
 
 
 def corpus_files_under(folder):
-    """The text files under a folder, recursively, sorted. Left out: hidden names, what is not a regular
-    file (a broken link, a pipe: said), and folders a stage wrote (a tokenizer or model holds a
-    vocab.txt or merges.txt that is no corpus text, e.g. when an out_dir lies inside the corpus folder)."""
+    """The text files under a folder, recursively, sorted. Left out: hidden names and folders (a notebook's
+    .ipynb_checkpoints copies), what is not a regular file (a broken link, a pipe: said), and what a stage
+    wrote (a tokenizer or model holds a vocab.txt or merges.txt that is no corpus text): its folders inside
+    the corpus folder, and its files in the corpus folder itself (an out_dir that is the data_dir)."""
     found = []
     for root, dirs, names in os.walk(folder):
-        if root != folder and OUTPUT_MARKERS.keys() & set(names):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        stage_output = OUTPUT_MARKERS.keys() & set(names)
+        if root != folder and stage_output:
             warn_skip("skipping folder '%s': it holds a tokenizer, model or features, not corpus text", root)
             dirs.clear()
             continue
         for name in names:
             path = os.path.join(root, name)
             if not is_text_name(name) or name.startswith("."):
+                continue
+            if stage_output and name in VOCABULARY_TEXT_FILES:
+                warn_skip("skipping '%s': a tokenizer's vocabulary written beside the corpus, not corpus text", path)
                 continue
             if os.path.isfile(path):
                 found.append(path)

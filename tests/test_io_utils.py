@@ -50,9 +50,12 @@ def test_long_lines_are_cut_without_losing_or_breaking_characters(text, tmp_path
 
 
 def test_folders_skip_hidden_and_non_text_files_and_globs_recurse(tmp_path):
-    """A folder gives its .txt/.tokens/.raw files (also compressed), sorted, without hidden files; '**' recurses."""
+    """A folder gives its .txt/.tokens/.raw files (also compressed), sorted, without hidden files and folders (a
+    notebook's .ipynb_checkpoints copy of a valid file is no training text); '**' recurses."""
     (tmp_path / "sub" / "deep").mkdir(parents=True)
-    for name in ("b.txt", ".b.txt.swp.txt", "notes.md", "sub/deep/a.tokens", "sub/c.txt.gz"):
+    (tmp_path / "sub" / ".ipynb_checkpoints").mkdir()
+    for name in ("b.txt", ".b.txt.swp.txt", "notes.md", "sub/deep/a.tokens", "sub/c.txt.gz",
+                 "sub/.ipynb_checkpoints/valid-checkpoint.txt"):
         data = gzip.compress(b"text\n") if name.endswith(".gz") else b"text\n"
         (tmp_path / name).write_bytes(data)
     found = [os.path.relpath(p, tmp_path) for p in io_utils.find_text_files(str(tmp_path), "data_dir")]
@@ -74,6 +77,17 @@ def test_folders_skip_broken_links_pipes_and_the_stages_own_outputs(tmp_path, ca
         assert f"skipping {'folder ' if skipped == 'tok' else ''}'{tmp_path / skipped}'" in caplog.text
     with pytest.raises(io_utils.SpanElectraError, match="^data_dir: '.*pipe.txt' is not a regular file"):
         io_utils.find_text_files(str(tmp_path / "pipe.txt"), "data_dir")
+
+
+def test_a_tokenizer_written_into_the_corpus_folder_itself_is_not_read_as_text(tmp_path, caplog):
+    """create_vocab_SE.py --data_dir corpus --out_dir corpus, run twice: the second run does not train on the
+    first one's vocab.txt or merges.txt. A corpus folder without a tokenizer keeps a file named vocab.txt."""
+    for name in ("corpus.txt", "vocab.txt", "merges.txt", "tokenizer.json"):
+        (tmp_path / name).write_bytes(b"text\n")
+    assert io_utils.find_text_files(str(tmp_path), "data_dir") == [str(tmp_path / "corpus.txt")]
+    assert f"skipping '{tmp_path / 'vocab.txt'}': a tokenizer's vocabulary" in caplog.text
+    (tmp_path / "tokenizer.json").unlink()
+    assert len(io_utils.find_text_files(str(tmp_path), "data_dir")) == 3
 
 
 def test_text_in_another_encoding_is_skipped(tmp_path, caplog):
