@@ -873,8 +873,6 @@ def check_one_form(parser, argv):
 
 def _read_config_file(path, config_cls):
     values = read_json(path, "give a JSON config a script saved (e.g. OUT/trainMLM_config.json)", "--config", ours=False)
-    if not isinstance(values, dict):
-        raise SpanElectraError(f"--config: '{path}' must hold a JSON object of field: value")
     saved_class = values.pop("config_class", config_cls.__name__)  # written by save_config
     if saved_class != config_cls.__name__:
         raise SpanElectraError(f"--config: '{path}' holds a {saved_class}, not a {config_cls.__name__}")

@@ -146,10 +146,11 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, text + "\n")
 
 
-def read_json(path, fix="restore it, or build it again", field=None, keys=(), ours=True):
-    """A JSON file's content. An unreadable or damaged one (a write cut short, a bad edit), or one that
-    lacks any of `keys`, is a one-line error naming the file (and the field it came through) and the fix;
-    ours=False: a file the user wrote (a --config) is called invalid, not damaged."""
+def read_json(path, fix="restore it, or build it again", field=None, keys=(), ours=True, kind=dict):
+    """A JSON file's content, a `kind` (an object unless told). An unreadable or damaged one (a write cut short,
+    a bad edit), one of another kind, or one that lacks any of `keys`, is a one-line error naming the file (and
+    the field it came through) and the fix; ours=False: a file the user wrote (a --config) is called invalid,
+    not damaged."""
     where = f"{field}: '{path}'" if field else f"'{path}'"
     try:
         with open(path, encoding="utf-8") as f:
@@ -159,7 +160,10 @@ def read_json(path, fix="restore it, or build it again", field=None, keys=(), ou
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         what = f"valid JSON ({e.msg}, line {e.lineno})" if isinstance(e, json.JSONDecodeError) else "UTF-8 text"
         raise SpanElectraError(f"{where} is {'damaged: ' if ours else ''}not {what}; {fix}") from None
-    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+    if not isinstance(value, kind):
+        what = {dict: "a JSON object ({...})", list: "a JSON list ([...])"}.get(kind, kind.__name__)
+        raise SpanElectraError(f"{where} is {'damaged: ' if ours else ''}not {what}; {fix}")
+    missing = [k for k in keys if k not in value]
     if missing:
         raise SpanElectraError(f"{where} is damaged (no {', '.join(missing)}); {fix}")
     return value

@@ -1060,7 +1060,7 @@ def main(config: compare_args = None):
     rows_path = os.path.join(config.out_dir, "compare.json")
     rows = []  # or the rows of earlier calls: resume after a stop
     if os.path.isfile(rows_path):
-        rows = read_json(rows_path, "remove it to pre-train every row again", "out_dir")
+        rows = read_json(rows_path, "remove it to pre-train every row again", "out_dir", kind=list)
     fractions = config.fraction_list()
     settings = finetune_settings(config, scale, tasks)
     seeds = config.pretrain_seed_list()

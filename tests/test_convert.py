@@ -307,7 +307,7 @@ def test_inputs_that_do_not_fit_the_checkpoint_are_one_line(tmp_path, capsys):
     three = tmp_path / "three.json"
     three.write_text(json.dumps({"model_hparam_overrides": {"num_attention_heads": 3}}))
     for flags, needle in ((["--vocab_file", bigger], "more than the checkpoint's 182 embedding rows"),
-                          (["--config_file", listed], "must hold a JSON object"),
+                          (["--config_file", listed], "is not a JSON object"),
                           (["--config_file", three], "num_attention_heads 3 does not divide the checkpoint's hidden size 32")):
         code, err = run_in_process(capsys, convert, argument.convert_args, "--checkpoint", FIXTURE, "--out_dir",
                                    tmp_path / "out", *flags)

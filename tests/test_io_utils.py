@@ -123,3 +123,19 @@ def test_a_full_disk_message_names_the_file_and_the_fix():
     msg = io_utils.write_failure_message(RuntimeError("[enforce fail] unexpected pos: No space left on device"), "/o")
     assert msg.startswith("out_dir: cannot write to '/o'") and "free some space" in msg
     assert io_utils.write_failure_message(ValueError("shape mismatch")) is None
+
+
+@pytest.mark.parametrize("content", ["null", '"none"', "[1]"])
+def test_a_json_file_of_another_kind_is_one_line(content, tmp_path, bpe_tok):
+    """Valid JSON that is not the object a file holds (a bad edit) names the file, never a TypeError later."""
+    import shutil
+    import tokenization
+    path = tmp_path / "meta.json"
+    path.write_text(content)
+    with pytest.raises(io_utils.SpanElectraError, match=r"^features_dir: '.*meta.json' is damaged: not a JSON object"):
+        io_utils.read_json(str(path), field="features_dir")
+    assert io_utils.read_json(str(path), kind=list) == [1] if content == "[1]" else True
+    tok = shutil.copytree(bpe_tok, tmp_path / "tok")
+    (tok / "se_tokenizer.json").write_text(content)
+    with pytest.raises(io_utils.SpanElectraError, match=r"se_tokenizer.json' is damaged: not a JSON object"):
+        tokenization.load_tokenizer(str(tok))
