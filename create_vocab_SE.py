@@ -125,14 +125,15 @@ class ReadCounter:
             self.bar.update(num_bytes)
 
 
-def corpus_lines(files, bad_bytes, progress, alphabet, max_chars=0, kept=None):
-    """The non-blank lines of the files; every character passed on is added to `alphabet`. With max_chars,
-    about that many characters of them, spread evenly over the corpus: a line is kept only while the text
-    kept lags max_chars x the share of the files' bytes on disk read before it, which needs no pass to count
+def corpus_lines(files, bad_bytes, progress, alphabet, max_bytes=0, kept=None):
+    """The non-blank lines of the files; every character passed on is added to `alphabet`. With max_bytes,
+    about that many bytes of them (UTF-8: MB as the files measure them, whatever the script), spread evenly
+    over the corpus: a line is kept only while the text
+    kept lags max_bytes x the share of the files' bytes on disk read before it, which needs no pass to count
     the text first and holds for compressed files too (the share before the line, not after it: else a long
     line would be likelier kept than a short one). A compressed file's position moves a block at a time (128 KiB to
     900 KB of text), so the sample is even over a corpus of many blocks, as one of several GB is.
-    kept (a list): [characters, lines] passed on."""
+    kept (a list): [bytes, lines] passed on."""
     total = sum(os.path.getsize(p) for p in files)
     read = ReadCounter(progress)
     kept = kept if kept is not None else [0, 0]
@@ -140,11 +141,11 @@ def corpus_lines(files, bad_bytes, progress, alphabet, max_chars=0, kept=None):
     for path in files:
         before = read.n
         for line in iter_lines(path, bad_bytes, progress=read):
-            lagging = not max_chars or kept[0] <= max_chars * before / total
+            lagging = not max_bytes or kept[0] <= max_bytes * before / total
             before = read.n
             if not line.strip() or not lagging:
                 continue
-            kept[0] += len(line) + 1
+            kept[0] += len(line.encode()) + 1
             kept[1] += 1
             alphabet.update(line)
             yield line
@@ -198,9 +199,9 @@ def main(config: tok_args = None):
     num_lines = 0
     alphabet = set()
     sampled = [0, 0]
-    max_chars = int(config.max_text_mb * 1e6)
+    max_bytes = int(config.max_text_mb * 1e6)
     with progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="vocab") as progress:
-        corpus = corpus_lines(files, bad_bytes, progress, alphabet, max_chars, sampled)
+        corpus = corpus_lines(files, bad_bytes, progress, alphabet, max_bytes, sampled)
         batches = segmented_batches(((b, None) for b in batched(corpus, 2000)),
                                     config.word_segmenter, config.num_workers)
 
@@ -216,7 +217,7 @@ def main(config: tok_args = None):
         train_interruptibly(tok, lines(), trainer)
     if num_lines == 0:
         raise SpanElectraError(f"data_dir: '{config.data_dir}' holds only blank lines; it must hold some text")
-    if max_chars:
+    if max_bytes:
         logger.info("trained on %.1f MB of text (%d lines) taken evenly across the corpus (--max_text_mb %g)",
                     sampled[0] / 1e6, sampled[1], config.max_text_mb)
     if bad_bytes.count:
@@ -236,7 +237,7 @@ def main(config: tok_args = None):
 
     stats = {"num_files": len(files), "num_bytes": total_bytes, "num_lines": num_lines,
              "undecodable_bytes": bad_bytes.count, "max_text_mb": config.max_text_mb,
-             "trained_on_chars": sampled[0]}
+             "trained_on_bytes": sampled[0]}
     save_tokenizer_files(tok, config, config.out_dir, stats)
     elapsed = time.time() - start
     multi_word = sum(1 for t in tok.get_vocab() if "_" in t.strip("_"))

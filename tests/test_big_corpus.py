@@ -48,9 +48,9 @@ def corpus(tmp_path_factory):
     return plain, packed, [line for line in lines if line.strip()]
 
 
-def sample(path, max_chars):
+def sample(path, max_bytes):
     kept = [0, 0]
-    lines = list(corpus_lines([str(path)], BadByteCounter(), None, set(), max_chars, kept))
+    lines = list(corpus_lines([str(path)], BadByteCounter(), None, set(), max_bytes, kept))
     return lines, kept
 
 
@@ -78,11 +78,23 @@ def test_budget_takes_about_that_much_text_evenly_and_unbiased(corpus, suffix):
     assert abs(np.mean([len(line) for line in kept_lines]) - mean_all) < 0.12 * mean_all  # long lines not favoured
 
 
+def test_the_budget_counts_bytes_as_the_files_measure_them(tmp_path):
+    """--max_text_mb of Vietnamese (about 1.3 bytes a character) takes that many MB of UTF-8, not of characters."""
+    path = tmp_path / "vi.txt"
+    path.write_text("".join(f"Câu {i}: Hà Nội là thủ đô của Việt Nam, thành phố lớn thứ hai.\n" for i in range(20_000)),
+                    encoding="utf-8")
+    budget = path.stat().st_size // 4
+    kept_lines, kept = sample(path, budget)
+    assert kept[0] == sum(len(line.encode()) + 1 for line in kept_lines)
+    assert abs(kept[0] - budget) < 0.05 * budget
+    assert sum(len(line) + 1 for line in kept_lines) < 0.85 * budget  # counted in characters, it took ~25% more
+
+
 def test_vocabulary_trained_on_a_sample_records_it(tmp_path):
     out = train_vocab(tmp_path / "tok", data_dir=str(SAMPLE / "train.tokens"), vocab_size=600, max_text_mb=0.1)
     info = read_json(out / "se_tokenizer.json")
     assert info["max_text_mb"] == 0.1
-    assert 90_000 < info["trained_on_chars"] < 110_000
+    assert 90_000 < info["trained_on_bytes"] < 110_000
     full = sum(1 for line in (SAMPLE / "train.tokens").read_text(encoding="utf-8").splitlines() if line.strip())
     assert 0.05 * full < info["num_lines"] < 0.2 * full
 
