@@ -1454,8 +1454,11 @@ def binary_auc(scores, labels):
     scores, labels = scores.flatten().float(), labels.flatten().double()
     positives = labels.sum()
     negatives = labels.numel() - positives
-    ranks = torch.empty_like(scores, dtype=torch.float64)
-    ranks[scores.argsort()] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
+    # tied scores share their mean rank (a collapsed discriminator scores every token alike: AUC 0.5, whatever
+    # order a sort leaves them in); [left, right) is where a score's equals lie in the sorted scores
+    ordered = scores.sort().values
+    left, right = (torch.searchsorted(ordered, scores, side=side) for side in ("left", "right"))
+    ranks = (left + right + 1).double() / 2
     auc = ((ranks * labels).sum() - positives * (positives + 1) / 2) / (positives * negatives).clamp(min=1)
     return torch.where((positives > 0) & (negatives > 0), auc, torch.full_like(auc, 0.5))
 

@@ -314,6 +314,13 @@ def test_disc_auc_and_base_rate_loss():
     # pairs (pos, neg): 0.9 beats all three, 0.3 beats 0.1 and 0.2 only -> 5 of 6
     assert tu.binary_auc(scores, labels).item() == pytest.approx(5 / 6)
     assert tu.binary_auc(scores, torch.zeros(5, dtype=torch.bool)).item() == 0.5
+    # ties count half (Mann-Whitney): a discriminator that scores every token alike is at chance, in any order
+    labels = torch.tensor([0, 0, 0, 0, 1, 1], dtype=torch.bool)
+    assert tu.binary_auc(torch.tensor([1.0, 0, 1, 0, 1, 0]), labels).item() == pytest.approx(0.5)
+    assert tu.binary_auc(torch.full((1000,), 0.25), torch.rand(1000, generator=torch.Generator().manual_seed(0)) < 0.15
+                         ).item() == 0.5
+    assert tu.binary_auc(torch.tensor([0.1, 0.5, 0.5, 0.9]), torch.tensor([False, True, False, True])).item() == \
+        pytest.approx(3.5 / 4)  # 0.9 beats both originals; 0.5 beats 0.1 and ties 0.5
     assert tu.base_rate_loss(0.5) == pytest.approx(math.log(2))
     assert tu.base_rate_loss(0.15) == pytest.approx(-(0.15 * math.log(0.15) + 0.85 * math.log(0.85)))
 
