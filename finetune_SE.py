@@ -786,7 +786,7 @@ def train_one_seed(seed, task, data, config, runtime, announce, model=None):
                                                 config.weight_decay), runtime.device)
     n = len(task.train)
     total = config.num_train_epochs * math.ceil(n / config.train_batch_size)
-    scheduler = tu.warmup_linear_schedule(optimizer, int(config.warmup_ratio * total), total)
+    scheduler = tu.warmup_linear_schedule(optimizer, tu.warmup_steps(config.warmup_ratio, total), total)
     amp_dtype = tu.gpu_amp_dtype(runtime)
     scaler = tu.loss_scaler(runtime.device, amp_dtype == torch.float16)  # fp16 on GPUs without native bf16
     order_rng = torch.Generator().manual_seed(seed)

@@ -106,12 +106,12 @@ def main(config: MLM_trainingConfig = None):
             with speed.paused():
                 tu.save_training_state(config, step, model, optimizer, scheduler, stream, log, scaler)
     bar.close()
-    log.write_done(step, model, runtime)
 
     out = os.path.join(config.out_dir, "generator")
     if runtime.is_main:
         save_generator(model, out, os.path.join(features.dir, "tokenizer"), trained_seq_len=features.max_seq_len)
         logger.info("generator saved to %s", out)
+    log.write_done(step, model, runtime)  # after the models are saved: a 'done' row means they are there
     tu.teardown_runtime(runtime)
     return out
 

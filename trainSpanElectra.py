@@ -194,7 +194,6 @@ def main(config: SE_trainingConfig = None):
             with speed.paused():
                 tu.save_training_state(config, step, model, optimizer, scheduler, stream, log, scaler)
     bar.close()
-    log.write_done(step, model, runtime)
 
     tokenizer_dir = os.path.join(features.dir, "tokenizer")
     out = os.path.join(config.out_dir, "discriminator")
@@ -208,6 +207,7 @@ def main(config: SE_trainingConfig = None):
                            trained_seq_len=features.max_seq_len)
             saved += f", the generator to {os.path.join(config.out_dir, 'generator')}"
         logger.info("discriminator saved to %s", saved)
+    log.write_done(step, model, runtime)  # after the models are saved: a 'done' row means they are there
     tu.teardown_runtime(runtime)
     return out
 

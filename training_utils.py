@@ -41,7 +41,7 @@ RUN_OUTPUTS = ("generator", "discriminator", "metrics.jsonl", RUN_FILE)  # what 
 # settings a resumed run may change; every other field of the config is fixed for the life of a run
 MUTABLE_SETTINGS = {"max_steps", "log_every", "eval_every", "save_every", "eval_batches", "eval_batch_size",
                     "keep_checkpoints", "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device",
-                    "bf16", "fp16", "compile", "features_dir", "tokenizer_dir", "generator_dir"}
+                    "bf16", "fp16", "compile", "features_dir", "tokenizer_dir", "generator_dir", "init_from"}
 
 
 # ---------------------------------------------------------------- devices and processes
@@ -249,11 +249,16 @@ def warmup_linear_schedule(optimizer, warmup_steps, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def warmup_steps(fraction, total_steps):
+    """The steps of a warmup over `fraction` of training: rounded, since 0.29 x 100 is 28.999... in floats."""
+    return round(fraction * total_steps)
+
+
 def build_optimization(model, config):
     """AdamW, the warmup-then-linear-decay schedule and the loss scaler (fp16's; a pass-through otherwise) of a
     training config."""
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
-    scheduler = warmup_linear_schedule(optimizer, int(config.warmup_fraction * config.max_steps), config.max_steps)
+    scheduler = warmup_linear_schedule(optimizer, warmup_steps(config.warmup_fraction, config.max_steps), config.max_steps)
     return optimizer, scheduler, loss_scaler(model_device(model), config.fp16)
 
 
@@ -657,6 +662,24 @@ def save_checkpoint(out_dir, step, state, keep=2):
     return path
 
 
+def drop_checkpoints_after(out_dir, step):
+    """A run resumed from an earlier checkpoint than its last (--resume_from checkpoint-20 beside checkpoint-30)
+    goes on as itself from there: the later checkpoints hold the steps it replaces, and left in place, 'latest'
+    would go back to them, and keep_checkpoints would remove the new run's own before them."""
+    later = [path for path in list_checkpoints(out_dir) if (checkpoint_step(path) or 0) > step]
+    for path in later:
+        os.remove(path)
+    if later:
+        logger.warning("resumed from step %d: removed the later checkpoint(s) %s, of the steps this run now trains "
+                       "again", step, ", ".join(os.path.basename(p) for p in later))
+
+
+def checkpoint_step(path):
+    """The step in a checkpoint's name (checkpoint-00000030.pt -> 30; None for a name training never writes)."""
+    digits = os.path.basename(path)[len("checkpoint-"):-len(".pt")]
+    return int(digits) if digits.isdigit() else None
+
+
 def save_training_state(config, step, model, optimizer, scheduler, stream, log, scaler=None):
     """A resumable checkpoint of the whole run: model, optimizer, schedule, fp16's loss scale, RNGs, data
     position, and the run's wall seconds so far (log.run_seconds)."""
@@ -735,6 +758,8 @@ def start_run(config, model, loss_and_metrics, optimizer, scheduler, train_set, 
         warn_high_learning_rate(config.learning_rate)
         warn_slow_precision(runtime, config)
     step, position, run_seconds = resume_training_state(config, model, optimizer, scheduler, scaler)
+    if runtime.is_main and step:
+        drop_checkpoints_after(config.out_dir, step)
     if step >= config.max_steps:
         logger.info("the run in %s already reached step %d (max_steps %d): nothing left to train; raise --max_steps "
                     "to train it further", config.out_dir, step, config.max_steps)
@@ -869,8 +894,9 @@ def check_run(config, identity):
         if saved["fixed"].get("script") != identity.get("script"):
             raise SpanElectraError(f"out_dir: '{config.out_dir}' holds a {saved['fixed'].get('script')} run, not a "
                                    f"{identity.get('script')} one; give this run its own --out_dir")
-        # settings first: a changed --mode also changes which inputs there are, and the setting is the cause
-        for key in sorted(set(identity) | set(saved["fixed"]), key=lambda k: (k in DIGESTS, k)):
+        # settings first: a changed --mode also changes which inputs there are, and the setting is the cause; of
+        # the inputs, another tokenizer before another number of rows (features of the same text retokenized)
+        for key in sorted(set(identity) | set(saved["fixed"]), key=lambda k: (k in DIGESTS or k == "train_sequences", k)):
             old, new = saved["fixed"].get(key), identity.get(key)
             if key in LATER_KEYS and old is None:  # not recorded (an earlier version's run, or features built
                 continue                           # before the key existed): nothing to compare it with

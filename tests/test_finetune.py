@@ -515,7 +515,7 @@ def test_pair_tasks_get_segment_ids(pair_run):
 
 
 def test_fine_tuning_warms_up_over_warmup_ratio_of_all_steps(pair_run):
-    """warmup steps = int(warmup_ratio x total steps), total = epochs x batches per epoch (2 x ceil(40/16) = 6)."""
+    """warmup steps = round(warmup_ratio x total steps), total = epochs x batches per epoch (2 x ceil(40/16) = 6)."""
     assert pair_run.schedules == [(3, 6)]
 
 

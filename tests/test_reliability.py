@@ -106,13 +106,13 @@ def test_resume_with_a_changed_fixed_setting_names_it_and_writes_nothing(bpe_fea
 def test_mutable_settings_are_those_that_leave_the_trained_model_unchanged(tmp_path):
     """A resume may change only bookkeeping: a changed mask_ratio, learning_rate or other setting is refused."""
     # Why this set: max_steps only extends the run; log/eval/save/keep settings say how often and how much is
-    # written or evaluated; resume_from/overwrite_output_dir/out_dir/features_dir/tokenizer_dir/generator_dir say
-    # where files are (what they hold is pinned by digests in the identity); device/bf16/fp16/compile/num_workers change
+    # written or evaluated; resume_from/overwrite_output_dir/out_dir/features_dir/tokenizer_dir/generator_dir/init_from
+    # say where files are (what they hold is pinned by digests in the identity); device/bf16/fp16/compile/num_workers change
     # speed, not the recipe. Any other field changes what is trained, so a resume that changes it makes two runs.
     assert tu.MUTABLE_SETTINGS == {
         "max_steps", "log_every", "eval_every", "save_every", "eval_batches", "eval_batch_size", "keep_checkpoints",
         "num_workers", "resume_from", "overwrite_output_dir", "out_dir", "device", "bf16", "fp16", "compile",
-        "features_dir", "tokenizer_dir", "generator_dir"}
+        "features_dir", "tokenizer_dir", "generator_dir", "init_from"}
     feats = SimpleNamespace(meta={"tokenizer_hash": "h", "num_sequences": {"train": 100}}, max_seq_len=128,
                             vocab_size=2000)
     first = argument.MLM_trainingConfig(features_dir="f", out_dir=str(tmp_path))
@@ -125,6 +125,26 @@ def test_mutable_settings_are_those_that_leave_the_trained_model_unchanged(tmp_p
         return tu.check_run(config, tu.run_identity(config, feats, "generator"))
 
     assert resume(max_steps=5000, log_every=1, eval_batches=3) == "r1"
+    # features of the same text in another tokenizer: the tokenizer is named, not the number of rows it gave
+    other = SimpleNamespace(meta={"tokenizer_hash": "h2", "num_sequences": {"train": 90}}, max_seq_len=128,
+                            vocab_size=2000)
+    with pytest.raises(SpanElectraError, match="^features_dir: the features' tokenizer changed since"):
+        tu.check_run(dataclasses.replace(first, resume_from="latest"), tu.run_identity(first, other, "generator"))
+    # a pre-trained model moved: the same weights (digest) resume; other weights, or none, are refused
+    pretrained = dataclasses.replace(first, init_from=str(tmp_path / "pretrained"), out_dir=str(tmp_path / "p"))
+    os.makedirs(pretrained.out_dir)
+    (tmp_path / "p" / "run.json").write_text(json.dumps({"run_id": "r2", "fixed": tu.run_identity(
+        pretrained, feats, "generator", {"init_generator_weights": "w1"})}), encoding="utf-8")
+    (tmp_path / "p" / "metrics.jsonl").write_text("", encoding="utf-8")
+
+    def resume_pretrained(weights, **changes):
+        config = dataclasses.replace(pretrained, resume_from="latest", **changes)
+        return tu.check_run(config, tu.run_identity(config, feats, "generator", weights))
+    assert resume_pretrained({"init_generator_weights": "w1"}, init_from=str(tmp_path / "moved")) == "r2"
+    with pytest.raises(SpanElectraError, match="^init_from: the generator weights changed since"):
+        resume_pretrained({"init_generator_weights": "w2"})
+    with pytest.raises(SpanElectraError, match="^init_from: the generator weights changed since"):
+        resume_pretrained({}, init_from="")
     for field, value in (("mask_ratio", 0.3), ("learning_rate", 1e-3), ("masking", "token"), ("seed", 7)):
         with pytest.raises(SpanElectraError, match=f"^{field}: the run in .* was started with"):
             resume(**{field: value})

@@ -220,6 +220,49 @@ def test_resumed_run_matches_uninterrupted(bpe_feat, tmp_path):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["step"], key)
 
 
+def test_a_run_resumed_from_an_earlier_checkpoint_continues_only_itself(bpe_feat, tmp_path, monkeypatch, caplog):
+    """--resume_from checkpoint-10 beside checkpoints 15 and 20: the steps past 10 are trained again, so 15 and 20
+    go. Stopped before its next checkpoint, the run resumed with 'latest' goes on from 10, not from the 20 it
+    replaced, and ends as a run never stopped or rewound."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], full, max_steps=20, save_every=5, keep_checkpoints=4))
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "generator")
+    stop = pytest.raises(KeyboardInterrupt)
+    with stop, monkeypatch.context() as mp:
+        mp.setattr(tu, "save_training_state", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        trainMLM_SpanElectra.main(gen_config(bpe_feat[0], part, max_steps=20, save_every=5, keep_checkpoints=4,
+                                             resume_from=str(part / "checkpoint-00000010.pt")))
+    assert [os.path.basename(p) for p in tu.list_checkpoints(str(part))] == ["checkpoint-00000005.pt",
+                                                                             "checkpoint-00000010.pt"]
+    assert "removed the later checkpoint(s) checkpoint-00000015.pt, checkpoint-00000020.pt" in caplog.text
+    trainMLM_SpanElectra.main(gen_config(bpe_feat[0], part, max_steps=20, save_every=5, keep_checkpoints=4,
+                                         resume_from="latest"))
+    a, b = rows(full), rows(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [5, 10, 15, 20]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6), x["step"]
+
+
+def test_the_done_row_is_written_once_the_models_are_saved(bpe_feat, tmp_path, monkeypatch):
+    """A run stopped while saving its models has no 'done' row: metrics.jsonl never says finished over a model
+    folder that is not there (or is a shorter run's)."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    for script, name in ((trainMLM_SpanElectra, "save_generator"), (trainSpanElectra, "save_discriminator")):
+        out = tmp_path / name
+        config = gen_config if script is trainMLM_SpanElectra else se_config
+        with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+            mp.setattr(script, name, stopped)
+            script.main(config(bpe_feat[0], out, max_steps=2, **({} if config is gen_config else {"mode": "joint"})))
+        events = [json.loads(line).get("event") for line in open(out / "metrics.jsonl", encoding="utf-8")]
+        assert "done" not in events and len(events) >= 2
+        script.main(config(bpe_feat[0], out, max_steps=2, resume_from="latest",
+                           **({} if config is gen_config else {"mode": "joint"})))
+        events = [json.loads(line).get("event") for line in open(out / "metrics.jsonl", encoding="utf-8")]
+        assert events[-1] == "done" and events.count("done") == 1
+
+
 def test_resume_latest_without_checkpoint_starts_fresh_and_bad_checkpoint_falls_back(bpe_feat, tmp_path, caplog):
     import logging
     out = tmp_path / "run"
@@ -682,6 +725,9 @@ def test_warmup_then_linear_decay_learning_rates():
         sched.step()
     assert lrs == pytest.approx([.25, .5, .75, 1, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
+    # a fraction of the steps, rounded: 0.29 x 100 is 28.999... in floats, and warms up over 29 steps
+    assert [tu.warmup_steps(f, n) for f, n in ((0.29, 100), (0.29, 1500), (0.1, 1000), (0.05, 30), (0, 10))] == \
+        [29, 435, 100, 2, 0]
 
 
 def test_no_weight_decay_on_one_dimensional_parameters():
