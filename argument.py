@@ -827,21 +827,21 @@ def parse_config(config_cls, argv=None):
     parser = config_parser(config_cls)
 
     def one_line_error(message):  # argparse would print the whole usage block first
-        raise SpanElectraError(f"{message}; run with --help for the fields")
+        raise SpanElectraError(f"{message}; run with --help for the fields", every_rank=True)
 
     parser.error = one_line_error
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise SpanElectraError("--config: give the path of a JSON config file")
+            raise SpanElectraError("--config: give the path of a JSON config file", every_rank=True)
         parser.set_defaults(**_read_config_file(argv[i + 1], config_cls))
         del argv[i:i + 2]
     check_one_form(parser, argv)
     try:
         config, _ = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as e:  # HfArgumentParser reports leftover arguments this way
-        raise SpanElectraError(f"{e}; run with --help for the fields") from None
+        raise SpanElectraError(f"{e}; run with --help for the fields", every_rank=True) from None
     setattr(config, TYPED_FIELDS, typed_fields(config_cls, argv))
     return config
 
@@ -868,7 +868,8 @@ def check_one_form(parser, argv):
             forms.setdefault(dests[flag], set()).add(flag)
     for dest, flags in forms.items():
         if len(flags) > 1:
-            raise SpanElectraError(f"{dest}: given as both {' and '.join(sorted(flags, key=len))}; give one")
+            raise SpanElectraError(f"{dest}: given as both {' and '.join(sorted(flags, key=len))}; give one",
+                                   every_rank=True)
 
 
 def _read_config_file(path, config_cls):
@@ -1044,7 +1045,9 @@ def run_main(main, config_cls, argv=None):
         config = parse_config(config_cls, argv)
         main(config)
     except SpanElectraError as e:
-        print_error(e)
+        if not e.every_rank or os.environ.get("RANK", "0") == "0":  # under torchrun, said once (errors a process
+            # meets on its own, a file its node lacks, are said by it: rank 0 then names that process)
+            print_error(e)
         sys.exit(2)
     except Exception as e:  # out of memory, or a failed write: one line; anything else is a bug to report
         oom = isinstance(e, (RuntimeError, MemoryError)) and is_out_of_memory(e)

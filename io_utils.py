@@ -34,7 +34,12 @@ os.umask(_UMASK)
 
 
 class SpanElectraError(Exception):
-    """A problem with the user's input or config: reported as one line, without a traceback."""
+    """A problem with the user's input or config: reported as one line, without a traceback. every_rank: every
+    process of a torchrun run meets it alike (a setting, the out_dir's verdict), so rank 0 alone says it."""
+
+    def __init__(self, message, every_rank=False):
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 def setup_logging():

@@ -968,8 +968,8 @@ def claim_out_dir(config, features, script_name, runtime, inputs=None):
         shared = [error, run_id]
         torch.distributed.broadcast_object_list(shared, src=0)
         error, run_id = shared
-    if error:
-        raise SpanElectraError(error)
+    if error:  # rank 0's verdict, the same on every rank
+        raise SpanElectraError(error, every_rank=True)
     config.run_id = run_id
 
 

@@ -87,3 +87,35 @@ def test_bf16_on_a_gpu_that_only_emulates_it_is_said_once_and_fine_tuning_takes_
                                           "no native bf16 and emulates it, slower than fp32; use --fp16 on this GPU "
                                           "instead (float16 with loss scaling; bf16 is native from capability 8.0: "
                                           "A100, L4, H100)"])
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_error_every_torchrun_process_meets_is_said_by_rank_0_alone(rank, monkeypatch, capsys):
+    """A bad flag, or the out_dir's verdict (rank 0's, sent to all), stops every process alike: one error line, not
+    one per process. An error a process may meet on its own (a path its node lacks) is said by that process."""
+    monkeypatch.setenv("RANK", rank)
+
+    def stops(error):
+        def main(config):
+            raise error
+        return main
+    runs = {"flag": (stops(None), ["--no_such_flag", "1"]),
+            "verdict": (stops(SpanElectraError("learning_rate: the run in 'r' was started with 1", every_rank=True)), []),
+            "own": (stops(SpanElectraError("features_dir: 'f' is not a folder")), [])}
+    for name, (main, flags) in runs.items():
+        with pytest.raises(SystemExit) as stop:
+            argument.run_main(main, argument.MLM_trainingConfig, flags)
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert stop.value.code == 2
+        assert len(errors) == (1 if rank == "0" or name == "own" else 0), (name, errors)
+
+
+def test_the_out_dirs_verdict_is_marked_as_every_processes(bpe_feat, tmp_path):
+    """claim_out_dir sends rank 0's refusal to every rank: each raises it, marked so that one says it."""
+    import trainMLM_SpanElectra
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")  # another run's: a fresh run into it is refused
+    with pytest.raises(SpanElectraError, match="holds another run") as refused:
+        trainMLM_SpanElectra.main(argument.MLM_trainingConfig(features_dir=str(bpe_feat[0]), out_dir=str(run),
+                                                              device="cpu"))
+    assert refused.value.every_rank
