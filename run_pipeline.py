@@ -20,11 +20,10 @@ import mask_stats
 import process
 import trainMLM_SpanElectra
 import trainSpanElectra
-from argument import (DISCRIMINATOR_RUN, EXPLORE_TEXTS, GENERATOR_RUN, MLM_trainingConfig, SE_trainingConfig,
-                      checked_config, feature_args, mask_stats_args, model_positions, pipeline_args, run_main,
-                      save_config, saved_config, tok_args)
-from io_utils import SpanElectraError, make_out_dir
-from training_utils import LEARNED_AUC, holds_a_run, read_metrics
+from argument import (EXPLORE_TEXTS, MLM_trainingConfig, SE_trainingConfig, checked_config, feature_args,
+                      mask_stats_args, model_positions, pipeline_args, run_main, save_config, tok_args)
+from io_utils import SpanElectraError, make_out_dir, read_json
+from training_utils import LEARNED_AUC, RUN_FILE, holds_a_run, read_metrics
 
 logger = logging.getLogger("span_electra")
 
@@ -136,10 +135,19 @@ def remove_other_mode(out_dir, mode):
 
 
 def pipeline_run(folder, out_dir):
-    """True when folder holds a run trained on out_dir's own features, as the pipeline's runs are (not a
-    run of the user's that happens to sit there)."""
-    features = [saved_config(folder, script).get("features_dir") for script in (GENERATOR_RUN, DISCRIMINATOR_RUN)]
-    return any(f and os.path.abspath(f) == os.path.abspath(os.path.join(out_dir, "features")) for f in features)
+    """True when folder holds a run trained on out_dir's own features, as the pipeline's runs are (not a run of
+    the user's that happens to sit there): by the features folder its run.json records (resolved when it
+    started, so whatever the working folder now), or, for an out_dir moved since, by the features' digest."""
+    features = os.path.join(out_dir, "features")
+    try:
+        run = read_json(os.path.join(folder, RUN_FILE))
+        meta = read_json(os.path.join(features, "meta.json"))
+    except SpanElectraError:
+        return False
+    if (run.get("folders") or {}).get("features_dir") == os.path.realpath(features):
+        return True
+    digest = (run.get("fixed") or {}).get("train_sequences_digest")
+    return digest is not None and digest == (meta.get("content_digest") or {}).get("train")
 
 
 def learning_lines(finals):

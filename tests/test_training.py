@@ -475,25 +475,36 @@ def test_features_without_a_valid_split_say_the_run_is_never_evaluated(bpe_tok, 
     assert rows(tmp_path / "gen", split="valid") == []
 
 
-def test_a_pipeline_rerun_in_the_other_mode_removes_the_previous_runs(tmp_path):
+def test_a_pipeline_rerun_in_the_other_mode_removes_the_previous_runs(tmp_path, monkeypatch):
     """run_pipeline.py starts over: a joint re-run removes the two-stage runs an earlier call left (the
-    explorer would pair their generator with the new discriminator), and leaves folders that hold no run."""
+    explorer would pair their generator with the new discriminator), and leaves folders that hold no run. A run
+    is the pipeline's by the features folder its run.json records (resolved: a re-run from another working
+    folder, with a relative --out_dir, knows it), or by its features' digest (the out_dir moved since)."""
     import run_pipeline
-    def run_in(name, script, features):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.jsonl").write_text("{}\n")
-        (tmp_path / name / f"{script}_config.json").write_text(json.dumps({"features_dir": str(features)}))
-    run_in("generator", argument.GENERATOR_RUN, tmp_path / "features")  # the names the scripts save under
-    run_in("two_stage", argument.DISCRIMINATOR_RUN, tmp_path / "features")
-    (tmp_path / "joint").mkdir()
-    (tmp_path / "joint" / "notes.txt").write_text("mine")
-    run_pipeline.remove_other_mode(str(tmp_path), "joint")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["joint"]
-    run_pipeline.remove_other_mode(str(tmp_path), "two_stage")
-    assert (tmp_path / "joint" / "notes.txt").read_text() == "mine"  # not a run: kept
-    run_in("generator", argument.GENERATOR_RUN, tmp_path / "elsewhere")  # a user's run on other features: kept
-    run_pipeline.remove_other_mode(str(tmp_path), "joint")
-    assert (tmp_path / "generator" / "metrics.jsonl").exists()
+    out = tmp_path / "p"
+    (out / "features").mkdir(parents=True)
+    (out / "features" / "meta.json").write_text(json.dumps({"content_digest": {"train": "d1"}}))
+
+    def run_in(name, features, digest="d1"):
+        (out / name).mkdir()
+        (out / name / "metrics.jsonl").write_text("{}\n")
+        (out / name / "run.json").write_text(json.dumps({"run_id": "r", "fixed": {"train_sequences_digest": digest},
+                                                         "folders": {"features_dir": os.path.realpath(features)}}))
+    run_in("generator", out / "features")
+    run_in("two_stage", out / "features")
+    (out / "joint").mkdir()
+    (out / "joint" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path / "p" / "joint")  # another working folder, the out_dir named relative to it
+    run_pipeline.remove_other_mode(os.path.join("..", "..", "p"), "joint")
+    assert sorted(p.name for p in out.iterdir()) == ["features", "joint"]
+    run_pipeline.remove_other_mode(str(out), "two_stage")
+    assert (out / "joint" / "notes.txt").read_text() == "mine"  # not a run: kept
+    run_in("generator", tmp_path / "elsewhere", digest="d2")  # a user's run on other features: kept
+    run_pipeline.remove_other_mode(str(out), "joint")
+    assert (out / "generator" / "metrics.jsonl").exists()
+    run_in("two_stage", tmp_path / "moved" / "features")  # the out_dir moved since: the same features' digest
+    run_pipeline.remove_other_mode(str(out), "joint")
+    assert not (out / "two_stage").exists() and (out / "generator").exists()
 
 
 def test_pipeline_summary_says_each_figure_against_its_baseline():
