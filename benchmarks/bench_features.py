@@ -31,7 +31,7 @@ import features as features_lib  # noqa: E402
 import tokenization  # noqa: E402
 import process  # noqa: E402
 from argument import MaskingArgs, feature_args, tok_args  # noqa: E402
-from io_utils import setup_logging  # noqa: E402
+from io_utils import COMPRESSED_SUFFIXES, setup_logging  # noqa: E402
 from masking import IGNORE_INDEX, span_length_distribution  # noqa: E402
 
 DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "data", "wikitext-2", "wiki.train.tokens")
@@ -61,6 +61,7 @@ def bare_tokenizer(tokenizer, corpus, batch_lines, fast=False):
 
 def bench_feature_build(tok_dir, corpus, work, repeats):
     tokenizer, _ = tokenization.load_tokenizer(tok_dir)
+    tokenizer.encode_special_tokens = True  # as process.py reads corpus text
     config = feature_args(tokenizer_dir=tok_dir, train_input=corpus, valid_input=None, out_dir=os.path.join(work, "feat"),
                           max_seq_len=128)
     ours = best_of(lambda: process.main(config), repeats)
@@ -191,6 +192,10 @@ def main():
     args = parser.parse_args()
     if not os.path.isfile(args.corpus):
         sys.exit(f"error: --corpus: '{args.corpus}' does not exist; pass WikiText-2's wiki.train.tokens")
+    if args.corpus.endswith(COMPRESSED_SUFFIXES):  # the baselines read plain text (bench_read.py times compressed)
+        sys.exit(f"error: --corpus: '{args.corpus}' is compressed; pass a plain-text corpus (decompress it first)")
+    if args.repeats < 1:
+        sys.exit(f"error: --repeats: {args.repeats}; give 1 or more (each figure is the best of that many runs)")
     setup_logging()
     logging.getLogger("span_electra").setLevel(logging.WARNING)
     os.environ["TQDM_DISABLE"] = "1"
