@@ -796,9 +796,10 @@ def write_results_md(path, table, config, png, budget, elapsed):
     section = "\n".join([
         begin,
         f"Command: `{command_line(config, path)}` ({elapsed / 60:.0f} min on this machine). Budget: "
-        f"{budget / 1e12:.1f} TFLOPs of training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); fine-tuning "
-        f"seeds {config.seeds}" + (f", pre-training seeds {config.pretrain_seeds} (pooled)" if config.pretrain_seeds else "")
-        + "; cells are the dev metric's median [min, max].",
+        f"{budget / 1e12:.1f} TFLOPs of training per recipe at the full point (torch's FlopCounterMode on one step of each recipe); "
+        + (f"fine-tuning seeds {config.seeds}" if config.tasks else "no task fine-tuned (--tasks '')")
+        + (f", pre-training seeds {config.pretrain_seeds} (pooled)" if config.pretrain_seeds else "")
+        + ("; cells are the dev metric's median [min, max]." if config.tasks else "; cells are the pre-training figures."),
         "", table, "", f"![dev score against pre-training compute]({os.path.relpath(png, os.path.dirname(path))})"
         if png else "(no plot: no task was fine-tuned, or matplotlib is missing)", end])
     text = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Benchmark results\n"

@@ -92,6 +92,13 @@ def test_table_and_results_section_are_rewritten_in_place(tmp_path):
     cp.write_results_md(str(md), "| gpu table |", cp.compare_args(scale="gpu").resolved(), None, 6.8e15, 500)
     text = md.read_text(encoding="utf-8")
     assert "0.700 [0.640, 0.680]" in text and "| gpu table |" in text and cp.section_marks("gpu")[0] in text
+    assert "fine-tuning seeds 1,2,3" in text and "cells are the dev metric's median [min, max]" in text
+    # nothing fine-tuned: the header says so, not the seeds and dev cells of a fine-tuning
+    cp.write_results_md(str(md), "| pre-training only |", cp.compare_args(tasks="", recipes="mlm").resolved(), None,
+                        5.8e12, 600)
+    section = md.read_text(encoding="utf-8").split("| pre-training only |")[0].rsplit("Command:", 1)[1]
+    assert "no task fine-tuned (--tasks '')" in section and "fine-tuning seeds" not in section
+    assert "cells are the pre-training figures" in section
 
 
 def test_flops_are_counted_per_recipe(bpe_feat, monkeypatch):
