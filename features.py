@@ -211,8 +211,9 @@ class MLMDataset:
                             len(range(rank, self.total_batches, world_size)))
         if self.total_batches < world_size:
             field = "train_batch_size" if shuffle else "eval_batch_size"
-            raise SpanElectraError(f"{field}: {batch_size} x {world_size} process(es) is more than the "
-                                   f"{len(self.data)} sequences of split '{split}'; use a smaller batch" +
+            raise SpanElectraError(f"{field}: {batch_size} gives the {len(self.data)} sequences of split '{split}' "
+                                   f"{self.total_batches} batch(es), fewer than the {world_size} process(es) each need "
+                                   "one; use a smaller batch" +
                                    (", fewer processes or a larger split" if world_size > 1 else ""))
 
     def open_arrays(self):

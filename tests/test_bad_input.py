@@ -405,8 +405,12 @@ def test_batch_larger_than_split(bpe_feat):
     args = argument.MLM_trainDataArgs(features_dir=str(bpe_feat[0]))
     with pytest.raises(SpanElectraError, match=str(n)):
         features.MLMDataset(args, batch_size=n + 1, split="valid")
-    with pytest.raises(SpanElectraError):
-        features.MLMDataset(args, batch_size=n // 2 + 1, world_size=2, split="valid")
+    with pytest.raises(SpanElectraError, match=rf"^train_batch_size: {n} gives the {n} sequences of split 'valid' 1 "
+                                               r"batch\(es\), fewer than the 2 process\(es\) each need one; use a smaller "
+                                               "batch, fewer processes or a larger split"):
+        features.MLMDataset(args, batch_size=n, world_size=2, split="valid")
+    # evaluation keeps the last part batch: a batch of more than half the rows still gives each of 2 processes one
+    assert len(features.MLMDataset(args, batch_size=n // 2 + 1, shuffle=False, world_size=2, split="valid")) == 1
     assert len(features.MLMDataset(args, batch_size=n, shuffle=False, split="valid")) == 1
 
 
