@@ -114,6 +114,12 @@ def teardown_runtime(runtime):
         runtime.lock.release()
     if runtime.distributed and torch.distributed.is_initialized():
         torch.distributed.barrier()
+        # gloo's worker threads free a finished collective's work after the caller has gone on, and the barrier's
+        # work holds the earlier collectives' tensors, whose release needs the GIL. The group itself goes when
+        # DDP's reducer does, as main() returns: ~ProcessGroupGloo then waits, holding the GIL, for the lock that
+        # worker holds while it waits for the GIL (a deadlock seen once in ~60 runs, gdb's stacks in RESULTS.md).
+        # A moment without the GIL lets the worker finish first.
+        time.sleep(0.2)
         torch.distributed.destroy_process_group()
 
 
