@@ -1,5 +1,6 @@
 """Models and both training scripts at a tiny size on the bundled sample, and the loop's parts: the learning-rate
 schedule, weight decay, gradient accumulation, the temperature curriculum and the logged metrics."""
+import dataclasses
 import json
 import os
 import shutil
@@ -220,6 +221,11 @@ def test_resumed_run_matches_uninterrupted(bpe_feat, tmp_path):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["step"], key)
 
 
+def ctrl_c(*args, **kwargs):
+    """A stand-in for a function that the user's Ctrl-C stops."""
+    raise KeyboardInterrupt
+
+
 def test_a_run_resumed_from_an_earlier_checkpoint_continues_only_itself(bpe_feat, tmp_path, monkeypatch, caplog):
     """--resume_from checkpoint-10 beside checkpoints 15 and 20: the steps past 10 are trained again, so 15 and 20
     go. Stopped before its next checkpoint, the run resumed with 'latest' goes on from 10, not from the 20 it
@@ -228,9 +234,8 @@ def test_a_run_resumed_from_an_earlier_checkpoint_continues_only_itself(bpe_feat
     trainMLM_SpanElectra.main(gen_config(bpe_feat[0], full, max_steps=20, save_every=5, keep_checkpoints=4))
     shutil.copytree(full, part)
     shutil.rmtree(part / "generator")
-    stop = pytest.raises(KeyboardInterrupt)
-    with stop, monkeypatch.context() as mp:
-        mp.setattr(tu, "save_training_state", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt), monkeypatch.context() as mp:
+        mp.setattr(tu, "save_training_state", ctrl_c)  # stopped as it would save step 15
         trainMLM_SpanElectra.main(gen_config(bpe_feat[0], part, max_steps=20, save_every=5, keep_checkpoints=4,
                                              resume_from=str(part / "checkpoint-00000010.pt")))
     assert [os.path.basename(p) for p in tu.list_checkpoints(str(part))] == ["checkpoint-00000005.pt",
@@ -247,19 +252,16 @@ def test_a_run_resumed_from_an_earlier_checkpoint_continues_only_itself(bpe_feat
 def test_the_done_row_is_written_once_the_models_are_saved(bpe_feat, tmp_path, monkeypatch):
     """A run stopped while saving its models has no 'done' row: metrics.jsonl never says finished over a model
     folder that is not there (or is a shorter run's)."""
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
-    for script, name in ((trainMLM_SpanElectra, "save_generator"), (trainSpanElectra, "save_discriminator")):
-        out = tmp_path / name
-        config = gen_config if script is trainMLM_SpanElectra else se_config
+    runs = ((trainMLM_SpanElectra, "save_generator", gen_config(bpe_feat[0], tmp_path / "gen", max_steps=2)),
+            (trainSpanElectra, "save_discriminator", se_config(bpe_feat[0], tmp_path / "se", max_steps=2, mode="joint")))
+    for script, saver, config in runs:
         with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
-            mp.setattr(script, name, stopped)
-            script.main(config(bpe_feat[0], out, max_steps=2, **({} if config is gen_config else {"mode": "joint"})))
-        events = [json.loads(line).get("event") for line in open(out / "metrics.jsonl", encoding="utf-8")]
+            mp.setattr(script, saver, ctrl_c)
+            script.main(dataclasses.replace(config))
+        events = [json.loads(line).get("event") for line in open(os.path.join(config.out_dir, "metrics.jsonl"))]
         assert "done" not in events and len(events) >= 2
-        script.main(config(bpe_feat[0], out, max_steps=2, resume_from="latest",
-                           **({} if config is gen_config else {"mode": "joint"})))
-        events = [json.loads(line).get("event") for line in open(out / "metrics.jsonl", encoding="utf-8")]
+        script.main(dataclasses.replace(config, resume_from="latest"))
+        events = [json.loads(line).get("event") for line in open(os.path.join(config.out_dir, "metrics.jsonl"))]
         assert events[-1] == "done" and events.count("done") == 1
 
 
